@@ -1,0 +1,93 @@
+"""The store interface: what a node needs to survive a restart.
+
+The node's state lives in memory (the core); the store is its durable copy. The node hands the store one
+:class:`WriteBatch` at a time, from one writer thread, and the store applies it as **one transaction**; at start the
+node reads everything back with :meth:`Store.open`. A message is acknowledged to its sender only after the batch
+that holds it has been written (group commit: many messages, many conversations, one transaction).
+
+A batch is coalesced: each key maps to its latest value, ``None`` meaning "delete". So a message stored and then
+received-and-committed within one batch is simply not written, and an object dropped and created again within one
+batch ends up created. Values are plain data (str, int, float, bytes, bool, None, lists, dicts) that the store
+serializes as it likes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+#: ``(kind, name)`` of a catalog object: kind is ``message_type``, ``contract``, ``queue``, ``service``
+#: (later ``route``, ``binding``).
+ObjectKey = tuple[str, str]
+
+
+class MessageRow(NamedTuple):
+    """A message at rest, in a queue or in the transmission queue.
+
+    Everything else about it (conversation group, service, contract, far side) follows from ``handle``, the
+    conversation endpoint it belongs to, which the store keeps beside it.
+    """
+
+    id: int  #: node-wide, increasing in arrival order; the order messages are loaded back in
+    location: str  #: ``"q:<queue name>"`` for a queue, ``"tx"`` for the transmission queue
+    handle: str  #: the endpoint: the receiver's for a queue, the sender's for the transmission queue
+    seq: int  #: the message's sequence number within its conversation and direction
+    message_type: str
+    body: bytes
+    enqueued_at: float  #: wall-clock seconds
+    state: int  #: 0 ready, 1 received-and-retained (queues with retention)
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Changes to apply in one transaction. Latest value wins per key; ``None`` deletes."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    objects: dict[ObjectKey, Any] = field(default_factory=dict)
+    endpoints: dict[str, Any] = field(default_factory=dict)
+    messages: dict[int, MessageRow | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.meta or self.objects or self.endpoints or self.messages)
+
+    def __len__(self) -> int:
+        return len(self.meta) + len(self.objects) + len(self.endpoints) + len(self.messages)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything a store holds, as read back at start."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    objects: list[tuple[str, str, Any]] = field(default_factory=list)  #: (kind, name, definition)
+    endpoints: list[tuple[str, Any]] = field(default_factory=list)  #: (handle, state)
+    messages: list[MessageRow] = field(default_factory=list)  #: ordered by id
+
+
+class Store(ABC):
+    """A node's durable state. Every method blocks; the node calls them from one thread at a time."""
+
+    #: short name used in logs and ``status``: ``"sqlite"``, ``"memory"``
+    name: str = "store"
+    #: whether what is written survives the process (False for the memory store)
+    durable: bool = False
+
+    @abstractmethod
+    def open(self) -> Snapshot:
+        """Open (creating if needed) and read everything back. Raises :class:`~aiobroker.errors.StoreError` with
+        a message naming the path and what to do when the store is corrupt, locked by another node, or not
+        writable."""
+
+    @abstractmethod
+    def write(self, batch: WriteBatch) -> None:
+        """Apply ``batch`` as one transaction; when this returns, the batch is as durable as the store promises.
+        Raises :class:`~aiobroker.errors.StoreError` (e.g. disk full); then nothing of the batch is applied."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files and locks. Safe to call twice."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``status`` shows about the store (path, durability, size)."""
+        return {"store": self.name, "durable": self.durable}

@@ -1,0 +1,135 @@
+"""Framing: length-prefixed msgpack, with explicit limits.
+
+A frame on the wire is a 4-byte unsigned big-endian length ``N`` followed by ``N`` bytes of msgpack. This module
+is the only one that imports msgpack; everything else calls :func:`packb` / :func:`unpackb` or the decoder.
+
+The decoder is fed whatever bytes the socket produced (one byte or a megabyte) and returns the whole frames it
+now holds. Anything that is not a valid frame (a length over the limit, bytes that are not msgpack, msgpack that
+holds more than one object, an extension type) raises :class:`ProtocolError` and nothing else: the caller closes
+the connection. Reading many frames out of one received chunk, and joining many frames into one write, is what
+makes the hot path cheap (DESIGN.md, "What the hot path costs").
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from ..errors import ProtocolError
+
+#: The largest frame a node accepts by default: room for a batch of many messages, small enough that one
+#: misbehaving client cannot make the node buffer an arbitrary amount. Configurable per node.
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+
+_pack = msgpack.Packer(use_bin_type=True, datetime=False).pack
+
+
+def packb(obj: Any) -> bytes:
+    """Serialize one object to msgpack (bytes stay bytes, str stays str)."""
+    try:
+        return _pack(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(obj).__name__} for the wire: {exc}") from exc
+
+
+def unpackb(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Any:
+    """Deserialize exactly one msgpack object; anything else is a :class:`ProtocolError`."""
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=max_size,
+            max_str_len=max_size,
+            max_array_len=max_size,
+            max_map_len=max_size,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData as exc:
+        raise ProtocolError("frame holds more than one msgpack object") from exc
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        # msgpack reports truncated data, bad bytes, over-limit lengths and ext types as ValueError subclasses
+        # (FormatError, StackError, ExtraData) or UnpackValueError; a frame is never partially valid.
+        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+
+
+def encode_frame(obj: Any) -> bytes:
+    """One frame: the length header and the msgpack body."""
+    body = packb(obj)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_frames(objs: Iterable[Any]) -> bytes:
+    """Several frames joined for one write."""
+    parts: list[bytes] = []
+    for obj in objs:
+        body = packb(obj)
+        parts.append(HEADER.pack(len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+class FrameDecoder:
+    """Feed bytes, get whole frames back.
+
+    ``max_frame_size`` bounds one frame's body; since at most one incomplete frame is buffered, the buffer never
+    holds more than ``max_frame_size + HEADER_SIZE`` bytes beyond what ``feed`` was just given.
+    """
+
+    __slots__ = ("_buffer", "max_frame_size", "frames_decoded", "bytes_decoded")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self._buffer = bytearray()
+        self.max_frame_size = max_frame_size
+        self.frames_decoded = 0
+        self.bytes_decoded = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet make a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Add received bytes; return every frame now complete, in order (possibly none)."""
+        buf = self._buffer
+        buf += data
+        frames: list[Any] = []
+        pos = 0
+        end = len(buf)
+        limit = self.max_frame_size
+        try:
+            while end - pos >= HEADER_SIZE:
+                (length,) = HEADER.unpack_from(buf, pos)
+                if length > limit:
+                    raise ProtocolError(
+                        f"frame of {length} bytes is over the limit of {limit} bytes"
+                        " (split the batch, or raise max_frame_size on both sides)"
+                    )
+                start = pos + HEADER_SIZE
+                if end - start < length:
+                    break
+                # A copy, not a memoryview: a view kept alive by an exception's traceback would make the
+                # buffer un-resizable below.
+                frames.append(unpackb(buf[start : start + length], max_size=limit))
+                pos = start + length
+        finally:
+            if pos:
+                self.bytes_decoded += pos
+                del buf[:pos]
+        self.frames_decoded += len(frames)
+        return frames
+
+    def __repr__(self) -> str:
+        return (
+            f"<FrameDecoder buffered={len(self._buffer)} frames={self.frames_decoded}"
+            f" max_frame_size={self.max_frame_size}>"
+        )

@@ -38,6 +38,19 @@ def packb(obj: Any) -> bytes:
         raise ProtocolError(f"cannot encode {type(obj).__name__} for the wire: {exc}") from exc
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # max_ext_len=0 refuses every ext with data; this refuses the zero-length ones, which would otherwise come
+    # back as msgpack.ExtType objects.
+    raise ValueError(f"extension type {code} is not allowed on the wire")
+
+
+# msgpack's C decoder raises these two with no text at all.
+_SILENT_ERRORS = {
+    msgpack.FormatError: "a byte that starts no msgpack type, such as the reserved 0xc1",
+    msgpack.StackError: "containers nested too deeply",
+}
+
+
 def unpackb(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Any:
     """Deserialize exactly one msgpack object; anything else is a :class:`ProtocolError`."""
     try:
@@ -51,13 +64,15 @@ def unpackb(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX
             max_array_len=max_size,
             max_map_len=max_size,
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
     except msgpack.ExtraData as exc:
         raise ProtocolError("frame holds more than one msgpack object") from exc
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         # msgpack reports truncated data, bad bytes, over-limit lengths and ext types as ValueError subclasses
         # (FormatError, StackError, ExtraData) or UnpackValueError; a frame is never partially valid.
-        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+        detail = str(exc) or _SILENT_ERRORS.get(type(exc), "no detail given")
+        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {detail})") from exc
 
 
 def encode_frame(obj: Any) -> bytes:

@@ -1,0 +1,488 @@
+"""The Python client: one TCP connection to a node, many requests in flight on it.
+
+::
+
+    async with aiobroker.connect("tcp://127.0.0.1:4022") as client:
+        dialog = await client.begin_dialog("//shop/Client", "//shop/Orders", "DEFAULT")
+        await dialog.send("DEFAULT", b"one order")
+        async with await client.receive("orders", max_messages=100, timeout=5) as batch:
+            for message in batch:
+                ...                      # committed when the block ends, rolled back if it raises
+
+Requests made concurrently (from several tasks, or one task's ``send_many``) share frames and writes. Every call
+raises a :class:`~aiobroker.errors.BrokerError` subclass named by the node's answer; a connection that drops
+fails every request in flight with :class:`~aiobroker.errors.ConnectionLost` (it may or may not have taken
+effect: a send that was not acknowledged is not promised).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .core.catalog import DEFAULT, DIALOG_TIMER, END_DIALOG, ERROR
+from .core.dialog_errors import parse_error_body
+from .errors import BrokerError, ConnectionLost, InvalidArgument, MessageTooLarge, ProtocolError, Timeout, error_from_code
+from .transport.connection import FramedConnection
+from .wire.frames import Failed, Hello, Refused, Reply, Welcome
+
+DEFAULT_PORT = 4022
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``host:port``; IPv6 as ``[::1]:4022``) → (host, port)."""
+    text = url[len("tcp://") :] if url.startswith("tcp://") else url
+    if "://" in text:
+        raise InvalidArgument(f"node address {url!r}: only tcp:// is supported")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep:
+            raise InvalidArgument(f"node address {url!r}: unclosed '[' in IPv6 address")
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORT
+    except ValueError:
+        raise InvalidArgument(f"node address {url!r}: port {port_text!r} is not a number") from None
+    if not host or not 0 < port < 65536:
+        raise InvalidArgument(f"node address {url!r}: expected tcp://host:port")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """A received message and the facts of its conversation."""
+
+    queue: str
+    conversation_handle: str
+    conversation_group_id: str
+    conversation_id: str
+    sequence_number: int  #: -1 for messages the broker makes locally (DialogTimer, a lifetime Error)
+    message_type: str
+    body: bytes
+    service_name: str
+    far_service_name: str
+    contract: str
+    is_initiator: bool
+    enqueued_at: float
+
+    @property
+    def is_end_dialog(self) -> bool:
+        return self.message_type == END_DIALOG
+
+    @property
+    def is_error(self) -> bool:
+        return self.message_type == ERROR
+
+    @property
+    def is_timer(self) -> bool:
+        return self.message_type == DIALOG_TIMER
+
+    @property
+    def error(self) -> tuple[int, str] | None:
+        """(code, description) of an Error message (codes < 0 are the broker's), else None."""
+        return parse_error_body(self.body) if self.message_type == ERROR else None
+
+
+class Dialog:
+    """One side of a conversation, by its handle."""
+
+    __slots__ = ("client", "handle", "conversation_id", "group_id")
+
+    def __init__(self, client: Client, handle: str, conversation_id: str | None = None, group_id: str | None = None):
+        self.client = client
+        self.handle = handle
+        self.conversation_id = conversation_id
+        self.group_id = group_id
+
+    async def send(self, message_type: str = DEFAULT, body: bytes = b"") -> None:
+        """Send one message; returns once the node has stored it."""
+        await self.client.request("send", {"handle": self.handle, "messages": [[message_type, body]]})
+
+    async def send_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Send several messages in order, in one frame; returns once the node has stored all of them."""
+        await self.client.request("send", {"handle": self.handle, "messages": [[t, b] for t, b in messages]})
+
+    async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
+        """End this side: sends EndDialog after what is queued, or with ``error=(code > 0, text)`` an Error
+        instead (dropping what is still queued). ``cleanup=True`` removes this side only, sending nothing."""
+        args: dict[str, Any] = {"handle": self.handle, "cleanup": cleanup}
+        if error is not None:
+            args["error"] = [error[0], error[1]]
+        await self.client.request("end", args)
+
+    async def begin_timer(self, seconds: float) -> None:
+        """A DialogTimer message arrives on this side's queue after ``seconds`` (a new call resets it)."""
+        await self.client.request("begin_timer", {"handle": self.handle, "seconds": seconds})
+
+    async def info(self) -> dict[str, Any]:
+        """State, sequence numbers, lifetime and error of this side."""
+        result: dict[str, Any] = await self.client.request("get_conversation", {"handle": self.handle})
+        return result
+
+    def __repr__(self) -> str:
+        return f"<Dialog {self.handle}>"
+
+
+class ReceivedBatch:
+    """Messages of one conversation group, locked for this client until :meth:`commit` or :meth:`rollback`.
+
+    As an async context manager it commits when the block ends normally and rolls back if it raises.
+    """
+
+    __slots__ = ("client", "lease", "messages", "lease_expires_at", "_settled")
+
+    def __init__(self, client: Client, lease: int | None, messages: list[Message], lease_expires_at: float | None):
+        self.client = client
+        self.lease = lease
+        self.messages = messages
+        self.lease_expires_at = lease_expires_at
+        self._settled = lease is None
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+    def dialog(self, message: Message) -> Dialog:
+        """The conversation a message came on, to reply or end it."""
+        return Dialog(self.client, message.conversation_handle, message.conversation_id, message.conversation_group_id)
+
+    async def commit(self) -> None:
+        """Remove the messages from the queue (durably); they will not be received again."""
+        if not self._settled:
+            self._settled = True
+            await self.client.request("commit", {"lease": self.lease})
+
+    async def rollback(self) -> None:
+        """Put the messages back at the front of their group (counts toward poison-message handling)."""
+        if not self._settled:
+            self._settled = True
+            await self.client.request("rollback", {"lease": self.lease})
+
+    async def __aenter__(self) -> ReceivedBatch:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            await self.commit()
+        else:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.rollback()
+                except BrokerError:
+                    pass  # the original error matters more; the lease runs out anyway
+
+    def __repr__(self) -> str:
+        return f"<ReceivedBatch lease={self.lease} messages={len(self.messages)}>"
+
+
+class _Pending:
+    __slots__ = ("event", "result", "error")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.result: Any = None
+        self.error: BrokerError | None = None
+
+
+class Client:
+    """A connection to one node. Use ``async with aiobroker.connect(url) as client``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.host, self.port = parse_url(url)
+        self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.broker_instance: str | None = None
+        self.server_info: dict[str, Any] = {}
+        self._conn: FramedConnection | None = None
+        self._tg: TaskGroup | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._closed_reason: str | None = None
+        self._max_frame = 16 * 1024 * 1024
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Client:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self.__aenter__().__await__()
+
+    async def _open(self) -> None:
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                stream = await anyio.connect_tcp(self.host, self.port)
+        except TimeoutError:
+            raise Timeout(f"connecting to {self.url} took over {self.connect_timeout}s; is the node reachable?") from None
+        except OSError as exc:
+            raise ConnectionLost(
+                f"cannot connect to {self.url}: {exc.strerror or exc}; is a node running there"
+                " (start one with: aiobroker serve)?"
+            ) from exc
+        conn = FramedConnection(stream, peer=self.url)
+        try:
+            with anyio.fail_after(self.handshake_timeout):
+                conn.send_frame(Hello(role="client", info={"client": "aiobroker-python"}))
+                await conn.flush()
+                frame = await conn.receive_one()
+        except TimeoutError:
+            await conn.aclose()
+            raise Timeout(f"{self.url} did not finish the handshake within {self.handshake_timeout}s") from None
+        except BrokerError:
+            await conn.aclose()
+            raise
+        if isinstance(frame, Refused):
+            await conn.aclose()
+            raise error_from_code(frame.code, f"{self.url} refused the connection: {frame.message}")
+        if not isinstance(frame, Welcome):
+            await conn.aclose()
+            raise ProtocolError(f"{self.url} answered the handshake with {type(frame).__name__.upper()}")
+        self.broker_instance = frame.broker_instance
+        self.server_info = frame.info
+        self._max_frame = int(frame.info.get("max_frame_size", self._max_frame))
+        self._conn = conn
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(conn.writer)
+        self._tg.start_soon(self._reader)
+
+    async def aclose(self) -> None:
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        if self._conn is not None:
+            await self._conn.aclose()
+        self._fail_all("the client was closed")
+
+    def _fail_all(self, reason: str) -> None:
+        self._closed_reason = self._closed_reason or reason
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.error = ConnectionLost(
+                f"connection to {self.url} closed ({self._closed_reason}) while a request was in flight;"
+                " it may or may not have taken effect"
+            )
+            p.event.set()
+
+    async def _reader(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        reason = "the node closed it"
+        try:
+            while True:
+                for frame in await conn.receive_frames():
+                    if isinstance(frame, Reply):
+                        p = self._pending.pop(frame.request_id, None)
+                        if p is not None:
+                            p.result = frame.result
+                            p.event.set()
+                    elif isinstance(frame, Failed):
+                        p = self._pending.pop(frame.request_id, None)
+                        if p is not None:
+                            p.error = error_from_code(frame.code, frame.message)
+                            p.event.set()
+                    elif isinstance(frame, Refused):
+                        reason = f"{frame.code}: {frame.message}"
+                        return
+                    else:
+                        reason = f"unexpected {type(frame).__name__.upper()} frame"
+                        return
+        except ConnectionLost:
+            pass
+        except ProtocolError as exc:
+            reason = f"the node sent garbage: {exc.message}"
+        finally:
+            conn.close()
+            self._fail_all(reason)
+
+    # ------------------------------------------------------------------------------------------------ requests
+
+    async def request(self, op: str, args: dict[str, Any]) -> Any:
+        """Send one request and wait for its answer (the building block of every other call)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise ConnectionLost(
+                f"not connected to {self.url}" + (f" ({self._closed_reason})" if self._closed_reason else "")
+            )
+        rid = next(self._ids)
+        p = _Pending()
+        self._pending[rid] = p
+        try:
+            conn.send([10, rid, op, args])
+        except BrokerError:
+            self._pending.pop(rid, None)
+            raise
+        if conn._out_bytes > self._max_frame + 4:  # noqa: SLF001 - checked right after our own frame was added
+            pass
+        try:
+            await p.event.wait()
+        finally:
+            self._pending.pop(rid, None)
+        if p.error is not None:
+            raise p.error
+        return p.result
+
+    # -------------------------------------------------------------------------------------------------- catalog
+
+    async def create(self, kind: str, definition: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("create", {"kind": kind, "definition": definition})
+        return result
+
+    async def create_message_type(self, name: str, validation: str = "none") -> dict[str, Any]:
+        """validation: none, empty, msgpack, json or xml."""
+        return await self.create("message_type", {"name": name, "validation": validation})
+
+    async def create_contract(self, name: str, messages: dict[str, str]) -> dict[str, Any]:
+        """messages maps message type → sent_by (initiator, target, any)."""
+        return await self.create("contract", {"name": name, "messages": messages})
+
+    async def create_queue(
+        self, name: str, *, status: bool = True, retention: bool = False, poison_message_handling: bool = True
+    ) -> dict[str, Any]:
+        return await self.create(
+            "queue",
+            {"name": name, "status": status, "retention": retention, "poison_message_handling": poison_message_handling},
+        )
+
+    async def alter_queue(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change status, retention or poison_message_handling (e.g. ``status=True`` re-enables a queue)."""
+        result: dict[str, Any] = await self.request("alter_queue", {"name": name, "changes": changes})
+        return result
+
+    async def create_service(self, name: str, queue: str, contracts: Sequence[str] = ()) -> dict[str, Any]:
+        """contracts: those the service accepts as a target (none: it can only initiate)."""
+        return await self.create("service", {"name": name, "queue": queue, "contracts": list(contracts)})
+
+    async def drop(self, kind: str, name: str) -> None:
+        await self.request("drop", {"kind": kind, "name": name})
+
+    async def list(self, kind: str) -> list[dict[str, Any]]:
+        """kind: message_type, contract, queue or service."""
+        result: list[dict[str, Any]] = await self.request("list", {"kind": kind})
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        """Node, store, queues with their depth, conversations by state, delayed messages."""
+        result: dict[str, Any] = await self.request("status", {})
+        return result
+
+    async def list_conversations(self, limit: int = 1000) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request("list_conversations", {"limit": limit})
+        return result
+
+    # ---------------------------------------------------------------------------------------------- dialogs
+
+    async def begin_dialog(
+        self,
+        from_service: str,
+        to_service: str,
+        contract: str = DEFAULT,
+        *,
+        broker_instance: str | None = None,
+        lifetime: float | None = None,
+        encryption: bool = False,
+        related_group: str | None = None,
+    ) -> Dialog:
+        """Begin a conversation from a local service to ``to_service`` (which may not exist yet: its messages
+        then wait, DELAYED, until it does). ``lifetime`` in seconds; ``related_group`` joins a group."""
+        r = await self.request(
+            "begin_dialog",
+            {
+                "from_service": from_service,
+                "to_service": to_service,
+                "contract": contract,
+                "broker_instance": broker_instance,
+                "lifetime": lifetime,
+                "encryption": encryption,
+                "related_group": related_group,
+            },
+        )
+        return Dialog(self, r["handle"], r["conversation_id"], r["group_id"])
+
+    def dialog(self, handle: str) -> Dialog:
+        """A conversation by its handle (e.g. one from ``list_conversations``)."""
+        return Dialog(self, handle)
+
+    async def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        timeout: float | None = 0.0,
+        *,
+        lease_seconds: float | None = None,
+    ) -> ReceivedBatch:
+        """Up to ``max_messages`` of one conversation group, locked until commit or rollback.
+
+        ``timeout``: seconds to wait for messages (0: do not wait; None: wait without limit). An empty batch means
+        nothing arrived in time. ``lease_seconds``: how long the lock holds without commit or rollback (the
+        node's ``receive_lease`` by default); after that the messages go back to the queue.
+        """
+        if timeout is not None and (timeout < 0 or math.isnan(timeout)):
+            raise InvalidArgument("timeout must be >= 0, or None to wait without limit")
+        r = await self.request(
+            "receive",
+            {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds},
+        )
+        convs = r["conversations"]
+        messages: list[Message] = []
+        qname = r["queue"] or queue
+        for handle, seq, message_type, body, enqueued_at in r["messages"]:
+            c = convs.get(handle) or ["", "", "", "", False, ""]
+            messages.append(
+                Message(
+                    queue=qname,
+                    conversation_handle=handle,
+                    conversation_group_id=c[3],
+                    conversation_id=c[5],
+                    sequence_number=seq,
+                    message_type=message_type,
+                    body=body,
+                    service_name=c[0],
+                    far_service_name=c[1],
+                    contract=c[2],
+                    is_initiator=c[4],
+                    enqueued_at=enqueued_at,
+                )
+            )
+        return ReceivedBatch(self, r["lease"], messages, r.get("lease_expires_at"))
+
+    def __repr__(self) -> str:
+        state = "connected" if self._conn is not None and not self._conn.closed else "closed"
+        return f"<Client {self.url} {state} in_flight={len(self._pending)}>"
+
+
+def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Client:
+    """A client for the node at ``url``: ``async with connect(url) as client`` (or ``client = await connect(url)``,
+    then ``await client.aclose()``)."""
+    return Client(url, **options)
+
+
+__all__ = ["Client", "Dialog", "Message", "ReceivedBatch", "connect", "parse_url", "MessageTooLarge"]

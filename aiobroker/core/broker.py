@@ -1,0 +1,711 @@
+"""The broker core: conversations, delivery, receive leases and time, as pure synchronous state.
+
+Theory of operation
+-------------------
+Nothing here does I/O or reads a clock: every call that depends on time takes ``now`` (wall-clock seconds), and
+:meth:`BrokerCore.next_deadline` tells the shell when to call :meth:`BrokerCore.advance` next.
+
+Durability is the shell's job, done in the order the core dictates:
+
+1. A call changes memory at once (sequence numbers, states) and records what the store must learn in
+   ``changes`` (a coalesced :class:`WriteBatch`) and what receivers may see only once it is stored in
+   ``pending`` (messages bound for queues).
+2. The shell calls :meth:`seal` to take both, writes the batch, and only then answers the clients whose requests
+   made it and calls :meth:`publish` with the pending messages, which puts them in their queues.
+
+So a message is visible to a receiver only after it is durable, a send is acknowledged only after it is durable,
+and batches are published in the order they were sealed, which keeps every conversation in order. With a store
+that is not durable (``persist=False``) the same path runs without building store rows.
+
+Outgoing messages go straight to the far endpoint's queue when its service is on this node. When it is not, they
+wait in the transmission queue (``transmission``), DELAYED with a reason, and move on in order when a route appears
+(here: when a service of that name is created on this node; federation and dynamic routing add more).
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import (
+    ContractViolation,
+    ConversationError,
+    InvalidArgument,
+    LeaseExpired,
+    MessageTooLarge,
+    ObjectInUse,
+    QueueDisabled,
+    UnknownObject,
+)
+from ..store.base import MessageRow, Snapshot, WriteBatch
+from .catalog import DIALOG_TIMER, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, Catalog, CatalogObject, QueueDef, Service, check_name
+from .conversation import MAX_LIFETIME, Endpoint, State
+from .dialog_errors import BrokerErrorCode, error_body
+from .queues import Lease, MessageQueue
+from .validation import VALIDATORS
+
+URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
+_new_row = MessageRow._make
+TX = "tx"
+
+#: a message bound for a queue, waiting for its batch to be stored: (queue name, group id, urgent, row)
+Pending = tuple[str, str, bool, MessageRow]
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class BrokerCore:
+    """All of one node's conversation state. Single-threaded: the shell calls it from its event loop only."""
+
+    def __init__(
+        self,
+        *,
+        broker_instance: str,
+        persist: bool = True,
+        max_message_size: int = 4 * 1024 * 1024,
+        receive_lease: float = 30.0,
+        poison_rollbacks: int = 5,
+        new_id: Callable[[], str] = _uuid,
+    ) -> None:
+        self.broker_instance = broker_instance
+        self.persist = persist
+        self.max_message_size = max_message_size
+        self.receive_lease = receive_lease
+        self.poison_rollbacks = poison_rollbacks
+        self.new_id = new_id
+
+        self.catalog = Catalog()
+        self.queues: dict[str, MessageQueue] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        #: sending endpoint → its DELAYED outgoing messages, in order
+        self.transmission: dict[str, deque[MessageRow]] = {}
+        #: far service name → sending endpoints waiting for it (ordered set)
+        self.delayed_by_service: dict[str, dict[str, None]] = {}
+        self.leases: dict[int, Lease] = {}
+        self.leases_by_owner: dict[Any, set[int]] = {}
+        #: recently closed handles, so a late call says "ended" rather than "unknown" (bounded)
+        self.recently_closed: dict[str, None] = {}
+
+        self.changes = WriteBatch()
+        self.dirty: dict[str, Endpoint | None] = {}
+        self.pending: list[Pending] = []
+        self._deadlines: list[tuple[float, int, str]] = []  # (when, kind, key): lazily cleaned heap
+        self._next_message_id = 1
+        self._next_lease_id = 1
+
+    # ------------------------------------------------------------------------------------------------- loading
+
+    def load(self, snap: Snapshot, now: float) -> list[str]:
+        """Rebuild state from a store snapshot; returns warnings about anything inconsistent that was skipped."""
+        warnings: list[str] = []
+        order = {"message_type": 0, "contract": 1, "queue": 2, "service": 3}
+        for kind, _name, definition in sorted(snap.objects, key=lambda o: order.get(o[0], 9)):
+            if kind in order:
+                self.catalog.load(kind, definition)
+        for qdef in self.catalog.queues.values():
+            self.queues[qdef.name] = MessageQueue(qdef)
+        for handle, state in snap.endpoints:
+            ep = Endpoint.from_state(handle, state)
+            self.endpoints[handle] = ep
+            self._watch(ep)
+        last_id = 0
+        for row in snap.messages:
+            last_id = max(last_id, row.id)
+            ep = self.endpoints.get(row.handle)
+            if ep is None:
+                warnings.append(f"message {row.id} belongs to no conversation endpoint; dropped")
+                self._forget_row(row.id)
+                continue
+            if row.location == TX:
+                self.transmission.setdefault(row.handle, deque()).append(row)
+                continue
+            queue = self.queues.get(row.location[2:])
+            if queue is None:
+                warnings.append(f"message {row.id} is in unknown queue {row.location[2:]!r}; dropped")
+                self._forget_row(row.id)
+                continue
+            if row.state == 1:
+                queue.retained.setdefault(row.handle, []).append(row)
+            else:
+                queue.push(row, ep.group_id, row.message_type in URGENT_TYPES)
+        for handle in self.transmission:
+            ep = self.endpoints[handle]
+            self.delayed_by_service.setdefault(ep.far_service, {})[handle] = None
+        self._next_message_id = last_id + 1
+        return warnings
+
+    # ---------------------------------------------------------------------------------------- store bookkeeping
+
+    def _forget_row(self, message_id: int) -> None:
+        if self.persist:
+            self.changes.messages[message_id] = None
+
+    def _save_row(self, row: MessageRow) -> None:
+        if self.persist:
+            self.changes.messages[row.id] = row
+
+    def _touch(self, ep: Endpoint) -> None:
+        if self.persist:
+            self.dirty[ep.handle] = ep
+
+    def _save_object(self, kind: str, obj: CatalogObject | None, name: str) -> None:
+        if self.persist:
+            self.changes.objects[(kind, name)] = obj.to_def() if obj is not None else None
+
+    def seal(self) -> tuple[WriteBatch, list[Pending]]:
+        """Take the changes to store and the messages to publish once they are stored."""
+        batch = self.changes
+        if self.dirty:
+            for handle, ep in self.dirty.items():
+                batch.endpoints[handle] = ep.to_state() if ep is not None else None
+            self.dirty = {}
+        pending = self.pending
+        self.changes = WriteBatch()
+        self.pending = []
+        return batch, pending
+
+    def publish(self, pending: list[Pending]) -> set[str]:
+        """Put stored messages in their queues; returns the names of queues that received any."""
+        touched: set[str] = set()
+        queues = self.queues
+        endpoints = self.endpoints
+        for queue_name, group_id, urgent, row in pending:
+            ep = endpoints.get(row.handle)
+            queue = queues.get(queue_name)
+            if ep is None or ep.state is State.CLOSED or queue is None:
+                self._forget_row(row.id)  # its conversation ended while the message was being stored
+                continue
+            queue.push(row, group_id, urgent)
+            touched.add(queue_name)
+        return touched
+
+    # ------------------------------------------------------------------------------------------------- catalog
+
+    def create_object(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
+        obj = self.catalog.create(kind, definition)
+        self._save_object(kind, obj, obj.name)
+        if isinstance(obj, QueueDef):
+            self.queues[obj.name] = MessageQueue(obj)
+        elif isinstance(obj, Service):
+            self._route_delayed(obj.name)
+        return obj
+
+    def alter_queue(self, name: str, changes: dict[str, Any]) -> QueueDef:
+        current: QueueDef = self.catalog.get("queue", name)
+        definition = {**current.to_def(), **changes, "name": name}
+        new: QueueDef = self.catalog.build("queue", definition)  # type: ignore[assignment]
+        self.catalog.replace("queue", new)
+        queue = self.queues[name]
+        queue.definition = new
+        if new.status:
+            queue.disabled_reason = None
+        elif not current.status or queue.disabled_reason is None:
+            queue.disabled_reason = queue.disabled_reason or "its status was set off by an administrator"
+        self._save_object("queue", new, name)
+        return new
+
+    def drop_object(self, kind: str, name: str) -> None:
+        if kind == "service":
+            self.catalog.get("service", name)
+            n = sum(1 for ep in self.endpoints.values() if ep.service == name)
+            if n:
+                raise ObjectInUse(
+                    f"service {name!r} has {n} open conversation endpoint(s); end them first"
+                    " (or end them with cleanup=True)"
+                )
+        if kind == "queue":
+            self.catalog.get("queue", name)
+            q = self.queues[name]
+            if q.waiting or q.groups:
+                raise ObjectInUse(f"queue {name!r} still holds {q.waiting} message(s); receive or end them first")
+        self.catalog.drop(kind, name)
+        if kind == "queue":
+            del self.queues[name]
+        self._save_object(kind, None, name)
+
+    def list_objects(self, kind: str) -> list[dict[str, Any]]:
+        return [o.to_def() for o in self.catalog.table(kind).values()]
+
+    # ---------------------------------------------------------------------------------------------- dialogs
+
+    def begin_dialog(
+        self,
+        *,
+        from_service: str,
+        to_service: str,
+        contract: str,
+        now: float,
+        broker_instance: str | None = None,
+        lifetime: float | None = None,
+        encryption: bool = False,
+        related_group: str | None = None,
+    ) -> Endpoint:
+        service: Service = self.catalog.get("service", check_name("service", from_service))
+        check_name("service", to_service)
+        self.catalog.get("contract", check_name("contract", contract))
+        if lifetime is None:
+            lifetime = MAX_LIFETIME
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or not 0 < lifetime <= MAX_LIFETIME:
+            raise InvalidArgument(f"lifetime must be a number of seconds in (0, {MAX_LIFETIME:.0f}], got {lifetime!r}")
+        group = related_group
+        if group is not None and not isinstance(group, str):
+            raise InvalidArgument("related_group must be a conversation group id (a string)")
+        handle = self.new_id()
+        ep = Endpoint(
+            handle=handle,
+            conversation_id=self.new_id(),
+            is_initiator=True,
+            service=service.name,
+            far_service=to_service,
+            contract=contract,
+            group_id=group or self.new_id(),
+            expires_at=now + lifetime,
+            far_broker_instance=broker_instance,
+            encryption=bool(encryption),
+        )
+        self.endpoints[handle] = ep
+        self._touch(ep)
+        self._watch(ep)
+        return ep
+
+    def endpoint(self, handle: Any) -> Endpoint:
+        ep = self.endpoints.get(handle) if isinstance(handle, str) else None
+        if ep is None:
+            if handle in self.recently_closed:
+                raise ConversationError(f"conversation {handle} has ended on this side")
+            raise UnknownObject(f"conversation {handle!r} does not exist (it may have ended long ago)")
+        return ep
+
+    def send(self, handle: str, messages: list[Any], now: float) -> int:
+        """Send messages on one conversation, in order. Checks all of them before sending any."""
+        ep = self.endpoint(handle)
+        why = ep.why_not_send()
+        if why:
+            raise ConversationError(f"cannot send on conversation {handle}: {why}")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
+        allowed = self.catalog.contracts[ep.contract].may_send(ep.is_initiator)
+        limit = self.max_message_size
+        side = "initiator" if ep.is_initiator else "target"
+        for item in messages:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+                raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
+            message_type = item[0]
+            if message_type not in allowed:
+                if message_type in SYSTEM_MESSAGE_TYPES:
+                    raise InvalidArgument(
+                        f"{message_type!r} is a system message type: end() sends EndDialog and Error,"
+                        " begin_timer() makes DialogTimer"
+                    )
+                if message_type not in self.catalog.message_types:
+                    raise UnknownObject(f"message type {message_type!r} does not exist")
+                raise ContractViolation(
+                    f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}"
+                )
+            if len(item[1]) > limit:
+                raise MessageTooLarge(
+                    f"message body of {len(item[1])} bytes is over the node's max_message_size of {limit} bytes"
+                )
+        if ep.state is State.STARTED_OUTBOUND:
+            ep.state = State.CONVERSING
+        for message_type, body in messages:
+            if not ep.state.can_send:
+                break  # an earlier message of this batch failed the conversation; the rest have no reader
+            self._emit(ep, message_type, body, now)
+        self._touch(ep)
+        return len(messages)
+
+    def _emit(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
+        """Number one outgoing message and deliver it, or hold it DELAYED."""
+        seq = ep.send_seq
+        ep.send_seq = seq + 1
+        if ep.delayed is None:
+            far = self._far_endpoint(ep, now)
+            if far is not None:
+                self._deliver(ep, far, seq, message_type, body, now)
+                return
+            if ep.delayed is None:
+                return  # no reader: the conversation failed, or the far side is gone; the sender was told
+        mid = self._next_message_id
+        self._next_message_id = mid + 1
+        row = _new_row((mid, TX, ep.handle, seq, message_type, body, now, 0))
+        self.transmission.setdefault(ep.handle, deque()).append(row)
+        self.delayed_by_service.setdefault(ep.far_service, {})[ep.handle] = None
+        self._save_row(row)
+
+    def _far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None:
+        """The far side's endpoint on this node, made on first use; None if DELAYED (``ep.delayed`` set) or
+        failed."""
+        if ep.far_handle is not None:
+            far = self.endpoints.get(ep.far_handle)
+            if far is not None:
+                return far
+            # the far side has closed and gone: what is sent now has no reader; it was told by EndDialog/Error
+            return None
+        service = self.catalog.services.get(ep.far_service)
+        if service is None:
+            ep.delayed = f"no route: service {ep.far_service!r} is not on this node and no route names it"
+            return None
+        if ep.contract not in service.contracts:
+            self._fail(
+                ep,
+                BrokerErrorCode.CONTRACT_NOT_ACCEPTED,
+                f"service {service.name!r} does not accept contract {ep.contract!r}",
+                now,
+            )
+            return None
+        far = Endpoint(
+            handle=self.new_id(),
+            conversation_id=ep.conversation_id,
+            is_initiator=not ep.is_initiator,
+            service=service.name,
+            far_service=ep.service,
+            contract=ep.contract,
+            group_id=self.new_id(),
+            expires_at=ep.expires_at,
+            far_handle=ep.handle,
+            far_broker_instance=self.broker_instance,
+            state=State.CONVERSING,
+            encryption=ep.encryption,
+        )
+        ep.far_handle = far.handle
+        ep.far_broker_instance = self.broker_instance
+        self.endpoints[far.handle] = far
+        self._touch(far)
+        self._watch(far)
+        return far
+
+    def _deliver(self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+        """The receiving side's checks, then the message into the far endpoint's queue."""
+        if far.state is State.CLOSED:
+            return  # its side ended; it has been told, and nothing will read this
+        if message_type not in (END_DIALOG, ERROR):
+            mt = self.catalog.message_types.get(message_type)
+            reason: str | None
+            if mt is None:
+                reason = f"message type {message_type!r} does not exist at the receiving service {far.service!r}"
+            else:
+                reason = VALIDATORS[mt.validation](body)
+            if reason is not None:
+                self._fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq} was not delivered: {reason}", now)
+                return
+        elif message_type == END_DIALOG:
+            if far.state in (State.CONVERSING, State.STARTED_OUTBOUND):
+                far.state = State.DISCONNECTED_INBOUND
+        else:
+            if far.state is not State.CLOSED:
+                far.state = State.ERROR
+        far.recv_seq = seq + 1
+        self._touch(far)
+        self._enqueue(far, seq, message_type, body, now)
+
+    def _enqueue(self, ep: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+        queue_name = self.catalog.services[ep.service].queue
+        mid = self._next_message_id
+        self._next_message_id = mid + 1
+        row = _new_row((mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0))
+        self._save_row(row)
+        self.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, row))
+
+    def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None:
+        """The broker ends a conversation in error: an Error to this side's own queue, and to the far side's
+        if it exists and is still open. Nothing further is sent."""
+        self._drop_delayed(ep)
+        far = self.endpoints.get(ep.far_handle) if ep.far_handle else None
+        if far is not None and far.recv_seq == 0 and far.send_seq == 0:
+            # made by the very message that failed: its application never saw this conversation
+            self._remove(far)
+            far = None
+        for side in (ep, far):
+            if side is None or side.state in (State.CLOSED, State.ERROR):
+                continue
+            side.state = State.ERROR
+            side.error = (int(code), description)
+            self._touch(side)
+            self._enqueue(side, -1, ERROR, error_body(code, description), now)
+
+    def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
+        ep = self.endpoint(handle)
+        if ep.state is State.CLOSED:
+            raise ConversationError(f"conversation {handle} has already ended on this side")
+        if error is not None:
+            code, description = error
+            if not isinstance(code, int) or isinstance(code, bool) or code <= 0 or not isinstance(description, str):
+                raise InvalidArgument("end(error=(code, description)) takes a code > 0 and a description string")
+        if not cleanup and ep.state.can_send and (ep.far_handle is not None or handle in self.transmission):
+            if error is not None:
+                self._drop_delayed(ep)
+                self._emit(ep, ERROR, error_body(error[0], error[1]), now)
+            else:
+                self._emit(ep, END_DIALOG, b"", now)
+        if cleanup:
+            self._drop_delayed(ep)
+        ep.state = State.CLOSED
+        ep.timer_at = None
+        queue = self.queues.get(self.catalog.services[ep.service].queue) if ep.service in self.catalog.services else None
+        if queue is not None:
+            for row in queue.remove_handle(handle):
+                self._forget_row(row.id)
+        if handle in self.transmission:
+            self._touch(ep)  # stays CLOSED until its delayed messages (ending with EndDialog) leave
+        else:
+            self._remove(ep)
+
+    def _remove(self, ep: Endpoint) -> None:
+        self.endpoints.pop(ep.handle, None)
+        if self.persist:
+            self.dirty[ep.handle] = None
+        self.recently_closed[ep.handle] = None
+        if len(self.recently_closed) > 10_000:
+            del self.recently_closed[next(iter(self.recently_closed))]
+
+    def _drop_delayed(self, ep: Endpoint) -> int:
+        rows = self.transmission.pop(ep.handle, None)
+        if not rows:
+            return 0
+        for row in rows:
+            self._forget_row(row.id)
+        waiting = self.delayed_by_service.get(ep.far_service)
+        if waiting is not None:
+            waiting.pop(ep.handle, None)
+            if not waiting:
+                del self.delayed_by_service[ep.far_service]
+        ep.delayed = None
+        return len(rows)
+
+    def _route_delayed(self, service_name: str) -> int:
+        """A route to ``service_name`` may exist now: move its DELAYED messages on, each conversation in order."""
+        waiting = self.delayed_by_service.pop(service_name, None)
+        if not waiting:
+            return 0
+        moved = 0
+        for handle in waiting:
+            ep = self.endpoints[handle]
+            rows = self.transmission.pop(handle)
+            ep.delayed = None
+            far = self._far_endpoint(ep, rows[0].enqueued_at)
+            if far is None:
+                if ep.delayed is not None:  # still no route: back in line, untouched
+                    self.transmission[handle] = rows
+                    self.delayed_by_service.setdefault(service_name, {})[handle] = None
+                else:
+                    for row in rows:
+                        self._forget_row(row.id)
+                continue
+            for row in rows:
+                self._forget_row(row.id)
+                self._deliver(ep, far, row.seq, row.message_type, row.body, row.enqueued_at)
+                moved += 1
+            self._touch(ep)
+            if ep.state is State.CLOSED:
+                self._remove(ep)
+        return moved
+
+    # ---------------------------------------------------------------------------------------------- timers
+
+    def begin_timer(self, handle: str, seconds: float, now: float) -> None:
+        ep = self.endpoint(handle)
+        if ep.state is State.CLOSED:
+            raise ConversationError(f"conversation {handle} has ended on this side; it takes no timer")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= MAX_LIFETIME:
+            raise InvalidArgument(f"timer seconds must be a number from 0 to {MAX_LIFETIME:.0f}, got {seconds!r}")
+        ep.timer_at = now + seconds
+        self._touch(ep)
+        heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
+
+    def _watch(self, ep: Endpoint) -> None:
+        heapq.heappush(self._deadlines, (ep.expires_at, _LIFETIME, ep.handle))
+        if ep.timer_at is not None:
+            heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def advance(self, now: float) -> list[Lease]:
+        """Fire everything due by ``now``: lifetimes, timers, lease expiries. Returns the leases that ran out
+        (already rolled back), so the shell can tell their owners."""
+        expired: list[Lease] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            when, kind, key = heapq.heappop(heap)
+            if kind == _LEASE:
+                lease = self.leases.get(int(key))
+                if lease is not None and lease.expires_at == when:
+                    self._rollback(lease)
+                    expired.append(lease)
+                continue
+            ep = self.endpoints.get(key)
+            if ep is None or ep.state is State.CLOSED:
+                continue
+            if kind == _TIMER and ep.timer_at == when:
+                ep.timer_at = None
+                self._touch(ep)
+                self._enqueue(ep, -1, DIALOG_TIMER, b"", now)
+            elif kind == _LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
+                dropped = self._drop_delayed(ep)
+                description = "the conversation's lifetime ran out"
+                if dropped:
+                    description += f"; {dropped} message(s) still waiting ({ep.delayed or 'delayed'}) were dropped"
+                ep.state = State.ERROR
+                ep.error = (int(BrokerErrorCode.LIFETIME_EXPIRED), description)
+                self._touch(ep)
+                self._enqueue(ep, -1, ERROR, error_body(BrokerErrorCode.LIFETIME_EXPIRED, description), now)
+        return expired
+
+    # ---------------------------------------------------------------------------------------------- receive
+
+    def queue(self, name: Any) -> MessageQueue:
+        queue = self.queues.get(name) if isinstance(name, str) else None
+        if queue is None:
+            raise UnknownObject(f"queue {name!r} does not exist")
+        return queue
+
+    def check_receivable(self, queue: MessageQueue) -> None:
+        if not queue.definition.status:
+            raise QueueDisabled(
+                f"queue {queue.name!r} is disabled ({queue.disabled_reason or 'status off'}); fix the cause, then"
+                f" turn it on with: aiobroker alter queue {queue.name} --status on"
+            )
+
+    def receive(
+        self, queue_name: str, max_messages: int, owner: Any, now: float, lease_seconds: float | None = None
+    ) -> Lease | None:
+        """Lock the oldest ready conversation group of a queue and hand out up to ``max_messages``; None if
+        nothing is ready."""
+        queue = self.queue(queue_name)
+        self.check_receivable(queue)
+        if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
+            raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
+        taken = queue.take(max_messages)
+        if taken is None:
+            return None
+        group, rows = taken
+        lease_id = self._next_lease_id
+        self._next_lease_id = lease_id + 1
+        expires = now + (lease_seconds if lease_seconds is not None else self.receive_lease)
+        lease = Lease(lease_id, queue, group, rows, owner, expires)
+        group.lease = lease
+        self.leases[lease_id] = lease
+        self.leases_by_owner.setdefault(owner, set()).add(lease_id)
+        heapq.heappush(self._deadlines, (expires, _LEASE, str(lease_id)))
+        return lease
+
+    def _take_lease(self, lease_id: Any, owner: Any) -> Lease:
+        lease = self.leases.get(lease_id) if isinstance(lease_id, int) else None
+        if lease is None or lease.owner is not owner:
+            raise LeaseExpired(
+                f"lease {lease_id!r} is not held: it ran out, was already committed or rolled back, or belongs to"
+                " another connection; its messages went back to the queue"
+            )
+        del self.leases[lease_id]
+        owned = self.leases_by_owner.get(owner)
+        if owned is not None:
+            owned.discard(lease_id)
+            if not owned:
+                del self.leases_by_owner[owner]
+        return lease
+
+    def commit(self, lease_id: int, owner: Any) -> int:
+        lease = self._take_lease(lease_id, owner)
+        queue = lease.queue
+        if queue.definition.retention:
+            for row in lease.messages:
+                if row.handle in self.endpoints:
+                    kept = row._replace(state=1)
+                    queue.retained.setdefault(row.handle, []).append(kept)
+                    self._save_row(kept)
+        else:
+            for row in lease.messages:
+                self._forget_row(row.id)
+        queue.commit(lease)
+        return len(lease.messages)
+
+    def rollback(self, lease_id: int, owner: Any) -> None:
+        self._rollback(self._take_lease(lease_id, owner))
+
+    def release_owner(self, owner: Any) -> int:
+        """A receiver went away: roll back every lease it held. Returns how many."""
+        ids = self.leases_by_owner.pop(owner, set())
+        for lease_id in sorted(ids):
+            lease = self.leases.pop(lease_id)
+            self._rollback(lease)
+        return len(ids)
+
+    def _rollback(self, lease: Lease) -> None:
+        self.leases.pop(lease.id, None)
+        owned = self.leases_by_owner.get(lease.owner)
+        if owned is not None:
+            owned.discard(lease.id)
+            if not owned:
+                del self.leases_by_owner[lease.owner]
+        # messages of conversations that ended meanwhile do not come back
+        lease.messages = [r for r in lease.messages if r.handle in self.endpoints]
+        queue = lease.queue
+        queue.rollback(lease, urgent_types=URGENT_TYPES)
+        if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
+            if queue.definition.status:
+                reason = (
+                    f"poison message: conversation group {lease.group.id} was rolled back"
+                    f" {lease.group.rollbacks} times in a row"
+                )
+                self.alter_queue(queue.name, {"status": False})
+                queue.disabled_reason = reason
+
+    # ---------------------------------------------------------------------------------------------- status
+
+    def describe_message(self, row: MessageRow) -> list[Any]:
+        return [row.handle, row.seq, row.message_type, row.body, row.enqueued_at]
+
+    def conversations_of(self, rows: Iterable[MessageRow]) -> dict[str, list[Any]]:
+        """Per-conversation facts for a batch of received messages, sent once per batch, not per message."""
+        out: dict[str, list[Any]] = {}
+        for row in rows:
+            if row.handle not in out:
+                ep = self.endpoints.get(row.handle)
+                if ep is not None:
+                    out[row.handle] = [
+                        ep.service,
+                        ep.far_service,
+                        ep.contract,
+                        ep.group_id,
+                        ep.is_initiator,
+                        ep.conversation_id,
+                    ]
+        return out
+
+    def statistics(self) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        for ep in self.endpoints.values():
+            by_state[ep.state.value] = by_state.get(ep.state.value, 0) + 1
+        delayed = {
+            service: {
+                "conversations": len(handles),
+                "messages": sum(len(self.transmission.get(h, ())) for h in handles),
+                "reason": next((self.endpoints[h].delayed for h in handles if h in self.endpoints), None),
+            }
+            for service, handles in self.delayed_by_service.items()
+        }
+        return {
+            "broker_instance": self.broker_instance,
+            "conversations": len(self.endpoints),
+            "conversations_by_state": by_state,
+            "queues": [q.statistics() for q in self.queues.values()],
+            "delayed": delayed,
+            "leases": len(self.leases),
+            "objects": self.catalog.statistics(),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<BrokerCore {self.broker_instance[:8]} conversations={len(self.endpoints)}"
+            f" queues={len(self.queues)} leases={len(self.leases)} delayed={len(self.transmission)}>"
+        )
+
+
+_LIFETIME, _TIMER, _LEASE = 0, 1, 2
+

@@ -1,0 +1,259 @@
+"""The catalog: message types, contracts, queues and services, checked when created.
+
+Definitions are frozen classes built from plain dicts (what a client, the CLI or a config file sends) by
+``from_def`` and turned back by ``to_def`` (what the store keeps and ``list`` shows). Every check raises a
+:class:`~aiobroker.errors.BrokerError` that names the object and the rule, and a failed create changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DuplicateObject, InvalidArgument, ObjectInUse, UnknownObject
+
+MAX_NAME_BYTES = 256
+
+# System message types, allowed on every contract (SEMANTICS.md, Objects). Their names are the seeds' own.
+END_DIALOG = "http://schemas.microsoft.com/SQL/ServiceBroker/EndDialog"
+ERROR = "http://schemas.microsoft.com/SQL/ServiceBroker/Error"
+DIALOG_TIMER = "http://schemas.microsoft.com/SQL/ServiceBroker/DialogTimer"
+SYSTEM_MESSAGE_TYPES = frozenset({END_DIALOG, ERROR, DIALOG_TIMER})
+
+#: Built in, as in the seeds' system: a message type with no validation and a contract that lets either side
+#: send it, so a first conversation needs no set-up beyond a queue and a service.
+DEFAULT = "DEFAULT"
+
+VALIDATIONS = ("none", "empty", "msgpack", "json", "xml")
+SENT_BY = ("initiator", "target", "any")
+KINDS = ("message_type", "contract", "queue", "service")
+
+
+def check_name(kind: str, name: Any) -> str:
+    """A name is a non-empty string of at most 256 UTF-8 bytes with no control characters."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{kind} name must be a non-empty string, got {name!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidArgument(f"{kind} name {name[:40]!r}... is over {MAX_NAME_BYTES} UTF-8 bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidArgument(f"{kind} name {name!r} contains a control character")
+    return name
+
+
+def _only_keys(kind: str, d: dict[str, Any], allowed: set[str]) -> None:
+    extra = set(d) - allowed
+    if extra:
+        raise InvalidArgument(
+            f"{kind} {d.get('name')!r}: unknown field(s) {', '.join(sorted(extra))};"
+            f" allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _bool(kind: str, name: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{kind} {name!r}: {key} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageType:
+    name: str
+    validation: str = "none"
+
+    @classmethod
+    def from_def(cls, d: dict[str, Any]) -> MessageType:
+        _only_keys("message type", d, {"name", "validation"})
+        name = check_name("message type", d.get("name"))
+        validation = d.get("validation", "none")
+        if validation not in VALIDATIONS:
+            raise InvalidArgument(
+                f"message type {name!r}: validation {validation!r} is not one of {', '.join(VALIDATIONS)}"
+            )
+        return cls(name=name, validation=validation)
+
+    def to_def(self) -> dict[str, Any]:
+        return {"name": self.name, "validation": self.validation}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contract:
+    name: str
+    messages: dict[str, str]  #: message type → sent_by
+    #: derived: the types each side may send (system types excluded; they are always allowed)
+    initiator_may_send: frozenset[str] = field(default=frozenset(), compare=False)
+    target_may_send: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @classmethod
+    def from_def(cls, d: dict[str, Any]) -> Contract:
+        _only_keys("contract", d, {"name", "messages"})
+        name = check_name("contract", d.get("name"))
+        messages = d.get("messages")
+        if not isinstance(messages, dict) or not messages:
+            raise InvalidArgument(f"contract {name!r}: messages must be a non-empty map of message type to sent_by")
+        for mt, sent_by in messages.items():
+            check_name("message type", mt)
+            if sent_by not in SENT_BY:
+                raise InvalidArgument(
+                    f"contract {name!r}: message type {mt!r} has sent_by {sent_by!r}; use one of {', '.join(SENT_BY)}"
+                )
+            if mt in SYSTEM_MESSAGE_TYPES:
+                raise InvalidArgument(f"contract {name!r}: {mt!r} is a system message type, allowed on every contract")
+        init = frozenset(mt for mt, s in messages.items() if s in ("initiator", "any"))
+        targ = frozenset(mt for mt, s in messages.items() if s in ("target", "any"))
+        if not init:
+            raise InvalidArgument(f"contract {name!r}: the initiator must be allowed to send at least one message type")
+        return cls(name=name, messages=dict(messages), initiator_may_send=init, target_may_send=targ)
+
+    def to_def(self) -> dict[str, Any]:
+        return {"name": self.name, "messages": dict(self.messages)}
+
+    def may_send(self, is_initiator: bool) -> frozenset[str]:
+        return self.initiator_may_send if is_initiator else self.target_may_send
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueDef:
+    name: str
+    status: bool = True
+    retention: bool = False
+    poison_message_handling: bool = True
+
+    @classmethod
+    def from_def(cls, d: dict[str, Any]) -> QueueDef:
+        _only_keys("queue", d, {"name", "status", "retention", "poison_message_handling"})
+        name = check_name("queue", d.get("name"))
+        return cls(
+            name=name,
+            status=_bool("queue", name, "status", d.get("status", True)),
+            retention=_bool("queue", name, "retention", d.get("retention", False)),
+            poison_message_handling=_bool(
+                "queue", name, "poison_message_handling", d.get("poison_message_handling", True)
+            ),
+        )
+
+    def to_def(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "retention": self.retention,
+            "poison_message_handling": self.poison_message_handling,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    name: str
+    queue: str
+    contracts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_def(cls, d: dict[str, Any]) -> Service:
+        _only_keys("service", d, {"name", "queue", "contracts"})
+        name = check_name("service", d.get("name"))
+        queue = check_name("queue", d.get("queue"))
+        contracts = d.get("contracts", [])
+        if not isinstance(contracts, (list, tuple)):
+            raise InvalidArgument(f"service {name!r}: contracts must be a list of contract names")
+        for c in contracts:
+            check_name("contract", c)
+        return cls(name=name, queue=queue, contracts=tuple(dict.fromkeys(contracts)))
+
+    def to_def(self) -> dict[str, Any]:
+        return {"name": self.name, "queue": self.queue, "contracts": list(self.contracts)}
+
+
+CatalogObject = MessageType | Contract | QueueDef | Service
+_CLASSES: dict[str, Any] = {"message_type": MessageType, "contract": Contract, "queue": QueueDef, "service": Service}
+
+
+def check_kind(kind: Any) -> str:
+    if kind not in KINDS:
+        raise InvalidArgument(f"unknown object kind {kind!r}; use one of {', '.join(KINDS)}")
+    return str(kind)
+
+
+class Catalog:
+    """The node's named objects, with their cross-references checked both ways."""
+
+    def __init__(self) -> None:
+        self.message_types: dict[str, MessageType] = {DEFAULT: MessageType(name=DEFAULT)}
+        self.contracts: dict[str, Contract] = {DEFAULT: Contract.from_def({"name": DEFAULT, "messages": {DEFAULT: "any"}})}
+        self.queues: dict[str, QueueDef] = {}
+        self.services: dict[str, Service] = {}
+
+    def table(self, kind: str) -> dict[str, Any]:
+        return {
+            "message_type": self.message_types,
+            "contract": self.contracts,
+            "queue": self.queues,
+            "service": self.services,
+        }[check_kind(kind)]
+
+    def build(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
+        """Check a definition against the rules and the catalog, without changing anything."""
+        if not isinstance(definition, dict):
+            raise InvalidArgument(f"a {kind} definition is a map of fields, got {type(definition).__name__}")
+        obj: CatalogObject = _CLASSES[check_kind(kind)].from_def(definition)
+        if isinstance(obj, Contract):
+            for mt in obj.messages:
+                if mt not in self.message_types:
+                    raise UnknownObject(f"contract {obj.name!r}: message type {mt!r} does not exist; create it first")
+        elif isinstance(obj, Service):
+            if obj.queue not in self.queues:
+                raise UnknownObject(f"service {obj.name!r}: queue {obj.queue!r} does not exist; create it first")
+            for c in obj.contracts:
+                if c not in self.contracts:
+                    raise UnknownObject(f"service {obj.name!r}: contract {c!r} does not exist; create it first")
+        return obj
+
+    def create(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
+        obj = self.build(kind, definition)
+        table = self.table(kind)
+        if obj.name in table:
+            raise DuplicateObject(f"{kind.replace('_', ' ')} {obj.name!r} exists already; drop it first or pick another name")
+        table[obj.name] = obj
+        return obj
+
+    def replace(self, kind: str, obj: CatalogObject) -> None:
+        """Put an altered object in place (the caller built it with :meth:`build`)."""
+        self.table(kind)[obj.name] = obj
+
+    def get(self, kind: str, name: str) -> Any:
+        obj = self.table(kind).get(name)
+        if obj is None:
+            raise UnknownObject(f"{kind.replace('_', ' ')} {name!r} does not exist")
+        return obj
+
+    def users_of(self, kind: str, name: str) -> list[str]:
+        """Objects that refer to ``kind``/``name`` and so stop it from being dropped."""
+        if kind == "message_type":
+            return [f"contract {c.name!r}" for c in self.contracts.values() if name in c.messages]
+        if kind == "contract":
+            return [f"service {s.name!r}" for s in self.services.values() if name in s.contracts]
+        if kind == "queue":
+            return [f"service {s.name!r}" for s in self.services.values() if s.queue == name]
+        return []
+
+    def drop(self, kind: str, name: str) -> CatalogObject:
+        obj: CatalogObject = self.get(kind, name)
+        if name == DEFAULT and kind in ("message_type", "contract"):
+            raise ObjectInUse(f"the built-in {kind.replace('_', ' ')} DEFAULT cannot be dropped")
+        users = self.users_of(kind, name)
+        if users:
+            raise ObjectInUse(
+                f"{kind.replace('_', ' ')} {name!r} is used by {', '.join(users)}; drop or alter those first"
+            )
+        del self.table(kind)[name]
+        return obj
+
+    def load(self, kind: str, definition: dict[str, Any]) -> None:
+        """Restore an object read back from the store (trusted: no cross-reference checks)."""
+        obj: CatalogObject = _CLASSES[check_kind(kind)].from_def(definition)
+        self.table(kind)[obj.name] = obj
+
+    def statistics(self) -> dict[str, int]:
+        return {k: len(self.table(k)) for k in KINDS}
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return "<Catalog " + " ".join(f"{k}s={v}" for k, v in s.items()) + ">"

@@ -1,0 +1,192 @@
+"""Conversation endpoints and their states.
+
+Theory of operation
+-------------------
+A conversation (dialog) has two endpoints, one per side, each with its own *handle*. The initiator's endpoint is
+made by ``begin_dialog``; the target's when the first message arrives. Each endpoint numbers the messages it sends
+(``send_seq``) and remembers the next number it expects (``recv_seq``), so delivery is exactly once and in order
+per direction.
+
+States (the seeds' two-letter codes, as ``sys.conversation_endpoints`` shows them):
+
+====  ===================  =========================================================================
+code  name                 meaning
+====  ===================  =========================================================================
+SO    started_outbound     begun here, nothing sent yet
+CO    conversing           messages may flow both ways
+DI    disconnected_inbound the far side ended; this side may still receive, not send; must ``end()``
+ER    error                an ``Error`` arrived or the lifetime ran out; this side must ``end()``
+CD    closed               this side ended; the record stays only until its last message is delivered
+====  ===================  =========================================================================
+
+Transitions (anything not listed is refused with a :class:`ConversationError` that says why)::
+
+    begin_dialog        -> SO
+    SO  --send-->          CO
+    CO/SO --EndDialog in--> DI          CO/SO/DI --Error in / lifetime out--> ER
+    any but CD --end()-->  CD
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class State(enum.Enum):
+    STARTED_OUTBOUND = "SO"
+    CONVERSING = "CO"
+    DISCONNECTED_INBOUND = "DI"
+    ERROR = "ER"
+    CLOSED = "CD"
+
+    @property
+    def can_send(self) -> bool:
+        return self in (State.STARTED_OUTBOUND, State.CONVERSING)
+
+
+_WHY_NOT_SEND = {
+    State.DISCONNECTED_INBOUND: "the far side has ended it; call end() to close this side",
+    State.ERROR: "it is in error (an Error message is in the queue, or its lifetime ran out); call end() to close it",
+    State.CLOSED: "this side has ended it",
+}
+
+#: Lifetime when none is given: the seeds' maximum (2**31 - 1 seconds, about 68 years).
+MAX_LIFETIME = float(2**31 - 1)
+
+
+class Endpoint:
+    """One side of a conversation. Mutable; the core owns it and marks it dirty for the store on every change."""
+
+    __slots__ = (
+        "handle",
+        "conversation_id",
+        "is_initiator",
+        "service",
+        "far_service",
+        "contract",
+        "group_id",
+        "far_handle",
+        "far_broker_instance",
+        "state",
+        "expires_at",
+        "send_seq",
+        "recv_seq",
+        "timer_at",
+        "encryption",
+        "error",
+        "delayed",
+    )
+
+    def __init__(
+        self,
+        *,
+        handle: str,
+        conversation_id: str,
+        is_initiator: bool,
+        service: str,
+        far_service: str,
+        contract: str,
+        group_id: str,
+        expires_at: float,
+        far_handle: str | None = None,
+        far_broker_instance: str | None = None,
+        state: State = State.STARTED_OUTBOUND,
+        send_seq: int = 0,
+        recv_seq: int = 0,
+        timer_at: float | None = None,
+        encryption: bool = False,
+        error: tuple[int, str] | None = None,
+        delayed: str | None = None,
+    ) -> None:
+        self.handle = handle
+        self.conversation_id = conversation_id
+        self.is_initiator = is_initiator
+        self.service = service
+        self.far_service = far_service
+        self.contract = contract
+        self.group_id = group_id
+        self.expires_at = expires_at
+        self.far_handle = far_handle
+        self.far_broker_instance = far_broker_instance
+        self.state = state
+        self.send_seq = send_seq
+        self.recv_seq = recv_seq
+        self.timer_at = timer_at
+        self.encryption = encryption
+        self.error = error
+        #: why this side's outgoing messages wait in the transmission queue (None: they do not)
+        self.delayed = delayed
+
+    def why_not_send(self) -> str | None:
+        """None if this side may send now, else the reason in words."""
+        return None if self.state.can_send else _WHY_NOT_SEND[self.state]
+
+    def to_state(self) -> list[Any]:
+        """Plain data for the store; :meth:`from_state` reverses it."""
+        return [
+            self.conversation_id,
+            self.is_initiator,
+            self.service,
+            self.far_service,
+            self.contract,
+            self.group_id,
+            self.expires_at,
+            self.far_handle,
+            self.far_broker_instance,
+            self.state.value,
+            self.send_seq,
+            self.recv_seq,
+            self.timer_at,
+            self.encryption,
+            list(self.error) if self.error else None,
+            self.delayed,
+        ]
+
+    @classmethod
+    def from_state(cls, handle: str, s: list[Any]) -> Endpoint:
+        return cls(
+            handle=handle,
+            conversation_id=s[0],
+            is_initiator=s[1],
+            service=s[2],
+            far_service=s[3],
+            contract=s[4],
+            group_id=s[5],
+            expires_at=s[6],
+            far_handle=s[7],
+            far_broker_instance=s[8],
+            state=State(s[9]),
+            send_seq=s[10],
+            recv_seq=s[11],
+            timer_at=s[12],
+            encryption=s[13],
+            error=(s[14][0], s[14][1]) if s[14] else None,
+            delayed=s[15],
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What ``status`` and ``get_conversation`` show."""
+        return {
+            "handle": self.handle,
+            "conversation_id": self.conversation_id,
+            "is_initiator": self.is_initiator,
+            "service": self.service,
+            "far_service": self.far_service,
+            "contract": self.contract,
+            "group_id": self.group_id,
+            "state": self.state.value,
+            "state_desc": self.state.name.lower(),
+            "expires_at": self.expires_at,
+            "send_seq": self.send_seq,
+            "recv_seq": self.recv_seq,
+            "timer_at": self.timer_at,
+            "error": list(self.error) if self.error else None,
+            "delayed": self.delayed,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<Endpoint {self.handle[:8]} {'init' if self.is_initiator else 'target'} {self.service!r}"
+            f"->{self.far_service!r} {self.state.value} send={self.send_seq} recv={self.recv_seq}>"
+        )

@@ -1,0 +1,154 @@
+"""Queues: messages waiting per conversation group, and the locks (leases) receivers hold on groups.
+
+A receive takes the oldest *ready* group (one with messages and no lease), locks it, and hands out up to N of its
+messages: ``Error`` and ``DialogTimer`` first (they change what the application should do with the rest), then the
+others in arrival order. The group stays locked until the receiver commits or rolls back, or the lease runs out,
+or the receiver disconnects; so two receivers never work on one conversation group at once, which is what lets an
+application keep per-conversation state without locks of its own.
+
+Everything here is in memory; the core records store changes beside it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from ..store.base import MessageRow
+from .catalog import QueueDef
+
+
+class Group:
+    """One conversation group's waiting messages in one queue."""
+
+    __slots__ = ("id", "urgent", "normal", "lease", "rollbacks")
+
+    def __init__(self, group_id: str) -> None:
+        self.id = group_id
+        self.urgent: deque[MessageRow] = deque()  #: Error and DialogTimer: handed out first
+        self.normal: deque[MessageRow] = deque()
+        self.lease: Lease | None = None
+        #: receives of this group rolled back in a row (reset by a commit); poison-message handling counts these
+        self.rollbacks = 0
+
+    def __len__(self) -> int:
+        return len(self.urgent) + len(self.normal)
+
+
+class Lease:
+    """A receiver's lock on one group and the messages it was handed."""
+
+    __slots__ = ("id", "queue", "group", "messages", "owner", "expires_at")
+
+    def __init__(
+        self, lease_id: int, queue: MessageQueue, group: Group, messages: list[MessageRow], owner: Any, expires_at: float
+    ) -> None:
+        self.id = lease_id
+        self.queue = queue
+        self.group = group
+        self.messages = messages
+        self.owner = owner
+        self.expires_at = expires_at
+
+
+class MessageQueue:
+    """The messages of one queue, grouped, with the ready groups kept in arrival order."""
+
+    __slots__ = ("definition", "groups", "ready", "waiting", "retained", "disabled_reason")
+
+    def __init__(self, definition: QueueDef) -> None:
+        self.definition = definition
+        self.groups: dict[str, Group] = {}
+        #: groups with messages and no lease, oldest first (a dict used as an ordered set)
+        self.ready: dict[str, None] = {}
+        self.waiting = 0  #: messages not handed out
+        #: received messages kept by ``retention`` until their conversation ends: handle → rows
+        self.retained: dict[str, list[MessageRow]] = {}
+        self.disabled_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def push(self, row: MessageRow, group_id: str, urgent: bool) -> None:
+        group = self.groups.get(group_id)
+        if group is None:
+            group = self.groups[group_id] = Group(group_id)
+        (group.urgent if urgent else group.normal).append(row)
+        self.waiting += 1
+        if group.lease is None and group_id not in self.ready:
+            self.ready[group_id] = None
+
+    def take(self, max_messages: int) -> tuple[Group, list[MessageRow]] | None:
+        """Lock the oldest ready group and hand out up to ``max_messages`` of it (the caller makes the lease)."""
+        if not self.ready:
+            return None
+        group_id = next(iter(self.ready))
+        del self.ready[group_id]
+        group = self.groups[group_id]
+        out: list[MessageRow] = []
+        for dq in (group.urgent, group.normal):
+            while dq and len(out) < max_messages:
+                out.append(dq.popleft())
+        self.waiting -= len(out)
+        return group, out
+
+    def _settle(self, group: Group) -> None:
+        group.lease = None
+        if len(group):
+            # a group with more messages goes to the back of the line: fair among groups
+            self.ready[group.id] = None
+        else:
+            del self.groups[group.id]
+
+    def commit(self, lease: Lease) -> None:
+        lease.group.rollbacks = 0
+        self._settle(lease.group)
+
+    def rollback(self, lease: Lease, *, urgent_types: frozenset[str]) -> None:
+        """Put the messages back at the front of their group, in their original order."""
+        group = lease.group
+        for row in reversed(lease.messages):
+            (group.urgent if row.message_type in urgent_types else group.normal).appendleft(row)
+        self.waiting += len(lease.messages)
+        group.rollbacks += 1
+        group.lease = None
+        if len(group):
+            # the oldest messages go back to the front of the line, not the back
+            self.ready[group.id] = None
+            self.ready = {group.id: None, **self.ready}
+        else:
+            del self.groups[group.id]
+
+    def remove_handle(self, handle: str) -> list[MessageRow]:
+        """Take out every waiting message of one conversation endpoint (its side has ended)."""
+        removed: list[MessageRow] = []
+        for group in list(self.groups.values()):
+            for dq in (group.urgent, group.normal):
+                keep = [r for r in dq if r.handle != handle]
+                if len(keep) != len(dq):
+                    removed.extend(r for r in dq if r.handle == handle)
+                    dq.clear()
+                    dq.extend(keep)
+            if not len(group) and group.lease is None:
+                self.ready.pop(group.id, None)
+                del self.groups[group.id]
+        self.waiting -= len(removed)
+        removed.extend(self.retained.pop(handle, ()))
+        return removed
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": "on" if self.definition.status else "off",
+            "disabled_reason": self.disabled_reason,
+            "waiting": self.waiting,
+            "locked": sum(len(g.lease.messages) for g in self.groups.values() if g.lease is not None),
+            "groups": len(self.groups),
+            "ready_groups": len(self.ready),
+            "retained": sum(len(v) for v in self.retained.values()),
+        }
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<MessageQueue {self.name!r} waiting={s['waiting']} locked={s['locked']} groups={s['groups']}>"

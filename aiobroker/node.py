@@ -1,0 +1,473 @@
+"""The node: the shell around the core. It owns the task group, the clock, the store and the sockets.
+
+It runs four kinds of task, all in one task group: the listener (one task per client connection, each with a
+reader and a writer), the store writer (group commit, :mod:`aiobroker.writer`), and the ticker, which sleeps until
+the core's next deadline (a lifetime, a timer, a lease) or a waiting receive's time-out and then calls
+``core.advance(now)``. Everything that decides is in the core; the node only feeds it requests and time, and
+carries out what comes back.
+
+Use it in a program::
+
+    async with aiobroker.Node(NodeConfig(store="memory", listen_port=0)) as node:
+        async with aiobroker.connect(node.url) as client:
+            ...
+
+or run it with ``aiobroker serve``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+
+from . import __version__
+from .config import NodeConfig
+from .core.broker import BrokerCore
+from .core.queues import Lease
+from .errors import BrokerError, ConfigError, ConnectionLost, ProtocolError, QueueDisabled, UnknownObject
+from .ops import OPS
+from .store import Store, open_store
+from .transport.connection import FramedConnection
+from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Reply, Request, Welcome
+from .writer import StoreWriter
+
+log = logging.getLogger("aiobroker.node")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class Session:
+    """One client connection: its framed stream, and the owner of the leases it takes."""
+
+    __slots__ = ("node", "conn", "peer", "id", "__weakref__")
+
+    _ids = itertools.count(1)
+
+    def __init__(self, node: Node, conn: FramedConnection, peer: str) -> None:
+        self.node = node
+        self.conn = conn
+        self.peer = peer
+        self.id = next(self._ids)
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def reply_now(self, rid: int, result: Any) -> None:
+        self.conn.send([11, rid, result])
+
+    def reply_durable(self, rid: int, result: Any) -> None:
+        """Answer once what this request changed is stored."""
+        send = self.conn.send
+        self.node.writer.after_commit(lambda: send([11, rid, result]))
+
+    def fail(self, rid: int, exc: BrokerError) -> None:
+        self.conn.send_frame(Failed(request_id=rid, code=exc.code, message=exc.message))
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.peer}>"
+
+
+class _Waiter:
+    """A receive waiting for messages."""
+
+    __slots__ = ("session", "rid", "queue", "max_messages", "lease_seconds", "deadline", "done")
+
+    def __init__(
+        self, session: Session, rid: int, queue: str, max_messages: int, lease_seconds: float | None, deadline: float
+    ) -> None:
+        self.session = session
+        self.rid = rid
+        self.queue = queue
+        self.max_messages = max_messages
+        self.lease_seconds = lease_seconds
+        self.deadline = deadline
+        self.done = False
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig | None = None,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or NodeConfig()
+        self.clock = clock
+        self.store = store or open_store(self.config.store, self.config.data_dir, self.config.durability)
+        self.core: BrokerCore = None  # type: ignore[assignment]  # made in start()
+        self.writer: StoreWriter = None  # type: ignore[assignment]
+        self.sessions: set[Session] = set()
+        self.waiters: dict[str, deque[_Waiter]] = {}
+        self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
+        self._waiter_seq = itertools.count()
+        self._tick_wake = anyio.Event()
+        self._ticker_target = math.inf
+        self._tg: TaskGroup | None = None
+        self._started_at = 0.0
+        self.host = self.config.listen_host
+        self.port = self.config.listen_port
+        self.requests_served = 0
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the store, restore state, create configured objects, and listen. Returns once accepting."""
+        started = time.perf_counter()
+        snapshot = await anyio.to_thread.run_sync(self.store.open)
+        instance = snapshot.meta.get("broker_instance") or str(uuid.uuid4())
+        cfg = self.config
+        self.core = BrokerCore(
+            broker_instance=instance,
+            persist=self.store.durable,
+            max_message_size=cfg.max_message_size,
+            receive_lease=cfg.receive_lease,
+            poison_rollbacks=cfg.poison_rollbacks,
+        )
+        for warning in self.core.load(snapshot, self.clock()):
+            log.warning("while restoring state: %s", warning)
+        if "broker_instance" not in snapshot.meta:
+            self.core.changes.meta["broker_instance"] = instance
+        self._apply_config_objects()
+        self.writer = StoreWriter(self.core, self.store, self._on_published)
+        await self.writer.drain()
+        try:
+            listener = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
+        except OSError as exc:
+            await anyio.to_thread.run_sync(self.store.close)
+            raise ConfigError(
+                f"cannot listen on {cfg.listen}: {exc.strerror or exc}; is another node running there?"
+                " choose another --listen address"
+            ) from exc
+        sockname = listener.extra(SocketAttribute.local_address)
+        self.host, self.port = str(sockname[0]), int(sockname[1])  # type: ignore[index]
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self.writer.run)
+        self._tg.start_soon(self._ticker)
+        self._tg.start_soon(listener.serve, self._handle_connection)
+        self._started_at = time.time()
+        stats = self.core.statistics()
+        waiting = sum(q["waiting"] for q in stats["queues"])
+        log.info(
+            "node %s listening on %s (store %s%s); restored %d conversation(s), %d queued message(s), %d object(s)"
+            " in %.2fs",
+            instance,
+            self.url,
+            self.store.name,
+            f" at {cfg.data_dir}" if self.store.durable else ", nothing kept across restarts",
+            stats["conversations"],
+            waiting,
+            sum(stats["objects"].values()),
+            time.perf_counter() - started,
+        )
+
+    def _apply_config_objects(self) -> None:
+        """Create the config file's objects that do not exist; one that exists must match it."""
+        for kind, definition in self.config.objects:
+            name = definition.get("name")
+            try:
+                existing = self.core.catalog.table(kind).get(name)
+                if existing is None:
+                    self.core.create_object(kind, dict(definition))
+                    log.info("created %s %r from the config file", kind.replace("_", " "), name)
+                elif existing != self.core.catalog.build(kind, dict(definition)):
+                    raise ConfigError(
+                        f"it exists with another definition ({existing.to_def()}); drop it first, or change the"
+                        " config to match"
+                    )
+            except BrokerError as exc:
+                raise ConfigError(f"config {kind.replace('_', ' ')} {name!r}: {exc.message}") from exc
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection, write what is pending, close the store."""
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            tg.cancel_scope.cancel()
+            try:
+                await tg.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if self.writer is not None and not getattr(self, "_store_failed", False):
+                        await self.writer.drain()
+                    await anyio.to_thread.run_sync(self.store.close)
+                    log.info("node stopped; store closed")
+
+    # --------------------------------------------------------------------------------------------- connections
+
+    async def _handle_connection(self, stream: SocketStream) -> None:
+        try:
+            addr = stream.extra(SocketAttribute.remote_address)
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        except Exception:  # noqa: BLE001 - a peer address is only for logs
+            peer = "?"
+        conn = FramedConnection(stream, max_frame_size=self.config.max_frame_size, peer=peer)
+        session = Session(self, conn, peer)
+        try:
+            if len(self.sessions) >= self.config.max_connections:
+                conn.send_frame(
+                    Refused(
+                        code="overloaded",
+                        message=f"the node has its maximum of {self.config.max_connections} connections; try later",
+                    )
+                )
+                await conn.flush()
+                return
+            if not await self._handshake(conn, peer):
+                return
+            self.sessions.add(session)
+            log.debug("client %s connected", peer)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.writer)
+                await self._serve(session)
+                tg.cancel_scope.cancel()
+        except ProtocolError as exc:
+            log.warning("client %s sent a malformed frame; closing its connection: %s", peer, exc.message)
+            conn.send_frame(Refused(code=exc.code, message=exc.message))
+            await conn.flush()
+        except ConnectionLost:
+            pass
+        finally:
+            self.sessions.discard(session)
+            conn.close()
+            self._forget_session(session)
+            await conn.aclose()
+
+    async def _handshake(self, conn: FramedConnection, peer: str) -> bool:
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
+            frame = await conn.receive_one()
+            if not isinstance(frame, Hello):
+                raise ProtocolError(f"expected HELLO as the first frame, got {type(frame).__name__.upper()}")
+            if frame.version != PROTOCOL_VERSION:
+                msg = (
+                    f"protocol version {frame.version} is not spoken here (this node speaks {PROTOCOL_VERSION});"
+                    " upgrade the older side"
+                )
+                log.warning("refused %s: %s", peer, msg)
+                conn.send_frame(Refused(code="protocol_error", message=msg))
+                await conn.flush()
+                return False
+            if frame.role != "client":
+                msg = "this node does not accept peer links yet (federation is not enabled)"
+                conn.send_frame(Refused(code="protocol_error", message=msg))
+                await conn.flush()
+                return False
+            conn.send_frame(
+                Welcome(
+                    version=PROTOCOL_VERSION,
+                    broker_instance=self.core.broker_instance,
+                    info={
+                        "server": f"aiobroker {__version__}",
+                        "max_message_size": self.config.max_message_size,
+                        "max_frame_size": self.config.max_frame_size,
+                    },
+                )
+            )
+            return True
+        log.warning("client %s did not finish the handshake within %.0fs; closed", peer, HANDSHAKE_TIMEOUT)
+        return False
+
+    async def _serve(self, session: Session) -> None:
+        conn = session.conn
+        ops = OPS
+        while not conn.closed:
+            frames = await conn.receive_frames()
+            for frame in frames:
+                if not isinstance(frame, Request):
+                    raise ProtocolError(f"a client sends REQUEST frames, got {type(frame).__name__.upper()}")
+                handler = ops.get(frame.op)
+                try:
+                    if handler is None:
+                        raise UnknownObject(f"unknown operation {frame.op!r}; this node knows {', '.join(sorted(ops))}")
+                    handler(self, session, frame.request_id, frame.args)
+                except BrokerError as exc:
+                    session.fail(frame.request_id, exc)
+            self.requests_served += len(frames)
+            self.writer.kick()
+            self._maybe_wake_ticker()
+
+    def _forget_session(self, session: Session) -> None:
+        if self.core is None:
+            return
+        queues = {lease.queue.name for lease in self.core.leases.values() if lease.owner is session}
+        released = self.core.release_owner(session)
+        if released:
+            log.info("client %s went away holding %d lease(s); their messages are back in the queue", session.peer, released)
+            self.writer.kick()
+            for name in queues:
+                self.serve_waiters(name)
+
+    # ------------------------------------------------------------------------------------------------- receive
+
+    def receive(
+        self, session: Session, rid: int, queue: str, max_messages: int, timeout: float | None, lease_seconds: float | None
+    ) -> None:
+        lease = self.core.receive(queue, max_messages, session, self.clock(), lease_seconds)
+        if lease is not None:
+            session.reply_now(rid, self._batch(lease))
+            self._maybe_wake_ticker()
+            return
+        if timeout == 0:
+            session.reply_now(rid, _EMPTY_BATCH)
+            return
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        waiter = _Waiter(session, rid, queue, max_messages, lease_seconds, deadline)
+        self.waiters.setdefault(queue, deque()).append(waiter)
+        if deadline != math.inf:
+            heapq.heappush(self._waiter_deadlines, (deadline, next(self._waiter_seq), waiter))
+            self._maybe_wake_ticker()
+
+    def _batch(self, lease: Lease) -> dict[str, Any]:
+        rows = lease.messages
+        return {
+            "lease": lease.id,
+            "queue": lease.queue.name,
+            "lease_expires_at": lease.expires_at,
+            "messages": [[r[2], r[3], r[4], r[5], r[6]] for r in rows],
+            "conversations": self.core.conversations_of(rows),
+        }
+
+    def serve_waiters(self, queue_name: str) -> None:
+        """Hand ready groups of a queue to the receives waiting on it, oldest waiter first."""
+        waiting = self.waiters.get(queue_name)
+        if not waiting:
+            return
+        queue = self.core.queues.get(queue_name)
+        if queue is None:
+            self.fail_waiters(queue_name)
+            return
+        if not queue.definition.status:
+            try:
+                self.core.check_receivable(queue)
+            except QueueDisabled as exc:
+                self.fail_waiters(queue_name, exc)
+            return
+        now = self.clock()
+        while waiting and queue.ready:
+            w = waiting.popleft()
+            if w.done or w.session.closed:
+                continue
+            w.done = True
+            lease = self.core.receive(queue_name, w.max_messages, w.session, now, w.lease_seconds)
+            if lease is not None:
+                w.session.reply_now(w.rid, self._batch(lease))
+        if not waiting:
+            del self.waiters[queue_name]
+        self._maybe_wake_ticker()
+
+    def fail_waiters(self, queue_name: str, exc: BrokerError | None = None) -> None:
+        err = exc or UnknownObject(f"queue {queue_name!r} was dropped while this receive waited")
+        for w in self.waiters.pop(queue_name, ()):
+            if not w.done and not w.session.closed:
+                w.done = True
+                w.session.fail(w.rid, err)
+
+    def _on_published(self, queues: set[str]) -> None:
+        for name in queues:
+            self.serve_waiters(name)
+
+    # -------------------------------------------------------------------------------------------------- time
+
+    def wake_ticker(self) -> None:
+        self._tick_wake.set()
+
+    def _maybe_wake_ticker(self) -> None:
+        nxt = self.core.next_deadline()
+        wd = self._waiter_deadlines[0][0] if self._waiter_deadlines else math.inf
+        # waiter deadlines are monotonic, core deadlines are wall-clock: compare each against its own clock
+        if (nxt is not None and nxt - self.clock() < self._ticker_target - time.monotonic()) or wd < self._ticker_target:
+            self._tick_wake.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            nxt = self.core.next_deadline()
+            delay = math.inf if nxt is None else max(0.0, nxt - self.clock())
+            if self._waiter_deadlines:
+                delay = min(delay, max(0.0, self._waiter_deadlines[0][0] - time.monotonic()))
+            self._ticker_target = time.monotonic() + delay
+            with anyio.move_on_after(delay):
+                await self._tick_wake.wait()
+            self._tick_wake = anyio.Event()
+            self._ticker_target = math.inf
+            self._tick()
+
+    def _tick(self) -> None:
+        expired = self.core.advance(self.clock())
+        if expired:
+            for lease in expired:
+                log.info(
+                    "lease %d on queue %r ran out (client %s); %d message(s) back in the queue",
+                    lease.id,
+                    lease.queue.name,
+                    getattr(lease.owner, "peer", "?"),
+                    len(lease.messages),
+                )
+            for name in {lease.queue.name for lease in expired}:
+                self.serve_waiters(name)
+        mono = time.monotonic()
+        heap = self._waiter_deadlines
+        while heap and heap[0][0] <= mono:
+            _, _, w = heapq.heappop(heap)
+            if not w.done:
+                w.done = True
+                if not w.session.closed:
+                    w.session.reply_now(w.rid, _EMPTY_BATCH)
+                waiting = self.waiters.get(w.queue)
+                if waiting is not None:
+                    try:
+                        waiting.remove(w)
+                    except ValueError:
+                        pass
+                    if not waiting:
+                        del self.waiters[w.queue]
+        self.writer.kick()
+
+    # ------------------------------------------------------------------------------------------------- status
+
+    def log_change(self, what: str) -> None:
+        log.info("%s", what)
+
+    def status(self) -> dict[str, Any]:
+        stats = self.core.statistics()
+        stats["node"] = {
+            "version": __version__,
+            "listen": self.url,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self._started_at, 1),
+            "connections": len(self.sessions),
+            "requests_served": self.requests_served,
+            "waiting_receives": sum(len(w) for w in self.waiters.values()),
+        }
+        stats["store"] = {**self.store.describe(), **self.writer.statistics()}
+        return stats
+
+    def __repr__(self) -> str:
+        return f"<Node {self.url} {self.core!r}>"
+
+
+_EMPTY_BATCH: dict[str, Any] = {"lease": None, "queue": None, "messages": [], "conversations": {}}

@@ -1,0 +1,215 @@
+"""The client operations a node serves: one small function per ``op`` of a REQUEST frame.
+
+Each handler checks its arguments, calls the core, and answers through ``session``: ``reply_durable`` when the
+answer promises something is stored (a send, a commit, a create), ``reply_now`` when it promises nothing (a read,
+a receive). A :class:`~aiobroker.errors.BrokerError` raised here becomes a FAILED frame for that request alone.
+
+=================  ==========================================================  =====================================
+op                 args                                                        result
+=================  ==========================================================  =====================================
+create             kind, definition (map)                                      the definition as stored
+alter_queue        name, changes (map of status/retention/poison_message_...)  the new definition
+drop               kind, name                                                  null
+list               kind                                                        list of definitions
+begin_dialog       from_service, to_service, contract, [broker_instance,       handle, conversation_id, group_id
+                   lifetime, encryption, related_group]
+send               handle, messages: [[message_type, body], ...]               count
+end                handle, [error: [code, description]], [cleanup]             null
+begin_timer        handle, seconds                                             null
+get_conversation   handle                                                      the endpoint's description
+list_conversations [limit]                                                     list of endpoint descriptions
+receive            queue, [max_messages=1], [timeout=0], [lease_seconds]        lease, messages, conversations
+commit             lease                                                       count
+rollback           lease                                                       null
+status             (none)                                                      node, store, queues, conversations
+=================  ==========================================================  =====================================
+
+``receive`` with ``timeout`` > 0 (or null: no limit) waits for messages without holding up anything else on the
+connection; each received message is ``[handle, sequence_number, message_type, body, enqueued_at]`` and
+``conversations`` maps each handle in the batch to ``[service, far_service, contract, group_id, is_initiator,
+conversation_id]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .core.catalog import check_kind
+from .errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from .node import Node, Session
+
+Handler = Callable[["Node", "Session", int, dict[str, Any]], None]
+OPS: dict[str, Handler] = {}
+
+_MISSING = object()
+
+
+def op(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        OPS[name] = fn
+        return fn
+
+    return register
+
+
+def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    """One argument of the request, type-checked; a missing or mistyped one is an InvalidArgument naming it."""
+    value = args.get(name, _MISSING)
+    if value is _MISSING or (value is None and default is not _MISSING):
+        if default is _MISSING:
+            raise InvalidArgument(f"missing argument {name!r}")
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise InvalidArgument(f"argument {name!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def number(args: dict[str, Any], name: str, default: Any = _MISSING) -> float | None:
+    value = arg(args, name, (int, float, type(None)), default)
+    if value is not None and not math.isfinite(value):
+        raise InvalidArgument(f"argument {name!r} must be a finite number")
+    return value  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------------ catalog
+
+
+@op("create")
+def create(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    kind = check_kind(arg(args, "kind", str))
+    obj = node.core.create_object(kind, arg(args, "definition", dict))
+    session.reply_durable(rid, obj.to_def())
+    node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}")
+
+
+@op("alter_queue")
+def alter_queue(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    name = arg(args, "name", str)
+    new = node.core.alter_queue(name, arg(args, "changes", dict))
+    session.reply_durable(rid, new.to_def())
+    node.log_change(f"altered queue {name!r}: {new.to_def()}")
+    node.serve_waiters(name)
+
+
+@op("drop")
+def drop(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    kind = check_kind(arg(args, "kind", str))
+    name = arg(args, "name", str)
+    node.core.drop_object(kind, name)
+    session.reply_durable(rid, None)
+    node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}")
+    if kind == "queue":
+        node.fail_waiters(name)
+
+
+@op("list")
+def list_objects(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    session.reply_now(rid, node.core.list_objects(check_kind(arg(args, "kind", str))))
+
+
+# ------------------------------------------------------------------------------------------------- conversations
+
+
+@op("begin_dialog")
+def begin_dialog(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    ep = node.core.begin_dialog(
+        from_service=arg(args, "from_service", str),
+        to_service=arg(args, "to_service", str),
+        contract=arg(args, "contract", str, "DEFAULT"),
+        broker_instance=arg(args, "broker_instance", (str, type(None)), None),
+        lifetime=number(args, "lifetime", None),
+        encryption=arg(args, "encryption", bool, False),
+        related_group=arg(args, "related_group", (str, type(None)), None),
+        now=node.clock(),
+    )
+    session.reply_durable(rid, {"handle": ep.handle, "conversation_id": ep.conversation_id, "group_id": ep.group_id})
+
+
+@op("send")
+def send(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    count = node.core.send(arg(args, "handle", str), arg(args, "messages", list), node.clock())
+    session.reply_durable(rid, count)
+
+
+@op("end")
+def end(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    error = arg(args, "error", list, None)
+    if error is not None and len(error) != 2:
+        raise InvalidArgument("argument 'error' is [code, description]")
+    node.core.end(
+        arg(args, "handle", str),
+        node.clock(),
+        error=(error[0], error[1]) if error is not None else None,
+        cleanup=arg(args, "cleanup", bool, False),
+    )
+    session.reply_durable(rid, None)
+
+
+@op("begin_timer")
+def begin_timer(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    node.core.begin_timer(arg(args, "handle", str), number(args, "seconds"), node.clock())  # type: ignore[arg-type]
+    session.reply_durable(rid, None)
+    node.wake_ticker()
+
+
+@op("get_conversation")
+def get_conversation(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    session.reply_now(rid, node.core.endpoint(arg(args, "handle", str)).describe())
+
+
+@op("list_conversations")
+def list_conversations(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    limit = arg(args, "limit", int, 1000)
+    out = []
+    for ep in node.core.endpoints.values():
+        if len(out) >= limit:
+            break
+        out.append(ep.describe())
+    session.reply_now(rid, out)
+
+
+# -------------------------------------------------------------------------------------------------------- receive
+
+
+@op("receive")
+def receive(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    queue = arg(args, "queue", str)
+    max_messages = arg(args, "max_messages", int, 1)
+    timeout = number(args, "timeout", 0.0)
+    lease_seconds = number(args, "lease_seconds", None)
+    if timeout is not None and timeout < 0:
+        raise InvalidArgument("argument 'timeout' must be >= 0 (or null to wait without limit)")
+    if lease_seconds is not None and lease_seconds <= 0:
+        raise InvalidArgument("argument 'lease_seconds' must be > 0")
+    node.receive(session, rid, queue, max_messages, timeout, lease_seconds)
+
+
+@op("commit")
+def commit(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    lease_id = arg(args, "lease", int)
+    queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
+    count = node.core.commit(lease_id, session)
+    session.reply_durable(rid, count)
+    if queue_name is not None:
+        node.serve_waiters(queue_name)
+
+
+@op("rollback")
+def rollback(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    lease_id = arg(args, "lease", int)
+    queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
+    node.core.rollback(lease_id, session)
+    session.reply_durable(rid, None)
+    if queue_name is not None:
+        node.serve_waiters(queue_name)
+
+
+@op("status")
+def status(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    session.reply_now(rid, node.status())

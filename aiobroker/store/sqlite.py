@@ -1,0 +1,420 @@
+"""The SQLite store: a node's durable copy in one database file, one transaction per batch.
+
+Why SQLite: one file, transactions that survive a crash mid-write, and a write-ahead log that turns a commit into
+one sequential append, which is what group commit needs (many messages, one ``COMMIT``). The node already keeps
+all of its state in memory, so the store is write-mostly: it is read once, at start, and otherwise only appended
+to and deleted from. That shapes the schema (no secondary indexes to maintain; rows are looked up only by primary
+key) and the write path (``executemany`` over the batch's rows, no per-row Python work beyond building tuples).
+
+Files in the data directory:
+
+``aiobroker.sqlite3`` (plus SQLite's ``-wal`` and ``-shm``)
+    the database.
+``aiobroker.lock``
+    holds an exclusive ``flock`` while a node has the store open, and that node's pid. SQLite's own locking only
+    serializes transactions; it would let two nodes interleave batches in one file, each believing it owns the
+    state. The kernel drops the lock when the process dies, however it dies, so a crashed node never leaves a
+    stale lock behind.
+
+Foreign errors (``OSError``, ``sqlite3.Error``, a blob that does not decode) are translated here, at the
+boundary, into :class:`~aiobroker.errors.StoreError` with a message that names the path and what to do next.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from ..errors import ProtocolError, StoreError
+from ..wire.codec import packb, unpackb
+from .base import MessageRow, Snapshot, Store, WriteBatch
+
+#: The schema this code writes. A store with a larger version was written by a newer aiobroker and is refused.
+SCHEMA_VERSION: Final = 1
+
+DB_FILE: Final = "aiobroker.sqlite3"
+LOCK_FILE: Final = "aiobroker.lock"
+
+#: ``durability`` → SQLite's ``synchronous`` in WAL mode. NORMAL fsyncs only at checkpoints: a commit survives
+#: the process dying (the WAL is in the OS page cache) but the last ones may be lost with the machine. FULL
+#: fsyncs the WAL at every commit: it survives power loss, at the price of one fsync per batch.
+DURABILITIES: Final = {"normal": "NORMAL", "full": "FULL"}
+
+#: Meta key the store keeps for itself; hidden from the snapshot and refused in a batch.
+SCHEMA_KEY: Final = "schema_version"
+
+#: Page cache, in KiB. The working set of the write path is the right edge of the messages b-tree, the pages of
+#: recently deleted rows and the endpoints; 32 MiB holds that with room to spare and is small next to the node's
+#: in-memory state.
+_CACHE_KIB: Final = 32 * 1024
+
+#: After a checkpoint, truncate the WAL to this size, so that one burst does not leave a huge file behind.
+_WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+
+#: How long SQLite waits for a lock held by someone else. The flock keeps other nodes out, but an operator's
+#: ``sqlite3`` shell poking at the file should delay a batch, not fail it.
+_BUSY_TIMEOUT_MS: Final = 5000
+
+_TABLES: Final = ("meta", "objects", "endpoints", "messages")
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
+    "CREATE TABLE objects (kind TEXT, name TEXT, data BLOB, PRIMARY KEY (kind, name))",
+    "CREATE TABLE endpoints (handle TEXT PRIMARY KEY, data BLOB)",
+    # id is an alias of the rowid: ids grow in arrival order, so inserts append to the right edge of the tree.
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, location TEXT, handle TEXT, seq INTEGER,"
+    " message_type TEXT, body BLOB, enqueued_at REAL, state INTEGER)",
+)
+
+# Column order of MessageRow, so a row (a tuple) binds as is and a result row builds one.
+_SELECT_MESSAGES: Final = (
+    "SELECT id, location, handle, seq, message_type, body, enqueued_at, state FROM messages ORDER BY id"
+)
+_PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE_MESSAGE: Final = "DELETE FROM messages WHERE id = ?"
+_PUT_OBJECT: Final = "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)"
+_DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
+_PUT_ENDPOINT: Final = "INSERT OR REPLACE INTO endpoints VALUES (?, ?)"
+_DELETE_ENDPOINT: Final = "DELETE FROM endpoints WHERE handle = ?"
+_PUT_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+_DELETE_META: Final = "DELETE FROM meta WHERE key = ?"
+
+# SQLite primary result codes (the low byte of an extended code) that get their own message.
+_SQLITE_PERM = 3
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+
+
+class SqliteStore(Store):
+    """The durable store: ``data_dir/aiobroker.sqlite3``, guarded by ``data_dir/aiobroker.lock``.
+
+    ``open`` and ``write`` may be called from different threads (the node opens on its main thread and writes
+    from its writer thread), never at the same time; hence ``check_same_thread=False`` and no lock of our own.
+    """
+
+    name = "sqlite"
+    durable = True
+
+    def __init__(self, data_dir: Path, durability: str = "normal") -> None:
+        check_durability(durability)
+        self.data_dir = Path(data_dir)
+        self.durability = durability
+        self.db_path = self.data_dir / DB_FILE
+        self.lock_path = self.data_dir / LOCK_FILE
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    # --- the Store interface ------------------------------------------------------------------------------
+
+    def open(self) -> Snapshot:
+        if self._lock_fd is not None:
+            raise StoreError(f"the store in {self.data_dir} is already open")
+        self._make_data_dir()
+        self._lock_data_dir()
+        try:
+            return self._open_database()
+        except BaseException:
+            self.close()  # release the lock: a node that failed to start must not keep the directory
+            raise
+
+    def write(self, batch: WriteBatch) -> None:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"the store in {self.data_dir} is not open; call open() first")
+        if not batch:
+            return
+        # Encode before BEGIN: a value that cannot be encoded fails the batch before the file is touched.
+        statements = _statements(batch)
+        try:
+            with _transaction(conn):
+                for sql, params in statements:
+                    conn.executemany(sql, params)
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("writing a batch to", exc) from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        fd, self._lock_fd = self._lock_fd, None
+        try:
+            if conn is not None:
+                conn.close()  # checkpoints the WAL into the database file
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("closing", exc) from exc
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing the only descriptor releases the flock
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            path=str(self.db_path),
+            durability=self.durability,
+            size=_file_size(self.db_path),
+            wal_size=_file_size(self.db_path.with_name(DB_FILE + "-wal")),
+        )
+        return info
+
+    def __repr__(self) -> str:
+        state = "open" if self._conn is not None else "closed"
+        return f"<SqliteStore {str(self.data_dir)!r} durability={self.durability} {state}>"
+
+    # --- opening ------------------------------------------------------------------------------------------
+
+    def _make_data_dir(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(f"cannot create data directory {self.data_dir}", self.data_dir, exc) from exc
+
+    def _lock_data_dir(self) -> None:
+        """Take the directory for this process, or say which process has it."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _os_error(f"cannot create lock file {self.lock_path}", self.data_dir, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise StoreError(
+                f"data directory {self.data_dir} is in use by another aiobroker node (pid {pid});"
+                " stop it or choose another --data-dir"
+            ) from exc
+        except OSError as exc:  # e.g. ENOLCK: a file system without locks
+            os.close(fd)
+            raise _os_error(f"cannot lock {self.lock_path}", self.data_dir, exc) from exc
+        try:
+            # Only after locking: the pid in the file is always that of the holder (or of a dead one).
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise _os_error(f"cannot write lock file {self.lock_path}", self.data_dir, exc) from exc
+        self._lock_fd = fd
+
+    def _open_database(self) -> Snapshot:
+        try:
+            self._conn = conn = sqlite3.connect(
+                self.db_path,
+                isolation_level=None,  # autocommit: we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+            )
+            self._configure(conn)
+            self._prepare_schema(conn)
+            return self._read_snapshot(conn)
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("opening", exc) from exc
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        # The first statement that reads the file: a file that is not a database fails here.
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"cannot use a write-ahead log for {self.db_path} (journal mode stays {mode!r});"
+                " put --data-dir on a local file system"
+            )
+        conn.execute(f"PRAGMA synchronous = {DURABILITIES[self.durability]}")
+        conn.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")  # negative: KiB rather than pages
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables in an empty file; in any other, check that it is an aiobroker store we can read."""
+        with _transaction(conn):
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                for sql in _SCHEMA:
+                    conn.execute(sql)
+                conn.execute(_PUT_META, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
+                return
+            missing = [t for t in _TABLES if t not in tables]
+            if missing:
+                raise self._not_ours(f"no {missing[0]} table")
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (SCHEMA_KEY,)).fetchone()
+            if row is None:
+                raise self._not_ours(f"no {SCHEMA_KEY} in its meta table")
+            version = self._decode(row[0])
+            if type(version) is not int or version < 1:
+                raise self._corrupt(f"{SCHEMA_KEY} is {version!r}")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"data directory {self.data_dir} holds a store of schema version {version}, newer than this"
+                    f" aiobroker supports ({SCHEMA_VERSION}); run a newer aiobroker or choose another --data-dir"
+                )
+
+    def _read_snapshot(self, conn: sqlite3.Connection) -> Snapshot:
+        decode = self._decode
+        meta = {key: decode(value) for key, value in conn.execute("SELECT key, value FROM meta") if key != SCHEMA_KEY}
+        objects = [
+            (kind, name, decode(data))
+            for kind, name, data in conn.execute("SELECT kind, name, data FROM objects ORDER BY kind, name")
+        ]
+        endpoints = [
+            (handle, decode(data))
+            for handle, data in conn.execute("SELECT handle, data FROM endpoints ORDER BY handle")
+        ]
+        messages = list(map(MessageRow._make, conn.execute(_SELECT_MESSAGES)))
+        return Snapshot(meta=meta, objects=objects, endpoints=endpoints, messages=messages)
+
+    def _decode(self, blob: Any) -> Any:
+        if not isinstance(blob, bytes):
+            raise self._corrupt(f"a value is {type(blob).__name__}, not a msgpack blob")
+        try:
+            # The blob's own length bounds every string and array in it; no frame limit applies at rest.
+            return unpackb(blob, max_size=max(len(blob), 1))
+        except ProtocolError as exc:
+            raise self._corrupt(f"a value does not decode: {exc}") from exc
+
+    # --- errors -------------------------------------------------------------------------------------------
+
+    def _corrupt(self, what: str) -> StoreError:
+        return StoreError(
+            f"data directory {self.data_dir} holds a corrupt store ({what}): move it aside or restore a backup"
+        )
+
+    def _not_ours(self, what: str) -> StoreError:
+        return StoreError(
+            f"{self.db_path} is a SQLite database but not an aiobroker store ({what});"
+            " move it aside or choose another --data-dir"
+        )
+
+    def _sqlite_error(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        """Say what went wrong in the operator's terms; ``doing`` reads like "opening" or "writing a batch to"."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        where = self.db_path
+        if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+            return self._corrupt(str(exc))
+        if primary == _SQLITE_FULL:
+            return StoreError(
+                f"disk full while {doing} {where} ({exc}); nothing of the batch was written:"
+                f" free some space on the disk holding {self.data_dir}, then retry"
+            )
+        if primary in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_CANTOPEN):
+            return StoreError(
+                f"cannot write {where} while {doing} it ({exc}); make {self.data_dir} and its files writable by"
+                f" this user (uid {os.geteuid()}), or choose another --data-dir"
+            )
+        if primary == _SQLITE_IOERR:
+            return StoreError(
+                f"I/O error while {doing} {where} ({exc}); check the disk holding {self.data_dir}"
+                " and the kernel log, then restart the node"
+            )
+        if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return StoreError(
+                f"{where} is locked by another program ({exc}); close whatever else has the file open"
+            )
+        return StoreError(f"SQLite failed while {doing} {where} ({type(exc).__name__}: {exc})")
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def check_durability(durability: str) -> None:
+    """Refuse a ``durability`` other than those in :data:`DURABILITIES` (a typo must not silently mean "normal")."""
+    if durability not in DURABILITIES:
+        allowed = ", ".join(repr(d) for d in DURABILITIES)
+        raise ValueError(f"durability must be one of {allowed}, not {durability!r}")
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error, so a batch is applied whole or not at all.
+
+    IMMEDIATE takes the write lock at BEGIN, so a conflict (only possible with an outside program) shows up
+    before any work is done rather than at COMMIT.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself after some errors (disk full, I/O error); then there is nothing left to do.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one to report; closing the connection rolls back anyway
+        raise
+
+
+def _statements(batch: WriteBatch) -> list[tuple[str, Any]]:
+    """``(sql, parameters)`` for every non-empty part of the batch, deletes and puts apart.
+
+    A coalesced batch holds each key once, so the order of the statements does not matter.
+    """
+    if SCHEMA_KEY in batch.meta:
+        raise StoreError(f"meta key {SCHEMA_KEY!r} is reserved for the store itself")
+    try:
+        out: list[tuple[str, Any]] = []
+        _split(out, _PUT_META, _DELETE_META, list(batch.meta.items()), 1)
+        _split(out, _PUT_OBJECT, _DELETE_OBJECT, [(k, n, v) for (k, n), v in batch.objects.items()], 2)
+        _split(out, _PUT_ENDPOINT, _DELETE_ENDPOINT, list(batch.endpoints.items()), 1)
+    except ProtocolError as exc:  # packb: not plain data; a bug in the caller, reported as the store's refusal
+        raise StoreError(f"cannot store the batch: {exc}") from exc
+    messages = batch.messages
+    if messages:
+        # The hot path: rows are tuples in column order already, so they bind as they are.
+        puts = [row for row in messages.values() if row is not None]
+        if puts:
+            out.append((_PUT_MESSAGE, puts))
+        if len(puts) != len(messages):
+            out.append((_DELETE_MESSAGE, [(key,) for key, row in messages.items() if row is None]))
+    return out
+
+
+def _split(out: list[tuple[str, Any]], put: str, delete: str, items: list[tuple[Any, ...]], nkey: int) -> None:
+    """Append the puts (key columns plus the encoded value) and deletes (key columns) of one keyed table."""
+    puts = [(*item[:nkey], packb(item[nkey])) for item in items if item[nkey] is not None]
+    deletes = [item[:nkey] for item in items if item[nkey] is None]
+    if puts:
+        out.append((put, puts))
+    if deletes:
+        out.append((delete, deletes))
+
+
+def _os_error(what: str, data_dir: Path, exc: OSError) -> StoreError:
+    """``what`` failed: add why, in the operator's terms, and what to do about it."""
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        why = (
+            f"permission denied (running as uid {os.geteuid()}); make {data_dir} writable by this user"
+            " or choose another --data-dir"
+        )
+    elif code == errno.EROFS:
+        why = f"{data_dir} is on a read-only file system; choose another --data-dir"
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        why = f"the disk holding {data_dir} is full; free some space, then start the node again"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        why = f"{data_dir} or one of its parents is a regular file, not a directory; choose another --data-dir"
+    else:
+        why = f"{exc.strerror or exc}; fix that or choose another --data-dir"
+    return StoreError(f"{what}: {why}")
+
+
+def _read_pid(fd: int) -> str:
+    """The pid the lock holder wrote, or "unknown" (it may not have written it yet)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

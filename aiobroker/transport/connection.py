@@ -1,0 +1,136 @@
+"""A framed connection over an anyio byte stream: frames out through one buffered writer, frames in by chunk.
+
+Writes are never made per frame: :meth:`FramedConnection.send` appends to a buffer and wakes the writer task,
+which sends everything buffered in one ``send()``. So all the replies produced while handling one received chunk,
+or all the requests made by concurrent callers in one loop iteration, leave in one write (DESIGN.md, "What the
+hot path costs"). Reads take whatever the socket has (up to ``READ_SIZE``) and parse every whole frame in it.
+
+The output buffer is bounded: a peer that stops reading while we keep producing is disconnected rather than
+allowed to grow our memory without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream
+
+from ..errors import ConnectionLost, ProtocolError
+from ..wire.codec import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder, packb
+from ..wire.frames import Frame, parse_frame
+
+log = logging.getLogger("aiobroker.transport")
+
+READ_SIZE = 256 * 1024
+#: Bytes of frames waiting to be written before the peer is judged not to be reading and is disconnected.
+#: Generous: a few receive batches of large messages.
+DEFAULT_MAX_PENDING_OUTPUT = 256 * 1024 * 1024
+
+_BROKEN = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ConnectionError,
+    OSError,
+)
+
+
+class FramedConnection:
+    __slots__ = ("stream", "decoder", "_out", "_out_bytes", "_wake", "closed", "max_pending_output", "peer")
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        peer: str = "?",
+    ) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder(max_frame_size)
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._wake = anyio.Event()
+        self.closed = False
+        self.max_pending_output = max_pending_output
+        self.peer = peer
+
+    def send(self, obj: Any) -> None:
+        """Queue one frame for the writer (does not wait)."""
+        if self.closed:
+            return
+        body = packb(obj)
+        self._out.append(HEADER.pack(len(body)))
+        self._out.append(body)
+        self._out_bytes += len(body) + 4
+        if self._out_bytes > self.max_pending_output:
+            log.warning(
+                "%s is not reading its replies (%d bytes waiting); disconnecting it", self.peer, self._out_bytes
+            )
+            self.close()
+            return
+        self._wake.set()
+
+    def send_frame(self, frame: Frame) -> None:
+        self.send(frame.to_wire())
+
+    async def writer(self) -> None:
+        """Run in the connection's task group: write what is buffered, joined, until the connection closes."""
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if not self._out:
+                    continue
+                data = b"".join(self._out)
+                self._out.clear()
+                self._out_bytes = 0
+                await self.stream.send(data)
+        except _BROKEN:
+            pass
+        finally:
+            self.close()
+
+    async def receive_frames(self) -> list[Frame]:
+        """Wait for bytes and return the frames they complete (maybe none). Raises :class:`ConnectionLost` at end
+        of stream and :class:`ProtocolError` for garbage."""
+        try:
+            chunk = await self.stream.receive(READ_SIZE)
+        except _BROKEN as exc:
+            raise ConnectionLost(f"connection to {self.peer} closed") from exc
+        return [parse_frame(obj) for obj in self.decoder.feed(chunk)]
+
+    async def receive_one(self) -> Frame:
+        """The next single frame (the handshake uses this; it must arrive alone)."""
+        while True:
+            frames = await self.receive_frames()
+            if len(frames) > 1:
+                raise ProtocolError("the peer sent more frames before the handshake finished")
+            if frames:
+                return frames[0]
+
+    async def flush(self) -> None:
+        """Write what is buffered now, in this task (used when closing, after the writer has stopped)."""
+        if self._out and not self.closed:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_bytes = 0
+            try:
+                await self.stream.send(data)
+            except _BROKEN:
+                pass
+
+    def close(self) -> None:
+        """Mark closed and wake the writer so its task ends; the owner closes the stream."""
+        self.closed = True
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        self.close()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.stream.aclose()
+            except _BROKEN:
+                pass

@@ -1,0 +1,559 @@
+"""Shared helpers for the benchmarks (not tests: they print figures).
+
+Processes are started with :func:`start_process` and stopped with :func:`stop_process`, by pid only (SIGTERM,
+then SIGKILL after a deadline). Every wait here has a deadline; every loop is bounded in count and in time.
+
+The message body used by every benchmark starts with two unsigned 64-bit big-endian integers: the send time
+(``time.monotonic_ns()`` in the sending process; CLOCK_MONOTONIC is shared by all processes on Linux) and the
+sequence number. The rest of the body is padding up to the requested size.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS_DIR = HERE / "results"
+LOGS_DIR = RESULTS_DIR / "logs"
+LOOPBACK = "127.0.0.1"
+
+# The benchmarks measure the tree they live in: the repository root goes on sys.path (after benchmarks/).
+for _p in (str(HERE), str(REPO)):
+    if _p not in sys.path:
+        sys.path.append(_p)
+
+# --- message bodies -------------------------------------------------------------------------------------------
+
+BODY_HEADER = struct.Struct(">QQ")  # send time (monotonic ns), sequence number
+BODY_HEADER_SIZE = BODY_HEADER.size
+_SEQ = struct.Struct(">Q")
+
+
+def make_body(size: int, seq: int, send_ns: int | None = None, *, _pads: dict[int, bytes] = {}) -> bytes:  # noqa: B006
+    """A body of ``size`` bytes (at least 16) that starts with the send time and ``seq``."""
+    pad = _pads.get(size)
+    if pad is None:
+        if size < BODY_HEADER_SIZE:
+            raise ValueError(f"a body is at least {BODY_HEADER_SIZE} bytes (send time + sequence number)")
+        pad = _pads[size] = b"\xa5" * (size - BODY_HEADER_SIZE)
+    return BODY_HEADER.pack(time.monotonic_ns() if send_ns is None else send_ns, seq) + pad
+
+
+def body_send_ns(body: bytes) -> int:
+    return _SEQ.unpack_from(body, 0)[0]
+
+
+def body_seq(body: bytes) -> int:
+    return _SEQ.unpack_from(body, 8)[0]
+
+
+def parse_sizes(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        mult = 1
+        if part.endswith("k") or part.endswith("kib"):
+            mult, part = 1024, part.rstrip("kib")
+        value = int(part) * mult
+        if value < BODY_HEADER_SIZE:
+            raise ValueError(f"body size {value} is under the minimum of {BODY_HEADER_SIZE} bytes")
+        out.append(value)
+    if not out:
+        raise ValueError("no sizes given")
+    return out
+
+
+class SequenceChecker:
+    """Exactly-once, in-order check of sequence numbers 0..n-1. Cheap per message; keeps the first problems."""
+
+    __slots__ = ("n", "expected", "problems", "extra", "_kept")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.expected = 0  # the next sequence number due; also the count received in order
+        self.problems = 0  # duplicates, gaps, reorderings
+        self.extra = 0  # anything that arrived after 0..n-1 had all arrived
+        self._kept: list[str] = []
+
+    def see(self, seq: int) -> None:
+        if seq == self.expected and seq < self.n:
+            self.expected = seq + 1
+            return
+        self._problem(seq)
+
+    def _problem(self, seq: int) -> None:
+        if self.expected >= self.n:
+            self.extra += 1
+            what = f"seq {seq} arrived after all {self.n} had arrived (duplicate)"
+        elif seq < self.expected:
+            what = f"seq {seq} arrived again (duplicate; expected {self.expected})"
+        elif seq >= self.n:
+            what = f"seq {seq} is out of range 0..{self.n - 1}"
+        else:
+            what = f"seq {seq} arrived while {self.expected} was due (gap or reordering)"
+            self.expected = seq + 1  # resynchronise, so one gap is not reported a thousand times
+        self.problems += 1
+        if len(self._kept) < 5:
+            self._kept.append(what)
+
+    @property
+    def complete(self) -> bool:
+        return self.expected >= self.n
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.n and self.problems == 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "exactly_once": self.ok,
+            "in_order_received": self.expected,
+            "expected": self.n,
+            "problems": self.problems,
+            "extra": self.extra,
+            "first_problems": list(self._kept),
+        }
+
+
+# --- figures --------------------------------------------------------------------------------------------------
+
+
+def throughput(count: int, elapsed_ns: int) -> float:
+    return count / (elapsed_ns / 1e9) if elapsed_ns > 0 else 0.0
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (p in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(-(-p * len(sorted_values) // 100)) - 1))
+    return sorted_values[k]
+
+
+def latency_summary(latencies_ns: Sequence[int]) -> dict[str, Any]:
+    values = sorted(latencies_ns)
+    ms = 1e-6
+    return {
+        "samples": len(values),
+        "p50_ms": percentile(values, 50) * ms,
+        "p90_ms": percentile(values, 90) * ms,
+        "p99_ms": percentile(values, 99) * ms,
+        "p999_ms": percentile(values, 99.9) * ms,
+        "max_ms": (values[-1] * ms) if values else float("nan"),
+        "min_ms": (values[0] * ms) if values else float("nan"),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def fmt_rate(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:,.0f}"
+
+
+def fmt_ms(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:.3f}"
+
+
+def fmt_size(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, file: Any = None) -> None:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = file or sys.stdout
+
+    def line(r: Sequence[str]) -> str:
+        # text left-aligned in the first columns, numbers right-aligned
+        parts = []
+        for i, c in enumerate(r):
+            parts.append(c.rjust(widths[i]) if _numeric(c) else c.ljust(widths[i]))
+        return "  ".join(parts).rstrip()
+
+    print(line(cells[0]), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for r in cells[1:]:
+        print(line(r), file=out)
+    out.flush()
+
+
+def _numeric(c: str) -> bool:
+    c = c.replace(",", "").replace("%", "").replace("x", "").strip()
+    try:
+        float(c)
+        return True
+    except ValueError:
+        return False
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("anyio", "uvloop", "msgpack"):
+        try:
+            info[dist] = version(dist)
+        except PackageNotFoundError:
+            info[dist] = None
+    return info
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    """Write ``data`` (plus the command and the machine) to ``benchmarks/results/<name>-<timestamp>.json``."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = RESULTS_DIR / f"{name}-{stamp}.json"
+    payload = {
+        "benchmark": name,
+        "when": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "machine": machine_info(),
+        **data,
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+class Progress:
+    """Prints a line to stderr at most every ``every`` seconds (and only when :meth:`tick` is called)."""
+
+    def __init__(self, label: str, total: int | None = None, every: float = 2.0) -> None:
+        self.label = label
+        self.total = total
+        self.every = every
+        self.start = time.monotonic()
+        self._next = self.start + every
+
+    def tick(self, done: int, extra: str = "") -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every
+        of = f"/{self.total:,}" if self.total else ""
+        print(f"    .. {self.label}: {done:,}{of} after {now - self.start:.1f} s {extra}".rstrip(),
+              file=sys.stderr, flush=True)
+
+
+# --- processes and ports --------------------------------------------------------------------------------------
+
+
+class BenchError(Exception):
+    """A one-line, user-facing failure (printed without a traceback)."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    cpus: set[int] | None = None,
+    stdout: Any = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv``; its stdout and stderr go to ``log_path`` if given (else they are inherited)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [full_env.get("PYTHONPATH")])])
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    preexec: Callable[[], None] | None = None
+    if cpus is not None and hasattr(os, "sched_setaffinity"):
+        wanted = set(cpus)
+
+        def preexec() -> None:
+            os.sched_setaffinity(0, wanted)
+
+    out: Any = stdout
+    err: Any = None
+    log = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+        out = log if stdout is None else stdout
+        err = subprocess.STDOUT if stdout is None else log
+    try:
+        return subprocess.Popen(
+            list(argv), stdout=out, stderr=err, env=full_env, cwd=str(cwd or REPO), preexec_fn=preexec
+        )
+    except OSError as exc:
+        raise BenchError(f"cannot start {argv[0]}: {exc}") from exc
+    finally:
+        if log is not None:
+            log.close()
+
+
+def stop_process(proc: subprocess.Popen[Any], *, grace: float = 5.0) -> int | None:
+    """SIGTERM to ``proc.pid``, wait up to ``grace`` seconds, then SIGKILL to the same pid. Returns the exit code."""
+    if proc.poll() is not None:  # already exited (and reaped: its pid is not ours to signal any more)
+        return proc.returncode
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        print(f"warning: process {proc.pid} did not exit after SIGKILL", file=sys.stderr)
+        return None
+
+
+def wait_for_port(
+    port: int,
+    *,
+    host: str = LOOPBACK,
+    timeout: float = 15.0,
+    proc: subprocess.Popen[Any] | None = None,
+    what: str = "process",
+    log_path: Path | None = None,
+) -> float:
+    """Wait until ``host:port`` accepts a TCP connection; returns the seconds it took.
+
+    Raises :class:`BenchError` (one line) if ``proc`` exits first or the deadline passes.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    attempts = 0
+    while attempts < 100_000:
+        attempts += 1
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with code {proc.returncode} before listening on {host}:{port}"
+                             + _log_hint(log_path))
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return time.monotonic() - start
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    raise BenchError(f"{what} did not accept connections on {host}:{port} within {timeout:.0f} s"
+                     + _log_hint(log_path))
+
+
+def last_log_line(log_path: Path | None) -> str:
+    if log_path is None:
+        return ""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _log_hint(log_path: Path | None) -> str:
+    if log_path is None:
+        return ""
+    last = last_log_line(log_path)
+    shown = f"; last log line: {last[:200]!r}" if last else "; its log is empty"
+    return f"{shown} (full log: {_rel(log_path)})"
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def run_worker(
+    argv: Sequence[str], *, timeout: float, what: str, cpus: set[int] | None = None
+) -> dict[str, Any]:
+    """Run a load-generating worker to completion (bounded by ``timeout``) and return the JSON it printed.
+
+    The worker prints progress on stderr (shown as it comes) and one ``RESULT {json}`` line on stdout.
+    """
+    proc = start_process(argv, stdout=subprocess.PIPE, cpus=cpus)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+        raise BenchError(f"{what} did not finish within {timeout:.0f} s (stopped it)") from None
+    finally:
+        if proc.poll() is None:
+            stop_process(proc)
+    result = None
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+    if result is None:
+        raise BenchError(f"{what} exited with code {proc.returncode} without a result")
+    if "error" in result:
+        raise BenchError(f"{what}: {result['error']}")
+    return result
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """Worker side of :func:`run_worker`."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def worker_main(label: str, body: Callable[[], dict[str, Any]]) -> int:
+    """Run a worker's body; turn any failure into a one-line error result (the traceback goes to a log file)."""
+    try:
+        emit_result(body())
+        return 0
+    except KeyboardInterrupt:
+        emit_result({"error": "interrupted"})
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - reported as one line; the traceback is kept in a file
+        import traceback
+
+        LOGS_DIR.mkdir(parents=True, exist_ok=True)
+        path = LOGS_DIR / f"{label}-{os.getpid()}-traceback.txt"
+        path.write_text("".join(traceback.format_exception(exc)))
+        msg = _one_line(exc)
+        emit_result({"error": f"{msg} (traceback: {_rel(path)})"})
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    # Unwrap exception groups from task groups down to the first real cause.
+    seen = 0
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions and seen < 20:
+        exc = exc.exceptions[0]
+        seen += 1
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_async(main: Callable[..., Any], *args: Any) -> Any:
+    """Run ``main(*args)`` on anyio's asyncio backend with uvloop (the event loop aiobroker uses)."""
+    import anyio
+
+    return anyio.run(main, *args, backend="asyncio", backend_options={"use_uvloop": True})
+
+
+class Deadline:
+    """``Deadline(seconds)``: ``.left()`` seconds remaining (never negative), ``.passed``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+def cpu_plan(pin: bool, servers: int) -> tuple[list[set[int] | None], set[int] | None]:
+    """CPU sets for ``servers`` server processes and the load process when pinning (2+ CPUs), else Nones."""
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return [None] * servers, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return [None] * servers, None
+    load = {cpus[-1]}
+    server_cpus = set(cpus[:-1])
+    return [server_cpus] * servers, load
+
+
+# --- pacing (latency runs) ------------------------------------------------------------------------------------
+
+
+async def paced_send(
+    send_batch: Callable[[int, int], Any],
+    *,
+    rate: float,
+    total: int,
+    tick: float = 0.001,
+    max_seconds: float,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Send ``total`` messages at ``rate`` per second: each ``tick`` sends every message now due, in one batch.
+
+    ``await send_batch(first_seq, count)`` sends messages ``first_seq .. first_seq+count-1``. Message ``i`` is due
+    at ``start + i / rate``. Returns the start time (monotonic ns), what was sent, the achieved rate and the
+    worst lag behind the schedule (a sender that cannot keep up shows here, not in the latency figures).
+    """
+    import anyio
+
+    start = time.monotonic()
+    start_ns = time.monotonic_ns()
+    deadline = start + max_seconds
+    sent = 0
+    max_lag = 0.0
+    batches = 0
+    max_ticks = int(max_seconds / tick) + 10_000
+    for k in range(max_ticks):
+        now = time.monotonic()
+        if sent >= total or now >= deadline:
+            break
+        due = min(total, int((now - start) * rate) + 1)
+        if due > sent:
+            lag = now - (start + sent / rate)
+            if lag > max_lag:
+                max_lag = lag
+            await send_batch(sent, due - sent)
+            sent = due
+            batches += 1
+            if progress is not None:
+                progress.tick(sent, "sent")
+        # sleep to the next tick boundary (or skip ahead if sending took longer than a tick)
+        next_tick = start + (int((time.monotonic() - start) / tick) + 1) * tick
+        await anyio.sleep(max(0.0, next_tick - time.monotonic()))
+    elapsed = time.monotonic() - start
+    return {
+        "start_ns": start_ns,
+        "sent": sent,
+        "batches": batches,
+        "target_rate": rate,
+        "achieved_rate": sent / elapsed if elapsed > 0 else 0.0,
+        "max_schedule_lag_ms": max_lag * 1e3,
+    }

@@ -1,0 +1,176 @@
+"""Receive: conversation-group locks, leases, rollback, poison messages, retention, restart (pure core)."""
+
+from __future__ import annotations
+
+import pytest
+from core_harness import Harness
+
+from aiobroker.errors import LeaseExpired, QueueDisabled
+
+
+def test_a_locked_group_is_not_handed_to_a_second_receiver() -> None:
+    h = Harness()
+    a = h.pair()
+    b = h.pair()
+    h.send(a, b"a1", b"a2")
+    h.send(b, b"b1")
+    first = h.receive("qt", owner="r1")
+    second = h.receive("qt", owner="r2")
+    assert first is not None and second is not None
+    assert [r.body for r in first.messages] == [b"a1", b"a2"]
+    assert [r.body for r in second.messages] == [b"b1"], "the second receiver gets the other group"
+    h.send(a, b"a3")
+    assert h.receive("qt", owner="r2") is None, "group a is locked by r1 even though it has a new message"
+    h.core.commit(first.id, "r1")
+    third = h.receive("qt", owner="r2")
+    assert third is not None and [r.body for r in third.messages] == [b"a3"]
+
+
+def test_max_messages_splits_a_group_and_order_holds() -> None:
+    h = Harness()
+    a = h.pair()
+    h.send(a, *[b"%d" % i for i in range(10)])
+    seen = []
+    while (lease := h.receive("qt", n=3)) is not None:
+        seen.extend(r.seq for r in lease.messages)
+        h.core.commit(lease.id, h.owner)
+    assert seen == list(range(10))
+
+
+def test_rollback_puts_messages_back_at_the_front_in_order() -> None:
+    h = Harness()
+    a = h.pair()
+    b = h.pair()
+    h.send(a, b"a1", b"a2", b"a3")
+    h.send(b, b"b1")
+    lease = h.receive("qt", n=2)
+    assert lease is not None
+    h.core.rollback(lease.id, h.owner)
+    again = h.receive("qt", n=10)
+    assert again is not None and [r.body for r in again.messages] == [b"a1", b"a2", b"a3"]
+
+
+def test_commit_of_an_unknown_or_foreign_lease_is_refused_clearly() -> None:
+    h = Harness()
+    a = h.pair()
+    h.send(a, b"x")
+    lease = h.receive("qt", owner="r1")
+    assert lease is not None
+    with pytest.raises(LeaseExpired, match="belongs to another connection"):
+        h.core.commit(lease.id, "someone else")
+    h.core.commit(lease.id, "r1")
+    with pytest.raises(LeaseExpired, match="already committed"):
+        h.core.commit(lease.id, "r1")
+
+
+def test_an_expired_lease_returns_its_messages() -> None:
+    h = Harness(receive_lease=30)
+    a = h.pair()
+    h.send(a, b"x")
+    lease = h.receive("qt")
+    assert lease is not None
+    assert h.advance(29) == []
+    expired = h.advance(2)
+    assert [e.id for e in expired] == [lease.id]
+    again = h.receive("qt")
+    assert again is not None and [r.body for r in again.messages] == [b"x"]
+    with pytest.raises(LeaseExpired):
+        h.core.commit(lease.id, h.owner)
+
+
+def test_a_receiver_that_goes_away_gives_its_messages_back() -> None:
+    h = Harness()
+    a = h.pair()
+    b = h.pair()
+    h.send(a, b"a")
+    h.send(b, b"b")
+    assert h.receive("qt", owner="gone") is not None
+    assert h.receive("qt", owner="gone") is not None
+    assert h.core.release_owner("gone") == 2
+    assert sorted(x[3] for x in h.drain("qt")) == [b"a", b"b"]
+
+
+def test_five_rollbacks_disable_the_queue_and_nothing_is_lost() -> None:
+    h = Harness(poison_rollbacks=5)
+    a = h.pair()
+    h.send(a, b"poison")
+    for _ in range(5):
+        lease = h.receive("qt")
+        assert lease is not None
+        h.core.rollback(lease.id, h.owner)
+    h.flush()
+    with pytest.raises(QueueDisabled, match="poison message: conversation group .* rolled back 5 times"):
+        h.receive("qt")
+    assert h.store.objects[("queue", "qt")]["status"] is False, "the disabled status is stored"
+    h.core.alter_queue("qt", {"status": True})
+    assert [x[3] for x in h.drain("qt")] == [b"poison"]
+
+
+def test_a_commit_resets_the_rollback_count() -> None:
+    h = Harness(poison_rollbacks=2)
+    a = h.pair()
+    h.send(a, b"1", b"2")
+    lease = h.receive("qt", n=1)
+    assert lease is not None
+    h.core.rollback(lease.id, h.owner)
+    lease = h.receive("qt", n=1)
+    assert lease is not None
+    h.core.commit(lease.id, h.owner)
+    lease = h.receive("qt", n=1)
+    assert lease is not None
+    h.core.rollback(lease.id, h.owner)
+    assert h.receive("qt") is not None, "one rollback after a commit is not two in a row"
+
+
+def test_poison_handling_off_keeps_the_queue_on() -> None:
+    h = Harness(poison_rollbacks=1)
+    h.core.create_object("queue", {"name": "qt", "poison_message_handling": False})
+    h.service("target", "qt")
+    h.service("init", "qi", [])
+    a = h.core.begin_dialog(from_service="init", to_service="target", contract="DEFAULT", now=h.now).handle
+    h.send(a, b"x")
+    for _ in range(3):
+        lease = h.receive("qt")
+        assert lease is not None
+        h.core.rollback(lease.id, h.owner)
+
+
+def test_retention_keeps_received_messages_until_the_conversation_ends() -> None:
+    h = Harness()
+    h.core.create_object("queue", {"name": "qt", "retention": True})
+    h.service("target", "qt")
+    h.service("init", "qi", [])
+    a = h.core.begin_dialog(from_service="init", to_service="target", contract="DEFAULT", now=h.now).handle
+    h.send(a, b"kept")
+    (target, _, _, _), = h.drain("qt")
+    assert h.drain("qt") == [], "retained messages are not received twice"
+    assert [r.state for r in h.store.messages.values()] == [1]
+    h.core.end(target, h.now)
+    h.flush()
+    assert [r for r in h.store.messages.values() if r.location == "q:qt"] == [], "ended: retained rows go"
+
+
+def test_restart_restores_queues_conversations_and_order() -> None:
+    h = Harness()
+    a = h.pair()
+    h.send(a, b"1", b"2", b"3")
+    lease = h.receive("qt", n=1)
+    assert lease is not None
+    h.core.commit(lease.id, h.owner)
+    h.flush()
+    locked = h.receive("qt", n=1)  # held at the crash: leases are not stored, so it comes back
+    assert locked is not None
+    h2 = h.restart()
+    assert [x[3] for x in h2.drain("qt")] == [b"2", b"3"]
+    ep = h2.core.endpoints[a]
+    assert ep.send_seq == 3, "sequence numbers continue after a restart"
+    h2.send(a, b"4")
+    assert [(x[1], x[3]) for x in h2.drain("qt")] == [(3, b"4")]
+
+
+def test_uncommitted_work_is_not_in_the_store() -> None:
+    h = Harness()
+    a = h.pair()
+    h.core.send(a, [["DEFAULT", b"never stored"]], h.now)
+    h2 = h.restart()  # the crash came before the batch was written
+    assert h2.drain("qt") == []

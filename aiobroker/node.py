@@ -170,6 +170,7 @@ class Node:
         await self._tg.__aenter__()
         self._tg.start_soon(self.writer.run)
         self._tg.start_soon(self._ticker)
+        self._listener = listener
         self._tg.start_soon(listener.serve, self._handle_connection)
         self._started_at = time.time()
         stats = self.core.statistics()
@@ -213,6 +214,7 @@ class Node:
                 await tg.__aexit__(None, None, None)
             finally:
                 with anyio.CancelScope(shield=True):
+                    await self._listener.aclose()
                     if self.writer is not None and not getattr(self, "_store_failed", False):
                         await self.writer.drain()
                     await anyio.to_thread.run_sync(self.store.close)
@@ -230,26 +232,32 @@ class Node:
         session = Session(self, conn, peer)
         try:
             if len(self.sessions) >= self.config.max_connections:
-                conn.send_frame(
+                await conn.send_last(
                     Refused(
                         code="overloaded",
                         message=f"the node has its maximum of {self.config.max_connections} connections; try later",
                     )
                 )
-                await conn.flush()
                 return
             if not await self._handshake(conn, peer):
                 return
             self.sessions.add(session)
             log.debug("client %s connected", peer)
+            refusal: ProtocolError | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.writer)
-                await self._serve(session)
+                try:
+                    await self._serve(session)
+                except ConnectionLost:
+                    pass
+                except ProtocolError as exc:
+                    refusal = exc
                 tg.cancel_scope.cancel()
+            if refusal is not None:
+                raise refusal
         except ProtocolError as exc:
             log.warning("client %s sent a malformed frame; closing its connection: %s", peer, exc.message)
-            conn.send_frame(Refused(code=exc.code, message=exc.message))
-            await conn.flush()
+            await conn.send_last(Refused(code=exc.code, message=exc.message))
         except ConnectionLost:
             pass
         finally:
@@ -269,13 +277,11 @@ class Node:
                     " upgrade the older side"
                 )
                 log.warning("refused %s: %s", peer, msg)
-                conn.send_frame(Refused(code="protocol_error", message=msg))
-                await conn.flush()
+                await conn.send_last(Refused(code="protocol_error", message=msg))
                 return False
             if frame.role != "client":
                 msg = "this node does not accept peer links yet (federation is not enabled)"
-                conn.send_frame(Refused(code="protocol_error", message=msg))
-                await conn.flush()
+                await conn.send_last(Refused(code="protocol_error", message=msg))
                 return False
             conn.send_frame(
                 Welcome(

@@ -445,7 +445,10 @@ def emit_result(result: dict[str, Any]) -> None:
 def worker_main(label: str, body: Callable[[], dict[str, Any]]) -> int:
     """Run a worker's body; turn any failure into a one-line error result (the traceback goes to a log file)."""
     try:
-        emit_result(body())
+        c0 = time.process_time()
+        result = body()
+        result["load_cpu_s"] = time.process_time() - c0
+        emit_result(result)
         return 0
     except KeyboardInterrupt:
         emit_result({"error": "interrupted"})

@@ -499,7 +499,8 @@ def relay_throughput(size: int, hops: int, repeat: int, **kw: Any) -> dict[str, 
         runs.append(res)
         ok = "ok" if res["check"]["exactly_once"] else "EXACTLY-ONCE FAILED"
         print(f"    relay {fmt_size(size)} {hops} hop(s) run {r + 1}/{repeat}: "
-              f"{fmt_rate(res['throughput'])} msg/s ({res['elapsed_s']:.2f} s, {ok})", flush=True)
+              f"{fmt_rate(res['throughput'])} msg/s ({res['elapsed_s']:.2f} s, load cpu {res['load_cpu_s']:.2f} s,"
+              f" {ok})", flush=True)
     rates = [r["throughput"] for r in runs]
     return {
         "throughput": median(rates),

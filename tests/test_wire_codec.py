@@ -37,7 +37,7 @@ from aiobroker.wire.codec import (
 INT_MIN = -(2**63)
 UINT_MAX = 2**64 - 1
 
-# --- helpers ---------------------------------------------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------------------------------------
 
 scalars = st.one_of(
     st.none(),
@@ -117,7 +117,7 @@ def value_of_size(n: int) -> Any:
     raise AssertionError(f"no value of {n} bytes")
 
 
-# --- round trips -----------------------------------------------------------------------------------------------
+# --- round trips --------------------------------------------------------------------------------------------
 
 KINDS = [
     None,
@@ -256,7 +256,7 @@ def test_too_deep_a_value_to_encode_raises_protocol_error() -> None:
         encode_frame(value)
 
 
-# --- splitting the stream ----------------------------------------------------------------------------------------
+# --- splitting the stream -----------------------------------------------------------------------------------
 
 
 @given(st.lists(values, max_size=8), st.data())
@@ -352,7 +352,7 @@ def test_repr_shows_the_state() -> None:
     assert "buffered=2" in text and "frames=1" in text and "max_frame_size=1000" in text
 
 
-# --- limits ------------------------------------------------------------------------------------------------------
+# --- limits -------------------------------------------------------------------------------------------------
 
 
 def assert_names_size_and_limit(exc: BaseException, size: int, limit: int) -> None:
@@ -431,7 +431,7 @@ def test_unpackb_bounds_inner_lengths_by_max_size() -> None:
         unpackb(packb(["y"] * 11), max_size=10)
 
 
-# --- garbage -----------------------------------------------------------------------------------------------------
+# --- garbage ------------------------------------------------------------------------------------------------
 
 # Frame bodies that are not a valid frame; each must give a ProtocolError that says what was wrong.
 NASTY_BODIES = {

@@ -54,6 +54,10 @@ SCHEMA_KEY: Final = "schema_version"
 #: in-memory state.
 _CACHE_KIB: Final = 32 * 1024
 
+_PAGE_SIZE = 4096
+_CHECKPOINT_PAGES = 1000
+_SECURE_DELETE = "FAST"
+
 #: After a checkpoint, truncate the WAL to this size, so that one burst does not leave a huge file behind.
 _WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 
@@ -77,6 +81,8 @@ _SELECT_MESSAGES: Final = (
 )
 _PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE_MESSAGE: Final = "DELETE FROM messages WHERE id = ?"
+_DELETE_CHUNK: Final = 100
+_DELETE_MESSAGES_CHUNK: Final = f"DELETE FROM messages WHERE id IN ({', '.join('?' * _DELETE_CHUNK)})"
 _PUT_OBJECT: Final = "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)"
 _DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
 _PUT_ENDPOINT: Final = "INSERT OR REPLACE INTO endpoints VALUES (?, ?)"
@@ -218,6 +224,8 @@ class SqliteStore(Store):
             raise self._sqlite_error("opening", exc) from exc
 
     def _configure(self, conn: sqlite3.Connection) -> None:
+        # Takes effect only in a new, empty file (the page size is fixed once the first table exists).
+        conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
         # The first statement that reads the file: a file that is not a database fails here.
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(mode).lower() != "wal":
@@ -226,8 +234,10 @@ class SqliteStore(Store):
                 " put --data-dir on a local file system"
             )
         conn.execute(f"PRAGMA synchronous = {DURABILITIES[self.durability]}")
+        conn.execute(f"PRAGMA secure_delete = {_SECURE_DELETE}")
         conn.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")  # negative: KiB rather than pages
         conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
     def _prepare_schema(self, conn: sqlite3.Connection) -> None:
@@ -371,8 +381,21 @@ def _statements(batch: WriteBatch) -> list[tuple[str, Any]]:
         if puts:
             out.append((_PUT_MESSAGE, puts))
         if len(puts) != len(messages):
-            out.append((_DELETE_MESSAGE, [(key,) for key, row in messages.items() if row is None]))
+            _delete_messages(out, [key for key, row in messages.items() if row is None])
     return out
+
+
+def _delete_messages(out: list[tuple[str, Any]], ids: list[int]) -> None:
+    """Delete by ``id IN (...)`` in chunks, the remainder one by one.
+
+    Measured: one ``DELETE ... IN`` of 100 ids costs about half as much per row as 100 single-row deletes
+    (fewer statement steps and resets in the sqlite3 module), and deletes are half of every message's cost.
+    """
+    full = len(ids) - len(ids) % _DELETE_CHUNK
+    if full:
+        out.append((_DELETE_MESSAGES_CHUNK, [ids[i : i + _DELETE_CHUNK] for i in range(0, full, _DELETE_CHUNK)]))
+    if full != len(ids):
+        out.append((_DELETE_MESSAGE, [(key,) for key in ids[full:]]))
 
 
 def _split(out: list[tuple[str, Any]], put: str, delete: str, items: list[tuple[Any, ...]], nkey: int) -> None:

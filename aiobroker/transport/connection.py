@@ -122,6 +122,17 @@ class FramedConnection:
             except _BROKEN:
                 pass
 
+    async def send_last(self, frame: Frame) -> None:
+        """Write what is buffered and one final frame (a refusal) straight to the stream, even after close()."""
+        data = b"".join(self._out)
+        body = packb(frame.to_wire())
+        self._out.clear()
+        try:
+            await self.stream.send(data + HEADER.pack(len(body)) + body)
+        except _BROKEN:
+            pass
+        self.close()
+
     def close(self) -> None:
         """Mark closed and wake the writer so its task ends; the owner closes the stream."""
         self.closed = True

@@ -21,6 +21,7 @@ many messages (``send`` takes a list).
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -96,7 +97,7 @@ Frame = Union[Hello, Welcome, Refused, Request, Reply, Failed]
 
 def _need(cond: bool, what: str, obj: Any) -> None:
     if not cond:
-        shown = repr(obj)
+        shown = reprlib.repr(obj)  # bounded: a frame may nest ~1000 deep (repr would overflow) or be huge
         if len(shown) > 120:
             shown = shown[:117] + "..."
         raise ProtocolError(f"malformed frame: {what} (got {shown})")
@@ -108,25 +109,30 @@ def parse_frame(obj: Any) -> Frame:
     op = obj[0]
     n = len(obj)
     if op == REQUEST:
-        _need(n == 4, "REQUEST has 4 elements", obj)
-        _need(type(obj[1]) is int and isinstance(obj[2], str) and isinstance(obj[3], dict), "REQUEST types", obj)
+        shape = "REQUEST is [10, request_id (int), op (str), args (map)]"
+        _need(n == 4, shape, obj)
+        _need(type(obj[1]) is int and isinstance(obj[2], str) and isinstance(obj[3], dict), shape, obj)
         return Request(request_id=obj[1], op=obj[2], args=obj[3])
     if op == REPLY:
-        _need(n == 3 and type(obj[1]) is int, "REPLY is [11, request_id, result]", obj)
+        _need(n == 3 and type(obj[1]) is int, "REPLY is [11, request_id (int), result]", obj)
         return Reply(request_id=obj[1], result=obj[2])
     if op == FAILED:
-        _need(n == 4 and type(obj[1]) is int, "FAILED is [12, request_id, code, message]", obj)
-        _need(isinstance(obj[2], str) and isinstance(obj[3], str), "FAILED code and message are strings", obj)
+        shape = "FAILED is [12, request_id (int), code (str), message (str)]"
+        _need(n == 4 and type(obj[1]) is int, shape, obj)
+        _need(isinstance(obj[2], str) and isinstance(obj[3], str), shape, obj)
         return Failed(request_id=obj[1], code=obj[2], message=obj[3])
     if op == HELLO:
-        _need(n == 5 and obj[1] == MAGIC, "HELLO is [1, 'aiobroker', version, role, info]", obj)
-        _need(type(obj[2]) is int and obj[3] in ROLES and isinstance(obj[4], dict), "HELLO types", obj)
+        shape = "HELLO is [1, 'aiobroker', version (int), role ('client' or 'peer'), info (map)]"
+        _need(n == 5 and obj[1] == MAGIC, shape, obj)
+        _need(type(obj[2]) is int and obj[3] in ROLES and isinstance(obj[4], dict), shape, obj)
         return Hello(version=obj[2], role=obj[3], info=obj[4])
     if op == WELCOME:
-        _need(n == 4 and type(obj[1]) is int and isinstance(obj[2], str), "WELCOME types", obj)
-        _need(isinstance(obj[3], dict), "WELCOME info is a map", obj)
+        shape = "WELCOME is [2, version (int), broker_instance (str), info (map)]"
+        _need(n == 4 and type(obj[1]) is int and isinstance(obj[2], str), shape, obj)
+        _need(isinstance(obj[3], dict), shape, obj)
         return Welcome(version=obj[1], broker_instance=obj[2], info=obj[3])
     if op == REFUSED:
-        _need(n == 3 and isinstance(obj[1], str) and isinstance(obj[2], str), "REFUSED is [3, code, message]", obj)
+        shape = "REFUSED is [3, code (str), message (str)]"
+        _need(n == 3 and isinstance(obj[1], str) and isinstance(obj[2], str), shape, obj)
         return Refused(code=obj[1], message=obj[2])
-    raise ProtocolError(f"malformed frame: unknown opcode {op}")
+    raise ProtocolError(f"malformed frame: unknown opcode {op} (expected one of 1, 2, 3, 10, 11, 12)")

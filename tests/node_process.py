@@ -1,0 +1,92 @@
+"""A broker node in its own process, for tests that need a real one: started by command, stopped by its pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.02):  # type: ignore[no-untyped-def]
+    """Poll ``condition()`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # a poll interval inside a deadline, not a stand-in for the condition
+
+
+class NodeProcess:
+    def __init__(self, data_dir: Path, *, port: int | None = None, store: str = "sqlite", extra: list[str] | None = None):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.store = store
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"node-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> NodeProcess:
+        cmd = [
+            sys.executable, "-m", "aiobroker", "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--store", self.store,
+            "--data-dir", str(self.data_dir),
+            *self.extra,
+        ]
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+        def accepting() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode} at start:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(accepting, timeout, f"the node on port {self.port} to accept connections")
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL by pid: the crash."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM by pid, then SIGKILL if it has not exited by the deadline. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None and not self.log.closed:
+                self.log.close()
+            return self.proc.returncode if self.proc else 0
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(timeout=10)
+        self.log.close()
+        return code

@@ -108,7 +108,9 @@ def _positive_int(text: str) -> int:
 def _message_rule(text: str) -> tuple[str, str]:
     name, sep, sent_by = text.rpartition("=")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected TYPE=SENT_BY (SENT_BY: {'|'.join(SENT_BY)}), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected TYPE=SENT_BY (SENT_BY: {'|'.join(SENT_BY)}), got {text!r}"
+        )
     sent_by = sent_by.strip().lower()
     if sent_by not in SENT_BY:
         raise argparse.ArgumentTypeError(f"SENT_BY in {text!r} must be one of {', '.join(SENT_BY)}")
@@ -326,10 +328,12 @@ async def cmd_drop(client: Client, args: argparse.Namespace) -> None:
 
 async def cmd_list(client: Client, args: argparse.Namespace) -> None:
     what = args.what
+    items: list[dict[str, Any]]
     if what == "conversations":
         items = await client.list_conversations(args.limit)
     else:
-        items = await client.list(KINDS[what][0])
+        kind = next(kind for kind, _, plural in KINDS.values() if plural == what)
+        items = list(await client.list(kind))
     if args.json:
         _print(_json(items))
         return
@@ -346,7 +350,12 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> None:
         _print(_table(["NAME", "MESSAGE TYPE", "SENT BY"], rows))
     elif what == "queues":
         rows = [
-            [d.get("name"), _onoff(d.get("status")), _onoff(d.get("retention")), _onoff(d.get("poison_message_handling"))]
+            [
+                d.get("name"),
+                _onoff(d.get("status")),
+                _onoff(d.get("retention")),
+                _onoff(d.get("poison_message_handling")),
+            ]
             for d in items
         ]
         _print(_table(["NAME", "STATUS", "RETENTION", "POISON MESSAGE HANDLING"], rows))
@@ -374,7 +383,9 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> None:
 
 
 async def cmd_begin(client: Client, args: argparse.Namespace) -> None:
-    dialog = await client.begin_dialog(args.from_service, args.to_service, args.contract, lifetime=args.lifetime)
+    dialog = await client.begin_dialog(
+        args.from_service, args.to_service, args.contract, lifetime=args.lifetime
+    )
     _print(dialog.handle)
 
 
@@ -400,7 +411,9 @@ def _read_body(args: argparse.Namespace) -> bytes:
 async def cmd_send(client: Client, args: argparse.Namespace) -> None:
     began = args.handle is None
     if began:
-        dialog = await client.begin_dialog(args.from_service, args.to_service, args.contract, lifetime=args.lifetime)
+        dialog = await client.begin_dialog(
+            args.from_service, args.to_service, args.contract, lifetime=args.lifetime
+        )
     else:
         dialog = client.dialog(args.handle)
     try:
@@ -491,7 +504,9 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
         return
     node = st.get("node", {})
     store = st.get("store", {})
-    _print(f"node       {node.get('listen', client.url)}  (aiobroker {node.get('version', '?')}, pid {node.get('pid', '?')})")
+    _print(
+        f"node       {node.get('listen', client.url)}  (aiobroker {node.get('version', '?')}, pid {node.get('pid', '?')})"
+    )
     uptime = node.get("uptime_seconds")
     _print(f"uptime     {_duration(float(uptime)) if isinstance(uptime, int | float) else '?'}")
     _print(
@@ -540,7 +555,11 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
     by_state = st.get("conversations_by_state", {})
     _print(f"conversations: {st.get('conversations', sum(by_state.values()))} endpoint(s)")
     codes = list(STATE_NAMES) + [c for c in by_state if c not in STATE_NAMES]
-    _print(_table(["  STATE", "", "COUNT"], [["  " + c, STATE_NAMES.get(c, "?"), by_state.get(c, 0)] for c in codes]))
+    _print(
+        _table(
+            ["  STATE", "", "COUNT"], [["  " + c, STATE_NAMES.get(c, "?"), by_state.get(c, 0)] for c in codes]
+        )
+    )
 
     _print()
     delayed = st.get("delayed", {})
@@ -587,18 +606,30 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _command(
-    subparsers: Any, name: str, summary: str, examples: Sequence[str] = (), parents: Sequence[argparse.ArgumentParser] = (),
-    details: str = "", **kwargs: Any,
+    subparsers: Any,
+    name: str,
+    summary: str,
+    examples: Sequence[str] = (),
+    parents: Sequence[argparse.ArgumentParser] = (),
+    details: str = "",
+    **kwargs: Any,
 ) -> argparse.ArgumentParser:
     description = summary[0].upper() + summary[1:] + "."
     if details:
         description += "\n\n" + details
     epilog = None
     if examples:
-        epilog = "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
+        epilog = (
+            "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
+        )
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, help=summary, description=description, epilog=epilog, formatter_class=_Formatter,
-        parents=list(parents), **kwargs,
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=_Formatter,
+        parents=list(parents),
+        **kwargs,
     )
     return parser
 
@@ -606,10 +637,15 @@ def _command(
 def _queue_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", type=_on_off, metavar="on|off", help="receiving allowed (default on)")
     parser.add_argument(
-        "--retention", type=_on_off, metavar="on|off", help="keep received messages until their conversation ends (default off)"
+        "--retention",
+        type=_on_off,
+        metavar="on|off",
+        help="keep received messages until their conversation ends (default off)",
     )
     parser.add_argument(
-        "--poison-message-handling", type=_on_off, metavar="on|off",
+        "--poison-message-handling",
+        type=_on_off,
+        metavar="on|off",
         help="turn the queue off after 5 rollbacks in a row of one conversation group (default on)",
     )
 
@@ -640,64 +676,118 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- serve
     p = _command(
-        commands, "serve", "run a node in the foreground until SIGINT or SIGTERM",
-        ["aiobroker serve", "aiobroker serve --listen 0.0.0.0:4022 --data-dir /var/lib/aiobroker --durability full",
-         "aiobroker serve --config aiobroker.toml"],
+        commands,
+        "serve",
+        "run a node in the foreground until SIGINT or SIGTERM",
+        [
+            "aiobroker serve",
+            "aiobroker serve --listen 0.0.0.0:4022 --data-dir /var/lib/aiobroker --durability full",
+            "aiobroker serve --config aiobroker.toml",
+        ],
         details="Flags override the config file, which overrides the built-in defaults.",
     )
     p.add_argument("--config", metavar="FILE", help="a TOML config file (see aiobroker.config)")
-    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:4022; port 0 picks one)")
-    p.add_argument("--data-dir", metavar="DIR", help="where the sqlite store keeps its files (default ./aiobroker-data)")
-    p.add_argument("--store", choices=("sqlite", "memory"), help="sqlite (durable) or memory (keeps nothing; default sqlite)")
     p.add_argument(
-        "--durability", choices=("normal", "full"),
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:4022; port 0 picks one)",
+    )
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="where the sqlite store keeps its files (default ./aiobroker-data)"
+    )
+    p.add_argument(
+        "--store",
+        choices=("sqlite", "memory"),
+        help="sqlite (durable) or memory (keeps nothing; default sqlite)",
+    )
+    p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
         help="normal (survives a process crash) or full (fsync per commit; survives power loss); default normal",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     p.set_defaults(run=run_serve)
 
     # --- create
-    p = _command(commands, "create", "create a message type, contract, queue or service", parents=[client],
-                 examples=["aiobroker create queue orders", "aiobroker create service //shop/Orders --queue orders --contract DEFAULT"])
+    p = _command(
+        commands,
+        "create",
+        "create a message type, contract, queue or service",
+        parents=[client],
+        examples=[
+            "aiobroker create queue orders",
+            "aiobroker create service //shop/Orders --queue orders --contract DEFAULT",
+        ],
+    )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", title="kinds")
     kinds.required = True
-    k = _command(kinds, "message-type", "create a message type", ["aiobroker create message-type //shop/Order --validation json"],
-                 parents=[client])
-    k.add_argument("name", metavar="NAME")
-    k.add_argument("--validation", choices=VALIDATIONS, default="none", help="what a body must be (default none)")
     k = _command(
-        kinds, "contract", "create a contract: which message types each side may send",
-        ["aiobroker create contract //shop/OrderContract --message //shop/Order=initiator --message //shop/Ack=target"],
+        kinds,
+        "message-type",
+        "create a message type",
+        ["aiobroker create message-type //shop/Order --validation json"],
         parents=[client],
     )
     k.add_argument("name", metavar="NAME")
     k.add_argument(
-        "--message", type=_message_rule, action="append", required=True, metavar="TYPE=SENT_BY",
+        "--validation", choices=VALIDATIONS, default="none", help="what a body must be (default none)"
+    )
+    k = _command(
+        kinds,
+        "contract",
+        "create a contract: which message types each side may send",
+        [
+            "aiobroker create contract //shop/OrderContract --message //shop/Order=initiator --message //shop/Ack=target"
+        ],
+        parents=[client],
+    )
+    k.add_argument("name", metavar="NAME")
+    k.add_argument(
+        "--message",
+        type=_message_rule,
+        action="append",
+        required=True,
+        metavar="TYPE=SENT_BY",
         help=f"a message type and who may send it ({'|'.join(SENT_BY)}); repeat for each type",
     )
-    k = _command(kinds, "queue", "create a queue", ["aiobroker create queue orders --retention on"], parents=[client])
+    k = _command(
+        kinds, "queue", "create a queue", ["aiobroker create queue orders --retention on"], parents=[client]
+    )
     k.add_argument("name", metavar="NAME")
     _queue_options(k)
     k = _command(
-        kinds, "service", "create a service: a name for conversations, on a queue",
+        kinds,
+        "service",
+        "create a service: a name for conversations, on a queue",
         ["aiobroker create service //shop/Orders --queue orders --contract //shop/OrderContract"],
         details="A service with no --contract can only begin conversations, not accept them.",
         parents=[client],
     )
     k.add_argument("name", metavar="NAME")
     k.add_argument("--queue", required=True, metavar="Q", help="the queue its messages arrive on")
-    k.add_argument("--contract", action="append", metavar="C", help="a contract it accepts as a target; repeatable")
+    k.add_argument(
+        "--contract", action="append", metavar="C", help="a contract it accepts as a target; repeatable"
+    )
     for sub in kinds.choices.values():
         sub.set_defaults(run=cmd_create)
 
     # --- alter
-    p = _command(commands, "alter", "change a queue's settings", parents=[client],
-                 examples=["aiobroker alter queue orders --status on"])
+    p = _command(
+        commands,
+        "alter",
+        "change a queue's settings",
+        parents=[client],
+        examples=["aiobroker alter queue orders --status on"],
+    )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", title="kinds")
     kinds.required = True
     k = _command(
-        kinds, "queue", "change a queue's status, retention or poison-message handling",
-        ["aiobroker alter queue orders --status on   # re-enable after poison-message handling turned it off"],
+        kinds,
+        "queue",
+        "change a queue's status, retention or poison-message handling",
+        [
+            "aiobroker alter queue orders --status on   # re-enable after poison-message handling turned it off"
+        ],
         parents=[client],
     )
     k.add_argument("name", metavar="NAME")
@@ -705,24 +795,48 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(run=cmd_alter)
 
     # --- list
-    p = _command(commands, "list", "list message types, contracts, queues, services or conversations", parents=[client],
-                 examples=["aiobroker list queues", "aiobroker list conversations --json"])
+    p = _command(
+        commands,
+        "list",
+        "list message types, contracts, queues, services or conversations",
+        parents=[client],
+        examples=["aiobroker list queues", "aiobroker list conversations --json"],
+    )
     whats = p.add_subparsers(dest="what", metavar="WHAT", title="what")
     whats.required = True
     for word, (_, words, plural) in KINDS.items():
-        k = _command(whats, plural, f"list the {words}s", [f"aiobroker list {plural} --json"],
-                     parents=[client, as_json], aliases=[word])
+        k = _command(
+            whats,
+            plural,
+            f"list the {words}s",
+            [f"aiobroker list {plural} --json"],
+            parents=[client, as_json],
+            aliases=[word],
+        )
         k.set_defaults(what=plural)
-    k = _command(whats, "conversations", "list conversation endpoints and their states",
-                 ["aiobroker list conversations"], parents=[client, as_json], aliases=["conversation"])
-    k.add_argument("--limit", type=_positive_int, default=1000, metavar="N", help="show at most N (default 1000)")
+    k = _command(
+        whats,
+        "conversations",
+        "list conversation endpoints and their states",
+        ["aiobroker list conversations"],
+        parents=[client, as_json],
+        aliases=["conversation"],
+    )
+    k.add_argument(
+        "--limit", type=_positive_int, default=1000, metavar="N", help="show at most N (default 1000)"
+    )
     k.set_defaults(what="conversations")
     for sub in whats.choices.values():
         sub.set_defaults(run=cmd_list)
 
     # --- drop
-    p = _command(commands, "drop", "drop a message type, contract, queue or service", parents=[client],
-                 examples=["aiobroker drop service //shop/Orders"])
+    p = _command(
+        commands,
+        "drop",
+        "drop a message type, contract, queue or service",
+        parents=[client],
+        examples=["aiobroker drop service //shop/Orders"],
+    )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", title="kinds")
     kinds.required = True
     for word, (_, words, _plural) in KINDS.items():
@@ -732,31 +846,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- begin
     p = _command(
-        commands, "begin", "begin a conversation and print its handle",
-        ["H=$(aiobroker begin //shop/Client //shop/Orders --contract //shop/OrderContract)"], parents=[client],
+        commands,
+        "begin",
+        "begin a conversation and print its handle",
+        ["H=$(aiobroker begin //shop/Client //shop/Orders --contract //shop/OrderContract)"],
+        parents=[client],
     )
     p.add_argument("from_service", metavar="FROM_SERVICE", help="a service on this node")
     p.add_argument("to_service", metavar="TO_SERVICE", help="the target service (it may not exist yet)")
     p.add_argument("--contract", default=DEFAULT, metavar="C", help="default DEFAULT")
-    p.add_argument("--lifetime", type=_positive_seconds, metavar="SECONDS", help="end it in error after this long")
+    p.add_argument(
+        "--lifetime", type=_positive_seconds, metavar="SECONDS", help="end it in error after this long"
+    )
     p.set_defaults(run=cmd_begin)
 
     # --- send
     p = _command(
-        commands, "send", "send a message on a conversation (or begin one) and print its handle",
-        ["aiobroker send --from //shop/Client --to //shop/Orders --body 'one order'",
-         "aiobroker send --handle $H --type //shop/Ack --file ack.json --end",
-         "echo hello | aiobroker send --handle $H"],
+        commands,
+        "send",
+        "send a message on a conversation (or begin one) and print its handle",
+        [
+            "aiobroker send --from //shop/Client --to //shop/Orders --body 'one order'",
+            "aiobroker send --handle $H --type //shop/Ack --file ack.json --end",
+            "echo hello | aiobroker send --handle $H",
+        ],
         details="The body comes from --body, --file, or stdin when neither is given and stdin is not a terminal"
         " (otherwise it is empty).",
         parents=[client],
     )
     target = p.add_argument_group("conversation (--handle, or --from and --to to begin one)")
     target.add_argument("--handle", metavar="H", help="an existing conversation's handle")
-    target.add_argument("--from", dest="from_service", metavar="F", help="begin a conversation from this service")
+    target.add_argument(
+        "--from", dest="from_service", metavar="F", help="begin a conversation from this service"
+    )
     target.add_argument("--to", dest="to_service", metavar="T", help="... to this service")
     target.add_argument("--contract", metavar="C", help="contract of the new conversation (default DEFAULT)")
-    target.add_argument("--lifetime", type=_positive_seconds, metavar="S", help="lifetime of the new conversation")
+    target.add_argument(
+        "--lifetime", type=_positive_seconds, metavar="S", help="lifetime of the new conversation"
+    )
     p.add_argument("--type", default=DEFAULT, metavar="T", help="message type (default DEFAULT)")
     body = p.add_mutually_exclusive_group()
     body.add_argument("--body", metavar="TEXT", help="the body, as UTF-8 text")
@@ -766,25 +893,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- receive
     p = _command(
-        commands, "receive", "receive messages of one conversation group, print them, and commit",
+        commands,
+        "receive",
+        "receive messages of one conversation group, print them, and commit",
         ["aiobroker receive orders --timeout 5", "aiobroker receive orders --max 100 --json"],
         details="Text output is one line per message: handle, sequence number, message type, body. With"
         " --rollback the messages go back to the queue (this counts toward poison-message handling).",
         parents=[client],
     )
     p.add_argument("queue", metavar="QUEUE")
-    p.add_argument("--max", type=_positive_int, default=100, metavar="N", help="at most N messages (default 100)")
-    p.add_argument("--timeout", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="wait this long for a message (default 0: do not wait)")
-    p.add_argument("--rollback", action="store_true", help="leave the messages in the queue instead of removing them")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per message and line (body as UTF-8, or base64 with body_base64 true)")
+    p.add_argument(
+        "--max", type=_positive_int, default=100, metavar="N", help="at most N messages (default 100)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a message (default 0: do not wait)",
+    )
+    p.add_argument(
+        "--rollback", action="store_true", help="leave the messages in the queue instead of removing them"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per message and line (body as UTF-8, or base64 with body_base64 true)",
+    )
     p.set_defaults(run=cmd_receive)
 
     # --- end
     p = _command(
-        commands, "end", "end this side of a conversation",
-        ["aiobroker end $H", "aiobroker end $H --error 42 --description 'order rejected'", "aiobroker end $H --cleanup"],
+        commands,
+        "end",
+        "end this side of a conversation",
+        [
+            "aiobroker end $H",
+            "aiobroker end $H --error 42 --description 'order rejected'",
+            "aiobroker end $H --cleanup",
+        ],
         details="Sends EndDialog after what is queued; with --error an Error message instead. --cleanup removes"
         " this side only and sends nothing.",
         parents=[client],
@@ -796,21 +943,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_end)
 
     # --- timer
-    p = _command(commands, "timer", "set a conversation timer: a DialogTimer message arrives after SECONDS",
-                 ["aiobroker timer $H 30"], parents=[client])
+    p = _command(
+        commands,
+        "timer",
+        "set a conversation timer: a DialogTimer message arrives after SECONDS",
+        ["aiobroker timer $H 30"],
+        parents=[client],
+    )
     p.add_argument("handle", metavar="HANDLE")
     p.add_argument("seconds", type=_seconds, metavar="SECONDS")
     p.set_defaults(run=cmd_timer)
 
     # --- conversation
-    p = _command(commands, "conversation", "show one conversation endpoint and its state",
-                 ["aiobroker conversation $H"], parents=[client, as_json])
+    p = _command(
+        commands,
+        "conversation",
+        "show one conversation endpoint and its state",
+        ["aiobroker conversation $H"],
+        parents=[client, as_json],
+    )
     p.add_argument("handle", metavar="HANDLE")
     p.set_defaults(run=cmd_conversation)
 
     # --- status
-    p = _command(commands, "status", "show the node, its queues' depth, conversations by state and delayed messages",
-                 ["aiobroker status", "aiobroker status --json"], parents=[client, as_json])
+    p = _command(
+        commands,
+        "status",
+        "show the node, its queues' depth, conversations by state and delayed messages",
+        ["aiobroker status", "aiobroker status --json"],
+        parents=[client, as_json],
+    )
     p.set_defaults(run=cmd_status)
     return parser
 
@@ -836,14 +998,27 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             fail("alter queue", "nothing to change: give --status, --retention or --poison-message-handling")
     elif args.command == "send":
         if args.handle is not None:
-            extra = [flag for flag, v in (("--from", args.from_service), ("--to", args.to_service),
-                                          ("--contract", args.contract), ("--lifetime", args.lifetime)) if v is not None]
+            extra = [
+                flag
+                for flag, v in (
+                    ("--from", args.from_service),
+                    ("--to", args.to_service),
+                    ("--contract", args.contract),
+                    ("--lifetime", args.lifetime),
+                )
+                if v is not None
+            ]
             if extra:
                 fail("send", f"{', '.join(extra)} begin(s) a new conversation; not allowed with --handle")
         else:
-            missing = [flag for flag, v in (("--from", args.from_service), ("--to", args.to_service)) if v is None]
+            missing = [
+                flag for flag, v in (("--from", args.from_service), ("--to", args.to_service)) if v is None
+            ]
             if missing:
-                fail("send", f"give --handle, or --from and --to to begin a conversation (missing {' and '.join(missing)})")
+                fail(
+                    "send",
+                    f"give --handle, or --from and --to to begin a conversation (missing {' and '.join(missing)})",
+                )
             if args.contract is None:
                 args.contract = DEFAULT
     elif args.command == "end":
@@ -855,7 +1030,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def _subparser(parser: argparse.ArgumentParser, path: str) -> argparse.ArgumentParser:
     for word in path.split():
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = action.choices[word]
     return parser
 
@@ -899,7 +1074,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 1
-    except BaseException as exc:  # noqa: BLE001 - expected errors are reported in one line; others re-raised
+    except (
+        BaseException
+    ) as exc:  # expected errors are reported in one line; anything else is a bug: re-raised
         expected = _broker_error(exc)
         if expected is None:
             raise

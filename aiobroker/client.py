@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -59,22 +58,45 @@ def parse_url(url: str) -> tuple[str, int]:
     return host, port
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Message:
-    """A received message and the facts of its conversation."""
+    """A received message and the facts of its conversation.
 
-    queue: str
-    conversation_handle: str
-    conversation_group_id: str
-    conversation_id: str
-    sequence_number: int  #: -1 for messages the broker makes locally (DialogTimer, a lifetime Error)
-    message_type: str
-    body: bytes
-    service_name: str
-    far_service_name: str
-    contract: str
-    is_initiator: bool
-    enqueued_at: float
+    Built for every message received, so it is a plain slotted object whose conversation facts are shared by all
+    messages of the conversation in a batch (hence the properties).
+    """
+
+    __slots__ = ("queue", "message_id", "conversation_handle", "sequence_number", "message_type", "body",
+                 "enqueued_at", "_conversation")
+
+    def __init__(
+        self,
+        queue: str,
+        message_id: int,
+        conversation_handle: str,
+        sequence_number: int,
+        message_type: str,
+        body: bytes,
+        enqueued_at: float,
+        conversation: Sequence[Any],
+    ) -> None:
+        self.queue = queue
+        self.message_id = message_id  #: unique on its node; increases in arrival order
+        self.conversation_handle = conversation_handle
+        #: in order per conversation and direction; -1 for messages the broker makes locally (DialogTimer, a
+        #: lifetime Error)
+        self.sequence_number = sequence_number
+        self.message_type = message_type
+        self.body = body
+        self.enqueued_at = enqueued_at
+        #: [service, far_service, contract, group_id, is_initiator, conversation_id]
+        self._conversation = conversation
+
+    service_name = property(lambda self: self._conversation[0], doc="the local service (whose queue it is)")
+    far_service_name = property(lambda self: self._conversation[1], doc="the service at the other end")
+    contract = property(lambda self: self._conversation[2])
+    conversation_group_id = property(lambda self: self._conversation[3])
+    is_initiator = property(lambda self: self._conversation[4], doc="whether this side began the conversation")
+    conversation_id = property(lambda self: self._conversation[5], doc="the same on both sides")
 
     @property
     def is_end_dialog(self) -> bool:
@@ -92,6 +114,12 @@ class Message:
     def error(self) -> tuple[int, str] | None:
         """(code, description) of an Error message (codes < 0 are the broker's), else None."""
         return parse_error_body(self.body) if self.message_type == ERROR else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message {self.message_type!r} seq={self.sequence_number} conversation={self.conversation_handle}"
+            f" {len(self.body)} bytes>"
+        )
 
 
 class Dialog:
@@ -111,7 +139,8 @@ class Dialog:
 
     async def send_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Send several messages in order, in one frame; returns once the node has stored all of them."""
-        await self.client.request("send", {"handle": self.handle, "messages": [[t, b] for t, b in messages]})
+        batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
+        await self.client.request("send", {"handle": self.handle, "messages": batch})
 
     async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
         """End this side: sends EndDialog after what is queued, or with ``error=(code > 0, text)`` an Error
@@ -452,26 +481,12 @@ class Client:
             {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds},
         )
         convs = r["conversations"]
-        messages: list[Message] = []
         qname = r["queue"] or queue
-        for handle, seq, message_type, body, enqueued_at in r["messages"]:
-            c = convs.get(handle) or ["", "", "", "", False, ""]
-            messages.append(
-                Message(
-                    queue=qname,
-                    conversation_handle=handle,
-                    conversation_group_id=c[3],
-                    conversation_id=c[5],
-                    sequence_number=seq,
-                    message_type=message_type,
-                    body=body,
-                    service_name=c[0],
-                    far_service_name=c[1],
-                    contract=c[2],
-                    is_initiator=c[4],
-                    enqueued_at=enqueued_at,
-                )
-            )
+        unknown = ["", "", "", "", False, ""]  # a conversation that ended while the batch was on its way
+        messages = [
+            Message(qname, row[0], row[2], row[3], row[4], row[5], row[6], convs.get(row[2], unknown))
+            for row in r["messages"]
+        ]
         return ReceivedBatch(self, r["lease"], messages, r.get("lease_expires_at"))
 
     def __repr__(self) -> str:

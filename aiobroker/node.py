@@ -354,7 +354,7 @@ class Node:
             "lease": lease.id,
             "queue": lease.queue.name,
             "lease_expires_at": lease.expires_at,
-            "messages": [[r[2], r[3], r[4], r[5], r[6]] for r in rows],
+            "messages": rows,  # stored rows as they are: no per-message work on the way out
             "conversations": self.core.conversations_of(rows),
         }
 

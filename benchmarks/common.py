@@ -533,8 +533,10 @@ async def paced_send(
     sent = 0
     max_lag = 0.0
     batches = 0
-    max_ticks = int(max_seconds / tick) + 10_000
-    for k in range(max_ticks):
+    # Timers on uvloop have millisecond resolution (a 0.4 ms sleep returns at once), so each iteration sleeps
+    # one whole tick; what fell due meanwhile goes in the next batch. The count bound allows for early wake-ups.
+    max_ticks = int(4 * max_seconds / tick) + 10_000
+    for _ in range(max_ticks):
         now = time.monotonic()
         if sent >= total or now >= deadline:
             break
@@ -548,9 +550,7 @@ async def paced_send(
             batches += 1
             if progress is not None:
                 progress.tick(sent, "sent")
-        # sleep to the next tick boundary (or skip ahead if sending took longer than a tick)
-        next_tick = start + (int((time.monotonic() - start) / tick) + 1) * tick
-        await anyio.sleep(max(0.0, next_tick - time.monotonic()))
+        await anyio.sleep(tick)
     elapsed = time.monotonic() - start
     return {
         "start_ns": start_ns,
@@ -560,3 +560,98 @@ async def paced_send(
         "achieved_rate": sent / elapsed if elapsed > 0 else 0.0,
         "max_schedule_lag_ms": max_lag * 1e3,
     }
+
+
+# --- CPU accounting: what the server used, and whether anything else was running ------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by a live process (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, summed over CPUs (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+        vals = [int(v) for v in parts[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    total = sum(vals[:8])  # guest time is already counted in user
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+class CpuMeter:
+    """Around one measured run: CPU used by the server process(es), by the load process, and by everything else.
+
+    ``others_cores`` (CPU seconds used by other processes on the machine / wall seconds) says whether the run
+    shared the machine: on 2 cores, anything above ~0.1 makes the figures unreliable.
+    """
+
+    def __init__(self, server_pids: Sequence[int]) -> None:
+        self.server_pids = list(server_pids)
+        self.t0 = time.monotonic()
+        self.server0 = [proc_cpu_seconds(p) for p in self.server_pids]
+        self.children0 = children_cpu_seconds()
+        self.self0 = time.process_time()
+        self.machine0 = machine_cpu_seconds()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        server = 0.0
+        for pid, c0 in zip(self.server_pids, self.server0):
+            c1 = proc_cpu_seconds(pid)
+            if c0 is not None and c1 is not None:
+                server += c1 - c0
+        load = children_cpu_seconds() - self.children0  # the load worker, reaped inside the window
+        mine = time.process_time() - self.self0
+        out: dict[str, Any] = {"wall_s": wall, "server_cpu_s": server, "load_cpu_s": load}
+        m1 = machine_cpu_seconds()
+        if self.machine0 and m1:
+            busy = m1[0] - self.machine0[0]
+            others = max(0.0, busy - server - load - mine)
+            out["machine_busy_cpu_s"] = busy
+            out["others_cpu_s"] = others
+            out["others_cores"] = others / wall if wall > 0 else 0.0
+        return out
+
+
+def machine_busy_now(sample_s: float = 0.5) -> float | None:
+    """Cores' worth of CPU in use right now (sampled over ``sample_s``), or None off Linux."""
+    a = machine_cpu_seconds()
+    time.sleep(sample_s)
+    b = machine_cpu_seconds()
+    if not a or not b:
+        return None
+    return (b[0] - a[0]) / sample_s
+
+
+def wait_until_quiet(max_wait: float, threshold: float = 0.15, *, say: Callable[[str], None] | None = None) -> float | None:
+    """Wait (at most ``max_wait`` s) until other processes use under ``threshold`` cores; return the last reading."""
+    deadline = time.monotonic() + max_wait
+    busy = machine_busy_now()
+    announced = False
+    for _ in range(int(max_wait / 0.5) + 2):
+        if busy is None or busy < threshold or time.monotonic() >= deadline:
+            break
+        if say and not announced:
+            say(f"    waiting up to {max_wait:.0f} s for the machine to be idle ({busy:.2f} cores busy) ...")
+            announced = True
+        busy = machine_busy_now()
+    return busy

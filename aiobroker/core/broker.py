@@ -51,8 +51,9 @@ URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
 _new_row = MessageRow._make
 TX = "tx"
 
-#: a message bound for a queue, waiting for its batch to be stored: (queue name, group id, urgent, row)
-Pending = tuple[str, str, bool, MessageRow]
+#: messages bound for a queue, waiting for their batch to be stored: (queue name, group id, urgent, rows), the
+#: rows all of one receiving endpoint, in order
+Pending = tuple[str, str, bool, list[MessageRow]]
 
 
 def _uuid() -> str:
@@ -174,13 +175,14 @@ class BrokerCore:
         touched: set[str] = set()
         queues = self.queues
         endpoints = self.endpoints
-        for queue_name, group_id, urgent, row in pending:
-            ep = endpoints.get(row.handle)
+        for queue_name, group_id, urgent, rows in pending:
+            ep = endpoints.get(rows[0].handle)  # a run of rows always belongs to one endpoint
             queue = queues.get(queue_name)
             if ep is None or ep.state is State.CLOSED or queue is None:
-                self._forget_row(row.id)  # its conversation ended while the message was being stored
+                for row in rows:
+                    self._forget_row(row.id)  # its conversation ended while the messages were being stored
                 continue
-            queue.push(row, group_id, urgent)
+            queue.push_many(rows, group_id, urgent)
             touched.add(queue_name)
         return touched
 
@@ -282,7 +284,11 @@ class BrokerCore:
         return ep
 
     def send(self, handle: str, messages: list[Any], now: float) -> int:
-        """Send messages on one conversation, in order. Checks all of them before sending any."""
+        """Send messages on one conversation, in order. Checks all of them before sending any.
+
+        The hot path: everything that is the same for the whole batch (the far endpoint, its queue, the contract,
+        the validators) is decided once, and the rows are built in one loop.
+        """
         ep = self.endpoint(handle)
         why = ep.why_not_send()
         if why:
@@ -291,46 +297,105 @@ class BrokerCore:
             raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
         allowed = self.catalog.contracts[ep.contract].may_send(ep.is_initiator)
         limit = self.max_message_size
-        side = "initiator" if ep.is_initiator else "target"
-        for item in messages:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
-                raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
-            message_type = item[0]
-            if message_type not in allowed:
-                if message_type in SYSTEM_MESSAGE_TYPES:
-                    raise InvalidArgument(
-                        f"{message_type!r} is a system message type: end() sends EndDialog and Error,"
-                        " begin_timer() makes DialogTimer"
+        types: set[str] = set()
+        try:
+            for message_type, body in messages:
+                if type(body) is not bytes or len(body) > limit:
+                    if type(body) is not bytes:
+                        raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
+                    raise MessageTooLarge(
+                        f"message body of {len(body)} bytes is over the node's max_message_size of {limit} bytes"
                     )
-                if message_type not in self.catalog.message_types:
-                    raise UnknownObject(f"message type {message_type!r} does not exist")
-                raise ContractViolation(
-                    f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}"
-                )
-            if len(item[1]) > limit:
-                raise MessageTooLarge(
-                    f"message body of {len(item[1])} bytes is over the node's max_message_size of {limit} bytes"
-                )
+                types.add(message_type)
+        except (TypeError, ValueError):
+            raise InvalidArgument("each message is a [message_type, body] pair with a bytes body") from None
+        for message_type in types - allowed:
+            self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             ep.state = State.CONVERSING
-        for message_type, body in messages:
-            if not ep.state.can_send:
-                break  # an earlier message of this batch failed the conversation; the rest have no reader
-            self._emit(ep, message_type, body, now)
+        far = self._far_endpoint(ep, now) if ep.delayed is None else None
+        if far is not None and far.state is not State.CLOSED:
+            self._deliver_user_messages(ep, far, messages, types, now)
+        elif ep.delayed is not None:
+            for message_type, body in messages:
+                self._hold(ep, message_type, body, now)
+        else:
+            ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
         self._touch(ep)
         return len(messages)
 
+    def _refuse_type(self, ep: Endpoint, message_type: Any) -> None:
+        if message_type in SYSTEM_MESSAGE_TYPES:
+            raise InvalidArgument(
+                f"{message_type!r} is a system message type: end() sends EndDialog and Error,"
+                " begin_timer() makes DialogTimer"
+            )
+        if message_type not in self.catalog.message_types:
+            raise UnknownObject(f"message type {message_type!r} does not exist")
+        side = "initiator" if ep.is_initiator else "target"
+        raise ContractViolation(f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}")
+
+    def _deliver_user_messages(
+        self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], now: float
+    ) -> None:
+        """The receiving side's checks for a batch, then the batch into the far endpoint's queue as one run."""
+        count = len(messages)
+        reason: str | None = None
+        for message_type in types:
+            mt = self.catalog.message_types.get(message_type)
+            if mt is not None and mt.validation == "none":
+                continue
+            validate = VALIDATORS[mt.validation] if mt is not None else None
+            for i in range(count):  # count only shrinks, so the earliest failure of all types wins
+                t, body = messages[i]
+                if t != message_type:
+                    continue
+                why = validate(body) if validate is not None else (
+                    f"message type {t!r} does not exist at the receiving service {far.service!r}"
+                )
+                if why is not None:
+                    count, reason = i, why
+                    break
+        seq = src.send_seq
+        if count:
+            queue_name = self.catalog.services[far.service].queue
+            location = "q:" + queue_name
+            mid = self._next_message_id
+            fh = far.handle
+            rows = [
+                tuple.__new__(MessageRow, (mid + i, location, fh, seq + i, m[0], m[1], now, 0))
+                for i, m in enumerate(messages[:count] if count < len(messages) else messages)
+            ]
+            self._next_message_id = mid + count
+            if self.persist:
+                stored = self.changes.messages
+                for row in rows:
+                    stored[row[0]] = row
+            self.pending.append((queue_name, far.group_id, False, rows))
+            far.recv_seq = seq + count
+            self._touch(far)
+        src.send_seq = seq + len(messages)
+        if reason is not None:
+            self._fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
+
     def _emit(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
-        """Number one outgoing message and deliver it, or hold it DELAYED."""
-        seq = ep.send_seq
-        ep.send_seq = seq + 1
+        """Send one message the broker makes (EndDialog, Error): deliver it, or hold it DELAYED."""
         if ep.delayed is None:
             far = self._far_endpoint(ep, now)
             if far is not None:
+                seq = ep.send_seq
+                ep.send_seq = seq + 1
                 self._deliver(ep, far, seq, message_type, body, now)
                 return
             if ep.delayed is None:
-                return  # no reader: the conversation failed, or the far side is gone; the sender was told
+                ep.send_seq += 1  # no reader: the conversation failed, or the far side is gone; both were told
+                return
+        self._hold(ep, message_type, body, now)
+
+    def _hold(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
+        """Number a message and keep it in the transmission queue, DELAYED (``ep.delayed`` says why)."""
+        seq = ep.send_seq
+        ep.send_seq = seq + 1
         mid = self._next_message_id
         self._next_message_id = mid + 1
         row = _new_row((mid, TX, ep.handle, seq, message_type, body, now, 0))
@@ -410,7 +475,7 @@ class BrokerCore:
         self._next_message_id = mid + 1
         row = _new_row((mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0))
         self._save_row(row)
-        self.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, row))
+        self.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, [row]))
 
     def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None:
         """The broker ends a conversation in error: an Error to this side's own queue, and to the far side's
@@ -499,6 +564,9 @@ class BrokerCore:
                 continue
             for row in rows:
                 self._forget_row(row.id)
+            for row in rows:
+                if ep.state is State.ERROR:
+                    break  # a message failed the receiving side's checks; what follows it is dropped
                 self._deliver(ep, far, row.seq, row.message_type, row.body, row.enqueued_at)
                 moved += 1
             self._touch(ep)

@@ -79,6 +79,16 @@ class MessageQueue:
         if group.lease is None and group_id not in self.ready:
             self.ready[group_id] = None
 
+    def push_many(self, rows: list[MessageRow], group_id: str, urgent: bool) -> None:
+        """A run of messages of one group, in order (the batched form of :meth:`push`)."""
+        group = self.groups.get(group_id)
+        if group is None:
+            group = self.groups[group_id] = Group(group_id)
+        (group.urgent if urgent else group.normal).extend(rows)
+        self.waiting += len(rows)
+        if group.lease is None and group_id not in self.ready:
+            self.ready[group_id] = None
+
     def take(self, max_messages: int) -> tuple[Group, list[MessageRow]] | None:
         """Lock the oldest ready group and hand out up to ``max_messages`` of it (the caller makes the lease)."""
         if not self.ready:
@@ -86,10 +96,14 @@ class MessageQueue:
         group_id = next(iter(self.ready))
         del self.ready[group_id]
         group = self.groups[group_id]
-        out: list[MessageRow] = []
-        for dq in (group.urgent, group.normal):
-            while dq and len(out) < max_messages:
-                out.append(dq.popleft())
+        if not group.urgent and len(group.normal) <= max_messages:
+            out = list(group.normal)  # the common case: the whole group at once
+            group.normal.clear()
+        else:
+            out = []
+            for dq in (group.urgent, group.normal):
+                while dq and len(out) < max_messages:
+                    out.append(dq.popleft())
         self.waiting -= len(out)
         return group, out
 

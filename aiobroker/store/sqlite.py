@@ -114,7 +114,7 @@ class SqliteStore(Store):
 
     def __init__(self, data_dir: Path, durability: str = "normal") -> None:
         check_durability(durability)
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).absolute()  # messages name the directory as the operator can find it
         self.durability = durability
         self.db_path = self.data_dir / DB_FILE
         self.lock_path = self.data_dir / LOCK_FILE
@@ -309,8 +309,8 @@ class SqliteStore(Store):
             return self._corrupt(str(exc))
         if primary == _SQLITE_FULL:
             return StoreError(
-                f"disk full while {doing} {where} ({exc}); nothing of the batch was written:"
-                f" free some space on the disk holding {self.data_dir}, then retry"
+                f"disk full while {doing} {where} ({exc}); free some space on the disk holding"
+                f" {self.data_dir}, then retry"
             )
         if primary in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_CANTOPEN):
             return StoreError(

@@ -1,0 +1,452 @@
+"""The ``aiobroker`` command line, driven as a user would: the real console script against a real node running
+in its own process (``aiobroker serve`` with the sqlite store).
+
+Every call goes through :func:`subprocess.run` with a timeout; waiting is done by polling a condition against a
+deadline, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STARTUP_DEADLINE = 15.0
+STOP_DEADLINE = 10.0
+CALL_TIMEOUT = 30.0
+
+
+def _console_script() -> list[str]:
+    """The installed ``aiobroker`` script beside this interpreter (the venv's), else ``python -m aiobroker``."""
+    script = Path(sys.executable).with_name("aiobroker")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("aiobroker")
+    return [found] if found else [sys.executable, "-m", "aiobroker"]
+
+
+AIOBROKER = _console_script()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class RunningNode:
+    proc: subprocess.Popen[bytes]
+    address: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    """A node in its own process on a free port; stopped with SIGTERM at the end, which must exit it with 0."""
+    base = tmp_path_factory.mktemp("node")
+    port = free_port()
+    data_dir = base / "data"
+    log_path = base / "node.log"
+    cmd = [
+        sys.executable, "-m", "aiobroker", "serve",
+        "--listen", f"127.0.0.1:{port}", "--store", "sqlite", "--data-dir", str(data_dir),
+    ]  # fmt: skip
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+    running = RunningNode(proc, f"tcp://127.0.0.1:{port}", data_dir, log_path)
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while not accepts_connections(port):
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the node did not listen on port {port} within {STARTUP_DEADLINE}s; its log:\n{running.log()}"
+                )
+            try:
+                proc.wait(timeout=0.05)  # paces the polling, and notices a node that died
+            except subprocess.TimeoutExpired:
+                continue
+            pytest.fail(
+                f"the node exited with status {proc.returncode} before listening; its log:\n{running.log()}"
+            )
+        yield running
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_DEADLINE)
+                pytest.fail(
+                    f"the node did not stop within {STOP_DEADLINE}s of SIGTERM; its log:\n{running.log()}"
+                )
+    assert proc.returncode == 0, f"the node exited with status {proc.returncode}; its log:\n{running.log()}"
+    assert "Traceback" not in running.log(), running.log()
+
+
+def run(
+    *args: str, address: str | None = None, input: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One call of the console script; ``address`` goes in $AIOBROKER_ADDRESS. stdin is empty unless ``input``."""
+    environ = {**os.environ, **(env or {})}
+    environ.pop("AIOBROKER_ADDRESS", None)
+    if address is not None:
+        environ["AIOBROKER_ADDRESS"] = address
+    result = subprocess.run(
+        [*AIOBROKER, *args],
+        input=input if input is not None else b"",
+        capture_output=True,
+        timeout=CALL_TIMEOUT,
+        env=environ,
+    )
+    return subprocess.CompletedProcess(
+        result.args,
+        result.returncode,
+        result.stdout.decode("utf-8", "replace"),
+        result.stderr.decode("utf-8", "replace"),
+    )
+
+
+def ok(node: RunningNode, *args: str, input: bytes | None = None) -> str:
+    """Run a client command that must succeed; returns its stdout."""
+    r = run(*args, address=node.address, input=input)
+    assert r.returncode == 0, (
+        f"aiobroker {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    )
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stdout
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Assert exit status 1 and exactly one line on stderr, ``aiobroker: error: ...`` naming ``words``."""
+    assert r.returncode == 1, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("aiobroker: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def setup_pair(node: RunningNode) -> tuple[str, str, str, str]:
+    """Two queues and two services (client, server accepting DEFAULT): (client_q, server_q, client, server)."""
+    tag = uuid.uuid4().hex[:8]
+    cq, sq, client, server = f"cq-{tag}", f"sq-{tag}", f"//t/{tag}/Client", f"//t/{tag}/Server"
+    ok(node, "create", "queue", cq)
+    ok(node, "create", "queue", sq)
+    ok(node, "create", "service", client, "--queue", cq)
+    ok(node, "create", "service", server, "--queue", sq, "--contract", "DEFAULT")
+    return cq, sq, client, server
+
+
+def queue_status(node: RunningNode, name: str) -> dict[str, object]:
+    status = json.loads(ok(node, "status", "--json"))
+    return next(q for q in status["queues"] if q["name"] == name)
+
+
+def received(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+# --- help ---------------------------------------------------------------------------------------------------
+
+HELP = {
+    (): "message broker",
+    ("serve",): "run a node",
+    ("create",): "create a message type",
+    ("create", "message-type"): "create a message type",
+    ("create", "contract"): "create a contract",
+    ("create", "queue"): "create a queue",
+    ("create", "service"): "create a service",
+    ("alter",): "change a queue",
+    ("alter", "queue"): "change a queue",
+    ("list",): "list message types",
+    ("list", "message-types"): "list the message types",
+    ("list", "contracts"): "list the contracts",
+    ("list", "queues"): "list the queues",
+    ("list", "services"): "list the services",
+    ("list", "conversations"): "list conversation",
+    ("drop",): "drop a message type",
+    ("drop", "message-type"): "drop a message type",
+    ("drop", "contract"): "drop a contract",
+    ("drop", "queue"): "drop a queue",
+    ("drop", "service"): "drop a service",
+    ("begin",): "begin a conversation",
+    ("send",): "send a message",
+    ("receive",): "receive messages",
+    ("end",): "end this side of a conversation",
+    ("timer",): "conversation timer",
+    ("conversation",): "show one conversation",
+    ("status",): "queues' depth",
+}
+
+
+def test_help_of_every_command_exits_0_and_says_what_it_does() -> None:
+    # All at once: each call costs an interpreter start, and they do not depend on each other.
+    procs = {
+        words: subprocess.Popen(
+            [*AIOBROKER, *words, "--help"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for words in HELP
+    }
+    texts = {}
+    for words, proc in procs.items():
+        out, err = proc.communicate(timeout=CALL_TIMEOUT)
+        text = texts[words] = " ".join(out.decode().split())
+        assert proc.returncode == 0, (words, err.decode())
+        assert HELP[words].lower() in text.lower(), (words, text)
+        assert f"usage: aiobroker {' '.join(words)}".strip() in text  # the usage line names the command
+    for default in ("127.0.0.1:4022", "./aiobroker-data", "default sqlite", "default normal"):
+        assert default in texts[("serve",)], default
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run().returncode == 2
+    r = run("send", "--body", "x")
+    assert r.returncode == 2 and "--handle" in r.stderr and "Traceback" not in r.stderr
+    r = run("create", "contract", "C", "--message", "DEFAULT=nobody")
+    assert r.returncode == 2 and "SENT_BY" in r.stderr
+
+
+# --- objects ------------------------------------------------------------------------------------------------
+
+
+def test_create_each_kind_and_list_them(node: RunningNode) -> None:
+    tag = uuid.uuid4().hex[:8]
+    mt, contract, queue, service = f"//t/{tag}/Order", f"//t/{tag}/Contract", f"q-{tag}", f"//t/{tag}/Shop"
+
+    assert mt in ok(node, "create", "message-type", mt, "--validation", "json")
+    assert contract in ok(
+        node, "create", "contract", contract, "--message", f"{mt}=initiator", "--message", "DEFAULT=any"
+    )
+    assert queue in ok(
+        node, "create", "queue", queue, "--retention", "on", "--poison-message-handling", "off"
+    )
+    assert service in ok(node, "create", "service", service, "--queue", queue, "--contract", contract)
+
+    text = ok(node, "list", "message-types")
+    assert text.splitlines()[0].split() == ["NAME", "VALIDATION"]
+    assert [mt, "json"] in [line.split() for line in text.splitlines()]
+    text = ok(node, "list", "contracts")
+    assert [contract, mt, "initiator"] in [line.split() for line in text.splitlines()]
+    text = ok(node, "list", "queues")
+    assert [queue, "on", "on", "off"] in [line.split() for line in text.splitlines()]
+    text = ok(node, "list", "services")
+    assert [service, queue, contract] in [line.split() for line in text.splitlines()]
+
+    by_name = {d["name"]: d for d in json.loads(ok(node, "list", "message-types", "--json"))}
+    assert by_name[mt] == {"name": mt, "validation": "json"}
+    assert "DEFAULT" in by_name
+    by_name = {d["name"]: d for d in json.loads(ok(node, "list", "contracts", "--json"))}
+    assert by_name[contract]["messages"] == {mt: "initiator", "DEFAULT": "any"}
+    by_name = {d["name"]: d for d in json.loads(ok(node, "list", "queues", "--json"))}
+    assert by_name[queue] == {
+        "name": queue,
+        "status": True,
+        "retention": True,
+        "poison_message_handling": False,
+    }
+    by_name = {d["name"]: d for d in json.loads(ok(node, "list", "services", "--json"))}
+    assert by_name[service] == {"name": service, "queue": queue, "contracts": [contract]}
+
+    ok(node, "alter", "queue", queue, "--status", "off")
+    assert queue_status(node, queue)["status"] == "off"
+    ok(node, "drop", "service", service)
+    assert service not in ok(node, "list", "services")
+
+
+# --- conversations ------------------------------------------------------------------------------------------
+
+
+def test_conversation_end_to_end(node: RunningNode) -> None:
+    cq, sq, client, server = setup_pair(node)
+
+    out = ok(node, "send", "--from", client, "--to", server, "--body", "one order, please")
+    initiator = out.strip()
+    assert len(out.splitlines()) == 1 and uuid.UUID(initiator)
+
+    out = ok(node, "receive", sq, "--timeout", "5")
+    line = out.strip()
+    assert len(out.splitlines()) == 1, out
+    target = line.split()[0]
+    assert target != initiator and uuid.UUID(target)
+    assert "seq=0" in line and "type=DEFAULT" in line and line.endswith("body: one order, please")
+
+    info = ok(node, "conversation", target)
+    assert "CO (conversing)" in info and server in info and client in info
+
+    # a reply on the target's handle, its body from stdin; then a body that is not UTF-8
+    assert ok(node, "send", "--handle", target, input=b"accepted").strip() == target
+    ok(node, "send", "--handle", target, input=b"\xff\x00\xfe")
+    out = ok(node, "receive", cq, "--timeout", "5", "--max", "10")
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    assert lines[0].startswith(f"{initiator} seq=0 type=DEFAULT") and lines[0].endswith("body: accepted")
+    assert "not UTF-8" in lines[1] and lines[1].endswith("ff00fe")
+
+    ok(node, "end", target)
+    [end_dialog] = received(ok(node, "receive", cq, "--timeout", "5", "--json"))
+    assert end_dialog["handle"] == initiator
+    assert end_dialog["message_type"] == "http://schemas.microsoft.com/SQL/ServiceBroker/EndDialog"
+    assert end_dialog["body"] == "" and end_dialog["body_base64"] is False
+    assert "DI (disconnected inbound)" in ok(node, "conversation", initiator)
+    ok(node, "end", initiator)
+
+    handles = {c["handle"] for c in json.loads(ok(node, "list", "conversations", "--json"))}
+    assert initiator not in handles and target not in handles
+
+
+def test_begin_then_send_json_receive_and_error_end(node: RunningNode) -> None:
+    cq, sq, client, server = setup_pair(node)
+    handle = ok(node, "begin", client, server).strip()
+    assert uuid.UUID(handle)
+    ok(node, "send", "--handle", handle, "--body", "first\nsecond")
+    [message] = received(ok(node, "receive", sq, "--json"))
+    assert message["body"] == "first\nsecond" and message["body_base64"] is False
+    assert message["sequence_number"] == 0 and message["far_service"] == client
+    ok(node, "end", str(message["handle"]), "--error", "42", "--description", "out of stock")
+    out = ok(node, "receive", cq, "--timeout", "5")
+    assert out.strip().endswith("error 42: out of stock"), out
+    ok(node, "end", handle)
+
+
+def test_status_shows_queue_depth_before_and_after_receiving(node: RunningNode) -> None:
+    cq, sq, client, server = setup_pair(node)
+    handle = ok(node, "send", "--from", client, "--to", server, "--body", "1").strip()
+    ok(node, "send", "--handle", handle, "--body", "2")
+
+    assert queue_status(node, sq)["waiting"] == 2
+    text = ok(node, "status")
+    assert [sq, "2", "0", "0", "on", "-"] in [line.split() for line in text.splitlines()]
+    for words in (
+        "SO",
+        "started outbound",
+        "CO",
+        "conversing",
+        "DI",
+        "disconnected inbound",
+        "ER",
+        "CD",
+        "closed",
+    ):
+        assert words in text, words
+    assert node.address.removeprefix("tcp://") in text and "sqlite" in text and str(node.data_dir) in text
+
+    out = ok(node, "receive", sq, "--max", "10")
+    assert len(out.splitlines()) == 2
+    assert queue_status(node, sq)["waiting"] == 0
+    assert [sq, "0", "0", "0", "on", "-"] in [line.split() for line in ok(node, "status").splitlines()]
+
+
+def test_receive_rollback_leaves_the_message_in_the_queue(node: RunningNode) -> None:
+    cq, sq, client, server = setup_pair(node)
+    ok(node, "send", "--from", client, "--to", server, "--body", "keep me")
+
+    r = run("receive", sq, "--rollback", address=node.address)
+    assert r.returncode == 0 and r.stdout.strip().endswith("body: keep me"), r
+    assert "rolled back" in r.stderr
+    assert queue_status(node, sq)["waiting"] == 1
+
+    out = ok(node, "receive", sq)
+    assert out.strip().endswith("body: keep me")
+    assert queue_status(node, sq)["waiting"] == 0
+
+
+def test_receive_on_an_empty_queue_exits_0_with_a_note(node: RunningNode) -> None:
+    queue = unique("empty")
+    ok(node, "create", "queue", queue)
+    r = run("receive", queue, "--timeout", "0.2", address=node.address)
+    assert r.returncode == 0 and r.stdout == ""
+    assert "no message arrived within 0.2 s" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+def test_errors_are_one_line_and_exit_1(node: RunningNode) -> None:
+    one_line_error(run("receive", "no-such-queue", address=node.address), "no-such-queue", "does not exist")
+
+    queue = unique("dup")
+    ok(node, "create", "queue", queue)
+    one_line_error(run("create", "queue", queue, address=node.address), queue, "exists already")
+
+    cq, sq, client, server = setup_pair(node)
+    handle = ok(node, "send", "--from", client, "--to", server, "--body", "bye", "--end").strip()
+    one_line_error(run("send", "--handle", handle, "--body", "more", address=node.address), handle, "ended")
+
+    r = run(
+        "send",
+        "--from",
+        client,
+        "--to",
+        server,
+        "--file",
+        str(node.data_dir / "no-such-file"),
+        address=node.address,
+    )
+    one_line_error(r, "no-such-file")
+
+
+def test_no_node_listening_is_one_line_and_exit_1() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    line = one_line_error(run("--address", address, "status"), address, "aiobroker serve")
+    assert "cannot connect" in line
+    one_line_error(run("list", "queues", address=address), address)
+
+
+# --- serve --------------------------------------------------------------------------------------------------
+
+
+def serve_with_config(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    config = tmp_path / "aiobroker.toml"
+    config.write_text(text, encoding="utf-8")
+    r = run("serve", "--config", str(config), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"))
+    return r, config
+
+
+def test_serve_with_a_toml_syntax_error_says_where(tmp_path: Path) -> None:
+    r, config = serve_with_config(tmp_path, '[node]\nstore = "sqlite\n')
+    assert r.returncode != 0
+    line = one_line_error(r, str(config), "not valid TOML")
+    assert "line 2" in line
+
+
+def test_serve_with_an_unknown_key_names_the_file_and_key(tmp_path: Path) -> None:
+    r, config = serve_with_config(tmp_path, '[node]\nstroe = "sqlite"\n')
+    assert r.returncode != 0
+    one_line_error(r, str(config), "stroe", "did you mean store")

@@ -269,8 +269,8 @@ async def connect_pair(entry_port: int, exit_port: int) -> tuple[SocketStream, S
 
 def describe_mismatch(chunk: bytes, pos: int, stream_offset: int, frame_size: int, size: int) -> str:
     """Name the message whose bytes differ from what was sent (and its sequence number, if readable)."""
-    index = stream_offset // frame_size
-    seq_at = index * frame_size + (frame_size - size) + 8 - stream_offset + pos  # that frame's seq, in chunk
+    index = stream_offset // frame_size  # the message the first differing byte belongs to
+    seq_at = pos - stream_offset % frame_size + (frame_size - size) + 8  # where that frame's seq is, in chunk
     got = ""
     if 0 <= seq_at and seq_at + 8 <= len(chunk):
         got = f", found seq {int.from_bytes(chunk[seq_at:seq_at + 8], 'big')} there"
@@ -331,7 +331,8 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     head, head_off = pending.popleft(), 0
                 k = min(len(head) - head_off, end - pos)
                 if not head.startswith(view[pos : pos + k], head_off):
-                    errors.append(describe_mismatch(chunk, pos, received_bytes, frame_size, size))
+                    d = next(i for i in range(k) if head[head_off + i] != chunk[pos + i])
+                    errors.append(describe_mismatch(chunk, pos + d, received_bytes + d, frame_size, size))
                     return
                 pos += k
                 head_off += k

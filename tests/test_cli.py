@@ -121,6 +121,7 @@ def run(
         environ["AIOBROKER_ADDRESS"] = address
     result = subprocess.run(
         [*AIOBROKER, *args],
+        check=False,
         input=input if input is not None else b"",
         capture_output=True,
         timeout=CALL_TIMEOUT,
@@ -346,7 +347,7 @@ def test_begin_then_send_json_receive_and_error_end(node: RunningNode) -> None:
 
 
 def test_status_shows_queue_depth_before_and_after_receiving(node: RunningNode) -> None:
-    cq, sq, client, server = setup_pair(node)
+    _, sq, client, server = setup_pair(node)
     handle = ok(node, "send", "--from", client, "--to", server, "--body", "1").strip()
     ok(node, "send", "--handle", handle, "--body", "2")
 
@@ -374,7 +375,7 @@ def test_status_shows_queue_depth_before_and_after_receiving(node: RunningNode) 
 
 
 def test_receive_rollback_leaves_the_message_in_the_queue(node: RunningNode) -> None:
-    cq, sq, client, server = setup_pair(node)
+    _, sq, client, server = setup_pair(node)
     ok(node, "send", "--from", client, "--to", server, "--body", "keep me")
 
     r = run("receive", sq, "--rollback", address=node.address)
@@ -405,7 +406,7 @@ def test_errors_are_one_line_and_exit_1(node: RunningNode) -> None:
     ok(node, "create", "queue", queue)
     one_line_error(run("create", "queue", queue, address=node.address), queue, "exists already")
 
-    cq, sq, client, server = setup_pair(node)
+    _, _, client, server = setup_pair(node)
     handle = ok(node, "send", "--from", client, "--to", server, "--body", "bye", "--end").strip()
     one_line_error(run("send", "--handle", handle, "--body", "more", address=node.address), handle, "ended")
 
@@ -426,7 +427,8 @@ def test_no_node_listening_is_one_line_and_exit_1() -> None:
     address = f"tcp://127.0.0.1:{free_port()}"
     line = one_line_error(run("--address", address, "status"), address, "aiobroker serve")
     assert "cannot connect" in line
-    one_line_error(run("list", "queues", address=address), address)
+    one_line_error(run("list", "queues", address=address), address)  # from $AIOBROKER_ADDRESS
+    one_line_error(run("receive", "q", "--address", address), address)  # after the command
 
 
 # --- serve --------------------------------------------------------------------------------------------------

@@ -646,7 +646,8 @@ def _queue_options(parser: argparse.ArgumentParser) -> None:
         "--poison-message-handling",
         type=_on_off,
         metavar="on|off",
-        help="turn the queue off after 5 rollbacks in a row of one conversation group (default on)",
+        help="turn the queue off when one conversation group is rolled back too often in a row"
+        " (the node's poison_rollbacks, 5 by default); default on",
     )
 
 

@@ -17,6 +17,7 @@ effect: a send that was not acknowledged is not promised).
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import math
 from collections.abc import Generator, Iterator, Sequence
@@ -296,6 +297,7 @@ class Client:
         self.broker_instance = frame.broker_instance
         self.server_info = frame.info
         self._max_frame = int(frame.info.get("max_frame_size", self._max_frame))
+        conn.decoder.max_frame_size = max(conn.decoder.max_frame_size, self._max_frame)
         self._conn = conn
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -365,12 +367,10 @@ class Client:
         p = _Pending()
         self._pending[rid] = p
         try:
-            conn.send([10, rid, op, args])
+            conn.send([10, rid, op, args], limit=self._max_frame)
         except BrokerError:
             self._pending.pop(rid, None)
             raise
-        if conn._out_bytes > self._max_frame + 4:  # noqa: SLF001 - checked right after our own frame was added
-            pass
         try:
             await p.event.wait()
         finally:
@@ -413,9 +413,9 @@ class Client:
     async def drop(self, kind: str, name: str) -> None:
         await self.request("drop", {"kind": kind, "name": name})
 
-    async def list(self, kind: str) -> list[dict[str, Any]]:
+    async def list(self, kind: str) -> builtins.list[dict[str, Any]]:
         """kind: message_type, contract, queue or service."""
-        result: list[dict[str, Any]] = await self.request("list", {"kind": kind})
+        result: builtins.list[dict[str, Any]] = await self.request("list", {"kind": kind})
         return result
 
     async def status(self) -> dict[str, Any]:
@@ -423,8 +423,8 @@ class Client:
         result: dict[str, Any] = await self.request("status", {})
         return result
 
-    async def list_conversations(self, limit: int = 1000) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self.request("list_conversations", {"limit": limit})
+    async def list_conversations(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
+        result: builtins.list[dict[str, Any]] = await self.request("list_conversations", {"limit": limit})
         return result
 
     # ---------------------------------------------------------------------------------------------- dialogs

@@ -146,6 +146,8 @@ class Node:
             broker_instance=instance,
             persist=self.store.durable,
             max_message_size=cfg.max_message_size,
+            # room for the reply's own fields beside the rows
+            max_batch_bytes=cfg.max_frame_size - min(64 * 1024, cfg.max_frame_size // 16),
             receive_lease=cfg.receive_lease,
             poison_rollbacks=cfg.poison_rollbacks,
         )
@@ -181,7 +183,7 @@ class Node:
             instance,
             self.url,
             self.store.name,
-            f" at {cfg.data_dir}" if self.store.durable else ", nothing kept across restarts",
+            f" at {cfg.data_dir.resolve()}" if self.store.durable else ", nothing kept across restarts",
             stats["conversations"],
             waiting,
             sum(stats["objects"].values()),

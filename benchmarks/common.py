@@ -578,16 +578,21 @@ def proc_cpu_seconds(pid: int) -> float | None:
 
 
 def machine_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine since boot, summed over CPUs (Linux /proc/stat)."""
+    """(busy, total) CPU seconds of the whole machine since boot, summed over CPUs (Linux /proc/stat).
+
+    ``busy`` is user + nice + system time: what processes use. Interrupt and softirq time is left out: loopback
+    TCP is processed largely in softirq, which is not charged to the sending or receiving process, so counting
+    it would make a benchmark's own traffic look like another process's load.
+    """
     try:
         with open("/proc/stat") as f:
             parts = f.readline().split()
         vals = [int(v) for v in parts[1:]]
     except (OSError, ValueError):
         return None
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    busy = vals[0] + vals[1] + vals[2]
     total = sum(vals[:8])  # guest time is already counted in user
-    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+    return busy / _CLK_TCK, total / _CLK_TCK
 
 
 def children_cpu_seconds() -> float:
@@ -644,14 +649,18 @@ def machine_busy_now(sample_s: float = 0.5) -> float | None:
 
 def wait_until_quiet(max_wait: float, threshold: float = 0.15, *, say: Callable[[str], None] | None = None) -> float | None:
     """Wait (at most ``max_wait`` s) until other processes use under ``threshold`` cores; return the last reading."""
-    deadline = time.monotonic() + max_wait
+    start = time.monotonic()
+    deadline = start + max_wait
     busy = machine_busy_now()
-    announced = False
+    next_say = start
     for _ in range(int(max_wait / 0.5) + 2):
         if busy is None or busy < threshold or time.monotonic() >= deadline:
             break
-        if say and not announced:
-            say(f"    waiting up to {max_wait:.0f} s for the machine to be idle ({busy:.2f} cores busy) ...")
-            announced = True
+        if say and time.monotonic() >= next_say:
+            say(f"    .. waiting (up to {max_wait:.0f} s) for other processes to leave the CPUs idle: "
+                f"{busy:.2f} cores busy after {time.monotonic() - start:.0f} s")
+            next_say = time.monotonic() + 5.0
         busy = machine_busy_now()
+    if say and busy is not None and busy >= threshold:
+        say(f"    .. still {busy:.2f} cores busy after {max_wait:.0f} s; measuring anyway")
     return busy

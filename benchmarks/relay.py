@@ -120,14 +120,15 @@ async def forward(src: SocketStream, dst: SocketStream, mode: str) -> tuple[int,
                 carry += chunk
                 continue
             frames_total += len(frames)
-            data = carry + chunk if carry else chunk
+            data = carry + chunk if carry else chunk  # the one copy that joining into one write needs
             rest = decoder.buffered
             if rest:
-                carry = data[-rest:]
-                data = data[:-rest]
+                cut = len(data) - rest
+                carry = data[cut:]
+                await send(memoryview(data)[:cut])  # a view: no second copy of the chunk
             else:
                 carry = b""
-            await send(data)
+                await send(data)
     else:
         for chunks in range(1, MAX_CHUNKS_PER_SESSION):  # noqa: B007
             try:

@@ -174,3 +174,19 @@ def test_uncommitted_work_is_not_in_the_store() -> None:
     h.core.send(a, [["DEFAULT", b"never stored"]], h.now)
     h2 = h.restart()  # the crash came before the batch was written
     assert h2.drain("qt") == []
+
+
+def test_a_receive_batch_stays_within_its_byte_budget_and_always_takes_one() -> None:
+    from aiobroker.core.queues import ROW_OVERHEAD
+
+    h = Harness(max_batch_bytes=3 * (1000 + ROW_OVERHEAD))
+    a = h.pair()
+    h.send(a, *[b"x" * 1000] * 10)
+    sizes = []
+    while (lease := h.receive("qt", n=100)) is not None:
+        sizes.append(len(lease.messages))
+        h.core.commit(lease.id, h.owner)
+    assert sizes == [3, 3, 3, 1]
+    h.send(a, b"y" * 10_000)  # larger than the whole budget: still handed out, alone
+    lease = h.receive("qt", n=100)
+    assert lease is not None and len(lease.messages) == 1

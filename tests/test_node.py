@@ -327,3 +327,18 @@ async def test_too_many_connections_are_refused_with_a_reason(tmp_path: Path) ->
 
 async def test_protocol_error_type_is_exported() -> None:
     assert issubclass(ProtocolError, aiobroker.BrokerError)
+
+
+async def test_a_request_over_the_frame_limit_is_refused_before_it_is_sent(tmp_path: Path) -> None:
+    config = NodeConfig(store="memory", listen_port=0, max_frame_size=64 * 1024, max_message_size=32 * 1024)
+    async with aiobroker.Node(config) as node:
+        async with aiobroker.connect(node.url) as client:
+            dialog = await setup_pair(client)
+            with pytest.raises(MessageTooLarge, match="over the node's max_frame_size of 65536 bytes; send fewer"):
+                await dialog.send_many([("DEFAULT", b"x" * 30_000)] * 3)
+            await dialog.send_many([("DEFAULT", b"x" * 30_000)] * 2)  # the connection is still good
+            received = 0
+            while batch := await client.receive("qt", max_messages=10, timeout=0):
+                received += len(batch)
+                await batch.commit()
+            assert received == 2

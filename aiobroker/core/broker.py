@@ -69,6 +69,7 @@ class BrokerCore:
         broker_instance: str,
         persist: bool = True,
         max_message_size: int = 4 * 1024 * 1024,
+        max_batch_bytes: int = 16 * 1024 * 1024 - 64 * 1024,
         receive_lease: float = 30.0,
         poison_rollbacks: int = 5,
         new_id: Callable[[], str] = _uuid,
@@ -76,6 +77,8 @@ class BrokerCore:
         self.broker_instance = broker_instance
         self.persist = persist
         self.max_message_size = max_message_size
+        #: a receive batch's size on the wire stays under this (the frame limit less room for the rest)
+        self.max_batch_bytes = max_batch_bytes
         self.receive_lease = receive_lease
         self.poison_rollbacks = poison_rollbacks
         self.new_id = new_id
@@ -649,7 +652,7 @@ class BrokerCore:
         self.check_receivable(queue)
         if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
             raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
-        taken = queue.take(max_messages)
+        taken = queue.take(max_messages, self.max_batch_bytes)
         if taken is None:
             return None
         group, rows = taken

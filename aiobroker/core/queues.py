@@ -18,6 +18,11 @@ from ..store.base import MessageRow
 from .catalog import QueueDef
 
 
+#: Bytes a stored row takes on the wire besides its body, at most: the handle, location and message type are names
+#: of at most 256 bytes, plus a few numbers. Used to keep a receive batch within one frame.
+ROW_OVERHEAD = 640
+
+
 class Group:
     """One conversation group's waiting messages in one queue."""
 
@@ -89,20 +94,31 @@ class MessageQueue:
         if group.lease is None and group_id not in self.ready:
             self.ready[group_id] = None
 
-    def take(self, max_messages: int) -> tuple[Group, list[MessageRow]] | None:
-        """Lock the oldest ready group and hand out up to ``max_messages`` of it (the caller makes the lease)."""
+    def take(self, max_messages: int, max_bytes: int) -> tuple[Group, list[MessageRow]] | None:
+        """Lock the oldest ready group and hand out up to ``max_messages`` of it, within ``max_bytes`` of wire size
+        (estimated as body + :data:`ROW_OVERHEAD` each; at least one message always goes, since a message never
+        exceeds a frame). The caller makes the lease."""
         if not self.ready:
             return None
         group_id = next(iter(self.ready))
         del self.ready[group_id]
         group = self.groups[group_id]
-        if not group.urgent and len(group.normal) <= max_messages:
-            out = list(group.normal)  # the common case: the whole group at once
-            group.normal.clear()
+        normal = group.normal
+        if (
+            not group.urgent
+            and len(normal) <= max_messages
+            and sum(len(r[5]) for r in normal) + ROW_OVERHEAD * len(normal) <= max_bytes
+        ):
+            out = list(normal)  # the common case: the whole group at once
+            normal.clear()
         else:
             out = []
-            for dq in (group.urgent, group.normal):
+            size = 0
+            for dq in (group.urgent, normal):
                 while dq and len(out) < max_messages:
+                    size += len(dq[0][5]) + ROW_OVERHEAD
+                    if out and size > max_bytes:
+                        break
                     out.append(dq.popleft())
         self.waiting -= len(out)
         return group, out

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream
 
-from ..errors import ConnectionLost, ProtocolError
+from ..errors import ConnectionLost, MessageTooLarge, ProtocolError
 from ..wire.codec import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder, packb
 from ..wire.frames import Frame, parse_frame
 
@@ -57,11 +57,17 @@ class FramedConnection:
         self.max_pending_output = max_pending_output
         self.peer = peer
 
-    def send(self, obj: Any) -> None:
-        """Queue one frame for the writer (does not wait)."""
+    def send(self, obj: Any, limit: int | None = None) -> None:
+        """Queue one frame for the writer (does not wait). With ``limit``, a frame over it is refused here with
+        :class:`MessageTooLarge` rather than sent to a peer that would refuse it and close the connection."""
         if self.closed:
             return
         body = packb(obj)
+        if limit is not None and len(body) > limit:
+            raise MessageTooLarge(
+                f"a request of {len(body)} bytes is over the node's max_frame_size of {limit} bytes;"
+                " send fewer messages per batch"
+            )
         self._out.append(HEADER.pack(len(body)))
         self._out.append(body)
         self._out_bytes += len(body) + 4

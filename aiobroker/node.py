@@ -40,7 +40,7 @@ from .errors import BrokerError, ConfigError, ConnectionLost, ProtocolError, Que
 from .ops import OPS
 from .store import Store, open_store
 from .transport.connection import FramedConnection
-from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Reply, Request, Welcome
+from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
 from .writer import StoreWriter
 
 log = logging.getLogger("aiobroker.node")
@@ -167,7 +167,7 @@ class Node:
                 " choose another --listen address"
             ) from exc
         sockname = listener.extra(SocketAttribute.local_address)
-        self.host, self.port = str(sockname[0]), int(sockname[1])  # type: ignore[index]
+        self.host, self.port = str(sockname[0]), int(sockname[1])
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self.writer.run)
@@ -193,7 +193,7 @@ class Node:
     def _apply_config_objects(self) -> None:
         """Create the config file's objects that do not exist; one that exists must match it."""
         for kind, definition in self.config.objects:
-            name = definition.get("name")
+            name = str(definition.get("name"))
             try:
                 existing = self.core.catalog.table(kind).get(name)
                 if existing is None:

@@ -167,7 +167,7 @@ def get_conversation(node: Node, session: Session, rid: int, args: dict[str, Any
 @op("list_conversations")
 def list_conversations(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     limit = arg(args, "limit", int, 1000)
-    out = []
+    out: list[dict[str, Any]] = []
     for ep in node.core.endpoints.values():
         if len(out) >= limit:
             break

@@ -308,8 +308,9 @@ def run_node_case(
                              f"{common._log_hint(log)}")
         return result
     finally:
+        was_running = proc.poll() is None
         code = stop_process(proc)
-        if code not in (0, None, -15):
+        if was_running and code not in (0, None, -15):
             print(f"    note: the node exited with code {code} on SIGTERM (log: {common._rel(log)})", flush=True)
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -333,7 +334,7 @@ def main_bench(argv: list[str]) -> int:
         description="One producer and one consumer through one aiobroker node (stores memory and sqlite), "
         "against the relay baseline measured in the same run. Prints throughput (and its ratio to the "
         "relay), p50/p99 latency at a fixed rate, and PASS/FAIL for the project's floors.",
-        epilog="Floors: memory 128 B throughput >= 15%% of the relay; sqlite (normal) 128 B >= 40,000 msg/s; "
+        epilog="Floors: memory 128 B throughput >= 15% of the relay; sqlite (normal) 128 B >= 40,000 msg/s; "
         "p99 < 5 ms at 5,000 msg/s. Exit status 0 = all passed, 1 = a floor failed, 2 = exactly-once failure "
         "or error. Results: benchmarks/results/node-<time>.json",
     )

@@ -296,6 +296,7 @@ def start_process(
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [full_env.get("PYTHONPATH")])])
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    full_env["AIOBROKER_BENCH_CHILD"] = "1"  # children leave one-time notices to the parent
     if env:
         full_env.update(env)
     preexec: Callable[[], None] | None = None
@@ -363,9 +364,14 @@ def wait_for_port(
     """
     start = time.monotonic()
     deadline = start + timeout
+    next_say = start + 3.0
     attempts = 0
     while attempts < 100_000:
         attempts += 1
+        if time.monotonic() >= next_say:
+            print(f"    .. waiting for {what} to listen on {host}:{port} ({time.monotonic() - start:.0f} s of "
+                  f"{timeout:.0f} s)", file=sys.stderr, flush=True)
+            next_say += 3.0
         if proc is not None and proc.poll() is not None:
             raise BenchError(f"{what} exited with code {proc.returncode} before listening on {host}:{port}"
                              + _log_hint(log_path))
@@ -620,7 +626,7 @@ class CpuMeter:
     def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self.t0
         server = 0.0
-        for pid, c0 in zip(self.server_pids, self.server0):
+        for pid, c0 in zip(self.server_pids, self.server0, strict=False):
             c1 = proc_cpu_seconds(pid)
             if c0 is not None and c1 is not None:
                 server += c1 - c0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import signal
 import sys
 import time
@@ -65,7 +66,45 @@ from common import (
 import anyio  # noqa: E402  (after common, which puts the repository on sys.path)
 from anyio.abc import SocketStream  # noqa: E402
 
-from aiobroker.wire.codec import FrameDecoder, encode_frame, encode_frames  # noqa: E402
+
+def _load_codec() -> Any:
+    """aiobroker's wire codec. If the package does not import (it is being edited), load codec.py and errors.py
+    directly, so the baseline still runs; if even that fails, stop with one line."""
+    try:
+        from aiobroker.wire import codec
+
+        return codec
+    except Exception as exc:  # noqa: BLE001
+        first = f"{type(exc).__name__}: {exc}"
+    import importlib.util
+    import types
+
+    root = common.REPO / "aiobroker"
+    try:
+        for name, path in (("_bench_aiobroker", root), ("_bench_aiobroker.wire", root / "wire")):
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(path)]
+            sys.modules[name] = pkg
+        mods = []
+        for name, path in (("_bench_aiobroker.errors", root / "errors.py"),
+                           ("_bench_aiobroker.wire.codec", root / "wire" / "codec.py")):
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+            mods.append(mod)
+    except Exception as exc:  # noqa: BLE001
+        sys.exit(f"error: the relay needs aiobroker/wire/codec.py and cannot load it ({first}; then "
+                 f"{type(exc).__name__}: {exc})")
+    if not os.environ.get("AIOBROKER_BENCH_CHILD"):
+        print(f"note: aiobroker does not import ({first[:160]}); the relay loaded aiobroker/wire/codec.py directly",
+              file=sys.stderr)
+    return mods[-1]
+
+
+_codec = _load_codec()
+FrameDecoder, encode_frame, encode_frames = _codec.FrameDecoder, _codec.encode_frame, _codec.encode_frames
 
 RELAY_PY = Path(__file__).resolve()
 
@@ -80,6 +119,9 @@ HANDSHAKE_TIMEOUT = 15.0
 PAIR_TIMEOUT = 30.0
 #: Count bound for one forwarding session (the time bound is the relay's lifetime).
 MAX_CHUNKS_PER_SESSION = 1 << 40
+
+#: Count bound for the accept loop (the time bound is the relay's lifetime, --max-seconds).
+MAX_CONNECTIONS = 100_000
 
 STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -225,7 +267,11 @@ async def serve_main(args: argparse.Namespace) -> None:
         to = f" -> {forward_to[0]}:{forward_to[1]}" if forward_to else ""
         print(f"relay listening on {args.host}:{args.port}{to} (forward={args.forward})", flush=True)
         async with listener:
-            await listener.serve(relay.handle)
+            accept = listener.listeners[0].accept  # one loopback address, one listener
+            for _ in range(MAX_CONNECTIONS):
+                tg.start_soon(relay.handle, await accept())
+            print(f"relay: stopping after {MAX_CONNECTIONS:,} connections", flush=True)
+            tg.cancel_scope.cancel()
 
 
 def serve_cli(argv: list[str]) -> int:

@@ -64,16 +64,16 @@ def same(a: Any, b: Any) -> bool:
             return math.isnan(b)
         return struct.pack(">d", a) == struct.pack(">d", b)
     if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=False))
     if isinstance(a, dict):
         return len(a) == len(b) and all(
-            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=False)
         )
     return bool(a == b)
 
 
 def same_all(got: Sequence[Any], want: Sequence[Any]) -> bool:
-    return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want))
+    return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want, strict=False))
 
 
 def frame_of(body: bytes) -> bytes:
@@ -83,7 +83,7 @@ def frame_of(body: bytes) -> bytes:
 
 def split_at(stream: bytes, cuts: Iterable[int]) -> list[bytes]:
     points = [0, *sorted(set(cuts)), len(stream)]
-    return [stream[a:b] for a, b in zip(points, points[1:])]
+    return [stream[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 def feed_all(decoder: FrameDecoder, chunks: Iterable[bytes]) -> list[Any]:
@@ -237,7 +237,7 @@ def test_any_value_round_trips(value: Any) -> None:
         (2**64, "int"),
         (INT_MIN - 1, "int"),
         (complex(1, 2), "complex"),
-        (datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), "datetime"),
+        (datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC), "datetime"),
         ([{1, 2}], "list"),
         ({"k": object()}, "dict"),
     ],
@@ -287,7 +287,7 @@ def test_one_byte_at_a_time_yields_each_frame_on_its_last_byte() -> None:
     objs = [None, "two", {"three": [3, 3, 3]}, b"\x04" * 300]
     frames = [encode_frame(o) for o in objs]
     decoder = FrameDecoder()
-    for obj, frame in zip(objs, frames):
+    for obj, frame in zip(objs, frames, strict=False):
         for i in range(len(frame) - 1):
             assert decoder.feed(frame[i : i + 1]) == []
             assert decoder.buffered == i + 1

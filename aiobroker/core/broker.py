@@ -120,8 +120,8 @@ class BrokerCore:
         last_id = 0
         for row in snap.messages:
             last_id = max(last_id, row.id)
-            ep = self.endpoints.get(row.handle)
-            if ep is None:
+            owner = self.endpoints.get(row.handle)
+            if owner is None:
                 warnings.append(f"message {row.id} belongs to no conversation endpoint; dropped")
                 self._forget_row(row.id)
                 continue
@@ -136,7 +136,7 @@ class BrokerCore:
             if row.state == 1:
                 queue.retained.setdefault(row.handle, []).append(row)
             else:
-                queue.push(row, ep.group_id, row.message_type in URGENT_TYPES)
+                queue.push(row, owner.group_id, row.message_type in URGENT_TYPES)
         for handle in self.transmission:
             ep = self.endpoints[handle]
             self.delayed_by_service.setdefault(ep.far_service, {})[handle] = None
@@ -466,8 +466,7 @@ class BrokerCore:
             if far.state in (State.CONVERSING, State.STARTED_OUTBOUND):
                 far.state = State.DISCONNECTED_INBOUND
         else:
-            if far.state is not State.CLOSED:
-                far.state = State.ERROR
+            far.state = State.ERROR
         far.recv_seq = seq + 1
         self._touch(far)
         self._enqueue(far, seq, message_type, body, now)

@@ -182,12 +182,13 @@ class Catalog:
         self.services: dict[str, Service] = {}
 
     def table(self, kind: str) -> dict[str, Any]:
-        return {
+        tables: dict[str, dict[str, Any]] = {
             "message_type": self.message_types,
             "contract": self.contracts,
             "queue": self.queues,
             "service": self.services,
-        }[check_kind(kind)]
+        }
+        return tables[check_kind(kind)]
 
     def build(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
         """Check a definition against the rules and the catalog, without changing anything."""

@@ -33,7 +33,7 @@ _pack = msgpack.Packer(use_bin_type=True, datetime=False).pack
 def packb(obj: Any) -> bytes:
     """Serialize one object to msgpack (bytes stay bytes, str stays str)."""
     try:
-        return _pack(obj)
+        return bytes(_pack(obj))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(obj).__name__} for the wire: {exc}") from exc
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ..errors import ProtocolError
 
@@ -92,7 +92,7 @@ class Failed:
         return [FAILED, self.request_id, self.code, self.message]
 
 
-Frame = Union[Hello, Welcome, Refused, Request, Reply, Failed]
+Frame = Hello | Welcome | Refused | Request | Reply | Failed
 
 
 def _need(cond: bool, what: str, obj: Any) -> None:

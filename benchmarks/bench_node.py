@@ -68,6 +68,8 @@ FLOOR_MEMORY_RATIO = 0.15  # memory store, 128 B: at least 15% of the relay's th
 FLOOR_SQLITE_RATE = 40_000.0  # sqlite store (durability normal), 128 B: at least 40,000 msg/s
 FLOOR_P99_MS = 5.0  # every node case: p99 under 5 ms at 5,000 msg/s
 FLOOR_SIZE = 128
+#: A consumer that receives nothing for this long after the producer finished gives up (and the run fails).
+STALL_SECONDS = 10.0
 
 
 # --- the load process (producer + consumer, through the aiobroker client) -------------------------------------
@@ -99,7 +101,7 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
     checker = SequenceChecker(n)
     problems: list[str] = []
     state: dict[str, Any] = {"t_first": None, "t_last": None, "sent": 0, "batches_received": 0,
-                             "empty_receives": 0}
+                             "empty_receives": 0, "producer_done": False}
     progress = Progress(f"node {args.store} {fmt_size(size)} received", n)
 
     async with aiobroker.connect(url) as producer_client, aiobroker.connect(url) as consumer_client:
@@ -118,9 +120,11 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 await dialog.send_many(msgs)
                 sent += k
                 state["sent"] = sent
+            state["producer_done"] = True
 
         async def consume() -> None:
             extra_checks = 0
+            last_progress = time.monotonic()
             for _ in range(10_000_000):
                 timeout = 0.5 if checker.complete else 1.0
                 batch = await consumer_client.receive(QUEUE_IN, max_messages=args.receive_batch, timeout=timeout)
@@ -130,7 +134,12 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
                         extra_checks += 1
                         if extra_checks >= 2:  # nothing more came: no duplicates after the last one
                             return
+                    elif state["producer_done"] and time.monotonic() - last_progress > STALL_SECONDS:
+                        problems.append(f"nothing arrived for {STALL_SECONDS:.0f} s after the producer finished"
+                                        f" ({checker.expected:,} of {n:,} received)")
+                        return
                     continue
+                last_progress = time.monotonic()
                 now = time.monotonic_ns()
                 state["batches_received"] += 1
                 check_batch(batch, checker, problems)
@@ -189,12 +198,18 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
             await dialog.send_many([(MESSAGE_TYPE, make_body(size, first + i)) for i in range(count)])
 
         async def consume() -> None:
+            last_progress = time.monotonic()
             for _ in range(10_000_000):
                 if checker.complete or deadline.passed:
                     return
                 batch = await consumer_client.receive(QUEUE_IN, max_messages=args.receive_batch, timeout=0.5)
                 if len(batch) == 0:
+                    if pace and time.monotonic() - last_progress > STALL_SECONDS:
+                        problems.append(f"nothing arrived for {STALL_SECONDS:.0f} s after the producer finished"
+                                        f" ({checker.expected:,} of {total:,} received)")
+                        return
                     continue
+                last_progress = time.monotonic()
                 now = time.monotonic_ns()
                 for m in batch.messages:
                     sent_ns = body_send_ns(m.body)
@@ -205,8 +220,9 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
         with anyio.move_on_after(deadline.left()) as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(consume)
-                pace = await common.paced_send(send_batch, rate=rate, total=total, tick=args.tick,
-                                               max_seconds=args.warmup + args.duration + 5.0, progress=progress)
+                pace.update(await common.paced_send(send_batch, rate=rate, total=total, tick=args.tick,
+                                                    max_seconds=args.warmup + args.duration + 5.0,
+                                                    progress=progress))
 
     summary = checker.summary()
     if problems:

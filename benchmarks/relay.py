@@ -559,17 +559,30 @@ def describe_run(res: dict[str, Any]) -> str:
     """One progress line for a finished throughput run."""
     cpu = res.get("cpu", {})
     ok = "exactly-once ok" if res["check"]["exactly_once"] and not res["timed_out"] else "EXACTLY-ONCE FAILED"
-    others = cpu.get("others_cores")
-    busy = f", OTHER PROCESSES USED {others:.2f} CORES" if others is not None and others > 0.1 else ""
+    others = common.CpuMeter.contention(cpu)
+    busy = f", OTHER PROCESSES (OR STEAL) TOOK {others:.2f} CORES" if others > common.BUSY_THRESHOLD else ""
     return (f"{fmt_rate(res['throughput'])} msg/s in {res['elapsed_s']:.2f} s; server cpu "
             f"{cpu.get('server_cpu_s', 0):.2f} s, load cpu {cpu.get('load_cpu_s', 0):.2f} s; {ok}{busy}")
+
+
+def describe_latency(res: dict[str, Any]) -> str:
+    """One progress line for a finished latency run."""
+    lat, pace = res["latency"], res["pacing"]
+    others = common.CpuMeter.contention(res.get("cpu", {}))
+    busy = f", OTHER PROCESSES (OR STEAL) TOOK {others:.2f} CORES" if others > common.BUSY_THRESHOLD else ""
+    ok = "" if res["check"]["exactly_once"] else "; *** EXACTLY-ONCE FAILED ***"
+    return (f"p50 {fmt_ms(lat['p50_ms'])} ms, p99 {fmt_ms(lat['p99_ms'])} ms, max {fmt_ms(lat['max_ms'])} ms "
+            f"({lat['samples']:,} samples; sent at {pace.get('achieved_rate', 0):,.0f} msg/s, worst lag behind "
+            f"schedule {pace.get('max_schedule_lag_ms', 0):.1f} ms){ok}{busy}")
 
 
 def relay_throughput(size: int, hops: int, repeat: int, **kw: Any) -> dict[str, Any]:
     """Median of ``repeat`` throughput runs, with every run kept."""
     runs = []
+    retries = kw.pop("retry_busy", 0)
     for r in range(repeat):
-        res = run_relay_case(mode="throughput", size=size, hops=hops, **kw)
+        res = common.run_unless_busy(lambda: run_relay_case(mode="throughput", size=size, hops=hops, **kw),
+                                     retries, f"relay {fmt_size(size)} {hops} hop(s)")
         runs.append(res)
         print(f"    relay {fmt_size(size)} {hops} hop(s) run {r + 1}/{repeat}: {describe_run(res)}", flush=True)
     rates = [r["throughput"] for r in runs]
@@ -578,7 +591,7 @@ def relay_throughput(size: int, hops: int, repeat: int, **kw: Any) -> dict[str, 
         "throughput_min": min(rates),
         "throughput_max": max(rates),
         "server_us_per_msg": median([r["cpu"]["server_cpu_s"] / max(1, r["received"]) * 1e6 for r in runs]),
-        "others_cores": max(r["cpu"].get("others_cores", 0.0) for r in runs),
+        "others_cores": max(common.CpuMeter.contention(r["cpu"]) for r in runs),
         "exactly_once": all(r["check"]["exactly_once"] and not r["timed_out"] for r in runs),
         "runs": runs,
     }
@@ -607,6 +620,8 @@ def bench_cli(argv: list[str]) -> int:
     p.add_argument("--pin", action="store_true", help="pin the relay(s) to the first CPUs and the load to the last")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S seconds for other processes to leave the CPUs idle")
+    p.add_argument("--retry-busy", type=int, default=0, metavar="K",
+                   help="run a measurement again (up to K more times) when other processes took CPU during it")
     p.add_argument("--quick", action="store_true", help="small run for a smoke test (~15 s)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="bound on each run (default: 120)")
     args = p.parse_args(argv)
@@ -619,7 +634,7 @@ def bench_cli(argv: list[str]) -> int:
     duration = args.duration or (1.5 if args.quick else 5.0)
     warmup = 0.3 if args.quick else 1.0
     kw = dict(messages=messages, batch=args.batch, forward=args.forward, verify=args.verify,
-              max_seconds=args.max_seconds, pin=args.pin, wait_idle=args.wait_idle)
+              max_seconds=args.max_seconds, pin=args.pin, wait_idle=args.wait_idle, retry_busy=args.retry_busy)
     rows, results, failed = [], [], False
     try:
         for hops in hops_list:
@@ -630,13 +645,16 @@ def bench_cli(argv: list[str]) -> int:
                 lat = None
                 if not args.no_latency:
                     print(f"    latency at {args.rate:,.0f} msg/s for {duration} s ...", flush=True)
-                    lat = run_relay_case(mode="latency", size=size, hops=hops, rate=args.rate, duration=duration,
-                                         warmup=warmup, max_seconds=args.max_seconds, forward=args.forward,
-                                         pin=args.pin, wait_idle=args.wait_idle)
+                    lat = common.run_unless_busy(
+                        lambda: run_relay_case(mode="latency", size=size, hops=hops, rate=args.rate,
+                                               duration=duration, warmup=warmup, max_seconds=args.max_seconds,
+                                               forward=args.forward, pin=args.pin, wait_idle=args.wait_idle),
+                        args.retry_busy, f"relay {fmt_size(size)} latency")
+                    print(f"    {describe_latency(lat)}", flush=True)
                 once = thr["exactly_once"] and (lat is None or lat["check"]["exactly_once"])
                 failed |= not once
                 results.append({"hops": hops, "size": size, "throughput": thr, "latency": lat})
-                others = max(thr["others_cores"], (lat or {}).get("cpu", {}).get("others_cores", 0.0))
+                others = max(thr["others_cores"], common.CpuMeter.contention((lat or {}).get("cpu", {})))
                 rows.append([
                     hops, fmt_size(size), fmt_rate(thr["throughput"]),
                     f"{thr['throughput'] * size / 1e6:,.0f}",
@@ -645,7 +663,7 @@ def bench_cli(argv: list[str]) -> int:
                     fmt_ms(lat["latency"]["p50_ms"]) if lat else "-",
                     fmt_ms(lat["latency"]["p99_ms"]) if lat else "-",
                     "ok" if once else "FAILED",
-                    f"{others:.2f}" + (" BUSY" if others > 0.1 else ""),
+                    f"{others:.2f}" + (" BUSY" if others > common.BUSY_THRESHOLD else ""),
                 ])
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -672,7 +690,12 @@ def main(argv: list[str] | None = None) -> int:
         return serve_cli(argv[1:])
     if argv and argv[0] == "load":
         return load_cli(argv[1:])
-    return bench_cli(argv)
+    common.sigterm_as_interrupt()
+    try:
+        return bench_cli(argv)
+    except KeyboardInterrupt:
+        print("interrupted (the relay and load processes were stopped)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -76,13 +76,13 @@ class NodeProcess:
         self.proc.wait(timeout=10)
         self.log.close()
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM by pid, then SIGKILL if it has not exited by the deadline. Returns the exit code."""
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """``signum`` (SIGTERM) by pid, then SIGKILL if it has not exited by the deadline. Returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             if self.proc is not None and not self.log.closed:
                 self.log.close()
             return self.proc.returncode if self.proc else 0
-        os.kill(self.proc.pid, signal.SIGTERM)
+        os.kill(self.proc.pid, signum)
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -6,6 +6,7 @@ have been stored, but if it was, it sits in order right after the acknowledged o
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import anyio
@@ -96,13 +97,16 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_send_and_duplicates_none
         assert node.stop() == 0, node.output()
 
 
-async def test_sigterm_stops_cleanly_and_a_restart_finds_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stops_the_node_cleanly_and_a_restart_finds_everything(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     node = NodeProcess(tmp_path / "data").start()
     handles = await _setup(node.url)
     async with aiobroker.connect(node.url) as client:
         await client.dialog(handles[0]).send_many([("DEFAULT", b"%d" % n) for n in range(10)])
-    assert node.stop() == 0, node.output()
-    assert "stopping" in node.output() and "store closed" in node.output()
+    assert node.stop(signum) == 0, node.output()
+    assert f"received {signum.name}; stopping" in node.output() and "store closed" in node.output()
 
     node = NodeProcess(tmp_path / "data", port=node.port).start()
     try:

@@ -26,7 +26,9 @@ from aiobroker.wire.codec import packb
 REPO = Path(__file__).resolve().parents[1]
 
 
-def row(id: int, *, location: str = "q:orders", handle: str = "h1", body: bytes = b"body", state: int = 0) -> MessageRow:
+def row(
+    id: int, *, location: str = "q:orders", handle: str = "h1", body: bytes = b"body", state: int = 0
+) -> MessageRow:
     return MessageRow(id, location, handle, id, "order", body, 1_700_000_000.25, state)
 
 
@@ -168,12 +170,12 @@ def test_the_store_keeps_its_schema_version_to_itself(store: SqliteStore) -> Non
 
 
 def test_open_and_write_may_run_on_different_threads(store: SqliteStore) -> None:
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def writer() -> None:
         try:
             store.write(WriteBatch(messages={1: row(1)}))
-        except BaseException as exc:  # reported below, on the test's thread
+        except Exception as exc:  # reported below, on the test's thread
             errors.append(exc)
 
     thread = threading.Thread(target=writer)
@@ -343,6 +345,7 @@ def test_a_data_dir_that_is_not_writable_is_refused(sub: str) -> None:
             capture_output=True,
             text=True,
             timeout=30,
+            check=False,
         )
         assert result.returncode == 3, result.stderr
         assert "permission denied" in result.stdout and str(data_dir) in result.stdout

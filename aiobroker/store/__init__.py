@@ -12,7 +12,7 @@ from .base import MessageRow, Snapshot, Store, WriteBatch
 from .memory import MemoryStore
 from .sqlite import SqliteStore, check_durability
 
-__all__ = ["Store", "WriteBatch", "Snapshot", "MessageRow", "MemoryStore", "SqliteStore", "open_store", "STORE_KINDS"]
+__all__ = ["STORE_KINDS", "MemoryStore", "MessageRow", "Snapshot", "SqliteStore", "Store", "WriteBatch", "open_store"]
 
 #: The names :func:`open_store` accepts, as written in configuration (``--store``).
 STORE_KINDS = ("sqlite", "memory")

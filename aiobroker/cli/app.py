@@ -1,0 +1,71 @@
+"""``main``: parse the command line, run the command, and turn its outcome into an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from ..client import Client, connect
+from ..errors import BrokerError
+from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, CommandError
+from .conversations import read_body
+from .parser import build_parser, check_usage
+
+ClientAction = Callable[[Client, argparse.Namespace], Awaitable[None]]
+
+
+async def _with_client(address: str, action: ClientAction, args: argparse.Namespace) -> None:
+    async with connect(address) as client:
+        await action(client, args)
+
+
+def _broker_error(exc: BaseException) -> BaseException | None:
+    """The expected error inside ``exc`` (possibly wrapped in exception groups), or None if it is a bug."""
+    if isinstance(exc, BrokerError | CommandError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_broker_error(e) for e in exc.exceptions]
+        if found and all(e is not None for e in found):
+            return found[0]
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_usage(parser, args)
+    try:
+        if args.command == "serve":
+            args.run(args)
+        else:
+            if args.command == "send":
+                args.body_bytes = read_body(args)
+            address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+            anyio.run(_with_client, address, args.run, args, backend="asyncio")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `| head`); say nothing more on a closed pipe
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        except OSError:
+            pass
+        return 1
+    except (
+        BaseException
+    ) as exc:  # expected errors are reported in one line; anything else is a bug: re-raised
+        expected = _broker_error(exc)
+        if expected is None:
+            raise
+        message = expected.message if isinstance(expected, BrokerError) else str(expected)
+        print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+        return 1
+    return 0

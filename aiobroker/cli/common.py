@@ -1,0 +1,11 @@
+"""Names every part of the command line shares: the program's name, where it finds a node, its own error."""
+
+from __future__ import annotations
+
+PROG = "aiobroker"
+ADDRESS_ENV = "AIOBROKER_ADDRESS"
+DEFAULT_ADDRESS = "tcp://127.0.0.1:4022"
+
+
+class CommandError(Exception):
+    """A local problem with a command (an unreadable --file): reported like a BrokerError, exit status 1."""

@@ -1,0 +1,109 @@
+"""The argparse tree: the top-level parser, the options every client command shares, the commands in the order
+``--help`` lists them, and the usage rules argparse cannot say by itself."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from .. import __version__
+from ..core.catalog import DEFAULT
+from . import conversations, objects, receive, serve, status
+from .arguments import Formatter
+from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="aiobroker: an asyncio message broker with Service Broker's conversations.\n\n"
+        "Run a node with 'aiobroker serve'; every other command talks to a running node.",
+        epilog="examples:\n"
+        "  aiobroker serve --data-dir /var/lib/aiobroker\n"
+        "  aiobroker create queue orders\n"
+        "  aiobroker send --from //shop/Client --to //shop/Orders --body 'one order'\n"
+        "  aiobroker receive orders --timeout 5\n\n"
+        "'aiobroker COMMAND --help' describes each command.",
+        formatter_class=Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    address_help = f"the node to talk to (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})"
+    parser.add_argument("--address", metavar="URL", help=address_help)
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--address", metavar="URL", default=argparse.SUPPRESS, help=address_help)
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    commands.required = True
+    serve.add_serve(commands)
+    objects.add_create(commands, client)
+    objects.add_alter(commands, client)
+    objects.add_list(commands, client, as_json)
+    objects.add_drop(commands, client)
+    conversations.add_begin(commands, client)
+    conversations.add_send(commands, client)
+    receive.add_receive(commands, client)
+    conversations.add_end(commands, client)
+    conversations.add_timer(commands, client)
+    conversations.add_conversation(commands, client, as_json)
+    status.add_status(commands, client, as_json)
+    return parser
+
+
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rules argparse cannot say by itself; a breach is a usage error (exit status 2)."""
+
+    def fail(subcommand: str, message: str) -> NoReturn:
+        sub = _subparser(parser, subcommand)
+        sub.error(message)
+
+    if args.command == "alter":
+        args.changes = {
+            k: v
+            for k, v in (
+                ("status", args.status),
+                ("retention", args.retention),
+                ("poison_message_handling", args.poison_message_handling),
+            )
+            if v is not None
+        }
+        if not args.changes:
+            fail("alter queue", "nothing to change: give --status, --retention or --poison-message-handling")
+    elif args.command == "send":
+        if args.handle is not None:
+            extra = [
+                flag
+                for flag, v in (
+                    ("--from", args.from_service),
+                    ("--to", args.to_service),
+                    ("--contract", args.contract),
+                    ("--lifetime", args.lifetime),
+                )
+                if v is not None
+            ]
+            if extra:
+                fail("send", f"{', '.join(extra)} begin(s) a new conversation; not allowed with --handle")
+        else:
+            missing = [
+                flag for flag, v in (("--from", args.from_service), ("--to", args.to_service)) if v is None
+            ]
+            if missing:
+                fail(
+                    "send",
+                    f"give --handle, or --from and --to to begin a conversation (missing {' and '.join(missing)})",
+                )
+            if args.contract is None:
+                args.contract = DEFAULT
+    elif args.command == "end":
+        if (args.error is None) != (args.description is None):
+            fail("end", "--error CODE and --description TEXT go together")
+        if args.error is not None and args.cleanup:
+            fail("end", "--cleanup sends nothing, so it takes no --error")
+
+
+def _subparser(parser: argparse.ArgumentParser, path: str) -> argparse.ArgumentParser:
+    for word in path.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser

@@ -1,0 +1,65 @@
+"""The ``serve`` command: run a node in the foreground (the one command that does not talk to a node)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import BrokerError
+from .arguments import add_command
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from .. import serve
+    from ..config import load_config, parse_listen
+
+    overrides: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "store": args.store,
+        "durability": args.durability,
+        "log_level": args.log_level,
+    }
+    if args.listen is not None:
+        try:
+            overrides["listen_host"], overrides["listen_port"] = parse_listen(args.listen)
+        except BrokerError as exc:
+            exc.message = f"--listen: {exc.message}"
+            raise
+    config = load_config(Path(args.config) if args.config is not None else None, overrides)
+    serve.run(config)
+
+
+def add_serve(commands: Any) -> None:
+    p = add_command(
+        commands,
+        "serve",
+        "run a node in the foreground until SIGINT or SIGTERM",
+        [
+            "aiobroker serve",
+            "aiobroker serve --listen 0.0.0.0:4022 --data-dir /var/lib/aiobroker --durability full",
+            "aiobroker serve --config aiobroker.toml",
+        ],
+        details="Flags override the config file, which overrides the built-in defaults.",
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML config file (see aiobroker.config)")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:4022; port 0 picks one)",
+    )
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="where the sqlite store keeps its files (default ./aiobroker-data)"
+    )
+    p.add_argument(
+        "--store",
+        choices=("sqlite", "memory"),
+        help="sqlite (durable) or memory (keeps nothing; default sqlite)",
+    )
+    p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        help="normal (survives a process crash) or full (fsync per commit; survives power loss); default normal",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    p.set_defaults(run=run_serve)

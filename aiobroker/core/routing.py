@@ -1,0 +1,262 @@
+"""Routes, and the choice of where an outgoing message goes (SEMANTICS.md, "Routing").
+
+Theory of operation
+-------------------
+A route maps a service name (or any service) and a broker instance (or any) to an address: ``tcp://host:port``,
+``LOCAL`` (this node) or ``TRANSPORT`` (the address is the start of the service name, ``tcp://host:port/...``).
+:func:`choose` walks the seven steps in order; the first step that finds a usable route ends the search:
+
+1. routes naming both the service and the conversation's broker instance (only if the conversation names one);
+2. routes naming the service and no instance;
+3. (the conversation names no instance) routes naming the service and an instance: one instance is picked
+   (weighted at random) and only its routes are kept;
+4. dynamic routing: a route to the Broker Configuration Notice service exists → ask it, DELAYED meanwhile;
+5. wildcard routes (no service, no instance);
+6. a local service of that name, when the conversation names an instance (this node's own);
+7. otherwise DELAYED, tried again later.
+
+Expired routes are ignored for new decisions. Among the routes a step found, ``LOCAL`` ones win if the service is
+really on this node, then network addresses, then ``TRANSPORT``; routes of equal rank share the load by weight.
+:func:`explain` gives the same walk in words, for ``status`` and ``diagnose``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgument
+from .catalog import check_name
+
+LOCAL = "LOCAL"
+TRANSPORT = "TRANSPORT"
+BCN_SERVICE = "SQL/ServiceBroker/BrokerConfiguration"
+
+
+def parse_tcp_address(address: str) -> tuple[str, int]:
+    """``tcp://host:port`` (IPv6 as ``tcp://[::1]:port``) → (host, port); anything else is InvalidArgument."""
+    if not isinstance(address, str) or not address.startswith("tcp://"):
+        raise InvalidArgument(f"address {address!r} must be tcp://host:port, LOCAL or TRANSPORT")
+    rest = address[len("tcp://") :].split("/", 1)[0]
+    if rest.startswith("["):
+        host, sep, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+        ok = bool(sep)
+    else:
+        host, _, port_text = rest.rpartition(":")
+        ok = True
+    if not ok or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidArgument(f"address {address!r} must be tcp://host:port with a port from 1 to 65535")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    name: str
+    address: str
+    service_name: str | None = None
+    broker_instance: str | None = None
+    expires_at: float | None = None  #: wall-clock seconds; None: never
+    weight: int = 1
+    origin: str = "admin"  #: who made it: "admin", "config", or a resolver's name
+
+    @classmethod
+    def from_def(cls, d: dict[str, Any], now: float | None = None) -> Route:
+        allowed = {"name", "address", "service_name", "broker_instance", "expires_at", "lifetime", "weight", "origin"}
+        extra = set(d) - allowed
+        if extra:
+            raise InvalidArgument(
+                f"route {d.get('name')!r}: unknown field(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}"
+            )
+        name = check_name("route", d.get("name"))
+        address = d.get("address")
+        if address not in (LOCAL, TRANSPORT):
+            parse_tcp_address(address)  # type: ignore[arg-type]
+        service = d.get("service_name")
+        if service is not None:
+            check_name("service", service)
+        instance = d.get("broker_instance")
+        if instance is not None and (not isinstance(instance, str) or not instance):
+            raise InvalidArgument(f"route {name!r}: broker_instance must be a non-empty string or absent")
+        expires_at = d.get("expires_at")
+        lifetime = d.get("lifetime")
+        if lifetime is not None:
+            if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+                raise InvalidArgument(f"route {name!r}: lifetime must be a number of seconds > 0")
+            if now is None:
+                raise InvalidArgument(f"route {name!r}: a lifetime needs the current time")
+            expires_at = now + lifetime
+        if expires_at is not None and (not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool)):
+            raise InvalidArgument(f"route {name!r}: expires_at must be a time in seconds")
+        weight = d.get("weight", 1)
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 1_000_000:
+            raise InvalidArgument(f"route {name!r}: weight must be a whole number from 1 to 1000000")
+        origin = d.get("origin", "admin")
+        if not isinstance(origin, str):
+            raise InvalidArgument(f"route {name!r}: origin must be a string")
+        return cls(
+            name=name,
+            address=address,  # type: ignore[arg-type]
+            service_name=service,
+            broker_instance=instance,
+            expires_at=float(expires_at) if expires_at is not None else None,
+            weight=weight,
+            origin=origin,
+        )
+
+    def to_def(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "service_name": self.service_name,
+            "broker_instance": self.broker_instance,
+            "expires_at": self.expires_at,
+            "weight": self.weight,
+            "origin": self.origin,
+        }
+
+    def live(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+#: The seeds' system makes this wildcard LOCAL route in every database, so services on the node reach each
+#: other with no set-up; it can be dropped like any route.
+AUTO_CREATED_LOCAL = Route(name="AutoCreatedLocal", address=LOCAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a conversation's messages go now."""
+
+    kind: str  #: "local", "remote", "resolve" (ask the BCN service) or "delayed"
+    reason: str  #: in words: which step decided, and why
+    address: str | None = None  #: for "remote": tcp://host:port
+    broker_instance: str | None = None  #: the instance the chosen route names, if any
+    route: Route | None = None
+
+
+def _rank(route: Route, service_is_local: bool) -> int | None:
+    """Lower is preferred; None: unusable (a LOCAL route to a service that is not here)."""
+    if route.address == LOCAL:
+        return 0 if service_is_local else None
+    if route.address == TRANSPORT:
+        return 2
+    return 1
+
+
+def _transport_address(service: str) -> str | None:
+    try:
+        host, port = parse_tcp_address(service)
+    except InvalidArgument:
+        return None
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _pick(
+    routes: list[Route], service: str, service_is_local: bool, rand: Callable[[], float], step: str
+) -> Decision | None:
+    """The preferred rank among ``routes``, then a weighted pick within it."""
+    ranked = [(r, _rank(r, service_is_local)) for r in routes]
+    usable = [(r, k) for r, k in ranked if k is not None and (r.address != TRANSPORT or _transport_address(service))]
+    if not usable:
+        return None
+    best = min(k for _, k in usable)
+    pool = [r for r, k in usable if k == best]
+    total = sum(r.weight for r in pool)
+    point = rand() * total
+    chosen = pool[-1]
+    for r in pool:
+        point -= r.weight
+        if point < 0:
+            chosen = r
+            break
+    if chosen.address == LOCAL:
+        return Decision("local", f"{step}: route {chosen.name!r} says LOCAL", route=chosen)
+    address = chosen.address if chosen.address != TRANSPORT else _transport_address(service)
+    return Decision(
+        "remote",
+        f"{step}: route {chosen.name!r} to {address}",
+        address=address,
+        broker_instance=chosen.broker_instance,
+        route=chosen,
+    )
+
+
+def choose(
+    routes: Iterable[Route],
+    *,
+    service: str,
+    broker_instance: str | None,
+    now: float,
+    local_services: Collection[str],
+    local_instance: str,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Walk the seven steps for one service; see the module docstring."""
+    live = [r for r in routes if r.live(now)]
+    is_local = service in local_services and broker_instance in (None, local_instance)
+    named = [r for r in live if r.service_name == service]
+    if broker_instance is not None:
+        step1 = [r for r in named if r.broker_instance == broker_instance]
+        if step1 and (d := _pick(step1, service, is_local, rand, "step 1 (service and instance match)")):
+            return d
+    step2 = [r for r in named if r.broker_instance is None]
+    if step2 and (d := _pick(step2, service, is_local, rand, "step 2 (service matches, any instance)")):
+        return d
+    if broker_instance is None:
+        with_instance = [r for r in named if r.broker_instance is not None]
+        if with_instance:
+            weights: dict[str, int] = {}
+            for r in with_instance:
+                weights[r.broker_instance] = weights.get(r.broker_instance, 0) + r.weight  # type: ignore[index]
+            instances = sorted(weights)
+            point = rand() * sum(weights.values())
+            picked = instances[-1]
+            for inst in instances:
+                point -= weights[inst]
+                if point < 0:
+                    picked = inst
+                    break
+            step3 = [r for r in with_instance if r.broker_instance == picked]
+            d = _pick(step3, service, is_local, rand, f"step 3 (service matches; instance {picked} picked)")
+            if d:
+                return d
+    if service != BCN_SERVICE and any(r.service_name == BCN_SERVICE for r in live):
+        return Decision("resolve", "step 4: no route names the service; asking the Broker Configuration Notice service")
+    wildcards = [r for r in live if r.service_name is None and r.broker_instance is None]
+    if wildcards and (d := _pick(wildcards, service, is_local, rand, "step 5 (wildcard route)")):
+        return d
+    if broker_instance is not None and broker_instance == local_instance and service in local_services:
+        return Decision("local", "step 6: the conversation names this node's instance and the service is here")
+    return Decision("delayed", f"no route: no route names service {service!r}" + (
+        f" (instance {broker_instance})" if broker_instance else "") + " and no wildcard route applies")
+
+
+def explain(
+    routes: Iterable[Route],
+    *,
+    service: str,
+    broker_instance: str | None,
+    now: float,
+    local_services: Collection[str],
+    local_instance: str,
+) -> list[str]:
+    """The walk through the steps, in words, one line per step (for ``diagnose``)."""
+    all_routes = list(routes)
+    expired = [r.name for r in all_routes if not r.live(now)]
+    lines = []
+    if expired:
+        lines.append(f"ignored expired route(s): {', '.join(expired)}")
+    decision = choose(
+        all_routes,
+        service=service,
+        broker_instance=broker_instance,
+        now=now,
+        local_services=local_services,
+        local_instance=local_instance,
+        rand=lambda: 0.0,
+    )
+    lines.append(f"decision: {decision.kind}: {decision.reason}")
+    return lines

@@ -197,9 +197,9 @@ class Node:
             try:
                 existing = self.core.catalog.table(kind).get(name)
                 if existing is None:
-                    self.core.create_object(kind, dict(definition))
+                    self.core.create_object(kind, dict(definition), self.clock())
                     log.info("created %s %r from the config file", kind.replace("_", " "), name)
-                elif existing != self.core.catalog.build(kind, dict(definition)):
+                elif existing != self.core.catalog.build(kind, dict(definition), self.clock()):
                     raise ConfigError(
                         f"it exists with another definition ({existing.to_def()}); drop it first, or change the"
                         " config to match"

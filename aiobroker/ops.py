@@ -84,7 +84,7 @@ def number(args: dict[str, Any], name: str, default: Any = _MISSING) -> float | 
 @op("create")
 def create(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     kind = check_kind(arg(args, "kind", str))
-    obj = node.core.create_object(kind, arg(args, "definition", dict))
+    obj = node.core.create_object(kind, arg(args, "definition", dict), node.clock())
     session.reply_durable(rid, obj.to_def())
     node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}")
 
@@ -102,7 +102,7 @@ def alter_queue(node: Node, session: Session, rid: int, args: dict[str, Any]) ->
 def drop(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     kind = check_kind(arg(args, "kind", str))
     name = arg(args, "name", str)
-    node.core.drop_object(kind, name)
+    node.core.drop_object(kind, name, node.clock())
     session.reply_durable(rid, None)
     node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}")
     if kind == "queue":

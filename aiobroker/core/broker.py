@@ -18,7 +18,7 @@ and batches are published in the order they were sealed, which keeps every conve
 that is not durable (``persist=False``) the same path runs without building store rows.
 
 Outgoing messages go straight to the far endpoint's queue when its service is on this node. When it is not, they
-wait in the transmission queue (``transmission``), DELAYED with a reason, and move on in order when a route appears
+wait in the transmission queue (``tx``, see ``transmission.py`` and ``federation.py``), DELAYED with a reason, and move on in order when a route appears
 (here: when a service of that name is created on this node; federation and dynamic routing add more).
 """
 
@@ -41,10 +41,13 @@ from ..errors import (
     UnknownObject,
 )
 from ..store.base import MessageRow, Snapshot, WriteBatch
-from .catalog import DIALOG_TIMER, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, Catalog, CatalogObject, QueueDef, Service, check_name
+from .catalog import DIALOG_TIMER, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, Catalog, CatalogObject, QueueDef, Service
+from .names import check_name
 from .conversation import MAX_LIFETIME, Endpoint, State
-from .dialog_errors import BrokerErrorCode, error_body
+from .dialog_errors import BrokerErrorCode, error_body, parse_error_body
+from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
+from .transmission import TransmissionQueue
 from .validation import VALIDATORS
 
 URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
@@ -60,7 +63,7 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-class BrokerCore:
+class BrokerCore(Federation):
     """All of one node's conversation state. Single-threaded: the shell calls it from its event loop only."""
 
     def __init__(
@@ -72,6 +75,9 @@ class BrokerCore:
         max_batch_bytes: int = 16 * 1024 * 1024 - 64 * 1024,
         receive_lease: float = 30.0,
         poison_rollbacks: int = 5,
+        forwarding: bool = False,
+        max_hops: int = DEFAULT_MAX_HOPS,
+        closed_retention: float = DEFAULT_CLOSED_RETENTION,
         new_id: Callable[[], str] = _uuid,
     ) -> None:
         self.broker_instance = broker_instance
@@ -82,14 +88,19 @@ class BrokerCore:
         self.receive_lease = receive_lease
         self.poison_rollbacks = poison_rollbacks
         self.new_id = new_id
+        self.forwarding = forwarding
+        self.max_hops = max_hops
+        self.closed_retention = closed_retention
 
         self.catalog = Catalog()
         self.queues: dict[str, MessageQueue] = {}
         self.endpoints: dict[str, Endpoint] = {}
-        #: sending endpoint → its DELAYED outgoing messages, in order
-        self.transmission: dict[str, deque[MessageRow]] = {}
-        #: far service name → sending endpoints waiting for it (ordered set)
-        self.delayed_by_service: dict[str, dict[str, None]] = {}
+        #: outgoing messages not yet acknowledged (remote) or waiting for a route (DELAYED)
+        self.tx = TransmissionQueue()
+        #: (conversation id, is_initiator) → the handle of this node's endpoint on that side
+        self.by_conversation: dict[tuple[str, bool], str] = {}
+        #: things gone wrong with what peers sent (malformed, not for us, loops), for the shell to log
+        self.reports: list[str] = []
         self.leases: dict[int, Lease] = {}
         self.leases_by_owner: dict[Any, set[int]] = {}
         #: recently closed handles, so a late call says "ended" rather than "unknown" (bounded)
@@ -107,7 +118,13 @@ class BrokerCore:
     def load(self, snap: Snapshot, now: float) -> list[str]:
         """Rebuild state from a store snapshot; returns warnings about anything inconsistent that was skipped."""
         warnings: list[str] = []
-        order = {"message_type": 0, "contract": 1, "queue": 2, "service": 3}
+        if snap.meta.get("catalog_initialized"):
+            self.catalog.routes.clear()  # the store says which routes exist, built-in ones included
+        else:
+            self.changes.meta["catalog_initialized"] = True
+            for route in self.catalog.routes.values():
+                self._save_object("route", route, route.name)
+        order = {"message_type": 0, "contract": 1, "queue": 2, "service": 3, "route": 4}
         for kind, _name, definition in sorted(snap.objects, key=lambda o: order.get(o[0], 9)):
             if kind in order:
                 self.catalog.load(kind, definition)
@@ -116,6 +133,7 @@ class BrokerCore:
         for handle, state in snap.endpoints:
             ep = Endpoint.from_state(handle, state)
             self.endpoints[handle] = ep
+            self.by_conversation[(ep.conversation_id, ep.is_initiator)] = handle
             self._watch(ep)
         last_id = 0
         for row in snap.messages:
@@ -126,7 +144,7 @@ class BrokerCore:
                 self._forget_row(row.id)
                 continue
             if row.location == TX:
-                self.transmission.setdefault(row.handle, deque()).append(row)
+                self.tx.rows.setdefault(row.handle, deque()).append(row)
                 continue
             queue = self.queues.get(row.location[2:])
             if queue is None:
@@ -137,10 +155,8 @@ class BrokerCore:
                 queue.retained.setdefault(row.handle, []).append(row)
             else:
                 queue.push(row, owner.group_id, row.message_type in URGENT_TYPES)
-        for handle in self.transmission:
-            ep = self.endpoints[handle]
-            self.delayed_by_service.setdefault(ep.far_service, {})[handle] = None
         self._next_message_id = last_id + 1
+        self.reroute(now)  # decide afresh where every waiting message goes
         return warnings
 
     # ---------------------------------------------------------------------------------------- store bookkeeping
@@ -191,13 +207,15 @@ class BrokerCore:
 
     # ------------------------------------------------------------------------------------------------- catalog
 
-    def create_object(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
-        obj = self.catalog.create(kind, definition)
+    def create_object(self, kind: str, definition: dict[str, Any], now: float = 0.0) -> CatalogObject:
+        obj = self.catalog.create(kind, definition, now)
         self._save_object(kind, obj, obj.name)
         if isinstance(obj, QueueDef):
             self.queues[obj.name] = MessageQueue(obj)
         elif isinstance(obj, Service):
-            self._route_delayed(obj.name)
+            self.reroute(now, {obj.name})
+        elif kind == "route":
+            self.reroute(now)
         return obj
 
     def alter_queue(self, name: str, changes: dict[str, Any]) -> QueueDef:
@@ -214,7 +232,7 @@ class BrokerCore:
         self._save_object("queue", new, name)
         return new
 
-    def drop_object(self, kind: str, name: str) -> None:
+    def drop_object(self, kind: str, name: str, now: float = 0.0) -> None:
         if kind == "service":
             self.catalog.get("service", name)
             n = sum(1 for ep in self.endpoints.values() if ep.service == name)
@@ -232,6 +250,8 @@ class BrokerCore:
         if kind == "queue":
             del self.queues[name]
         self._save_object(kind, None, name)
+        if kind == "route":
+            self.reroute(now)
 
     def list_objects(self, kind: str) -> list[dict[str, Any]]:
         return [o.to_def() for o in self.catalog.table(kind).values()]
@@ -274,6 +294,7 @@ class BrokerCore:
             encryption=bool(encryption),
         )
         self.endpoints[handle] = ep
+        self.by_conversation[(ep.conversation_id, True)] = handle
         self._touch(ep)
         self._watch(ep)
         return ep
@@ -316,12 +337,14 @@ class BrokerCore:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             ep.state = State.CONVERSING
-        far = self._far_endpoint(ep, now) if ep.delayed is None else None
-        if far is not None and far.state is not State.CLOSED:
-            self._deliver_user_messages(ep, far, messages, types, now)
-        elif ep.delayed is not None:
-            for message_type, body in messages:
-                self._hold(ep, message_type, body, now)
+        target = self.route(ep, now)
+        if isinstance(target, Endpoint):
+            if target.state is State.CLOSED:
+                ep.send_seq += len(messages)  # its side ended; it said so with EndDialog or Error
+            else:
+                self._deliver_user_messages(ep, target, messages, types, now)
+        elif target is not None or ep.delayed is not None:
+            self.queue_outgoing(ep, messages, now)  # remote, or DELAYED: stored until acknowledged
         else:
             ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
         self._touch(ep)
@@ -382,43 +405,21 @@ class BrokerCore:
             self._fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
 
     def _emit(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
-        """Send one message the broker makes (EndDialog, Error): deliver it, or hold it DELAYED."""
-        if ep.delayed is None:
-            far = self._far_endpoint(ep, now)
-            if far is not None:
-                seq = ep.send_seq
-                ep.send_seq = seq + 1
-                self._deliver(ep, far, seq, message_type, body, now)
-                return
-            if ep.delayed is None:
-                ep.send_seq += 1  # no reader: the conversation failed, or the far side is gone; both were told
-                return
-        self._hold(ep, message_type, body, now)
+        """Send one message the broker makes (EndDialog, Error) after what this side has sent already."""
+        target = self.route(ep, now)
+        if isinstance(target, Endpoint):
+            seq = ep.send_seq
+            ep.send_seq = seq + 1
+            self._deliver(ep, target, seq, message_type, body, now)
+        elif target is not None or ep.delayed is not None:
+            self.queue_outgoing(ep, [[message_type, body]], now)
+        else:
+            ep.send_seq += 1  # no reader: the conversation failed, or the far side is gone; both were told
 
-    def _hold(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
-        """Number a message and keep it in the transmission queue, DELAYED (``ep.delayed`` says why)."""
-        seq = ep.send_seq
-        ep.send_seq = seq + 1
-        mid = self._next_message_id
-        self._next_message_id = mid + 1
-        row = _new_row((mid, TX, ep.handle, seq, message_type, body, now, 0))
-        self.transmission.setdefault(ep.handle, deque()).append(row)
-        self.delayed_by_service.setdefault(ep.far_service, {})[ep.handle] = None
-        self._save_row(row)
-
-    def _far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None:
-        """The far side's endpoint on this node, made on first use; None if DELAYED (``ep.delayed`` set) or
-        failed."""
-        if ep.far_handle is not None:
-            far = self.endpoints.get(ep.far_handle)
-            if far is not None:
-                return far
-            # the far side has closed and gone: what is sent now has no reader; it was told by EndDialog/Error
-            return None
-        service = self.catalog.services.get(ep.far_service)
-        if service is None:
-            ep.delayed = f"no route: service {ep.far_service!r} is not on this node and no route names it"
-            return None
+    def _new_far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None:
+        """Routing says the far side is on this node: make its endpoint, or fail the conversation (None) if its
+        service does not accept the contract."""
+        service = self.catalog.services[ep.far_service]
         if ep.contract not in service.contracts:
             self._fail(
                 ep,
@@ -444,6 +445,7 @@ class BrokerCore:
         ep.far_handle = far.handle
         ep.far_broker_instance = self.broker_instance
         self.endpoints[far.handle] = far
+        self.by_conversation[(far.conversation_id, far.is_initiator)] = far.handle
         self._touch(far)
         self._watch(far)
         return far
@@ -481,8 +483,8 @@ class BrokerCore:
 
     def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None:
         """The broker ends a conversation in error: an Error to this side's own queue, and to the far side's
-        if it exists and is still open. Nothing further is sent."""
-        self._drop_delayed(ep)
+        if it is on this node and still open. Nothing further is sent."""
+        self.drop_outgoing(ep)
         far = self.endpoints.get(ep.far_handle) if ep.far_handle else None
         if far is not None and far.recv_seq == 0 and far.send_seq == 0:
             # made by the very message that failed: its application never saw this conversation
@@ -496,6 +498,58 @@ class BrokerCore:
             self._touch(side)
             self._enqueue(side, -1, ERROR, error_body(code, description), now)
 
+    def _deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None:
+        """The next message in order from a remote sender: the receiving side's checks, then into the queue."""
+        seq, message_type, body = env[3], env[9], env[10]
+        ep.recv_seq = seq + 1
+        self._touch(ep)
+        if message_type == END_DIALOG:
+            if ep.state.can_send:
+                ep.state = State.DISCONNECTED_INBOUND
+        elif message_type == ERROR:
+            ep.state = State.ERROR
+            ep.error = parse_error_body(body)
+        else:
+            reason = self._check_incoming(ep, message_type, body, first=seq == 0)
+            if reason is not None:
+                self._refuse_remote(ep, *reason, now)
+                return
+        self._enqueue(ep, seq, message_type, body, now)
+
+    def _check_incoming(self, ep: Endpoint, message_type: str, body: bytes, *, first: bool) -> tuple[int, str] | None:
+        """What the receiving side checks of a message from another node (the sender checked its own side)."""
+        contract = self.catalog.contracts.get(ep.contract)
+        if contract is None:
+            return BrokerErrorCode.CONTRACT_NOT_ACCEPTED, f"contract {ep.contract!r} does not exist at {ep.service!r}"
+        if first and ep.contract not in self.catalog.services[ep.service].contracts:
+            return BrokerErrorCode.CONTRACT_NOT_ACCEPTED, f"service {ep.service!r} does not accept contract {ep.contract!r}"
+        if message_type not in contract.may_send(not ep.is_initiator):
+            return (
+                BrokerErrorCode.CONTRACT_VIOLATION,
+                f"contract {ep.contract!r} does not let the {'target' if ep.is_initiator else 'initiator'}"
+                f" send message type {message_type!r}",
+            )
+        mt = self.catalog.message_types.get(message_type)
+        if mt is None:
+            return BrokerErrorCode.VALIDATION_FAILED, f"message type {message_type!r} does not exist at {ep.service!r}"
+        why = VALIDATORS[mt.validation](body)
+        return (BrokerErrorCode.VALIDATION_FAILED, why) if why is not None else None
+
+    def _refuse_remote(self, ep: Endpoint, code: int, description: str, now: float) -> None:
+        """A message from another node failed this side's checks: the sender gets an Error; this side gets one
+        too if its application knows the conversation, else it is closed quietly."""
+        description = f"message {ep.recv_seq - 1} was not delivered: {description}"
+        self._emit(ep, ERROR, error_body(code, description), now)
+        if ep.recv_seq == 1 and ep.send_seq == 1:
+            ep.state = State.CLOSED  # made by the message that failed: nobody here ever saw it
+            if ep.handle not in self.tx:
+                self._retire(ep, now)
+        else:
+            ep.state = State.ERROR
+            ep.error = (int(code), description)
+            self._enqueue(ep, -1, ERROR, error_body(code, description), now)
+        self._touch(ep)
+
     def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
         ep = self.endpoint(handle)
         if ep.state is State.CLOSED:
@@ -504,77 +558,47 @@ class BrokerCore:
             code, description = error
             if not isinstance(code, int) or isinstance(code, bool) or code <= 0 or not isinstance(description, str):
                 raise InvalidArgument("end(error=(code, description)) takes a code > 0 and a description string")
-        if not cleanup and ep.state.can_send and (ep.far_handle is not None or handle in self.transmission):
+        # the far side knows of the conversation once a message went either way: then it is told
+        if not cleanup and ep.state.can_send and (ep.send_seq > 0 or ep.recv_seq > 0):
             if error is not None:
-                self._drop_delayed(ep)
+                self.drop_outgoing(ep)
                 self._emit(ep, ERROR, error_body(error[0], error[1]), now)
             else:
                 self._emit(ep, END_DIALOG, b"", now)
         if cleanup:
-            self._drop_delayed(ep)
+            self.drop_outgoing(ep)
         ep.state = State.CLOSED
         ep.timer_at = None
         queue = self.queues.get(self.catalog.services[ep.service].queue) if ep.service in self.catalog.services else None
         if queue is not None:
             for row in queue.remove_handle(handle):
                 self._forget_row(row.id)
-        if handle in self.transmission:
-            self._touch(ep)  # stays CLOSED until its delayed messages (ending with EndDialog) leave
-        else:
+        self._touch(ep)
+        if handle not in self.tx:
+            self._retire(ep, now)
+        # else: it stays CLOSED until its last messages (ending with EndDialog) are acknowledged
+
+    def _retire(self, ep: Endpoint, now: float) -> None:
+        """A closed endpoint with nothing left to send: gone now if its far side is on this node (or never heard
+        of it); kept ``closed_retention`` seconds if remote, to recognise late retransmissions."""
+        remote = ep.far_handle is None and (ep.send_seq > 0 or ep.recv_seq > 0)
+        if not remote or self.closed_retention <= 0:
             self._remove(ep)
+            return
+        retire_at = now + self.closed_retention
+        ep.timer_at = retire_at  # a closed endpoint has no timer: the field holds its retirement time
+        self._touch(ep)
+        heapq.heappush(self._deadlines, (retire_at, _RETIRE, ep.handle))
 
     def _remove(self, ep: Endpoint) -> None:
         self.endpoints.pop(ep.handle, None)
+        self.by_conversation.pop((ep.conversation_id, ep.is_initiator), None)
+        self.tx.detach(ep.handle)
         if self.persist:
             self.dirty[ep.handle] = None
         self.recently_closed[ep.handle] = None
         if len(self.recently_closed) > 10_000:
             del self.recently_closed[next(iter(self.recently_closed))]
-
-    def _drop_delayed(self, ep: Endpoint) -> int:
-        rows = self.transmission.pop(ep.handle, None)
-        if not rows:
-            return 0
-        for row in rows:
-            self._forget_row(row.id)
-        waiting = self.delayed_by_service.get(ep.far_service)
-        if waiting is not None:
-            waiting.pop(ep.handle, None)
-            if not waiting:
-                del self.delayed_by_service[ep.far_service]
-        ep.delayed = None
-        return len(rows)
-
-    def _route_delayed(self, service_name: str) -> int:
-        """A route to ``service_name`` may exist now: move its DELAYED messages on, each conversation in order."""
-        waiting = self.delayed_by_service.pop(service_name, None)
-        if not waiting:
-            return 0
-        moved = 0
-        for handle in waiting:
-            ep = self.endpoints[handle]
-            rows = self.transmission.pop(handle)
-            ep.delayed = None
-            far = self._far_endpoint(ep, rows[0].enqueued_at)
-            if far is None:
-                if ep.delayed is not None:  # still no route: back in line, untouched
-                    self.transmission[handle] = rows
-                    self.delayed_by_service.setdefault(service_name, {})[handle] = None
-                else:
-                    for row in rows:
-                        self._forget_row(row.id)
-                continue
-            for row in rows:
-                self._forget_row(row.id)
-            for row in rows:
-                if ep.state is State.ERROR:
-                    break  # a message failed the receiving side's checks; what follows it is dropped
-                self._deliver(ep, far, row.seq, row.message_type, row.body, row.enqueued_at)
-                moved += 1
-            self._touch(ep)
-            if ep.state is State.CLOSED:
-                self._remove(ep)
-        return moved
 
     # ---------------------------------------------------------------------------------------------- timers
 
@@ -589,6 +613,10 @@ class BrokerCore:
         heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
 
     def _watch(self, ep: Endpoint) -> None:
+        if ep.state is State.CLOSED:
+            if ep.timer_at is not None:  # a retired endpoint: the field holds when it goes for good
+                heapq.heappush(self._deadlines, (ep.timer_at, _RETIRE, ep.handle))
+            return
         heapq.heappush(self._deadlines, (ep.expires_at, _LIFETIME, ep.handle))
         if ep.timer_at is not None:
             heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
@@ -610,17 +638,22 @@ class BrokerCore:
                     expired.append(lease)
                 continue
             ep = self.endpoints.get(key)
-            if ep is None or ep.state is State.CLOSED:
+            if ep is None:
+                continue
+            if ep.state is State.CLOSED:
+                if kind == _RETIRE and ep.timer_at == when:
+                    self._remove(ep)
                 continue
             if kind == _TIMER and ep.timer_at == when:
                 ep.timer_at = None
                 self._touch(ep)
                 self._enqueue(ep, -1, DIALOG_TIMER, b"", now)
             elif kind == _LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
-                dropped = self._drop_delayed(ep)
+                why_waiting = self.link_status(ep.handle)
+                dropped = self.drop_outgoing(ep)
                 description = "the conversation's lifetime ran out"
                 if dropped:
-                    description += f"; {dropped} message(s) still waiting ({ep.delayed or 'delayed'}) were dropped"
+                    description += f"; {dropped} message(s) still waiting ({why_waiting}) were dropped"
                 ep.state = State.ERROR
                 ep.error = (int(BrokerErrorCode.LIFETIME_EXPIRED), description)
                 self._touch(ep)
@@ -755,10 +788,10 @@ class BrokerCore:
         delayed = {
             service: {
                 "conversations": len(handles),
-                "messages": sum(len(self.transmission.get(h, ())) for h in handles),
+                "messages": sum(len(self.tx.rows.get(h, ())) for h in handles),
                 "reason": next((self.endpoints[h].delayed for h in handles if h in self.endpoints), None),
             }
-            for service, handles in self.delayed_by_service.items()
+            for service, handles in self.tx.delayed.items()
         }
         return {
             "broker_instance": self.broker_instance,
@@ -766,6 +799,7 @@ class BrokerCore:
             "conversations_by_state": by_state,
             "queues": [q.statistics() for q in self.queues.values()],
             "delayed": delayed,
+            "transmission": self.tx.statistics(),
             "leases": len(self.leases),
             "objects": self.catalog.statistics(),
         }
@@ -773,9 +807,9 @@ class BrokerCore:
     def __repr__(self) -> str:
         return (
             f"<BrokerCore {self.broker_instance[:8]} conversations={len(self.endpoints)}"
-            f" queues={len(self.queues)} leases={len(self.leases)} delayed={len(self.transmission)}>"
+            f" queues={len(self.queues)} leases={len(self.leases)} {self.tx!r}>"
         )
 
 
-_LIFETIME, _TIMER, _LEASE = 0, 1, 2
+_LIFETIME, _TIMER, _LEASE, _RETIRE = 0, 1, 2, 3
 

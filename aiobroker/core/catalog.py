@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DuplicateObject, InvalidArgument, ObjectInUse, UnknownObject
-
-MAX_NAME_BYTES = 256
+from .names import MAX_NAME_BYTES, check_name  # noqa: F401 - check_name is part of this module's interface
+from .routing import AUTO_CREATED_LOCAL, Route
 
 # System message types, allowed on every contract (SEMANTICS.md, Objects). Their names are the seeds' own.
 END_DIALOG = "http://schemas.microsoft.com/SQL/ServiceBroker/EndDialog"
@@ -26,18 +26,7 @@ DEFAULT = "DEFAULT"
 
 VALIDATIONS = ("none", "empty", "msgpack", "json", "xml")
 SENT_BY = ("initiator", "target", "any")
-KINDS = ("message_type", "contract", "queue", "service")
-
-
-def check_name(kind: str, name: Any) -> str:
-    """A name is a non-empty string of at most 256 UTF-8 bytes with no control characters."""
-    if not isinstance(name, str) or not name:
-        raise InvalidArgument(f"{kind} name must be a non-empty string, got {name!r}")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InvalidArgument(f"{kind} name {name[:40]!r}... is over {MAX_NAME_BYTES} UTF-8 bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidArgument(f"{kind} name {name!r} contains a control character")
-    return name
+KINDS = ("message_type", "contract", "queue", "service", "route")
 
 
 def _only_keys(kind: str, d: dict[str, Any], allowed: set[str]) -> None:
@@ -162,8 +151,14 @@ class Service:
         return {"name": self.name, "queue": self.queue, "contracts": list(self.contracts)}
 
 
-CatalogObject = MessageType | Contract | QueueDef | Service
-_CLASSES: dict[str, Any] = {"message_type": MessageType, "contract": Contract, "queue": QueueDef, "service": Service}
+CatalogObject = MessageType | Contract | QueueDef | Service | Route
+_CLASSES: dict[str, Any] = {
+    "message_type": MessageType,
+    "contract": Contract,
+    "queue": QueueDef,
+    "service": Service,
+    "route": Route,
+}
 
 
 def check_kind(kind: Any) -> str:
@@ -180,6 +175,8 @@ class Catalog:
         self.contracts: dict[str, Contract] = {DEFAULT: Contract.from_def({"name": DEFAULT, "messages": {DEFAULT: "any"}})}
         self.queues: dict[str, QueueDef] = {}
         self.services: dict[str, Service] = {}
+        #: a fresh node has the seeds' wildcard LOCAL route; the core stores it at first start, so a drop lasts
+        self.routes: dict[str, Route] = {AUTO_CREATED_LOCAL.name: AUTO_CREATED_LOCAL}
 
     def table(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {
@@ -187,14 +184,17 @@ class Catalog:
             "contract": self.contracts,
             "queue": self.queues,
             "service": self.services,
+            "route": self.routes,
         }
         return tables[check_kind(kind)]
 
-    def build(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
-        """Check a definition against the rules and the catalog, without changing anything."""
+    def build(self, kind: str, definition: dict[str, Any], now: float | None = None) -> CatalogObject:
+        """Check a definition against the rules and the catalog, without changing anything. ``now`` turns a
+        route's ``lifetime`` into its expiry."""
         if not isinstance(definition, dict):
             raise InvalidArgument(f"a {kind} definition is a map of fields, got {type(definition).__name__}")
-        obj: CatalogObject = _CLASSES[check_kind(kind)].from_def(definition)
+        cls = _CLASSES[check_kind(kind)]
+        obj: CatalogObject = cls.from_def(definition, now) if cls is Route else cls.from_def(definition)
         if isinstance(obj, Contract):
             for mt in obj.messages:
                 if mt not in self.message_types:
@@ -207,8 +207,8 @@ class Catalog:
                     raise UnknownObject(f"service {obj.name!r}: contract {c!r} does not exist; create it first")
         return obj
 
-    def create(self, kind: str, definition: dict[str, Any]) -> CatalogObject:
-        obj = self.build(kind, definition)
+    def create(self, kind: str, definition: dict[str, Any], now: float | None = None) -> CatalogObject:
+        obj = self.build(kind, definition, now)
         table = self.table(kind)
         if obj.name in table:
             raise DuplicateObject(f"{kind.replace('_', ' ')} {obj.name!r} exists already; drop it first or pick another name")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
-from .catalog import check_name
+from .names import check_name
 
 LOCAL = "LOCAL"
 TRANSPORT = "TRANSPORT"
@@ -210,7 +210,8 @@ def choose(
         if with_instance:
             weights: dict[str, int] = {}
             for r in with_instance:
-                weights[r.broker_instance] = weights.get(r.broker_instance, 0) + r.weight  # type: ignore[index]
+                inst = r.broker_instance or ""
+                weights[inst] = weights.get(inst, 0) + r.weight
             instances = sorted(weights)
             point = rand() * sum(weights.values())
             picked = instances[-1]

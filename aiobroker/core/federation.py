@@ -1,0 +1,365 @@
+"""Where outgoing messages go, and what comes in from other nodes: the core's side of federation.
+
+Theory of operation
+-------------------
+:meth:`Federation.route` decides, once per conversation and again when routes change, whether the far side is an
+endpoint on this node (messages go straight into its queue, see ``broker.py``), a remote node (the conversation is
+attached to a link in the :class:`~aiobroker.core.transmission.TransmissionQueue`), or nowhere yet (DELAYED, with
+the reason). Remote and delayed messages are stored rows in the transmission queue until acknowledged.
+
+Between nodes travel *envelopes* (see ``docs/protocol.md``)::
+
+    message: [0, conversation_id, from_initiator, seq, from_service, to_service, contract,
+              from_instance, to_instance, message_type, body, expires_at, hops, encryption]
+    ack:     [1, conversation_id, from_initiator, next_seq, acker_instance]
+
+:meth:`accept` takes the envelopes a peer sent: each message is delivered in order to its local endpoint (the
+target's endpoint is made by message 0), duplicates are dropped, a gap is dropped unacknowledged; it returns the
+acknowledgements to send back once the store has what was delivered (the shell sends them after the commit), and
+what to forward when this node forwards. :meth:`acknowledged` applies acknowledgements: the acknowledged rows
+leave the transmission queue and the store; the first one fixes the far broker instance (sticky routing).
+
+An endpoint whose far side is remote stays, closed, for ``closed_retention`` seconds after it ended and its last
+message was acknowledged, so a late retransmission of its first message cannot begin the conversation twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..store.base import MessageRow, WriteBatch
+from .catalog import END_DIALOG, ERROR, Catalog
+from .conversation import Endpoint, State
+from .routing import Decision, choose
+from .transmission import TransmissionQueue
+
+if TYPE_CHECKING:
+    from .queues import Lease  # noqa: F401
+
+TX = "tx"
+MESSAGE, ACK = 0, 1
+#: A forwarded message that has crossed this many nodes is dropped and reported: it is in a routing loop.
+DEFAULT_MAX_HOPS = 16
+#: How long a closed endpoint with a remote far side is kept to recognise retransmissions (the seeds' system keeps
+#: them for about half an hour).
+DEFAULT_CLOSED_RETENTION = 1800.0
+
+Envelope = list[Any]
+
+
+class Federation:
+    """Mixed into :class:`~aiobroker.core.broker.BrokerCore`; uses its state (declared here for the type checker)."""
+
+    broker_instance: str
+    persist: bool
+    catalog: Catalog
+    endpoints: dict[str, Endpoint]
+    tx: TransmissionQueue
+    changes: WriteBatch
+    new_id: Callable[[], str]
+    forwarding: bool
+    max_hops: int
+    closed_retention: float
+    by_conversation: dict[tuple[str, bool], str]
+    reports: list[str]
+    _next_message_id: int
+
+    # provided by BrokerCore
+    def _touch(self, ep: Endpoint) -> None: ...
+    def _save_row(self, row: MessageRow) -> None: ...
+    def _forget_row(self, message_id: int) -> None: ...
+    def _watch(self, ep: Endpoint) -> None: ...
+    def _remove(self, ep: Endpoint) -> None: ...
+    def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None: ...
+    def _new_far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None: ...
+    def _deliver(self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None: ...
+    def _deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None: ...
+    def _retire(self, ep: Endpoint, now: float) -> None: ...
+
+    # ----------------------------------------------------------------------------------------------- routing
+
+    def decide(self, ep: Endpoint, now: float) -> Decision:
+        return choose(
+            self.catalog.routes.values(),
+            service=ep.far_service,
+            broker_instance=ep.far_broker_instance,
+            now=now,
+            local_services=self.catalog.services,
+            local_instance=self.broker_instance,
+        )
+
+    def route(self, ep: Endpoint, now: float) -> Endpoint | str | None:
+        """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
+        or failed: the sender has its Error)."""
+        if ep.far_handle is not None:
+            return self.endpoints.get(ep.far_handle)
+        address = self.tx.route_of.get(ep.handle)
+        if address is not None:
+            return address
+        if ep.delayed is not None:
+            return None
+        decision = self.decide(ep, now)
+        if decision.kind == "local":
+            return self._new_far_endpoint(ep, now)
+        if decision.kind == "remote":
+            assert decision.address is not None
+            self.tx.attach(ep.handle, decision.address)
+            return decision.address
+        ep.delayed = decision.reason if decision.kind == "delayed" else f"waiting: {decision.reason}"
+        self.tx.delay(ep.handle, ep.far_service)
+        self._touch(ep)
+        return None
+
+    def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float) -> None:
+        """Number messages and keep them in the transmission queue (remote or DELAYED), stored, in order."""
+        seq = ep.send_seq
+        mid = self._next_message_id
+        handle = ep.handle
+        rows = [tuple.__new__(MessageRow, (mid + i, TX, handle, seq + i, m[0], m[1], now, 0)) for i, m in enumerate(messages)]
+        self._next_message_id = mid + len(rows)
+        ep.send_seq = seq + len(rows)
+        self.tx.add_many(handle, rows)
+        if self.persist:
+            stored = self.changes.messages
+            for row in rows:
+                stored[row[0]] = row
+
+    def drop_outgoing(self, ep: Endpoint) -> int:
+        """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
+        self.tx.undelay(ep.handle, ep.far_service)
+        rows = self.tx.drop(ep.handle)
+        for row in rows:
+            self._forget_row(row.id)
+        ep.delayed = None
+        return len(rows)
+
+    def reroute(self, now: float, services: set[str] | None = None) -> int:
+        """Routes or services changed: decide again for every conversation with messages waiting (only those to
+        ``services`` when given). Messages whose far side is now on this node are delivered at once, in order."""
+        moved = 0
+        for handle in list(self.tx.rows):
+            ep = self.endpoints.get(handle)
+            if ep is None or ep.far_handle is not None:
+                continue
+            if services is not None and ep.far_service not in services:
+                continue
+            self.tx.detach(handle)
+            self.tx.undelay(handle, ep.far_service)
+            if ep.delayed is not None:
+                ep.delayed = None
+                self._touch(ep)
+            target = self.route(ep, now)
+            if isinstance(target, Endpoint):
+                moved += self._move_to_local(ep, target)
+        return moved
+
+    def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:
+        rows = self.tx.drop(ep.handle)
+        for row in rows:
+            self._forget_row(row.id)
+        moved = 0
+        for row in rows:
+            if ep.state is State.ERROR:
+                break  # a message failed the receiving side's checks; what follows it is dropped
+            self._deliver(ep, far, row.seq, row.message_type, row.body, row.enqueued_at)
+            moved += 1
+        self._touch(ep)
+        if ep.state is State.CLOSED:
+            self._remove(ep)
+        return moved
+
+    # ------------------------------------------------------------------------------------------ envelopes out
+
+    def outgoing(self, address: str, max_messages: int = 1000) -> list[Envelope]:
+        """Messages for the link to ``address`` not yet sent on its current connection, as envelopes."""
+        out: list[Envelope] = []
+        me = self.broker_instance
+        for handle, row in self.tx.take_unsent(address, max_messages):
+            ep = self.endpoints[handle]
+            out.append(
+                [
+                    MESSAGE,
+                    ep.conversation_id,
+                    ep.is_initiator,
+                    row.seq,
+                    ep.service,
+                    ep.far_service,
+                    ep.contract,
+                    me,
+                    ep.far_broker_instance,
+                    row.message_type,
+                    row.body,
+                    ep.expires_at,
+                    0,
+                    ep.encryption,
+                ]
+            )
+        return out
+
+    # ------------------------------------------------------------------------------------------- envelopes in
+
+    def accept(self, envelopes: list[Any], now: float) -> tuple[list[Envelope], dict[str, list[Envelope]]]:
+        """Take a peer's message envelopes. Returns (acknowledgements to send back after the commit, envelopes to
+        forward per next-hop address). Anything malformed or refused is reported in ``self.reports``."""
+        acks: dict[tuple[str, bool], int] = {}
+        forwards: dict[str, list[Envelope]] = {}
+        for env in envelopes:
+            if not _well_formed(env):
+                self.reports.append(f"a peer sent a malformed envelope: {str(env)[:120]}")
+                continue
+            _, conv_id, from_initiator, seq, _fs, to_service, _c, _fi, to_instance, _t, _b, _e, hops, _x = env
+            key = (conv_id, not from_initiator)
+            handle = self.by_conversation.get(key)
+            ep = self.endpoints.get(handle) if handle is not None else None
+            if ep is None:
+                if to_instance not in (None, self.broker_instance) or to_service not in self.catalog.services:
+                    self._forward(env, now, forwards)
+                    continue
+                if seq != 0:
+                    # its endpoint here ended and was retired long ago (or never existed): nothing to deliver to
+                    self.reports.append(
+                        f"message {seq} of conversation {conv_id} for {to_service!r} has no endpoint here; dropped"
+                    )
+                    acks[key] = max(acks.get(key, 0), seq + 1)
+                    continue
+                ep = self._new_remote_target(env, now)
+            if ep.state is State.CLOSED:
+                acks[key] = max(acks.get(key, 0), max(ep.recv_seq, seq + 1))  # retired or ending: swallow quietly
+                continue
+            if seq == ep.recv_seq:
+                self._deliver_remote(ep, env, now)
+            elif seq > ep.recv_seq:
+                pass  # a gap: an earlier message was lost; the sender resends from there
+            acks[key] = ep.recv_seq
+        me = self.broker_instance
+        return [[ACK, cid, not side, nxt, me] for (cid, side), nxt in acks.items()], forwards
+
+    def _new_remote_target(self, env: Envelope, now: float) -> Endpoint:
+        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env
+        ep = Endpoint(
+            handle=self.new_id(),
+            conversation_id=conv_id,
+            is_initiator=not from_initiator,
+            service=to_service,
+            far_service=from_service,
+            contract=contract,
+            group_id=self.new_id(),
+            expires_at=float(expires_at),
+            far_broker_instance=from_instance,
+            state=State.CONVERSING,
+            encryption=bool(enc),
+        )
+        self.endpoints[ep.handle] = ep
+        self.by_conversation[(conv_id, ep.is_initiator)] = ep.handle
+        self._touch(ep)
+        self._watch(ep)
+        return ep
+
+    def _forward(self, env: Envelope, now: float, forwards: dict[str, list[Envelope]]) -> None:
+        to_service, to_instance, hops = env[5], env[8], env[12]
+        if not self.forwarding:
+            self.reports.append(
+                f"a message for service {to_service!r} (instance {to_instance or 'any'}) is not for this node, which"
+                " does not forward; dropped"
+            )
+            return
+        if hops + 1 > self.max_hops:
+            self.reports.append(
+                f"a message for service {to_service!r} crossed {hops} nodes: a routing loop; dropped"
+            )
+            return
+        decision = choose(
+            self.catalog.routes.values(),
+            service=to_service,
+            broker_instance=to_instance,
+            now=now,
+            local_services=(),
+            local_instance=self.broker_instance,
+        )
+        if decision.kind != "remote" or decision.address is None:
+            self.reports.append(f"cannot forward a message for service {to_service!r}: {decision.reason}; dropped")
+            return
+        forwarded = list(env)
+        forwarded[12] = hops + 1
+        forwards.setdefault(decision.address, []).append(forwarded)
+
+    def acknowledged(self, acks: list[Any], now: float) -> list[Envelope]:
+        """Apply acknowledgements; returns those for conversations not on this node (to relay when forwarding)."""
+        foreign: list[Envelope] = []
+        for ack in acks:
+            if not (isinstance(ack, list) and len(ack) == 5 and type(ack[3]) is int and isinstance(ack[1], str)):
+                self.reports.append(f"a peer sent a malformed acknowledgement: {str(ack)[:120]}")
+                continue
+            _, conv_id, from_initiator, next_seq, acker = ack
+            handle = self.by_conversation.get((conv_id, bool(from_initiator)))
+            ep = self.endpoints.get(handle) if handle is not None else None
+            if ep is None:
+                foreign.append(ack)
+                continue
+            done = self.tx.acknowledge(ep.handle, next_seq)
+            for row in done:
+                self._forget_row(row.id)
+            if ep.far_broker_instance is None and isinstance(acker, str):
+                ep.far_broker_instance = acker  # sticky from the first acknowledgement on
+                self._touch(ep)
+            if ep.state is State.CLOSED and ep.handle not in self.tx:
+                self._retire(ep, now)
+        return foreign
+
+    # ---------------------------------------------------------------------------------------------- links
+
+    def link_up(self, address: str, peer_instance: str | None) -> None:
+        link = self.tx.links.get(address)
+        if link is not None:
+            link.up(peer_instance)
+            self.tx.ready_links.add(address)
+
+    def link_failed(self, address: str, error: str, now: float) -> float | None:
+        """A link's connection failed; returns when to try again. Its conversations are routed afresh then (a
+        route may have changed, or another of equal rank may serve)."""
+        link = self.tx.links.get(address)
+        if link is None:
+            return None
+        return link.failed(error, now)
+
+    def link_status(self, handle: str) -> str | None:
+        """In words, what is happening to an endpoint's unacknowledged messages."""
+        if handle not in self.tx:
+            return None
+        ep = self.endpoints.get(handle)
+        if ep is not None and ep.delayed:
+            return f"delayed: {ep.delayed}"
+        address = self.tx.route_of.get(handle)
+        link = self.tx.links.get(address) if address else None
+        if link is None:
+            return "not yet tried"
+        if link.connected:
+            return f"sent to {address}, waiting for acknowledgement" if link.sent.get(handle) else f"queued for {address}"
+        if link.last_error:
+            return f"retrying {address}: {link.last_error} (attempt {link.attempts})"
+        return f"not yet tried ({address})"
+
+
+def _well_formed(env: Any) -> bool:
+    return (
+        isinstance(env, list)
+        and len(env) == 14
+        and env[0] == MESSAGE
+        and isinstance(env[1], str)
+        and isinstance(env[2], bool)
+        and type(env[3]) is int
+        and env[3] >= 0
+        and isinstance(env[4], str)
+        and isinstance(env[5], str)
+        and isinstance(env[6], str)
+        and isinstance(env[7], str)
+        and (env[8] is None or isinstance(env[8], str))
+        and isinstance(env[9], str)
+        and isinstance(env[10], bytes)
+        and isinstance(env[11], (int, float))
+        and type(env[12]) is int
+    )
+
+
+__all__ = ["Federation", "Envelope", "MESSAGE", "ACK", "END_DIALOG", "ERROR"]

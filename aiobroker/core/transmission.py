@@ -1,0 +1,223 @@
+"""The transmission queue: outgoing messages kept until the far node has stored them and acknowledged.
+
+Theory of operation
+-------------------
+Every message for a service on another node, and every message DELAYED for want of a route, waits here as a
+stored row (location ``"tx"``), per sending endpoint, in sequence order, until the far node acknowledges it.
+
+A conversation with a route is attached to a **link**: the address of the next node. A link sends what it has not
+sent in its current connection (its *epoch*), in order, many messages per frame; when a connection is lost or an
+acknowledgement does not come in time, the link starts a new epoch and everything unacknowledged goes again. The
+receiver drops duplicates and acknowledges cumulatively ("I have stored every message before ``next_seq``"), so a
+resend never delivers twice.
+
+Each entry's state is shown in words: not yet sent, delayed and why, sent and waiting for an acknowledgement,
+retrying after an error (which, attempt, and when next).
+
+This module holds the state and its bookkeeping only; the core decides routes, the shell runs the connections.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from ..store.base import MessageRow
+
+#: First retry after a connection error, then doubling up to the cap (SEMANTICS.md: "first retry within a few
+#: seconds, doubling, capped near a minute").
+RETRY_FIRST = 1.0
+RETRY_CAP = 60.0
+
+
+class Link:
+    """Messages bound for one next-hop address."""
+
+    __slots__ = (
+        "address",
+        "handles",
+        "sent",
+        "epoch",
+        "connected",
+        "peer_instance",
+        "last_error",
+        "attempts",
+        "next_attempt",
+        "waiting_since",
+    )
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        #: sending endpoints routed here (an ordered set)
+        self.handles: dict[str, None] = {}
+        #: handle → how many of its rows (from the front of its deque) were sent in this epoch
+        self.sent: dict[str, int] = {}
+        self.epoch = 0
+        self.connected = False
+        self.peer_instance: str | None = None
+        self.last_error: str | None = None
+        self.attempts = 0
+        self.next_attempt: float | None = None
+        #: when the oldest unacknowledged send of this epoch went out (for the acknowledgement time-out)
+        self.waiting_since: float | None = None
+
+    def new_epoch(self) -> None:
+        """Forget what was sent: after a reconnect or a time-out everything unacknowledged goes again."""
+        self.epoch += 1
+        self.sent.clear()
+        self.waiting_since = None
+
+    def failed(self, error: str, now: float) -> float:
+        """A connection attempt or a connection failed; returns when to try again (doubling back-off)."""
+        self.connected = False
+        self.last_error = error
+        self.attempts += 1
+        delay = min(RETRY_CAP, RETRY_FIRST * 2 ** (self.attempts - 1))
+        self.next_attempt = now + delay
+        self.new_epoch()
+        return self.next_attempt
+
+    def up(self, peer_instance: str | None) -> None:
+        self.connected = True
+        self.peer_instance = peer_instance
+        self.attempts = 0
+        self.next_attempt = None
+        self.new_epoch()
+
+    def describe(self, rows: dict[str, deque[MessageRow]]) -> dict[str, Any]:
+        unacked = sum(len(rows.get(h, ())) for h in self.handles)
+        sent = sum(self.sent.values())
+        if self.connected:
+            state = f"connected to {self.peer_instance or '?'}"
+        elif self.last_error:
+            state = f"retrying: {self.last_error} (attempt {self.attempts})"
+        else:
+            state = "not yet tried"
+        return {
+            "address": self.address,
+            "state": state,
+            "conversations": len(self.handles),
+            "unacknowledged": unacked,
+            "sent_this_connection": sent,
+            "last_error": self.last_error,
+            "next_attempt": self.next_attempt,
+        }
+
+
+class TransmissionQueue:
+    """Unacknowledged outgoing messages per sending endpoint, and the links they are routed to."""
+
+    def __init__(self) -> None:
+        #: sending endpoint → its unacknowledged messages, in sequence order
+        self.rows: dict[str, deque[MessageRow]] = {}
+        #: far service name → sending endpoints DELAYED for want of a route (an ordered set)
+        self.delayed: dict[str, dict[str, None]] = {}
+        self.links: dict[str, Link] = {}
+        #: sending endpoint → the link address it is routed to
+        self.route_of: dict[str, str] = {}
+        #: links with something new to send (the shell drains this after each call into the core)
+        self.ready_links: set[str] = set()
+
+    def __contains__(self, handle: str) -> bool:
+        return handle in self.rows
+
+    def add(self, handle: str, row: MessageRow) -> None:
+        self.rows.setdefault(handle, deque()).append(row)
+        address = self.route_of.get(handle)
+        if address is not None:
+            self.ready_links.add(address)
+
+    def add_many(self, handle: str, rows: list[MessageRow]) -> None:
+        self.rows.setdefault(handle, deque()).extend(rows)
+        address = self.route_of.get(handle)
+        if address is not None:
+            self.ready_links.add(address)
+
+    def delay(self, handle: str, far_service: str) -> None:
+        self.detach(handle)
+        self.delayed.setdefault(far_service, {})[handle] = None
+
+    def undelay(self, handle: str, far_service: str) -> None:
+        waiting = self.delayed.get(far_service)
+        if waiting is not None:
+            waiting.pop(handle, None)
+            if not waiting:
+                del self.delayed[far_service]
+
+    def attach(self, handle: str, address: str) -> Link:
+        """Route a sending endpoint to a link (made on first use)."""
+        if self.route_of.get(handle) != address:
+            self.detach(handle)
+            self.route_of[handle] = address
+        link = self.links.get(address)
+        if link is None:
+            link = self.links[address] = Link(address)
+        link.handles[handle] = None
+        if self.rows.get(handle):
+            self.ready_links.add(address)
+        return link
+
+    def detach(self, handle: str) -> None:
+        address = self.route_of.pop(handle, None)
+        if address is not None:
+            link = self.links.get(address)
+            if link is not None:
+                link.handles.pop(handle, None)
+                link.sent.pop(handle, None)
+
+    def drop(self, handle: str) -> list[MessageRow]:
+        """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
+        self.detach(handle)
+        return list(self.rows.pop(handle, ()))
+
+    def take_unsent(self, address: str, max_messages: int) -> list[tuple[str, MessageRow]]:
+        """Up to ``max_messages`` rows of a link not yet sent in its epoch, in order per endpoint; marks them sent."""
+        link = self.links.get(address)
+        if link is None:
+            return []
+        out: list[tuple[str, MessageRow]] = []
+        for handle in link.handles:
+            rows = self.rows.get(handle)
+            if not rows:
+                continue
+            start = link.sent.get(handle, 0)
+            if start >= len(rows):
+                continue
+            end = min(len(rows), start + max_messages - len(out))
+            for i in range(start, end):
+                out.append((handle, rows[i]))
+            link.sent[handle] = end
+            if len(out) >= max_messages:
+                self.ready_links.add(address)  # more to go
+                break
+        return out
+
+    def acknowledge(self, handle: str, next_seq: int) -> list[MessageRow]:
+        """The far side has stored every message of this endpoint before ``next_seq``: drop them."""
+        rows = self.rows.get(handle)
+        if not rows:
+            return []
+        done: list[MessageRow] = []
+        while rows and rows[0].seq < next_seq:
+            done.append(rows.popleft())
+        if done:
+            address = self.route_of.get(handle)
+            link = self.links.get(address) if address else None
+            if link is not None:
+                sent = link.sent.get(handle, 0)
+                link.sent[handle] = max(0, sent - len(done))
+                if not any(link.sent.values()):
+                    link.waiting_since = None
+        if not rows:
+            del self.rows[handle]
+        return done
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "messages": sum(len(r) for r in self.rows.values()),
+            "conversations": len(self.rows),
+            "links": [link.describe(self.rows) for link in self.links.values()],
+        }
+
+    def __repr__(self) -> str:
+        return f"<TransmissionQueue conversations={len(self.rows)} links={len(self.links)} delayed={len(self.delayed)}>"

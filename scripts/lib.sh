@@ -27,3 +27,28 @@ ensure_venv() {
         touch "$stamp"
     fi
 }
+
+# Debian packages the tests need, as PACKAGE:COMMAND (the command that shows the package is there, so a machine that
+# has it some other way is left alone). iproute2: `ip`, for the network-namespace tests (tests/netns.py).
+# A later need goes on the list, e.g. dnsmasq:dnsmasq.
+TEST_SYSTEM_PACKAGES=(iproute2:ip)
+
+have_command() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
+ensure_system_packages() {
+    local entry missing=()
+    for entry in "${TEST_SYSTEM_PACKAGES[@]}"; do
+        have_command "${entry#*:}" || missing+=("${entry%%:*}")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "warning: missing system packages: ${missing[*]}; not root or no apt-get, so not installing them:" \
+            "the network-namespace tests will be skipped (install them, or run scripts/test as root on Debian)" >&2
+        return 0
+    fi
+    step "installing system packages for the tests: ${missing[*]}"
+    # Could install but did not: fail rather than let the namespace tests quietly turn into skips.
+    DEBIAN_FRONTEND=noninteractive apt-get update -q \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        || { echo "error: apt-get could not install ${missing[*]}" >&2; exit 1; }
+}

@@ -35,6 +35,14 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     lease_seconds = 30            # a received batch stays locked this long without commit/rollback; > 0
     poison_rollbacks = 5          # rollbacks in a row of one conversation group that trip poison handling
 
+    [federation]
+    forwarding = false            # pass on messages meant for other nodes (in memory, with a hop limit)
+    max_hops = 16                 # a forwarded message that crossed this many nodes is in a loop: dropped
+    connect_timeout = 5           # seconds for a TCP connection to a peer node
+    handshake_timeout = 10        # seconds for a peer's HELLO/WELCOME
+    ack_timeout = 15              # seconds without an acknowledgement before reconnecting and resending
+    closed_retention = 1800       # seconds an ended conversation with a remote side is remembered
+
     [[message_type]]
     name = "//example/Request"
     validation = "json"
@@ -111,7 +119,7 @@ STORES: Final = ("sqlite", "memory")
 DURABILITIES: Final = ("normal", "full")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: The object kinds a config file may declare, as ``[[kind]]`` arrays of tables.
-OBJECT_KINDS: Final = ("message_type", "contract", "queue", "service")
+OBJECT_KINDS: Final = ("message_type", "contract", "queue", "service", "route")
 
 MIN_FRAME_SIZE: Final = 1024
 MAX_FRAME_SIZE: Final = 256 * MIB
@@ -137,6 +145,12 @@ class NodeConfig:
     max_connections: int = 1000  #: >= 1
     receive_lease: float = 30.0  #: seconds a received batch stays locked without commit/rollback; > 0
     poison_rollbacks: int = 5  #: >= 1; rollbacks in a row of one conversation group that trip poison handling
+    forwarding: bool = False  #: pass on messages for other nodes (in memory only)
+    max_hops: int = 16  #: >= 1; a forwarded message that crossed this many nodes is in a loop and dropped
+    connect_timeout: float = 5.0  #: seconds for a TCP connection to a peer node; > 0
+    handshake_timeout: float = 10.0  #: seconds for a peer's HELLO/WELCOME exchange; > 0
+    ack_timeout: float = 15.0  #: seconds to wait for an acknowledgement before reconnecting and resending; > 0
+    closed_retention: float = 1800.0  #: seconds an ended conversation with a remote far side is remembered; >= 0
     #: ``(kind, definition)`` in file order; the definition is the table as written (the node checks it).
     objects: tuple[ObjectDef, ...] = ()
 
@@ -286,6 +300,18 @@ def _check_data_dir(value: Any) -> Path:
     return value
 
 
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false; got {_describe(value)}")
+    return value
+
+
+def _check_retention(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= value < math.inf):
+        raise _Invalid(f"must be a number of seconds >= 0; got {_describe(value)}")
+    return float(value)
+
+
 def _check_lease(value: Any) -> float:
     allowed = "a number of seconds > 0 (an integer or a float)"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -341,6 +367,12 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "max_connections": lambda v: _int(v, 1),
     "receive_lease": _check_lease,
     "poison_rollbacks": lambda v: _int(v, 1),
+    "forwarding": _check_bool,
+    "max_hops": lambda v: _int(v, 1, 255),
+    "connect_timeout": _check_lease,
+    "handshake_timeout": _check_lease,
+    "ack_timeout": _check_lease,
+    "closed_retention": _check_retention,
     "objects": _check_objects,
 }
 
@@ -432,6 +464,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "node": ("listen", "data_dir", "store", "durability", "log_level"),
     "limits": ("max_message_size", "max_frame_size", "max_connections"),
     "receive": ("lease_seconds", "poison_rollbacks"),
+    "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention"),
 }
 #: Field names whose key in the file is spelled differently.
 _FILE_KEY_FOR_FIELD: Final = {

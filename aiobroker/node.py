@@ -37,6 +37,7 @@ from .config import NodeConfig
 from .core.broker import BrokerCore
 from .core.queues import Lease
 from .errors import BrokerError, ConfigError, ConnectionLost, ProtocolError, QueueDisabled, UnknownObject
+from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
 from .transport.connection import FramedConnection
@@ -121,8 +122,14 @@ class Node:
         self.host = self.config.listen_host
         self.port = self.config.listen_port
         self.requests_served = 0
+        self.links = PeerLinks(self)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def task_group(self) -> TaskGroup | None:
+        """Where the node's long-running tasks live (peer links start theirs here)."""
+        return self._tg
 
     @property
     def url(self) -> str:
@@ -150,13 +157,16 @@ class Node:
             max_batch_bytes=cfg.max_frame_size - min(64 * 1024, cfg.max_frame_size // 16),
             receive_lease=cfg.receive_lease,
             poison_rollbacks=cfg.poison_rollbacks,
+            forwarding=cfg.forwarding,
+            max_hops=cfg.max_hops,
+            closed_retention=cfg.closed_retention,
         )
         for warning in self.core.load(snapshot, self.clock()):
             log.warning("while restoring state: %s", warning)
         if "broker_instance" not in snapshot.meta:
             self.core.changes.meta["broker_instance"] = instance
         self._apply_config_objects()
-        self.writer = StoreWriter(self.core, self.store, self._on_published)
+        self.writer = StoreWriter(self.core, self.store, self._on_published, self.links.wake_ready)
         await self.writer.drain()
         try:
             listener = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
@@ -174,6 +184,7 @@ class Node:
         self._tg.start_soon(self._ticker)
         self._listener = listener
         self._tg.start_soon(listener.serve, self._handle_connection)
+        self.links.wake_ready()  # conversations restored with messages for other nodes
         self._started_at = time.time()
         stats = self.core.statistics()
         waiting = sum(q["waiting"] for q in stats["queues"])
@@ -241,7 +252,12 @@ class Node:
                     )
                 )
                 return
-            if not await self._handshake(conn, peer):
+            role = await self._handshake(conn, peer)
+            if role is None:
+                return
+            if role == "peer":
+                log.info("peer node connected from %s", peer)
+                await self.links.serve_inbound(conn)
                 return
             self.sessions.add(session)
             log.debug("client %s connected", peer)
@@ -268,7 +284,8 @@ class Node:
             self._forget_session(session)
             await conn.aclose()
 
-    async def _handshake(self, conn: FramedConnection, peer: str) -> bool:
+    async def _handshake(self, conn: FramedConnection, peer: str) -> str | None:
+        """HELLO/WELCOME; returns the peer's role ("client" or "peer"), or None if it was refused."""
         with anyio.move_on_after(HANDSHAKE_TIMEOUT):
             frame = await conn.receive_one()
             if not isinstance(frame, Hello):
@@ -280,11 +297,7 @@ class Node:
                 )
                 log.warning("refused %s: %s", peer, msg)
                 await conn.send_last(Refused(code="protocol_error", message=msg))
-                return False
-            if frame.role != "client":
-                msg = "this node does not accept peer links yet (federation is not enabled)"
-                await conn.send_last(Refused(code="protocol_error", message=msg))
-                return False
+                return None
             conn.send_frame(
                 Welcome(
                     version=PROTOCOL_VERSION,
@@ -296,9 +309,9 @@ class Node:
                     },
                 )
             )
-            return True
+            return frame.role
         log.warning("client %s did not finish the handshake within %.0fs; closed", peer, HANDSHAKE_TIMEOUT)
-        return False
+        return None
 
     async def _serve(self, session: Session) -> None:
         conn = session.conn
@@ -472,6 +485,7 @@ class Node:
             "waiting_receives": sum(len(w) for w in self.waiters.values()),
         }
         stats["store"] = {**self.store.describe(), **self.writer.statistics()}
+        stats["peers"] = self.links.statistics()
         return stats
 
     def __repr__(self) -> str:

@@ -27,10 +27,18 @@ log = logging.getLogger("aiobroker.store")
 
 
 class StoreWriter:
-    def __init__(self, core: BrokerCore, store: Store, on_published: Callable[[set[str]], None]) -> None:
+    def __init__(
+        self,
+        core: BrokerCore,
+        store: Store,
+        on_published: Callable[[set[str]], None],
+        on_durable: Callable[[], None] | None = None,
+    ) -> None:
         self.core = core
         self.store = store
         self.on_published = on_published
+        #: called after a write when links have messages that may now leave (see ``core.durable_upto``)
+        self.on_durable = on_durable
         self._callbacks: list[Callable[[], None]] = []
         self._wake = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
@@ -61,6 +69,7 @@ class StoreWriter:
 
     async def commit_once(self) -> None:
         batch, pending = self.core.seal()
+        sealed_upto = self.core.sealed_upto
         callbacks = self._callbacks
         self._callbacks = []
         if batch and self.store.durable:
@@ -70,11 +79,14 @@ class StoreWriter:
             self.batches += 1
             self.rows_written += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
+        self.core.durable_upto = sealed_upto
         touched = self.core.publish(pending) if pending else set()
         for callback in callbacks:
             callback()
         if touched:
             self.on_published(touched)
+        if self.core.tx.ready_links and self.on_durable is not None:
+            self.on_durable()
 
     async def drain(self) -> None:
         """Write everything gathered so far (used at shutdown)."""

@@ -610,8 +610,8 @@ def test_unknown_object_kind(tmp_path: Path) -> None:
 
 
 def test_unknown_object_kind_without_a_close_match(tmp_path: Path) -> None:
-    message = load_error(tmp_path, '[[route]]\nname = "a"\n')
-    assert "unknown object kind [[route]]" in message
+    message = load_error(tmp_path, '[[widget]]\nname = "a"\n')
+    assert "unknown object kind [[widget]]" in message
     assert "did you mean" not in message
 
 

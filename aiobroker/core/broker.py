@@ -112,6 +112,9 @@ class BrokerCore(Federation):
         self._deadlines: list[tuple[float, int, str]] = []  # (when, kind, key): lazily cleaned heap
         self._next_message_id = 1
         self._next_lease_id = 1
+        #: every message with an id up to this is stored (the shell sets it after each write, see ``seal``)
+        self.durable_upto = 0
+        self.sealed_upto = 0
 
     # ------------------------------------------------------------------------------------------------- loading
 
@@ -156,6 +159,7 @@ class BrokerCore(Federation):
             else:
                 queue.push(row, owner.group_id, row.message_type in URGENT_TYPES)
         self._next_message_id = last_id + 1
+        self.durable_upto = last_id
         self.reroute(now)  # decide afresh where every waiting message goes
         return warnings
 
@@ -178,7 +182,9 @@ class BrokerCore(Federation):
             self.changes.objects[(kind, name)] = obj.to_def() if obj is not None else None
 
     def seal(self) -> tuple[WriteBatch, list[Pending]]:
-        """Take the changes to store and the messages to publish once they are stored."""
+        """Take the changes to store and the messages to publish once they are stored. Once the batch is written,
+        the shell sets ``durable_upto`` to ``sealed_upto`` (every message id in it, and before it)."""
+        self.sealed_upto = self._next_message_id - 1
         batch = self.changes
         if self.dirty:
             for handle, ep in self.dirty.items():
@@ -510,7 +516,8 @@ class BrokerCore(Federation):
             ep.state = State.ERROR
             ep.error = parse_error_body(body)
         else:
-            reason = self._check_incoming(ep, message_type, body, first=seq == 0)
+            # the target's service must accept the contract; checked on the message that makes its endpoint
+            reason = self._check_incoming(ep, message_type, body, first=seq == 0 and not ep.is_initiator)
             if reason is not None:
                 self._refuse_remote(ep, *reason, now)
                 return

@@ -63,6 +63,7 @@ class Federation:
     closed_retention: float
     by_conversation: dict[tuple[str, bool], str]
     reports: list[str]
+    durable_upto: int
     _next_message_id: int
 
     # provided by BrokerCore
@@ -175,7 +176,7 @@ class Federation:
         """Messages for the link to ``address`` not yet sent on its current connection, as envelopes."""
         out: list[Envelope] = []
         me = self.broker_instance
-        for handle, row in self.tx.take_unsent(address, max_messages):
+        for handle, row in self.tx.take_unsent(address, max_messages, self.durable_upto):
             ep = self.endpoints[handle]
             out.append(
                 [

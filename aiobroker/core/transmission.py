@@ -170,8 +170,11 @@ class TransmissionQueue:
         self.detach(handle)
         return list(self.rows.pop(handle, ()))
 
-    def take_unsent(self, address: str, max_messages: int) -> list[tuple[str, MessageRow]]:
-        """Up to ``max_messages`` rows of a link not yet sent in its epoch, in order per endpoint; marks them sent."""
+    def take_unsent(self, address: str, max_messages: int, durable_upto: int) -> list[tuple[str, MessageRow]]:
+        """Up to ``max_messages`` rows of a link not yet sent in its epoch, in order per endpoint; marks them sent.
+
+        Only rows with ids up to ``durable_upto`` go: a message leaves for a peer only once it is stored here, so
+        a crash can never take back a sequence number a peer has already seen."""
         link = self.links.get(address)
         if link is None:
             return []
@@ -184,9 +187,11 @@ class TransmissionQueue:
             if start >= len(rows):
                 continue
             end = min(len(rows), start + max_messages - len(out))
-            for i in range(start, end):
+            i = start
+            while i < end and rows[i].id <= durable_upto:
                 out.append((handle, rows[i]))
-            link.sent[handle] = end
+                i += 1
+            link.sent[handle] = i
             if len(out) >= max_messages:
                 self.ready_links.add(address)  # more to go
                 break

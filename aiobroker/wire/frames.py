@@ -12,6 +12,7 @@ opcode     array                                                          meanin
 11 REPLY   ``[11, request_id, result]``                                    the request succeeded
 12 FAILED  ``[12, request_id, code, message]``                             the request failed; ``code`` is an
                                                                            :mod:`aiobroker.errors` code
+20 ENVEL.  ``[20, messages, acks]``                                        between nodes, either way
 =========  =============================================================  =========================================
 
 ``role`` is ``"client"`` or ``"peer"`` (a node linking to another, see federation). A request's operations and
@@ -31,7 +32,7 @@ MAGIC = "aiobroker"
 PROTOCOL_VERSION = 1
 ROLES = ("client", "peer")
 
-HELLO, WELCOME, REFUSED, REQUEST, REPLY, FAILED = 1, 2, 3, 10, 11, 12
+HELLO, WELCOME, REFUSED, REQUEST, REPLY, FAILED, ENVELOPES = 1, 2, 3, 10, 11, 12, 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,7 +93,18 @@ class Failed:
         return [FAILED, self.request_id, self.code, self.message]
 
 
-Frame = Hello | Welcome | Refused | Request | Reply | Failed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelopes:
+    """Between nodes: messages and acknowledgements (their shapes: ``aiobroker/core/federation.py``)."""
+
+    messages: list[Any]
+    acks: list[Any]
+
+    def to_wire(self) -> list[Any]:
+        return [ENVELOPES, self.messages, self.acks]
+
+
+Frame = Hello | Welcome | Refused | Request | Reply | Failed | Envelopes
 
 
 def _need(cond: bool, what: str, obj: Any) -> None:
@@ -135,4 +147,8 @@ def parse_frame(obj: Any) -> Frame:
         shape = "REFUSED is [3, code (str), message (str)]"
         _need(n == 3 and isinstance(obj[1], str) and isinstance(obj[2], str), shape, obj)
         return Refused(code=obj[1], message=obj[2])
-    raise ProtocolError(f"malformed frame: unknown opcode {op} (expected one of 1, 2, 3, 10, 11, 12)")
+    if op == ENVELOPES:
+        shape = "ENVELOPES is [20, messages (array), acks (array)]"
+        _need(n == 3 and isinstance(obj[1], list) and isinstance(obj[2], list), shape, obj)
+        return Envelopes(messages=obj[1], acks=obj[2])
+    raise ProtocolError(f"malformed frame: unknown opcode {op} (expected one of 1, 2, 3, 10, 11, 12, 20)")

@@ -1,0 +1,256 @@
+"""Peer links: the node's connections to other nodes, and what arrives on them.
+
+One task per next-hop address (made when a conversation is first routed there) connects, says HELLO as a
+``peer``, and then sends what the core's transmission queue has for that address (only messages already stored
+here), many per frame, plus forwarded envelopes. Acknowledgements come back on the same connection. When the
+connection breaks, cannot be made, or no acknowledgement arrives within ``ack_timeout``, the link is marked failed
+with the reason, waits (1 s, doubling, capped at 60 s) and connects again; everything unacknowledged is sent again
+and the far side drops what it already has.
+
+Envelopes that arrive on any peer connection (one this node made, or one a peer made to it) are handed to the
+core; their acknowledgements go back on the connection they came on once the store has what was delivered.
+A forwarded message's acknowledgement is relayed back the way the message came (remembered in memory, bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .core.routing import parse_tcp_address
+from .errors import BrokerError, ConnectionLost, ProtocolError
+from .transport.connection import FramedConnection
+from .wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("aiobroker.links")
+
+#: messages per ENVELOPES frame a link sends
+SEND_BATCH = 1000
+#: forwarded envelopes held per address while its link is down (beyond this the oldest go: their senders resend)
+MAX_FORWARD_BACKLOG = 100_000
+#: conversations whose acknowledgements this node relays back when forwarding (least recently used go first)
+MAX_REVERSE_PATHS = 100_000
+
+
+class LinkError(BrokerError):
+    """A peer link failed (refused, timed out, broke); the message is shown as the link's last error."""
+
+    code = "link_error"
+
+
+_LINK_FAILURES = (LinkError, ConnectionLost, ProtocolError, OSError)
+
+
+def _link_failure(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error that ended a link's session (its reader or its sender), out of the task group's wrapping."""
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        elif isinstance(exc, _LINK_FAILURES):
+            return exc
+    return group  # something unexpected: let it propagate as it is
+
+
+class PeerLinks:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.running: set[str] = set()
+        self.wakes: dict[str, anyio.Event] = {}
+        self.forward_out: dict[str, deque[list[Any]]] = {}
+        self.reverse: OrderedDict[tuple[str, bool], FramedConnection] = OrderedDict()
+        self.forwarded = 0
+        self.dropped_forwards = 0
+
+    # ------------------------------------------------------------------------------------------------ waking
+
+    def wake_ready(self) -> None:
+        """Wake (or start) the link of every address with something new that may leave now."""
+        ready = self.node.core.tx.ready_links
+        addresses = list(ready)
+        ready.clear()
+        for address in addresses:
+            self.wake(address)
+
+    def wake(self, address: str) -> None:
+        if address not in self.running and self.node.task_group is not None:
+            self.running.add(address)
+            self.node.task_group.start_soon(self._run, address, name=f"link {address}")
+        event = self.wakes.get(address)
+        if event is not None:
+            event.set()
+
+    async def _wait(self, address: str, timeout: float | None) -> None:
+        event = self.wakes[address] = anyio.Event()
+        with anyio.move_on_after(math.inf if timeout is None else max(0.0, timeout)):
+            await event.wait()
+
+    # ----------------------------------------------------------------------------------------- outbound links
+
+    def _has_work(self, address: str) -> bool:
+        if self.forward_out.get(address):
+            return True
+        tx = self.node.core.tx
+        link = tx.links.get(address)
+        return link is not None and any(tx.rows.get(h) for h in link.handles)
+
+    async def _run(self, address: str) -> None:
+        core = self.node.core
+        try:
+            while True:
+                if not self._has_work(address):
+                    await self._wait(address, None)
+                    continue
+                link = core.tx.links.get(address)
+                if link is not None and link.next_attempt is not None:
+                    delay = link.next_attempt - self.node.clock()
+                    if delay > 0:
+                        await self._wait(address, delay)
+                        continue
+                try:
+                    await self._session(address)
+                except _LINK_FAILURES as exc:
+                    reason = exc.message if isinstance(exc, BrokerError) else (exc.strerror or str(exc))
+                    next_at = core.link_failed(address, reason, self.node.clock())
+                    if next_at is None:  # no conversation uses the address any more; forwards only
+                        await self._wait(address, 1.0)
+                        continue
+                    log.warning(
+                        "link to %s failed: %s; next attempt in %.0fs", address, reason, next_at - self.node.clock()
+                    )
+        finally:
+            self.running.discard(address)
+
+    async def _session(self, address: str) -> None:
+        cfg = self.node.config
+        host, port = parse_tcp_address(address)
+        try:
+            with anyio.fail_after(cfg.connect_timeout):
+                stream = await anyio.connect_tcp(host, port)
+        except TimeoutError:
+            raise LinkError(f"no connection within {cfg.connect_timeout:g}s (connect_timeout)") from None
+        conn = FramedConnection(stream, max_frame_size=cfg.max_frame_size, peer=address)
+        try:
+            try:
+                with anyio.fail_after(cfg.handshake_timeout):
+                    conn.send_frame(Hello(role="peer", info={"broker_instance": self.node.core.broker_instance}))
+                    await conn.flush()
+                    frame = await conn.receive_one()
+            except TimeoutError:
+                raise LinkError(f"no handshake within {cfg.handshake_timeout:g}s (handshake_timeout)") from None
+            if isinstance(frame, Refused):
+                raise LinkError(f"refused by {address}: {frame.message}")
+            if not isinstance(frame, Welcome):
+                raise LinkError(f"{address} answered the handshake with {type(frame).__name__.upper()}")
+            self.node.core.link_up(address, frame.broker_instance)
+            log.info("link to %s up (broker instance %s)", address, frame.broker_instance)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(conn.writer)
+                    tg.start_soon(self._read, conn, address)
+                    await self._send_loop(conn, address)
+            except BaseExceptionGroup as group:
+                raise _link_failure(group) from group
+        finally:
+            await conn.aclose()
+
+    async def _send_loop(self, conn: FramedConnection, address: str) -> None:
+        core = self.node.core
+        ack_timeout = self.node.config.ack_timeout
+        while not conn.closed:
+            messages = core.outgoing(address, SEND_BATCH)
+            forwards = self.forward_out.get(address)
+            if forwards:
+                self.forward_out[address] = deque()
+                messages.extend(forwards)
+            link = core.tx.links.get(address)
+            if messages:
+                conn.send(Envelopes(messages=messages, acks=[]).to_wire())
+                if link is not None and link.waiting_since is None and any(link.sent.values()):
+                    link.waiting_since = time.monotonic()
+                continue
+            timeout = None
+            if link is not None and link.waiting_since is not None and any(link.sent.values()):
+                timeout = link.waiting_since + ack_timeout - time.monotonic()
+                if timeout <= 0:
+                    raise LinkError(f"no acknowledgement within {ack_timeout:g}s (ack_timeout)")
+            await self._wait(address, timeout)
+        raise ConnectionLost(f"connection to {address} closed")
+
+    async def _read(self, conn: FramedConnection, address: str | None) -> None:
+        """Read envelopes from a peer connection until it closes (then raise, ending its session)."""
+        while True:
+            for frame in await conn.receive_frames():
+                if not isinstance(frame, Envelopes):
+                    raise ProtocolError(f"a peer sends ENVELOPES frames, got {type(frame).__name__.upper()}")
+                self.accept(conn, frame, address)
+            self.node.writer.kick()
+
+    # ------------------------------------------------------------------------------------------ what arrives
+
+    def accept(self, conn: FramedConnection, frame: Envelopes, address: str | None) -> None:
+        core = self.node.core
+        now = self.node.clock()
+        if frame.acks:
+            foreign = core.acknowledged(frame.acks, now)
+            for ack in foreign:
+                back = self.reverse.get((ack[1], ack[2])) if isinstance(ack, list) and len(ack) > 2 else None
+                if back is not None and not back.closed:
+                    back.send([ENVELOPES, [], [ack]])
+            if address is not None:
+                link = core.tx.links.get(address)
+                if link is not None and link.waiting_since is not None:
+                    link.waiting_since = time.monotonic()  # progress: the time-out counts from here
+        if frame.messages:
+            acks, forwards = core.accept(frame.messages, now)
+            if acks:
+                send = conn.send
+                self.node.writer.after_commit(lambda: send([ENVELOPES, [], acks]))
+            for next_hop, envelopes in forwards.items():
+                self._forward(conn, next_hop, envelopes)
+        for report in core.reports:
+            log.warning("from %s: %s", conn.peer, report)
+        core.reports.clear()
+
+    def _forward(self, came_from: FramedConnection, next_hop: str, envelopes: list[list[Any]]) -> None:
+        backlog = self.forward_out.setdefault(next_hop, deque())
+        for env in envelopes:
+            key = (env[1], env[2])
+            self.reverse[key] = came_from
+            self.reverse.move_to_end(key)
+            backlog.append(env)
+        while len(self.reverse) > MAX_REVERSE_PATHS:
+            self.reverse.popitem(last=False)
+        while len(backlog) > MAX_FORWARD_BACKLOG:
+            backlog.popleft()
+            self.dropped_forwards += 1
+        self.forwarded += len(envelopes)
+        self.wake(next_hop)
+
+    async def serve_inbound(self, conn: FramedConnection) -> None:
+        """A peer connected to us: read its envelopes; answers go back through ``conn``."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.writer)
+            try:
+                await self._read(conn, None)
+            except ConnectionLost:
+                pass  # the peer went away; it reconnects when it has more to send
+            finally:
+                tg.cancel_scope.cancel()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "links": len(self.running),
+            "forwarded": self.forwarded,
+            "forward_backlog": sum(len(b) for b in self.forward_out.values()),
+            "dropped_forwards": self.dropped_forwards,
+        }

@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup
 from .core.catalog import DEFAULT, DIALOG_TIMER, END_DIALOG, ERROR
 from .core.dialog_errors import parse_error_body
 from .errors import BrokerError, ConnectionLost, InvalidArgument, MessageTooLarge, ProtocolError, Timeout, error_from_code
-from .transport.connection import FramedConnection
+from .transport.connection import FramedConnection, describe_os_error
 from .wire.frames import Failed, Hello, Refused, Reply, Welcome
 
 DEFAULT_PORT = 4022
@@ -273,7 +273,7 @@ class Client:
             raise Timeout(f"connecting to {self.url} took over {self.connect_timeout}s; is the node reachable?") from None
         except OSError as exc:
             raise ConnectionLost(
-                f"cannot connect to {self.url}: {exc.strerror or exc}; is a node running there"
+                f"cannot connect to {self.url}: {describe_os_error(exc)}; is a node running there"
                 " (start one with: aiobroker serve)?"
             ) from exc
         conn = FramedConnection(stream, peer=self.url)

@@ -24,7 +24,7 @@ import anyio
 
 from .core.routing import parse_tcp_address
 from .errors import BrokerError, ConnectionLost, ProtocolError
-from .transport.connection import FramedConnection
+from .transport.connection import FramedConnection, describe_os_error
 from .wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class PeerLinks:
                 try:
                     await self._session(address)
                 except _LINK_FAILURES as exc:
-                    reason = exc.message if isinstance(exc, BrokerError) else (exc.strerror or str(exc))
+                    reason = exc.message if isinstance(exc, BrokerError) else describe_os_error(exc)
                     next_at = core.link_failed(address, reason, self.node.clock())
                     if next_at is None:  # no conversation uses the address any more; forwards only
                         await self._wait(address, 1.0)
@@ -238,14 +238,20 @@ class PeerLinks:
 
     async def serve_inbound(self, conn: FramedConnection) -> None:
         """A peer connected to us: read its envelopes; answers go back through ``conn``."""
+        refusal: ProtocolError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.writer)
             try:
                 await self._read(conn, None)
             except ConnectionLost:
                 pass  # the peer went away; it reconnects when it has more to send
+            except ProtocolError as exc:
+                refusal = exc
             finally:
                 tg.cancel_scope.cancel()
+        if refusal is not None:
+            log.warning("peer %s sent a malformed frame; closing its connection: %s", conn.peer, refusal.message)
+            await conn.send_last(Refused(code=refusal.code, message=refusal.message))
 
     def statistics(self) -> dict[str, Any]:
         return {

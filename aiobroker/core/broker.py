@@ -788,6 +788,29 @@ class BrokerCore(Federation):
                     ]
         return out
 
+    def transmission_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The transmission queue per conversation, oldest first, with its state in words (for ``status``)."""
+        out: list[dict[str, Any]] = []
+        for handle, rows in self.tx.rows.items():
+            if len(out) >= limit:
+                break
+            ep = self.endpoints.get(handle)
+            address = self.tx.route_of.get(handle)
+            link = self.tx.links.get(address) if address else None
+            out.append(
+                {
+                    "handle": handle,
+                    "far_service": ep.far_service if ep else None,
+                    "messages": len(rows),
+                    "first_seq": rows[0].seq if rows else None,
+                    "state": self.link_status(handle),
+                    "address": address,
+                    "last_error": link.last_error if link else None,
+                    "next_attempt": link.next_attempt if link else None,
+                }
+            )
+        return out
+
     def statistics(self) -> dict[str, Any]:
         by_state: dict[str, int] = {}
         for ep in self.endpoints.values():
@@ -806,7 +829,7 @@ class BrokerCore(Federation):
             "conversations_by_state": by_state,
             "queues": [q.statistics() for q in self.queues.values()],
             "delayed": delayed,
-            "transmission": self.tx.statistics(),
+            "transmission": {**self.tx.statistics(), "entries": self.transmission_entries()},
             "leases": len(self.leases),
             "objects": self.catalog.statistics(),
         }

@@ -175,6 +175,7 @@ class Endpoint:
             "far_service": self.far_service,
             "contract": self.contract,
             "group_id": self.group_id,
+            "far_broker_instance": self.far_broker_instance,
             "state": self.state.value,
             "state_desc": self.state.name.lower(),
             "expires_at": self.expires_at,

@@ -12,6 +12,7 @@ allowed to grow our memory without limit.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import anyio
@@ -35,6 +36,25 @@ _BROKEN = (
     ConnectionError,
     OSError,
 )
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """The most telling words for a socket error: the underlying cause (e.g. "Connection refused") rather than
+    anyio's "All connection attempts failed", which keeps the real reasons in its cause chain."""
+    seen: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.append(e)
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        if e.__cause__ is not None:
+            stack.append(e.__cause__)
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno).lower()  # asyncio's own strerror says only "Connect call failed"
+    return str(exc) or type(exc).__name__
 
 
 class FramedConnection:

@@ -410,6 +410,30 @@ class Client:
         """contracts: those the service accepts as a target (none: it can only initiate)."""
         return await self.create("service", {"name": name, "queue": queue, "contracts": list(contracts)})
 
+    async def create_route(
+        self,
+        name: str,
+        address: str,
+        *,
+        service_name: str | None = None,
+        broker_instance: str | None = None,
+        lifetime: float | None = None,
+        weight: int = 1,
+    ) -> dict[str, Any]:
+        """A route: messages for ``service_name`` (None: any service) and ``broker_instance`` (None: any) go to
+        ``address`` (``tcp://host:port``, ``LOCAL`` or ``TRANSPORT``); ``lifetime`` in seconds (None: no expiry);
+        routes of equal rank share the load by ``weight``."""
+        definition: dict[str, Any] = {
+            "name": name,
+            "address": address,
+            "service_name": service_name,
+            "broker_instance": broker_instance,
+            "weight": weight,
+        }
+        if lifetime is not None:
+            definition["lifetime"] = lifetime
+        return await self.create("route", definition)
+
     async def drop(self, kind: str, name: str) -> None:
         await self.request("drop", {"kind": kind, "name": name})
 

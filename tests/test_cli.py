@@ -452,3 +452,26 @@ def test_serve_with_an_unknown_key_names_the_file_and_key(tmp_path: Path) -> Non
     r, config = serve_with_config(tmp_path, '[node]\nstroe = "sqlite"\n')
     assert r.returncode != 0
     one_line_error(r, str(config), "stroe", "did you mean store")
+
+
+def test_routes_and_the_transmission_queue_in_status(node: RunningNode) -> None:
+    cq, _sq, client, _server = setup_pair(node)
+    far = unique("//t/Far")
+    route = unique("to-far")
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    out = ok(node, "create", "route", route, nowhere, "--service", far, "--lifetime", "3600")
+    assert f"created route {route!r}" in out and nowhere in out and "expires in" in out
+    listed = ok(node, "list", "routes")
+    assert route in listed and "AutoCreatedLocal" in listed and "LOCAL" in listed
+    ok(node, "send", "--from", client, "--to", far, "--body", "for a node that is not there")
+
+    deadline = time.monotonic() + 20
+    while True:
+        text = ok(node, "status")
+        if "retrying" in text and "connection refused" in text:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)  # polling the node's state under a deadline
+    assert "transmission queue: 1 message(s)" in text and nowhere in text and far in text
+    ok(node, "drop", "route", route)
+    assert route not in ok(node, "list", "routes")

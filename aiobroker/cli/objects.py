@@ -4,6 +4,7 @@ services (``list conversations`` too, as it shares the listing)."""
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from ..client import Client
@@ -18,6 +19,7 @@ KINDS = {
     "contract": ("contract", "contract", "contracts"),
     "queue": ("queue", "queue", "queues"),
     "service": ("service", "service", "services"),
+    "route": ("route", "route", "routes"),
 }
 
 # ================================================================================================ commands
@@ -37,7 +39,19 @@ def describe_object(kind: str, d: dict[str, Any]) -> str:
         contracts = d.get("contracts") or []
         accepts = ", ".join(contracts) if contracts else "no contract (it can only begin conversations)"
         return f"on queue {d.get('queue')}, accepts {accepts}"
+    if kind == "route":
+        return (
+            f"service {d.get('service_name') or '(any)'}, instance {d.get('broker_instance') or '(any)'}"
+            f" -> {d.get('address')}, weight {d.get('weight')}, {expiry_words(d.get('expires_at'))}"
+        )
     return to_json(d, indent=None)
+
+
+def expiry_words(expires_at: Any) -> str:
+    if expires_at is None:
+        return "no expiry"
+    left = float(expires_at) - time.time()
+    return f"expires in {left:.0f}s" if left > 0 else f"expired {-left:.0f}s ago (ignored for new routing)"
 
 
 async def cmd_create(client: Client, args: argparse.Namespace) -> None:
@@ -60,6 +74,15 @@ async def cmd_create(client: Client, args: argparse.Namespace) -> None:
             if v is not None
         }
         result = await client.create_queue(args.name, **options)
+    elif kind == "route":
+        result = await client.create_route(
+            args.name,
+            args.route_address,
+            service_name=args.service,
+            broker_instance=args.broker_instance,
+            lifetime=args.lifetime,
+            weight=args.weight,
+        )
     else:
         result = await client.create_service(args.name, args.queue, args.contract or [])
     echo(f"created {words} {result.get('name', args.name)!r}: {describe_object(kind, result)}")
@@ -112,6 +135,20 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> None:
     elif what == "services":
         rows = [[d.get("name"), d.get("queue"), ", ".join(d.get("contracts") or []) or "-"] for d in items]
         echo(table(["NAME", "QUEUE", "CONTRACTS"], rows))
+    elif what == "routes":
+        rows = [
+            [
+                d.get("name"),
+                d.get("service_name") or "(any)",
+                d.get("broker_instance") or "(any)",
+                d.get("address"),
+                d.get("weight"),
+                expiry_words(d.get("expires_at")),
+                d.get("origin"),
+            ]
+            for d in items
+        ]
+        echo(table(["NAME", "SERVICE", "INSTANCE", "ADDRESS", "WEIGHT", "LIFETIME", "ORIGIN"], rows))
     else:
         rows = [
             [
@@ -153,7 +190,7 @@ def add_create(commands: Any, client: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,
         "create",
-        "create a message type, contract, queue or service",
+        "create a message type, contract, queue, service or route",
         parents=[client],
         examples=[
             "aiobroker create queue orders",
@@ -209,6 +246,25 @@ def add_create(commands: Any, client: argparse.ArgumentParser) -> None:
     k.add_argument(
         "--contract", action="append", metavar="C", help="a contract it accepts as a target; repeatable"
     )
+    k = add_command(
+        kinds,
+        "route",
+        "create a route: where messages for a service (or any service) go",
+        [
+            "aiobroker create route to-orders tcp://10.0.0.2:4022 --service //shop/Orders",
+            "aiobroker create route everything-else tcp://hub:4022   # a wildcard route",
+        ],
+        details="ADDRESS is tcp://host:port, LOCAL (this node) or TRANSPORT (the address is the start of the"
+        " service name). Routing picks, in order: routes naming the service and the conversation's instance,"
+        " the service alone, the service with some instance, then wildcard routes.",
+        parents=[client],
+    )
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("route_address", metavar="ADDRESS", help="tcp://host:port, LOCAL or TRANSPORT")
+    k.add_argument("--service", metavar="S", help="the service it is for (default: any service)")
+    k.add_argument("--broker-instance", metavar="I", help="the broker instance it names (default: any)")
+    k.add_argument("--lifetime", type=arguments.seconds, metavar="SECONDS", help="expires after this (default: never)")
+    k.add_argument("--weight", type=arguments.positive_int, default=1, metavar="W", help="load share (default 1)")
     for sub in kinds.choices.values():
         sub.set_defaults(run=cmd_create)
 
@@ -241,7 +297,7 @@ def add_list(commands: Any, client: argparse.ArgumentParser, as_json: argparse.A
     p = add_command(
         commands,
         "list",
-        "list message types, contracts, queues, services or conversations",
+        "list message types, contracts, queues, services, routes or conversations",
         parents=[client],
         examples=["aiobroker list queues", "aiobroker list conversations --json"],
     )
@@ -277,7 +333,7 @@ def add_drop(commands: Any, client: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,
         "drop",
-        "drop a message type, contract, queue or service",
+        "drop a message type, contract, queue, service or route",
         parents=[client],
         examples=["aiobroker drop service //shop/Orders"],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from ..client import Client
@@ -86,12 +87,59 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
     else:
         echo("delayed messages: none")
 
+    echo()
+    _transmission(st.get("transmission", {}), st.get("peers", {}))
+
+
+def _when(at: Any) -> str:
+    if not isinstance(at, int | float):
+        return "-"
+    left = float(at) - time.time()
+    return f"in {duration(left)}" if left > 0 else "now"
+
+
+def _transmission(tx: dict[str, Any], peers: dict[str, Any]) -> None:
+    """The transmission queue: per link and per conversation, each with its state in words."""
+    echo(f"transmission queue: {tx.get('messages', 0)} message(s) in {tx.get('conversations', 0)} conversation(s)")
+    links = tx.get("links", [])
+    if links:
+        rows = [
+            [
+                "  " + str(link.get("address")),
+                link.get("state"),
+                link.get("conversations"),
+                link.get("unacknowledged"),
+                _when(link.get("next_attempt")) if not str(link.get("state", "")).startswith("connected") else "-",
+            ]
+            for link in links
+        ]
+        echo(table(["  LINK", "STATE", "CONVERSATIONS", "UNACKNOWLEDGED", "NEXT ATTEMPT"], rows))
+    entries = tx.get("entries", [])
+    if entries:
+        rows = [
+            [
+                "  " + str(e.get("handle")),
+                e.get("far_service"),
+                e.get("messages"),
+                e.get("state") or "-",
+                e.get("last_error") or "-",
+                _when(e.get("next_attempt")),
+            ]
+            for e in entries
+        ]
+        echo(table(["  CONVERSATION", "TO SERVICE", "MESSAGES", "STATE", "LAST ERROR", "NEXT ATTEMPT"], rows))
+    if peers.get("forwarded") or peers.get("forward_backlog"):
+        echo(
+            f"forwarding: {peers.get('forwarded', 0)} message(s) passed on, {peers.get('forward_backlog', 0)} waiting"
+            f" for their link, {peers.get('dropped_forwards', 0)} dropped"
+        )
+
 
 def add_status(commands: Any, client: argparse.ArgumentParser, as_json: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,
         "status",
-        "show the node, its queues' depth, conversations by state and delayed messages",
+        "show the node, its queues' depth, conversations by state, delayed messages and the transmission queue",
         ["aiobroker status", "aiobroker status --json"],
         parents=[client, as_json],
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import ssl
 import math
 from collections.abc import Generator, Iterator, Sequence
 from types import TracebackType
@@ -239,8 +240,11 @@ class Client:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: for a node that speaks TLS (see :func:`aiobroker.transport.tls.client_context`)."""
         self.url = url
+        self.ssl_context = ssl_context
         self.host, self.port = parse_url(url)
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
@@ -268,7 +272,12 @@ class Client:
     async def _open(self) -> None:
         try:
             with anyio.fail_after(self.connect_timeout):
-                stream = await anyio.connect_tcp(self.host, self.port)
+                if self.ssl_context is not None:
+                    stream: Any = await anyio.connect_tcp(
+                        self.host, self.port, ssl_context=self.ssl_context, tls_standard_compatible=False
+                    )
+                else:
+                    stream = await anyio.connect_tcp(self.host, self.port)
         except TimeoutError:
             raise Timeout(f"connecting to {self.url} took over {self.connect_timeout}s; is the node reachable?") from None
         except OSError as exc:

@@ -43,6 +43,12 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     ack_timeout = 15              # seconds without an acknowledgement before reconnecting and resending
     closed_retention = 1800       # seconds an ended conversation with a remote side is remembered
 
+    [tls]                         # leave out for plain TCP; nodes of one federation all use TLS or none do
+    # cert = "node.pem"           # with key: this node speaks TLS only, to clients and peers
+    # key = "node.key"
+    # ca = "ca.pem"               # require certificates signed by this CA, and check peers' against it
+    check_hostname = true         # a peer's certificate must name the address dialled
+
     [[message_type]]
     name = "//example/Request"
     validation = "json"
@@ -151,6 +157,10 @@ class NodeConfig:
     handshake_timeout: float = 10.0  #: seconds for a peer's HELLO/WELCOME exchange; > 0
     ack_timeout: float = 15.0  #: seconds to wait for an acknowledgement before reconnecting and resending; > 0
     closed_retention: float = 1800.0  #: seconds an ended conversation with a remote far side is remembered; >= 0
+    tls_cert: Path | None = None  #: PEM certificate: with tls_key, the node speaks TLS only (clients and peers)
+    tls_key: Path | None = None  #: PEM private key of tls_cert
+    tls_ca: Path | None = None  #: PEM CA bundle: require certificates it signed, and check peers' against it
+    tls_check_hostname: bool = True  #: a peer's certificate must name the address dialled
     #: ``(kind, definition)`` in file order; the definition is the table as written (the node checks it).
     objects: tuple[ObjectDef, ...] = ()
 
@@ -300,6 +310,16 @@ def _check_data_dir(value: Any) -> Path:
     return value
 
 
+def _check_optional_path(value: Any) -> Path | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value:
+        return Path(value).expanduser()
+    if not isinstance(value, Path):
+        raise _Invalid(f"must be a file path; got {_describe(value)}")
+    return value
+
+
 def _check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"must be true or false; got {_describe(value)}")
@@ -373,6 +393,10 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "handshake_timeout": _check_lease,
     "ack_timeout": _check_lease,
     "closed_retention": _check_retention,
+    "tls_cert": _check_optional_path,
+    "tls_key": _check_optional_path,
+    "tls_ca": _check_optional_path,
+    "tls_check_hostname": _check_bool,
     "objects": _check_objects,
 }
 
@@ -404,6 +428,9 @@ def _validate(values: Mapping[str, Any], where: Mapping[str, str]) -> dict[str, 
             f" max_message_size is {message_size} ({where_m}), max_frame_size is {frame_size} ({where_f});"
             f" lower max_message_size or raise max_frame_size"
         )
+    if (checked["tls_cert"] is None) != (checked["tls_key"] is None):
+        given = "tls_cert" if checked["tls_cert"] is not None else "tls_key"
+        raise ConfigError(f"{where[given]}: [tls] cert and key go together; give both, or neither for plain TCP")
     return checked
 
 
@@ -465,15 +492,26 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "limits": ("max_message_size", "max_frame_size", "max_connections"),
     "receive": ("lease_seconds", "poison_rollbacks"),
     "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention"),
+    "tls": ("cert", "key", "ca", "check_hostname"),
 }
 #: Field names whose key in the file is spelled differently.
 _FILE_KEY_FOR_FIELD: Final = {
     "listen_host": "listen",
     "listen_port": "listen",
     "receive_lease": "lease_seconds",
+    "tls_cert": "cert",
+    "tls_key": "key",
+    "tls_ca": "ca",
+    "tls_check_hostname": "check_hostname",
 }
 #: Keys whose field name is spelled differently; the rest are the same.
-_FIELD_FOR_FILE_KEY: Final = {"lease_seconds": "receive_lease"}
+_FIELD_FOR_FILE_KEY: Final = {
+    "lease_seconds": "receive_lease",
+    "cert": "tls_cert",
+    "key": "tls_key",
+    "ca": "tls_ca",
+    "check_hostname": "tls_check_hostname",
+}
 
 #: An array-of-tables header at the start of a line: [[queue]], [[ "queue" ]], [['queue']] # comment
 _HEADER: Final = re.compile(
@@ -563,6 +601,12 @@ def _read_section(
             if not data_dir.is_absolute():
                 data_dir = path.parent.absolute() / data_dir
             values["data_dir"], where["data_dir"] = data_dir, label
+        elif section == "tls" and key in ("cert", "key", "ca"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{label}: must be a file path (a non-empty string); got {_describe(value)}")
+            file = Path(value).expanduser()
+            name = _FIELD_FOR_FILE_KEY[key]
+            values[name], where[name] = (file if file.is_absolute() else path.parent.absolute() / file), label
         else:
             name = _FIELD_FOR_FILE_KEY.get(key, key)
             values[name], where[name] = value, label  # checked in _validate, with this label

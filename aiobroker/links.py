@@ -135,7 +135,12 @@ class PeerLinks:
         host, port = parse_tcp_address(address)
         try:
             with anyio.fail_after(cfg.connect_timeout):
-                stream = await anyio.connect_tcp(host, port)
+                tls = self.node.link_tls
+                stream = (
+                    await anyio.connect_tcp(host, port, ssl_context=tls, tls_standard_compatible=False)
+                    if tls is not None
+                    else await anyio.connect_tcp(host, port)
+                )
         except TimeoutError:
             raise LinkError(f"no connection within {cfg.connect_timeout:g}s (connect_timeout)") from None
         conn = FramedConnection(stream, max_frame_size=cfg.max_frame_size, peer=address)

@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import os
+import ssl
 import time
 import uuid
 from collections import deque
@@ -30,7 +31,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import Listener, SocketAttribute, TaskGroup
 
 from . import __version__
 from .config import NodeConfig
@@ -41,6 +42,7 @@ from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
 from .transport.connection import FramedConnection
+from .transport.tls import RefusingTLSListener, client_context, server_context
 from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
 from .writer import StoreWriter
 
@@ -123,6 +125,8 @@ class Node:
         self.port = self.config.listen_port
         self.requests_served = 0
         self.links = PeerLinks(self)
+        #: how this node's links connect when it speaks TLS (None: plain TCP)
+        self.link_tls: ssl.SSLContext | None = None
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -168,8 +172,14 @@ class Node:
         self._apply_config_objects()
         self.writer = StoreWriter(self.core, self.store, self._on_published, self.links.wake_ready)
         await self.writer.drain()
+        server_tls = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            server_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+            self.link_tls = client_context(
+                ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key, check_hostname=cfg.tls_check_hostname
+            )
         try:
-            listener = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
+            listener: Listener[Any] = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
         except OSError as exc:
             await anyio.to_thread.run_sync(self.store.close)
             raise ConfigError(
@@ -178,6 +188,10 @@ class Node:
             ) from exc
         sockname = listener.extra(SocketAttribute.local_address)
         self.host, self.port = str(sockname[0]), int(sockname[1])
+        if server_tls is not None:
+            listener = RefusingTLSListener(
+                listener, server_tls, standard_compatible=False, handshake_timeout=HANDSHAKE_TIMEOUT
+            )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self.writer.run)
@@ -235,7 +249,7 @@ class Node:
 
     # --------------------------------------------------------------------------------------------- connections
 
-    async def _handle_connection(self, stream: SocketStream) -> None:
+    async def _handle_connection(self, stream: Any) -> None:
         try:
             addr = stream.extra(SocketAttribute.remote_address)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from typing import Any
 
 import anyio
@@ -52,6 +53,9 @@ def describe_os_error(exc: BaseException) -> str:
             stack.extend(e.exceptions)
         if e.__cause__ is not None:
             stack.append(e.__cause__)
+        if isinstance(e, ssl.SSLError):
+            detail = getattr(e, "verify_message", None) or e.reason or str(e)
+            return f"TLS handshake failed: {detail}"
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno).lower()  # asyncio's own strerror says only "Connect call failed"
     return str(exc) or type(exc).__name__

@@ -23,6 +23,7 @@ Exit status: 0 all ran and passed; 1 a floor failed; 2 an exactly-once check fai
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import shutil
@@ -32,7 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as `python -m benchmarks.<name>`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 from common import (
     LOGS_DIR,
     LOOPBACK,
@@ -45,7 +49,6 @@ from common import (
     fmt_ms,
     fmt_rate,
     fmt_size,
-    latency_summary,
     make_body,
     median,
     print_table,
@@ -187,7 +190,7 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
     deadline = Deadline(args.max_seconds)
     checker = SequenceChecker(total)
     problems: list[str] = []
-    samples: list[tuple[int, int]] = []  # (send ns, latency ns)
+    samples: list[tuple[int, int, int]] = []  # (seq, send ns, receive ns)
     progress = Progress(f"node {args.store} {fmt_size(size)} latency at {rate:,.0f} msg/s", total)
     pace: dict[str, Any] = {}
 
@@ -212,8 +215,7 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
                 last_progress = time.monotonic()
                 now = time.monotonic_ns()
                 for m in batch.messages:
-                    sent_ns = body_send_ns(m.body)
-                    samples.append((sent_ns, now - sent_ns))
+                    samples.append((body_seq(m.body), body_send_ns(m.body), now))
                 check_batch(batch, checker, problems)
                 await batch.commit()
 
@@ -228,7 +230,6 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
     if problems:
         summary["exactly_once"] = False
         summary["first_problems"] = problems + summary["first_problems"]
-    warm_end = pace.get("start_ns", 0) + int(args.warmup * 1e9)
     return {
         "mode": "latency",
         "store": args.store,
@@ -237,7 +238,7 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "pacing": pace,
-        "latency": latency_summary([d for s, d in samples if s >= warm_end]),
+        **common.latency_report(samples, start_ns=pace.get("start_ns", 0), warmup=args.warmup, rate=rate),
         "timed_out": scope.cancelled_caught,
         "check": summary,
     }
@@ -422,11 +423,12 @@ def main_bench(argv: list[str]) -> int:
                 try:
                     if target == "relay":
                         res = common.run_unless_busy(
-                            lambda: relay.run_relay_case(mode="throughput", size=size, hops=1, **relay_kw),
+                            functools.partial(relay.run_relay_case, mode="throughput", size=size, hops=1,
+                                              **relay_kw),
                             args.retry_busy, label.strip())
                     else:
                         res = common.run_unless_busy(
-                            lambda: run_node_case(mode="throughput", store=target, size=size, **node_kw),
+                            functools.partial(run_node_case, mode="throughput", store=target, size=size, **node_kw),
                             args.retry_busy, label.strip())
                 except BenchError as exc:
                     print(f"  {label}: ERROR: {exc}", flush=True)
@@ -454,12 +456,12 @@ def main_bench(argv: list[str]) -> int:
             try:
                 if target == "relay":
                     res = common.run_unless_busy(
-                        lambda: relay.run_relay_case(mode="latency", size=size, hops=1, rate=args.rate,
-                                                     duration=duration, warmup=warmup, **common_kw),
+                        functools.partial(relay.run_relay_case, mode="latency", size=size, hops=1, rate=args.rate,
+                                          duration=duration, warmup=warmup, **common_kw),
                         args.retry_busy, label.strip())
                 else:
                     res = common.run_unless_busy(
-                        lambda: run_node_case(mode="latency", store=target, size=size, **node_kw),
+                        functools.partial(run_node_case, mode="latency", store=target, size=size, **node_kw),
                         args.retry_busy, label.strip())
             except BenchError as exc:
                 print(f"  {label}: ERROR: {exc}", flush=True)

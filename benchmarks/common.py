@@ -54,11 +54,11 @@ def make_body(size: int, seq: int, send_ns: int | None = None, *, _pads: dict[in
 
 
 def body_send_ns(body: bytes) -> int:
-    return _SEQ.unpack_from(body, 0)[0]
+    return int(_SEQ.unpack_from(body, 0)[0])
 
 
 def body_seq(body: bytes) -> int:
-    return _SEQ.unpack_from(body, 8)[0]
+    return int(_SEQ.unpack_from(body, 8)[0])
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -158,6 +158,26 @@ def latency_summary(latencies_ns: Sequence[int]) -> dict[str, Any]:
         "max_ms": (values[-1] * ms) if values else float("nan"),
         "min_ms": (values[0] * ms) if values else float("nan"),
     }
+
+
+def latency_report(
+    samples: Sequence[tuple[int, int, int]], *, start_ns: int, warmup: float, rate: float
+) -> dict[str, Any]:
+    """Latency figures from ``(seq, send_ns, recv_ns)`` samples of a paced run, after ``warmup`` seconds.
+
+    ``latency`` is receive time - the send time written in the body (what the floors use). ``from_schedule`` is
+    receive time - the time the message was due (``start + seq / rate``): it also counts the time a message waited
+    because the producer was held up (for instance by a slow ``send_many``), which ``latency`` cannot see.
+    """
+    warm_end = start_ns + int(warmup * 1e9)
+    ns_per_msg = 1e9 / rate
+    from_send = [r - s for _, s, r in samples if s >= warm_end]
+    from_schedule = []
+    for seq, _, r in samples:
+        due = start_ns + int(seq * ns_per_msg)
+        if due >= warm_end:
+            from_schedule.append(r - due)
+    return {"latency": latency_summary(from_send), "from_schedule": latency_summary(from_schedule)}
 
 
 def median(values: Sequence[float]) -> float:
@@ -281,7 +301,7 @@ def free_port() -> int:
     """A loopback TCP port that was free a moment ago (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def start_process(
@@ -432,7 +452,7 @@ def run_worker(
     finally:
         if proc.poll() is None:
             stop_process(proc)
-    result = None
+    result: dict[str, Any] | None = None
     for line in out.decode(errors="replace").splitlines():
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
@@ -534,8 +554,8 @@ async def paced_send(
     """
     import anyio
 
-    start = time.monotonic()
     start_ns = time.monotonic_ns()
+    start = start_ns / 1e9  # time.monotonic() and time.monotonic_ns() read the same clock
     deadline = start + max_seconds
     sent = 0
     max_lag = 0.0
@@ -661,7 +681,7 @@ class CpuMeter:
     @staticmethod
     def contention(cpu: dict[str, Any]) -> float:
         """Cores' worth of CPU the run did not get: other processes' use plus the hypervisor's steal."""
-        return cpu.get("others_cores", 0.0) + cpu.get("steal_cores", 0.0)
+        return float(cpu.get("others_cores", 0.0)) + float(cpu.get("steal_cores", 0.0))
 
 
 def machine_busy_now(sample_s: float = 0.5) -> float | None:
@@ -671,7 +691,7 @@ def machine_busy_now(sample_s: float = 0.5) -> float | None:
     b = machine_cpu_seconds()
     if not a or not b:
         return None
-    return (b[0] - a[0]) / sample_s
+    return float(b[0] - a[0]) / sample_s
 
 
 def wait_until_quiet(max_wait: float, threshold: float = 0.15, *, say: Callable[[str], None] | None = None) -> float | None:

@@ -32,14 +32,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import common
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as `python -m benchmarks.<name>`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 from common import (
     LOGS_DIR,
     LOOPBACK,
@@ -52,7 +56,6 @@ from common import (
     fmt_ms,
     fmt_rate,
     fmt_size,
-    latency_summary,
     make_body,
     median,
     print_table,
@@ -64,7 +67,7 @@ from common import (
 )
 
 import anyio  # noqa: E402  (after common, which puts the repository on sys.path)
-from anyio.abc import SocketStream  # noqa: E402
+from anyio.abc import SocketListener, SocketStream  # noqa: E402
 
 
 def _load_codec() -> Any:
@@ -162,15 +165,17 @@ async def forward(src: SocketStream, dst: SocketStream, mode: str) -> tuple[int,
                 carry += chunk
                 continue
             frames_total += len(frames)
-            data = carry + chunk if carry else chunk  # the one copy that joining into one write needs
+            # The carried-over start of a frame + the whole frames of this chunk, joined with one copy; the
+            # tail of an incomplete frame (always inside this chunk: the carry held no whole frame) is kept.
             rest = decoder.buffered
             if rest:
-                cut = len(data) - rest
-                carry = data[cut:]
-                await send(memoryview(data)[:cut])  # a view: no second copy of the chunk
+                cut = len(chunk) - rest
+                data = b"".join((carry, memoryview(chunk)[:cut])) if carry else chunk[:cut]
+                carry = chunk[cut:]
             else:
+                data = carry + chunk if carry else chunk
                 carry = b""
-                await send(data)
+            await send(data)
     else:
         for chunks in range(1, MAX_CHUNKS_PER_SESSION):  # noqa: B007
             try:
@@ -267,7 +272,7 @@ async def serve_main(args: argparse.Namespace) -> None:
         to = f" -> {forward_to[0]}:{forward_to[1]}" if forward_to else ""
         print(f"relay listening on {args.host}:{args.port}{to} (forward={args.forward})", flush=True)
         async with listener:
-            accept = listener.listeners[0].accept  # one loopback address, one listener
+            accept = cast(SocketListener, listener.listeners[0]).accept  # one loopback address, one listener
             for _ in range(MAX_CONNECTIONS):
                 tg.start_soon(relay.handle, await accept())
             print(f"relay: stopping after {MAX_CONNECTIONS:,} connections", flush=True)
@@ -441,7 +446,7 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
     deadline = Deadline(args.max_seconds)
     producer, consumer = await connect_pair(args.entry_port, args.exit_port)
     checker = SequenceChecker(total)
-    samples: list[tuple[int, int]] = []  # (send ns, latency ns)
+    samples: list[tuple[int, int, int]] = []  # (seq, send ns, receive ns)
     progress = Progress(f"relay {fmt_size(size)} latency at {rate:,.0f} msg/s", total)
 
     async def send_batch(first: int, count: int) -> None:
@@ -456,9 +461,9 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
                 break
             now = time.monotonic_ns()
             for body in decoder.feed(chunk):
-                sent_ns = body_send_ns(body)
-                samples.append((sent_ns, now - sent_ns))
-                checker.see(body_seq(body))
+                seq = body_seq(body)
+                samples.append((seq, body_send_ns(body), now))
+                checker.see(seq)
             if checker.complete:
                 break
 
@@ -471,8 +476,6 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
             await producer.send_eof()
     await producer.aclose()
     await consumer.aclose()
-    warm_end = pace.get("start_ns", 0) + int(args.warmup * 1e9)
-    lat = [d for s, d in samples if s >= warm_end]
     return {
         "mode": "latency",
         "size": size,
@@ -481,7 +484,7 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "pacing": pace,
-        "latency": latency_summary(lat),
+        **common.latency_report(samples, start_ns=pace.get("start_ns", 0), warmup=args.warmup, rate=rate),
         "timed_out": scope.cancelled_caught,
         "check": checker.summary(),
     }
@@ -567,13 +570,13 @@ def describe_run(res: dict[str, Any]) -> str:
 
 def describe_latency(res: dict[str, Any]) -> str:
     """One progress line for a finished latency run."""
-    lat, pace = res["latency"], res["pacing"]
+    lat, pace, sched = res["latency"], res["pacing"], res.get("from_schedule", {})
     others = common.CpuMeter.contention(res.get("cpu", {}))
     busy = f", OTHER PROCESSES (OR STEAL) TOOK {others:.2f} CORES" if others > common.BUSY_THRESHOLD else ""
     ok = "" if res["check"]["exactly_once"] else "; *** EXACTLY-ONCE FAILED ***"
     return (f"p50 {fmt_ms(lat['p50_ms'])} ms, p99 {fmt_ms(lat['p99_ms'])} ms, max {fmt_ms(lat['max_ms'])} ms "
-            f"({lat['samples']:,} samples; sent at {pace.get('achieved_rate', 0):,.0f} msg/s, worst lag behind "
-            f"schedule {pace.get('max_schedule_lag_ms', 0):.1f} ms){ok}{busy}")
+            f"({lat['samples']:,} samples; sent at {pace.get('achieved_rate', 0):,.0f} msg/s; counted from when "
+            f"each was due: p99 {fmt_ms(sched.get('p99_ms'))} ms, max {fmt_ms(sched.get('max_ms'))} ms){ok}{busy}")
 
 
 def relay_throughput(size: int, hops: int, repeat: int, **kw: Any) -> dict[str, Any]:
@@ -581,7 +584,7 @@ def relay_throughput(size: int, hops: int, repeat: int, **kw: Any) -> dict[str, 
     runs = []
     retries = kw.pop("retry_busy", 0)
     for r in range(repeat):
-        res = common.run_unless_busy(lambda: run_relay_case(mode="throughput", size=size, hops=hops, **kw),
+        res = common.run_unless_busy(functools.partial(run_relay_case, mode="throughput", size=size, hops=hops, **kw),
                                      retries, f"relay {fmt_size(size)} {hops} hop(s)")
         runs.append(res)
         print(f"    relay {fmt_size(size)} {hops} hop(s) run {r + 1}/{repeat}: {describe_run(res)}", flush=True)
@@ -635,7 +638,9 @@ def bench_cli(argv: list[str]) -> int:
     warmup = 0.3 if args.quick else 1.0
     kw = dict(messages=messages, batch=args.batch, forward=args.forward, verify=args.verify,
               max_seconds=args.max_seconds, pin=args.pin, wait_idle=args.wait_idle, retry_busy=args.retry_busy)
-    rows, results, failed = [], [], False
+    rows: list[list[Any]] = []
+    results: list[dict[str, Any]] = []
+    failed = False
     try:
         for hops in hops_list:
             for size in sizes:
@@ -646,9 +651,9 @@ def bench_cli(argv: list[str]) -> int:
                 if not args.no_latency:
                     print(f"    latency at {args.rate:,.0f} msg/s for {duration} s ...", flush=True)
                     lat = common.run_unless_busy(
-                        lambda: run_relay_case(mode="latency", size=size, hops=hops, rate=args.rate,
-                                               duration=duration, warmup=warmup, max_seconds=args.max_seconds,
-                                               forward=args.forward, pin=args.pin, wait_idle=args.wait_idle),
+                        functools.partial(run_relay_case, mode="latency", size=size, hops=hops, rate=args.rate,
+                                          duration=duration, warmup=warmup, max_seconds=args.max_seconds,
+                                          forward=args.forward, pin=args.pin, wait_idle=args.wait_idle),
                         args.retry_busy, f"relay {fmt_size(size)} latency")
                     print(f"    {describe_latency(lat)}", flush=True)
                 once = thr["exactly_once"] and (lat is None or lat["check"]["exactly_once"])

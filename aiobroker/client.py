@@ -141,8 +141,13 @@ class Dialog:
 
     async def send_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Send several messages in order, in one frame; returns once the node has stored all of them."""
+        await self.start_send_many(messages).wait()
+
+    def start_send_many(self, messages: Sequence[tuple[str, bytes]]) -> PendingReply:
+        """Like :meth:`send_many`, but returns as soon as the batch is on its way: ``await .wait()`` for the
+        node's acknowledgement. Batches started one after another are stored in that order."""
         batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
-        await self.client.request("send", {"handle": self.handle, "messages": batch})
+        return self.client.start_request("send", {"handle": self.handle, "messages": batch})
 
     async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
         """End this side: sends EndDialog after what is queued, or with ``error=(code > 0, text)`` an Error
@@ -196,8 +201,17 @@ class ReceivedBatch:
     async def commit(self) -> None:
         """Remove the messages from the queue (durably); they will not be received again."""
         if not self._settled:
-            self._settled = True
-            await self.client.request("commit", {"lease": self.lease})
+            await self.start_commit().wait()
+
+    def start_commit(self) -> PendingReply:
+        """Like :meth:`commit`, but returns as soon as the request is on its way, so the next ``receive`` can
+        follow it at once (the node handles them in order: the group is unlocked before the receive)."""
+        if self._settled:
+            done = PendingReply()
+            done.event.set()
+            return done
+        self._settled = True
+        return self.client.start_request("commit", {"lease": self.lease})
 
     async def rollback(self) -> None:
         """Put the messages back at the front of their group (counts toward poison-message handling)."""
@@ -222,13 +236,25 @@ class ReceivedBatch:
         return f"<ReceivedBatch lease={self.lease} messages={len(self.messages)}>"
 
 
-class _Pending:
+class PendingReply:
+    """A request already sent; ``await pending.wait()`` gives its result (or raises its error)."""
+
     __slots__ = ("event", "result", "error")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.result: Any = None
         self.error: BrokerError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> Any:
+        await self.event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class Client:
@@ -252,7 +278,7 @@ class Client:
         self.server_info: dict[str, Any] = {}
         self._conn: FramedConnection | None = None
         self._tg: TaskGroup | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingReply] = {}
         self._ids = itertools.count(1)
         self._closed_reason: str | None = None
         self._max_frame = 16 * 1024 * 1024
@@ -365,28 +391,28 @@ class Client:
 
     # ------------------------------------------------------------------------------------------------ requests
 
-    async def request(self, op: str, args: dict[str, Any]) -> Any:
-        """Send one request and wait for its answer (the building block of every other call)."""
+    def start_request(self, op: str, args: dict[str, Any]) -> PendingReply:
+        """Send one request now, without waiting for its answer; requests leave (and the node handles them) in
+        the order they were started. ``await pending.wait()`` for the result. This is how to pipeline: several
+        ``send_many`` in flight on one conversation stay in order."""
         conn = self._conn
         if conn is None or conn.closed:
             raise ConnectionLost(
                 f"not connected to {self.url}" + (f" ({self._closed_reason})" if self._closed_reason else "")
             )
         rid = next(self._ids)
-        p = _Pending()
+        p = PendingReply()
         self._pending[rid] = p
         try:
             conn.send([10, rid, op, args], limit=self._max_frame)
         except BrokerError:
             self._pending.pop(rid, None)
             raise
-        try:
-            await p.event.wait()
-        finally:
-            self._pending.pop(rid, None)
-        if p.error is not None:
-            raise p.error
-        return p.result
+        return p
+
+    async def request(self, op: str, args: dict[str, Any]) -> Any:
+        """Send one request and wait for its answer (the building block of every other call)."""
+        return await self.start_request(op, args).wait()
 
     # -------------------------------------------------------------------------------------------------- catalog
 
@@ -533,4 +559,4 @@ def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Cli
     return Client(url, **options)
 
 
-__all__ = ["Client", "Dialog", "Message", "ReceivedBatch", "connect", "parse_url", "MessageTooLarge"]
+__all__ = ["Client", "Dialog", "Message", "PendingReply", "ReceivedBatch", "connect", "parse_url", "MessageTooLarge"]

@@ -342,3 +342,20 @@ async def test_a_request_over_the_frame_limit_is_refused_before_it_is_sent(tmp_p
                 received += len(batch)
                 await batch.commit()
             assert received == 2
+
+
+async def test_pipelined_batches_keep_their_order_and_a_started_commit_frees_the_group(node: aiobroker.Node) -> None:
+    async with aiobroker.connect(node.url) as client:
+        dialog = await setup_pair(client)
+        pending = [dialog.start_send_many([("DEFAULT", b"%d" % (10 * b + i)) for i in range(10)]) for b in range(20)]
+        assert [await p.wait() for p in pending] == [10] * 20
+        got: list[int] = []
+        batch = await client.receive("qt", max_messages=50, timeout=5)
+        while batch:
+            got.extend(int(m.body) for m in batch)
+            size = len(batch)
+            committing = batch.start_commit()
+            # the commit left first, so the group is unlocked when this receive (which does not wait) arrives
+            batch = await client.receive("qt", max_messages=50, timeout=0)
+            assert await committing.wait() == size
+        assert got == list(range(200)), "every batch came at once after the commit before it"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections import deque
 import importlib
 import importlib.util
 import shutil
@@ -111,6 +112,8 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
         dialog = await setup_node(producer_client)
 
         async def produce() -> None:
+            # a window of batches in flight: started in order, so stored in order (Dialog.start_send_many)
+            window: deque[Any] = deque()
             sent = 0
             for _ in range(n // batch_size + 2):
                 if sent >= n or deadline.passed:
@@ -120,10 +123,16 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 msgs = [(MESSAGE_TYPE, make_body(size, sent + i, now)) for i in range(k)]
                 if state["t_first"] is None:
                     state["t_first"] = time.monotonic_ns()
-                await dialog.send_many(msgs)
+                window.append(dialog.start_send_many(msgs))
+                if len(window) >= args.window:
+                    await window.popleft().wait()
                 sent += k
                 state["sent"] = sent
+            for pending in window:
+                await pending.wait()
             state["producer_done"] = True
+
+        commits: deque[Any] = deque()
 
         async def consume() -> None:
             extra_checks = 0
@@ -148,7 +157,9 @@ async def load_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 check_batch(batch, checker, problems)
                 if checker.complete and state["t_last"] is None:
                     state["t_last"] = now
-                await batch.commit()
+                commits.append(batch.start_commit())  # overlaps the next receive, which follows it in order
+                while commits and commits[0].done:
+                    await commits.popleft().wait()
                 progress.tick(checker.expected)
 
         with anyio.move_on_after(deadline.left()) as scope:
@@ -253,6 +264,7 @@ def load_cli(argv: list[str]) -> int:
     p.add_argument("--messages", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--receive-batch", type=int, default=1000)
+    p.add_argument("--window", type=int, default=4, help="send batches in flight at once (pipelined, in order)")
     p.add_argument("--rate", type=float, default=5000.0)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)

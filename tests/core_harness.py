@@ -58,6 +58,7 @@ class Harness:
     def flush(self) -> set[str]:
         batch, pending = self.core.seal()
         self.store.write(batch)
+        self.core.durable_upto = self.core.sealed_upto  # as the shell's writer does after a write
         return self.core.publish(pending)
 
     def advance(self, seconds: float) -> list[Lease]:

@@ -1,0 +1,189 @@
+"""Exactly once and in order between two nodes' cores, envelopes handed across by hand (no sockets)."""
+
+from __future__ import annotations
+
+from core_harness import Harness
+
+from aiobroker.core.catalog import END_DIALOG, ERROR
+from aiobroker.core.conversation import State
+from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+
+A_ADDR, B_ADDR = "tcp://a:1", "tcp://b:1"
+
+
+def pair(**options: object) -> tuple[Harness, Harness, str]:
+    """Node a (service svcA) and node b (service svcB, accepts DEFAULT), routes both ways, one dialog a -> b."""
+    a, b = Harness(**options), Harness(**options)  # type: ignore[arg-type]
+    a.service("svcA", "qa", [])
+    b.service("svcB", "qb")
+    a.core.create_object("route", {"name": "to-b", "service_name": "svcB", "address": B_ADDR}, a.now)
+    b.core.create_object("route", {"name": "to-a", "service_name": "svcA", "address": A_ADDR}, b.now)
+    a.flush()
+    b.flush()
+    handle = a.core.begin_dialog(from_service="svcA", to_service="svcB", contract="DEFAULT", now=a.now).handle
+    a.flush()
+    return a, b, handle
+
+
+def carry(src: Harness, dst: Harness, address: str, *, drop: set[int] | None = None) -> list[list[object]]:
+    """What ``src`` sends to ``address`` arrives at ``dst`` (except envelopes whose seq is in ``drop``); the acks
+    come back once ``dst`` has stored what it delivered. Returns the acks."""
+    envelopes = [e for e in src.core.outgoing(address, 10_000) if not drop or e[3] not in drop]
+    acks, forwards = dst.core.accept(envelopes, dst.now)
+    assert forwards == {}
+    dst.flush()
+    src.core.acknowledged(acks, src.now)
+    src.flush()
+    return acks
+
+
+def bodies(h: Harness, queue: str) -> list[bytes]:
+    return [x[3] for x in h.drain(queue)]
+
+
+def test_messages_cross_once_in_order_and_acknowledged_ones_leave_the_sender() -> None:
+    a, b, handle = pair()
+    a.send(handle, *[b"%d" % i for i in range(10)])
+    assert a.core.statistics()["transmission"]["messages"] == 10
+    acks = carry(a, b, B_ADDR)
+    assert [ack[3] for ack in acks] == [10], "one cumulative ack for the run"
+    assert bodies(b, "qb") == [b"%d" % i for i in range(10)]
+    assert a.core.statistics()["transmission"]["messages"] == 0
+    assert all(row.location != "tx" for row in a.store.messages.values()), "acknowledged rows leave the store"
+    assert a.core.endpoints[handle].far_broker_instance == b.core.broker_instance, "sticky after the first ack"
+
+
+def test_duplicates_are_acknowledged_and_dropped() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"1", b"2", b"3")
+    envelopes = a.core.outgoing(B_ADDR, 100)
+    b.core.accept(envelopes, b.now)
+    b.flush()
+    acks, _ = b.core.accept(envelopes, b.now)  # the same again: a resend after a lost ack
+    b.flush()
+    assert acks[0][3] == 3
+    assert bodies(b, "qb") == [b"1", b"2", b"3"]
+
+
+def test_a_gap_is_not_delivered_past_and_a_resend_fills_it() -> None:
+    a, b, handle = pair()
+    a.send(handle, *[b"%d" % i for i in range(6)])
+    acks = carry(a, b, B_ADDR, drop={2})
+    assert acks[0][3] == 2
+    assert bodies(b, "qb") == [b"0", b"1"], "nothing after the gap"
+    a.core.tx.links[B_ADDR].new_epoch()  # the acknowledgement time-out: everything unacknowledged goes again
+    carry(a, b, B_ADDR)
+    assert bodies(b, "qb") == [b"2", b"3", b"4", b"5"]
+
+
+def test_only_stored_messages_leave_for_a_peer() -> None:
+    a, b, handle = pair()
+    a.core.send(handle, [["DEFAULT", b"not yet stored"]], a.now)
+    assert a.core.outgoing(B_ADDR, 100) == [], "a crash now must not have let a peer see sequence number 0"
+    a.flush()
+    assert len(a.core.outgoing(B_ADDR, 100)) == 1
+
+
+def test_the_receiver_remembers_what_it_stored_across_a_restart() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"1", b"2")
+    envelopes = a.core.outgoing(B_ADDR, 100)
+    b.core.accept(envelopes, b.now)
+    b.flush()  # stored, but the ack never reached a
+    b2 = b.restart()
+    acks, _ = b2.core.accept(envelopes, b2.now)  # a resends after its time-out
+    b2.flush()
+    assert acks[0][3] == 2
+    assert bodies(b2, "qb") == [b"1", b"2"], "each exactly once across the restart"
+
+
+def test_the_sender_resends_after_its_own_restart() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"1", b"2")
+    a.core.outgoing(B_ADDR, 100)  # sent, then a crashed before any ack
+    a2 = a.restart()
+    carry(a2, b, B_ADDR)
+    assert bodies(b, "qb") == [b"1", b"2"]
+    assert a2.core.statistics()["transmission"]["messages"] == 0
+
+
+def test_replies_travel_back_and_end_dialog_closes_both_sides() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"request")
+    carry(a, b, B_ADDR)
+    (target, _, _, _), = b.drain("qb")
+    b.send(target, b"reply")
+    b.core.end(target, b.now)
+    b.flush()
+    carry(b, a, A_ADDR)
+    got = a.drain("qa")
+    assert [(t, body) for _, _, t, body in got] == [("DEFAULT", b"reply"), (END_DIALOG, b"")]
+    assert a.core.endpoints[handle].state is State.DISCONNECTED_INBOUND
+    assert b.core.endpoints[target].state is State.CLOSED, "kept closed to recognise retransmissions"
+
+
+def test_a_retransmitted_first_message_does_not_begin_the_conversation_twice() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"only once")
+    first = a.core.outgoing(B_ADDR, 100)
+    b.core.accept(first, b.now)
+    b.flush()
+    (target, _, _, _), = b.drain("qb")
+    b.core.end(target, b.now)
+    b.flush()
+    acks, _ = b.core.accept(first, b.now)  # the ack was lost; a resends message 0
+    b.flush()
+    assert acks[0][3] == 1
+    assert b.drain("qb") == [], "the closed endpoint swallows it; no second conversation"
+    assert len([e for e in b.core.endpoints.values() if e.conversation_id == b.core.endpoints[target].conversation_id]) == 1
+
+
+def test_a_closed_remote_endpoint_is_retired_after_closed_retention() -> None:
+    a, b, handle = pair(closed_retention=60.0)
+    a.send(handle, b"x")
+    carry(a, b, B_ADDR)
+    (target, _, _, _), = b.drain("qb")
+    b.core.end(target, b.now)
+    b.flush()
+    carry(b, a, A_ADDR)  # its EndDialog acknowledged
+    assert target in b.core.endpoints
+    b.advance(59)
+    assert target in b.core.endpoints
+    b.advance(2)
+    assert target not in b.core.endpoints and target not in b.store.endpoints
+
+
+def test_a_message_failing_the_receivers_validation_sends_an_error_back() -> None:
+    a, b, handle = pair()
+    for h in (a, b):
+        h.core.create_object("message_type", {"name": "J", "validation": "json"})
+        h.core.create_object("contract", {"name": "C", "messages": {"J": "any"}})
+        h.flush()
+    b.core.create_object("service", {"name": "svcJ", "queue": "qb", "contracts": ["C"]})
+    a.core.create_object("route", {"name": "to-j", "service_name": "svcJ", "address": B_ADDR}, a.now)
+    a.flush()
+    b.flush()
+    dialog = a.core.begin_dialog(from_service="svcA", to_service="svcJ", contract="C", now=a.now).handle
+    a.send(dialog, b"{not json", message_type="J")
+    carry(a, b, B_ADDR)
+    assert b.drain("qb") == []
+    carry(b, a, A_ADDR)
+    (_, _, mtype, body), = a.drain("qa")
+    assert mtype == ERROR
+    code, description = parse_error_body(body)
+    assert code == BrokerErrorCode.VALIDATION_FAILED and "validation 'json' failed" in description
+
+
+def test_a_target_that_does_not_accept_the_contract_refuses_the_first_message() -> None:
+    a, b, handle = pair()
+    for h in (a, b):
+        h.core.create_object("message_type", {"name": "T"})
+        h.core.create_object("contract", {"name": "C2", "messages": {"T": "any"}})
+        h.flush()
+    dialog = a.core.begin_dialog(from_service="svcA", to_service="svcB", contract="C2", now=a.now).handle
+    a.send(dialog, b"x", message_type="T")
+    carry(a, b, B_ADDR)
+    carry(b, a, A_ADDR)
+    (_, _, mtype, body), = a.drain("qa")
+    assert mtype == ERROR and parse_error_body(body)[0] == BrokerErrorCode.CONTRACT_NOT_ACCEPTED
+

@@ -1,0 +1,132 @@
+"""The resolver interface: how a node asks "where is service X?" when no route names it.
+
+A resolver answers one question at a time for one service name and knows nothing of conversations: the node's
+dispatcher makes sure there is at most one question in flight per service, however many conversations wait, and
+turns the answer into routes (``origin`` = the resolver's name, ``expires_at`` = now + ``lifetime``).
+
+- :meth:`Resolver.resolve_route` returns a :class:`RouteAnswer` (one or more addresses, with preference and
+  weight, and how long the answer holds), raises :class:`NotFound` when the source says the service does not
+  exist (a negative answer, cached for ``retry_after`` seconds), or raises :class:`ResolverError` when it could not
+  get an answer (a time-out, garbage, a non-2xx status, an unreadable file): the reason in words, which ``status``
+  and the conversation's eventual ``Error`` show.
+- A resolver is built by a factory registered in the entry point group ``aiobroker.resolvers`` (the built-in ones
+  in this package's ``pyproject.toml``), called with the resolver's table from the node's config file; a bad table
+  raises :class:`~aiobroker.errors.ConfigError` naming the key.
+
+A resolver must bound every wait (its own time-outs) and must not raise anything but these errors.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiobroker.errors import BrokerError, InvalidArgument
+
+#: How long an answer holds when its source says nothing about it.
+DEFAULT_LIFETIME = 300.0
+
+
+class ResolverError(BrokerError):
+    """No answer could be had (time-out, unreachable source, garbage). ``retry_after``: when asking again makes
+    sense, if the source said so."""
+
+    code = "resolver_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotFound(ResolverError):
+    """The source answered: it knows no such service (NXDOMAIN, an empty answer, 404, no entry in the file)."""
+
+    code = "resolver_not_found"
+
+
+def _check_address(address: Any) -> str:
+    from aiobroker.core.routing import parse_tcp_address
+
+    parse_tcp_address(address)
+    return str(address)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """One place a service can be reached."""
+
+    address: str  #: tcp://host:port
+    weight: int = 1  #: share of the load among targets of the same priority (>= 1)
+    priority: int = 0  #: lower is preferred; only the lowest priority present is used (RFC 2782)
+    broker_instance: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_address(self.address)
+        if not isinstance(self.weight, int) or isinstance(self.weight, bool) or self.weight < 1:
+            raise InvalidArgument(f"target {self.address}: weight must be a whole number >= 1, got {self.weight!r}")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool) or self.priority < 0:
+            raise InvalidArgument(f"target {self.address}: priority must be a whole number >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteAnswer:
+    """Where a service is, and for how long that holds."""
+
+    service_name: str
+    targets: tuple[Target, ...]
+    lifetime: float = DEFAULT_LIFETIME  #: seconds (a DNS TTL, an HTTP answer's lifetime); > 0
+    source: str = ""  #: what answered, for logs and status (e.g. "dnsmasq 127.0.0.1:5353", a file path, a URL)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise InvalidArgument(f"an answer for {self.service_name!r} needs at least one target (else: NotFound)")
+        if not (isinstance(self.lifetime, (int, float)) and 0 < self.lifetime < math.inf):
+            raise InvalidArgument(f"an answer's lifetime must be a number of seconds > 0, got {self.lifetime!r}")
+
+    def preferred(self) -> tuple[Target, ...]:
+        """The targets of the lowest priority present: the ones routes are made for."""
+        best = min(t.priority for t in self.targets)
+        return tuple(t for t in self.targets if t.priority == best)
+
+
+class Resolver(ABC):
+    """Answers where a service is. One instance per node; ``resolve_route`` may be called concurrently for
+    different services."""
+
+    #: the name it is registered under (and the ``origin`` of the routes it makes)
+    name: str = "resolver"
+
+    @abstractmethod
+    async def resolve_route(self, service_name: str) -> RouteAnswer:
+        """Where ``service_name`` is. Raises :class:`NotFound` or :class:`ResolverError`, nothing else."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional
+        """Release connections, watches, files."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``status`` shows about it."""
+        return {"resolver": self.name}
+
+
+#: A factory: the resolver's config table (``[resolver]`` minus ``kind``) → a resolver.
+ResolverFactory = Callable[[Mapping[str, Any]], Resolver]
+
+ENTRY_POINT_GROUP = "aiobroker.resolvers"
+
+
+def load_resolver(kind: str, options: Mapping[str, Any]) -> Resolver:
+    """Build the resolver registered as ``kind`` in the entry point group ``aiobroker.resolvers``."""
+    from importlib.metadata import entry_points
+
+    from aiobroker.errors import ConfigError
+
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if kind not in found:
+        known = ", ".join(sorted(found)) or "none installed"
+        raise ConfigError(f"[resolver] kind {kind!r} is not a registered resolver (known: {known})")
+    factory: ResolverFactory = found[kind].load()
+    return factory(options)

@@ -255,13 +255,16 @@ def test_delayed_messages_survive_a_restart() -> None:
     assert bodies(h2.drain("ql")) == [b"1", b"2"]
 
 
-def test_ending_a_delayed_conversation_with_error_drops_its_waiting_messages() -> None:
+@pytest.mark.parametrize("error", [None, (1, "gave up")])
+def test_ending_a_delayed_conversation_takes_its_waiting_messages_out(error: tuple[int, str] | None) -> None:
     h = Harness()
     h.service("init", "qi", [])
     handle = h.core.begin_dialog(from_service="init", to_service="later", contract="DEFAULT", now=h.now).handle
-    h.send(handle, b"1")
-    h.core.end(handle, h.now, error=(1, "gave up"))
+    h.send(handle, b"1", b"2")
+    assert h.core.end(handle, h.now, error=error) == 2, "the caller is told how many were dropped"
     h.flush()
+    assert h.core.statistics()["delayed"] == {}
+    assert h.core.tx.delayed_total == 0
     h.service("later", "ql")
-    got = h.drain("ql")
-    assert [t for _, _, t, _ in got] == [ERROR], "only the Error travels; the waiting message was dropped"
+    assert h.drain("ql") == [], "nothing of it ever reached the far side, so nothing goes now"
+    assert h.store.messages == {}

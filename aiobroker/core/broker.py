@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import (
     ContractViolation,
+    Overloaded,
     ConversationError,
     InvalidArgument,
     LeaseExpired,
@@ -41,10 +42,22 @@ from ..errors import (
     UnknownObject,
 )
 from ..store.base import MessageRow, Snapshot, WriteBatch
-from .catalog import DIALOG_TIMER, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, Catalog, CatalogObject, QueueDef, Service
+from .catalog import (
+    DIALOG_TIMER,
+    DISPATCHER_SERVICE,
+    END_DIALOG,
+    ERROR,
+    SYSTEM_MESSAGE_TYPES,
+    Catalog,
+    CatalogObject,
+    QueueDef,
+    Service,
+)
 from .names import check_name
 from .conversation import MAX_LIFETIME, Endpoint, State
 from .dialog_errors import BrokerErrorCode, error_body, parse_error_body
+from .dispatcher import ROUTE, Dispatcher
+from .dynamic import _DISPATCH, _REFRESH, DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
 from .transmission import TransmissionQueue
@@ -63,7 +76,7 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-class BrokerCore(Federation):
+class BrokerCore(Federation, DynamicRouting):
     """All of one node's conversation state. Single-threaded: the shell calls it from its event loop only."""
 
     def __init__(
@@ -78,6 +91,10 @@ class BrokerCore(Federation):
         forwarding: bool = False,
         max_hops: int = DEFAULT_MAX_HOPS,
         closed_retention: float = DEFAULT_CLOSED_RETENTION,
+        resolver_name: str | None = None,
+        resolve_timeout: float | None = None,
+        max_delayed_per_service: int = 100_000,
+        max_delayed_messages: int = 1_000_000,
         new_id: Callable[[], str] = _uuid,
     ) -> None:
         self.broker_instance = broker_instance
@@ -91,6 +108,14 @@ class BrokerCore(Federation):
         self.forwarding = forwarding
         self.max_hops = max_hops
         self.closed_retention = closed_retention
+        #: dynamic routing: the resolver asked (None: the BCN service, if there is one), and the bounds on what
+        #: may wait for it (a send past them fails at once: nothing is dropped silently)
+        self.resolver_name = resolver_name
+        self.dispatcher = Dispatcher(resolve_timeout=resolve_timeout)
+        self.resolve_requests: list[tuple[str, str]] = []
+        self.route_traffic: set[str] = set()
+        self.max_delayed_per_service = max_delayed_per_service
+        self.max_delayed_messages = max_delayed_messages
 
         self.catalog = Catalog()
         self.queues: dict[str, MessageQueue] = {}
@@ -349,12 +374,28 @@ class BrokerCore(Federation):
                 ep.send_seq += len(messages)  # its side ended; it said so with EndDialog or Error
             else:
                 self._deliver_user_messages(ep, target, messages, types, now)
-        elif target is not None or ep.delayed is not None:
-            self.queue_outgoing(ep, messages, now)  # remote, or DELAYED: stored until acknowledged
+        elif target is not None:
+            self.queue_outgoing(ep, messages, now)  # remote: stored until acknowledged
+        elif ep.delayed is not None:
+            self._check_delay_bounds(ep, len(messages))
+            self.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
         else:
             ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
         self._touch(ep)
         return len(messages)
+
+    def _check_delay_bounds(self, ep: Endpoint, n: int) -> None:
+        waiting = self.tx.delayed_count.get(ep.far_service, 0)
+        if waiting + n > self.max_delayed_per_service:
+            raise Overloaded(
+                f"{waiting} message(s) already wait for a route to service {ep.far_service!r}"
+                f" (max_delayed_per_service is {self.max_delayed_per_service}); nothing was sent: {ep.delayed}"
+            )
+        if self.tx.delayed_total + n > self.max_delayed_messages:
+            raise Overloaded(
+                f"{self.tx.delayed_total} message(s) already wait for routes on this node (max_delayed_messages is"
+                f" {self.max_delayed_messages}); nothing was sent"
+            )
 
     def _refuse_type(self, ep: Endpoint, message_type: Any) -> None:
         if message_type in SYSTEM_MESSAGE_TYPES:
@@ -480,6 +521,9 @@ class BrokerCore(Federation):
         self._enqueue(far, seq, message_type, body, now)
 
     def _enqueue(self, ep: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+        if ep.service == DISPATCHER_SERVICE:
+            self.bcn_reply(ep, message_type, body, now)  # the node's own requests: consumed, never queued
+            return
         queue_name = self.catalog.services[ep.service].queue
         mid = self._next_message_id
         self._next_message_id = mid + 1
@@ -557,7 +601,9 @@ class BrokerCore(Federation):
             self._enqueue(ep, -1, ERROR, error_body(code, description), now)
         self._touch(ep)
 
-    def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
+    def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int:
+        """End this side. Returns how many DELAYED messages were dropped (they had not left: nothing to deliver
+        them to yet)."""
         ep = self.endpoint(handle)
         if ep.state is State.CLOSED:
             raise ConversationError(f"conversation {handle} has already ended on this side")
@@ -565,8 +611,17 @@ class BrokerCore(Federation):
             code, description = error
             if not isinstance(code, int) or isinstance(code, bool) or code <= 0 or not isinstance(description, str):
                 raise InvalidArgument("end(error=(code, description)) takes a code > 0 and a description string")
+        dropped = 0
+        if ep.delayed is not None:
+            # what waits for a route is dropped (the caller is told how many); if nothing ever reached the far
+            # side, it has nothing to be told either
+            dropped = self.drop_outgoing(ep)
+            self._touch(ep)
+        heard_of = ep.recv_seq > 0 or ep.far_handle is not None or ep.far_broker_instance is not None or (
+            ep.send_seq > dropped and ep.handle in self.tx.route_of
+        )
         # the far side knows of the conversation once a message went either way: then it is told
-        if not cleanup and ep.state.can_send and (ep.send_seq > 0 or ep.recv_seq > 0):
+        if not cleanup and ep.state.can_send and heard_of:
             if error is not None:
                 self.drop_outgoing(ep)
                 self._emit(ep, ERROR, error_body(error[0], error[1]), now)
@@ -584,6 +639,7 @@ class BrokerCore(Federation):
         if handle not in self.tx:
             self._retire(ep, now)
         # else: it stays CLOSED until its last messages (ending with EndDialog) are acknowledged
+        return dropped
 
     def _retire(self, ep: Endpoint, now: float) -> None:
         """A closed endpoint with nothing left to send: gone now if its far side is on this node (or never heard
@@ -628,6 +684,9 @@ class BrokerCore(Federation):
         if ep.timer_at is not None:
             heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
 
+    def _schedule(self, when: float, kind: int, key: str) -> None:
+        heapq.heappush(self._deadlines, (when, kind, key))
+
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
 
@@ -644,6 +703,9 @@ class BrokerCore(Federation):
                     self._rollback(lease)
                     expired.append(lease)
                 continue
+            if kind in (_DISPATCH, _REFRESH):
+                self.dispatch_due(kind, key, now)
+                continue
             ep = self.endpoints.get(key)
             if ep is None:
                 continue
@@ -657,10 +719,13 @@ class BrokerCore(Federation):
                 self._enqueue(ep, -1, DIALOG_TIMER, b"", now)
             elif kind == _LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
                 why_waiting = self.link_status(ep.handle)
+                last_error = self.dispatcher.last_error(ROUTE, ep.far_service) if ep.delayed else None
                 dropped = self.drop_outgoing(ep)
                 description = "the conversation's lifetime ran out"
                 if dropped:
-                    description += f"; {dropped} message(s) still waiting ({why_waiting}) were dropped"
+                    description += f"; {dropped} message(s) to {ep.far_service!r} still waiting ({why_waiting}) were dropped"
+                if last_error:
+                    description += f"; the last dynamic-routing error: {last_error}"
                 ep.state = State.ERROR
                 ep.error = (int(BrokerErrorCode.LIFETIME_EXPIRED), description)
                 self._touch(ep)
@@ -811,7 +876,7 @@ class BrokerCore(Federation):
             )
         return out
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self, now: float = 0.0) -> dict[str, Any]:
         by_state: dict[str, int] = {}
         for ep in self.endpoints.values():
             by_state[ep.state.value] = by_state.get(ep.state.value, 0) + 1
@@ -832,6 +897,7 @@ class BrokerCore(Federation):
             "transmission": {**self.tx.statistics(), "entries": self.transmission_entries()},
             "leases": len(self.leases),
             "objects": self.catalog.statistics(),
+            "dynamic_routing": self.dynamic_statistics(now),
         }
 
     def __repr__(self) -> str:

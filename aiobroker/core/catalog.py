@@ -24,6 +24,22 @@ SYSTEM_MESSAGE_TYPES = frozenset({END_DIALOG, ERROR, DIALOG_TIMER})
 #: send it, so a first conversation needs no set-up beyond a queue and a service.
 DEFAULT = "DEFAULT"
 
+# Dynamic routing (the seeds): the Broker Configuration Notice service, its contract and its requests, in both
+# spellings of the schema address (the seeds themselves use both).
+BCN_SERVICE = "SQL/ServiceBroker/BrokerConfiguration"
+BCN_CONTRACT = "http://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice"
+BCN_CONTRACT_HTTPS = "https://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice"
+MISSING_ROUTE = BCN_CONTRACT + "/MissingRoute"
+MISSING_BINDING = BCN_CONTRACT + "/MissingRemoteServiceBinding"
+BCN_MESSAGE_TYPES = {
+    BCN_CONTRACT: (MISSING_ROUTE, MISSING_BINDING),
+    BCN_CONTRACT_HTTPS: (BCN_CONTRACT_HTTPS + "/MissingRoute", BCN_CONTRACT_HTTPS + "/MissingRemoteServiceBinding"),
+}
+#: The node's own service that asks the BCN service, and its queue; what arrives there (the BCN service ending
+#: a request, with or without an error) is consumed by the dispatcher, never by an application.
+DISPATCHER_SERVICE = "aiobroker/DynamicRouting"
+DISPATCHER_QUEUE = "aiobroker/dynamic-routing"
+
 VALIDATIONS = ("none", "empty", "msgpack", "json", "xml")
 SENT_BY = ("initiator", "target", "any")
 KINDS = ("message_type", "contract", "queue", "service", "route")
@@ -173,10 +189,16 @@ class Catalog:
     def __init__(self) -> None:
         self.message_types: dict[str, MessageType] = {DEFAULT: MessageType(name=DEFAULT)}
         self.contracts: dict[str, Contract] = {DEFAULT: Contract.from_def({"name": DEFAULT, "messages": {DEFAULT: "any"}})}
-        self.queues: dict[str, QueueDef] = {}
-        self.services: dict[str, Service] = {}
+        self.queues: dict[str, QueueDef] = {DISPATCHER_QUEUE: QueueDef(name=DISPATCHER_QUEUE)}
+        self.services: dict[str, Service] = {DISPATCHER_SERVICE: Service(name=DISPATCHER_SERVICE, queue=DISPATCHER_QUEUE)}
+        for contract, types in BCN_MESSAGE_TYPES.items():
+            for mt in types:
+                self.message_types[mt] = MessageType(name=mt, validation="xml")
+            self.contracts[contract] = Contract.from_def({"name": contract, "messages": dict.fromkeys(types, "initiator")})
         #: a fresh node has the seeds' wildcard LOCAL route; the core stores it at first start, so a drop lasts
         self.routes: dict[str, Route] = {AUTO_CREATED_LOCAL.name: AUTO_CREATED_LOCAL}
+        #: (kind, name) of the objects every node has; they cannot be dropped (routes can, as in the seeds)
+        self.builtins = {(k, n) for k in ("message_type", "contract", "queue", "service") for n in self.table(k)}
 
     def table(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {
@@ -237,8 +259,8 @@ class Catalog:
 
     def drop(self, kind: str, name: str) -> CatalogObject:
         obj: CatalogObject = self.get(kind, name)
-        if name == DEFAULT and kind in ("message_type", "contract"):
-            raise ObjectInUse(f"the built-in {kind.replace('_', ' ')} DEFAULT cannot be dropped")
+        if (kind, name) in self.builtins:
+            raise ObjectInUse(f"the built-in {kind.replace('_', ' ')} {name!r} cannot be dropped")
         users = self.users_of(kind, name)
         if users:
             raise ObjectInUse(

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..store.base import MessageRow, WriteBatch
-from .catalog import END_DIALOG, ERROR, Catalog
+from .catalog import BCN_SERVICE, END_DIALOG, ERROR, Catalog
 from .conversation import Endpoint, State
+from .dispatcher import ROUTE
 from .routing import Decision, choose
 from .transmission import TransmissionQueue
 
@@ -67,17 +68,23 @@ class Federation:
     durable_upto: int
     _next_message_id: int
 
-    # provided by BrokerCore
-    def _touch(self, ep: Endpoint) -> None: ...
-    def _save_row(self, row: MessageRow) -> None: ...
-    def _forget_row(self, message_id: int) -> None: ...
-    def _watch(self, ep: Endpoint) -> None: ...
-    def _remove(self, ep: Endpoint) -> None: ...
-    def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None: ...
-    def _new_far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None: ...
-    def _deliver(self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None: ...
-    def _deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None: ...
-    def _retire(self, ep: Endpoint, now: float) -> None: ...
+    resolver_name: str | None
+    route_traffic: set[str]
+
+    if TYPE_CHECKING:  # provided by BrokerCore and DynamicRouting; declared only for the type checker, since a
+        # stub here would shadow the real method later in the MRO
+
+        def _touch(self, ep: Endpoint) -> None: ...
+        def _save_row(self, row: MessageRow) -> None: ...
+        def _forget_row(self, message_id: int) -> None: ...
+        def _watch(self, ep: Endpoint) -> None: ...
+        def _remove(self, ep: Endpoint) -> None: ...
+        def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None: ...
+        def _new_far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None: ...
+        def _deliver(self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None: ...
+        def _deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None: ...
+        def _retire(self, ep: Endpoint, now: float) -> None: ...
+        def ask(self, kind: str, service: str, now: float) -> str: ...
 
     # ----------------------------------------------------------------------------------------------- routing
 
@@ -89,6 +96,7 @@ class Federation:
             now=now,
             local_services=self.catalog.services,
             local_instance=self.broker_instance,
+            dynamic=self.resolver_name is not None or BCN_SERVICE in self.catalog.services,
         )
 
     def route(self, ep: Endpoint, now: float) -> Endpoint | str | None:
@@ -107,9 +115,14 @@ class Federation:
         if decision.kind == "remote":
             assert decision.address is not None
             self.tx.attach(ep.handle, decision.address)
+            if decision.route is not None and decision.route.origin != "admin":
+                self.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
             return decision.address
-        ep.delayed = decision.reason if decision.kind == "delayed" else f"waiting: {decision.reason}"
         self.tx.delay(ep.handle, ep.far_service)
+        if decision.kind == "resolve":
+            ep.delayed = self.ask(ROUTE, ep.far_service, now)
+        else:
+            ep.delayed = decision.reason
         self._touch(ep)
         return None
 
@@ -129,7 +142,6 @@ class Federation:
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
-        self.tx.undelay(ep.handle, ep.far_service)
         rows = self.tx.drop(ep.handle)
         for row in rows:
             self._forget_row(row.id)
@@ -140,14 +152,16 @@ class Federation:
         """Routes or services changed: decide again for every conversation with messages waiting (only those to
         ``services`` when given). Messages whose far side is now on this node are delivered at once, in order."""
         moved = 0
-        for handle in list(self.tx.rows):
+        if services is None:
+            handles = list(self.tx.rows)
+        else:  # only those DELAYED on these services: a conversation already on a link keeps it
+            handles = [h for s in services for h in self.tx.delayed.get(s, ())]
+        for handle in handles:
             ep = self.endpoints.get(handle)
-            if ep is None or ep.far_handle is not None:
-                continue
-            if services is not None and ep.far_service not in services:
+            if ep is None or ep.far_handle is not None or handle not in self.tx.rows:
                 continue
             self.tx.detach(handle)
-            self.tx.undelay(handle, ep.far_service)
+            self.tx.undelay(handle)
             if ep.delayed is not None:
                 ep.delayed = None
                 self._touch(ep)

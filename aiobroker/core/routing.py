@@ -193,8 +193,10 @@ def choose(
     local_services: Collection[str],
     local_instance: str,
     rand: Callable[[], float] = random.random,
+    dynamic: bool = False,
 ) -> Decision:
-    """Walk the seven steps for one service; see the module docstring."""
+    """Walk the seven steps for one service; see the module docstring. ``dynamic``: a resolver is configured or
+    the BCN service is on this node (step 4 applies even without a route naming the BCN service)."""
     live = [r for r in routes if r.live(now)]
     is_local = service in local_services and broker_instance in (None, local_instance)
     named = [r for r in live if r.service_name == service]
@@ -224,7 +226,7 @@ def choose(
             d = _pick(step3, service, is_local, rand, f"step 3 (service matches; instance {picked} picked)")
             if d:
                 return d
-    if service != BCN_SERVICE and any(r.service_name == BCN_SERVICE for r in live):
+    if service != BCN_SERVICE and (dynamic or any(r.service_name == BCN_SERVICE for r in live)):
         return Decision("resolve", "step 4: no route names the service; asking the Broker Configuration Notice service")
     wildcards = [r for r in live if r.service_name is None and r.broker_instance is None]
     if wildcards and (d := _pick(wildcards, service, is_local, rand, "step 5 (wildcard route)")):

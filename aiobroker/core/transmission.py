@@ -112,6 +112,10 @@ class TransmissionQueue:
         self.rows: dict[str, deque[MessageRow]] = {}
         #: far service name → sending endpoints DELAYED for want of a route (an ordered set)
         self.delayed: dict[str, dict[str, None]] = {}
+        #: DELAYED endpoint → the service it waits on; and the DELAYED messages per service and in all (bounds)
+        self.delayed_service: dict[str, str] = {}
+        self.delayed_count: dict[str, int] = {}
+        self.delayed_total = 0
         self.links: dict[str, Link] = {}
         #: sending endpoint → the link address it is routed to
         self.route_of: dict[str, str] = {}
@@ -121,31 +125,45 @@ class TransmissionQueue:
     def __contains__(self, handle: str) -> bool:
         return handle in self.rows
 
-    def add(self, handle: str, row: MessageRow) -> None:
-        self.rows.setdefault(handle, deque()).append(row)
-        address = self.route_of.get(handle)
-        if address is not None:
-            self.ready_links.add(address)
-
     def add_many(self, handle: str, rows: list[MessageRow]) -> None:
         self.rows.setdefault(handle, deque()).extend(rows)
         address = self.route_of.get(handle)
         if address is not None:
             self.ready_links.add(address)
+        service = self.delayed_service.get(handle)
+        if service is not None:
+            self._count(service, len(rows))
+
+    def _count(self, service: str, n: int) -> None:
+        left = self.delayed_count.get(service, 0) + n
+        if left:
+            self.delayed_count[service] = left
+        else:
+            self.delayed_count.pop(service, None)
+        self.delayed_total += n
 
     def delay(self, handle: str, far_service: str) -> None:
         self.detach(handle)
-        self.delayed.setdefault(far_service, {})[handle] = None
+        if self.delayed_service.get(handle) != far_service:
+            self.undelay(handle)
+            self.delayed.setdefault(far_service, {})[handle] = None
+            self.delayed_service[handle] = far_service
+            self._count(far_service, len(self.rows.get(handle, ())))
 
-    def undelay(self, handle: str, far_service: str) -> None:
-        waiting = self.delayed.get(far_service)
+    def undelay(self, handle: str, far_service: str | None = None) -> None:
+        service = self.delayed_service.pop(handle, None)
+        if service is None:
+            return
+        self._count(service, -len(self.rows.get(handle, ())))
+        waiting = self.delayed.get(service)
         if waiting is not None:
             waiting.pop(handle, None)
             if not waiting:
-                del self.delayed[far_service]
+                del self.delayed[service]
 
     def attach(self, handle: str, address: str) -> Link:
         """Route a sending endpoint to a link (made on first use)."""
+        self.undelay(handle)
         if self.route_of.get(handle) != address:
             self.detach(handle)
             self.route_of[handle] = address
@@ -168,6 +186,7 @@ class TransmissionQueue:
     def drop(self, handle: str) -> list[MessageRow]:
         """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
         self.detach(handle)
+        self.undelay(handle)
         return list(self.rows.pop(handle, ()))
 
     def take_unsent(self, address: str, max_messages: int, durable_upto: int) -> list[tuple[str, MessageRow]]:

@@ -7,8 +7,10 @@ that holds it has been written (group commit: many messages, many conversations,
 
 A batch is coalesced: each key maps to its latest value, ``None`` meaning "delete". So a message stored and then
 received-and-committed within one batch is simply not written, and an object dropped and created again within one
-batch ends up created. Values are plain data (str, int, float, bytes, bool, None, lists, dicts) that the store
-serializes as it likes.
+batch ends up created. Values are plain data (str, int, float, bytes, bool, None, lists, dicts with **str keys**:
+msgpack refuses other keys when reading back, which would make the store unreadable) that the store serializes as
+it likes; tuples come back as lists. In ``messages`` the key is the row's ``id``. The meta key
+``schema_version`` belongs to the store itself.
 """
 
 from __future__ import annotations

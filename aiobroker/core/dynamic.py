@@ -1,0 +1,251 @@
+"""Dynamic routing in the core: asking where a service is, and what to do with the answer (the seeds' heart).
+
+Theory of operation
+-------------------
+Routing step 4 (``routing.choose``) says "ask": the conversation waits DELAYED in the transmission queue and
+:meth:`DynamicRouting.ask` lets the dispatcher decide whether a request goes out now (one per service in flight).
+
+- With a resolver configured (DNS SRV, static file, HTTP, a chain), the request is an item in
+  ``resolve_requests`` that the shell drains: it calls the resolver and hands back :meth:`resolved` or
+  :meth:`resolve_failed`.
+- Otherwise the node asks the Broker Configuration Notice service as the seeds do: it begins a real conversation
+  from its own service ``aiobroker/DynamicRouting`` to ``SQL/ServiceBroker/BrokerConfiguration`` and sends
+  ``MissingRoute`` with the seeds' XML. The BCN application creates a route and ends the conversation (success),
+  or ends it with an error (failure); either arrives at ``aiobroker/DynamicRouting`` and is consumed here.
+
+When a request ends, every conversation waiting on the service is routed again: those that now have a route go
+at once, in order; those that still have none stay DELAYED and the node asks again after the retry interval.
+Routes made from a resolver's answer live as long as the answer said; while the service has traffic, the node asks
+again shortly before they expire, so a live service is never DELAYED by expiry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape
+
+from ..store.base import WriteBatch
+from .catalog import (
+    BCN_CONTRACT,
+    BCN_CONTRACT_HTTPS,
+    BCN_MESSAGE_TYPES,
+    BCN_SERVICE,
+    DISPATCHER_SERVICE,
+    END_DIALOG,
+    ERROR,
+    Catalog,
+)
+from .conversation import Endpoint, State
+from .dialog_errors import parse_error_body
+from .dispatcher import ROUTE, Dispatcher
+from .routing import Route
+from .transmission import TransmissionQueue
+
+if TYPE_CHECKING:
+    from resolvers.base import RouteAnswer
+
+#: ask again this long before a resolver's routes expire (at least this many seconds, or this share of the
+#: lifetime), while the service has traffic
+REFRESH_AHEAD_SHARE = 0.1
+REFRESH_AHEAD_MIN = 1.0
+
+
+def missing_route_body(service: str, namespace: str = BCN_CONTRACT + "/MissingRoute") -> bytes:
+    """The seeds' request: ``<MissingRoute xmlns="…/MissingRoute"><SERVICE_NAME>name</SERVICE_NAME></MissingRoute>``."""
+    return f'<MissingRoute xmlns="{namespace}"><SERVICE_NAME>{escape(service)}</SERVICE_NAME></MissingRoute>'.encode()
+
+
+class DynamicRouting:
+    """Mixed into :class:`~aiobroker.core.broker.BrokerCore`; uses its state (declared for the type checker)."""
+
+    catalog: Catalog
+    endpoints: dict[str, Endpoint]
+    tx: TransmissionQueue
+    changes: WriteBatch
+    dispatcher: Dispatcher
+    resolver_name: str | None
+    resolve_requests: list[tuple[str, str]]
+    reports: list[str]
+    #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
+    route_traffic: set[str]
+
+    if TYPE_CHECKING:  # provided by BrokerCore and Federation; declared for the type checker only (a stub here
+        # would shadow the real method later in the MRO)
+
+        def begin_dialog(
+            self,
+            *,
+            from_service: str,
+            to_service: str,
+            contract: str,
+            now: float,
+            broker_instance: str | None = None,
+            lifetime: float | None = None,
+            encryption: bool = False,
+            related_group: str | None = None,
+        ) -> Endpoint: ...
+        def send(self, handle: str, messages: list[Any], now: float) -> int: ...
+        def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int: ...
+        def reroute(self, now: float, services: set[str] | None = None) -> int: ...
+        def _save_object(self, kind: str, obj: Any, name: str) -> None: ...
+        def _schedule(self, when: float, kind: int, key: str) -> None: ...
+
+    # ----------------------------------------------------------------------------------------------- asking
+
+    @property
+    def dynamic_routing(self) -> bool:
+        """Step 4 applies: a resolver is configured, the BCN service is here, or a route names it."""
+        return (
+            self.resolver_name is not None
+            or BCN_SERVICE in self.catalog.services
+            or any(r.service_name == BCN_SERVICE for r in self.catalog.routes.values())
+        )
+
+    def ask(self, kind: str, service: str, now: float) -> str:
+        """A conversation waits on ``service``: make the request if none is in flight or pending. Returns the
+        reason the conversation waits, in words."""
+        d = self.dispatcher
+        if d.should_ask(kind, service, now):
+            if self.resolver_name is not None:
+                d.started(kind, service, now, via=f"resolver {self.resolver_name}")
+                self.resolve_requests.append((kind, service))
+            else:
+                self._ask_bcn(kind, service, now)
+            request = d.in_flight.get((kind, service))
+            if request is not None and request.deadline is not None:
+                self._schedule(request.deadline, _DISPATCH, f"{kind}\x00{service}")
+        request = d.in_flight.get((kind, service))
+        if request is not None:
+            return f"waiting for dynamic routing: asked the {request.via}"
+        last = d.last_error(kind, service)
+        retry = d.retry_at.get((kind, service))
+        return "waiting for dynamic routing: " + (f"the last request failed ({last}); " if last else "") + (
+            f"asking again at {retry:.0f}" if retry is not None else "asking again soon"
+        )
+
+    def _ask_bcn(self, kind: str, service: str, now: float) -> None:
+        contract = BCN_CONTRACT
+        bcn = self.catalog.services.get(BCN_SERVICE)
+        if bcn is not None and BCN_CONTRACT not in bcn.contracts and BCN_CONTRACT_HTTPS in bcn.contracts:
+            contract = BCN_CONTRACT_HTTPS  # a local BCN service declared with the seeds' other spelling
+        message_type = BCN_MESSAGE_TYPES[contract][0]
+        ep = self.begin_dialog(from_service=DISPATCHER_SERVICE, to_service=BCN_SERVICE, contract=contract, now=now)
+        self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})", handle=ep.handle)
+        self.send(ep.handle, [[message_type, missing_route_body(service, message_type)]], now)
+
+    def bcn_reply(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
+        """Something arrived for ``aiobroker/DynamicRouting``: the BCN service ended a request (or the broker
+        ended it: a lifetime, an unreachable contract). Consumed here, never queued."""
+        key = self.dispatcher.by_handle.get(ep.handle)
+        if message_type == END_DIALOG:
+            ok, text = True, "the Broker Configuration Notice service ended the request"
+        elif message_type == ERROR:
+            code, description = parse_error_body(body)
+            ok, text = False, f"the Broker Configuration Notice service ended the request with error {code}: {description}"
+        else:
+            self.reports.append(f"unexpected {message_type!r} from the Broker Configuration Notice service; ignored")
+            return
+        if ep.state is not State.CLOSED:
+            self.end(ep.handle, now)
+        if key is not None:
+            self.request_done(key[0], key[1], now, ok=ok, text=text)
+
+    # -------------------------------------------------------------------------------------------- answers
+
+    def resolved(self, service: str, answer: RouteAnswer, now: float) -> int:
+        """A resolver's answer: replace its routes for the service, then release what waits. Returns how many
+        messages moved on."""
+        origin = self.resolver_name or "resolver"
+        digest = hashlib.sha1(service.encode()).hexdigest()[:12]
+        for name in [n for n, r in self.catalog.routes.items() if r.origin == origin and r.service_name == service]:
+            del self.catalog.routes[name]
+            self._save_object("route", None, name)
+        expires_at = now + answer.lifetime
+        for i, target in enumerate(answer.preferred()):
+            route = Route(
+                name=f"{origin}/{digest}/{i}",
+                address=target.address,
+                service_name=service,
+                broker_instance=target.broker_instance,
+                expires_at=expires_at,
+                weight=target.weight,
+                origin=origin,
+            )
+            self.catalog.routes[route.name] = route
+            self._save_object("route", route, route.name)
+        self.route_traffic.discard(service)
+        refresh_at = expires_at - max(REFRESH_AHEAD_MIN, REFRESH_AHEAD_SHARE * answer.lifetime)
+        self._schedule(max(now, refresh_at), _REFRESH, service)
+        source = f" from {answer.source}" if answer.source else ""
+        text = f"{len(answer.preferred())} target(s){source}, valid for {answer.lifetime:g}s"
+        return self.request_done(ROUTE, service, now, ok=True, text=text)
+
+    def resolve_failed(self, service: str, text: str, now: float, retry_after: float | None = None) -> None:
+        self.request_done(ROUTE, service, now, ok=False, text=text, retry_after=retry_after)
+
+    def request_done(
+        self, kind: str, service: str, now: float, *, ok: bool, text: str, retry_after: float | None = None
+    ) -> int:
+        """A request ended: route the waiting conversations again; if some still have no route, ask again after
+        the retry interval (never at once: the same question would get the same answer)."""
+        d = self.dispatcher
+        if not ok:
+            when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after)
+            if when is not None:
+                self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+            return 0
+        when = d.still_no_route(kind, service, now, f"{text}, but the service still has no route")
+        moved = self.reroute(now, {service})
+        if service in self.tx.delayed:
+            self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+        else:
+            d.finished(kind, service, now, ok=True, text=text)
+        return moved
+
+    # ------------------------------------------------------------------------------------------------ time
+
+    def dispatch_due(self, kind_code: int, key: str, now: float) -> None:
+        """A dispatcher deadline came (from the core's heap): a time-out, a retry, or a refresh."""
+        d = self.dispatcher
+        if kind_code == _REFRESH:
+            service = key
+            if service in self.route_traffic and self.resolver_name is not None:
+                self.route_traffic.discard(service)
+                if d.should_ask(ROUTE, service, now):
+                    d.started(ROUTE, service, now, via=f"resolver {self.resolver_name} (refresh before expiry)")
+                    self.resolve_requests.append((ROUTE, service))
+            return
+        kind, service = key.split("\x00", 1)
+        for request in d.timed_out(now):
+            if (request.kind, request.service) == (kind, service):
+                if request.handle is not None and request.handle in self.endpoints:
+                    self.end(request.handle, now, cleanup=True)
+                self.request_done(kind, service, now, ok=False, text="no answer within resolve_timeout")
+                return
+        when = d.retry_at.get((kind, service))
+        if when is not None and when <= now and service in self.tx.delayed:
+            self.reroute(now, {service})  # routes again, and asks again where still needed
+        elif service not in self.tx.delayed:
+            d.forget(kind, service)
+
+    def dynamic_statistics(self, now: float) -> dict[str, Any]:
+        services = set(self.tx.delayed) | {s for _, s in self.dispatcher.in_flight} | {s for _, s in self.dispatcher.retry_at}
+        per_service = {}
+        for service in sorted(services)[:200]:
+            handles = self.tx.delayed.get(service, {})
+            per_service[service] = {
+                "delayed_conversations": len(handles),
+                "delayed_messages": self.tx.delayed_count.get(service, 0),
+                **self.dispatcher.describe(ROUTE, service, now),
+            }
+        return {
+            "enabled": self.dynamic_routing,
+            "resolver": self.resolver_name or ("BCN service" if self.dynamic_routing else None),
+            "delayed_messages": self.tx.delayed_total,
+            **self.dispatcher.statistics(),
+            "services": per_service,
+        }
+
+
+_DISPATCH, _REFRESH = 4, 5

@@ -135,6 +135,11 @@ def _register(cls: type[BrokerError]) -> None:
 _register(BrokerError)
 
 
+def register_error(cls: type[BrokerError]) -> None:
+    """Make an error class defined elsewhere (resolvers, plug-ins) travel the wire as itself."""
+    _register(cls)
+
+
 def error_from_code(code: str, message: str) -> BrokerError:
     """Rebuild an error received from the wire; an unknown code becomes a plain :class:`BrokerError`."""
     cls = _ALL.get(code, BrokerError)

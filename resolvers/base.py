@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiobroker.errors import BrokerError, InvalidArgument
+from aiobroker.errors import BrokerError, InvalidArgument, register_error
 
 #: How long an answer holds when its source says nothing about it.
 DEFAULT_LIFETIME = 300.0
@@ -45,6 +45,9 @@ class NotFound(ResolverError):
     """The source answered: it knows no such service (NXDOMAIN, an empty answer, 404, no entry in the file)."""
 
     code = "resolver_not_found"
+
+
+register_error(ResolverError)  # so an error from the far side of a connection comes back as its own class
 
 
 def _check_address(address: Any) -> str:
@@ -69,6 +72,8 @@ class Target:
             raise InvalidArgument(f"target {self.address}: weight must be a whole number >= 1, got {self.weight!r}")
         if not isinstance(self.priority, int) or isinstance(self.priority, bool) or self.priority < 0:
             raise InvalidArgument(f"target {self.address}: priority must be a whole number >= 0")
+        if self.broker_instance is not None and (not isinstance(self.broker_instance, str) or not self.broker_instance):
+            raise InvalidArgument(f"target {self.address}: broker_instance must be a non-empty string or absent")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,7 +89,8 @@ class RouteAnswer:
     def __post_init__(self) -> None:
         if not self.targets:
             raise InvalidArgument(f"an answer for {self.service_name!r} needs at least one target (else: NotFound)")
-        if not (isinstance(self.lifetime, (int, float)) and 0 < self.lifetime < math.inf):
+        ok = isinstance(self.lifetime, (int, float)) and not isinstance(self.lifetime, bool)
+        if not (ok and 0 < self.lifetime < math.inf):
             raise InvalidArgument(f"an answer's lifetime must be a number of seconds > 0, got {self.lifetime!r}")
 
     def preferred(self) -> tuple[Target, ...]:
@@ -95,7 +101,8 @@ class RouteAnswer:
 
 class Resolver(ABC):
     """Answers where a service is. One instance per node; ``resolve_route`` may be called concurrently for
-    different services."""
+    different services. A factory should not hold resources (connections, files) until the first call, so that
+    a chain whose later member fails to build leaves nothing to close."""
 
     #: the name it is registered under (and the ``origin`` of the routes it makes)
     name: str = "resolver"
@@ -128,5 +135,13 @@ def load_resolver(kind: str, options: Mapping[str, Any]) -> Resolver:
     if kind not in found:
         known = ", ".join(sorted(found)) or "none installed"
         raise ConfigError(f"[resolver] kind {kind!r} is not a registered resolver (known: {known})")
-    factory: ResolverFactory = found[kind].load()
-    return factory(options)
+    try:
+        factory: ResolverFactory = found[kind].load()
+        resolver = factory(options)
+    except (ConfigError, InvalidArgument):
+        raise
+    except Exception as exc:  # a plug-in that does not load or build is a configuration problem, said in words
+        raise ConfigError(f"[resolver] kind {kind!r} cannot be loaded or built: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(resolver, Resolver):
+        raise ConfigError(f"[resolver] kind {kind!r}: its factory returned {type(resolver).__name__}, not a Resolver")
+    return resolver

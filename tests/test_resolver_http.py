@@ -1,0 +1,498 @@
+"""The http resolver against a real HTTP registry in its own process (tests/http_registry.py), over 127.0.0.1.
+
+The registry re-reads its answers from a JSON file on every request, so each test sets the answers it needs (and
+may change them while the resolver is open) without restarting the process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aiobroker.errors import ConfigError
+from resolvers import http as http_resolver
+from resolvers.base import NotFound, ResolverError, Target, load_resolver
+from resolvers.http import HttpResolver, create
+from node_process import free_port, wait_for
+
+pytestmark = pytest.mark.anyio
+
+REGISTRY_SCRIPT = Path(__file__).with_name("http_registry.py")
+ORDERS = "//shop/Orders"
+
+
+class RegistryProcess:
+    """tests/http_registry.py in its own process: started by command, ready when its port accepts connections,
+    stopped by its pid."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.routes_file = tmp / "routes.json"
+        self.log_file = tmp / "requests.jsonl"
+        self.stderr_path = tmp / "registry.stderr"
+        self.serve({})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> RegistryProcess:
+        self.stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REGISTRY_SCRIPT), "--port", str(self.port), "--routes", str(self.routes_file),
+             "--log", str(self.log_file)],
+            stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+        def accepting() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the registry exited with {self.proc.returncode}: "
+                                     f"{self.stderr_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(accepting, timeout, f"the registry on port {self.port} to accept connections")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        self.stderr.close()
+
+    def serve(self, services: dict[str, dict[str, Any]]) -> None:
+        """Replace every answer, atomically: the registry reads the file on each request."""
+        tmp = self.routes_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"services": services}))
+        os.replace(tmp, self.routes_file)
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines()]
+
+    def url(self, fmt: str = "aiobroker") -> str:
+        if fmt == "consul":
+            return f"http://127.0.0.1:{self.port}/v1/health/service/{{service}}?passing=true"
+        return f"http://127.0.0.1:{self.port}/v1/services/{{service}}"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    proc = RegistryProcess(tmp_path_factory.mktemp("http_registry")).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+    assert proc.proc is not None and proc.proc.returncode == 0, proc.stderr_path.read_text()
+    assert "Traceback" not in proc.stderr_path.read_text(), proc.stderr_path.read_text()
+
+
+@asynccontextmanager
+async def opened(**options: Any) -> AsyncIterator[HttpResolver]:
+    resolver = create(options)
+    try:
+        yield resolver
+    finally:
+        await resolver.aclose()
+
+
+def consul_entry(service: str, address: str, port: int, *, node_address: str = "10.9.9.9",
+                 weight: int | None = None, instance: str | None = None) -> dict[str, Any]:
+    """An entry shaped like Consul 1.x's /v1/health/service answer (trimmed of fields the resolver ignores)."""
+    svc: dict[str, Any] = {"ID": f"{service}-{port}", "Service": service, "Tags": [], "Address": address,
+                           "Port": port, "Meta": None, "EnableTagOverride": False}
+    if weight is not None:
+        svc["Weights"] = {"Passing": weight, "Warning": 1}
+    if instance is not None:
+        svc["Meta"] = {"broker_instance": instance, "version": "1"}
+    return {"Node": {"ID": "n1", "Node": "node-1", "Address": node_address, "Datacenter": "dc1"},
+            "Service": svc,
+            "Checks": [{"Node": "node-1", "CheckID": "serfHealth", "Status": "passing"}]}
+
+
+def orders_answer(**extra: Any) -> dict[str, Any]:
+    return {"service": ORDERS, "targets": [{"address": "tcp://10.0.0.2:4022"}], **extra}
+
+
+# --- answers ----------------------------------------------------------------------------------------------------
+
+
+async def test_aiobroker_format_gives_targets_weights_priorities_instances(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": {
+        "service": ORDERS, "lifetime": 30, "extension": {"ignored": True},
+        "targets": [
+            {"address": "tcp://10.0.0.2:4022", "weight": 2, "priority": 0, "broker_instance": "b-2"},
+            {"address": "tcp://10.0.0.3:4022", "weight": 5, "priority": 0, "broker_instance": None},
+            {"address": "tcp://[fd00::4]:4022", "priority": 1},
+        ]}}})
+    async with opened(url=registry.url()) as resolver:
+        answer = await resolver.resolve_route(ORDERS)
+    assert answer.service_name == ORDERS
+    assert answer.targets == (
+        Target(address="tcp://10.0.0.2:4022", weight=2, priority=0, broker_instance="b-2"),
+        Target(address="tcp://10.0.0.3:4022", weight=5, priority=0),
+        Target(address="tcp://[fd00::4]:4022", weight=1, priority=1),
+    )
+    assert [t.address for t in answer.preferred()] == ["tcp://10.0.0.2:4022", "tcp://10.0.0.3:4022"]
+    assert answer.lifetime == 30
+    assert answer.extra["lifetime_from"] == "body"
+    # the name travels quoted (slashes and all) and the registry got it back whole
+    assert f"127.0.0.1:{registry.port}/v1/services/%2F%2Fshop%2FOrders" in answer.source
+    assert registry.requests()[-1]["path"] == "/v1/services/%2F%2Fshop%2FOrders"
+
+
+async def test_consul_format_gives_addresses_ports_weights_instances(registry: RegistryProcess) -> None:
+    registry.serve({"orders": {"body": [
+        consul_entry("orders", "10.0.0.2", 4022, weight=3, instance="b-2"),
+        consul_entry("orders", "", 4023, node_address="10.0.0.7"),  # no service address: the node's
+        consul_entry("orders", "fd00::5", 4024, weight=1),
+    ]}})
+    async with opened(url=registry.url("consul"), format="consul", default_lifetime=45,
+                      headers={"X-Consul-Token": "s3cret"}) as resolver:
+        answer = await resolver.resolve_route("orders")
+        described = resolver.describe()
+    assert answer.targets == (
+        Target(address="tcp://10.0.0.2:4022", weight=3, broker_instance="b-2"),
+        Target(address="tcp://10.0.0.7:4023", weight=1),
+        Target(address="tcp://[fd00::5]:4024", weight=1),
+    )
+    assert answer.lifetime == 45 and answer.extra["lifetime_from"] == "default_lifetime"
+    sent = registry.requests()[-1]
+    assert sent["path"] == "/v1/health/service/orders?passing=true"
+    assert sent["headers"]["X-Consul-Token"] == "s3cret"
+    # status shows which headers are sent, never their values (tokens)
+    assert described["headers"] == ["X-Consul-Token"] and "s3cret" not in repr(described)
+    assert described["format"] == "consul" and described["url"] == registry.url("consul")
+
+
+@pytest.mark.parametrize(("fmt", "body", "headers", "lifetime", "source"), [
+    ("aiobroker", orders_answer(), {"Cache-Control": "public, max-age=42"}, 42, "cache-control"),
+    ("aiobroker", orders_answer(), {"Cache-Control": "max-age=100", "Age": "40"}, 60, "cache-control"),
+    ("aiobroker", orders_answer(lifetime=30), {"Cache-Control": "max-age=99"}, 30, "body"),
+    ("aiobroker", orders_answer(), {"Cache-Control": "max-age=0"}, http_resolver.MIN_LIFETIME, "cache-control"),
+    ("aiobroker", orders_answer(), {"Cache-Control": "no-cache, no-store"}, 60, "default_lifetime"),
+    ("aiobroker", orders_answer(), {}, 60, "default_lifetime"),
+    ("consul", [consul_entry(ORDERS, "10.0.0.2", 4022)], {"Cache-Control": "max-age=17"}, 17, "cache-control"),
+], ids=["max-age", "max-age-minus-age", "body-wins", "max-age-0-floored", "no-cache-ignored", "default",
+        "consul-max-age"])
+async def test_lifetime_from_body_cache_control_or_default(registry: RegistryProcess, fmt: str, body: Any,
+                                                           headers: dict[str, str], lifetime: float,
+                                                           source: str) -> None:
+    registry.serve({ORDERS: {"body": body, "headers": headers}})
+    async with opened(url=registry.url(fmt), format=fmt, default_lifetime=60) as resolver:
+        answer = await resolver.resolve_route(ORDERS)
+    assert answer.lifetime == lifetime
+    assert answer.extra["lifetime_from"] == source
+
+
+# --- negative answers and errors ----------------------------------------------------------------------------
+
+
+async def test_404_is_not_found_for_retry_after_or_default_lifetime(registry: RegistryProcess) -> None:
+    registry.serve({"gone": {"status": 404, "body": {"error": "gone"}, "headers": {"Retry-After": "7"}}})
+    async with opened(url=registry.url(), default_lifetime=25) as resolver:
+        with pytest.raises(NotFound, match="404") as plain:
+            await resolver.resolve_route("unknown")
+        with pytest.raises(NotFound) as told:
+            await resolver.resolve_route("gone")
+    assert plain.value.retry_after == 25
+    assert told.value.retry_after == 7
+
+
+@pytest.mark.parametrize(("fmt", "body", "headers", "retry_after"), [
+    ("aiobroker", {"service": ORDERS, "targets": [], "lifetime": 12}, {}, 12),
+    ("consul", [], {}, 33),
+    ("consul", [], {"Cache-Control": "max-age=9"}, 9),
+], ids=["aiobroker-lifetime", "consul-default", "consul-max-age"])
+async def test_empty_target_list_is_not_found(registry: RegistryProcess, fmt: str, body: Any,
+                                              headers: dict[str, str], retry_after: float) -> None:
+    registry.serve({ORDERS: {"body": body, "headers": headers}})
+    async with opened(url=registry.url(fmt), format=fmt, default_lifetime=33) as resolver:
+        with pytest.raises(NotFound, match="no targets") as caught:
+            await resolver.resolve_route(ORDERS)
+    assert caught.value.retry_after == retry_after
+
+
+@pytest.mark.parametrize(("status", "retry_after_header", "retry_after"), [
+    (500, None, None),
+    (503, "120", 120.0),
+    (503, "http-date", 120.0),
+    (503, "soon", None),
+    (302, None, None),
+])
+async def test_other_status_is_resolver_error_with_retry_after(registry: RegistryProcess, status: int,
+                                                               retry_after_header: str | None,
+                                                               retry_after: float | None) -> None:
+    headers = {}
+    if retry_after_header == "http-date":
+        headers["Retry-After"] = email.utils.formatdate(time.time() + 120, usegmt=True)
+    elif retry_after_header is not None:
+        headers["Retry-After"] = retry_after_header
+    if status == 302:
+        headers["Location"] = "http://127.0.0.1:1/elsewhere"  # not followed: a redirect is not an answer
+    registry.serve({ORDERS: {"status": status, "raw": "registry overloaded", "headers": headers}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_route(ORDERS)
+    err = caught.value
+    assert type(err) is ResolverError
+    assert f"HTTP {status}" in err.message and "/v1/services/%2F%2Fshop%2FOrders" in err.message
+    assert "registry overloaded" in err.message
+    if retry_after is None:
+        assert err.retry_after is None
+    else:
+        assert err.retry_after is not None and retry_after - 3 <= err.retry_after <= retry_after
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("not json {", "not JSON (Expecting value at character 0)"),
+    ('{"service": "//shop/Orders", "targets": [', "not JSON"),
+    ('{"service": "//shop/Orders", "lifetime": NaN, "targets": []}', "NaN is not a JSON number"),
+    ({"raw_hex": "fffe00d8ff"}, "not JSON"),
+    ({"raw_hex": "c328a1"}, "not JSON"),
+    ("[" * 100_000, "not JSON (nested too deeply)"),
+], ids=["garbage", "truncated", "nan", "utf16-bom-garbage", "bad-utf8", "deep"])
+async def test_a_body_that_is_not_json_is_resolver_error(registry: RegistryProcess, raw: str | dict[str, str],
+                                                         reason: str) -> None:
+    registry.serve({ORDERS: raw if isinstance(raw, dict) else {"raw": raw}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_route(ORDERS)
+    assert type(caught.value) is ResolverError
+    assert reason in caught.value.message
+    assert len(caught.value.message) < 500  # the body is quoted, cut to ~200 characters
+
+
+@pytest.mark.parametrize(("fmt", "body", "reason"), [
+    ("aiobroker", [], "must be an object with 'service' and 'targets', got an array"),
+    ("aiobroker", {"service": ORDERS}, "the key 'targets' is missing"),
+    ("aiobroker", {"targets": []}, "the key 'service' is missing"),
+    ("aiobroker", {"service": "//shop/Other", "targets": []}, "'service' is '//shop/Other', but '//shop/Orders'"),
+    ("aiobroker", {"service": ORDERS, "targets": {"address": "tcp://h:1"}}, "'targets' must be an array"),
+    ("aiobroker", {"service": ORDERS, "targets": ["tcp://h:1"]}, "targets[0] must be an object, got a string"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"weight": 1}]}, "targets[0]: the key 'address' is missing"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "10.0.0.2:4022"}]}, "must be tcp://host:port"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "tcp://h:99999"}]}, "port from 1 to 65535"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": 4022}]}, "must be tcp://host:port"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "tcp://h:1"}, {"address": "tcp://h:2", "weight": -2}]},
+     "targets[1]: target tcp://h:2: weight must be a whole number >= 1, got -2"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "tcp://h:1", "weight": 1.5}]}, "weight must be"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "tcp://h:1", "weight": True}]}, "weight must be"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "tcp://h:1", "priority": -1}]}, "priority must be"),
+    ("aiobroker", {"service": ORDERS, "targets": [{"address": "tcp://h:1", "broker_instance": 7}]},
+     "broker_instance must be a string or null"),
+    ("aiobroker", {"service": ORDERS, "lifetime": -5, "targets": []}, "'lifetime' must be a number of seconds > 0"),
+    ("aiobroker", {"service": ORDERS, "lifetime": "30", "targets": []}, "'lifetime' must be a number"),
+    ("consul", {"Service": {}}, "an array of entries, got an object"),
+    ("consul", [{"Node": {"Address": "10.0.0.1"}}], "[0].Service must be an object, got null"),
+    ("consul", [{"Service": {"Address": "10.0.0.1"}}], "[0].Service.Port must be a port number"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": "4022"}}], "[0].Service.Port must be a port number"),
+    ("consul", [{"Service": {"Address": "", "Port": 4022}, "Node": {"Address": ""}}], "[0]: no address"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022, "Weights": {"Passing": -1}}}],
+     "weight must be a whole number >= 1, got -1"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022, "Meta": {"broker_instance": 1}}}],
+     "Meta.broker_instance must be a string"),
+])
+async def test_a_body_of_the_wrong_shape_is_resolver_error(registry: RegistryProcess, fmt: str, body: Any,
+                                                           reason: str) -> None:
+    registry.serve({ORDERS: {"body": body}})
+    async with opened(url=registry.url(fmt), format=fmt) as resolver:
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_route(ORDERS)
+    assert type(caught.value) is ResolverError
+    assert f"not in the {fmt} format" in caught.value.message
+    assert reason in caught.value.message
+    assert "body: " in caught.value.message
+
+
+async def test_a_long_bad_body_is_quoted_to_about_200_characters(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": {"service": ORDERS, "targets": 5, "padding": "p" * 5000}}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError, match=r"'targets' must be an array.*\(cut\)") as caught:
+            await resolver.resolve_route(ORDERS)
+    assert caught.value.message.count("p") < 250
+
+
+async def test_an_answer_over_the_size_limit_is_refused(registry: RegistryProcess,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_resolver, "MAX_BODY_BYTES", 1000)
+    registry.serve({ORDERS: {"raw_size": 5000}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError, match="over the limit of 1000"):
+            await resolver.resolve_route(ORDERS)
+
+
+# --- time-outs and connections --------------------------------------------------------------------------------
+
+
+async def test_a_slow_answer_is_a_read_timeout_within_about_read_timeout(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"delay": 5, "body": orders_answer()}})
+    async with opened(url=registry.url(), read_timeout=0.5) as resolver:
+        started = time.monotonic()
+        with pytest.raises(ResolverError, match=r"read time-out: .* sent nothing for read_timeout = 0.5 s"):
+            await resolver.resolve_route(ORDERS)
+        assert time.monotonic() - started < 2.0
+
+
+async def test_a_trickling_answer_is_bounded_by_connect_plus_read_timeout(registry: RegistryProcess) -> None:
+    """Each byte comes within read_timeout, so only the bound on the whole request stops it."""
+    registry.serve({ORDERS: {"trickle": 0.2, "body": orders_answer()}})
+    async with opened(url=registry.url(), connect_timeout=0.3, read_timeout=0.5) as resolver:
+        started = time.monotonic()
+        with pytest.raises(ResolverError, match=r"did not answer in full within connect_timeout \+ read_timeout"):
+            await resolver.resolve_route(ORDERS)
+        assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
+async def test_no_connection_in_time_is_a_connect_timeout() -> None:
+    """A listener that never accepts, its accept queue full: the kernel drops further SYNs, so connect hangs."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            s = socket.socket()
+            fillers.append(s)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        async with opened(url=f"http://127.0.0.1:{port}/{{service}}", connect_timeout=0.3) as resolver:
+            started = time.monotonic()
+            with pytest.raises(ResolverError, match=r"connect time-out: no connection to 127.0.0.1:\d+ within "
+                                                    r"connect_timeout = 0.3 s"):
+                await resolver.resolve_route(ORDERS)
+            assert time.monotonic() - started < 2.0
+    finally:
+        for s in [*fillers, listener]:
+            s.close()
+
+
+async def test_nothing_listening_is_connection_refused() -> None:
+    port = free_port()  # bound and released: nothing listens there
+    async with opened(url=f"http://127.0.0.1:{port}/v1/services/{{service}}") as resolver:
+        with pytest.raises(ResolverError, match=f"connection refused by 127.0.0.1:{port}") as caught:
+            await resolver.resolve_route(ORDERS)
+    assert type(caught.value) is ResolverError
+    assert caught.value.__cause__ is not None  # httpx's error, chained
+
+
+async def test_a_password_in_the_url_is_shown_nowhere() -> None:
+    port = free_port()
+    async with opened(url=f"http://aiobroker:pw-s3cret@127.0.0.1:{port}/{{service}}") as resolver:
+        assert resolver.describe()["url"] == f"http://aiobroker:***@127.0.0.1:{port}/{{service}}"
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_route(ORDERS)
+    assert "pw-s3cret" not in caught.value.message
+    assert f"aiobroker:***@127.0.0.1:{port}/%2F%2Fshop%2FOrders" in caught.value.message
+
+
+async def test_a_registry_hanging_up_is_resolver_error(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"hang_up": True}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError, match="broke off or garbled the HTTP exchange"):
+            await resolver.resolve_route(ORDERS)
+
+
+# --- over time ------------------------------------------------------------------------------------------------
+
+
+async def test_a_changed_answer_is_seen_on_the_next_call(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": orders_answer()}})
+    async with opened(url=registry.url()) as resolver:
+        first = await resolver.resolve_route(ORDERS)
+        registry.serve({ORDERS: {"body": {"service": ORDERS, "targets": [{"address": "tcp://10.0.0.9:5000"}]}}})
+        second = await resolver.resolve_route(ORDERS)
+        registry.serve({})
+        with pytest.raises(NotFound):
+            await resolver.resolve_route(ORDERS)
+    assert [t.address for t in first.targets] == ["tcp://10.0.0.2:4022"]
+    assert [t.address for t in second.targets] == ["tcp://10.0.0.9:5000"]
+
+
+async def test_questions_about_different_services_do_not_wait_for_each_other(registry: RegistryProcess) -> None:
+    registry.serve({"slow": {"delay": 1.0, "body": {"service": "slow", "targets": [{"address": "tcp://h:1"}]}},
+                    "fast": {"body": {"service": "fast", "targets": [{"address": "tcp://h:2"}]}}})
+    async with opened(url=registry.url()) as resolver:
+        done: dict[str, float] = {}
+        started = time.monotonic()
+
+        async def ask(name: str) -> None:
+            await resolver.resolve_route(name)
+            done[name] = time.monotonic() - started
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, "slow")
+            tg.start_soon(ask, "fast")
+    assert done["fast"] < done["slow"]
+    assert done["fast"] < 0.9
+
+
+async def test_a_closed_resolver_raises_resolver_error(registry: RegistryProcess) -> None:
+    resolver = create({"url": registry.url()})
+    await resolver.aclose()
+    await resolver.aclose()  # twice is harmless
+    with pytest.raises(ResolverError, match="closed"):
+        await resolver.resolve_route(ORDERS)
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "key"), [
+    ({}, "url is required"),
+    ({"url": "http://127.0.0.1:1/services"}, "url must be a string containing {service}"),
+    ({"url": 5}, "url must be a string"),
+    ({"url": "ftp://127.0.0.1/{service}"}, "must be http:// or https://"),
+    ({"url": "/v1/{service}"}, "must be http:// or https://"),
+    ({"url": "http://127.0.0.1:1/{service}", "format": "xml"}, "format must be one of aiobroker, consul"),
+    ({"url": "http://127.0.0.1:1/{service}", "connect_timeout": 0}, "connect_timeout must be a number"),
+    ({"url": "http://127.0.0.1:1/{service}", "read_timeout": -1}, "read_timeout must be a number"),
+    ({"url": "http://127.0.0.1:1/{service}", "read_timeout": "5"}, "read_timeout must be a number"),
+    ({"url": "http://127.0.0.1:1/{service}", "read_timeout": True}, "read_timeout must be a number"),
+    ({"url": "http://127.0.0.1:1/{service}", "default_lifetime": float("inf")}, "default_lifetime must be"),
+    ({"url": "http://127.0.0.1:1/{service}", "headers": ["X-Token: 1"]}, "headers must be a table"),
+    ({"url": "http://127.0.0.1:1/{service}", "headers": {"X-Token": 1}}, "headers.X-Token must be a string"),
+    ({"url": "http://127.0.0.1:1/{service}", "headers": {"X-Token": "a\r\nb"}}, "headers.X-Token must be"),
+    ({"url": "http://127.0.0.1:1/{service}", "headers": {"Bad Name": "x"}}, "not a valid header name"),
+    ({"url": "http://127.0.0.1:1/{service}", "timeout": 5}, "unknown key(s) for kind 'http': timeout"),
+])
+def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create(options)
+    assert key in caught.value.message
+
+
+async def test_loaded_through_the_entry_point(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": orders_answer()}})
+    resolver = load_resolver("http", {"url": registry.url(), "read_timeout": 3})
+    try:
+        assert isinstance(resolver, HttpResolver)
+        assert resolver.describe() == {
+            "resolver": "http", "url": registry.url(), "format": "aiobroker", "connect_timeout": 2.0,
+            "read_timeout": 3.0, "default_lifetime": 60.0, "headers": []}
+        answer = await resolver.resolve_route(ORDERS)
+    finally:
+        await resolver.aclose()
+    assert answer.targets == (Target(address="tcp://10.0.0.2:4022"),)
+    assert answer.lifetime == 60

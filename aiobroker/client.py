@@ -482,6 +482,12 @@ class Client:
         result: dict[str, Any] = await self.request("status", {})
         return result
 
+    async def diagnose(self, service: str, broker_instance: str | None = None) -> dict[str, Any]:
+        """Why messages to ``service`` go where they go, or wait: the seven routing steps in words, the routes
+        that apply, and dynamic routing's state for it (request in flight, last answer or error, next retry)."""
+        result: dict[str, Any] = await self.request("diagnose", {"service": service, "broker_instance": broker_instance})
+        return result
+
     async def list_conversations(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         result: builtins.list[dict[str, Any]] = await self.request("list_conversations", {"limit": limit})
         return result

@@ -49,6 +49,15 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     # ca = "ca.pem"               # require certificates signed by this CA, and check peers' against it
     check_hostname = true         # a peer's certificate must name the address dialled
 
+    [dynamic_routing]             # when no route names a service (see docs/semantics.md)
+    # resolve_timeout = 30        # give up on a request after this long (default: never, as in the seeds)
+    max_delayed_per_service = 100000
+    max_delayed_messages = 1000000
+
+    # [resolver]                  # leave out to ask the Broker Configuration Notice service, if there is one
+    # kind = "static_file"        # or dns_srv, http, chain: options as in resolvers/<kind>.py
+    # path = "services.toml"
+
     [[message_type]]
     name = "//example/Request"
     validation = "json"
@@ -161,6 +170,12 @@ class NodeConfig:
     tls_key: Path | None = None  #: PEM private key of tls_cert
     tls_ca: Path | None = None  #: PEM CA bundle: require certificates it signed, and check peers' against it
     tls_check_hostname: bool = True  #: a peer's certificate must name the address dialled
+    #: the built-in (or plug-in) resolver for dynamic routing: its config table, ``kind`` naming it; None: ask
+    #: the Broker Configuration Notice service (when a route names it or it is on this node)
+    resolver: dict[str, Any] | None = None
+    resolve_timeout: float | None = None  #: give up on a request after this many seconds (None: never, as the seeds)
+    max_delayed_per_service: int = 100_000  #: DELAYED messages per service before a send fails
+    max_delayed_messages: int = 1_000_000  #: DELAYED messages per node before a send fails
     #: ``(kind, definition)`` in file order; the definition is the table as written (the node checks it).
     objects: tuple[ObjectDef, ...] = ()
 
@@ -320,6 +335,18 @@ def _check_optional_path(value: Any) -> Path | None:
     return value
 
 
+def _check_resolver(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("kind"), str) or not value["kind"]:
+        raise _Invalid(f"must be a table with a kind (a registered resolver's name); got {_describe(value)}")
+    return value
+
+
+def _check_optional_seconds(value: Any) -> float | None:
+    return None if value is None else _check_lease(value)
+
+
 def _check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"must be true or false; got {_describe(value)}")
@@ -397,6 +424,10 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "tls_key": _check_optional_path,
     "tls_ca": _check_optional_path,
     "tls_check_hostname": _check_bool,
+    "resolver": _check_resolver,
+    "resolve_timeout": _check_optional_seconds,
+    "max_delayed_per_service": lambda v: _int(v, 1),
+    "max_delayed_messages": lambda v: _int(v, 1),
     "objects": _check_objects,
 }
 
@@ -493,6 +524,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "receive": ("lease_seconds", "poison_rollbacks"),
     "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention"),
     "tls": ("cert", "key", "ca", "check_hostname"),
+    "dynamic_routing": ("resolve_timeout", "max_delayed_per_service", "max_delayed_messages"),
 }
 #: Field names whose key in the file is spelled differently.
 _FILE_KEY_FOR_FIELD: Final = {
@@ -547,7 +579,12 @@ def _from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dic
     where: dict[str, str] = {}
     arrays: dict[str, list[Any]] = {}
     for key, value in document.items():
-        if key in _SECTIONS:
+        if key == "resolver":
+            if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
+                raise ConfigError(f"{path}: [resolver] must be a table with kind = \"NAME\" (static_file, dns_srv, http,"
+                                  f" chain, or a plug-in's name); got {_describe(value)}")
+            values["resolver"], where["resolver"] = _resolve_paths(value, path.parent.absolute()), f"{path}: [resolver]"
+        elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{path}: [{key}] must be a table (a [{key}] line followed by key = value lines);"
@@ -575,6 +612,16 @@ def _from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dic
         values["objects"] = tuple(objects)
         where["objects"] = f"{path}: objects"
     return values, where
+
+
+def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A resolver's relative ``path`` (its own, or a chain member's) is relative to the config file."""
+    out = dict(table)
+    if isinstance(out.get("path"), str) and not Path(out["path"]).expanduser().is_absolute():
+        out["path"] = str(base / out["path"])
+    if isinstance(out.get("resolvers"), list):
+        out["resolvers"] = [_resolve_paths(m, base) if isinstance(m, dict) else m for m in out["resolvers"]]
+    return out
 
 
 def _read_section(

@@ -38,6 +38,9 @@ from .config import NodeConfig
 from .core.broker import BrokerCore
 from .core.queues import Lease
 from .errors import BrokerError, ConfigError, ConnectionLost, ProtocolError, QueueDisabled, UnknownObject
+from .core.catalog import BCN_SERVICE
+from .core.dispatcher import ROUTE
+from .core.routing import explain
 from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
@@ -45,6 +48,7 @@ from .transport.connection import FramedConnection
 from .transport.tls import RefusingTLSListener, client_context, server_context
 from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
 from .writer import StoreWriter
+from resolvers.base import NotFound, Resolver, ResolverError, load_resolver
 
 log = logging.getLogger("aiobroker.node")
 
@@ -127,6 +131,8 @@ class Node:
         self.links = PeerLinks(self)
         #: how this node's links connect when it speaks TLS (None: plain TCP)
         self.link_tls: ssl.SSLContext | None = None
+        #: the resolver dynamic routing asks (None: the BCN service, if any)
+        self.resolver: Resolver | None = None
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -150,9 +156,12 @@ class Node:
     async def start(self) -> None:
         """Open the store, restore state, create configured objects, and listen. Returns once accepting."""
         started = time.perf_counter()
+        cfg = self.config
+        if cfg.resolver is not None:
+            options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
+            self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
         snapshot = await anyio.to_thread.run_sync(self.store.open)
         instance = snapshot.meta.get("broker_instance") or str(uuid.uuid4())
-        cfg = self.config
         self.core = BrokerCore(
             broker_instance=instance,
             persist=self.store.durable,
@@ -164,6 +173,10 @@ class Node:
             forwarding=cfg.forwarding,
             max_hops=cfg.max_hops,
             closed_retention=cfg.closed_retention,
+            resolver_name=str(cfg.resolver["kind"]) if cfg.resolver is not None else None,
+            resolve_timeout=cfg.resolve_timeout,
+            max_delayed_per_service=cfg.max_delayed_per_service,
+            max_delayed_messages=cfg.max_delayed_messages,
         )
         for warning in self.core.load(snapshot, self.clock()):
             log.warning("while restoring state: %s", warning)
@@ -199,6 +212,7 @@ class Node:
         self._listener = listener
         self._tg.start_soon(listener.serve, self._handle_connection)
         self.links.wake_ready()  # conversations restored with messages for other nodes
+        self.start_resolves()  # conversations restored DELAYED, when a resolver answers for them
         self._started_at = time.time()
         stats = self.core.statistics()
         waiting = sum(q["waiting"] for q in stats["queues"])
@@ -245,6 +259,8 @@ class Node:
                     if self.writer is not None and not getattr(self, "_store_failed", False):
                         await self.writer.drain()
                     await anyio.to_thread.run_sync(self.store.close)
+                    if self.resolver is not None:
+                        await self.resolver.aclose()
                     log.info("node stopped; store closed")
 
     # --------------------------------------------------------------------------------------------- connections
@@ -343,8 +359,7 @@ class Node:
                 except BrokerError as exc:
                     session.fail(frame.request_id, exc)
             self.requests_served += len(frames)
-            self.writer.kick()
-            self._maybe_wake_ticker()
+            self.after_core()
 
     def _forget_session(self, session: Session) -> None:
         if self.core is None:
@@ -426,6 +441,81 @@ class Node:
         for name in queues:
             self.serve_waiters(name)
 
+    # ------------------------------------------------------------------------------------------ dynamic routing
+
+    def after_core(self) -> None:
+        """After any call into the core: store what changed, keep the ticker's deadline, start what it asked."""
+        self.writer.kick()
+        self._maybe_wake_ticker()
+        self.start_resolves()
+
+    def start_resolves(self) -> None:
+        """Run the resolver for each request the dispatcher decided to make (one per service at most)."""
+        requests = self.core.resolve_requests
+        if not requests or self._tg is None or self.resolver is None:
+            return
+        self.core.resolve_requests = []
+        for _kind, service in requests:
+            self._tg.start_soon(self._resolve, service, name=f"resolve {service}")
+
+    async def _resolve(self, service: str) -> None:
+        assert self.resolver is not None
+        timeout = self.config.resolve_timeout
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(timeout if timeout is not None else math.inf):
+                answer = await self.resolver.resolve_route(service)
+        except NotFound as exc:
+            log.info("%s: service %r not found (%s)", self.resolver.name, service, exc.message)
+            self.core.resolve_failed(service, f"not found: {exc.message}", self.clock(), exc.retry_after)
+        except ResolverError as exc:
+            log.warning("%s could not resolve service %r: %s", self.resolver.name, service, exc.message)
+            self.core.resolve_failed(service, exc.message, self.clock(), exc.retry_after)
+        except TimeoutError:
+            log.warning("%s gave no answer for service %r within resolve_timeout (%gs)", self.resolver.name, service, timeout)
+            self.core.resolve_failed(service, f"no answer within resolve_timeout ({timeout:g}s)", self.clock())
+        except Exception as exc:  # a resolver that breaks its contract must not take the node down
+            log.exception("resolver %s failed on service %r", self.resolver.name, service)
+            self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock())
+        else:
+            moved = self.core.resolved(service, answer, self.clock())
+            log.info(
+                "%s resolved service %r in %.0f ms: %s; %d delayed message(s) released",
+                self.resolver.name,
+                service,
+                (time.monotonic() - started) * 1000,
+                ", ".join(t.address for t in answer.preferred()),
+                moved,
+            )
+        self.after_core()
+
+    def diagnose(self, service: str, broker_instance: str | None) -> dict[str, Any]:
+        """Why messages to a service go where they go, or wait: the routing steps in words, and dynamic routing."""
+        now = self.clock()
+        core = self.core
+        lines = explain(
+            core.catalog.routes.values(),
+            service=service,
+            broker_instance=broker_instance,
+            now=now,
+            local_services=core.catalog.services,
+            local_instance=core.broker_instance,
+            dynamic=core.resolver_name is not None or BCN_SERVICE in core.catalog.services,
+        )
+        handles = core.tx.delayed.get(service, {})
+        return {
+            "service": service,
+            "steps": lines,
+            "routes": [r.to_def() for r in core.catalog.routes.values() if r.service_name in (service, None)],
+            "local": service in core.catalog.services,
+            "dynamic_routing": core.dynamic_routing,
+            "resolver": core.resolver_name or ("BCN service" if core.dynamic_routing else None),
+            "delayed_conversations": len(handles),
+            "delayed_messages": core.tx.delayed_count.get(service, 0),
+            "delayed_reason": next((core.endpoints[h].delayed for h in handles if h in core.endpoints), None),
+            "request": core.dispatcher.describe(ROUTE, service, now),
+        }
+
     # -------------------------------------------------------------------------------------------------- time
 
     def wake_ticker(self) -> None:
@@ -464,6 +554,7 @@ class Node:
                 )
             for name in {lease.queue.name for lease in expired}:
                 self.serve_waiters(name)
+        self.start_resolves()
         mono = time.monotonic()
         heap = self._waiter_deadlines
         while heap and heap[0][0] <= mono:
@@ -488,7 +579,7 @@ class Node:
         log.info("%s", what)
 
     def status(self) -> dict[str, Any]:
-        stats = self.core.statistics()
+        stats = self.core.statistics(self.clock())
         stats["node"] = {
             "version": __version__,
             "listen": self.url,
@@ -500,6 +591,8 @@ class Node:
         }
         stats["store"] = {**self.store.describe(), **self.writer.statistics()}
         stats["peers"] = self.links.statistics()
+        if self.resolver is not None:
+            stats["dynamic_routing"]["resolver_details"] = self.resolver.describe()
         return stats
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ list_conversations [limit]                                                     l
 receive            queue, [max_messages=1], [timeout=0], [lease_seconds]        lease, messages, conversations
 commit             lease                                                       count
 rollback           lease                                                       null
+diagnose           service, [broker_instance]                                  the routing steps in words, dynamic routing
 status             (none)                                                      node, store, queues, conversations
 =================  ==========================================================  =====================================
 
@@ -209,6 +210,12 @@ def rollback(node: Node, session: Session, rid: int, args: dict[str, Any]) -> No
     session.reply_durable(rid, None)
     if queue_name is not None:
         node.serve_waiters(queue_name)
+
+
+@op("diagnose")
+def diagnose(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    service = arg(args, "service", str)
+    session.reply_now(rid, node.diagnose(service, arg(args, "broker_instance", (str, type(None)), None)))
 
 
 @op("status")

@@ -30,8 +30,10 @@ ensure_venv() {
 
 # Debian packages the tests need, as PACKAGE:COMMAND (the command that shows the package is there, so a machine that
 # has it some other way is left alone). iproute2: `ip`, for the network-namespace tests (tests/netns.py).
-# A later need goes on the list, e.g. dnsmasq:dnsmasq.
-TEST_SYSTEM_PACKAGES=(iproute2:ip)
+# dnsmasq-base: `dnsmasq`, the DNS server the dns_srv resolver's tests run on 127.0.0.1 (tests/dnsmasq.py). The
+# binary alone, not Debian's `dnsmasq` package: that one adds a system service which starts on install (outside
+# containers with a policy-rc.d) and takes port 53 on the machine; dnsmasq-base has no service to start or stop.
+TEST_SYSTEM_PACKAGES=(iproute2:ip dnsmasq-base:dnsmasq)
 
 have_command() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 
@@ -43,7 +45,7 @@ ensure_system_packages() {
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "warning: missing system packages: ${missing[*]}; not root or no apt-get, so not installing them:" \
-            "the network-namespace tests will be skipped (install them, or run scripts/test as root on Debian)" >&2
+            "the network-namespace and DNS tests will be skipped (install them, or run scripts/test as root on Debian)" >&2
         return 0
     fi
     step "installing system packages for the tests: ${missing[*]}"

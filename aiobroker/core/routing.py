@@ -245,13 +245,42 @@ def explain(
     now: float,
     local_services: Collection[str],
     local_instance: str,
+    dynamic: bool = False,
 ) -> list[str]:
-    """The walk through the steps, in words, one line per step (for ``diagnose``)."""
+    """The walk through the seven steps in words, one line each, then the decision (for ``diagnose``)."""
     all_routes = list(routes)
-    expired = [r.name for r in all_routes if not r.live(now)]
-    lines = []
-    if expired:
-        lines.append(f"ignored expired route(s): {', '.join(expired)}")
+    live = [r for r in all_routes if r.live(now)]
+    expired = [r.name for r in all_routes if not r.live(now) and r.service_name in (service, None)]
+
+    def names(rs: list[Route]) -> str:
+        return ", ".join(f"{r.name} ({r.address})" for r in rs) if rs else "none"
+
+    named = [r for r in live if r.service_name == service]
+    lines = [f"ignored, expired: {', '.join(expired)}"] if expired else []
+    if broker_instance is not None:
+        lines.append(f"1. routes naming the service and instance {broker_instance}: {names([r for r in named if r.broker_instance == broker_instance])}")
+    else:
+        lines.append("1. skipped: the conversation names no broker instance")
+    lines.append(f"2. routes naming the service and no instance: {names([r for r in named if r.broker_instance is None])}")
+    if broker_instance is None:
+        lines.append(f"3. routes naming the service and some instance: {names([r for r in named if r.broker_instance])}")
+    else:
+        lines.append("3. skipped: the conversation names an instance")
+    bcn_routes = [r for r in live if r.service_name == BCN_SERVICE]
+    if service == BCN_SERVICE:
+        lines.append("4. skipped: this is the Broker Configuration Notice service itself")
+    elif dynamic or bcn_routes:
+        lines.append("4. dynamic routing is on: the node asks where the service is and holds its messages meanwhile")
+    else:
+        lines.append("4. dynamic routing is off: no resolver configured, no BCN service here, no route names one")
+    wild = [r for r in live if r.service_name is None and r.broker_instance is None]
+    local_note = "" if service in local_services else " (LOCAL ones do not count: the service is not on this node)"
+    lines.append(f"5. wildcard routes: {names(wild)}{local_note}")
+    if broker_instance is not None:
+        here = broker_instance == local_instance and service in local_services
+        lines.append(f"6. the conversation names an instance; {'it is this node and the service is here' if here else 'not this node with the service'}")
+    else:
+        lines.append("6. skipped: the conversation names no broker instance")
     decision = choose(
         all_routes,
         service=service,
@@ -260,6 +289,7 @@ def explain(
         local_services=local_services,
         local_instance=local_instance,
         rand=lambda: 0.0,
+        dynamic=dynamic,
     )
     lines.append(f"decision: {decision.kind}: {decision.reason}")
     return lines

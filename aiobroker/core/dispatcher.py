@@ -102,10 +102,11 @@ class Dispatcher:
             return None
         failures = self.failures[key] = self.failures.get(key, 0) + 1
         if retry_after is not None and retry_after > 0:
-            delay = float(retry_after)
+            # the source said how long its answer holds (negative caching): never sooner, a little later
+            delay = float(retry_after) * (1 + self.jitter * self.rand())
         else:
             delay = min(self.retry_cap, self.retry_first * 2 ** (failures - 1))
-        delay *= 1 + self.jitter * (2 * self.rand() - 1)
+            delay *= 1 + self.jitter * (2 * self.rand() - 1)
         when = self.retry_at[key] = now + delay
         return when
 

@@ -174,12 +174,13 @@ class DynamicRouting:
             )
             self.catalog.routes[route.name] = route
             self._save_object("route", route, route.name)
-        self.route_traffic.discard(service)
         refresh_at = expires_at - max(REFRESH_AHEAD_MIN, REFRESH_AHEAD_SHARE * answer.lifetime)
         self._schedule(max(now, refresh_at), _REFRESH, service)
         source = f" from {answer.source}" if answer.source else ""
         text = f"{len(answer.preferred())} target(s){source}, valid for {answer.lifetime:g}s"
-        return self.request_done(ROUTE, service, now, ok=True, text=text)
+        moved = self.request_done(ROUTE, service, now, ok=True, text=text)
+        self.route_traffic.discard(service)  # traffic counts from the answer on, not the release it caused
+        return moved
 
     def resolve_failed(self, service: str, text: str, now: float, retry_after: float | None = None) -> None:
         self.request_done(ROUTE, service, now, ok=False, text=text, retry_after=retry_after)

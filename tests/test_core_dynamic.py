@@ -1,0 +1,207 @@
+"""Dynamic routing on the pure core: DELAYED messages, one request per service, release in order (fake clock)."""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree
+
+import pytest
+from core_harness import Harness
+
+from aiobroker.core.catalog import BCN_CONTRACT, BCN_SERVICE, ERROR, MISSING_ROUTE
+from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.errors import Overloaded
+from resolvers.base import RouteAnswer, Target
+
+B = "tcp://10.0.0.2:4022"
+
+
+def resolver_node(**options: object) -> Harness:
+    h = Harness(resolver_name="test", **options)  # type: ignore[arg-type]
+    h.service("init", "qi", [])
+    return h
+
+
+def begin(h: Harness, to: str) -> str:
+    handle = h.core.begin_dialog(from_service="init", to_service=to, contract="DEFAULT", now=h.now).handle
+    h.flush()
+    return handle
+
+
+def take_requests(h: Harness) -> list[str]:
+    requests = [service for _, service in h.core.resolve_requests]
+    h.core.resolve_requests.clear()
+    return requests
+
+
+def answer(service: str, lifetime: float = 60.0, address: str = B) -> RouteAnswer:
+    return RouteAnswer(service_name=service, targets=(Target(address=address),), lifetime=lifetime, source="test")
+
+
+def test_ten_thousand_conversations_to_a_hundred_services_make_a_hundred_requests_and_release_in_order() -> None:
+    h = resolver_node()
+    handles: dict[str, list[str]] = {}
+    for c in range(100):
+        for s in range(100):
+            service = f"svc{s}"
+            handle = h.core.begin_dialog(from_service="init", to_service=service, contract="DEFAULT", now=h.now).handle
+            handles.setdefault(service, []).append(handle)
+            h.core.send(handle, [["DEFAULT", b"%d-%d" % (c, i)] for i in range(2)], h.now)
+    h.flush()
+    requests = take_requests(h)
+    assert sorted(requests) == sorted(f"svc{s}" for s in range(100)), "exactly one request per service"
+    assert h.core.tx.delayed_total == 20_000
+    for service in requests:
+        h.core.resolved(service, answer(service), h.now)
+    h.flush()
+    assert take_requests(h) == [], "an answer does not ask again"
+    assert h.core.tx.delayed_total == 0
+    sent = h.core.outgoing(B, 100_000)
+    assert len(sent) == 20_000
+    per_conversation: dict[str, list[int]] = {}
+    for env in sent:
+        per_conversation.setdefault(env[1], []).append(env[3])
+    assert all(seqs == [0, 1] for seqs in per_conversation.values()), "each conversation in its own order"
+    assert h.core.dispatcher.requests_made == 100
+
+
+def test_a_request_that_never_ends_gets_no_second_one() -> None:
+    h = resolver_node()
+    first = begin(h, "svc")
+    h.send(first, b"1")
+    assert take_requests(h) == ["svc"]
+    for _ in range(50):
+        h.advance(3600)  # hours go by; the resolver never answers
+        h.send(begin(h, "svc"), b"more")
+    assert take_requests(h) == [], "no time-out by default: the seeds' 'longest possible time-out'"
+    assert h.core.statistics(h.now)["dynamic_routing"]["services"]["svc"]["in_flight"] is not None
+
+
+def test_resolve_timeout_gives_up_and_asks_again_after_the_retry() -> None:
+    h = resolver_node(resolve_timeout=10.0)
+    h.send(begin(h, "svc"), b"1")
+    assert take_requests(h) == ["svc"]
+    h.advance(10.5)
+    assert h.core.dispatcher.last_error("route", "svc") == "no answer within resolve_timeout"
+    h.advance(60)
+    assert take_requests(h) == ["svc"], "asked again after the retry interval"
+
+
+def test_a_failure_keeps_messages_delayed_and_retries_with_back_off() -> None:
+    h = resolver_node()
+    h.send(begin(h, "svc"), b"1")
+    take_requests(h)
+    h.core.resolve_failed("svc", "registry said 503", h.now)
+    h.flush()
+    assert take_requests(h) == []
+    status = h.core.statistics(h.now)["dynamic_routing"]["services"]["svc"]
+    assert status["last"]["text"] == "registry said 503" and status["next_retry_in"] is not None
+    assert 1.5 <= status["next_retry_in"] <= 2.5  # the first retry: 2 s +- 20% jitter
+    h.advance(status["next_retry_in"] + 0.01)
+    assert take_requests(h) == ["svc"]
+    h.core.resolve_failed("svc", "again", h.now, retry_after=300.0)  # a negative answer's caching time
+    h.advance(299.9)
+    assert take_requests(h) == [], "never sooner than the source said"
+    h.advance(60.2)  # at most 20% later (jitter only lengthens it)
+    assert take_requests(h) == ["svc"]
+
+
+def test_a_conversation_that_ends_while_delayed_takes_its_messages_out() -> None:
+    h = resolver_node()
+    staying, leaving = begin(h, "svc"), begin(h, "svc")
+    h.send(staying, b"stays")
+    h.send(leaving, b"goes 1", b"goes 2")
+    assert h.core.end(leaving, h.now) == 2
+    h.flush()
+    assert h.core.tx.delayed_count["svc"] == 1
+    h.core.resolved("svc", answer("svc"), h.now)
+    h.flush()
+    assert [e[10] for e in h.core.outgoing(B, 100)] == [b"stays"]
+
+
+def test_lifetime_running_out_while_delayed_names_the_service_and_the_last_error() -> None:
+    h = resolver_node()
+    handle = h.core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=h.now, lifetime=30).handle
+    h.send(handle, b"1")
+    take_requests(h)
+    h.core.resolve_failed("svc", "NXDOMAIN for _aiobroker._tcp.svc.test.", h.now)
+    h.advance(31)
+    (_, _, mtype, body), = h.drain("qi")
+    code, description = parse_error_body(body)
+    assert mtype == ERROR and code == BrokerErrorCode.LIFETIME_EXPIRED
+    assert "'svc'" in description and "NXDOMAIN for _aiobroker._tcp.svc.test." in description
+    assert h.core.tx.delayed_total == 0
+
+
+def test_delayed_messages_are_bounded_per_service_and_per_node() -> None:
+    h = resolver_node(max_delayed_per_service=5, max_delayed_messages=8)
+    a = begin(h, "svc-a")
+    h.send(a, *[b"x"] * 5)
+    with pytest.raises(Overloaded, match="5 message\\(s\\) already wait for a route to service 'svc-a'"):
+        h.core.send(a, [["DEFAULT", b"one too many"]], h.now)
+    b = begin(h, "svc-b")
+    h.send(b, *[b"y"] * 3)
+    with pytest.raises(Overloaded, match="max_delayed_messages is 8"):
+        h.core.send(b, [["DEFAULT", b"over the node's bound"]], h.now)
+    assert h.core.tx.delayed_total == 8, "a refused send added nothing"
+
+
+def test_routes_from_an_answer_expire_and_are_asked_for_again_while_the_service_has_traffic() -> None:
+    h = resolver_node()
+    h.send(begin(h, "busy"), b"1")
+    h.send(begin(h, "quiet"), b"1")
+    take_requests(h)
+    h.core.resolved("busy", answer("busy", lifetime=100), h.now)
+    h.core.resolved("quiet", answer("quiet", lifetime=100), h.now)
+    h.flush()
+    h.advance(50)
+    h.send(begin(h, "busy"), b"traffic")  # routed through the resolver's route
+    h.advance(41)  # 9 s before expiry: inside the refresh window (10% of the lifetime)
+    assert take_requests(h) == ["busy"], "the busy service is asked again before its routes expire"
+    routes = {r.service_name: r for r in h.core.catalog.routes.values() if r.origin == "test"}
+    assert routes["busy"].expires_at == routes["quiet"].expires_at
+    h.core.resolved("busy", answer("busy", lifetime=100), h.now)
+    assert {r.service_name for r in h.core.catalog.routes.values() if r.origin == "test" and r.live(h.now + 20)} == {"busy"}
+
+
+def test_the_bcn_service_is_asked_with_a_real_conversation_and_its_end_releases_the_messages() -> None:
+    h = Harness()
+    h.service("init", "qi", [])
+    h.core.create_object("queue", {"name": "bcn-q"})
+    h.core.create_object("service", {"name": BCN_SERVICE, "queue": "bcn-q", "contracts": [BCN_CONTRACT]})
+    h.flush()
+    conversations = [begin(h, "far") for _ in range(20)]
+    for i, handle in enumerate(conversations):
+        h.send(handle, b"m%d" % i)
+    # the BCN application's view: one MissingRoute, however many conversations wait
+    requests = h.drain("bcn-q")
+    assert len(requests) == 1
+    bcn_handle, _, mtype, body = requests[0]
+    assert mtype == MISSING_ROUTE
+    root = ElementTree.fromstring(body)
+    assert root.tag == "{http://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice/MissingRoute}MissingRoute"
+    assert root.findtext("{http://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice/MissingRoute}SERVICE_NAME") == "far"
+    # it creates the route and ends the conversation
+    h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
+    h.core.end(bcn_handle, h.now)
+    h.flush()
+    sent = h.core.outgoing(B, 100)
+    assert sorted(e[10] for e in sent) == sorted(b"m%d" % i for i in range(20))
+    assert h.core.statistics(h.now)["dynamic_routing"]["services"] == {}
+
+
+def test_a_bcn_error_keeps_the_messages_delayed_and_asks_again_later() -> None:
+    h = Harness()
+    h.service("init", "qi", [])
+    h.core.create_object("queue", {"name": "bcn-q"})
+    h.core.create_object("service", {"name": BCN_SERVICE, "queue": "bcn-q", "contracts": [BCN_CONTRACT]})
+    h.flush()
+    h.send(begin(h, "far"), b"waiting")
+    (bcn_handle, _, _, _), = h.drain("bcn-q")
+    h.core.end(bcn_handle, h.now, error=(404, "no such service in the inventory"))
+    h.flush()
+    status = h.core.statistics(h.now)["dynamic_routing"]["services"]["far"]
+    assert "no such service in the inventory" in status["last"]["text"]
+    assert status["delayed_messages"] == 1
+    assert h.drain("bcn-q") == [], "no new request before the retry interval"
+    h.advance(status["next_retry_in"] + 0.01)
+    assert len(h.drain("bcn-q")) == 1, "asked again"

@@ -385,6 +385,9 @@ class Client:
             pass
         except ProtocolError as exc:
             reason = f"the node sent garbage: {exc.message}"
+        except anyio.get_cancelled_exc_class():
+            reason = "the client is closing"
+            raise
         finally:
             conn.close()
             self._fail_all(reason)

@@ -187,3 +187,15 @@ def test_a_target_that_does_not_accept_the_contract_refuses_the_first_message() 
     (_, _, mtype, body), = a.drain("qa")
     assert mtype == ERROR and parse_error_body(body)[0] == BrokerErrorCode.CONTRACT_NOT_ACCEPTED
 
+
+
+def test_a_link_that_stopped_at_an_unstored_message_is_woken_by_the_write_that_stores_it() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"stored")
+    a.core.tx.ready_links.clear()  # the shell woke the link for it ...
+    a.core.send(handle, [["DEFAULT", b"not yet stored"]], a.now)
+    a.core.tx.ready_links.clear()  # ... and that wake-up, after the first write, cleared the mark
+    assert [e[10] for e in a.core.outgoing(B_ADDR, 100)] == [b"stored"]
+    assert B_ADDR in a.core.tx.ready_links, "the link must be woken when the second message is stored"
+    a.flush()
+    assert [e[10] for e in a.core.outgoing(B_ADDR, 100)] == [b"not yet stored"]

@@ -211,6 +211,9 @@ class TransmissionQueue:
                 out.append((handle, rows[i]))
                 i += 1
             link.sent[handle] = i
+            if i < end:
+                # stopped at a row not yet stored: the write that stores it must wake this link again
+                self.ready_links.add(address)
             if len(out) >= max_messages:
                 self.ready_links.add(address)  # more to go
                 break

@@ -149,13 +149,17 @@ class Dialog:
         batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
         return self.client.start_request("send", {"handle": self.handle, "messages": batch})
 
-    async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> None:
+    async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int:
         """End this side: sends EndDialog after what is queued, or with ``error=(code > 0, text)`` an Error
-        instead (dropping what is still queued). ``cleanup=True`` removes this side only, sending nothing."""
+        instead (dropping what is still queued). ``cleanup=True`` removes this side only, sending nothing.
+
+        Returns how many messages were dropped because they were still DELAYED (waiting for a route: they had
+        not left this node, and now never will)."""
         args: dict[str, Any] = {"handle": self.handle, "cleanup": cleanup}
         if error is not None:
             args["error"] = [error[0], error[1]]
-        await self.client.request("end", args)
+        result = await self.client.request("end", args)
+        return int(result.get("dropped_delayed", 0)) if isinstance(result, dict) else 0
 
     async def begin_timer(self, seconds: float) -> None:
         """A DialogTimer message arrives on this side's queue after ``seconds`` (a new call resets it)."""

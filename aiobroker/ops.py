@@ -144,13 +144,13 @@ def end(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     error = arg(args, "error", list, None)
     if error is not None and len(error) != 2:
         raise InvalidArgument("argument 'error' is [code, description]")
-    node.core.end(
+    dropped = node.core.end(
         arg(args, "handle", str),
         node.clock(),
         error=(error[0], error[1]) if error is not None else None,
         cleanup=arg(args, "cleanup", bool, False),
     )
-    session.reply_durable(rid, None)
+    session.reply_durable(rid, {"dropped_delayed": dropped})
 
 
 @op("begin_timer")

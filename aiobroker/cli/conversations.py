@@ -15,7 +15,7 @@ from ..errors import BrokerError
 from . import arguments
 from .arguments import add_command
 from .common import CommandError
-from .render import STATE_MEANINGS, echo, state_words, to_json, when
+from .render import note, STATE_MEANINGS, echo, state_words, to_json, when
 
 # ================================================================================================ commands
 
@@ -73,9 +73,11 @@ async def cmd_send(client: Client, args: argparse.Namespace) -> None:
 
 async def cmd_end(client: Client, args: argparse.Namespace) -> None:
     error = (args.error, args.description) if args.error is not None else None
-    await client.dialog(args.handle).end(error=error, cleanup=args.cleanup)
+    dropped = await client.dialog(args.handle).end(error=error, cleanup=args.cleanup)
     how = " (cleanup: nothing sent)" if args.cleanup else (f" with error {args.error}" if error else "")
     echo(f"ended conversation {args.handle}{how}")
+    if dropped:
+        note(f"{dropped} message(s) still waiting for a route were dropped (they had not left this node)")
 
 
 async def cmd_timer(client: Client, args: argparse.Namespace) -> None:

@@ -376,6 +376,7 @@ class BrokerCore(Federation, DynamicRouting):
                 self._deliver_user_messages(ep, target, messages, types, now)
         elif target is not None:
             self.queue_outgoing(ep, messages, now)  # remote: stored until acknowledged
+            self.route_traffic.add(ep.far_service)  # a live service: its resolver's routes are refreshed in time
         elif ep.delayed is not None:
             self._check_delay_bounds(ep, len(messages))
             self.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears

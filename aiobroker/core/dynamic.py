@@ -90,6 +90,7 @@ class DynamicRouting:
         def reroute(self, now: float, services: set[str] | None = None) -> int: ...
         def _save_object(self, kind: str, obj: Any, name: str) -> None: ...
         def _schedule(self, when: float, kind: int, key: str) -> None: ...
+        def _touch(self, ep: Endpoint) -> None: ...
 
     # ----------------------------------------------------------------------------------------------- asking
 
@@ -115,14 +116,28 @@ class DynamicRouting:
             request = d.in_flight.get((kind, service))
             if request is not None and request.deadline is not None:
                 self._schedule(request.deadline, _DISPATCH, f"{kind}\x00{service}")
+        return self.waiting_reason(kind, service, now)
+
+    def waiting_reason(self, kind: str, service: str, now: float) -> str:
+        """Why conversations to ``service`` wait, in words: the request in flight, or the last failure and when
+        the node asks again."""
+        d = self.dispatcher
         request = d.in_flight.get((kind, service))
         if request is not None:
             return f"waiting for dynamic routing: asked the {request.via}"
         last = d.last_error(kind, service)
         retry = d.retry_at.get((kind, service))
         return "waiting for dynamic routing: " + (f"the last request failed ({last}); " if last else "") + (
-            f"asking again at {retry:.0f}" if retry is not None else "asking again soon"
+            f"asking again in {max(0.0, retry - now):.0f}s" if retry is not None else "asking again soon"
         )
+
+    def _refresh_reasons(self, kind: str, service: str, now: float) -> None:
+        reason = self.waiting_reason(kind, service, now)
+        for handle in self.tx.delayed.get(service, ()):
+            ep = self.endpoints.get(handle)
+            if ep is not None and ep.delayed != reason:
+                ep.delayed = reason
+                self._touch(ep)
 
     def _ask_bcn(self, kind: str, service: str, now: float) -> None:
         contract = BCN_CONTRACT
@@ -195,11 +210,13 @@ class DynamicRouting:
             when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after)
             if when is not None:
                 self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+            self._refresh_reasons(kind, service, now)
             return 0
         when = d.still_no_route(kind, service, now, f"{text}, but the service still has no route")
         moved = self.reroute(now, {service})
         if service in self.tx.delayed:
             self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+            self._refresh_reasons(kind, service, now)
         else:
             d.finished(kind, service, now, ok=True, text=text)
         return moved
@@ -209,7 +226,7 @@ class DynamicRouting:
     def dispatch_due(self, kind_code: int, key: str, now: float) -> None:
         """A dispatcher deadline came (from the core's heap): a time-out, a retry, or a refresh."""
         d = self.dispatcher
-        if kind_code == _REFRESH:
+        if kind_code == _REFRESH:  # (traffic: any send to the service since the answer, see BrokerCore.send)
             service = key
             if service in self.route_traffic and self.resolver_name is not None:
                 self.route_traffic.discard(service)

@@ -150,7 +150,8 @@ class Federation:
 
     def reroute(self, now: float, services: set[str] | None = None) -> int:
         """Routes or services changed: decide again for every conversation with messages waiting (only those to
-        ``services`` when given). Messages whose far side is now on this node are delivered at once, in order."""
+        ``services`` when given). Messages whose far side is now on this node are delivered at once, in order;
+        those routed to another node join its link. Returns how many messages moved on either way."""
         moved = 0
         if services is None:
             handles = list(self.tx.rows)
@@ -168,6 +169,8 @@ class Federation:
             target = self.route(ep, now)
             if isinstance(target, Endpoint):
                 moved += self._move_to_local(ep, target)
+            elif target is not None:
+                moved += len(self.tx.rows.get(handle, ()))  # on their way to another node now
         return moved
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:

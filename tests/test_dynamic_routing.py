@@ -1,0 +1,535 @@
+"""Dynamic routing end to end: real node processes, real resolvers' sources (a file, dnsmasq, an HTTP registry).
+
+Node A has service svcA, a ``[resolver]`` and NO route to svcB; node B has svcB (accepting DEFAULT) and a static
+route back to svcA (acknowledgements travel back on the connection, replies would need that route). What A does when
+no route names svcB (``aiobroker/core/dynamic.py``, ``aiobroker/core/dispatcher.py``): the messages wait DELAYED,
+one request per service goes to the resolver, its answer becomes routes with the answer's lifetime, and the waiting
+messages are released in order. Each scenario checks what an operator sees (``status``, ``diagnose``, the log)
+while messages wait, and that afterwards every message arrives at B exactly once and in order.
+
+Every wait is a poll with a deadline; every process is stopped by its pid; the network is 127.0.0.1 (and, across
+hosts, only the namespaces the test makes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from dnsmasq import Dnsmasq, Host, Srv
+from dynamic_helpers import (
+    LOOPBACK,
+    Registry,
+    assert_exactly_once_in_order,
+    cid,
+    node_config,
+    lone_node,
+    node_pair,
+    numbered,
+    receive,
+    routes_file_toml,
+    service_state,
+    until,
+    write_atomically,
+)
+from netns import Topology, netns_available
+from node_process import NodeProcess, free_port, wait_for
+
+import aiobroker
+
+pytestmark = pytest.mark.slow
+
+RELEASE_TIMEOUT = 20.0  # the node asks again after its retry interval (~2 s): far inside this bound
+
+
+async def send_numbered(dialog: aiobroker.Dialog, first: int, count: int, batch: int = 25) -> None:
+    for start in range(first, first + count, batch):
+        await dialog.send_many(numbered(start, min(batch, first + count - start)))
+
+
+async def transmission_empty(client: aiobroker.Client) -> bool:
+    return bool((await client.status())["transmission"]["messages"] == 0)
+
+
+# --------------------------------------------------------------------------------------------- 1. static_file
+
+
+@pytest.mark.anyio
+async def test_static_file_delayed_until_the_file_names_the_service_then_a_broken_edit_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # default_lifetime is how long "not found" holds (the retry interval after it); the entry's own lifetime is
+    # short so that the node asks the file again (ahead of expiry, or after it) while the test sends
+    resolver = {"kind": "static_file", "path": "routes.toml", "default_lifetime": 2}
+    with node_pair(tmp_path, resolver) as pair:
+        routes = pair.home_a / "routes.toml"  # relative in the config: relative to the config file
+        other = {"address": f"tcp://{LOOPBACK}:{free_port()}"}
+        write_atomically(routes, routes_file_toml({"svcOther": [other]}))
+        async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+            dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(3)]
+            for d in dialogs:
+                await send_numbered(d, 0, 40)  # accepted: stored at A, though nothing says where svcB is
+
+            async def asked_and_not_found() -> dict[str, Any] | None:
+                state = service_state(await ca.status(), "svcB")
+                if state and state["last"] and not state["last"]["ok"]:
+                    return state
+                return None
+
+            state = await until(asked_and_not_found, 10, "A to ask the file about svcB and hear 'not found'")
+            assert state["delayed_conversations"] == 3 and state["delayed_messages"] == 120, state
+            assert "not found" in state["last"]["text"] and str(routes) in state["last"]["text"], state
+            assert state["in_flight"] is None and 0 < state["next_retry_in"] <= 2 * 1.2, state  # ~2 s, +20% jitter
+            status = await ca.status()
+            assert status["delayed"]["svcB"]["messages"] == 120
+            assert "waiting for dynamic routing" in status["delayed"]["svcB"]["reason"]
+            diagnosis = await ca.diagnose("svcB")
+            step4 = [line for line in diagnosis["steps"] if line.startswith("4.")]
+            assert step4 and "dynamic routing is on" in step4[0], diagnosis["steps"]
+            assert diagnosis["steps"][-1].startswith("decision: resolve: step 4"), diagnosis["steps"]
+            assert diagnosis["delayed_messages"] == 120 and diagnosis["resolver"] == "static_file", diagnosis
+            assert not await cb.receive("qb", timeout=0), "a message reached B before A knew where svcB is"
+
+            # the file now names B: the node asks again after its retry interval and releases everything, in order
+            entry = {"address": pair.b_address, "weight": 2}
+            write_atomically(routes, routes_file_toml({"svcOther": [other], "svcB": [entry]}, lifetime=3))
+            received = await receive(cb, "qb", 120, RELEASE_TIMEOUT)
+            assert_exactly_once_in_order(received, {cid(d): 40 for d in dialogs})
+            diagnosis = await ca.diagnose("svcB")
+            made = [r for r in diagnosis["routes"] if r["origin"] == "static_file"]
+            assert [(r["address"], r["weight"]) for r in made] == [(pair.b_address, 2)], diagnosis["routes"]
+            assert made[0]["expires_at"] is not None and made[0]["expires_at"] - time.time() <= 3.5, made
+            assert diagnosis["request"]["last"]["ok"], diagnosis["request"]
+            await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
+
+            # a broken edit: the last good contents stay in service, one warning names the file. The file is read
+            # again on the next question, and questions come from new conversations (one already on its link
+            # keeps it): new ones while the 3 s route lives make the node ask again ahead of its expiry, new ones
+            # after it make it ask at once.
+            write_atomically(routes, '[services."svcB"]\ntargets = [ { address = \n')
+            log_line = f"resolver file {routes}: "
+            later: list[aiobroker.Dialog] = []
+
+            async def warned() -> bool:
+                dialog = await ca.begin_dialog("svcA", "svcB")
+                later.append(dialog)
+                await send_numbered(dialog, 0, 5)
+                return log_line in pair.a.output()
+
+            await until(warned, 15, "A to read the broken file and warn", interval=0.3)
+            for i in range(5):  # and traffic goes on after the warning, on old and new conversations
+                await send_numbered(dialogs[0], 40 + 5 * i, 5)
+                later.append(await ca.begin_dialog("svcA", "svcB"))
+                await send_numbered(later[-1], 0, 5)
+                await anyio.sleep(0.2)  # pacing the stream
+            received = await receive(cb, "qb", 25 + 5 * len(later), RELEASE_TIMEOUT)
+            first = received.pop(cid(dialogs[0]), [])
+            assert [(seq, int(body)) for seq, _, body in first] == [(n, n) for n in range(40, 65)], first
+            assert_exactly_once_in_order(received, {cid(d): 5 for d in later})
+            warnings = [line for line in pair.a.output().splitlines() if log_line in line]
+            assert len(warnings) == 1, warnings  # once per broken version, not once per question
+            assert "WARNING" in warnings[0] and "keeping its last good contents" in warnings[0], warnings
+            details = (await ca.status())["dynamic_routing"]["resolver_details"]
+            assert details["last_error"] and details["services"] == 2, details
+            await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
+
+
+# --------------------------------------------------------------------------------------------- 2. dns_srv
+
+
+@pytest.mark.anyio
+async def test_dns_srv_delivers_through_the_preferred_record_and_nxdomain_keeps_messages_delayed(
+    tmp_path: Path,
+) -> None:
+    b_port = free_port()
+    dead_port = free_port()  # the backup record's port: nothing listens there, and nothing must be sent there
+    records: list[Srv | Host] = [
+        Srv("_aiobroker._tcp.svcb.test", "b.test", b_port, priority=0, weight=5),
+        Srv("_aiobroker._tcp.svcb.test", "backup.test", dead_port, priority=10, weight=50),
+        Host("b.test", (LOOPBACK,)),
+        Host("backup.test", (LOOPBACK,)),
+    ]
+    with Dnsmasq(tmp_path, records=records, ttl=2) as dns:
+        resolver = {
+            "kind": "dns_srv", "domain": "test", "nameservers": [dns.nameserver], "timeout": 2, "lifetime_floor": 1,
+        }  # fmt: skip
+        with node_pair(tmp_path, resolver, b_port=b_port) as pair:
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(2)]
+                ghost = await ca.begin_dialog("svcA", "svcGhost")
+                await ghost.send_many(numbered(0, 7))
+                for d in dialogs:
+                    await send_numbered(d, 0, 50)
+                received = await receive(cb, "qb", 100, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(d): 50 for d in dialogs})
+                diagnosis = await ca.diagnose("svcB")
+                made = [r for r in diagnosis["routes"] if r["origin"] == "dns_srv"]
+                # only the lowest priority is used; an SRV weight w becomes 100 * w
+                assert [(r["address"], r["weight"]) for r in made] == [(pair.b_address, 500)], diagnosis["routes"]
+                assert made[0]["expires_at"] - time.time() <= 2.5, made  # the TTL (2 s) is the route's lifetime
+
+                # NXDOMAIN for svcGhost: its messages stay DELAYED, with the reason in status
+                async def ghost_not_found() -> dict[str, Any] | None:
+                    state = service_state(await ca.status(), "svcGhost")
+                    return state if state and state["last"] and not state["last"]["ok"] else None
+
+                state = await until(ghost_not_found, 10, "A to hear NXDOMAIN for svcGhost")
+                assert "NXDOMAIN" in state["last"]["text"], state
+                assert state["delayed_messages"] == 7 and state["delayed_conversations"] == 1, state
+                status = await ca.status()
+                assert status["delayed"]["svcGhost"]["messages"] == 7
+                assert "waiting for dynamic routing" in status["delayed"]["svcGhost"]["reason"], status["delayed"]
+                # (that per-conversation reason still says "asked the resolver" after the answer came: see
+                # test_the_delayed_reason_names_the_last_failure_not_a_request_long_answered below)
+                assert status["transmission"]["messages"] == 7
+
+                # the short TTL runs out (no new conversations, so no refresh): the next conversation's first
+                # messages make a new question (those already on their link keep it)
+                async def expired() -> bool:
+                    return any(line.startswith("ignored, expired") for line in (await ca.diagnose("svcB"))["steps"])
+
+                await until(expired, 10, "the 2 s route to svcB to expire")
+                requests_before = (await ca.status())["dynamic_routing"]["requests_made"]
+                late = await ca.begin_dialog("svcA", "svcB")
+                await send_numbered(late, 0, 20)
+                received = await receive(cb, "qb", 20, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(late): 20})
+                assert (await ca.status())["dynamic_routing"]["requests_made"] > requests_before
+                ghost_state = service_state(await ca.status(), "svcGhost")
+                assert ghost_state is not None and ghost_state["delayed_messages"] == 7, ghost_state
+                assert (await cb.status())["conversations"] == 3  # nothing of svcGhost's ever reached B
+            assert "svcghost" in dns.output().lower()
+
+
+# --------------------------------------------------------------------------------------------- 3. http
+
+
+def registry_answer(service: str, address: str, *, lifetime: float = 30) -> dict[str, Any]:
+    """The aiobroker format's 200 answer."""
+    return {"body": {"service": service, "lifetime": lifetime, "targets": [{"address": address}]}}
+
+
+@pytest.mark.anyio
+async def test_http_registry_503_keeps_messages_delayed_with_the_error_then_they_go(tmp_path: Path) -> None:
+    with Registry(tmp_path) as registry:
+        registry.serve({"svcB": {"status": 503, "raw": "registry overloaded"}})
+        resolver = {"kind": "http", "url": registry.url(), "connect_timeout": 2, "read_timeout": 5}
+        with node_pair(tmp_path, resolver) as pair:
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(2)]
+                for d in dialogs:
+                    await send_numbered(d, 0, 30)
+
+                async def failed() -> dict[str, Any] | None:
+                    state = service_state(await ca.status(), "svcB")
+                    return state if state and state["last"] and not state["last"]["ok"] else None
+
+                state = await until(failed, 10, "A to hear the registry's 503")
+                assert "503" in state["last"]["text"] and "registry overloaded" in state["last"]["text"], state
+                assert state["delayed_messages"] == 60 and state["failures"] >= 1, state
+                status = await ca.status()
+                assert status["delayed"]["svcB"]["messages"] == 60, status["delayed"]
+                assert "503" in status["dynamic_routing"]["services"]["svcB"]["last"]["text"]
+                assert registry.requests("svcB"), "the registry was never asked"
+                assert not await cb.receive("qb", timeout=0)
+
+                registry.serve({"svcB": registry_answer("svcB", pair.b_address)})  # fixed
+                received = await receive(cb, "qb", 60, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(d): 30 for d in dialogs})
+                diagnosis = await ca.diagnose("svcB")
+                made = [r for r in diagnosis["routes"] if r["origin"] == "http"]
+                assert [r["address"] for r in made] == [pair.b_address], diagnosis["routes"]
+                assert 25 < made[0]["expires_at"] - time.time() <= 30.5, made  # the answer's lifetime
+                assert diagnosis["request"]["last"]["ok"] and diagnosis["delayed_messages"] == 0, diagnosis
+                await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
+
+
+# --------------------------------------------------------------------------------------------- 4. one request
+
+
+LOAD_CONVERSATIONS = 200
+LOAD_MESSAGES = 5
+REGISTRY_DELAY = 2.0
+
+
+@pytest.mark.anyio
+async def test_one_request_per_service_while_200_conversations_wait(tmp_path: Path) -> None:
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url(), "read_timeout": 10}) as pair:
+            registry.serve({"svcB": {**registry_answer("svcB", pair.b_address), "delay": REGISTRY_DELAY}})
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(LOAD_CONVERSATIONS)]
+                started = time.monotonic()
+                async with anyio.create_task_group() as tg:  # every conversation sends at once
+                    for d in dialogs:
+                        tg.start_soon(d.send_many, numbered(0, LOAD_MESSAGES))
+                sending = time.monotonic() - started
+
+                async def all_waiting_on_one_request() -> dict[str, Any] | None:
+                    state = service_state(await ca.status(), "svcB")
+                    if state and state["delayed_conversations"] == LOAD_CONVERSATIONS:
+                        return state
+                    return None
+
+                state = await until(all_waiting_on_one_request, REGISTRY_DELAY, "200 conversations DELAYED")
+                assert state["in_flight"] is not None, (state, f"sending took {sending:.2f}s")
+                assert "resolver http" in state["in_flight"]["via"], state
+                assert state["delayed_messages"] == LOAD_CONVERSATIONS * LOAD_MESSAGES, state
+
+                received = await receive(cb, "qb", LOAD_CONVERSATIONS * LOAD_MESSAGES, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(d): LOAD_MESSAGES for d in dialogs})
+                await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
+                asked = registry.requests("svcB")
+                assert len(asked) == 1, f"{len(asked)} requests for svcB: {asked}"
+                assert (await ca.status())["dynamic_routing"]["requests_made"] == 1
+
+
+# --------------------------------------------------------------------------------------------- 5. end while DELAYED
+
+
+@pytest.mark.anyio
+async def test_a_conversation_that_ends_while_delayed_never_reaches_the_target(tmp_path: Path) -> None:
+    resolver = {"kind": "static_file", "path": "routes.json", "default_lifetime": 1}
+    with node_pair(tmp_path, resolver) as pair:
+        routes = pair.home_a / "routes.json"
+        write_atomically(routes, json.dumps({"services": {}}))
+        async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+            ending = await ca.begin_dialog("svcA", "svcB")
+            staying = await ca.begin_dialog("svcA", "svcB")
+            await ending.send_many(numbered(0, 10))
+            await staying.send_many(numbered(0, 10))
+            await ending.send_many(numbered(10, 10))
+
+            async def delayed(conversations: int, messages: int) -> bool:
+                state = service_state(await ca.status(), "svcB")
+                return bool(
+                    state and state["delayed_conversations"] == conversations and state["delayed_messages"] == messages
+                )
+
+            await until(lambda: delayed(2, 30), 10, "both conversations DELAYED")
+            with anyio.fail_after(10):
+                await ending.end()  # returns although svcB has no route yet
+            await until(lambda: delayed(1, 10), 10, "the ended conversation's messages to leave the DELAYED ones")
+            with pytest.raises(aiobroker.BrokerError, match="ended"):
+                await ending.send("DEFAULT", b"after the end")
+
+            write_atomically(routes, json.dumps({"services": {"svcB": {"targets": [{"address": pair.b_address}]}}}))
+            received = await receive(cb, "qb", 10, RELEASE_TIMEOUT, linger=1.5)
+            assert_exactly_once_in_order(received, {cid(staying): 10})
+            await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
+            assert not await cb.receive("qb", timeout=0.5), "something of the ended conversation arrived"
+            assert (await cb.status())["conversations"] == 1, "B heard of the conversation that ended while DELAYED"
+
+
+# --------------------------------------------------------------------------------------------- 6. across hosts
+
+# One resolver is enough across hosts: dns_srv and http are covered on loopback above; what this adds is a
+# resolver's answer naming an address in another network namespace, reached over a real (veth) link.
+
+DRIVER = str(Path(__file__).with_name("fed_driver.py"))
+NETNS_PORT = 4022
+HOSTS_CONVERSATIONS = 3
+HOSTS_COUNT = 300  # per conversation
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def variant(request: pytest.FixtureRequest) -> str:
+    if request.param == "netns":
+        ok, reason = netns_available()
+        if not ok:
+            pytest.skip(reason)
+    return str(request.param)
+
+
+class HostNode:
+    """A node process on a host: inside its namespace (``topo.run``) or on loopback (NodeProcess)."""
+
+    def __init__(self, topo: Topology | None, host: str, config: Path, data_dir: Path, port: int) -> None:
+        self.topo = topo
+        self.host = host
+        self.config = config
+        self.log_path = config.parent / "node.log"
+        self.process: NodeProcess | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        if topo is None:
+            self.process = NodeProcess(data_dir, port=port, extra=["--config", str(config)])
+
+    def start(self) -> None:
+        if self.process is not None:
+            self.process.start()
+            return
+        assert self.topo is not None
+        self._log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "aiobroker", "serve", "--config", str(self.config)]
+        self.proc = self.topo.run(self.host, argv, stdout=self._log, stderr=subprocess.STDOUT)
+
+        def listening() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node on {self.host} exited with {self.proc.returncode}:\n{self.output()}")
+            return " listening on " in self.output()
+
+        wait_for(listening, 20, f"the node on host {self.host} to listen")
+
+    def output(self) -> str:
+        if self.process is not None:
+            return self.process.output()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        if self.process is not None:
+            return self.process.stop(timeout=10)
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM to this pid (ip netns exec execs the node in place)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._log.close()
+        return proc.returncode
+
+
+@contextmanager
+def two_hosts(variant: str) -> Iterator[Topology | None]:
+    if variant == "loopback":
+        yield None
+        return
+    with Topology(["a", "b"], [("a", "b")]) as topo:
+        yield topo
+
+
+def run_driver(topo: Topology | None, host: str, *args: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """tests/fed_driver.py on ``host`` (inside its namespace, or here), to completion; its JSON lines."""
+    argv = [sys.executable, DRIVER, "--limit", str(timeout - 5), *args]
+    if topo is not None:
+        out = topo.check_output(host, argv, timeout=timeout)
+    else:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"driver {args[0]} exited with {done.returncode}:\n{done.stderr}")
+        out = done.stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_across_hosts_a_static_file_resolver_names_the_far_host(variant: str, tmp_path: Path) -> None:
+    with two_hosts(variant) as topo:
+        if topo is not None:
+            addr_a, addr_b, port_a, port_b = topo.address("a"), topo.address("b"), NETNS_PORT, NETNS_PORT
+        else:
+            addr_a, addr_b, port_a, port_b = LOOPBACK, LOOPBACK, free_port(), free_port()
+        url_a, url_b = f"tcp://{addr_a}:{port_a}", f"tcp://{addr_b}:{port_b}"
+        nodes: list[HostNode] = []
+        for name, host, listen, service, queue, accepts, routes, resolver in (
+            ("B", "b", f"{addr_b}:{port_b}", "svcB", "qb", True, {"svcA": url_a}, None),
+            ("A", "a", f"{addr_a}:{port_a}", "svcA", "qa", False, {},
+             {"kind": "static_file", "path": "routes.toml", "default_lifetime": 2}),
+        ):  # fmt: skip
+            home = tmp_path / name
+            home.mkdir()
+            config = home / "node.toml"
+            config.write_text(
+                node_config(
+                    listen=listen, data_dir=home / "data", service=service, queue=queue, accepts=accepts,
+                    routes=routes, resolver=resolver,
+                )
+            )  # fmt: skip
+            if resolver is not None:  # A: no static route to svcB; the file names B's address on its host
+                write_atomically(home / "routes.toml", routes_file_toml({"svcB": [{"address": url_b}]}, lifetime=60))
+            nodes.append(HostNode(topo, host, config, home / "data", port_b if name == "B" else port_a))
+        try:
+            for node in nodes:
+                node.start()
+            produced = run_driver(
+                topo, "a", "produce", "--url", url_a, "--from", "svcA", "--to", "svcB",
+                "--count", str(HOSTS_COUNT), "--batch", "50", "--conversations", str(HOSTS_CONVERSATIONS),
+            )  # fmt: skip
+            summary = next(r["summary"] for r in produced if "summary" in r)
+            assert all(c["acked"] == HOSTS_COUNT for c in summary["conversations"]), summary
+
+            def a_status() -> dict[str, Any]:
+                record: dict[str, Any] = run_driver(topo, "a", "status", "--url", url_a, timeout=20)[0]
+                return record
+
+            wait_for(lambda: a_status()["transmission"]["messages"] == 0, 30, "B to acknowledge everything",
+                     interval=0.2)  # fmt: skip
+            status = a_status()
+            assert status["dynamic_routing"]["resolver"] == "static_file", status["dynamic_routing"]
+            assert status["dynamic_routing"]["requests_made"] >= 1 and status["delayed"] == {}, status
+            assert "static_file resolved service 'svcB' in " in nodes[1].output(), nodes[1].output()
+            assert f": {url_b};" in nodes[1].output(), nodes[1].output()
+
+            total = HOSTS_CONVERSATIONS * HOSTS_COUNT
+            consumed = run_driver(topo, "b", "consume", "--url", url_b, "--queue", "qb", "--count", str(total),
+                                  "--timeout", "20")  # fmt: skip
+            received: dict[str, list[tuple[int, str, bytes]]] = {}
+            for record in consumed:
+                for conversation_id, seq, message_type, body in record.get("batch", ()):
+                    received.setdefault(conversation_id, []).append((seq, message_type, body.encode()))
+            assert_exactly_once_in_order(received, {c["conversation_id"]: HOSTS_COUNT for c in summary["conversations"]})
+        except BaseException:
+            for node in nodes:
+                print(f"--- node on {node.host} ---\n{node.output()}")
+            raise
+        finally:
+            codes = [node.stop() for node in nodes]
+        assert codes == [0, 0], codes
+
+
+# --------------------------------------------------------------------------------------------- bugs found
+
+# The smallest reproductions of two bugs the scenarios above ran into (both fixed; kept so they stay fixed).
+
+
+@pytest.mark.anyio
+async def test_the_delayed_reason_names_the_last_failure_not_a_request_long_answered(tmp_path: Path) -> None:
+    resolver = {"kind": "static_file", "path": "routes.json", "default_lifetime": 30}
+    with lone_node(tmp_path, resolver) as node:
+        write_atomically(tmp_path / "A" / "routes.json", json.dumps({"services": {}}))
+        async with aiobroker.connect(node.url) as client:
+            dialog = await client.begin_dialog("svcA", "svcX")
+            await dialog.send_many(numbered(0, 3))
+
+            async def not_found() -> dict[str, Any] | None:
+                state = service_state(await client.status(), "svcX")
+                return state if state and state["last"] and not state["last"]["ok"] else None
+
+            state = await until(not_found, 10, "the resolver's 'not found' for svcX")
+            assert state["in_flight"] is None and "not found" in state["last"]["text"], state  # right here
+            status = await client.status()
+            reasons = {
+                "status['delayed']": status["delayed"]["svcX"]["reason"],
+                "transmission entry": status["transmission"]["entries"][0]["state"],
+                "diagnose": (await client.diagnose("svcX"))["delayed_reason"],
+            }
+            stale = {where: r for where, r in reasons.items() if "asked the resolver" in r or "not found" not in r}
+            assert not stale, stale
+
+
+@pytest.mark.anyio
+async def test_the_log_counts_the_delayed_messages_a_resolver_answer_released(tmp_path: Path) -> None:
+    resolver = {"kind": "static_file", "path": "routes.toml"}
+    with lone_node(tmp_path, resolver) as node:
+        nowhere = {"address": f"tcp://{LOOPBACK}:{free_port()}"}  # nothing listens: the messages wait at A's link
+        write_atomically(tmp_path / "A" / "routes.toml", routes_file_toml({"svcX": [nowhere]}))
+        async with aiobroker.connect(node.url) as client:
+            dialog = await client.begin_dialog("svcA", "svcX")
+            await dialog.send_many(numbered(0, 5))  # stored DELAYED, then released by the answer
+            line = wait_for(
+                lambda: next((x for x in node.output().splitlines() if "resolved service 'svcX'" in x), None),
+                10, "the log line of the answer for svcX",
+            )  # fmt: skip
+            status = await client.status()
+            assert status["delayed"] == {} and status["transmission"]["messages"] == 5, status["transmission"]
+            assert "; 5 delayed message(s) released" in line, line

@@ -475,3 +475,15 @@ def test_routes_and_the_transmission_queue_in_status(node: RunningNode) -> None:
     assert "transmission queue: 1 message(s)" in text and nowhere in text and far in text
     ok(node, "drop", "route", route)
     assert route not in ok(node, "list", "routes")
+
+
+def test_diagnose_walks_the_routing_steps_in_words(node: RunningNode) -> None:
+    _cq, _sq, _client, server = setup_pair(node)
+    out = ok(node, "diagnose", server)
+    assert "on this node" in out and "5. wildcard routes: AutoCreatedLocal (LOCAL)" in out
+    assert "4. dynamic routing is off" in out and "decision: local" in out
+    far = unique("//t/Nowhere")
+    out = ok(node, "diagnose", far)
+    assert "not on this node" in out and "decision: delayed" in out
+    assert json.loads(ok(node, "diagnose", far, "--json"))["steps"][-1].startswith("decision: delayed")
+    assert "dynamic routing: off" in ok(node, "status")

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.add_timer(commands, client)
     conversations.add_conversation(commands, client, as_json)
     status.add_status(commands, client, as_json)
+    status.add_diagnose(commands, client, as_json)
     return parser
 
 

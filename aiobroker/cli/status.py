@@ -89,6 +89,73 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
 
     echo()
     _transmission(st.get("transmission", {}), st.get("peers", {}))
+    echo()
+    _dynamic(st.get("dynamic_routing", {}))
+
+
+def _dynamic(dyn: dict[str, Any]) -> None:
+    """Dynamic routing: who is asked, and per service what waits, the request in flight, the last answer."""
+    if not dyn.get("enabled"):
+        echo("dynamic routing: off (no resolver configured, no Broker Configuration Notice service)")
+        return
+    echo(
+        f"dynamic routing: asking the {dyn.get('resolver')}; {dyn.get('requests_made', 0)} request(s) made,"
+        f" {dyn.get('in_flight', 0)} in flight, {dyn.get('delayed_messages', 0)} message(s) waiting"
+    )
+    services = dyn.get("services", {})
+    if services:
+        rows = []
+        for name, s in services.items():
+            flight = s.get("in_flight")
+            last = s.get("last")
+            rows.append(
+                [
+                    "  " + name,
+                    s.get("delayed_conversations"),
+                    s.get("delayed_messages"),
+                    f"{flight['via']} ({duration(flight['age_seconds'])} ago)" if flight else "-",
+                    (("ok: " if last["ok"] else "failed: ") + str(last["text"])) if last else "-",
+                    f"in {duration(s['next_retry_in'])}" if s.get("next_retry_in") is not None else "-",
+                ]
+            )
+        echo(table(["  SERVICE", "CONVERSATIONS", "MESSAGES", "REQUEST IN FLIGHT", "LAST ANSWER", "NEXT TRY"], rows))
+
+
+async def cmd_diagnose(client: Client, args: argparse.Namespace) -> None:
+    d = await client.diagnose(args.service, args.broker_instance)
+    if args.json:
+        echo(to_json(d))
+        return
+    where = "on this node" if d.get("local") else "not on this node"
+    echo(f"service {d.get('service')!r} ({where}); the routing steps:")
+    for line in d.get("steps", []):
+        echo(f"  {line}")
+    if d.get("delayed_messages"):
+        echo(
+            f"{d['delayed_messages']} message(s) in {d['delayed_conversations']} conversation(s) wait:"
+            f" {d.get('delayed_reason')}"
+        )
+    request = d.get("request") or {}
+    if d.get("dynamic_routing"):
+        flight, last = request.get("in_flight"), request.get("last")
+        echo(f"dynamic routing asks the {d.get('resolver')}")
+        echo(f"  request in flight: {flight['via'] + ' for ' + duration(flight['age_seconds']) if flight else 'none'}")
+        echo(f"  last answer: {(('ok: ' if last['ok'] else 'failed: ') + last['text']) if last else 'none yet'}")
+        if request.get("next_retry_in") is not None:
+            echo(f"  asks again in {duration(request['next_retry_in'])}")
+
+
+def add_diagnose(commands: Any, client: argparse.ArgumentParser, as_json: argparse.ArgumentParser) -> None:
+    p = add_command(
+        commands,
+        "diagnose",
+        "explain, step by step, where messages to a service go or why they wait",
+        ["aiobroker diagnose //shop/Orders", "aiobroker diagnose //shop/Orders --broker-instance 1f2e... --json"],
+        parents=[client, as_json],
+    )
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("--broker-instance", metavar="I", help="as for a conversation that names this broker instance")
+    p.set_defaults(run=cmd_diagnose)
 
 
 def _when(at: Any) -> str:

@@ -448,6 +448,12 @@ class Client:
         result: dict[str, Any] = await self.request("alter_queue", {"name": name, "changes": changes})
         return result
 
+    async def alter_route(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change a route: ``address``, ``service_name``, ``broker_instance``, ``weight`` or ``lifetime`` (seconds
+        from now). Conversations waiting for a route, and those using it, are routed again."""
+        result: dict[str, Any] = await self.request("alter_route", {"name": name, "changes": changes})
+        return result
+
     async def create_service(self, name: str, queue: str, contracts: Sequence[str] = ()) -> dict[str, Any]:
         """contracts: those the service accepts as a target (none: it can only initiate)."""
         return await self.create("service", {"name": name, "queue": queue, "contracts": list(contracts)})

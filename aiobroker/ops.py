@@ -9,6 +9,7 @@ op                 args                                                        r
 =================  ==========================================================  =====================================
 create             kind, definition (map)                                      the definition as stored
 alter_queue        name, changes (map of status/retention/poison_message_...)  the new definition
+alter_route        name, changes (map of address/service_name/broker_...)     the new definition
 drop               kind, name                                                  null
 list               kind                                                        list of definitions
 begin_dialog       from_service, to_service, contract, [broker_instance,       handle, conversation_id, group_id
@@ -97,6 +98,14 @@ def alter_queue(node: Node, session: Session, rid: int, args: dict[str, Any]) ->
     session.reply_durable(rid, new.to_def())
     node.log_change(f"altered queue {name!r}: {new.to_def()}")
     node.serve_waiters(name)
+
+
+@op("alter_route")
+def alter_route(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    name = arg(args, "name", str)
+    new = node.core.alter_route(name, arg(args, "changes", dict), node.clock())
+    session.reply_durable(rid, new.to_def())
+    node.log_change(f"altered route {name!r}: {new.to_def()}")
 
 
 @op("drop")

@@ -487,3 +487,15 @@ def test_diagnose_walks_the_routing_steps_in_words(node: RunningNode) -> None:
     assert "not on this node" in out and "decision: delayed" in out
     assert json.loads(ok(node, "diagnose", far, "--json"))["steps"][-1].startswith("decision: delayed")
     assert "dynamic routing: off" in ok(node, "status")
+
+
+def test_alter_route_changes_its_address_and_weight(node: RunningNode) -> None:
+    route = unique("r")
+    first, second = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    ok(node, "create", "route", route, first, "--service", unique("//t/S"))
+    out = ok(node, "alter", "route", route, "--to", second, "--weight", "3")
+    assert f"altered route {route!r}" in out and second in out and "weight 3" in out
+    (listed,) = [r for r in json.loads(ok(node, "list", "routes", "--json")) if r["name"] == route]
+    assert (listed["address"], listed["weight"]) == (second, 3)
+    r = run("alter", "route", route, address=node.address)
+    assert r.returncode == 2 and "nothing to change" in r.stderr

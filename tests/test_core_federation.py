@@ -199,3 +199,14 @@ def test_a_link_that_stopped_at_an_unstored_message_is_woken_by_the_write_that_s
     assert B_ADDR in a.core.tx.ready_links, "the link must be woken when the second message is stored"
     a.flush()
     assert [e[10] for e in a.core.outgoing(B_ADDR, 100)] == [b"not yet stored"]
+
+
+def test_altering_a_route_moves_unacknowledged_messages_to_the_new_address() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"1", b"2")
+    assert len(a.core.outgoing(B_ADDR, 100)) == 2  # sent to the old address, never acknowledged
+    a.core.alter_route("to-b", {"address": "tcp://b2:1"}, a.now)
+    a.flush()
+    assert a.core.outgoing(B_ADDR, 100) == []
+    assert [e[10] for e in a.core.outgoing("tcp://b2:1", 100)] == [b"1", b"2"], "resent, in order, to the new address"
+    assert a.store.objects[("route", "to-b")]["address"] == "tcp://b2:1"

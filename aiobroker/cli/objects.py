@@ -89,6 +89,10 @@ async def cmd_create(client: Client, args: argparse.Namespace) -> None:
 
 
 async def cmd_alter(client: Client, args: argparse.Namespace) -> None:
+    if args.kind == "route":
+        result = await client.alter_route(args.name, **args.changes)
+        echo(f"altered route {args.name!r}: {describe_object('route', result)}")
+        return
     result = await client.alter_queue(args.name, **args.changes)
     echo(f"altered queue {args.name!r}: {describe_object('queue', result)}")
 
@@ -273,9 +277,9 @@ def add_alter(commands: Any, client: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,
         "alter",
-        "change a queue's settings",
+        "change a queue's settings or a route",
         parents=[client],
-        examples=["aiobroker alter queue orders --status on"],
+        examples=["aiobroker alter queue orders --status on", "aiobroker alter route to-orders --to tcp://10.0.0.3:4022"],
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", title="kinds")
     kinds.required = True
@@ -290,6 +294,20 @@ def add_alter(commands: Any, client: argparse.ArgumentParser) -> None:
     )
     k.add_argument("name", metavar="NAME")
     _queue_options(k)
+    k.set_defaults(run=cmd_alter)
+    k = add_command(
+        kinds,
+        "route",
+        "change a route's address, service, instance, weight or lifetime",
+        ["aiobroker alter route to-orders --to tcp://10.0.0.3:4022 --weight 2"],
+        parents=[client],
+    )
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("--to", dest="route_address", metavar="ADDRESS", help="the new address: tcp://host:port, LOCAL or TRANSPORT")
+    k.add_argument("--service", metavar="S", help="the service it is for")
+    k.add_argument("--broker-instance", metavar="I", help="the broker instance it names")
+    k.add_argument("--weight", type=arguments.positive_int, metavar="W", help="load share")
+    k.add_argument("--lifetime", type=arguments.seconds, metavar="SECONDS", help="expires this long from now")
     k.set_defaults(run=cmd_alter)
 
 

@@ -59,7 +59,21 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         sub = _subparser(parser, subcommand)
         sub.error(message)
 
-    if args.command == "alter":
+    if args.command == "alter" and args.kind == "route":
+        args.changes = {
+            k: v
+            for k, v in (
+                ("address", args.route_address),
+                ("service_name", args.service),
+                ("broker_instance", args.broker_instance),
+                ("weight", args.weight),
+                ("lifetime", args.lifetime),
+            )
+            if v is not None
+        }
+        if not args.changes:
+            fail("alter route", "nothing to change: give --to, --service, --broker-instance, --weight or --lifetime")
+    elif args.command == "alter":
         args.changes = {
             k: v
             for k, v in (

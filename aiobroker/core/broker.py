@@ -60,6 +60,7 @@ from .dispatcher import ROUTE, Dispatcher
 from .dynamic import _DISPATCH, _REFRESH, DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
+from .routing import Route
 from .transmission import TransmissionQueue
 from .validation import VALIDATORS
 
@@ -261,6 +262,21 @@ class BrokerCore(Federation, DynamicRouting):
         elif not current.status or queue.disabled_reason is None:
             queue.disabled_reason = queue.disabled_reason or "its status was set off by an administrator"
         self._save_object("queue", new, name)
+        return new
+
+    def alter_route(self, name: str, changes: dict[str, Any], now: float) -> Route:
+        """Change a route's address, service, instance, weight or lifetime; conversations waiting for a route,
+        and those on its link, are routed again."""
+        current: Route = self.catalog.get("route", name)
+        if not isinstance(changes, dict) or "name" in changes:
+            raise InvalidArgument("alter route takes a map of the fields to change (not its name)")
+        definition = {**current.to_def(), **changes}
+        if "lifetime" in changes:
+            definition.pop("expires_at", None)
+        new: Route = self.catalog.build("route", definition, now)  # type: ignore[assignment]
+        self.catalog.replace("route", new)
+        self._save_object("route", new, name)
+        self.reroute(now)
         return new
 
     def drop_object(self, kind: str, name: str, now: float = 0.0) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -115,6 +114,7 @@ class BrokerCore(Federation, DynamicRouting):
         self.dispatcher = Dispatcher(resolve_timeout=resolve_timeout)
         self.resolve_requests: list[tuple[str, str]] = []
         self.route_traffic: set[str] = set()
+        self._reasons: dict[tuple[str, str], tuple[Any, str]] = {}
         self.max_delayed_per_service = max_delayed_per_service
         self.max_delayed_messages = max_delayed_messages
 
@@ -148,7 +148,7 @@ class BrokerCore(Federation, DynamicRouting):
         """Rebuild state from a store snapshot; returns warnings about anything inconsistent that was skipped."""
         warnings: list[str] = []
         if snap.meta.get("catalog_initialized"):
-            self.catalog.routes.clear()  # the store says which routes exist, built-in ones included
+            self.catalog.clear_routes()  # the store says which routes exist, built-in ones included
         else:
             self.changes.meta["catalog_initialized"] = True
             for route in self.catalog.routes.values():
@@ -173,7 +173,7 @@ class BrokerCore(Federation, DynamicRouting):
                 self._forget_row(row.id)
                 continue
             if row.location == TX:
-                self.tx.rows.setdefault(row.handle, deque()).append(row)
+                self.tx.rows.setdefault(row.handle, []).append(row)
                 continue
             queue = self.queues.get(row.location[2:])
             if queue is None:

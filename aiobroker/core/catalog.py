@@ -197,6 +197,9 @@ class Catalog:
             self.contracts[contract] = Contract.from_def({"name": contract, "messages": dict.fromkeys(types, "initiator")})
         #: a fresh node has the seeds' wildcard LOCAL route; the core stores it at first start, so a drop lasts
         self.routes: dict[str, Route] = {AUTO_CREATED_LOCAL.name: AUTO_CREATED_LOCAL}
+        #: routes by the service they name (None: wildcards), rebuilt on first use after any change: routing
+        #: decides per conversation, and must not scan every route each time (a resolver makes one per service)
+        self._route_index: dict[str | None, list[Route]] | None = None
         #: (kind, name) of the objects every node has; they cannot be dropped (routes can, as in the seeds)
         self.builtins = {(k, n) for k in ("message_type", "contract", "queue", "service") for n in self.table(k)}
 
@@ -235,11 +238,15 @@ class Catalog:
         if obj.name in table:
             raise DuplicateObject(f"{kind.replace('_', ' ')} {obj.name!r} exists already; drop it first or pick another name")
         table[obj.name] = obj
+        if kind == "route":
+            self._route_index = None
         return obj
 
     def replace(self, kind: str, obj: CatalogObject) -> None:
         """Put an altered object in place (the caller built it with :meth:`build`)."""
         self.table(kind)[obj.name] = obj
+        if kind == "route":
+            self._route_index = None
 
     def get(self, kind: str, name: str) -> Any:
         obj = self.table(kind).get(name)
@@ -267,12 +274,41 @@ class Catalog:
                 f"{kind.replace('_', ' ')} {name!r} is used by {', '.join(users)}; drop or alter those first"
             )
         del self.table(kind)[name]
+        if kind == "route":
+            self._route_index = None
         return obj
 
     def load(self, kind: str, definition: dict[str, Any]) -> None:
         """Restore an object read back from the store (trusted: no cross-reference checks)."""
         obj: CatalogObject = _CLASSES[check_kind(kind)].from_def(definition)
         self.table(kind)[obj.name] = obj
+        if kind == "route":
+            self._route_index = None
+
+    def put_route(self, route: Route) -> None:
+        self.routes[route.name] = route
+        self._route_index = None
+
+    def remove_route(self, name: str) -> None:
+        if self.routes.pop(name, None) is not None:
+            self._route_index = None
+
+    def clear_routes(self) -> None:
+        self.routes.clear()
+        self._route_index = None
+
+    def routes_for(self, service: str) -> list[Route]:
+        """The routes routing can use for ``service``: those naming it, the wildcards, and those naming the BCN
+        service (whose existence turns step 4 on)."""
+        index = self._route_index
+        if index is None:
+            index = self._route_index = {}
+            for route in self.routes.values():
+                index.setdefault(route.service_name, []).append(route)
+        out = index.get(service, []) + index.get(None, [])
+        if service != BCN_SERVICE:
+            out += index.get(BCN_SERVICE, [])
+        return out
 
     def statistics(self) -> dict[str, int]:
         return {k: len(self.table(k)) for k in KINDS}

@@ -69,6 +69,7 @@ class DynamicRouting:
     reports: list[str]
     #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
     route_traffic: set[str]
+    _reasons: dict[tuple[str, str], tuple[Any, str]]
 
     if TYPE_CHECKING:  # provided by BrokerCore and Federation; declared for the type checker only (a stub here
         # would shadow the real method later in the MRO)
@@ -100,7 +101,7 @@ class DynamicRouting:
         return (
             self.resolver_name is not None
             or BCN_SERVICE in self.catalog.services
-            or any(r.service_name == BCN_SERVICE for r in self.catalog.routes.values())
+            or any(r.service_name == BCN_SERVICE for r in self.catalog.routes_for(BCN_SERVICE))
         )
 
     def ask(self, kind: str, service: str, now: float) -> str:
@@ -123,13 +124,20 @@ class DynamicRouting:
         the node asks again."""
         d = self.dispatcher
         request = d.in_flight.get((kind, service))
-        if request is not None:
-            return f"waiting for dynamic routing: asked the {request.via}"
         last = d.last_error(kind, service)
         retry = d.retry_at.get((kind, service))
-        return "waiting for dynamic routing: " + (f"the last request failed ({last}); " if last else "") + (
-            f"asking again in {max(0.0, retry - now):.0f}s" if retry is not None else "asking again soon"
-        )
+        state = (request.via if request is not None else None, last, retry)
+        cached = self._reasons.get((kind, service))
+        if cached is not None and cached[0] == state:
+            return cached[1]  # the same string object for every waiting conversation: a storm holds 100,000
+        if request is not None:
+            text = f"waiting for dynamic routing: asked the {request.via}"
+        else:
+            text = "waiting for dynamic routing: " + (f"the last request failed ({last}); " if last else "") + (
+                f"asking again in {max(0.0, retry - now):.0f}s" if retry is not None else "asking again soon"
+            )
+        self._reasons[(kind, service)] = (state, text)
+        return text
 
     def _refresh_reasons(self, kind: str, service: str, now: float) -> None:
         reason = self.waiting_reason(kind, service, now)
@@ -173,9 +181,9 @@ class DynamicRouting:
         messages moved on."""
         origin = self.resolver_name or "resolver"
         digest = hashlib.sha1(service.encode()).hexdigest()[:12]
-        for name in [n for n, r in self.catalog.routes.items() if r.origin == origin and r.service_name == service]:
-            del self.catalog.routes[name]
-            self._save_object("route", None, name)
+        for old in [r for r in self.catalog.routes_for(service) if r.origin == origin and r.service_name == service]:
+            self.catalog.remove_route(old.name)
+            self._save_object("route", None, old.name)
         expires_at = now + answer.lifetime
         for i, target in enumerate(answer.preferred()):
             route = Route(
@@ -187,7 +195,7 @@ class DynamicRouting:
                 weight=target.weight,
                 origin=origin,
             )
-            self.catalog.routes[route.name] = route
+            self.catalog.put_route(route)
             self._save_object("route", route, route.name)
         refresh_at = expires_at - max(REFRESH_AHEAD_MIN, REFRESH_AHEAD_SHARE * answer.lifetime)
         self._schedule(max(now, refresh_at), _REFRESH, service)

@@ -90,7 +90,7 @@ class Federation:
 
     def decide(self, ep: Endpoint, now: float) -> Decision:
         return choose(
-            self.catalog.routes.values(),
+            self.catalog.routes_for(ep.far_service),
             service=ep.far_service,
             broker_instance=ep.far_broker_instance,
             now=now,
@@ -99,9 +99,12 @@ class Federation:
             dynamic=self.resolver_name is not None or BCN_SERVICE in self.catalog.services,
         )
 
-    def route(self, ep: Endpoint, now: float) -> Endpoint | str | None:
+    def route(
+        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None
+    ) -> Endpoint | str | None:
         """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
-        or failed: the sender has its Error)."""
+        or failed: the sender has its Error). ``decisions`` caches the choice per (service, instance) while many
+        conversations are routed at once (a load-shared pick is still made per conversation)."""
         if ep.far_handle is not None:
             return self.endpoints.get(ep.far_handle)
         address = self.tx.route_of.get(ep.handle)
@@ -109,7 +112,15 @@ class Federation:
             return address
         if ep.delayed is not None:
             return None
-        decision = self.decide(ep, now)
+        if decisions is None:
+            decision = self.decide(ep, now)
+        else:
+            key = (ep.far_service, ep.far_broker_instance)
+            cached = decisions.get(key)
+            if cached is None:
+                decision = decisions[key] = self.decide(ep, now)
+            else:
+                decision = cached.again(ep.far_service)
         if decision.kind == "local":
             return self._new_far_endpoint(ep, now)
         if decision.kind == "remote":
@@ -153,6 +164,7 @@ class Federation:
         ``services`` when given). Messages whose far side is now on this node are delivered at once, in order;
         those routed to another node join its link. Returns how many messages moved on either way."""
         moved = 0
+        decisions: dict[tuple[str, str | None], Decision] = {}
         if services is None:
             handles = list(self.tx.rows)
         else:  # only those DELAYED on these services: a conversation already on a link keeps it
@@ -166,7 +178,7 @@ class Federation:
             if ep.delayed is not None:
                 ep.delayed = None
                 self._touch(ep)
-            target = self.route(ep, now)
+            target = self.route(ep, now, decisions)
             if isinstance(target, Endpoint):
                 moved += self._move_to_local(ep, target)
             elif target is not None:
@@ -362,7 +374,7 @@ class Federation:
             )
             return
         decision = choose(
-            self.catalog.routes.values(),
+            self.catalog.routes_for(to_service),
             service=to_service,
             broker_instance=to_instance,
             now=now,

@@ -135,6 +135,16 @@ class Decision:
     address: str | None = None  #: for "remote": tcp://host:port
     broker_instance: str | None = None  #: the instance the chosen route names, if any
     route: Route | None = None
+    #: the routes of equal rank the choice was made among (weighted); more than one: load is shared
+    pool: tuple[Route, ...] = ()
+
+    def again(self, service: str, rand: Callable[[], float] = random.random) -> Decision:
+        """The same decision for another conversation: a fresh weighted pick among the same routes."""
+        if len(self.pool) < 2:
+            return self
+        chosen = _weighted(self.pool, rand)
+        address = chosen.address if chosen.address != TRANSPORT else _transport_address(service)
+        return Decision(self.kind, self.reason, address, chosen.broker_instance, chosen, self.pool)
 
 
 def _rank(route: Route, service_is_local: bool) -> int | None:
@@ -163,15 +173,8 @@ def _pick(
     if not usable:
         return None
     best = min(k for _, k in usable)
-    pool = [r for r, k in usable if k == best]
-    total = sum(r.weight for r in pool)
-    point = rand() * total
-    chosen = pool[-1]
-    for r in pool:
-        point -= r.weight
-        if point < 0:
-            chosen = r
-            break
+    pool = tuple(r for r, k in usable if k == best)
+    chosen = _weighted(pool, rand)
     if chosen.address == LOCAL:
         return Decision("local", f"{step}: route {chosen.name!r} says LOCAL", route=chosen)
     address = chosen.address if chosen.address != TRANSPORT else _transport_address(service)
@@ -181,7 +184,17 @@ def _pick(
         address=address,
         broker_instance=chosen.broker_instance,
         route=chosen,
+        pool=pool,
     )
+
+
+def _weighted(pool: tuple[Route, ...] | list[Route], rand: Callable[[], float]) -> Route:
+    point = rand() * sum(r.weight for r in pool)
+    for r in pool:
+        point -= r.weight
+        if point < 0:
+            return r
+    return pool[-1]
 
 
 def choose(

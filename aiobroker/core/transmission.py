@@ -19,7 +19,6 @@ This module holds the state and its bookkeeping only; the core decides routes, t
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from ..store.base import MessageRow
@@ -84,7 +83,7 @@ class Link:
         self.next_attempt = None
         self.new_epoch()
 
-    def describe(self, rows: dict[str, deque[MessageRow]]) -> dict[str, Any]:
+    def describe(self, rows: dict[str, list[MessageRow]]) -> dict[str, Any]:
         unacked = sum(len(rows.get(h, ())) for h in self.handles)
         sent = sum(self.sent.values())
         if self.connected:
@@ -109,7 +108,9 @@ class TransmissionQueue:
 
     def __init__(self) -> None:
         #: sending endpoint → its unacknowledged messages, in sequence order
-        self.rows: dict[str, deque[MessageRow]] = {}
+        #: (a list, not a deque: a deque costs ~600 bytes even for one row, and a DELAYED storm holds one per
+        #: conversation; acknowledgements remove a prefix in one slice)
+        self.rows: dict[str, list[MessageRow]] = {}
         #: far service name → sending endpoints DELAYED for want of a route (an ordered set)
         self.delayed: dict[str, dict[str, None]] = {}
         #: DELAYED endpoint → the service it waits on; and the DELAYED messages per service and in all (bounds)
@@ -126,7 +127,7 @@ class TransmissionQueue:
         return handle in self.rows
 
     def add_many(self, handle: str, rows: list[MessageRow]) -> None:
-        self.rows.setdefault(handle, deque()).extend(rows)
+        self.rows.setdefault(handle, []).extend(rows)
         address = self.route_of.get(handle)
         if address is not None:
             self.ready_links.add(address)
@@ -224,9 +225,11 @@ class TransmissionQueue:
         rows = self.rows.get(handle)
         if not rows:
             return []
-        done: list[MessageRow] = []
-        while rows and rows[0].seq < next_seq:
-            done.append(rows.popleft())
+        k = 0
+        while k < len(rows) and rows[k].seq < next_seq:
+            k += 1
+        done = rows[:k]
+        del rows[:k]
         if done:
             address = self.route_of.get(handle)
             link = self.links.get(address) if address else None

@@ -16,6 +16,13 @@ dnsmasq serves one zone (``test.`` unless told otherwise), from command-line opt
 
 Records are given as :class:`Srv` and :class:`Host` and become ``--srv-host`` and ``--host-record``. ``restart``
 stops the server and starts it again on the same port with new records (the "the answer changed" case).
+
+Elsewhere than 127.0.0.1 (across hosts): ``listen`` is the one address it binds (and names as its own server), and
+``command_prefix`` is put before its command, e.g. ``["ip", "netns", "exec", NS]`` to run it inside a network
+namespace; the prefix must exec the command in place (``ip netns exec`` does), since :meth:`Dnsmasq.stop` signals the
+pid it started. With a prefix, the readiness probe runs through the same prefix (a small Python program polling with
+the same deadline), so it asks from where the server's clients are; ``port`` must then be given (a fresh
+namespace's ports are all free, and this process cannot check them). The defaults change nothing.
 dnsmasq drops privileges after binding; as root it is told ``--user=root`` so that a machine without the
 ``dnsmasq`` account still works (it only ever binds a loopback address and a high port).
 
@@ -30,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +53,25 @@ import pytest
 __all__ = ["Dnsmasq", "Host", "Srv", "dnsmasq_path", "free_udp_tcp_port", "require_dnsmasq"]
 
 LOOPBACK = "127.0.0.1"
+
+#: the readiness probe when the server runs behind a command prefix (another namespace): run through the same
+#: prefix, it polls ``address port zone timeout`` with an SOA query until an answer or the deadline (exit 1)
+_PROBE = """
+import sys, time
+import dns.exception, dns.message, dns.query
+address, port, zone, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+deadline = time.monotonic() + timeout
+query = dns.message.make_query(zone + ".", "SOA")
+while True:
+    try:
+        dns.query.udp(query, address, port=port, timeout=0.2)
+        sys.exit(0)
+    except (dns.exception.Timeout, OSError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.02)
+"""
 
 
 def dnsmasq_path() -> str | None:
@@ -121,6 +148,8 @@ class Dnsmasq:
         authoritative: bool = True,
         records: Iterable[Srv | Host] = (),
         port: int | None = None,
+        listen: str = LOOPBACK,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.binary = require_dnsmasq()
         self.workdir = workdir
@@ -128,25 +157,30 @@ class Dnsmasq:
         self.ttl = ttl
         self.authoritative = authoritative
         self.records: tuple[Srv | Host, ...] = tuple(records)
-        self.port = port or free_udp_tcp_port()
+        self.listen = listen
+        self.command_prefix: tuple[str, ...] = tuple(command_prefix)
+        if port is None and self.command_prefix:
+            raise ValueError("give a port when the server runs behind a command prefix (another namespace)")
+        self.port = port or free_udp_tcp_port(listen)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"dnsmasq-{self.port}.log"
         self._log: IO[bytes] | None = None
 
     @property
     def nameserver(self) -> str:
-        """``127.0.0.1:port``, as the resolver's ``nameservers`` option takes it."""
-        return f"{LOOPBACK}:{self.port}"
+        """``address:port`` (``127.0.0.1:port`` by default), as the resolver's ``nameservers`` option takes it."""
+        return f"{self.listen}:{self.port}"
 
     def command(self) -> list[str]:
         zone = self.zone
         mode = (
-            [f"--auth-server=ns.{zone},{LOOPBACK}", f"--auth-zone={zone}", f"--auth-ttl={self.ttl}"]
+            [f"--auth-server=ns.{zone},{self.listen}", f"--auth-zone={zone}", f"--auth-ttl={self.ttl}"]
             if self.authoritative
             else [f"--local=/{zone}/", f"--local-ttl={self.ttl}"]
         )
         user = ["--user=root"] if os.geteuid() == 0 else []
         return [
+            *self.command_prefix,
             self.binary,
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -156,7 +190,7 @@ class Dnsmasq:
             "--pid-file=",  # empty: no pid file (we hold the pid)
             "--log-facility=-",  # stderr, which goes to log_path
             "--log-queries",
-            f"--listen-address={LOOPBACK}",
+            f"--listen-address={self.listen}",
             "--bind-interfaces",
             f"--port={self.port}",
             *user,
@@ -176,20 +210,35 @@ class Dnsmasq:
         self._log = log
         deadline = time.monotonic() + timeout
         query = dns.message.make_query(f"{self.zone}.", "SOA")
-        while True:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.stop()
-                raise AssertionError(f"dnsmasq exited with {code} at start:\n{self.output()}")
-            try:
-                dns.query.udp(query, LOOPBACK, port=self.port, timeout=0.2)
-                return self
-            except (dns.exception.Timeout, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"dnsmasq on port {self.port} did not answer within {timeout}s:\n{self.output()}")
-            time.sleep(0.02)  # a poll interval inside a deadline
+        probe: subprocess.Popen[bytes] | None = None
+        if self.command_prefix:  # asked from inside, through the same prefix, polling until the same deadline
+            probe_argv = [sys.executable, "-c", _PROBE, self.listen, str(self.port), self.zone, str(timeout)]
+            probe = subprocess.Popen([*self.command_prefix, *probe_argv], stdin=subprocess.DEVNULL)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    code = self.proc.returncode
+                    self.stop()
+                    raise AssertionError(f"dnsmasq exited with {code} at start:\n{self.output()}")
+                if probe is not None:
+                    if probe.poll() == 0:
+                        return self
+                else:
+                    try:
+                        dns.query.udp(query, self.listen, port=self.port, timeout=0.2)
+                        return self
+                    except (dns.exception.Timeout, OSError):
+                        pass
+                if time.monotonic() > deadline or (probe is not None and probe.returncode not in (None, 0)):
+                    self.stop()
+                    raise AssertionError(
+                        f"dnsmasq on {self.nameserver} did not answer within {timeout}s:\n{self.output()}"
+                    )
+                time.sleep(0.02)  # a poll interval inside a deadline
+        finally:
+            if probe is not None and probe.poll() is None:
+                os.kill(probe.pid, signal.SIGKILL)  # by its pid (the prefix execs it in place)
+                probe.wait(timeout=5)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM by pid, SIGKILL if it has not gone by the deadline; then close the log. Idempotent."""

@@ -1,14 +1,16 @@
 """Helpers for ``tests/test_dynamic_routing.py``: node configs with a ``[resolver]``, pairs of real node processes,
 the HTTP registry as a process, atomic edits of a resolver's file, and receiving with deadlines.
 
-Everything here talks to 127.0.0.1 only (the across-hosts test addresses its own namespaces through
-``tests/netns.py``); every process is stopped by its pid; every wait is a poll with a deadline.
+Everything here talks to 127.0.0.1 only, unless told an address in one of the across-hosts test's own namespaces
+(``tests/netns.py``; :func:`netns_prefix` runs a command inside one); every process is stopped by its pid; every
+wait is a poll with a deadline.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from netns import Topology
 from node_process import NodeProcess, free_port, wait_for
 
 import aiobroker
@@ -30,6 +33,32 @@ LOOPBACK = "127.0.0.1"
 FEDERATION = {"ack_timeout": 2, "connect_timeout": 2, "handshake_timeout": 2}
 REGISTRY_SCRIPT = Path(__file__).with_name("http_registry.py")
 STOP_TIMEOUT = 10.0
+
+#: a readiness probe run through a command prefix (inside another namespace): ``python -c _CONNECT_PROBE HOST
+#: PORT TIMEOUT`` polls a TCP connect until it succeeds (exit 0) or the deadline passes (exit 1)
+_CONNECT_PROBE = """
+import socket, sys, time
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            sys.exit(0)
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.02)
+"""
+
+
+def netns_prefix(topo: Topology, host: str) -> list[str]:
+    """The command prefix that runs a program inside ``host``'s namespace, in place (its pid is the program's):
+    ``ip netns exec NS``, as ``Topology.run`` does, for helpers that start their process themselves."""
+    ip = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if ip is None:
+        raise RuntimeError("the ip command (iproute2) is not installed")
+    return [ip, "netns", "exec", topo.namespace(host)]
 
 
 # --------------------------------------------------------------------------------------------- config files
@@ -215,10 +244,21 @@ def lone_node(tmp_path: Path, resolver: Mapping[str, Any]) -> Iterator[NodeProce
 
 class Registry:
     """tests/http_registry.py in its own process on 127.0.0.1 (answers from a JSON file it re-reads on every
-    request, one JSON line per request in its log), stopped by its pid."""
+    request, one JSON line per request in its log), stopped by its pid.
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+    Across hosts: ``host`` is the address it listens on and ``command_prefix`` goes before its command (e.g.
+    :func:`netns_prefix`; it must exec the program in place, as ``ip netns exec`` does). With a prefix, ``port`` must
+    be given (this process cannot check another namespace's ports) and the readiness probe runs through the prefix
+    too, polling until the same deadline."""
+
+    def __init__(
+        self, workdir: Path, *, host: str = LOOPBACK, port: int | None = None, command_prefix: Sequence[str] = ()
+    ) -> None:
+        self.host = host
+        self.command_prefix = list(command_prefix)
+        if port is None and self.command_prefix:
+            raise ValueError("give a port when the registry runs behind a command prefix (another namespace)")
+        self.port = port or free_port()
         self.routes_file = workdir / "registry-routes.json"
         self.log_file = workdir / "registry-requests.jsonl"
         self.stderr_path = workdir / "registry.stderr"
@@ -227,7 +267,7 @@ class Registry:
 
     def url(self) -> str:
         """The resolver's url option: the aiobroker format's path."""
-        return f"http://{LOOPBACK}:{self.port}/v1/services/{{service}}"
+        return f"http://{self.host}:{self.port}/v1/services/{{service}}"
 
     def serve(self, services: Mapping[str, Mapping[str, Any]]) -> None:
         """Replace every answer, atomically."""
@@ -250,22 +290,40 @@ class Registry:
     def start(self, timeout: float = 10.0) -> Registry:
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REGISTRY_SCRIPT), "--port", str(self.port), "--routes", str(self.routes_file),
-             "--log", str(self.log_file)],
+            [*self.command_prefix, sys.executable, str(REGISTRY_SCRIPT), "--port", str(self.port),
+             "--routes", str(self.routes_file), "--log", str(self.log_file), "--host", self.host],
             stdout=subprocess.DEVNULL, stderr=self._stderr,
         )  # fmt: skip
+        probe: subprocess.Popen[bytes] | None = None
+        if self.command_prefix:  # connect from inside, through the same prefix, polling until the same deadline
+            probe = subprocess.Popen(
+                [*self.command_prefix, sys.executable, "-c", _CONNECT_PROBE, self.host, str(self.port), str(timeout)],
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
 
         def accepting() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"the registry exited with {self.proc.returncode}: {self.stderr_path.read_text()}")
+            if probe is not None:
+                if probe.poll() not in (None, 0):
+                    raise AssertionError(f"the registry on {self.host}:{self.port} accepted nothing within {timeout}s")
+                return probe.returncode == 0
             try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return True
             except OSError:
                 return False
 
-        wait_for(accepting, timeout, f"the registry on port {self.port} to accept connections")
+        try:
+            wait_for(accepting, timeout, f"the registry on {self.host}:{self.port} to accept connections")
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if probe is not None and probe.poll() is None:
+                os.kill(probe.pid, signal.SIGKILL)  # by its pid (the prefix execs it in place)
+                probe.wait(timeout=STOP_TIMEOUT)
         return self
 
     def stop(self) -> None:

@@ -1,7 +1,10 @@
 """A small HTTP registry for the http resolver's tests, run as its own process so the resolver talks to a real
 server over real sockets::
 
-    python tests/http_registry.py --port P --routes FILE [--log FILE]
+    python tests/http_registry.py --port P --routes FILE [--log FILE] [--host ADDRESS]
+
+It listens on ``ADDRESS:P``; ``--host`` defaults to 127.0.0.1 (across hosts, a test runs it inside a network
+namespace, ``ip netns exec NS python ...``, on that namespace's address).
 
 Every request re-reads ``FILE`` (JSON), so a test changes the answer while the server runs by rewriting it
 (atomically: write a temporary file, then ``os.replace``). The file maps service names to what to answer::
@@ -100,11 +103,11 @@ class Registry(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, port: int, routes_file: Path, log_file: Path | None) -> None:
+    def __init__(self, port: int, routes_file: Path, log_file: Path | None, host: str = "127.0.0.1") -> None:
         self.routes_file = routes_file
         self.log_file = log_file
         self._log_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), RegistryHandler)
+        super().__init__((host, port), RegistryHandler)
 
     def log_request_line(self, path: str, headers: dict[str, str]) -> None:
         if self.log_file is None:
@@ -122,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--routes", type=Path, required=True)
     parser.add_argument("--log", type=Path)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     args = parser.parse_args(argv)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    with Registry(args.port, args.routes, args.log) as server:
+    with Registry(args.port, args.routes, args.log, args.host) as server:
         try:
             server.serve_forever(poll_interval=0.1)
         except SystemExit:

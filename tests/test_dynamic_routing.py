@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from dynamic_helpers import (
     cid,
     node_config,
     lone_node,
+    netns_prefix,
     node_pair,
     numbered,
     receive,
@@ -331,11 +332,15 @@ async def test_a_conversation_that_ends_while_delayed_never_reaches_the_target(t
 
 # --------------------------------------------------------------------------------------------- 6. across hosts
 
-# One resolver is enough across hosts: dns_srv and http are covered on loopback above; what this adds is a
-# resolver's answer naming an address in another network namespace, reached over a real (veth) link.
+# Each resolver across hosts: its answer names an address in another network namespace, reached over a real (veth)
+# link. The resolver's source runs on A's host: the file in A's directory, dnsmasq and the HTTP registry inside A's
+# namespace on A's address (on loopback in the loopback variant), so A asks them as it would on its own machine.
 
 DRIVER = str(Path(__file__).with_name("fed_driver.py"))
 NETNS_PORT = 4022
+NETNS_DNS_PORT = 5353  # dnsmasq's and the registry's ports inside A's namespace (a fresh one: all ports are free)
+NETNS_REGISTRY_PORT = 8080
+RESOLVER_KINDS = ["static_file", "dns_srv", "http"]
 HOSTS_CONVERSATIONS = 3
 HOSTS_COUNT = 300  # per conversation
 
@@ -423,68 +428,109 @@ def run_driver(topo: Topology | None, host: str, *args: str, timeout: float = 60
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_across_hosts_a_static_file_resolver_names_the_far_host(variant: str, tmp_path: Path) -> None:
+@contextmanager
+def resolver_on_host_a(
+    kind: str, topo: Topology | None, home_a: Path, addr_a: str, addr_b: str, port_b: int
+) -> Iterator[tuple[dict[str, Any], Callable[[], str]]]:
+    """The source of a ``kind`` resolver that names B at ``tcp://addr_b:port_b``, on A's host; yields A's
+    ``[resolver]`` table and a function giving the source's own record of being asked (its log), where it has one."""
+    url_b = f"tcp://{addr_b}:{port_b}"
+    prefix = netns_prefix(topo, "a") if topo is not None else []
+    if kind == "static_file":
+        write_atomically(home_a / "routes.toml", routes_file_toml({"svcB": [{"address": url_b}]}, lifetime=60))
+        yield {"kind": "static_file", "path": "routes.toml", "default_lifetime": 2}, lambda: ""
+    elif kind == "dns_srv":
+        records: list[Srv | Host] = [Srv("_aiobroker._tcp.svcb.test", "b.test", port_b), Host("b.test", (addr_b,))]
+        dns = Dnsmasq(
+            home_a, records=records, ttl=60, listen=addr_a, command_prefix=prefix,
+            port=NETNS_DNS_PORT if topo is not None else None,
+        )  # fmt: skip
+        with dns:
+            yield {"kind": "dns_srv", "domain": "test", "nameservers": [dns.nameserver], "timeout": 2}, dns.output
+    elif kind == "http":
+        registry = Registry(
+            home_a, host=addr_a, command_prefix=prefix, port=NETNS_REGISTRY_PORT if topo is not None else None
+        )
+        registry.serve({"svcB": registry_answer("svcB", url_b, lifetime=60)})
+        with registry:
+            yield (
+                {"kind": "http", "url": registry.url(), "connect_timeout": 2, "read_timeout": 5},
+                lambda: json.dumps(registry.requests("svcB")),
+            )
+    else:
+        raise ValueError(f"no resolver kind {kind!r}")
+
+
+@pytest.mark.parametrize("kind", RESOLVER_KINDS)
+def test_across_hosts_a_resolver_names_the_far_host(kind: str, variant: str, tmp_path: Path) -> None:
     with two_hosts(variant) as topo:
         if topo is not None:
             addr_a, addr_b, port_a, port_b = topo.address("a"), topo.address("b"), NETNS_PORT, NETNS_PORT
         else:
             addr_a, addr_b, port_a, port_b = LOOPBACK, LOOPBACK, free_port(), free_port()
         url_a, url_b = f"tcp://{addr_a}:{port_a}", f"tcp://{addr_b}:{port_b}"
-        nodes: list[HostNode] = []
-        for name, host, listen, service, queue, accepts, routes, resolver in (
-            ("B", "b", f"{addr_b}:{port_b}", "svcB", "qb", True, {"svcA": url_a}, None),
-            ("A", "a", f"{addr_a}:{port_a}", "svcA", "qa", False, {},
-             {"kind": "static_file", "path": "routes.toml", "default_lifetime": 2}),
-        ):  # fmt: skip
-            home = tmp_path / name
-            home.mkdir()
-            config = home / "node.toml"
-            config.write_text(
-                node_config(
-                    listen=listen, data_dir=home / "data", service=service, queue=queue, accepts=accepts,
-                    routes=routes, resolver=resolver,
-                )
-            )  # fmt: skip
-            if resolver is not None:  # A: no static route to svcB; the file names B's address on its host
-                write_atomically(home / "routes.toml", routes_file_toml({"svcB": [{"address": url_b}]}, lifetime=60))
-            nodes.append(HostNode(topo, host, config, home / "data", port_b if name == "B" else port_a))
-        try:
-            for node in nodes:
-                node.start()
-            produced = run_driver(
-                topo, "a", "produce", "--url", url_a, "--from", "svcA", "--to", "svcB",
-                "--count", str(HOSTS_COUNT), "--batch", "50", "--conversations", str(HOSTS_CONVERSATIONS),
-            )  # fmt: skip
-            summary = next(r["summary"] for r in produced if "summary" in r)
-            assert all(c["acked"] == HOSTS_COUNT for c in summary["conversations"]), summary
+        home_a, home_b = tmp_path / "A", tmp_path / "B"
+        home_a.mkdir()
+        home_b.mkdir()
+        with resolver_on_host_a(kind, topo, home_a, addr_a, addr_b, port_b) as (resolver, source_log):
+            nodes: list[HostNode] = []
+            for home, host, listen, port, service, queue, accepts, routes, table in (
+                (home_b, "b", f"{addr_b}:{port_b}", port_b, "svcB", "qb", True, {"svcA": url_a}, None),
+                (home_a, "a", f"{addr_a}:{port_a}", port_a, "svcA", "qa", False, {}, resolver),  # no route to svcB
+            ):  # fmt: skip
+                config = home / "node.toml"
+                config.write_text(
+                    node_config(
+                        listen=listen, data_dir=home / "data", service=service, queue=queue, accepts=accepts,
+                        routes=routes, resolver=table,
+                    )
+                )  # fmt: skip
+                nodes.append(HostNode(topo, host, config, home / "data", port))
+            try:
+                for node in nodes:
+                    node.start()
+                produced = run_driver(
+                    topo, "a", "produce", "--url", url_a, "--from", "svcA", "--to", "svcB",
+                    "--count", str(HOSTS_COUNT), "--batch", "50", "--conversations", str(HOSTS_CONVERSATIONS),
+                )  # fmt: skip
+                summary = next(r["summary"] for r in produced if "summary" in r)
+                assert all(c["acked"] == HOSTS_COUNT for c in summary["conversations"]), summary
 
-            def a_status() -> dict[str, Any]:
-                record: dict[str, Any] = run_driver(topo, "a", "status", "--url", url_a, timeout=20)[0]
-                return record
+                def a_status() -> dict[str, Any]:
+                    record: dict[str, Any] = run_driver(topo, "a", "status", "--url", url_a, timeout=20)[0]
+                    return record
 
-            wait_for(lambda: a_status()["transmission"]["messages"] == 0, 30, "B to acknowledge everything",
-                     interval=0.2)  # fmt: skip
-            status = a_status()
-            assert status["dynamic_routing"]["resolver"] == "static_file", status["dynamic_routing"]
-            assert status["dynamic_routing"]["requests_made"] >= 1 and status["delayed"] == {}, status
-            assert "static_file resolved service 'svcB' in " in nodes[1].output(), nodes[1].output()
-            assert f": {url_b};" in nodes[1].output(), nodes[1].output()
+                wait_for(lambda: a_status()["transmission"]["messages"] == 0, 30, "B to acknowledge everything",
+                         interval=0.2)  # fmt: skip
+                status = a_status()
+                assert status["dynamic_routing"]["resolver"] == kind, status["dynamic_routing"]
+                assert status["dynamic_routing"]["requests_made"] >= 1 and status["delayed"] == {}, status
+                answered = f"{kind} resolved service 'svcB' in "
+                resolved = [line for line in nodes[1].output().splitlines() if answered in line]
+                assert resolved and f": {url_b};" in resolved[0], nodes[1].output()  # B's address on its host
+                if kind == "dns_srv":  # A asked dnsmasq from A's address, and it answered with B's
+                    assert f"auth[SRV] _aiobroker._tcp.svcb.test from {addr_a}" in source_log(), source_log()
+                    assert f"config {addr_b} is b.test" in source_log(), source_log()
+                elif kind == "http":
+                    assert json.loads(source_log()), "the registry was never asked about svcB"
 
-            total = HOSTS_CONVERSATIONS * HOSTS_COUNT
-            consumed = run_driver(topo, "b", "consume", "--url", url_b, "--queue", "qb", "--count", str(total),
-                                  "--timeout", "20")  # fmt: skip
-            received: dict[str, list[tuple[int, str, bytes]]] = {}
-            for record in consumed:
-                for conversation_id, seq, message_type, body in record.get("batch", ()):
-                    received.setdefault(conversation_id, []).append((seq, message_type, body.encode()))
-            assert_exactly_once_in_order(received, {c["conversation_id"]: HOSTS_COUNT for c in summary["conversations"]})
-        except BaseException:
-            for node in nodes:
-                print(f"--- node on {node.host} ---\n{node.output()}")
-            raise
-        finally:
-            codes = [node.stop() for node in nodes]
-        assert codes == [0, 0], codes
+                total = HOSTS_CONVERSATIONS * HOSTS_COUNT
+                consumed = run_driver(topo, "b", "consume", "--url", url_b, "--queue", "qb", "--count", str(total),
+                                      "--timeout", "20")  # fmt: skip
+                received: dict[str, list[tuple[int, str, bytes]]] = {}
+                for record in consumed:
+                    for conversation_id, seq, message_type, body in record.get("batch", ()):
+                        received.setdefault(conversation_id, []).append((seq, message_type, body.encode()))
+                expected = {c["conversation_id"]: HOSTS_COUNT for c in summary["conversations"]}
+                assert_exactly_once_in_order(received, expected)
+            except BaseException:
+                for node in nodes:
+                    print(f"--- node on {node.host} ---\n{node.output()}")
+                print(f"--- the {kind} resolver's source on host a ---\n{source_log()}")
+                raise
+            finally:
+                codes = [node.stop() for node in nodes]
+            assert codes == [0, 0], codes
 
 
 # --------------------------------------------------------------------------------------------- bugs found

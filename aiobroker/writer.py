@@ -58,7 +58,9 @@ class StoreWriter:
 
     def _has_work(self) -> bool:
         core = self.core
-        return bool(self._callbacks or core.pending or core.changes or core.dirty)
+        # links with messages to send count too: they are woken after a write (even an empty one, with a store
+        # that keeps nothing), once what they would send is durable
+        return bool(self._callbacks or core.pending or core.changes or core.dirty or core.tx.ready_links)
 
     async def run(self) -> None:
         while True:

@@ -261,3 +261,17 @@ async def test_malformed_envelopes_are_reported_and_the_rest_delivered(caplog: p
         assert "malformed envelope" in caplog.text
         acks = [f for f in frames if f[0] == 20]
         assert acks and acks[0][2] == [[1, "conv-1", True, 1, cb.broker_instance]], "the good one is acknowledged"
+
+
+async def test_a_resolver_answer_releases_messages_to_another_node_with_the_memory_store(tmp_path: Path) -> None:
+    # a memory store writes nothing for the answer: the links must still be woken to send what it released
+    async with nodes({}) as [(b, cb)]:
+        await service(cb, "svcB")
+        services = tmp_path / "services.toml"
+        services.write_text(f'[services.svcB]\ntargets = [{{ address = "{b.url}" }}]\n')
+        async with nodes({"resolver": {"kind": "static_file", "path": str(services)}}) as [(a, ca)]:
+            await service(ca, "svcA", accepts=False)
+            dialog = await ca.begin_dialog("svcA", "svcB")
+            await dialog.send_many([("DEFAULT", b"%d" % i) for i in range(20)])
+            got = await drain(cb, "svcb", 20)
+            assert [int(m.body) for m in got] == list(range(20))

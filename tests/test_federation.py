@@ -269,7 +269,7 @@ async def test_a_resolver_answer_releases_messages_to_another_node_with_the_memo
         await service(cb, "svcB")
         services = tmp_path / "services.toml"
         services.write_text(f'[services.svcB]\ntargets = [{{ address = "{b.url}" }}]\n')
-        async with nodes({"resolver": {"kind": "static_file", "path": str(services)}}) as [(a, ca)]:
+        async with nodes({"resolver": {"kind": "static_file", "path": str(services)}}) as [(_, ca)]:
             await service(ca, "svcA", accepts=False)
             dialog = await ca.begin_dialog("svcA", "svcB")
             await dialog.send_many([("DEFAULT", b"%d" % i) for i in range(20)])

@@ -40,7 +40,7 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     max_hops = 16                 # a forwarded message that crossed this many nodes is in a loop: dropped
     connect_timeout = 5           # seconds for a TCP connection to a peer node
     handshake_timeout = 10        # seconds for a peer's HELLO/WELCOME
-    ack_timeout = 15              # seconds without an acknowledgement before reconnecting and resending
+    ack_timeout = 5               # seconds without an acknowledgement before reconnecting and resending
     closed_retention = 1800       # seconds an ended conversation with a remote side is remembered
 
     [tls]                         # leave out for plain TCP; nodes of one federation all use TLS or none do
@@ -164,7 +164,7 @@ class NodeConfig:
     max_hops: int = 16  #: >= 1; a forwarded message that crossed this many nodes is in a loop and dropped
     connect_timeout: float = 5.0  #: seconds for a TCP connection to a peer node; > 0
     handshake_timeout: float = 10.0  #: seconds for a peer's HELLO/WELCOME exchange; > 0
-    ack_timeout: float = 15.0  #: seconds to wait for an acknowledgement before reconnecting and resending; > 0
+    ack_timeout: float = 5.0  #: seconds to wait for an acknowledgement before reconnecting and resending; > 0
     closed_retention: float = 1800.0  #: seconds an ended conversation with a remote far side is remembered; >= 0
     tls_cert: Path | None = None  #: PEM certificate: with tls_key, the node speaks TLS only (clients and peers)
     tls_key: Path | None = None  #: PEM private key of tls_cert

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import pytest
 from netns import Topology, netns_available
-from node_process import NodeProcess, free_port
+from node_process import NodeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +42,6 @@ STOP_TIMEOUT = 10.0
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition()`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # a poll interval inside a deadline, not a stand-in for the condition
 
 
 @dataclass

@@ -180,11 +180,11 @@ class PeerLinks:
             link = core.tx.links.get(address)
             if messages:
                 conn.send(Envelopes(messages=messages, acks=[]).to_wire())
-                if link is not None and link.waiting_since is None and any(link.sent.values()):
+                if link is not None and link.waiting_since is None and link.sent:
                     link.waiting_since = time.monotonic()
                 continue
             timeout = None
-            if link is not None and link.waiting_since is not None and any(link.sent.values()):
+            if link is not None and link.waiting_since is not None and link.sent:
                 timeout = link.waiting_since + ack_timeout - time.monotonic()
                 if timeout <= 0:
                     raise LinkError(f"no acknowledgement within {ack_timeout:g}s (ack_timeout)")

@@ -49,7 +49,7 @@ class Link:
         self.address = address
         #: sending endpoints routed here (an ordered set)
         self.handles: dict[str, None] = {}
-        #: handle → how many of its rows (from the front of its deque) were sent in this epoch
+        #: handle → how many of its rows (from the front) were sent in this epoch; only handles with rows in flight
         self.sent: dict[str, int] = {}
         self.epoch = 0
         self.connected = False
@@ -211,7 +211,8 @@ class TransmissionQueue:
             while i < end and rows[i].id <= durable_upto:
                 out.append((handle, rows[i]))
                 i += 1
-            link.sent[handle] = i
+            if i:
+                link.sent[handle] = i  # only conversations with rows in flight: "any awaiting ack?" is bool(sent)
             if i < end:
                 # stopped at a row not yet stored: the write that stores it must wake this link again
                 self.ready_links.add(address)
@@ -234,9 +235,12 @@ class TransmissionQueue:
             address = self.route_of.get(handle)
             link = self.links.get(address) if address else None
             if link is not None:
-                sent = link.sent.get(handle, 0)
-                link.sent[handle] = max(0, sent - len(done))
-                if not any(link.sent.values()):
+                left = link.sent.get(handle, 0) - len(done)
+                if left > 0:
+                    link.sent[handle] = left
+                else:
+                    link.sent.pop(handle, None)
+                if not link.sent:
                     link.waiting_since = None
         if not rows:
             del self.rows[handle]

@@ -383,6 +383,20 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
                 out["pokes"] += 1
                 await anyio.sleep(args.poke_ms / 1000)
 
+        async def profile_tail() -> None:
+            """--profile: a third profile ("tail") from the moment the registry has served every answer."""
+            for _ in range(int(args.max_seconds * 20) + 10):
+                try:
+                    served = args.registry_log.read_text().count('"event": "served"')
+                except OSError:
+                    served = 0
+                if served >= args.services:
+                    profile_stop()
+                    profile_start("tail")
+                    say("every answer served: profiling the tail")
+                    return
+                await anyio.sleep(0.05)
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
 
@@ -453,6 +467,8 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
             # 4. wait for everything at B; a release that stops moving for --stall-seconds is diagnosed, not waited on
             if storm and args.poke_ms > 0:
                 tg.start_soon(poker)
+            if storm and args.profile and args.registry_log is not None:
+                tg.start_soon(profile_tail)
             last_count, last_change = checker.received, time.monotonic()
             previous: dict[str, Any] | None = None
             for _ in range(int(args.max_seconds * 10) + 10):
@@ -591,7 +607,7 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
              "--size", str(args.size), "--window", str(args.window), "--receivers", str(args.receivers),
              "--receive-batch", str(args.receive_batch), "--stall-seconds", str(args.stall_seconds),
              "--poke-ms", str(args.poke_ms), "--max-seconds", str(args.max_seconds)]
-            + (["--profile", args.store] if args.profile and mode == "storm" else []),
+            + (["--profile", args.store, "--registry-log", str(reg_log)] if args.profile and mode == "storm" else []),
             timeout=args.max_seconds + 120, what=f"storm load ({mode})")
         result["cpu"] = meter.stop()
         result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services)
@@ -671,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--stall-seconds", type=float, default=20)
         p.add_argument("--poke-ms", type=float, default=0)
         p.add_argument("--profile", default=None, help="py-spy node A per phase; files named after this label")
+        p.add_argument("--registry-log", type=Path, default=None, help="with --profile: starts the tail profile")
         p.add_argument("--max-seconds", type=float, default=600)
         args = p.parse_args(argv[1:])
         return common.worker_main("storm load", lambda: common.run_async(load, args))
@@ -697,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
                    " local dialog) every N ms, so its store writer runs and wakes the links (see the README)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy record node A in the storm run, one file per phase (send: begin to release;"
-                   " release: release to the end), collapsed stacks: results/logs/storm-py-spy-<store>-<phase>.txt")
+                   " release: release to the last answer served; tail: from there to the end), collapsed stacks:"
+                   " results/logs/storm-py-spy-<store>-<phase>.txt")
     p.add_argument("--max-seconds", type=float, default=600.0, help="bound on each run's load process")
     args = p.parse_args(argv)
     args.services = args.services or (100 if args.quick else 1000)

@@ -58,7 +58,7 @@ HANDSHAKE_TIMEOUT = 10.0
 class Session:
     """One client connection: its framed stream, and the owner of the leases it takes."""
 
-    __slots__ = ("node", "conn", "peer", "id", "__weakref__")
+    __slots__ = ("node", "conn", "peer", "id")
 
     _ids = itertools.count(1)
 

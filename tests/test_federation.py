@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -15,7 +15,9 @@ from node_process import free_port
 
 import aiobroker
 from aiobroker import NodeConfig
-from aiobroker.wire.codec import FrameDecoder, encode_frame
+from aiobroker.wire.codec import encode_frame
+from raw_peer import after_hello as peer_after_hello
+from raw_peer import talk
 
 pytestmark = pytest.mark.anyio
 
@@ -186,43 +188,6 @@ async def test_a_route_to_nowhere_retries_with_the_reason_then_delivers_when_a_n
                 assert [int(m.body) for m in got] == list(range(10))
 
 
-def _talk(port: int, payload: bytes, timeout: float = 5.0) -> list[Any]:
-    """Send raw bytes; read frames until the node closes or ``timeout`` passes without bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(payload)
-        decoder = FrameDecoder()
-        frames: list[Any] = []
-        while True:
-            try:
-                data = s.recv(65536)
-            except TimeoutError:
-                break
-            if not data:
-                break
-            frames.extend(decoder.feed(data))
-        return frames
-
-
-def _peer(port: int, then: bytes, timeout: float = 5.0) -> list[Any]:
-    """Handshake as a peer, then send raw bytes; returns every frame the node sent back."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(encode_frame([1, "aiobroker", 1, "peer", {"broker_instance": "rogue"}]))
-        decoder = FrameDecoder()
-        frames: list[Any] = []
-        while not frames:
-            frames.extend(decoder.feed(s.recv(65536)))
-        s.sendall(then)
-        while True:
-            try:
-                data = s.recv(65536)
-            except TimeoutError:
-                break
-            if not data:
-                break
-            frames.extend(decoder.feed(data))
-        return frames
-
-
 @pytest.mark.parametrize(
     ("after_hello", "expect"),
     [
@@ -236,7 +201,7 @@ async def test_a_peer_speaking_garbage_is_cut_off_and_the_node_serves_on(after_h
         await service(ca, "svcA", accepts=False)
         await service(cb, "svcB")
         await route(ca, "to-b", "svcB", b.url)
-        frames = await anyio.to_thread.run_sync(_peer, b.port, after_hello)
+        frames = await anyio.to_thread.run_sync(functools.partial(peer_after_hello, b.port, after_hello, role="peer"))
         assert frames[0][0] == 2, frames  # welcomed as a peer
         assert frames[-1][0] == 3 and expect in frames[-1][2], frames
         dialog = await ca.begin_dialog("svcA", "svcB")
@@ -246,7 +211,7 @@ async def test_a_peer_speaking_garbage_is_cut_off_and_the_node_serves_on(after_h
 
 async def test_a_peer_with_an_older_protocol_is_refused_with_a_reason() -> None:
     async with nodes({}) as [(a, _)]:
-        frames = await anyio.to_thread.run_sync(_talk, a.port, encode_frame([1, "aiobroker", 0, "peer", {}]))
+        frames = await anyio.to_thread.run_sync(talk, a.port, encode_frame([1, "aiobroker", 0, "peer", {}]))
         assert frames[-1][0] == 3 and "protocol version 0 is not spoken here" in frames[-1][2]
 
 
@@ -256,7 +221,9 @@ async def test_malformed_envelopes_are_reported_and_the_rest_delivered(caplog: p
         good = [0, "conv-1", True, 0, "far", "svcB", "DEFAULT", "inst-x", None, "DEFAULT", b"ok", 4e9, 0, False]
         bad = [0, "conv-2", True, "zero"]
         with caplog.at_level(logging.WARNING, logger="aiobroker.links"):
-            frames = await anyio.to_thread.run_sync(_peer, b.port, encode_frame([20, [bad, good], []]), 1.0)
+            frames = await anyio.to_thread.run_sync(
+                functools.partial(peer_after_hello, b.port, encode_frame([20, [bad, good], []]), role="peer", timeout=1.0)
+            )
         assert [m.body for m in await drain(cb, "svcb", 1)] == [b"ok"]
         assert "malformed envelope" in caplog.text
         acks = [f for f in frames if f[0] == 20]

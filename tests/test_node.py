@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +26,8 @@ from aiobroker.errors import (
     UnknownObject,
 )
 from aiobroker.core.catalog import DISPATCHER_QUEUE, DISPATCHER_SERVICE
-from aiobroker.wire.codec import FrameDecoder, encode_frame
+from aiobroker.wire.codec import encode_frame
+from raw_peer import after_hello, talk
 
 pytestmark = pytest.mark.anyio
 
@@ -196,26 +196,6 @@ async def test_oversized_message_and_contract_violation_refused_and_connection_l
         assert [m.body for m in await client.receive("qt", timeout=5)] == [b"still fine"]
 
 
-def _raw_connect(url: str) -> socket.socket:
-    host, port = aiobroker.client.parse_url(url)
-    s = socket.create_connection((host, port), timeout=5)
-    return s
-
-
-def _read_frames(sock: socket.socket) -> list[object]:
-    decoder = FrameDecoder()
-    frames: list[object] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not data:
-            break
-        frames.extend(decoder.feed(data))
-    return frames
-
-
 @pytest.mark.parametrize(
     ("payload", "expect"),
     [
@@ -232,12 +212,7 @@ async def test_bad_bytes_are_refused_with_a_reason_and_other_clients_carry_on(
     async with aiobroker.connect(node.url) as client:
         dialog = await setup_pair(client)
 
-        def talk_garbage() -> list[object]:
-            with _raw_connect(node.url) as s:
-                s.sendall(payload)
-                return _read_frames(s)
-
-        frames = await anyio.to_thread.run_sync(talk_garbage)
+        frames = await anyio.to_thread.run_sync(talk, node.port, payload)
         assert frames and frames[-1][0] == 3, f"expected a REFUSED frame, got {frames}"  # type: ignore[index]
         assert expect in frames[-1][2]  # type: ignore[index]
         await dialog.send("DEFAULT", b"unaffected")
@@ -245,17 +220,7 @@ async def test_bad_bytes_are_refused_with_a_reason_and_other_clients_carry_on(
 
 
 async def test_garbage_after_the_handshake_closes_only_that_connection(node: aiobroker.Node) -> None:
-    def talk() -> list[object]:
-        with _raw_connect(node.url) as s:
-            s.sendall(encode_frame([1, "aiobroker", 1, "client", {}]))
-            decoder = FrameDecoder()
-            welcome: list[object] = []
-            while not welcome:
-                welcome = decoder.feed(s.recv(65536))
-            s.sendall(b"\x00\x00\x00\x01\xc1")
-            return welcome + _read_frames(s)
-
-    frames = await anyio.to_thread.run_sync(talk)
+    frames = await anyio.to_thread.run_sync(after_hello, node.port, b"\x00\x00\x00\x01\xc1")
     assert frames[0][0] == 2 and frames[-1][0] == 3  # type: ignore[index]
     async with aiobroker.connect(node.url) as client:
         assert (await client.status())["node"]["connections"] == 1

@@ -850,9 +850,6 @@ class BrokerCore(Federation, DynamicRouting):
 
     # ---------------------------------------------------------------------------------------------- status
 
-    def describe_message(self, row: MessageRow) -> list[Any]:
-        return [row.handle, row.seq, row.message_type, row.body, row.enqueued_at]
-
     def conversations_of(self, rows: Iterable[MessageRow]) -> dict[str, list[Any]]:
         """Per-conversation facts for a batch of received messages, sent once per batch, not per message."""
         out: dict[str, list[Any]] = {}

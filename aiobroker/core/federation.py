@@ -29,14 +29,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..store.base import MessageRow, WriteBatch
-from .catalog import BCN_SERVICE, END_DIALOG, ERROR, Catalog
+from .catalog import BCN_SERVICE, Catalog
 from .conversation import Endpoint, State
 from .dispatcher import ROUTE
 from .routing import Decision, choose
 from .transmission import TransmissionQueue
 
-if TYPE_CHECKING:
-    from .queues import Lease  # noqa: F401
 
 TX = "tx"
 MESSAGE, ACK = 0, 1
@@ -481,4 +479,4 @@ def _well_formed(env: Any) -> bool:
     )
 
 
-__all__ = ["Federation", "Envelope", "MESSAGE", "ACK", "END_DIALOG", "ERROR"]
+__all__ = ["Federation", "Envelope", "MESSAGE", "ACK"]

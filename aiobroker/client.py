@@ -13,6 +13,11 @@ Requests made concurrently (from several tasks, or one task's ``send_many``) sha
 raises a :class:`~aiobroker.errors.BrokerError` subclass named by the node's answer; a connection that drops
 fails every request in flight with :class:`~aiobroker.errors.ConnectionLost` (it may or may not have taken
 effect: a send that was not acknowledged is not promised).
+
+A node with ``[security] authorization`` on checks each request against the caller's identity: pass
+``token=`` (an identity's bearer token) or connect with a TLS client certificate registered as an identity; a
+client with neither is ``public``. A token or certificate the node does not know is refused at once with
+:class:`~aiobroker.errors.NotAuthorized`, as is any request the identity has no right to (docs/security.md).
 """
 
 from __future__ import annotations
@@ -95,21 +100,24 @@ class Message:
 
     service_name = property(lambda self: self._conversation[0], doc="the local service (whose queue it is)")
     far_service_name = property(lambda self: self._conversation[1], doc="the service at the other end")
-    contract = property(lambda self: self._conversation[2])
-    conversation_group_id = property(lambda self: self._conversation[3])
+    contract = property(lambda self: self._conversation[2], doc="the conversation's contract")
+    conversation_group_id = property(lambda self: self._conversation[3], doc="the group this side's conversation is in")
     is_initiator = property(lambda self: self._conversation[4], doc="whether this side began the conversation")
     conversation_id = property(lambda self: self._conversation[5], doc="the same on both sides")
 
     @property
     def is_end_dialog(self) -> bool:
+        """The far side ended the conversation (EndDialog)."""
         return self.message_type == END_DIALOG
 
     @property
     def is_error(self) -> bool:
+        """An Error message (see :attr:`error`)."""
         return self.message_type == ERROR
 
     @property
     def is_timer(self) -> bool:
+        """A DialogTimer message (a timer set with ``begin_timer`` ran out)."""
         return self.message_type == DIALOG_TIMER
 
     @property
@@ -252,9 +260,11 @@ class PendingReply:
 
     @property
     def done(self) -> bool:
+        """Whether the answer (or the error) has arrived."""
         return self.event.is_set()
 
     async def wait(self) -> Any:
+        """The request's result, once the node has answered; raises its error."""
         await self.event.wait()
         if self.error is not None:
             raise self.error
@@ -271,15 +281,23 @@ class Client:
         connect_timeout: float = CONNECT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
-        """``ssl_context``: for a node that speaks TLS (see :func:`aiobroker.transport.tls.client_context`)."""
+        """``ssl_context``: for a node that speaks TLS (see :func:`aiobroker.transport.tls.client_context`); a
+        client certificate in it authenticates this client when the node has an identity with that certificate.
+        ``token``: an identity's bearer token, sent in the handshake (the node keeps only its SHA-256)."""
+        if token is not None and (not isinstance(token, str) or not token):
+            raise InvalidArgument("token must be a non-empty string (an identity's bearer token), or None")
         self.url = url
         self.ssl_context = ssl_context
+        self._token = token
         self.host, self.port = parse_url(url)
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.broker_instance: str | None = None
         self.server_info: dict[str, Any] = {}
+        #: the identity the node took this client for (its token's or certificate's; ``public`` otherwise)
+        self.identity: str | None = None
         self._conn: FramedConnection | None = None
         self._tg: TaskGroup | None = None
         self._pending: dict[int, PendingReply] = {}
@@ -318,7 +336,10 @@ class Client:
         conn = FramedConnection(stream, peer=self.url)
         try:
             with anyio.fail_after(self.handshake_timeout):
-                conn.send_frame(Hello(role="client", info={"client": "aiobroker-python"}))
+                info: dict[str, Any] = {"client": "aiobroker-python"}
+                if self._token is not None:
+                    info["token"] = self._token
+                conn.send_frame(Hello(role="client", info=info))
                 await conn.flush()
                 frame = await conn.receive_one()
         except TimeoutError:
@@ -335,6 +356,8 @@ class Client:
             raise ProtocolError(f"{self.url} answered the handshake with {type(frame).__name__.upper()}")
         self.broker_instance = frame.broker_instance
         self.server_info = frame.info
+        identity = frame.info.get("identity")
+        self.identity = identity if isinstance(identity, str) else None
         self._max_frame = int(frame.info.get("max_frame_size", self._max_frame))
         conn.decoder.max_frame_size = max(conn.decoder.max_frame_size, self._max_frame)
         self._conn = conn
@@ -344,6 +367,7 @@ class Client:
         self._tg.start_soon(self._reader)
 
     async def aclose(self) -> None:
+        """Close the connection; requests still in flight fail with ConnectionLost."""
         if self._tg is not None:
             tg, self._tg = self._tg, None
             tg.cancel_scope.cancel()
@@ -424,6 +448,8 @@ class Client:
     # -------------------------------------------------------------------------------------------------- catalog
 
     async def create(self, kind: str, definition: dict[str, Any]) -> dict[str, Any]:
+        """Create an object of ``kind`` (message_type, contract, queue, service, route, identity, binding) from
+        its definition; returns it as stored (an identity or binding as ``list`` shows it: no key, no token)."""
         result: dict[str, Any] = await self.request("create", {"kind": kind, "definition": definition})
         return result
 
@@ -438,6 +464,8 @@ class Client:
     async def create_queue(
         self, name: str, *, status: bool = True, retention: bool = False, poison_message_handling: bool = True
     ) -> dict[str, Any]:
+        """A queue: ``status`` off refuses receives; ``retention`` keeps received messages until their
+        conversation ends; ``poison_message_handling`` turns the queue off after repeated rollbacks."""
         return await self.create(
             "queue",
             {"name": name, "status": status, "retention": retention, "poison_message_handling": poison_message_handling},
@@ -454,9 +482,69 @@ class Client:
         result: dict[str, Any] = await self.request("alter_route", {"name": name, "changes": changes})
         return result
 
-    async def create_service(self, name: str, queue: str, contracts: Sequence[str] = ()) -> dict[str, Any]:
-        """contracts: those the service accepts as a target (none: it can only initiate)."""
-        return await self.create("service", {"name": name, "queue": queue, "contracts": list(contracts)})
+    async def create_service(
+        self, name: str, queue: str, contracts: Sequence[str] = (), *, owner: str | None = None
+    ) -> dict[str, Any]:
+        """contracts: those the service accepts as a target (none: it can only initiate). ``owner``: the identity
+        (with a private key) whose key reads secured conversations to it (default: the node's identity)."""
+        definition: dict[str, Any] = {"name": name, "queue": queue, "contracts": list(contracts)}
+        if owner is not None:
+            definition["owner"] = owner
+        return await self.create("service", definition)
+
+    async def create_identity(
+        self,
+        name: str,
+        *,
+        certificate: str | bytes | None = None,
+        private_key: str | bytes | None = None,
+        tokens: Sequence[str] = (),
+        send: Sequence[str] = (),
+        receive: Sequence[str] = (),
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        """An identity: who a client, a service owner or a remote initiator is, and what it may do.
+
+        ``certificate`` and ``private_key`` are PEM (text or bytes; read files yourself): a certificate alone
+        identifies a remote user or a TLS client; with its key the identity can own services and sign bindings.
+        ``tokens``: bearer tokens (at least 8 characters) a client may ``connect(url, token=...)`` with; the node
+        keeps their SHA-256 only. ``send``: services it may send to; ``receive``: queues it may receive from
+        (``"*"``: any); ``admin``: may create, alter and drop objects. Returns what ``list("identity")`` shows:
+        never the key or the tokens."""
+        definition: dict[str, Any] = {
+            "name": name,
+            "tokens": _strings("tokens", tokens),
+            "send": _strings("send", send),
+            "receive": _strings("receive", receive),
+            "admin": admin,
+        }
+        if certificate is not None:
+            definition["certificate"] = _pem_text("certificate", certificate)
+        if private_key is not None:
+            definition["private_key"] = _pem_text("private_key", private_key)
+        return await self.create("identity", definition)
+
+    async def create_binding(
+        self,
+        name: str,
+        *,
+        to_service: str,
+        certificate: str | bytes,
+        identity: str | None = None,
+        anonymous: bool = False,
+    ) -> dict[str, Any]:
+        """A remote service binding: conversations to ``to_service`` (on another node) are secured with a
+        session key wrapped for ``certificate`` (PEM: the remote service owner's) and signed by the local
+        ``identity`` (default: the node's identity). ``anonymous``: sign nothing; the target sees ``public``."""
+        definition: dict[str, Any] = {
+            "name": name,
+            "to_service": to_service,
+            "certificate": _pem_text("certificate", certificate),
+            "anonymous": anonymous,
+        }
+        if identity is not None:
+            definition["identity"] = identity
+        return await self.create("binding", definition)
 
     async def create_route(
         self,
@@ -483,10 +571,13 @@ class Client:
         return await self.create("route", definition)
 
     async def drop(self, kind: str, name: str) -> None:
+        """Drop the object ``kind``/``name`` (message_type, contract, queue, service, route, identity, binding);
+        refused while other objects use it."""
         await self.request("drop", {"kind": kind, "name": name})
 
     async def list(self, kind: str) -> builtins.list[dict[str, Any]]:
-        """kind: message_type, contract, queue or service."""
+        """kind: message_type, contract, queue, service, route, identity or binding. Identities and bindings come
+        without keys, tokens or PEM: subject, fingerprint, expiry, whether there is a key, how many tokens."""
         result: builtins.list[dict[str, Any]] = await self.request("list", {"kind": kind})
         return result
 
@@ -502,6 +593,7 @@ class Client:
         return result
 
     async def list_conversations(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
+        """Up to ``limit`` conversation endpoints on the node, each described as :meth:`Dialog.info` does."""
         result: builtins.list[dict[str, Any]] = await self.request("list_conversations", {"limit": limit})
         return result
 
@@ -572,10 +664,28 @@ class Client:
         return f"<Client {self.url} {state} in_flight={len(self._pending)}>"
 
 
-def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Client:
+def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", *, token: str | None = None, **options: Any) -> Client:
     """A client for the node at ``url``: ``async with connect(url) as client`` (or ``client = await connect(url)``,
-    then ``await client.aclose()``)."""
-    return Client(url, **options)
+    then ``await client.aclose()``). ``token`` authenticates it as the identity holding that token; other
+    options are :class:`Client`'s (``ssl_context``, ``connect_timeout``, ``handshake_timeout``)."""
+    return Client(url, token=token, **options)
+
+
+def _pem_text(what: str, value: str | bytes) -> str:
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{what} must be PEM text; these bytes are not (a DER file? convert it to PEM)") from None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be PEM text (str or bytes), got {type(value).__name__}")
+    return value
+
+
+def _strings(what: str, values: Sequence[str]) -> builtins.list[str]:
+    if isinstance(values, str):
+        raise InvalidArgument(f"{what} must be a list of strings, not one string (write [{values!r}])")
+    return builtins.list(values)
 
 
 __all__ = ["Client", "Dialog", "Message", "PendingReply", "ReceivedBatch", "connect", "parse_url", "MessageTooLarge"]

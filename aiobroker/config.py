@@ -54,6 +54,11 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     max_delayed_per_service = 100000
     max_delayed_messages = 1000000
 
+    [security]                    # identities, bindings and authorization: see docs/security.md
+    # identity = "node"           # the default owner of local services (an [[identity]] with a private key)
+    authorization = false         # true: check every client's rights (a token or TLS certificate names them)
+    binding_failure_cache = 600   # seconds a failed binding request is remembered; > 0
+
     # [resolver]                  # leave out to ask the Broker Configuration Notice service, if there is one
     # kind = "static_file"        # or dns_srv, http, chain: options as in resolvers/<kind>.py
     # path = "services.toml"
@@ -73,10 +78,27 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     [[queue]]
     name = "requests"
 
+    [[identity]]                  # who a client is (by token or TLS certificate) and what it may do
+    name = "operator"
+    tokens = ["change-me-long-random-string"]   # clients give it with connect(token=...) or --token
+    admin = true                  # may create, alter and drop objects
+    # certificate = "certs/operator.crt"         # a path relative to this file, or the PEM text itself
+    # private_key = "certs/operator.key"         # only for an identity that owns services or signs bindings
+    # send = ["//example/Server"]                # services it may send to ("*": any)
+    # receive = ["requests"]                     # queues it may receive from ("*": any)
+
     [[service]]
     name = "//example/Server"
     queue = "requests"
     contracts = ["//example/Contract"]
+    # owner = "node"              # the identity whose key reads secured conversations (default [security] identity)
+
+    # [[binding]]                 # how to secure conversations to a service on another node
+    # name = "to-orders"
+    # to_service = "//shop/Orders"
+    # certificate = "certs/orders-owner.crt"     # the remote owner's certificate: a path, or PEM text
+    # identity = "node"           # the local identity that signs (default [security] identity)
+    # anonymous = false
 
 Keys and the :class:`NodeConfig` fields they set:
 
@@ -86,10 +108,19 @@ Keys and the :class:`NodeConfig` fields they set:
   directory); ``~`` is expanded. The result is absolute.
 * ``[receive] lease_seconds`` sets ``receive_lease`` (an integer or a float); ``[receive] poison_rollbacks``
   sets ``poison_rollbacks``.
-* ``[[message_type]]``, ``[[contract]]``, ``[[queue]]`` and ``[[service]]`` are the objects the node creates
-  at start, in file order (also across kinds, so write an object after the objects it refers to). Each is a
-  table with a string ``name``; the rest of the table is passed on as written, and the node checks it when it
-  creates the object.
+* ``[security] identity`` sets ``node_identity``; ``authorization`` and ``binding_failure_cache`` set the field
+  of the same name.
+* ``[[message_type]]``, ``[[contract]]``, ``[[queue]]``, ``[[service]]``, ``[[route]]``, ``[[identity]]`` and
+  ``[[binding]]`` are the objects the node creates at start, in file order (also across kinds, so write an
+  object after the objects it refers to), except that identities are created first. Each is a table with a
+  string ``name``; the rest of the table is passed on as written, and the node checks it when it creates the
+  object.
+* In ``[[identity]]`` (``certificate``, ``private_key``) and ``[[binding]]`` (``certificate``), a value with a
+  ``-----BEGIN`` line is PEM text; any other string is a file path, relative to the config file's directory,
+  read when the file is loaded. Identities and bindings are checked as the file is loaded (the certificate
+  parses, the key matches it, tokens are long enough), so a mistake names the file and the identity at once.
+  In a :class:`NodeConfig` built in Python, a :class:`~pathlib.Path` value is read the same way (relative to
+  the current directory).
 
 Overrides
 ---------
@@ -134,7 +165,10 @@ STORES: Final = ("sqlite", "memory")
 DURABILITIES: Final = ("normal", "full")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: The object kinds a config file may declare, as ``[[kind]]`` arrays of tables.
-OBJECT_KINDS: Final = ("message_type", "contract", "queue", "service", "route")
+OBJECT_KINDS: Final = ("message_type", "contract", "queue", "service", "route", "identity", "binding")
+#: Fields of ``[[identity]]`` and ``[[binding]]`` that hold PEM text, given as the text or a file path.
+PEM_FIELDS: Final = {"identity": ("certificate", "private_key"), "binding": ("certificate",)}
+DEFAULT_BINDING_FAILURE_CACHE: Final = 600.0
 
 MIN_FRAME_SIZE: Final = 1024
 MAX_FRAME_SIZE: Final = 256 * MIB
@@ -176,6 +210,10 @@ class NodeConfig:
     resolve_timeout: float | None = None  #: give up on a request after this many seconds (None: never, as the seeds)
     max_delayed_per_service: int = 100_000  #: DELAYED messages per service before a send fails
     max_delayed_messages: int = 1_000_000  #: DELAYED messages per node before a send fails
+    #: the identity that owns services naming no owner and signs bindings naming no identity (docs/security.md)
+    node_identity: str | None = None
+    authorization: bool = False  #: check each client's rights (off: every client may do everything)
+    binding_failure_cache: float = DEFAULT_BINDING_FAILURE_CACHE  #: seconds a failed binding request is remembered
     #: ``(kind, definition)`` in file order; the definition is the table as written (the node checks it).
     objects: tuple[ObjectDef, ...] = ()
 
@@ -372,6 +410,70 @@ def _check_lease(value: Any) -> float:
     return seconds
 
 
+def _check_identity_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        got = "an empty string" if value == "" else _describe(value)
+        raise _Invalid(f'must be the name of an [[identity]] with a private key (identity = "node"); got {got}')
+    return value
+
+
+def _read_pem(what: str, key: str, value: Any, base: Path | None) -> Any:
+    """A PEM field's text: the value itself if it is PEM, else the file it names (relative to ``base``; with
+    ``base`` None only a :class:`Path` is a file, a string is passed on for the node to judge)."""
+    if isinstance(value, str) and ("-----BEGIN" in value or base is None):
+        return value
+    if not isinstance(value, str | Path):
+        raise _Invalid(f"{what}: {key} must be PEM text or a file path (a string); got {_describe(value)}")
+    if isinstance(value, str) and not value.strip():
+        raise _Invalid(f"{what}: {key} must be PEM text or a file path; got an empty string")
+    file = Path(value).expanduser()
+    if not file.is_absolute() and base is not None:
+        file = base / file
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        where = "the config file's directory" if base is not None else "the current directory"
+        raise _Invalid(f"{what}: {key} file {file} does not exist (a relative path is relative to {where})") from None
+    except IsADirectoryError:
+        raise _Invalid(f"{what}: {key} file {file} is a directory, not a PEM file") from None
+    except OSError as exc:
+        raise _Invalid(f"{what}: {key} file {file} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise _Invalid(
+            f"{what}: {key} file {file} is not PEM text (it has non-ASCII bytes; a DER file must be converted to PEM)"
+        ) from None
+
+
+def _read_pem_fields(kind: str, definition: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """``definition`` with its PEM fields' files read (a new dict if anything was read)."""
+    out = definition
+    for key in PEM_FIELDS.get(kind, ()):
+        value = definition.get(key)
+        if value is None:
+            continue
+        text = _read_pem(f"{kind} {definition.get('name')!r}", key, value, base)
+        if text is not value:
+            if out is definition:
+                out = dict(definition)
+            out[key] = text
+    return out
+
+
+def _check_security_object(kind: str, definition: dict[str, Any]) -> None:
+    """Parse an identity or binding as the node will (without the date checks it makes at creation)."""
+    from .core.identities import Binding, Identity
+    from .errors import BrokerError
+
+    try:
+        (Identity if kind == "identity" else Binding).from_def(definition)
+    except BrokerError as exc:
+        raise _Invalid(exc.message) from None
+
+
 def _check_object(kind: Any, definition: Any) -> None:
     if not isinstance(kind, str) or kind not in OBJECT_KINDS:
         hint = _did_you_mean(kind, OBJECT_KINDS, '"{}"') if isinstance(kind, str) else ""
@@ -390,16 +492,21 @@ def _check_objects(value: Any) -> tuple[ObjectDef, ...]:
     if not isinstance(value, tuple | list):
         raise _Invalid(f"must be a tuple of (kind, definition) pairs; got {_describe(value)}")
     result: list[ObjectDef] = []
+    changed = False
     for i, item in enumerate(value):
         if not isinstance(item, tuple | list) or len(item) != 2:
             raise _Invalid(f"must be a (kind, definition) pair; got {_describe(item)}", f"[{i}]")
         kind, definition = item
         try:
             _check_object(kind, definition)
+            read = _read_pem_fields(kind, definition, None)
         except _Invalid as exc:
             raise _Invalid(exc.reason, f"[{i}]") from None
-        result.append((kind, definition))
-    return value if isinstance(value, tuple) and all(type(item) is tuple for item in value) else tuple(result)
+        result.append((kind, read))
+        changed = changed or read is not definition
+    if isinstance(value, tuple) and all(type(item) is tuple for item in value) and not changed:
+        return value
+    return tuple(result)
 
 
 _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
@@ -428,6 +535,9 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "resolve_timeout": _check_optional_seconds,
     "max_delayed_per_service": lambda v: _int(v, 1),
     "max_delayed_messages": lambda v: _int(v, 1),
+    "node_identity": _check_identity_name,
+    "authorization": _check_bool,
+    "binding_failure_cache": _check_lease,
     "objects": _check_objects,
 }
 
@@ -525,6 +635,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention"),
     "tls": ("cert", "key", "ca", "check_hostname"),
     "dynamic_routing": ("resolve_timeout", "max_delayed_per_service", "max_delayed_messages"),
+    "security": ("identity", "authorization", "binding_failure_cache"),
 }
 #: Field names whose key in the file is spelled differently.
 _FILE_KEY_FOR_FIELD: Final = {
@@ -535,6 +646,7 @@ _FILE_KEY_FOR_FIELD: Final = {
     "tls_key": "key",
     "tls_ca": "ca",
     "tls_check_hostname": "check_hostname",
+    "node_identity": "identity",
 }
 #: Keys whose field name is spelled differently; the rest are the same.
 _FIELD_FOR_FILE_KEY: Final = {
@@ -543,6 +655,7 @@ _FIELD_FOR_FILE_KEY: Final = {
     "key": "tls_key",
     "ca": "tls_ca",
     "check_hostname": "tls_check_hostname",
+    "identity": "node_identity",
 }
 
 #: An array-of-tables header at the start of a line: [[queue]], [[ "queue" ]], [['queue']] # comment
@@ -596,6 +709,9 @@ def _from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dic
                 how = (
                     f"write [[{key}]], not [{key}]" if isinstance(value, dict) else f"got {_describe(value)}"
                 )
+                home = next((s for s, keys in _SECTIONS.items() if key in keys), None)
+                if home is not None and not isinstance(value, dict):
+                    how += f" (the key {key} = ... belongs in [{home}])"
                 raise ConfigError(f"{path}: {key} must be an array of tables, one [[{key}]] per {key}; {how}")
             arrays[key] = value
         else:
@@ -605,6 +721,9 @@ def _from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dic
         definition = arrays[kind][index]
         try:
             _check_object(kind, definition)
+            if kind in PEM_FIELDS:
+                definition = _read_pem_fields(kind, definition, path.parent.absolute())
+                _check_security_object(kind, definition)
         except _Invalid as exc:
             raise ConfigError(f"{path}: {kind} #{index + 1}: {exc.reason}") from None
         objects.append((kind, definition))

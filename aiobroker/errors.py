@@ -123,6 +123,23 @@ class Overloaded(BrokerError):
     code = "overloaded"
 
 
+# --- security -------------------------------------------------------------------------------------------------
+
+
+class SecurityError(BrokerError):
+    """Dialog security cannot be had or was broken: no remote service binding where encryption is required, a
+    certificate that does not parse, has expired or does not match its key, a session key that cannot be read."""
+
+    code = "security_error"
+
+
+class NotAuthorized(BrokerError):
+    """The caller's identity lacks the right for this request (send to a service, receive from a queue,
+    administer the node), or the caller did not authenticate. Nothing was changed."""
+
+    code = "not_authorized"
+
+
 _ALL: dict[str, type[BrokerError]] = {}
 
 

@@ -17,6 +17,7 @@ or run it with ``aiobroker serve``.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
@@ -32,14 +33,25 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from anyio.abc import Listener, SocketAttribute, TaskGroup
+from anyio.streams.tls import TLSAttribute
 
 from . import __version__
 from .config import NodeConfig
+from .authz import guarded_ops
 from .core.broker import BrokerCore
+from .core.identities import PUBLIC, require_signer, token_digest
 from .core.queues import Lease
-from .errors import BrokerError, ConfigError, ConnectionLost, ProtocolError, QueueDisabled, UnknownObject
+from .errors import (
+    BrokerError,
+    ConfigError,
+    ConnectionLost,
+    NotAuthorized,
+    ProtocolError,
+    QueueDisabled,
+    UnknownObject,
+)
 from .core.catalog import BCN_SERVICE
-from .core.dispatcher import ROUTE
+from .core.dispatcher import BINDING, ROUTE
 from .core.routing import explain
 from .links import PeerLinks
 from .ops import OPS
@@ -56,9 +68,9 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 class Session:
-    """One client connection: its framed stream, and the owner of the leases it takes."""
+    """One client connection: its framed stream, who it authenticated as, and the owner of the leases it takes."""
 
-    __slots__ = ("node", "conn", "peer", "id")
+    __slots__ = ("node", "conn", "peer", "id", "identity")
 
     _ids = itertools.count(1)
 
@@ -67,6 +79,8 @@ class Session:
         self.conn = conn
         self.peer = peer
         self.id = next(self._ids)
+        #: the identity it authenticated as at the handshake (a token, a TLS client certificate), else ``public``
+        self.identity = PUBLIC
 
     @property
     def closed(self) -> bool:
@@ -84,7 +98,7 @@ class Session:
         self.conn.send_frame(Failed(request_id=rid, code=exc.code, message=exc.message))
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} {self.peer}>"
+        return f"<Session {self.id} {self.peer} as {self.identity}>"
 
 
 class _Waiter:
@@ -174,15 +188,20 @@ class Node:
             max_hops=cfg.max_hops,
             closed_retention=cfg.closed_retention,
             resolver_name=str(cfg.resolver["kind"]) if cfg.resolver is not None else None,
+            resolver_answers_bindings=bool(getattr(self.resolver, "answers_bindings", False)),
             resolve_timeout=cfg.resolve_timeout,
             max_delayed_per_service=cfg.max_delayed_per_service,
             max_delayed_messages=cfg.max_delayed_messages,
+            node_identity=cfg.node_identity,
+            authorization=cfg.authorization,
+            binding_failure_cache=cfg.binding_failure_cache,
         )
         for warning in self.core.load(snapshot, self.clock()):
             log.warning("while restoring state: %s", warning)
         if "broker_instance" not in snapshot.meta:
             self.core.changes.meta["broker_instance"] = instance
         self._apply_config_objects()
+        self._check_security()
         self.writer = StoreWriter(self.core, self.store, self._on_published, self.links.wake_ready)
         await self.writer.drain()
         server_tls = None
@@ -230,8 +249,10 @@ class Node:
         )
 
     def _apply_config_objects(self) -> None:
-        """Create the config file's objects that do not exist; one that exists must match it."""
-        for kind, definition in self.config.objects:
+        """Create the config file's objects that do not exist; one that exists must match it. Identities come
+        first (services name their owners, bindings their signers); the rest in the config's order."""
+        objects = sorted(self.config.objects, key=lambda o: o[0] != "identity")
+        for kind, definition in objects:
             name = str(definition.get("name"))
             try:
                 existing = self.core.catalog.table(kind).get(name)
@@ -239,12 +260,38 @@ class Node:
                     self.core.create_object(kind, dict(definition), self.clock())
                     log.info("created %s %r from the config file", kind.replace("_", " "), name)
                 elif existing != self.core.catalog.build(kind, dict(definition), self.clock()):
+                    shown = existing.public_def() if hasattr(existing, "public_def") else existing.to_def()
                     raise ConfigError(
-                        f"it exists with another definition ({existing.to_def()}); drop it first, or change the"
+                        f"it exists with another definition ({shown}); drop it first, or change the"
                         " config to match"
                     )
             except BrokerError as exc:
                 raise ConfigError(f"config {kind.replace('_', ' ')} {name!r}: {exc.message}") from exc
+
+    def _check_security(self) -> None:
+        """The node's identity must exist with a private key; say how authorization stands."""
+        cfg, catalog = self.config, self.core.catalog
+        if cfg.node_identity is not None:
+            try:
+                require_signer(catalog.identities.get(cfg.node_identity), cfg.node_identity, "[security] identity")
+            except BrokerError as exc:
+                raise ConfigError(
+                    f"config {exc.message}; add an [[identity]] named {cfg.node_identity!r} with certificate and"
+                    " private_key"
+                ) from exc
+        if cfg.authorization:
+            admins = [i.name for i in catalog.identities.values() if i.admin]
+            log.info(
+                "authorization on: %d identit%s, admin: %s",
+                len(catalog.identities),
+                "y" if len(catalog.identities) == 1 else "ies",
+                ", ".join(admins) or "none",
+            )
+            if not admins:
+                log.warning(
+                    "authorization is on but no identity has admin, so no client can create, alter or drop objects;"
+                    " add an [[identity]] with admin = true and a token to the config file"
+                )
 
     async def stop(self) -> None:
         """Stop accepting, close every connection, write what is pending, close the store."""
@@ -282,7 +329,7 @@ class Node:
                     )
                 )
                 return
-            role = await self._handshake(conn, peer)
+            role = await self._handshake(conn, session, _peer_certificate(stream))
             if role is None:
                 return
             if role == "peer":
@@ -314,8 +361,10 @@ class Node:
             self._forget_session(session)
             await conn.aclose()
 
-    async def _handshake(self, conn: FramedConnection, peer: str) -> str | None:
-        """HELLO/WELCOME; returns the peer's role ("client" or "peer"), or None if it was refused."""
+    async def _handshake(self, conn: FramedConnection, session: Session, certificate: bytes | None) -> str | None:
+        """HELLO/WELCOME; returns the peer's role ("client" or "peer"), or None if it was refused. A client's
+        identity (see :meth:`_authenticate`) goes in ``session.identity``."""
+        peer = session.peer
         with anyio.move_on_after(HANDSHAKE_TIMEOUT):
             frame = await conn.receive_one()
             if not isinstance(frame, Hello):
@@ -328,6 +377,13 @@ class Node:
                 log.warning("refused %s: %s", peer, msg)
                 await conn.send_last(Refused(code="protocol_error", message=msg))
                 return None
+            if frame.role != "peer":  # a peer node's initiators are checked per conversation, by the core
+                try:
+                    session.identity = self._authenticate(frame.info, certificate)
+                except NotAuthorized as exc:
+                    log.warning("refused client %s at the handshake: %s", peer, exc.message)
+                    await conn.send_last(Refused(code=exc.code, message=exc.message))
+                    return None
             conn.send_frame(
                 Welcome(
                     version=PROTOCOL_VERSION,
@@ -336,6 +392,7 @@ class Node:
                         "server": f"aiobroker {__version__}",
                         "max_message_size": self.config.max_message_size,
                         "max_frame_size": self.config.max_frame_size,
+                        "identity": session.identity,
                     },
                 )
             )
@@ -343,9 +400,49 @@ class Node:
         log.warning("client %s did not finish the handshake within %.0fs; closed", peer, HANDSHAKE_TIMEOUT)
         return None
 
+    def _authenticate(self, info: Any, certificate: bytes | None) -> str:
+        """The identity a client's HELLO names: its ``token``, else its TLS client certificate, else ``public``.
+
+        With authorization on, a token or certificate that matches no identity raises NotAuthorized (the client
+        is refused). With it off, tokens and certificates are accepted as they are; a match is still recorded
+        (for the log and the client's WELCOME).
+        """
+        catalog = self.core.catalog
+        enforce = self.core.authorization
+        token = info.get("token") if isinstance(info, dict) else None
+        if token is not None:
+            if not isinstance(token, str) or not token:
+                if enforce:
+                    raise NotAuthorized("the token must be a non-empty string")
+                return PUBLIC
+            ident = catalog.identity_by_token_digest(token_digest(token))
+            if ident is not None:
+                log.debug("client authenticated by token as identity %r", ident.name)
+                return ident.name
+            if enforce:
+                raise NotAuthorized(
+                    "the token given matches no identity on this node; check it (aiobroker.connect(url, token=...),"
+                    " --token or $AIOBROKER_TOKEN), or ask an administrator to add it to an identity"
+                    " (aiobroker create identity NAME --token ...); connect without a token to be 'public'"
+                )
+            return PUBLIC
+        if certificate:
+            fingerprint = hashlib.sha256(certificate).hexdigest()
+            ident = catalog.identity_by_fingerprint(fingerprint)
+            if ident is not None:
+                log.debug("client authenticated by TLS certificate as identity %r", ident.name)
+                return ident.name
+            if enforce:
+                raise NotAuthorized(
+                    f"the TLS client certificate (SHA-256 fingerprint {fingerprint}) matches no identity on this"
+                    " node; ask an administrator to create an identity with this certificate"
+                    " (aiobroker create identity NAME --certificate FILE), or authenticate with a token"
+                )
+        return PUBLIC
+
     async def _serve(self, session: Session) -> None:
         conn = session.conn
-        ops = OPS
+        ops = guarded_ops() if self.core.authorization else OPS
         while not conn.closed:
             frames = await conn.receive_frames()
             for frame in frames:
@@ -455,29 +552,44 @@ class Node:
         if not requests or self._tg is None or self.resolver is None:
             return
         self.core.resolve_requests = []
-        for _kind, service in requests:
-            self._tg.start_soon(self._resolve, service, name=f"resolve {service}")
+        for kind, service in requests:
+            self._tg.start_soon(self._resolve, service, kind, name=f"resolve {kind} {service}")
 
-    async def _resolve(self, service: str) -> None:
+    async def _resolve(self, service: str, kind: str = ROUTE) -> None:
         assert self.resolver is not None
         timeout = self.config.resolve_timeout
         started = time.monotonic()
+        what = "route" if kind == ROUTE else "remote service binding"
         try:
             with anyio.fail_after(timeout if timeout is not None else math.inf):
-                answer = await self.resolver.resolve_route(service)
+                if kind == BINDING:
+                    binding = await self.resolver.resolve_binding(service)
+                else:
+                    answer = await self.resolver.resolve_route(service)
         except NotFound as exc:
-            log.info("%s: service %r not found (%s)", self.resolver.name, service, exc.message)
-            self.core.resolve_failed(service, f"not found: {exc.message}", self.clock(), exc.retry_after)
+            moved = self.core.resolve_failed(service, f"not found: {exc.message}", self.clock(), exc.retry_after, kind)
+            log.info("%s: no %s for service %r (%s)%s", self.resolver.name, what, service, exc.message, _plain(moved))
         except ResolverError as exc:
-            log.warning("%s could not resolve service %r: %s", self.resolver.name, service, exc.message)
-            self.core.resolve_failed(service, exc.message, self.clock(), exc.retry_after)
+            moved = self.core.resolve_failed(service, exc.message, self.clock(), exc.retry_after, kind)
+            log.warning(
+                "%s could not resolve the %s of service %r: %s%s", self.resolver.name, what, service, exc.message,
+                _plain(moved),
+            )
         except TimeoutError:
-            log.warning("%s gave no answer for service %r within resolve_timeout (%gs)", self.resolver.name, service, timeout)
-            self.core.resolve_failed(service, f"no answer within resolve_timeout ({timeout:g}s)", self.clock())
+            log.warning("%s gave no %s for service %r within resolve_timeout (%gs)", self.resolver.name, what, service, timeout)
+            self.core.resolve_failed(service, f"no answer within resolve_timeout ({timeout:g}s)", self.clock(), None, kind)
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
-            log.exception("resolver %s failed on service %r", self.resolver.name, service)
-            self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock())
+            log.exception("resolver %s failed on the %s of service %r", self.resolver.name, what, service)
+            self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock(), None, kind)
         else:
+            if kind == BINDING:
+                moved = self.core.binding_resolved(service, binding, self.clock())
+                log.info(
+                    "%s gave a remote service binding for %r in %.0f ms; %d delayed message(s) released",
+                    self.resolver.name, service, (time.monotonic() - started) * 1000, moved,
+                )
+                self.after_core()
+                return
             moved = self.core.resolved(service, answer, self.clock())
             log.info(
                 "%s resolved service %r in %.0f ms: %s; %d delayed message(s) released",
@@ -599,4 +711,18 @@ class Node:
         return f"<Node {self.url} {self.core!r}>"
 
 
+def _peer_certificate(stream: Any) -> bytes | None:
+    """The DER certificate a TLS client presented (the listener asks for one when ``[tls] ca`` is set)."""
+    try:
+        der = stream.extra(TLSAttribute.peer_certificate_binary, None)
+    except Exception:  # noqa: BLE001 - no certificate is the answer for any stream that cannot say
+        return None
+    return der if isinstance(der, bytes) and der else None
+
+
 _EMPTY_BATCH: dict[str, Any] = {"lease": None, "queue": None, "messages": [], "conversations": {}}
+
+
+def _plain(moved: int) -> str:
+    """For the log after a failed binding request: the conversations that do not require encryption go on."""
+    return f"; {moved} delayed message(s) go on unsecured" if moved else ""

@@ -26,6 +26,11 @@ diagnose           service, [broker_instance]                                  t
 status             (none)                                                      node, store, queues, conversations
 =================  ==========================================================  =====================================
 
+With the node's ``[security] authorization`` on, each handler runs behind its rule in :mod:`aiobroker.authz`
+(admin for the catalog, send or receive rights for conversations and queues, an authenticated identity for
+reads), so a refused request raises :class:`~aiobroker.errors.NotAuthorized` before it changes anything; the
+handlers here do not check rights themselves.
+
 ``receive`` with ``timeout`` > 0 (or null: no limit) waits for messages without holding up anything else on the
 connection; each received message is the stored row ``[message_id, location, handle, sequence_number,
 message_type, body, enqueued_at, state]`` (see :class:`aiobroker.store.base.MessageRow`) and
@@ -87,7 +92,7 @@ def number(args: dict[str, Any], name: str, default: Any = _MISSING) -> float | 
 def create(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     kind = check_kind(arg(args, "kind", str))
     obj = node.core.create_object(kind, arg(args, "definition", dict), node.clock())
-    session.reply_durable(rid, obj.to_def())
+    session.reply_durable(rid, obj.public_def() if hasattr(obj, "public_def") else obj.to_def())
     node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}")
 
 

@@ -9,6 +9,9 @@ turns the answer into routes (``origin`` = the resolver's name, ``expires_at`` =
   exist (a negative answer, cached for ``retry_after`` seconds), or raises :class:`ResolverError` when it could not
   get an answer (a time-out, garbage, a non-2xx status, an unreadable file): the reason in words, which ``status``
   and the conversation's eventual ``Error`` show.
+- :meth:`Resolver.resolve_binding` answers a binding request (MissingRemoteServiceBinding) the same way with a
+  :class:`BindingAnswer` (the remote service owner's certificate in PEM); resolvers that know only routes leave
+  the default, which says so with :class:`NotFound`.
 - A resolver is built by a factory registered in the entry point group ``aiobroker.resolvers`` (the built-in ones
   in this package's ``pyproject.toml``), called with the resolver's table from the node's config file; a bad table
   raises :class:`~aiobroker.errors.ConfigError` naming the key.
@@ -99,6 +102,25 @@ class RouteAnswer:
         return tuple(t for t in self.targets if t.priority == best)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BindingAnswer:
+    """How to secure conversations to a service (a remote service binding), and for how long that holds."""
+
+    service_name: str
+    certificate: str  #: the remote service owner's certificate, PEM (the session key is wrapped for it)
+    anonymous: bool = False  #: the target does not learn the initiator's identity
+    identity: str | None = None  #: the local identity that signs; None: the node's own ([security] identity)
+    lifetime: float = DEFAULT_LIFETIME  #: seconds; > 0
+    source: str = ""  #: what answered, for logs and status
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.certificate, str) or "-----BEGIN CERTIFICATE-----" not in self.certificate:
+            raise InvalidArgument(f"a binding answer for {self.service_name!r} needs a PEM certificate")
+        ok = isinstance(self.lifetime, (int, float)) and not isinstance(self.lifetime, bool)
+        if not (ok and 0 < self.lifetime < math.inf):
+            raise InvalidArgument(f"an answer's lifetime must be a number of seconds > 0, got {self.lifetime!r}")
+
+
 class Resolver(ABC):
     """Answers where a service is. One instance per node; ``resolve_route`` may be called concurrently for
     different services. A factory should not hold resources (connections, files) until the first call, so that
@@ -106,10 +128,18 @@ class Resolver(ABC):
 
     #: the name it is registered under (and the ``origin`` of the routes it makes)
     name: str = "resolver"
+    #: whether :meth:`resolve_binding` can answer: if not, the node does not ask it for bindings (conversations
+    #: with ``encryption=False`` and no binding go plain at once; ``encryption=True`` ones fail, docs/security.md)
+    answers_bindings: bool = False
 
     @abstractmethod
     async def resolve_route(self, service_name: str) -> RouteAnswer:
         """Where ``service_name`` is. Raises :class:`NotFound` or :class:`ResolverError`, nothing else."""
+
+    async def resolve_binding(self, service_name: str) -> BindingAnswer:
+        """How to secure conversations to ``service_name`` (MissingRemoteServiceBinding). Raises
+        :class:`NotFound` or :class:`ResolverError`, nothing else. By default a resolver answers routes only."""
+        raise NotFound(f"the {self.name} resolver answers route requests only, not remote service bindings")
 
     async def aclose(self) -> None:  # noqa: B027 - optional
         """Release connections, watches, files."""

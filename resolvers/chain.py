@@ -22,6 +22,11 @@ rest are its options), and the members are asked in the order given:
   :class:`~resolvers.base.ResolverError` listing every member's reason, so that ``status`` shows the real cause
   rather than a bare "not found" from a later member.
 
+Binding requests (:meth:`~resolvers.base.Resolver.resolve_binding`) go through the chain the same way: the first
+:class:`~resolvers.base.BindingAnswer` wins, a member's NotFound (including the default one of a member that
+answers routes only) moves on to the next, and failures combine as above. The member that gave a service's route
+need not be the one that gives its binding.
+
 Members are asked one after another, never at the same time: a later member is only worth a question when the
 earlier ones said no. Every member bounds its own waits, so the chain's wait is bounded by their sum.
 """
@@ -29,12 +34,14 @@ earlier ones said no. Every member bounds its own waits, so the chain's wait is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from aiobroker.errors import ConfigError
 
-from .base import NotFound, Resolver, ResolverError, RouteAnswer, load_resolver
+from .base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, load_resolver
+
+_Answer = TypeVar("_Answer", RouteAnswer, BindingAnswer)
 
 log = logging.getLogger("aiobroker.resolvers.chain")
 
@@ -50,17 +57,25 @@ class ChainResolver(Resolver):
         if not members:
             raise ValueError("a chain needs at least one resolver")
         self.members: tuple[Resolver, ...] = tuple(members)
+        self.answers_bindings = any(m.answers_bindings for m in self.members)
 
     def _label(self, index: int) -> str:
         return f"#{index + 1} {self.members[index].name}"
 
     async def resolve_route(self, service_name: str) -> RouteAnswer:
+        return await self._first(service_name, "route", lambda member: member.resolve_route(service_name))
+
+    async def resolve_binding(self, service_name: str) -> BindingAnswer:
+        return await self._first(service_name, "binding", lambda member: member.resolve_binding(service_name))
+
+    async def _first(self, service_name: str, kind: str, ask: Callable[[Resolver], Awaitable[_Answer]]) -> _Answer:
+        """The first member's answer to ``ask``; see the module docstring for NotFound and failures."""
         reasons: list[str] = []
         not_found_after: list[float] = []
         failed_after: list[float | None] = []
         for index, member in enumerate(self.members):
             try:
-                return await member.resolve_route(service_name)
+                return await ask(member)
             except NotFound as exc:
                 reasons.append(f"{self._label(index)}: {exc.message}")
                 if exc.retry_after is not None:
@@ -71,21 +86,22 @@ class ChainResolver(Resolver):
             except Exception as exc:
                 # A member broke its contract (it may raise only ResolverError). One faulty plug-in must not take
                 # the whole chain down, and the chain must keep its own contract; the traceback goes to the log.
-                log.exception("resolver %s raised instead of answering for %r", self._label(index), service_name)
+                log.exception("resolver %s raised instead of answering a %s request for %r", self._label(index),
+                              kind, service_name)
                 reasons.append(f"{self._label(index)}: failed with {type(exc).__name__}: {exc}")
                 failed_after.append(None)
         listing = "; ".join(reasons)
         if not failed_after:
-            raise NotFound(
-                f"no resolver knows service {service_name!r} ({listing})",
-                retry_after=min(not_found_after, default=None),
-            )
+            unknown = "knows service" if kind == "route" else "has a binding for service"
+            raise NotFound(f"no resolver {unknown} {service_name!r} ({listing})",
+                           retry_after=min(not_found_after, default=None))
         # Asking again is worth it once every member that failed said it might work (one that gave no time leaves
         # it to the node's own back-off); a "not found" that expires sooner is a reason to ask earlier still.
         retry_after: float | None = None
         if all(after is not None for after in failed_after):
             retry_after = min([a for a in failed_after if a is not None] + not_found_after)
-        raise ResolverError(f"no resolver answered for service {service_name!r}: {listing}", retry_after=retry_after)
+        what = f"service {service_name!r}" if kind == "route" else f"a binding for service {service_name!r}"
+        raise ResolverError(f"no resolver answered for {what}: {listing}", retry_after=retry_after)
 
     async def aclose(self) -> None:
         """Close every member, even when one fails to close; the first failure is raised at the end."""

@@ -1,9 +1,11 @@
-"""The ``http`` resolver: asks an HTTP registry where a service is, one GET per question.
+"""The ``http`` resolver: asks an HTTP registry where a service is (and, in the aiobroker format, how to secure
+conversations to it), one GET per question.
 
 Config (the node's ``[resolver]`` table, ``kind = "http"``)::
 
     url = "http://127.0.0.1:8500/v1/health/service/{service}?passing=true"   # required
     format = "consul"            # "aiobroker" (default) or "consul"
+    binding_url = "http://127.0.0.1:8080/v1/bindings/{service}"   # aiobroker format only; default: see below
     connect_timeout = 2          # seconds to get a TCP (and TLS) connection
     read_timeout = 5             # seconds the registry may stay silent while answering
     default_lifetime = 60        # seconds an answer holds when it says nothing about it
@@ -26,6 +28,27 @@ A 200 answer whose body is a JSON object::
 
 Keys not listed here are ignored, so a registry can add its own without breaking older nodes.
 
+Remote service bindings (aiobroker format)
+------------------------------------------
+A binding request (MissingRemoteServiceBinding, see ``docs/security.md``) is a GET of ``binding_url``, a template
+like ``url`` (``{service}`` quoted the same way). Without ``binding_url`` it is ``url`` with ``/binding`` appended
+to its path, the query kept: ``http://reg/v1/services/{service}`` gives
+``http://reg/v1/services/%2F%2Fshop%2FOrders/binding`` (the quoted name has no ``/``, so the suffix cannot be
+mistaken for part of it). A 200 answer whose body is a JSON object::
+
+    {"certificate": "-----BEGIN CERTIFICATE-----\\n...",  # required: the service owner's certificate, PEM
+     "anonymous": false,                    # optional, default false: the target does not learn who initiated
+     "identity": "shop-frontend",           # optional: the local identity that signs; null or absent: the node's
+     "lifetime": 60,                        # optional: seconds the answer holds, a number > 0
+     "service": "//shop/Orders"}            # optional: if present, must be the name asked for
+
+404 means the registry has no binding for the service (NotFound); every other status, time-out and body problem is
+a ResolverError, as for routes, and so is a ``certificate`` that :func:`aiobroker.security.certs.load_certificate`
+refuses (it does not parse, or its key is not one dialog security can use): the message names the URL and the
+service. The answer carries the certificate alone, written out again as PEM. Keys not listed are ignored. The
+answer's lifetime is found as for routes (below). The ``consul`` format answers routes only: a binding question
+gets NotFound saying so, and ``binding_url`` is a configuration error with it.
+
 The ``consul`` format
 ---------------------
 Consul's ``/v1/health/service/<name>`` answer: a JSON array with one entry per instance. Each gives a target
@@ -35,12 +58,13 @@ NotFound. Which instances are healthy is Consul's business: put ``?passing=true`
 
 How long an answer holds
 ------------------------
-The first of: the body's ``lifetime`` (aiobroker format only), then ``Cache-Control: max-age`` minus ``Age``, then
-``default_lifetime``. The body wins because the registry wrote it for this answer, while a header may be set for
-every answer by a proxy in front of it. A header lifetime under :data:`MIN_LIFETIME` (``max-age=0``) is raised to it:
-routes that expire at once would mean a question per message. ``no-cache``/``no-store`` are ignored: frameworks set
-them for HTTP caches, and they say nothing about how long a service stays where it is. An empty answer (NotFound) is
-kept for the same lifetime before the service is asked about again.
+The first of: the body's ``lifetime`` (aiobroker format only; routes and bindings alike), then
+``Cache-Control: max-age`` minus ``Age``, then ``default_lifetime``. The body wins because the registry wrote it
+for this answer, while a header may be set for every answer by a proxy in front of it. A header lifetime under
+:data:`MIN_LIFETIME` (``max-age=0``) is raised to it: routes that expire at once would mean a question per message.
+``no-cache``/``no-store`` are ignored: frameworks set them for HTTP caches, and they say nothing about how long a
+service stays where it is. An empty answer (NotFound) is kept for the same lifetime before the service is asked
+about again.
 
 Errors
 ------
@@ -70,9 +94,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import httpx
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from aiobroker.errors import ConfigError, InvalidArgument
-from resolvers.base import NotFound, Resolver, ResolverError, RouteAnswer, Target
+from aiobroker.core.names import check_name
+from aiobroker.errors import ConfigError, InvalidArgument, SecurityError
+from aiobroker.security.certs import load_certificate
+from resolvers.base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target
 
 FORMATS = ("aiobroker", "consul")
 DEFAULT_CONNECT_TIMEOUT = 2.0
@@ -88,7 +115,7 @@ ERROR_BODY_BYTES = 4096
 #: How much of a body an error message quotes.
 SNIPPET_CHARS = 200
 
-_OPTIONS = {"url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers"}
+_OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers"}
 _DIGITS = re.compile(r"[0-9]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
@@ -108,20 +135,26 @@ def _config_seconds(options: Mapping[str, Any], key: str, default: float) -> flo
     return float(value)
 
 
-def _config_url(options: Mapping[str, Any]) -> str:
-    if "url" not in options:
-        raise ConfigError("[resolver] url is required for kind 'http' (a template with {service}, e.g. "
+def _config_url(options: Mapping[str, Any], key: str = "url") -> str:
+    if key not in options:
+        raise ConfigError(f"[resolver] {key} is required for kind 'http' (a template with {{service}}, e.g. "
                           "'http://127.0.0.1:8500/v1/health/service/{service}?passing=true')")
-    url = options["url"]
+    url = options[key]
     if not isinstance(url, str) or "{service}" not in url:
-        raise ConfigError(f"[resolver] url must be a string containing {{service}}, got {url!r}")
+        raise ConfigError(f"[resolver] {key} must be a string containing {{service}}, got {url!r}")
     try:
         sample = httpx.URL(url.replace("{service}", "x"))
     except httpx.InvalidURL as exc:
-        raise ConfigError(f"[resolver] url {url!r} is not a valid URL: {exc}") from exc
+        raise ConfigError(f"[resolver] {key} {url!r} is not a valid URL: {exc}") from exc
     if sample.scheme not in ("http", "https") or not sample.host:
-        raise ConfigError(f"[resolver] url {url!r} must be http:// or https:// with a host")
+        raise ConfigError(f"[resolver] {key} {url!r} must be http:// or https:// with a host")
     return url
+
+
+def default_binding_url(url: str) -> str:
+    """``url`` with ``/binding`` appended to its path (the query and fragment kept)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/binding"))
 
 
 def _config_headers(options: Mapping[str, Any]) -> dict[str, str]:
@@ -148,8 +181,16 @@ def create(options: Mapping[str, Any]) -> HttpResolver:
     fmt = options.get("format", "aiobroker")
     if fmt not in FORMATS:
         raise ConfigError(f"[resolver] format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    url = _config_url(options)
+    binding_url: str | None = None
+    if "binding_url" in options:
+        if fmt == "consul":
+            raise ConfigError("[resolver] binding_url is for the aiobroker format: the consul format answers routes "
+                              "only")
+        binding_url = _config_url(options, "binding_url")
     return HttpResolver(
-        url=_config_url(options),
+        url=url,
+        binding_url=binding_url,
         format=fmt,
         connect_timeout=_config_seconds(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         read_timeout=_config_seconds(options, "read_timeout", DEFAULT_READ_TIMEOUT),
@@ -165,9 +206,14 @@ class HttpResolver(Resolver):
     name = "http"
 
     def __init__(self, *, url: str, format: str, connect_timeout: float, read_timeout: float,
-                 default_lifetime: float, headers: Mapping[str, str]) -> None:
+                 default_lifetime: float, headers: Mapping[str, str], binding_url: str | None = None) -> None:
         self.url_template = url
         self.format = format
+        #: where binding questions go (None: this format answers routes only)
+        self.binding_url_template: str | None = None
+        if format == "aiobroker":
+            self.binding_url_template = binding_url if binding_url is not None else default_binding_url(url)
+        self.answers_bindings = self.binding_url_template is not None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.default_lifetime = default_lifetime
@@ -191,6 +237,7 @@ class HttpResolver(Resolver):
         return {
             "resolver": self.name,
             "url": _redact_template(self.url_template),
+            "binding_url": None if self.binding_url_template is None else _redact_template(self.binding_url_template),
             "format": self.format,
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
@@ -203,27 +250,37 @@ class HttpResolver(Resolver):
         await self._client.aclose()
 
     async def resolve_route(self, service_name: str) -> RouteAnswer:
+        shown, status, headers, body = await self._ask(service_name, self.url_template)
+        return self._answer(service_name, shown, status, headers, body)
+
+    async def resolve_binding(self, service_name: str) -> BindingAnswer:
+        if self.binding_url_template is None:
+            raise NotFound(f"the http resolver's {self.format} format answers routes only, not remote service "
+                           f"bindings (asked about {service_name!r})", retry_after=self.default_lifetime)
+        shown, status, headers, body = await self._ask(service_name, self.binding_url_template)
+        return self._binding_answer(service_name, shown, status, headers, body)
+
+    async def _ask(self, service_name: str, template: str) -> tuple[str, int, httpx.Headers, bytes]:
+        """GET ``template`` for ``service_name``, in one of the resolver's question slots, within the overall
+        bound: (the URL as shown in messages, status, headers, body)."""
         if self._closed:
             raise ResolverError("the http resolver is closed")
         try:
-            url = httpx.URL(self.url_template.replace("{service}", quote(service_name, safe="")))
+            url = httpx.URL(template.replace("{service}", quote(service_name, safe="")))
         except httpx.InvalidURL as exc:
-            raise ResolverError(f"no valid URL for {service_name!r} from {_redact_template(self.url_template)}: "
+            raise ResolverError(f"no valid URL for {service_name!r} from {_redact_template(template)}: "
                                 f"{exc}") from exc
         shown = _redact(url)
         overall = self.connect_timeout + self.read_timeout
         async with self._slots:
-            return await self._ask(service_name, url, shown, overall)
-
-    async def _ask(self, service_name: str, url: httpx.URL, shown: str, overall: float) -> RouteAnswer:
-        try:
-            with anyio.fail_after(overall):
-                status, headers, body = await self._fetch(url, shown)
-        except TimeoutError as exc:
-            raise ResolverError(
-                f"read time-out: {shown} did not answer in full within connect_timeout + read_timeout = "
-                f"{overall:g} s") from exc
-        return self._answer(service_name, shown, status, headers, body)
+            try:
+                with anyio.fail_after(overall):
+                    status, headers, body = await self._fetch(url, shown)
+            except TimeoutError as exc:
+                raise ResolverError(
+                    f"read time-out: {shown} did not answer in full within connect_timeout + read_timeout = "
+                    f"{overall:g} s") from exc
+        return shown, status, headers, body
 
     async def _fetch(self, url: httpx.URL, shown: str) -> tuple[int, httpx.Headers, bytes]:
         """GET ``url``; every httpx and socket error becomes a ResolverError here, chained."""
@@ -261,20 +318,33 @@ class HttpResolver(Resolver):
                 raise ResolverError(f"the http resolver was closed while asking {shown}") from exc
             raise
 
-    def _answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
-                ) -> RouteAnswer:
+    def _document(self, shown: str, status: int, headers: httpx.Headers, body: bytes, not_found: str) -> Any:
+        """The parsed JSON of a 2xx answer; NotFound (saying ``not_found``) for 404; ResolverError otherwise."""
         if status == 404:
             retry_after = _retry_after(headers)
-            raise NotFound(f"{shown} answered 404: the registry knows no service {service_name!r}",
+            raise NotFound(f"{shown} answered 404: {not_found}",
                            retry_after=self.default_lifetime if retry_after is None else retry_after)
         if not 200 <= status < 300:
             status_line = f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
             text = f": {_snippet(body)}" if body.strip() else ""
             raise ResolverError(f"{shown} answered {status_line}{text}", retry_after=_retry_after(headers))
         try:
-            doc = json.loads(body, parse_constant=_no_constant)
+            return json.loads(body, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
             raise ResolverError(f"{shown}: the answer is not JSON ({_json_reason(exc)}): {_snippet(body)}") from exc
+
+    def _lifetime(self, body_lifetime: float | None, headers: httpx.Headers) -> tuple[float, str]:
+        """How long an answer holds, and what said so: the body, else Cache-Control, else default_lifetime."""
+        header_lifetime = _max_age(headers)
+        if body_lifetime is not None:
+            return body_lifetime, "body"
+        if header_lifetime is not None:
+            return header_lifetime, "cache-control"
+        return self.default_lifetime, "default_lifetime"
+
+    def _answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
+                ) -> RouteAnswer:
+        doc = self._document(shown, status, headers, body, f"the registry knows no service {service_name!r}")
         try:
             if self.format == "consul":
                 targets, body_lifetime = _consul_targets(doc), None
@@ -283,17 +353,29 @@ class HttpResolver(Resolver):
         except _Shape as exc:
             raise ResolverError(f"{shown}: the answer is not in the {self.format} format: {exc}; body: "
                                 f"{_snippet(body)}") from None
-        header_lifetime = _max_age(headers)
-        if body_lifetime is not None:
-            lifetime, lifetime_from = body_lifetime, "body"
-        elif header_lifetime is not None:
-            lifetime, lifetime_from = header_lifetime, "cache-control"
-        else:
-            lifetime, lifetime_from = self.default_lifetime, "default_lifetime"
+        lifetime, lifetime_from = self._lifetime(body_lifetime, headers)
         if not targets:
             raise NotFound(f"{shown} lists no targets for {service_name!r}", retry_after=lifetime)
         return RouteAnswer(service_name=service_name, targets=tuple(targets), lifetime=lifetime, source=shown,
                            extra={"format": self.format, "lifetime_from": lifetime_from})
+
+    def _binding_answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
+                        ) -> BindingAnswer:
+        doc = self._document(shown, status, headers, body, f"the registry has no binding for service {service_name!r}")
+        try:
+            pem, anonymous, identity, body_lifetime = _aiobroker_binding(doc, service_name)
+        except _Shape as exc:
+            raise ResolverError(f"{shown}: the binding answer for {service_name!r} is not in the aiobroker format: "
+                                f"{exc}; body: {_snippet(body)}") from None
+        try:
+            # checked as an identity's certificate is: it parses, and its key is one dialog security can use
+            certificate = load_certificate(pem, what=f"{shown}: the binding answer for service {service_name!r}")
+        except SecurityError as exc:
+            raise ResolverError(exc.message) from None
+        lifetime, _ = self._lifetime(body_lifetime, headers)
+        pem_out = certificate.public_bytes(Encoding.PEM).decode("ascii")  # the certificate alone, nothing around it
+        return BindingAnswer(service_name=service_name, certificate=pem_out, anonymous=anonymous, identity=identity,
+                             lifetime=lifetime, source=shown)
 
 
 # --- reading the answer ---------------------------------------------------------------------------------------
@@ -441,6 +523,33 @@ def _aiobroker_targets(doc: Any, service_name: str) -> tuple[list[Target], float
             raise _Shape(f"{where}.broker_instance must be a string or null, got {_kind(instance)}")
         targets.append(_target(where, t["address"], t.get("weight", 1), t.get("priority", 0), instance))
     return targets, None if lifetime is None else float(lifetime)
+
+
+def _aiobroker_binding(doc: Any, service_name: str) -> tuple[str, bool, str | None, float | None]:
+    """(certificate PEM text, anonymous, identity, lifetime) from a binding answer; the certificate not yet parsed."""
+    if not isinstance(doc, dict):
+        raise _Shape(f"the answer must be an object with 'certificate', got {_kind(doc)}")
+    if "service" in doc and doc["service"] != service_name:
+        raise _Shape(f"'service' is {doc['service']!r}, but {service_name!r} was asked for")
+    if "certificate" not in doc:
+        raise _Shape("the key 'certificate' is missing")
+    certificate = doc["certificate"]
+    if not isinstance(certificate, str):
+        raise _Shape(f"'certificate' must be a string (PEM), got {_kind(certificate)}")
+    anonymous = doc.get("anonymous", False)
+    if not isinstance(anonymous, bool):
+        raise _Shape(f"'anonymous' must be true or false, got {_kind(anonymous)}")
+    identity = doc.get("identity")
+    if identity is not None:
+        try:
+            check_name("identity", identity)
+        except InvalidArgument as exc:
+            raise _Shape(f"'identity': {exc.message}") from None
+    lifetime = doc.get("lifetime")
+    if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
+                                 or not 0 < lifetime < math.inf):
+        raise _Shape(f"'lifetime' must be a number of seconds > 0, got {lifetime!r}")
+    return certificate, anonymous, identity, None if lifetime is None else float(lifetime)
 
 
 def _consul_targets(doc: Any) -> list[Target]:

@@ -1,4 +1,5 @@
-"""The ``static_file`` resolver: where services are, written down in a TOML or JSON file an operator edits.
+"""The ``static_file`` resolver: where services are, and how to secure conversations to them, written down in a
+TOML or JSON file an operator edits.
 
 For small federations and for tests, a file is the simplest source of routes: no DNS zone or HTTP service to run.
 The node's config names it::
@@ -8,7 +9,7 @@ The node's config names it::
     path = "routes.toml"        # .toml or .json; a relative path is resolved by the node
     default_lifetime = 60       # optional: seconds an answer (or a "no such service") holds; default 60
 
-The file maps service names to targets. In TOML:
+The file maps service names to targets, a remote service binding, or both. In TOML:
 
 .. code-block:: toml
 
@@ -20,8 +21,17 @@ The file maps service names to targets. In TOML:
       { address = "tcp://10.0.0.9:4022", priority = 1, broker_instance = "b7e1c0de-backup" },
     ]
 
+    [services."//shop/Orders".binding]          # optional: answers binding requests
+    certificate_file = "certs/orders.crt"       # PEM; relative to this file's directory
+    anonymous = false                           # optional, default false
+    identity = "shop-frontend"                  # optional: the local identity that signs
+
     [services."//shop/Billing"]
     targets = [{ address = "tcp://10.0.0.4:4022" }]
+
+    [services."//shop/Audit".binding]           # a binding without targets (routes come from elsewhere)
+    certificate_file = "/etc/aiobroker/audit.crt"
+    anonymous = true
 
 The same in JSON:
 
@@ -35,10 +45,18 @@ The same in JSON:
             {"address": "tcp://10.0.0.2:4022", "weight": 3, "priority": 0},
             {"address": "tcp://10.0.0.3:4022"},
             {"address": "tcp://10.0.0.9:4022", "priority": 1, "broker_instance": "b7e1c0de-backup"}
-          ]
+          ],
+          "binding": {
+            "certificate_file": "certs/orders.crt",
+            "anonymous": false,
+            "identity": "shop-frontend"
+          }
         },
         "//shop/Billing": {
           "targets": [{"address": "tcp://10.0.0.4:4022"}]
+        },
+        "//shop/Audit": {
+          "binding": {"certificate_file": "/etc/aiobroker/audit.crt", "anonymous": true}
         }
       }
     }
@@ -49,11 +67,22 @@ the lowest present is used) and ``broker_instance`` (optional string: the instan
 service with no entry gets a "not found" answer, held for ``default_lifetime`` seconds. Any other key, at any level,
 is an error: a misspelt ``wieght`` would otherwise be silently ignored.
 
-Edits take effect without a restart: every question costs one ``os.stat`` of the file, and the file is read again
-when its inode, size, mtime or ctime changed. The file is read on the event loop, without a thread: it is a small
-local file, and a thread hand-off would cost more than the read. Write the new version to a temporary file and
-rename it over the old one, so that the resolver never sees half a file (if it does, it sees a broken version, see
-below, and the rest of the write changes the size or mtime again, so the next question reads it again).
+A ``binding`` (see ``docs/security.md``, "Remote service bindings") answers a binding request for the service
+(MissingRemoteServiceBinding) with the remote service owner's certificate. It has exactly one of ``certificate``
+(the PEM text itself: in TOML a multi-line string, in JSON a string with ``\\n`` line breaks) and
+``certificate_file`` (a path to a PEM file, relative to this file's directory unless absolute); ``anonymous``
+(boolean, default false: the target does not learn the initiator's identity); and ``identity`` (optional: the local
+identity that signs for the initiator; absent, the node's own). The entry's ``lifetime`` holds for the binding too.
+An entry needs ``targets``, a ``binding`` or both: a route question about a service with only a binding, or a
+binding question about one with only targets, is "not found" (held for the entry's lifetime).
+
+Certificates are checked with :func:`aiobroker.security.certs.load_certificate`: a certificate must parse as X.509
+and have a key dialog security can use (RSA of at least 2048 bits, or EC on P-256, P-384 or P-521). A
+``certificate`` written in the file is checked when the file is read: one that fails is a broken version, as below.
+A ``certificate_file`` is read, and checked, at every binding question (they are rare: one per service per
+lifetime), so a renewed certificate takes effect without touching this file; a missing or unreadable one, or one
+that fails the check, fails that question with :class:`~resolvers.base.ResolverError` naming the service and the
+certificate file. The answer carries the certificate alone (the first one in the text), written out again as PEM.
 
 A broken edit is reported and ignored: a version that does not parse or does not validate, or a file that
 disappears, leaves the last good contents in service; one WARNING names the file and the problem (once per broken
@@ -74,10 +103,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiobroker.core.names import check_name
-from aiobroker.errors import ConfigError, InvalidArgument
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from .base import NotFound, Resolver, ResolverError, RouteAnswer, Target
+from aiobroker.core.names import check_name
+from aiobroker.errors import ConfigError, InvalidArgument, SecurityError
+from aiobroker.security.certs import load_certificate
+
+from .base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target
 
 log = logging.getLogger("aiobroker.resolvers.static_file")
 
@@ -87,8 +119,11 @@ DEFAULT_LIFETIME = 60.0
 _OPTIONS = ("path", "default_lifetime")
 _FORMATS = (".toml", ".json")
 _TOP_KEYS = ("services",)
-_SERVICE_KEYS = ("lifetime", "targets")
+_SERVICE_KEYS = ("lifetime", "targets", "binding")
 _TARGET_KEYS = ("address", "weight", "priority", "broker_instance")
+_BINDING_KEYS = ("certificate", "certificate_file", "anonymous", "identity")
+#: A certificate_file bigger than this is not a certificate (and is not read whole).
+MAX_CERTIFICATE_BYTES = 1024 * 1024
 
 #: What identifies one version of the file: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns). The ctime is in
 #: there too because it changes on every write even when a tool puts the mtime back (``cp -p``, ``touch -r``).
@@ -100,9 +135,18 @@ class _Invalid(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class _Binding:
+    certificate: str | None  #: PEM, already checked; None: read ``certificate_file`` when asked
+    certificate_file: str | None  #: as written in the file (relative to the file's directory unless absolute)
+    anonymous: bool
+    identity: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
-    targets: tuple[Target, ...]
+    targets: tuple[Target, ...]  #: empty: a service with a binding only
     lifetime: float | None  #: None: the resolver's default_lifetime
+    binding: _Binding | None = None
 
 
 def _is_number(value: Any) -> bool:
@@ -167,6 +211,49 @@ def _target(where: str, raw: Any) -> Target:
         raise _Invalid(f"{where}: {exc.message}") from None
 
 
+def _pem_certificate(pem: str | bytes, *, what: str) -> str:
+    """The certificate in ``pem``, checked (it parses, and its key is one dialog security can use) and written out
+    again as PEM; :class:`~aiobroker.errors.SecurityError` whose message starts with ``what`` if not."""
+    certificate = load_certificate(pem, what=what)
+    return str(certificate.public_bytes(Encoding.PEM).decode("ascii"))
+
+
+def _binding(where: str, raw: Any) -> _Binding:
+    if not isinstance(raw, dict):
+        raise _Invalid(f"{where}: must be a table/object with a certificate or certificate_file, got "
+                       f"{type(raw).__name__}")
+    _unknown(where, raw, _BINDING_KEYS)
+    given = [key for key in ("certificate", "certificate_file") if key in raw]
+    if len(given) != 1:
+        raise _Invalid(f"{where}: needs exactly one of certificate (PEM text) and certificate_file (a path), got "
+                       f"{' and '.join(given) or 'neither'}")
+    certificate: str | None = None
+    certificate_file: str | None = None
+    if "certificate" in raw:
+        text = raw["certificate"]
+        if not isinstance(text, str):
+            raise _Invalid(f"{where}.certificate: must be PEM text (a string), got {type(text).__name__}")
+        try:
+            certificate = _pem_certificate(text, what=f"{where}.certificate")
+        except SecurityError as exc:
+            raise _Invalid(exc.message) from None
+    else:
+        certificate_file = raw["certificate_file"]
+        if not isinstance(certificate_file, str) or not certificate_file or "\0" in certificate_file:
+            raise _Invalid(f"{where}.certificate_file: must be a non-empty path, got {certificate_file!r}")
+    anonymous = raw.get("anonymous", False)
+    if not isinstance(anonymous, bool):
+        raise _Invalid(f"{where}.anonymous: must be true or false, got {anonymous!r}")
+    identity = raw.get("identity")
+    if identity is not None:
+        try:
+            check_name("identity", identity)
+        except InvalidArgument as exc:
+            raise _Invalid(f"{where}.identity: {exc.message}") from None
+    return _Binding(certificate=certificate, certificate_file=certificate_file, anonymous=anonymous,
+                    identity=identity)
+
+
 def _validate(data: Any) -> dict[str, _Entry]:
     """The parsed file → service name → entry; any deviation from the documented shape is an error."""
     if not isinstance(data, dict):
@@ -183,20 +270,22 @@ def _validate(data: Any) -> dict[str, _Entry]:
         except InvalidArgument as exc:
             raise _Invalid(f"{where}: {exc.message}") from None
         if not isinstance(raw, dict):
-            raise _Invalid(f"{where}: must be a table/object with targets, got {type(raw).__name__}")
+            raise _Invalid(f"{where}: must be a table/object with targets, a binding or both, got {type(raw).__name__}")
         _unknown(where, raw, _SERVICE_KEYS)
         lifetime = raw.get("lifetime")
         if lifetime is not None and not _positive_seconds(lifetime):
             raise _Invalid(f"{where}.lifetime: must be a number of seconds > 0, got {lifetime!r}")
+        binding = _binding(f"{where}.binding", raw["binding"]) if "binding" in raw else None
         targets = raw.get("targets")
-        if not isinstance(targets, list) or not targets:
+        if (binding is None or "targets" in raw) and (not isinstance(targets, list) or not targets):
             raise _Invalid(
-                f"{where}.targets: must be a non-empty array of targets, got {targets!r} "
-                "(to make a service unknown, remove its entry)"
+                f"{where}.targets: must be a non-empty array of targets, got {targets!r} (an entry needs targets, "
+                "a binding or both; to make a service unknown, remove its entry)"
             )
         entries[name] = _Entry(
-            targets=tuple(_target(f"{where}.targets[{i}]", t) for i, t in enumerate(targets)),
+            targets=tuple(_target(f"{where}.targets[{i}]", t) for i, t in enumerate(targets or ())),
             lifetime=float(lifetime) if lifetime is not None else None,
+            binding=binding,
         )
     return entries
 
@@ -205,6 +294,7 @@ class StaticFileResolver(Resolver):
     """Answers from a file, re-read when it changes; a broken version never replaces a good one."""
 
     name = "static_file"
+    answers_bindings = True  # a service's entry may carry a binding table
 
     def __init__(self, path: Path, *, default_lifetime: float = DEFAULT_LIFETIME) -> None:
         self.path = path
@@ -222,12 +312,55 @@ class StaticFileResolver(Resolver):
         entry = entries.get(service_name)
         if entry is None:
             raise NotFound(f"{self.path} has no entry for service {service_name!r}", retry_after=self.default_lifetime)
+        if not entry.targets:
+            raise NotFound(f"{self.path} has no targets for service {service_name!r} (only a binding)",
+                           retry_after=self._lifetime(entry))
         return RouteAnswer(
             service_name=service_name,
             targets=entry.targets,
-            lifetime=entry.lifetime if entry.lifetime is not None else self.default_lifetime,
+            lifetime=self._lifetime(entry),
             source=str(self.path),
         )
+
+    async def resolve_binding(self, service_name: str) -> BindingAnswer:
+        entries = self._current()
+        entry = entries.get(service_name)
+        if entry is None or entry.binding is None:
+            raise NotFound(f"{self.path} has no binding for service {service_name!r}",
+                           retry_after=self.default_lifetime if entry is None else self._lifetime(entry))
+        binding = entry.binding
+        certificate, source = binding.certificate, str(self.path)
+        if certificate is None:
+            assert binding.certificate_file is not None
+            cert_path = self.path.parent / binding.certificate_file  # an absolute certificate_file stays as it is
+            source = f"{self.path} (certificate_file {cert_path})"
+            certificate = self._read_certificate(service_name, cert_path)
+        return BindingAnswer(
+            service_name=service_name,
+            certificate=certificate,
+            anonymous=binding.anonymous,
+            identity=binding.identity,
+            lifetime=self._lifetime(entry),
+            source=source,
+        )
+
+    def _lifetime(self, entry: _Entry) -> float:
+        return entry.lifetime if entry.lifetime is not None else self.default_lifetime
+
+    def _read_certificate(self, service_name: str, cert_path: Path) -> str:
+        """The binding's certificate file, read now (a small local file, on the event loop like the routes file)."""
+        where = f"{self.path}: the binding for service {service_name!r}: certificate_file {cert_path}"
+        try:
+            with open(cert_path, "rb") as file:
+                raw = file.read(MAX_CERTIFICATE_BYTES + 1)
+        except OSError as exc:
+            raise ResolverError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+        if len(raw) > MAX_CERTIFICATE_BYTES:
+            raise ResolverError(f"{where}: over {MAX_CERTIFICATE_BYTES} bytes, not a certificate")
+        try:
+            return _pem_certificate(raw, what=where)
+        except SecurityError as exc:
+            raise ResolverError(exc.message) from None
 
     def describe(self) -> dict[str, Any]:
         return {

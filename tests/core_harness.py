@@ -49,6 +49,7 @@ class Harness:
 
     def __init__(self, store: DictStore | None = None, now: float = 1_000_000.0, **options: Any) -> None:
         counter = itertools.count(1)
+        self.options = options
         self.now = now
         self.store = store or DictStore()
         self.core = BrokerCore(broker_instance="node-a", new_id=lambda: f"id-{next(counter):04d}", **options)
@@ -69,7 +70,7 @@ class Harness:
 
     def restart(self) -> Harness:
         """A new core on the same store, as after a crash right after the last flush."""
-        return Harness(self.store, now=self.now)
+        return Harness(self.store, now=self.now, **self.options)
 
     # set-up helpers ---------------------------------------------------------------------------------------
 

@@ -276,7 +276,7 @@ class Registry:
         os.replace(tmp, self.routes_file)
 
     def requests(self, service: str | None = None) -> list[dict[str, Any]]:
-        """What was asked (the log's lines), for one service's path if given."""
+        """What was asked (the log's lines), for one service's paths if given (its route, and its binding)."""
         if not self.log_file.exists():
             return []
         lines = [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
@@ -285,7 +285,7 @@ class Registry:
         from urllib.parse import quote
 
         path = "/v1/services/" + quote(service, safe="")
-        return [r for r in lines if r["path"].split("?")[0] == path]
+        return [r for r in lines if r["path"].split("?")[0] in (path, path + "/binding")]
 
     def start(self, timeout: float = 10.0) -> Registry:
         self._stderr = self.stderr_path.open("wb")

@@ -19,11 +19,17 @@ Every request re-reads ``FILE`` (JSON), so a test changes the answer while the s
         "delay": 3.0,                  # seconds to wait before answering (read time-outs)
         "trickle": 0.3,                # seconds between the body's bytes, sent one at a time (overall bounds)
         "hang_up": true                # close the connection without answering
+    }},
+     "bindings": {"//shop/Orders": {   # optional: answers to binding requests, the same keys as above
+        "body": {"certificate": "-----BEGIN CERTIFICATE-----\\n...", "anonymous": false, "lifetime": 60}
     }}}
 
 Both ``/v1/services/<quoted name>`` (the aiobroker format's path in these tests) and ``/v1/health/service/<name>``
-(Consul's) look the name up in the same table; which body a test puts there decides the format. An unknown name
-is a plain 404. ``--log`` appends one JSON line per request (path, headers) so a test can check what was sent.
+(Consul's) look the name up in the same table; which body a test puts there decides the format. Binding requests,
+``/v1/services/<quoted name>/binding`` (the http resolver's default binding URL for the first path) and
+``/v1/bindings/<quoted name>`` (for a test that sets its own ``binding_url``), look the name up in ``bindings``. An
+unknown name is a plain 404. ``--log`` appends one JSON line per request (path, headers) so a test can check what
+was sent.
 
 SIGTERM stops it: the handler raises SystemExit in the main thread, out of ``serve_forever``; answers still
 sleeping in their threads are daemon threads and are not waited for.
@@ -44,6 +50,17 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 PREFIXES = ("/v1/services/", "/v1/health/service/")
+BINDING_PREFIX = "/v1/bindings/"
+BINDING_SUFFIX = "/binding"  # after /v1/services/<quoted name>: the quoted name has no "/", so this is unambiguous
+
+
+def lookup(path: str) -> tuple[str, str | None]:
+    """Which table of the routes file a request path asks (``services`` or ``bindings``), and the name in it."""
+    if path.startswith(BINDING_PREFIX):
+        return "bindings", unquote(path[len(BINDING_PREFIX):])
+    if path.startswith(PREFIXES[0]) and path.endswith(BINDING_SUFFIX):
+        return "bindings", unquote(path[len(PREFIXES[0]) : -len(BINDING_SUFFIX)])
+    return "services", next((unquote(path[len(p):]) for p in PREFIXES if path.startswith(p)), None)
 
 
 class RegistryHandler(BaseHTTPRequestHandler):
@@ -53,15 +70,17 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         path = urlsplit(self.path).path
         self.server.log_request_line(self.path, dict(self.headers.items()))
-        name = next((unquote(path[len(p):]) for p in PREFIXES if path.startswith(p)), None)
+        table, name = lookup(path)
         try:
-            services = json.loads(self.server.routes_file.read_text())["services"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            data = json.loads(self.server.routes_file.read_text())
+            answers = data["services"] if table == "services" else data.get("bindings", {})
+            spec: dict[str, Any] | None = answers.get(name) if name is not None else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._send(500, f"the routes file is unreadable: {exc}".encode(), {"Content-Type": "text/plain"})
             return
-        spec: dict[str, Any] | None = services.get(name) if name is not None else None
         if spec is None:
-            self._send(404, b'{"error": "no such service"}', {"Content-Type": "application/json"})
+            error = b'{"error": "no such service"}' if table == "services" else b'{"error": "no such binding"}'
+            self._send(404, error, {"Content-Type": "application/json"})
             return
         if spec.get("delay"):
             time.sleep(float(spec["delay"]))

@@ -114,8 +114,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
 def run(
     *args: str, address: str | None = None, input: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """One call of the console script; ``address`` goes in $AIOBROKER_ADDRESS. stdin is empty unless ``input``."""
-    environ = {**os.environ, **(env or {})}
+    """One call of the console script; ``address`` goes in $AIOBROKER_ADDRESS. stdin is empty unless ``input``.
+    $AIOBROKER_TOKEN is set only when ``env`` gives it."""
+    environ = {k: v for k, v in os.environ.items() if k != "AIOBROKER_TOKEN"}
+    environ.update(env or {})
     environ.pop("AIOBROKER_ADDRESS", None)
     if address is not None:
         environ["AIOBROKER_ADDRESS"] = address
@@ -191,6 +193,8 @@ HELP = {
     ("create", "contract"): "create a contract",
     ("create", "queue"): "create a queue",
     ("create", "service"): "create a service",
+    ("create", "identity"): "create an identity",
+    ("create", "binding"): "create a remote service binding",
     ("alter",): "change a queue",
     ("alter", "queue"): "change a queue",
     ("list",): "list message types",
@@ -198,12 +202,16 @@ HELP = {
     ("list", "contracts"): "list the contracts",
     ("list", "queues"): "list the queues",
     ("list", "services"): "list the services",
+    ("list", "identities"): "list the identities (never a key or a token)",
+    ("list", "bindings"): "list the bindings",
     ("list", "conversations"): "list conversation",
     ("drop",): "drop a message type",
     ("drop", "message-type"): "drop a message type",
     ("drop", "contract"): "drop a contract",
     ("drop", "queue"): "drop a queue",
     ("drop", "service"): "drop a service",
+    ("drop", "identity"): "drop an identity",
+    ("drop", "binding"): "drop a binding",
     ("begin",): "begin a conversation",
     ("send",): "send a message",
     ("receive",): "receive messages",
@@ -234,6 +242,13 @@ def test_help_of_every_command_exits_0_and_says_what_it_does() -> None:
         assert f"usage: aiobroker {' '.join(words)}".strip() in text  # the usage line names the command
     for default in ("127.0.0.1:4022", "./aiobroker-data", "default sqlite", "default normal"):
         assert default in texts[("serve",)], default
+    assert "--token TOKEN" in texts[()] and "$AIOBROKER_TOKEN" in texts[()]
+    assert "--token TOKEN" in texts[("list", "queues")]  # every client command takes it after its name too
+    identity_help = texts[("create", "identity")]
+    assert "examples: aiobroker create identity alice --certificate alice.crt" in identity_help
+    assert "aiobroker --token ADMIN_TOKEN create identity" in identity_help  # how to authenticate this one
+    assert "examples: aiobroker create binding to-orders --to-service //shop/Orders" in texts[("create", "binding")]
+    assert "--owner IDENTITY" in texts[("create", "service")]
 
 
 def test_usage_errors_exit_2() -> None:
@@ -268,7 +283,7 @@ def test_create_each_kind_and_list_them(node: RunningNode) -> None:
     text = ok(node, "list", "queues")
     assert [queue, "on", "on", "off"] in [line.split() for line in text.splitlines()]
     text = ok(node, "list", "services")
-    assert [service, queue, contract] in [line.split() for line in text.splitlines()]
+    assert [service, queue, contract, "-"] in [line.split() for line in text.splitlines()]  # no owner
 
     by_name = {d["name"]: d for d in json.loads(ok(node, "list", "message-types", "--json"))}
     assert by_name[mt] == {"name": mt, "validation": "json"}
@@ -499,3 +514,164 @@ def test_alter_route_changes_its_address_and_weight(node: RunningNode) -> None:
     assert (listed["address"], listed["weight"]) == (second, 3)
     r = run("alter", "route", route, address=node.address)
     assert r.returncode == 2 and "nothing to change" in r.stderr
+
+
+# --- identities, bindings, tokens -----------------------------------------------------------------------------
+
+ROOT_TOKEN = "root-token-for-the-cli-tests"
+
+
+@pytest.fixture(scope="module")
+def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Certificate and key files (EC, self-signed) for a node identity and a remote service owner."""
+    from aiobroker.security.certs import create_self_signed
+
+    base = tmp_path_factory.mktemp("pems")
+    out: dict[str, Path] = {}
+    for name in ("node", "alice", "far-owner"):
+        cert, key = create_self_signed(name, key_type="ec")
+        out[name], out[name + ".key"] = base / f"{name}.crt", base / f"{name}.key"
+        out[name].write_text(cert)
+        out[name + ".key"].write_text(key)
+    return out
+
+
+@pytest.fixture(scope="module")
+def secure_node(tmp_path_factory: pytest.TempPathFactory, pems: dict[str, Path]) -> Iterator[str]:
+    """A node process with authorization on, its identity and an administrator from its config file; its URL."""
+    from node_process import NodeProcess
+
+    base = tmp_path_factory.mktemp("secure")
+    config = base / "node.toml"
+    config.write_text(
+        "[security]\nidentity = \"node\"\nauthorization = true\n\n"
+        f"[[identity]]\nname = \"node\"\ncertificate = \"{pems['node']}\"\nprivate_key = \"{pems['node.key']}\"\n\n"
+        f"[[identity]]\nname = \"root\"\ntokens = [\"{ROOT_TOKEN}\"]\nadmin = true\n"
+    )
+    proc = NodeProcess(base / "data", extra=["--config", str(config)]).start(timeout=STARTUP_DEADLINE)
+    try:
+        yield proc.url
+    finally:
+        code = proc.stop(timeout=STOP_DEADLINE)
+    assert code == 0, proc.output()
+    assert "Traceback" not in proc.output(), proc.output()
+
+
+def as_root(address: str, *args: str) -> str:
+    """A command that must succeed, authenticated by $AIOBROKER_TOKEN; its stdout."""
+    r = run(*args, address=address, env={"AIOBROKER_TOKEN": ROOT_TOKEN})
+    assert r.returncode == 0, f"aiobroker {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r.stdout
+
+
+def rows(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()]
+
+
+def test_create_list_and_drop_identities_and_bindings(secure_node: str, pems: dict[str, Path]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    alice, alice_token, queue, service = f"alice-{tag}", f"alice-token-{tag}", f"q-{tag}", f"//t/{tag}/Svc"
+    as_root(secure_node, "create", "queue", queue)
+    out = as_root(
+        secure_node,
+        "create", "identity", alice, "--certificate", str(pems["alice"]), "--token", alice_token,
+        "--send", service, "--receive", queue,
+    )  # fmt: skip
+    assert f"created identity {alice!r}" in out and "CN=alice" in out and "1 token(s)" in out
+    assert alice_token not in out
+
+    # --token after the command name, and before it, work as $AIOBROKER_TOKEN does
+    for args in (("list", "identities", "--token", ROOT_TOKEN), ("--token", ROOT_TOKEN, "list", "identities")):
+        text = ok_at(secure_node, *args)
+        assert rows(text)[0] == ["NAME", "ADMIN", "SEND", "RECEIVE", "TOKENS", "KEY", "SUBJECT", "FINGERPRINT", "EXPIRES"]
+        mine = next(r for r in rows(text) if r[0] == alice)
+        assert mine[1:7] == ["no", service, queue, "1", "no", "CN=alice"]
+        assert next(r for r in rows(text) if r[0] == "node")[5] == "yes"  # has a key: says so, never shows it
+        assert "BEGIN" not in text and alice_token not in text and ROOT_TOKEN not in text
+    listed = json.loads(as_root(secure_node, "list", "identities", "--json"))
+    mine_json = next(d for d in listed if d["name"] == alice)
+    assert mine_json["tokens"] == 1 and mine_json["has_private_key"] is False
+    assert "BEGIN" not in json.dumps(listed) and alice_token not in json.dumps(listed)
+
+    # the identity's own token: it may read, not administer
+    r = run("--token", alice_token, "list", "queues", address=secure_node)
+    assert r.returncode == 0 and queue in r.stdout, r
+    one_line_error(
+        run("--token", alice_token, "create", "queue", f"x-{tag}", address=secure_node),
+        f"identity {alice!r}", "admin right", f"create queue 'x-{tag}'",
+    )
+
+    # a service owned by the node's identity; bindings signed by it, and an anonymous one
+    out = as_root(secure_node, "create", "service", service, "--queue", queue, "--owner", "node")
+    assert f"created service {service!r}" in out
+    assert [service, queue, "-", "node"] in rows(as_root(secure_node, "list", "services"))
+    far, far2 = f"//far/{tag}/A", f"//far/{tag}/B"
+    out = as_root(
+        secure_node, "create", "binding", f"b-{tag}", "--to-service", far, "--certificate", str(pems["far-owner"])
+    )
+    assert f"created binding 'b-{tag}'" in out and "signed by the node's identity" in out
+    as_root(
+        secure_node, "create", "binding", f"anon-{tag}", "--to-service", far2,
+        "--certificate", str(pems["far-owner"]), "--anonymous",
+    )  # fmt: skip
+    text = as_root(secure_node, "list", "bindings")
+    assert rows(text)[0][:3] == ["NAME", "TO", "SERVICE"]
+    line = next(line for line in text.splitlines() if line.startswith(f"b-{tag} "))
+    assert far in line and "the node's identity" in line and "CN=far-owner" in line and "admin" in line
+    line = next(line for line in text.splitlines() if line.startswith(f"anon-{tag} "))
+    assert far2 in line and "nobody (anonymous)" in line
+    assert "BEGIN" not in text
+    one_line_error(
+        run(
+            "create", "binding", f"bad-{tag}", "--to-service", f"//far/{tag}/C", "--certificate",
+            str(pems["far-owner"]), "--identity", "no-such-identity", address=secure_node,
+            env={"AIOBROKER_TOKEN": ROOT_TOKEN},
+        ),
+        "no-such-identity",
+    )  # fmt: skip
+
+    # drop, and they are gone
+    for kind, name in (("binding", f"b-{tag}"), ("binding", f"anon-{tag}"), ("service", service), ("identity", alice)):
+        assert f"dropped {kind} {name!r}" in as_root(secure_node, "drop", kind, name)
+    assert f"b-{tag}" not in as_root(secure_node, "list", "bindings")
+    assert alice not in as_root(secure_node, "list", "identities")
+    one_line_error(run("--token", alice_token, "list", "queues", address=secure_node), "matches no identity")
+
+
+def ok_at(address: str, *args: str) -> str:
+    r = run(*args, address=address)
+    assert r.returncode == 0, f"aiobroker {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r.stdout
+
+
+def test_no_token_a_bad_token_and_which_token_wins(secure_node: str) -> None:
+    one_line_error(run("list", "queues", address=secure_node), "identity 'public'", "--token")
+    one_line_error(
+        run("create", "queue", "q-public", address=secure_node), "identity 'public'", "admin right"
+    )
+    one_line_error(
+        run("list", "queues", address=secure_node, env={"AIOBROKER_TOKEN": "no-such-token-here"}),
+        "refused the connection", "matches no identity",
+    )  # fmt: skip
+    # --token wins over $AIOBROKER_TOKEN
+    r = run("--token", ROOT_TOKEN, "list", "queues", address=secure_node, env={"AIOBROKER_TOKEN": "no-such-token"})
+    assert r.returncode == 0, r
+    assert "q-public" not in as_root(secure_node, "list", "queues")  # the refused create changed nothing
+
+
+def test_create_identity_with_a_missing_file_is_one_line_and_creates_nothing(
+    secure_node: str, tmp_path: Path
+) -> None:
+    name = unique("nofile")
+    missing = tmp_path / "missing.crt"
+    one_line_error(
+        run("create", "identity", name, "--certificate", str(missing), address=secure_node,
+            env={"AIOBROKER_TOKEN": ROOT_TOKEN}),
+        "--certificate", str(missing), "no such file",
+    )  # fmt: skip
+    one_line_error(
+        run("create", "binding", name, "--to-service", "//x", "--certificate", str(missing), address=secure_node),
+        "--certificate", "no such file",
+    )  # fmt: skip
+    assert name not in as_root(secure_node, "list", "identities")
+    assert name not in as_root(secure_node, "list", "bindings")

@@ -65,6 +65,7 @@ def test_defaults() -> None:
     assert config.receive_lease == 30.0
     assert config.poison_rollbacks == 5
     assert config.objects == ()
+    assert (config.node_identity, config.authorization, config.binding_failure_cache) == (None, False, 600.0)
 
 
 def test_empty_file_gives_defaults_with_nothing_changed(tmp_path: Path) -> None:
@@ -88,17 +89,20 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     assert config.receive_lease == 30.0
     assert isinstance(config.receive_lease, float)
     assert config.poison_rollbacks == 5
+    assert (config.node_identity, config.authorization, config.binding_failure_cache) == (None, False, 600.0)
     assert [(kind, definition["name"]) for kind, definition in config.objects] == [
         ("message_type", "//example/Request"),
         ("message_type", "//example/Reply"),
         ("contract", "//example/Contract"),
         ("queue", "requests"),
+        ("identity", "operator"),
         ("service", "//example/Server"),
     ]
+    assert config.objects[4][1]["admin"] is True
     # Definitions are passed on as written.
     assert config.objects[0][1] == {"name": "//example/Request", "validation": "json"}
     assert config.objects[2][1]["messages"] == {"//example/Request": "initiator", "//example/Reply": "target"}
-    assert config.objects[4][1] == {
+    assert config.objects[5][1] == {
         "name": "//example/Server",
         "queue": "requests",
         "contracts": ["//example/Contract"],
@@ -643,3 +647,162 @@ def test_error_is_a_config_error_with_its_code(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
     assert info.value.code == "config_error"
     assert str(info.value) == info.value.message
+
+
+# --- security -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pems() -> dict[str, str]:
+    """Two EC key pairs (certificate and key PEM), made once for the module."""
+    from aiobroker.security.certs import create_self_signed
+
+    out: dict[str, str] = {}
+    for name in ("node", "other"):
+        out[name + ".crt"], out[name + ".key"] = create_self_signed(name, key_type="ec")
+    return out
+
+
+def test_security_section(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [security]
+        identity = "node"
+        authorization = true
+        binding_failure_cache = 30
+        """,
+    )
+    config = load_config(path)
+    assert (config.node_identity, config.authorization, config.binding_failure_cache) == ("node", True, 30.0)
+    assert isinstance(config.binding_failure_cache, float)
+    assert load_config(path, {"authorization": False}).authorization is False
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[security]\nauthorization = "yes"\n', ["[security] authorization", "true or false", "a string ('yes')"]),
+        ("[security]\nbinding_failure_cache = 0\n", ["[security] binding_failure_cache", "> 0", "got 0"]),
+        ("[security]\nbinding_failure_cache = -5\n", ["[security] binding_failure_cache", "> 0"]),
+        ('[security]\nbinding_failure_cache = "10m"\n', ["[security] binding_failure_cache", "a string"]),
+        ("[security]\nidentity = 5\n", ["[security] identity", "[[identity]]", "an integer (5)"]),
+        ('[security]\nidentity = ""\n', ["[security] identity", "an empty string"]),
+        ("[security]\nauthorisation = true\n", ["unknown key [security] authorisation", "did you mean authorization?"]),
+        ("[security]\ncert = 1\n", ["unknown key [security] cert", "belongs in [tls]"]),
+        ('identity = "node"\n', ["identity must be an array of tables", "belongs in [security]"]),
+        ("authorization = true\n", ["unknown key authorization at the top level", "belongs in [security]"]),
+    ],
+)
+def test_bad_security_values(tmp_path: Path, text: str, words: list[str]) -> None:
+    message = load_error(tmp_path, text)
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_identity_and_binding_files_are_read_relative_to_the_config_file(
+    tmp_path: Path, pems: dict[str, str]
+) -> None:
+    certs = tmp_path / "etc" / "certs"
+    certs.mkdir(parents=True)
+    (certs / "node.crt").write_text(pems["node.crt"])
+    (certs / "node.key").write_text(pems["node.key"])
+    (certs / "other.crt").write_text(pems["other.crt"])
+    inline = pems["other.crt"].strip().replace("\n", "\n        ")  # indented like the rest, for dedent
+    path = write(
+        tmp_path,
+        f"""
+        [[identity]]
+        name = "node"
+        certificate = "certs/node.crt"
+        private_key = "certs/node.key"
+        tokens = ["a-long-enough-token"]
+
+        [[identity]]
+        name = "remote"
+        certificate = \"\"\"
+        {inline}
+        \"\"\"
+
+        [[queue]]
+        name = "q"
+
+        [[service]]
+        name = "svc"
+        queue = "q"
+        owner = "node"
+
+        [[binding]]
+        name = "to-far"
+        to_service = "//far/Service"
+        certificate = "{certs / "other.crt"}"
+        """,
+        name="etc/aiobroker.toml",
+    )
+    config = load_config(path)
+    defs = {(kind, d["name"]): d for kind, d in config.objects}
+    assert defs[("identity", "node")]["certificate"] == pems["node.crt"]
+    assert defs[("identity", "node")]["private_key"] == pems["node.key"]
+    assert defs[("identity", "node")]["tokens"] == ["a-long-enough-token"]  # passed on; the node keeps a digest
+    assert defs[("identity", "remote")]["certificate"].strip() == pems["other.crt"].strip()  # PEM text as it is
+    assert defs[("binding", "to-far")]["certificate"] == pems["other.crt"]  # an absolute path
+    assert defs[("service", "svc")]["owner"] == "node"
+
+
+def test_a_missing_certificate_file_names_the_identity_the_key_and_the_path(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[[identity]]\nname = "alice"\ncertificate = "certs/alice.crt"\n')
+    assert "identity #1" in message and "identity 'alice'" in message
+    assert f"certificate file {tmp_path / 'certs' / 'alice.crt'} does not exist" in message
+    (tmp_path / "adir").mkdir()
+    message = load_error(
+        tmp_path, '[[binding]]\nname = "b"\nto_service = "s"\ncertificate = "adir"\n'
+    )
+    assert "binding #1" in message and "binding 'b'" in message and "certificate file" in message
+    assert "is a directory" in message
+
+
+def test_a_private_key_that_is_not_the_certificates_names_the_identity(
+    tmp_path: Path, pems: dict[str, str]
+) -> None:
+    (tmp_path / "node.crt").write_text(pems["node.crt"])
+    (tmp_path / "other.key").write_text(pems["other.key"])
+    message = load_error(
+        tmp_path,
+        """
+        [[queue]]
+        name = "q"
+        [[identity]]
+        name = "node"
+        certificate = "node.crt"
+        private_key = "other.key"
+        """,
+    )
+    assert "identity #1: identity 'node'" in message
+    assert "does not belong to the certificate" in message
+    assert "BEGIN" not in message  # names the key, never shows it
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[[identity]]\nname = "a"\ncertificate = 5\n', ["identity #1", "certificate must be PEM text or a file path"]),
+        ('[[identity]]\nname = "a"\ntokens = ["short"]\n', ["identity #1", "identity 'a'", "at least 8 characters"]),
+        ('[[identity]]\nname = "a"\nsend = "svc"\n', ["identity #1", "send must be a list"]),
+        ('[[identity]]\nname = "a"\nadmin = "yes"\n', ["identity #1", "admin must be true or false"]),
+        ('[[identity]]\nname = "a"\nrole = "x"\n', ["identity #1", "unknown field(s) role"]),
+        ('[[binding]]\nname = "b"\nto_service = "s"\n', ["binding #1", "binding 'b'", "certificate", "required"]),
+    ],
+)
+def test_bad_identities_and_bindings(tmp_path: Path, text: str, words: list[str]) -> None:
+    message = load_error(tmp_path, text)
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_nodeconfig_reads_path_values_of_pem_fields(tmp_path: Path, pems: dict[str, str]) -> None:
+    (tmp_path / "node.crt").write_text(pems["node.crt"])
+    config = NodeConfig(objects=(("identity", {"name": "n", "certificate": tmp_path / "node.crt"}),))
+    assert config.objects[0][1]["certificate"] == pems["node.crt"]
+    with pytest.raises(ConfigError) as info:
+        NodeConfig(objects=(("identity", {"name": "n", "certificate": tmp_path / "missing.crt"}),))
+    assert "NodeConfig.objects[0]" in info.value.message and "missing.crt does not exist" in info.value.message

@@ -184,9 +184,18 @@ def test_the_bcn_service_is_asked_with_a_real_conversation_and_its_end_releases_
     h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
     h.core.end(bcn_handle, h.now)
     h.flush()
+    assert h.core.outgoing(B, 100) == [], "routed now, and waiting for the binding request (the seeds' order)"
+    # the seeds: then one MissingRemoteServiceBinding; the application has no binding and ends it
+    (binding_request,) = h.drain("bcn-q")
+    assert binding_request[2] == MISSING_ROUTE.replace("MissingRoute", "MissingRemoteServiceBinding")
+    h.core.end(binding_request[0], h.now)
+    h.flush()
     sent = h.core.outgoing(B, 100)
-    assert sorted(e[10] for e in sent) == sorted(b"m%d" % i for i in range(20))
-    assert h.core.statistics(h.now)["dynamic_routing"]["services"] == {}
+    assert sorted(e[10] for e in sent) == sorted(b"m%d" % i for i in range(20)), "encryption=False goes on, plain"
+    assert all(e[13] is False for e in sent)
+    (far,) = h.core.statistics(h.now)["dynamic_routing"]["services"].values()
+    assert far["delayed_conversations"] == 0 and far["in_flight"] is None
+    assert far["binding_request"]["last"]["ok"] is False, "a binding request that made no binding counts as failed"
 
 
 def test_a_bcn_error_keeps_the_messages_delayed_and_asks_again_later() -> None:

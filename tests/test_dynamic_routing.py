@@ -289,8 +289,11 @@ async def test_one_request_per_service_while_200_conversations_wait(tmp_path: Pa
                 assert_exactly_once_in_order(received, {cid(d): LOAD_MESSAGES for d in dialogs})
                 await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
                 asked = registry.requests("svcB")
-                assert len(asked) == 1, f"{len(asked)} requests for svcB: {asked}"
-                assert (await ca.status())["dynamic_routing"]["requests_made"] == 1
+                routes = [r for r in asked if not r["path"].endswith("/binding")]
+                assert len(routes) == 1, f"{len(routes)} route requests for svcB: {asked}"
+                # then, the route known, one binding request (the registry has none: the plain dialogs go on)
+                assert len(asked) - len(routes) == 1, f"binding requests for svcB: {asked}"
+                assert (await ca.status())["dynamic_routing"]["requests_made"] == 2
 
 
 # --------------------------------------------------------------------------------------------- 5. end while DELAYED
@@ -564,18 +567,20 @@ async def test_the_delayed_reason_names_the_last_failure_not_a_request_long_answ
 
 
 @pytest.mark.anyio
-async def test_the_log_counts_the_delayed_messages_a_resolver_answer_released(tmp_path: Path) -> None:
+async def test_the_log_counts_the_delayed_messages_the_resolver_answers_released(tmp_path: Path) -> None:
     resolver = {"kind": "static_file", "path": "routes.toml"}
     with lone_node(tmp_path, resolver) as node:
         nowhere = {"address": f"tcp://{LOOPBACK}:{free_port()}"}  # nothing listens: the messages wait at A's link
         write_atomically(tmp_path / "A" / "routes.toml", routes_file_toml({"svcX": [nowhere]}))
         async with aiobroker.connect(node.url) as client:
             dialog = await client.begin_dialog("svcA", "svcX")
-            await dialog.send_many(numbered(0, 5))  # stored DELAYED, then released by the answer
+            await dialog.send_many(numbered(0, 5))  # stored DELAYED, then released by the answers
+            # the route answer moves them on to wait for a binding; the file has none, so (encryption=False)
+            # they go on unsecured
             line = wait_for(
-                lambda: next((x for x in node.output().splitlines() if "resolved service 'svcX'" in x), None),
-                10, "the log line of the answer for svcX",
+                lambda: next((x for x in node.output().splitlines() if "binding for service 'svcX'" in x), None),
+                10, "the log line of the binding answer for svcX",
             )  # fmt: skip
             status = await client.status()
             assert status["delayed"] == {} and status["transmission"]["messages"] == 5, status["transmission"]
-            assert "; 5 delayed message(s) released" in line, line
+            assert "; 5 delayed message(s) go on unsecured" in line, line

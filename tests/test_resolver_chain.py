@@ -6,15 +6,21 @@ closed); loading through the entry points is tested with real static_file member
 
 from __future__ import annotations
 
+import datetime
+import functools
 import logging
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from aiobroker.errors import ConfigError
-from resolvers.base import NotFound, Resolver, ResolverError, RouteAnswer, Target, load_resolver
+from resolvers.base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target, load_resolver
 from resolvers.chain import ChainResolver, create
 from resolvers.static_file import StaticFileResolver
 
@@ -22,12 +28,16 @@ pytestmark = pytest.mark.anyio
 
 
 class Fake(Resolver):
-    """Answers, says NotFound, or fails, as told; records the questions and whether it was closed."""
+    """Answers, says NotFound, or fails, as told; records the questions and whether it was closed. Binding
+    questions: ``binding`` says what to do, or (None) the interface's default, "routes only"."""
 
-    def __init__(self, name: str, outcome: RouteAnswer | BaseException) -> None:
+    def __init__(self, name: str, outcome: RouteAnswer | BaseException,
+                 binding: BindingAnswer | BaseException | None = None) -> None:
         self.name = name
         self.outcome = outcome
+        self.binding = binding
         self.asked: list[str] = []
+        self.asked_binding: list[str] = []
         self.closed = False
 
     async def resolve_route(self, service_name: str) -> RouteAnswer:
@@ -35,6 +45,14 @@ class Fake(Resolver):
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
+
+    async def resolve_binding(self, service_name: str) -> BindingAnswer:
+        self.asked_binding.append(service_name)
+        if self.binding is None:
+            return await super().resolve_binding(service_name)
+        if isinstance(self.binding, BaseException):
+            raise self.binding
+        return self.binding
 
     async def aclose(self) -> None:
         self.closed = True
@@ -246,3 +264,108 @@ def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], r
     with pytest.raises(ConfigError) as info:
         create(options)
     assert reason in info.value.message and info.value.message.startswith("[resolver] "), info.value.message
+
+
+# --- remote service bindings ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def certificate(common_name: str = "orders-owner") -> str:
+    """A self-signed RSA 2048 certificate, PEM (one per name for the whole module: key generation is slow)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def binding(source: str) -> BindingAnswer:
+    return BindingAnswer(service_name="//s", certificate=certificate(), lifetime=10, source=source)
+
+
+def binding_from(name: str) -> Fake:
+    """Answers bindings (and says NotFound to routes)."""
+    return Fake(name, NotFound(f"{name} knows no routes"), binding(name))
+
+
+async def test_a_binding_falls_through_members_that_say_not_found() -> None:
+    """A routes-only member (the interface's default NotFound), one without a binding, then one with it."""
+    members = [answering("dns"), Fake("file", answer("tcp://a:1", "file"), NotFound("no binding", retry_after=5)),
+               binding_from("http"), binding_from("later")]
+    chain = ChainResolver(members)
+
+    result = await chain.resolve_binding("//s")
+
+    assert result is members[2].binding
+    assert [m.asked_binding for m in members] == [["//s"], ["//s"], ["//s"], []]
+    assert [m.asked for m in members] == [[], [], [], []]  # a binding question asks no routes
+    assert (await chain.resolve_route("//s")).source == "dns"  # and routes still come from the first
+
+
+async def test_no_binding_anywhere_is_not_found_with_the_smallest_retry_after() -> None:
+    members = [answering("dns"), Fake("file", answer("tcp://a:1", "file"), NotFound("no binding", retry_after=5)),
+               Fake("http", answer("tcp://a:1", "http"), NotFound("404", retry_after=30))]
+    with pytest.raises(NotFound) as info:
+        await ChainResolver(members).resolve_binding("//s")
+    message = info.value.message
+    assert message.startswith("no resolver has a binding for service '//s' ("), message
+    assert "#1 dns: the dns resolver answers route requests only" in message
+    assert "#2 file: no binding" in message and "#3 http: 404" in message
+    assert info.value.retry_after == 5
+
+
+async def test_a_binding_failure_and_no_answer_is_an_error_listing_every_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    members = [Fake("file", answer("tcp://a:1", "file"), ResolverError("bad certificate for '//s'", retry_after=9)),
+               Fake("buggy", answer("tcp://a:1", "buggy"), RuntimeError("oops")), answering("dns")]
+    with caplog.at_level(logging.ERROR, logger="aiobroker.resolvers.chain"):
+        with pytest.raises(ResolverError) as info:
+            await ChainResolver(members).resolve_binding("//s")
+    error = info.value
+    assert type(error) is ResolverError
+    assert error.message.startswith("no resolver answered for a binding for service '//s': "), error.message
+    assert "#1 file: bad certificate for '//s'" in error.message
+    assert "#2 buggy: failed with RuntimeError: oops" in error.message
+    assert "#3 dns: the dns resolver answers route requests only" in error.message
+    assert error.retry_after is None  # the buggy member gave no time
+    assert len(caplog.records) == 1 and "binding request" in caplog.records[0].getMessage()
+
+
+async def test_a_binding_failure_then_an_answer_is_an_answer() -> None:
+    members = [Fake("file", answer("tcp://a:1", "file"), ResolverError("cannot read it")), binding_from("http")]
+    assert (await ChainResolver(members).resolve_binding("//s")).source == "http"
+
+
+async def test_static_file_members_answer_routes_and_bindings_from_different_files(tmp_path: Path) -> None:
+    """The first file knows where //shop/Orders is but has no binding for it; the second has the binding."""
+    first = routes(tmp_path / "routes.toml", "//shop/Orders", "tcp://10.0.0.1:4022")
+    (tmp_path / "orders.crt").write_text(certificate())
+    second = tmp_path / "bindings.json"
+    second.write_text(
+        '{"services": {"//shop/Orders": {"lifetime": 20, "binding": {"certificate_file": "orders.crt", '
+        '"identity": "fe"}}}}',
+        encoding="utf-8",
+    )
+    chain = create({"resolvers": [{"kind": "static_file", "path": first},
+                                  {"kind": "static_file", "path": str(second), "default_lifetime": 7}]})
+
+    route = await chain.resolve_route("//shop/Orders")
+    found = await chain.resolve_binding("//shop/Orders")
+    assert (route.source, route.targets[0].address) == (first, "tcp://10.0.0.1:4022")
+    assert (found.certificate, found.identity, found.lifetime) == (certificate(), "fe", 20)
+    assert str(second) in found.source
+    with pytest.raises(NotFound) as info:
+        await chain.resolve_binding("//shop/Nowhere")
+    assert f"#1 static_file: {first} has no binding for service '//shop/Nowhere'" in info.value.message
+    assert info.value.retry_after == 7
+    await chain.aclose()

@@ -6,7 +6,9 @@ may change them while the resolver is open) without restarting the process.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import functools
 import json
 import os
 import signal
@@ -21,10 +23,14 @@ from typing import Any
 
 import anyio
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from aiobroker.errors import ConfigError
 from resolvers import http as http_resolver
-from resolvers.base import NotFound, ResolverError, Target, load_resolver
+from resolvers.base import BindingAnswer, NotFound, ResolverError, Target, load_resolver
 from resolvers.http import HttpResolver, create
 from node_process import free_port, wait_for
 
@@ -78,10 +84,10 @@ class RegistryProcess:
                 self.proc.wait(timeout=timeout)
         self.stderr.close()
 
-    def serve(self, services: dict[str, dict[str, Any]]) -> None:
+    def serve(self, services: dict[str, dict[str, Any]], bindings: dict[str, dict[str, Any]] | None = None) -> None:
         """Replace every answer, atomically: the registry reads the file on each request."""
         tmp = self.routes_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"services": services}))
+        tmp.write_text(json.dumps({"services": services, "bindings": bindings or {}}))
         os.replace(tmp, self.routes_file)
 
     def requests(self) -> list[dict[str, Any]]:
@@ -131,6 +137,22 @@ def consul_entry(service: str, address: str, port: int, *, node_address: str = "
 
 def orders_answer(**extra: Any) -> dict[str, Any]:
     return {"service": ORDERS, "targets": [{"address": "tcp://10.0.0.2:4022"}], **extra}
+
+
+@functools.cache
+def certificate(common_name: str = "orders-owner", bits: int = 2048) -> str:
+    """A self-signed RSA certificate, PEM (one per name and size for the whole module: key generation is slow)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def binding_answer(**extra: Any) -> dict[str, Any]:
+    return {"certificate": certificate(), **extra}
 
 
 # --- answers ----------------------------------------------------------------------------------------------------
@@ -476,6 +498,12 @@ async def test_a_closed_resolver_raises_resolver_error(registry: RegistryProcess
     ({"url": "http://127.0.0.1:1/{service}", "headers": {"X-Token": "a\r\nb"}}, "headers.X-Token must be"),
     ({"url": "http://127.0.0.1:1/{service}", "headers": {"Bad Name": "x"}}, "not a valid header name"),
     ({"url": "http://127.0.0.1:1/{service}", "timeout": 5}, "unknown key(s) for kind 'http': timeout"),
+    ({"url": "http://127.0.0.1:1/{service}", "binding_url": "http://127.0.0.1:1/binding"},
+     "binding_url must be a string containing {service}"),
+    ({"url": "http://127.0.0.1:1/{service}", "binding_url": "ftp://127.0.0.1/{service}"},
+     "binding_url 'ftp://127.0.0.1/{service}' must be http:// or https://"),
+    ({"url": "http://127.0.0.1:1/{service}", "format": "consul", "binding_url": "http://127.0.0.1:1/{service}"},
+     "binding_url is for the aiobroker format"),
 ])
 def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -489,10 +517,207 @@ async def test_loaded_through_the_entry_point(registry: RegistryProcess) -> None
     try:
         assert isinstance(resolver, HttpResolver)
         assert resolver.describe() == {
-            "resolver": "http", "url": registry.url(), "format": "aiobroker", "connect_timeout": 2.0,
-            "read_timeout": 3.0, "default_lifetime": 60.0, "headers": []}
+            "resolver": "http", "url": registry.url(), "binding_url": registry.url().replace("{service}",
+                                                                                          "{service}/binding"),
+            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "default_lifetime": 60.0,
+            "headers": []}
         answer = await resolver.resolve_route(ORDERS)
     finally:
         await resolver.aclose()
     assert answer.targets == (Target(address="tcp://10.0.0.2:4022"),)
     assert answer.lifetime == 60
+
+
+# --- remote service bindings ---------------------------------------------------------------------------------
+
+
+async def test_a_binding_answer_carries_the_certificate_and_its_options(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": orders_answer()}},
+                   {ORDERS: {"body": binding_answer(anonymous=True, identity="shop-frontend", lifetime=45,
+                                                    service=ORDERS, extension={"ignored": True})}})
+    async with opened(url=registry.url(), default_lifetime=60) as resolver:
+        answer = await resolver.resolve_binding(ORDERS)
+        route = await resolver.resolve_route(ORDERS)  # the same service's route: the other endpoint
+    assert answer == BindingAnswer(service_name=ORDERS, certificate=certificate(), anonymous=True,
+                                   identity="shop-frontend", lifetime=45, source=answer.source)
+    # the default binding URL: the route URL with /binding appended to its path, the name quoted as for routes
+    assert answer.source == f"http://127.0.0.1:{registry.port}/v1/services/%2F%2Fshop%2FOrders/binding"
+    assert [r["path"] for r in registry.requests()[-2:]] == ["/v1/services/%2F%2Fshop%2FOrders/binding",
+                                                            "/v1/services/%2F%2Fshop%2FOrders"]
+    assert route.targets == (Target(address="tcp://10.0.0.2:4022"),)
+
+
+async def test_a_binding_answer_with_only_a_certificate_takes_the_defaults(registry: RegistryProcess) -> None:
+    """Text around the certificate (as ``openssl`` writes it) is left out of the answer: only the PEM block."""
+    registry.serve({}, {ORDERS: {"body": {"certificate": "Bag Attributes\n    friendlyName: x\n" + certificate()}}})
+    async with opened(url=registry.url(), default_lifetime=33) as resolver:
+        answer = await resolver.resolve_binding(ORDERS)
+    assert (answer.certificate, answer.anonymous, answer.identity, answer.lifetime) == (certificate(), False, None,
+                                                                                         33)
+
+
+@pytest.mark.parametrize(("url", "binding_url"), [
+    ("http://reg:8080/v1/services/{service}", "http://reg:8080/v1/services/{service}/binding"),
+    ("http://reg/v1/services/{service}/?dc=eu", "http://reg/v1/services/{service}/binding?dc=eu"),
+    ("https://u:pw@reg/find?name={service}", "https://u:***@reg/find/binding?name={service}"),
+], ids=["plain", "trailing-slash-and-query", "service-in-query-password-hidden"])
+async def test_the_default_binding_url_appends_binding_to_the_path(url: str, binding_url: str) -> None:
+    async with opened(url=url) as resolver:
+        assert resolver.describe()["binding_url"] == binding_url
+
+
+async def test_binding_url_names_another_endpoint(registry: RegistryProcess) -> None:
+    registry.serve({}, {ORDERS: {"body": binding_answer()}})
+    binding_url = f"http://127.0.0.1:{registry.port}/v1/bindings/{{service}}?dc=1"
+    async with opened(url=registry.url(), binding_url=binding_url) as resolver:
+        answer = await resolver.resolve_binding(ORDERS)
+        assert resolver.describe()["binding_url"] == binding_url
+    assert answer.certificate == certificate()
+    assert registry.requests()[-1]["path"] == "/v1/bindings/%2F%2Fshop%2FOrders?dc=1"
+
+
+@pytest.mark.parametrize(("body", "headers", "lifetime"), [
+    (binding_answer(lifetime=30), {"Cache-Control": "max-age=99"}, 30),
+    (binding_answer(), {"Cache-Control": "public, max-age=42"}, 42),
+    (binding_answer(), {"Cache-Control": "max-age=100", "Age": "40"}, 60),
+    (binding_answer(), {"Cache-Control": "max-age=0"}, http_resolver.MIN_LIFETIME),
+    (binding_answer(), {}, 25),
+], ids=["body-wins", "max-age", "max-age-minus-age", "max-age-0-floored", "default"])
+async def test_a_binding_lifetime_comes_from_body_cache_control_or_default(
+        registry: RegistryProcess, body: dict[str, Any], headers: dict[str, str], lifetime: float) -> None:
+    registry.serve({}, {ORDERS: {"body": body, "headers": headers}})
+    async with opened(url=registry.url(), default_lifetime=25) as resolver:
+        answer = await resolver.resolve_binding(ORDERS)
+    assert answer.lifetime == lifetime
+
+
+async def test_404_for_a_binding_is_not_found_even_when_the_route_exists(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": orders_answer()}, "gone": {"body": orders_answer()}},
+                   {"gone": {"status": 404, "body": {"error": "revoked"}, "headers": {"Retry-After": "7"}}})
+    async with opened(url=registry.url(), default_lifetime=25) as resolver:
+        with pytest.raises(NotFound) as plain:
+            await resolver.resolve_binding(ORDERS)
+        with pytest.raises(NotFound) as told:
+            await resolver.resolve_binding("gone")
+        assert (await resolver.resolve_route(ORDERS)).targets  # routes are not affected
+    assert "answered 404: the registry has no binding for service '//shop/Orders'" in plain.value.message
+    assert plain.value.retry_after == 25 and told.value.retry_after == 7
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    ({"status": 503, "raw": "registry overloaded", "headers": {"Retry-After": "120"}},
+     "answered HTTP 503 Service Unavailable: 'registry overloaded'"),
+    ({"raw": "not json {"}, "the answer is not JSON"),
+    ({"hang_up": True}, "broke off or garbled the HTTP exchange"),
+], ids=["503", "garbage", "hang-up"])
+async def test_a_failed_binding_question_is_resolver_error(registry: RegistryProcess, spec: dict[str, Any],
+                                                           reason: str) -> None:
+    registry.serve({}, {ORDERS: spec})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_binding(ORDERS)
+    assert type(caught.value) is ResolverError
+    assert reason in caught.value.message and "/v1/services/%2F%2Fshop%2FOrders/binding" in caught.value.message
+    if "Retry-After" in spec.get("headers", {}):
+        assert caught.value.retry_after == 120
+
+
+async def test_a_slow_binding_answer_is_a_read_timeout(registry: RegistryProcess) -> None:
+    registry.serve({}, {ORDERS: {"delay": 5, "body": binding_answer()}})
+    async with opened(url=registry.url(), read_timeout=0.5) as resolver:
+        started = time.monotonic()
+        with pytest.raises(ResolverError, match=r"read time-out: .*/binding sent nothing for read_timeout = 0.5 s"):
+            await resolver.resolve_binding(ORDERS)
+        assert time.monotonic() - started < 2.0
+
+
+BAD_CERTIFICATES = {
+    "no PEM block": ("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A", "no -----BEGIN CERTIFICATE----- line"),
+    "bad base64": ("-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n",
+                   "the certificate does not parse"),
+    "not a certificate inside": ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                                 "the certificate does not parse"),
+    "cut short": (certificate()[:300] + "\n-----END CERTIFICATE-----\n", "the certificate does not parse"),
+    "RSA 1024": (certificate("weak", 1024), "an RSA key of 1024 bits, too small for dialog security"),
+}
+
+
+@pytest.mark.parametrize(("pem", "reason"), BAD_CERTIFICATES.values(), ids=BAD_CERTIFICATES.keys())
+async def test_a_certificate_that_does_not_parse_or_cannot_be_used_is_resolver_error_naming_the_service(
+        registry: RegistryProcess, pem: str, reason: str) -> None:
+    registry.serve({}, {ORDERS: {"body": {"certificate": pem}}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_binding(ORDERS)
+    message = caught.value.message
+    assert type(caught.value) is ResolverError
+    url = f"http://127.0.0.1:{registry.port}/v1/services/%2F%2Fshop%2FOrders/binding"
+    assert message.startswith(f"{url}: the binding answer for service '//shop/Orders': "), message
+    assert reason in message, message
+    assert len(message) < 600, message
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ([certificate()], "must be an object with 'certificate', got an array"),
+    ({"anonymous": True}, "the key 'certificate' is missing"),
+    ({"certificate": None}, "'certificate' must be a string (PEM), got null"),
+    (binding_answer(anonymous="yes"), "'anonymous' must be true or false, got a string"),
+    (binding_answer(identity=""), "'identity': identity name must be a non-empty string"),
+    (binding_answer(identity=7), "'identity': identity name must be a non-empty string"),
+    (binding_answer(lifetime=0), "'lifetime' must be a number of seconds > 0, got 0"),
+    (binding_answer(lifetime="60"), "'lifetime' must be a number of seconds > 0"),
+    (binding_answer(service="//shop/Other"), "'service' is '//shop/Other', but '//shop/Orders' was asked for"),
+], ids=["array", "no-certificate", "null-certificate", "anonymous-string", "identity-empty", "identity-number",
+        "lifetime-0", "lifetime-string", "wrong-service"])
+async def test_a_binding_answer_of_the_wrong_shape_is_resolver_error(registry: RegistryProcess, body: Any,
+                                                                     reason: str) -> None:
+    registry.serve({}, {ORDERS: {"body": body}})
+    async with opened(url=registry.url()) as resolver:
+        with pytest.raises(ResolverError) as caught:
+            await resolver.resolve_binding(ORDERS)
+    assert type(caught.value) is ResolverError
+    assert "the binding answer for '//shop/Orders' is not in the aiobroker format" in caught.value.message
+    assert reason in caught.value.message, caught.value.message
+
+
+async def test_the_consul_format_answers_routes_only(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": [consul_entry(ORDERS, "10.0.0.2", 4022)]}}, {ORDERS: {"body": binding_answer()}})
+    before = len(registry.requests())
+    async with opened(url=registry.url("consul"), format="consul", default_lifetime=40) as resolver:
+        with pytest.raises(NotFound, match="consul format answers routes only") as caught:
+            await resolver.resolve_binding(ORDERS)
+        assert resolver.describe()["binding_url"] is None
+    assert caught.value.retry_after == 40
+    assert len(registry.requests()) == before  # nothing was asked
+
+
+async def test_binding_questions_share_the_bound_on_open_questions(registry: RegistryProcess,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for one open question, a binding question waits for a slow route question: one fetch path."""
+    monkeypatch.setattr(http_resolver, "MAX_OPEN_QUESTIONS", 1)
+    registry.serve({"slow": {"delay": 0.8, "body": {"service": "slow", "targets": [{"address": "tcp://h:1"}]}}},
+                   {ORDERS: {"body": binding_answer()}})
+    async with opened(url=registry.url()) as resolver:
+        done: dict[str, float] = {}
+        started = time.monotonic()
+
+        async def route() -> None:
+            await resolver.resolve_route("slow")
+            done["route"] = time.monotonic() - started
+
+        async def binding() -> None:
+            await anyio.sleep(0.2)  # the route question is in flight by then
+            await resolver.resolve_binding(ORDERS)
+            done["binding"] = time.monotonic() - started
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(route)
+            tg.start_soon(binding)
+    assert done["binding"] >= done["route"] >= 0.7, done
+
+
+async def test_a_closed_resolver_refuses_binding_questions(registry: RegistryProcess) -> None:
+    resolver = create({"url": registry.url()})
+    await resolver.aclose()
+    with pytest.raises(ResolverError, match="closed"):
+        await resolver.resolve_binding(ORDERS)

@@ -6,6 +6,8 @@ change is seen even on a file system whose timestamps are coarser than the test 
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import logging
 import os
@@ -14,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from aiobroker.errors import ConfigError
 from resolvers import static_file
-from resolvers.base import NotFound, ResolverError, RouteAnswer, Target, load_resolver
+from resolvers.base import BindingAnswer, NotFound, ResolverError, RouteAnswer, Target, load_resolver
 from resolvers.static_file import StaticFileResolver, create
 
 pytestmark = pytest.mark.anyio
@@ -69,6 +75,25 @@ def one_target(address: str) -> str:
     return f'[services."//shop/Orders"]\ntargets = [{{ address = "{address}" }}]\n'
 
 
+@functools.cache
+def certificate(common_name: str = "orders-owner", bits: int = 2048) -> str:
+    """A self-signed RSA certificate, PEM (one per name and size for the whole module: key generation is slow)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
 def docstring_block(language: str) -> str:
     """The block under ``.. code-block:: <language>`` in the module docstring."""
     doc = static_file.__doc__
@@ -114,6 +139,8 @@ async def test_answers_from_json_are_the_same(tmp_path: Path) -> None:
 async def test_the_documented_examples_work_and_agree(tmp_path: Path) -> None:
     toml_path = write(tmp_path / "doc.toml", docstring_block("toml"))
     json_path = write(tmp_path / "doc.json", docstring_block("json"))
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "orders.crt").write_text(certificate())
     from_toml, from_json = create({"path": toml_path}), create({"path": json_path})
 
     orders = await from_toml.resolve_route("//shop/Orders")
@@ -122,6 +149,16 @@ async def test_the_documented_examples_work_and_agree(tmp_path: Path) -> None:
     for service in ("//shop/Orders", "//shop/Billing"):
         a, b = await from_toml.resolve_route(service), await from_json.resolve_route(service)
         assert (a.targets, a.lifetime) == (b.targets, b.lifetime)
+    a_binding = await from_toml.resolve_binding("//shop/Orders")
+    b_binding = await from_json.resolve_binding("//shop/Orders")
+    assert a_binding.certificate == b_binding.certificate == certificate()
+    assert (a_binding.anonymous, a_binding.identity, a_binding.lifetime) == (False, "shop-frontend", 30)
+    assert (b_binding.anonymous, b_binding.identity, b_binding.lifetime) == (False, "shop-frontend", 30)
+    for resolver in (from_toml, from_json):
+        with pytest.raises(NotFound):  # //shop/Audit has a binding only
+            await resolver.resolve_route("//shop/Audit")
+        with pytest.raises(NotFound):  # //shop/Billing has targets only
+            await resolver.resolve_binding("//shop/Billing")
 
 
 async def test_an_unknown_service_is_not_found_for_the_default_lifetime(tmp_path: Path) -> None:
@@ -260,6 +297,32 @@ BROKEN_TOML = {
     "unknown top-level key": ("service = {}\n", "top level: unknown key(s) 'service'"),
     "nested too deeply": ("x = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "bad service name": ('[services."a\\u0001b"]\ntargets = [{ address = "tcp://h:1" }]', "control character"),
+    "binding not a table": ('[services."//s"]\nbinding = "x.crt"\n', 'services."//s".binding: must be a table'),
+    "binding without a certificate": (
+        '[services."//s".binding]\nanonymous = true\n',
+        'services."//s".binding: needs exactly one of certificate (PEM text) and certificate_file (a path), '
+        "got neither",
+    ),
+    "binding with both": (
+        '[services."//s".binding]\ncertificate = "x"\ncertificate_file = "x.crt"\n',
+        "got certificate and certificate_file",
+    ),
+    "unknown binding key": (
+        '[services."//s".binding]\ncertificate_file = "x.crt"\nanonymus = true\n',
+        'services."//s".binding: unknown key(s) \'anonymus\'',
+    ),
+    "certificate not a string": ('[services."//s".binding]\ncertificate = 5\n', "binding.certificate: must be PEM"),
+    "certificate_file empty": ('[services."//s".binding]\ncertificate_file = ""\n', "must be a non-empty path"),
+    "anonymous a string": (
+        '[services."//s".binding]\ncertificate_file = "x.crt"\nanonymous = "yes"\n',
+        'services."//s".binding.anonymous: must be true or false',
+    ),
+    "identity empty": (
+        '[services."//s".binding]\ncertificate_file = "x.crt"\nidentity = ""\n',
+        'services."//s".binding.identity: identity name must be a non-empty string',
+    ),
+    "binding and empty targets": ('[services."//s"]\ntargets = []\nbinding = { certificate_file = "x.crt" }\n',
+                                  "targets: must be a non-empty array"),
 }
 
 
@@ -370,3 +433,168 @@ async def test_loaded_through_the_entry_point(tmp_path: Path) -> None:
     await resolver.aclose()
     with pytest.raises(ConfigError, match="path is required"):
         load_resolver("static_file", {})
+
+
+# --- remote service bindings -----------------------------------------------------------------------------------
+
+
+def inline_binding(service: str, pem: str, extra: str = "") -> str:
+    """A TOML entry with one target and a binding that holds the certificate itself, in a multi-line string."""
+    return (
+        f'[services."{service}"]\nlifetime = 30\ntargets = [{{ address = "tcp://10.0.0.2:4022" }}]\n'
+        f'[services."{service}".binding]\n{extra}certificate = """\n{pem}"""\n'
+    )
+
+
+async def test_a_binding_with_the_certificate_in_the_file(tmp_path: Path) -> None:
+    """Text around the PEM block (as openssl writes it) is left out of the answer."""
+    pem = "Bag Attributes\n    friendlyName: orders\n" + certificate()
+    options = 'anonymous = true\nidentity = "fe"\n'
+    path = write(tmp_path / "routes.toml", inline_binding("//shop/Orders", pem, options))
+    resolver = create({"path": str(path), "default_lifetime": 45})
+
+    answer = await resolver.resolve_binding("//shop/Orders")
+
+    assert answer == BindingAnswer(service_name="//shop/Orders", certificate=certificate(), anonymous=True,
+                                   identity="fe", lifetime=30, source=str(path))
+    assert (await resolver.resolve_route("//shop/Orders")).targets == (Target(address="tcp://10.0.0.2:4022"),)
+
+
+async def test_a_binding_from_a_certificate_file_in_json(tmp_path: Path) -> None:
+    """The path is relative to the routes file's directory (not the working directory); the default lifetime
+    holds when the entry gives none."""
+    (tmp_path / "certs").mkdir()
+    cert_path = tmp_path / "certs" / "orders.crt"
+    cert_path.write_text(certificate())
+    path = write(tmp_path / "routes.json", json.dumps(
+        {"services": {"//shop/Orders": {"binding": {"certificate_file": "certs/orders.crt"}}}}))
+    resolver = create({"path": str(path), "default_lifetime": 45})
+
+    answer = await resolver.resolve_binding("//shop/Orders")
+
+    assert (answer.certificate, answer.anonymous, answer.identity, answer.lifetime) == (certificate(), False, None, 45)
+    assert str(path) in answer.source and str(cert_path) in answer.source
+    with pytest.raises(NotFound, match="has no targets for service '//shop/Orders'") as info:
+        await resolver.resolve_route("//shop/Orders")  # a binding only
+    assert info.value.retry_after == 45
+
+
+async def test_a_renewed_certificate_file_is_read_at_the_next_question(tmp_path: Path) -> None:
+    cert_path = tmp_path / "orders.crt"
+    cert_path.write_text(certificate("first"))
+    path = write(tmp_path / "routes.toml", '[services."//shop/Orders".binding]\ncertificate_file = "orders.crt"\n')
+    resolver = create({"path": str(path)})
+    assert (await resolver.resolve_binding("//shop/Orders")).certificate == certificate("first")
+
+    cert_path.write_text(certificate("second"))  # the routes file is not touched
+    assert (await resolver.resolve_binding("//shop/Orders")).certificate == certificate("second")
+
+
+async def test_an_absolute_certificate_file_is_used_as_it_is(tmp_path: Path) -> None:
+    cert_path = tmp_path / "elsewhere" / "orders.pem"
+    cert_path.parent.mkdir()
+    cert_path.write_text(certificate())
+    (tmp_path / "conf").mkdir()
+    path = write(tmp_path / "conf" / "routes.json",
+                 json.dumps({"services": {"//shop/Orders": {"binding": {"certificate_file": str(cert_path)}}}}))
+    assert (await create({"path": str(path)}).resolve_binding("//shop/Orders")).certificate == certificate()
+
+
+async def test_no_binding_is_not_found(tmp_path: Path) -> None:
+    path = write(tmp_path / "routes.toml", ORDERS_TOML)
+    resolver = create({"path": str(path), "default_lifetime": 12.5})
+    with pytest.raises(NotFound) as has_targets_only:
+        await resolver.resolve_binding("//shop/Orders")
+    with pytest.raises(NotFound) as unknown:
+        await resolver.resolve_binding("//shop/Nowhere")
+    assert f"{path} has no binding for service '//shop/Orders'" == has_targets_only.value.message
+    assert has_targets_only.value.retry_after == 30  # the entry's lifetime
+    assert "'//shop/Nowhere'" in unknown.value.message and unknown.value.retry_after == 12.5
+
+
+CERTIFICATE_PROBLEMS = {
+    "no PEM block": ("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A", "no -----BEGIN CERTIFICATE----- line"),
+    "bad base64": ("-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n",
+                   "the certificate does not parse"),
+    "not a certificate inside": ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                                 "the certificate does not parse"),
+    "RSA 1024": (certificate("weak", 1024), "an RSA key of 1024 bits, too small for dialog security"),
+}
+
+
+@pytest.mark.parametrize(("pem", "reason"), CERTIFICATE_PROBLEMS.values(), ids=CERTIFICATE_PROBLEMS.keys())
+async def test_a_certificate_in_the_file_that_does_not_parse_or_cannot_be_used_is_an_error_naming_the_service(
+    tmp_path: Path, pem: str, reason: str
+) -> None:
+    """Part of the file: the file is broken (for routes too) until it is fixed, as with any other mistake."""
+    path = write(tmp_path / "routes.toml", inline_binding("//shop/Orders", pem))
+    resolver = create({"path": str(path)})
+    for ask in (resolver.resolve_binding, resolver.resolve_route):
+        with pytest.raises(ResolverError) as info:
+            await ask("//shop/Orders")
+        message = info.value.message
+        assert type(info.value) is ResolverError
+        assert message.startswith(f'{path}: services."//shop/Orders".binding.certificate: '), message
+        assert reason in message, message
+
+
+async def test_a_broken_certificate_edit_keeps_the_last_good_binding(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "routes.toml", inline_binding("//shop/Orders", certificate()))
+    resolver = create({"path": str(path)})
+    good = await resolver.resolve_binding("//shop/Orders")
+
+    with caplog.at_level(logging.WARNING, logger="aiobroker.resolvers.static_file"):
+        write(path, inline_binding("//shop/Orders", certificate().replace("MII", "MIJ", 1)))
+        assert await resolver.resolve_binding("//shop/Orders") == good
+        assert await resolver.resolve_binding("//shop/Orders") == good
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and 'services."//shop/Orders".binding.certificate' in warnings[0], warnings
+
+    write(path, one_target("tcp://10.0.0.5:4022"))  # the binding removed: not found any more
+    with pytest.raises(NotFound):
+        await resolver.resolve_binding("//shop/Orders")
+
+
+@pytest.mark.parametrize(("contents", "reason"), [
+    (None, "cannot read it: No such file or directory"),
+    ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "the certificate does not parse"),
+    ("just text", "no -----BEGIN CERTIFICATE----- line"),
+    (b"\x30\x82\x01\x0a", "this looks like a DER (binary) certificate"),
+], ids=["missing", "not a certificate", "no PEM block", "DER"])
+async def test_a_bad_certificate_file_is_an_error_naming_the_service_and_the_file(
+    tmp_path: Path, contents: str | bytes | None, reason: str
+) -> None:
+    """Read when asked: routes, and the bindings of other services, keep working."""
+    cert_path = tmp_path / "orders.crt"
+    if isinstance(contents, bytes):
+        cert_path.write_bytes(contents)
+    elif contents is not None:
+        cert_path.write_text(contents)
+    (tmp_path / "billing.crt").write_text(certificate())
+    path = write(tmp_path / "routes.toml", one_target("tcp://10.0.0.2:4022") + textwrap.dedent("""
+        [services."//shop/Orders".binding]
+        certificate_file = "orders.crt"
+        [services."//shop/Billing".binding]
+        certificate_file = "billing.crt"
+        """))
+    resolver = create({"path": str(path)})
+
+    with pytest.raises(ResolverError) as info:
+        await resolver.resolve_binding("//shop/Orders")
+    message = info.value.message
+    assert type(info.value) is ResolverError
+    assert f"{path}: the binding for service '//shop/Orders': certificate_file {cert_path}: " in message, message
+    assert reason in message, message
+    assert (await resolver.resolve_route("//shop/Orders")).targets == (Target(address="tcp://10.0.0.2:4022"),)
+    assert (await resolver.resolve_binding("//shop/Billing")).certificate == certificate()
+    assert resolver.describe()["last_error"] is None  # the routes file itself is fine
+
+
+async def test_a_certificate_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(static_file, "MAX_CERTIFICATE_BYTES", 100)
+    (tmp_path / "orders.crt").write_text(certificate())
+    path = write(tmp_path / "routes.toml", '[services."//shop/Orders".binding]\ncertificate_file = "orders.crt"\n')
+    with pytest.raises(ResolverError, match="over 100 bytes"):
+        await create({"path": str(path)}).resolve_binding("//shop/Orders")

@@ -1,4 +1,5 @@
-"""The ``aiobroker`` command line: run a node (``serve``) and talk to one (every other command).
+"""The ``aiobroker`` command line: run a node (``serve``), make a key pair (``cert create``), and talk to a node
+(every other command).
 
 Each client command opens one connection to the node named by ``--address`` (or ``$AIOBROKER_ADDRESS``, else
 ``tcp://127.0.0.1:4022``), does one thing and exits. Results go to stdout (plain text for people, ``--json``
@@ -15,7 +16,8 @@ The package, one module per concern:
 - ``arguments``: argument value types, the help formatter, adding one command
 - ``common``: the program's name, the default address, ``CommandError``
 - ``render``: output: tables, JSON, message lines, the words for states, times and sizes
-- ``objects``, ``conversations``, ``receive``, ``status``, ``serve``: each command's options, help text and work
+- ``objects``, ``conversations``, ``receive``, ``status``, ``serve``, ``cert``: each command's options, help text
+  and work
 """
 
 from __future__ import annotations

@@ -11,15 +11,15 @@ import anyio
 
 from ..client import Client, connect
 from ..errors import BrokerError
-from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, CommandError
+from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, TOKEN_ENV, CommandError
 from .conversations import read_body
 from .parser import build_parser, check_usage
 
 ClientAction = Callable[[Client, argparse.Namespace], Awaitable[None]]
 
 
-async def _with_client(address: str, action: ClientAction, args: argparse.Namespace) -> None:
-    async with connect(address) as client:
+async def _with_client(address: str, token: str | None, action: ClientAction, args: argparse.Namespace) -> None:
+    async with connect(address, token=token) as client:
         await action(client, args)
 
 
@@ -43,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_usage(parser, args)
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "cert"):  # the commands that talk to no node
             args.run(args)
         else:
             if args.command == "send":
                 args.body_bytes = read_body(args)
+            prepare = getattr(args, "prepare", None)
+            if prepare is not None:  # local work before connecting (reading certificate files)
+                prepare(args)
             address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-            anyio.run(_with_client, address, args.run, args, backend="asyncio")
+            token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+            anyio.run(_with_client, address, token, args.run, args, backend="asyncio")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

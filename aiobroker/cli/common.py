@@ -1,9 +1,11 @@
-"""Names every part of the command line shares: the program's name, where it finds a node, its own error."""
+"""Names every part of the command line shares: the program's name, where it finds a node, how it authenticates,
+its own error."""
 
 from __future__ import annotations
 
 PROG = "aiobroker"
 ADDRESS_ENV = "AIOBROKER_ADDRESS"
+TOKEN_ENV = "AIOBROKER_TOKEN"
 DEFAULT_ADDRESS = "tcp://127.0.0.1:4022"
 
 

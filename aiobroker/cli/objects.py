@@ -1,17 +1,19 @@
-"""The catalog commands: ``create``, ``alter``, ``list`` and ``drop`` of message types, contracts, queues and
-services (``list conversations`` too, as it shares the listing)."""
+"""The catalog commands: ``create``, ``alter``, ``list`` and ``drop`` of message types, contracts, queues,
+services, routes, identities and bindings (``list conversations`` too, as it shares the listing)."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from ..client import Client
 from ..core.catalog import SENT_BY, VALIDATIONS
 from . import arguments
 from .arguments import add_command
-from .render import echo, note, onoff, state_words, table, to_json
+from .common import TOKEN_ENV, CommandError
+from .render import echo, note, onoff, state_words, table, to_json, when
 
 #: CLI word → (catalog kind, words for messages, plural used by ``list``)
 KINDS = {
@@ -20,7 +22,10 @@ KINDS = {
     "queue": ("queue", "queue", "queues"),
     "service": ("service", "service", "services"),
     "route": ("route", "route", "routes"),
+    "identity": ("identity", "identity", "identities"),
+    "binding": ("binding", "binding", "bindings"),
 }
+KIND_WORDS = "message type, contract, queue, service, route, identity or binding"
 
 # ================================================================================================ commands
 
@@ -44,7 +49,66 @@ def describe_object(kind: str, d: dict[str, Any]) -> str:
             f"service {d.get('service_name') or '(any)'}, instance {d.get('broker_instance') or '(any)'}"
             f" -> {d.get('address')}, weight {d.get('weight')}, {expiry_words(d.get('expires_at'))}"
         )
+    if kind == "identity":
+        return (
+            f"{certificate_words(d)}, private key {'yes' if d.get('has_private_key') else 'no'},"
+            f" {d.get('tokens', 0)} token(s), send {names_words(d.get('send'))},"
+            f" receive {names_words(d.get('receive'))}, admin {'yes' if d.get('admin') else 'no'}"
+        )
+    if kind == "binding":
+        return (
+            f"to service {d.get('to_service')}, signed by {signer_words(d)}, remote owner's {certificate_words(d)}"
+        )
     return to_json(d, indent=None)
+
+
+def certificate_words(d: dict[str, Any]) -> str:
+    """A certificate as ``list`` shows it: subject, fingerprint, expiry (never the PEM)."""
+    if d.get("fingerprint") is None:
+        return "no certificate"
+    return f"certificate {d.get('subject') or '(no subject)'} (SHA-256 {d.get('fingerprint')}, expires {when(d.get('not_after'))})"
+
+
+def names_words(names: Any) -> str:
+    if not names:
+        return "-"
+    return "any" if "*" in names else ", ".join(str(n) for n in names)
+
+
+def signer_words(d: dict[str, Any]) -> str:
+    if d.get("anonymous"):
+        return "nobody (anonymous)"
+    return str(d.get("identity") or "the node's identity")
+
+
+def short_fingerprint(fp: Any) -> str:
+    return f"{fp[:16]}..." if isinstance(fp, str) else "-"
+
+
+def read_pem_file(option: str, file: str | None) -> str | None:
+    """The PEM text of a --certificate or --private-key file; a problem is a one-line CommandError."""
+    if file is None:
+        return None
+    try:
+        data = Path(file).read_bytes()
+    except FileNotFoundError:
+        raise CommandError(f"{option} {file}: no such file") from None
+    except IsADirectoryError:
+        raise CommandError(f"{option} {file}: is a directory, not a PEM file") from None
+    except OSError as exc:
+        raise CommandError(f"{option} {file}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CommandError(
+            f"{option} {file}: not PEM text (a DER file? convert it: openssl x509 -inform der -in FILE -out FILE.pem)"
+        ) from None
+
+
+def read_security_files(args: argparse.Namespace) -> None:
+    """Read the files ``create identity`` and ``create binding`` send, before connecting."""
+    args.certificate_pem = read_pem_file("--certificate", args.certificate)
+    args.private_key_pem = read_pem_file("--private-key", getattr(args, "private_key", None))
 
 
 def expiry_words(expires_at: Any) -> str:
@@ -83,8 +147,27 @@ async def cmd_create(client: Client, args: argparse.Namespace) -> None:
             lifetime=args.lifetime,
             weight=args.weight,
         )
+    elif kind == "identity":
+        result = await client.create_identity(
+            args.name,
+            certificate=args.certificate_pem,
+            private_key=args.private_key_pem,
+            tokens=args.tokens or [],
+            send=args.send or [],
+            receive=args.receive or [],
+            admin=args.admin,
+        )
+    elif kind == "binding":
+        assert args.certificate_pem is not None  # --certificate is required
+        result = await client.create_binding(
+            args.name,
+            to_service=args.to_service,
+            certificate=args.certificate_pem,
+            identity=args.identity,
+            anonymous=args.anonymous,
+        )
     else:
-        result = await client.create_service(args.name, args.queue, args.contract or [])
+        result = await client.create_service(args.name, args.queue, args.contract or [], owner=args.owner)
     echo(f"created {words} {result.get('name', args.name)!r}: {describe_object(kind, result)}")
 
 
@@ -137,8 +220,51 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> None:
         ]
         echo(table(["NAME", "STATUS", "RETENTION", "POISON MESSAGE HANDLING"], rows))
     elif what == "services":
-        rows = [[d.get("name"), d.get("queue"), ", ".join(d.get("contracts") or []) or "-"] for d in items]
-        echo(table(["NAME", "QUEUE", "CONTRACTS"], rows))
+        rows = [
+            [d.get("name"), d.get("queue"), ", ".join(d.get("contracts") or []) or "-", d.get("owner") or "-"]
+            for d in items
+        ]
+        echo(table(["NAME", "QUEUE", "CONTRACTS", "OWNER"], rows))
+    elif what == "identities":  # never a key or a token: list shows whether there is one
+        rows = [
+            [
+                d.get("name"),
+                "yes" if d.get("admin") else "no",
+                names_words(d.get("send")),
+                names_words(d.get("receive")),
+                d.get("tokens", 0),
+                "yes" if d.get("has_private_key") else "no",
+                d.get("subject") or "-",
+                short_fingerprint(d.get("fingerprint")),
+                when(d.get("not_after")) if d.get("not_after") is not None else "-",
+            ]
+            for d in items
+        ]
+        echo(
+            table(
+                ["NAME", "ADMIN", "SEND", "RECEIVE", "TOKENS", "KEY", "SUBJECT", "FINGERPRINT", "EXPIRES"], rows
+            )
+        )
+    elif what == "bindings":
+        rows = [
+            [
+                d.get("name"),
+                d.get("to_service"),
+                signer_words(d),
+                d.get("subject") or "-",
+                short_fingerprint(d.get("fingerprint")),
+                when(d.get("not_after")) if d.get("not_after") is not None else "-",
+                d.get("origin"),
+                expiry_words(d.get("expires_at")),
+            ]
+            for d in items
+        ]
+        echo(
+            table(
+                ["NAME", "TO SERVICE", "SIGNED BY", "SUBJECT", "FINGERPRINT", "CERT EXPIRES", "ORIGIN", "LIFETIME"],
+                rows,
+            )
+        )
     elif what == "routes":
         rows = [
             [
@@ -190,15 +316,16 @@ def _queue_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_create(commands: Any, client: argparse.ArgumentParser) -> None:
+def add_create(commands: Any, client: argparse.ArgumentParser, address_only: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,
         "create",
-        "create a message type, contract, queue, service or route",
+        f"create a {KIND_WORDS}",
         parents=[client],
         examples=[
             "aiobroker create queue orders",
             "aiobroker create service //shop/Orders --queue orders --contract DEFAULT",
+            "aiobroker create identity alice --certificate alice.crt --token \"$ALICE_TOKEN\" --send //shop/Orders",
         ],
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", title="kinds")
@@ -250,6 +377,12 @@ def add_create(commands: Any, client: argparse.ArgumentParser) -> None:
     k.add_argument(
         "--contract", action="append", metavar="C", help="a contract it accepts as a target; repeatable"
     )
+    k.add_argument(
+        "--owner",
+        metavar="IDENTITY",
+        help="the identity (with a private key) whose key reads secured conversations to it"
+        " (default: the node's [security] identity)",
+    )
     k = add_command(
         kinds,
         "route",
@@ -269,8 +402,83 @@ def add_create(commands: Any, client: argparse.ArgumentParser) -> None:
     k.add_argument("--broker-instance", metavar="I", help="the broker instance it names (default: any)")
     k.add_argument("--lifetime", type=arguments.seconds, metavar="SECONDS", help="expires after this (default: never)")
     k.add_argument("--weight", type=arguments.positive_int, default=1, metavar="W", help="load share (default 1)")
+    _add_create_identity(kinds, address_only)
+    _add_create_binding(kinds, client)
     for sub in kinds.choices.values():
         sub.set_defaults(run=cmd_create)
+
+
+def _add_create_identity(kinds: Any, address_only: argparse.ArgumentParser) -> None:
+    k = add_command(
+        kinds,
+        "identity",
+        "create an identity: who a client, service owner or remote user is, and what it may do",
+        [
+            "aiobroker create identity alice --certificate alice.crt --token \"$ALICE_TOKEN\" --send //shop/Orders"
+            " --receive replies",
+            "aiobroker create identity node --certificate node.crt --private-key node.key",
+            "aiobroker create identity ops --token \"$OPS_TOKEN\" --admin",
+            "AIOBROKER_TOKEN=\"$ADMIN_TOKEN\" aiobroker create identity public --send //shop/Status"
+            "   # rights for clients that give no token",
+        ],
+        details="Files are read here and sent as PEM text. A certificate alone identifies a remote user or a TLS"
+        " client (by its fingerprint); with its private key the identity can own services (create service"
+        " --owner) and sign bindings. The node keeps only the SHA-256 of each token, and list identities never"
+        " shows a key or a token. 'aiobroker cert create --name NAME --out PREFIX' makes a key pair and a"
+        " self-signed certificate.\n\n"
+        "Here --token is a token the new identity may authenticate with. To authenticate this command itself,"
+        f" set ${TOKEN_ENV} or put --token before the command: aiobroker --token ADMIN_TOKEN create identity ...",
+        parents=[address_only],
+    )
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("--certificate", metavar="FILE", help="its X.509 certificate, PEM (RSA >= 2048 bits or EC)")
+    k.add_argument(
+        "--private-key", metavar="FILE", help="its private key, PEM, unencrypted (a local identity only)"
+    )
+    k.add_argument(
+        "--token",
+        dest="tokens",
+        action="append",
+        metavar="T",
+        help="a bearer token it may authenticate with (at least 8 characters); repeatable",
+    )
+    k.add_argument(
+        "--send", action="append", metavar="SERVICE", help='a service it may send to ("*": any); repeatable'
+    )
+    k.add_argument(
+        "--receive", action="append", metavar="QUEUE", help='a queue it may receive from ("*": any); repeatable'
+    )
+    k.add_argument("--admin", action="store_true", help="it may create, alter and drop objects")
+    k.set_defaults(prepare=read_security_files)
+
+
+def _add_create_binding(kinds: Any, client: argparse.ArgumentParser) -> None:
+    k = add_command(
+        kinds,
+        "binding",
+        "create a remote service binding: how to secure conversations to a service on another node",
+        [
+            "aiobroker create binding to-orders --to-service //shop/Orders --certificate orders-owner.crt",
+            "aiobroker create binding to-orders --to-service //shop/Orders --certificate orders-owner.crt"
+            " --identity shop",
+            "aiobroker create binding to-news --to-service //news/Feed --certificate feed-owner.crt --anonymous",
+        ],
+        details="Conversations to the service get a session key wrapped for the remote owner's certificate"
+        " (read here and sent as PEM), signed by the local identity (--identity, else the node's [security]"
+        " identity), which needs a private key. With --anonymous nothing is signed and the target sees 'public'."
+        " One binding per service.",
+        parents=[client],
+    )
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("--to-service", required=True, metavar="S", help="the remote service it is for")
+    k.add_argument(
+        "--certificate", required=True, metavar="FILE", help="the remote service owner's certificate, PEM"
+    )
+    k.add_argument(
+        "--identity", metavar="I", help="the local identity that signs (default: the node's [security] identity)"
+    )
+    k.add_argument("--anonymous", action="store_true", help="sign nothing: the target does not learn who began it")
+    k.set_defaults(prepare=read_security_files)
 
 
 def add_alter(commands: Any, client: argparse.ArgumentParser) -> None:
@@ -315,17 +523,18 @@ def add_list(commands: Any, client: argparse.ArgumentParser, as_json: argparse.A
     p = add_command(
         commands,
         "list",
-        "list message types, contracts, queues, services, routes or conversations",
+        "list message types, contracts, queues, services, routes, identities, bindings or conversations",
         parents=[client],
-        examples=["aiobroker list queues", "aiobroker list conversations --json"],
+        examples=["aiobroker list queues", "aiobroker list identities", "aiobroker list conversations --json"],
     )
     whats = p.add_subparsers(dest="what", metavar="WHAT", title="what")
     whats.required = True
-    for word, (_, words, plural) in KINDS.items():
+    for word, (kind, _words, plural) in KINDS.items():
         k = add_command(
             whats,
             plural,
-            f"list the {words}s",
+            f"list the {plural.replace('-', ' ')}"
+            + (" (never a key or a token)" if kind in ("identity", "binding") else ""),
             [f"aiobroker list {plural} --json"],
             parents=[client, as_json],
             aliases=[word],
@@ -351,13 +560,14 @@ def add_drop(commands: Any, client: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,
         "drop",
-        "drop a message type, contract, queue, service or route",
+        f"drop a {KIND_WORDS}",
         parents=[client],
-        examples=["aiobroker drop service //shop/Orders"],
+        examples=["aiobroker drop service //shop/Orders", "aiobroker drop identity alice"],
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", title="kinds")
     kinds.required = True
     for word, (_, words, _plural) in KINDS.items():
-        k = add_command(kinds, word, f"drop a {words}", [f"aiobroker drop {word} NAME"], parents=[client])
+        article = "an" if words[0] in "aeiou" else "a"
+        k = add_command(kinds, word, f"drop {article} {words}", [f"aiobroker drop {word} NAME"], parents=[client])
         k.add_argument("name", metavar="NAME")
         k.set_defaults(run=cmd_drop)

@@ -8,36 +8,46 @@ from typing import NoReturn
 
 from .. import __version__
 from ..core.catalog import DEFAULT
-from . import conversations, objects, receive, serve, status
+from . import cert, conversations, objects, receive, serve, status
 from .arguments import Formatter
-from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG
+from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, TOKEN_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="aiobroker: an asyncio message broker with Service Broker's conversations.\n\n"
-        "Run a node with 'aiobroker serve'; every other command talks to a running node.",
+        "Run a node with 'aiobroker serve'; 'aiobroker cert create' makes a key pair;\nevery other command talks to a running node.",
         epilog="examples:\n"
         "  aiobroker serve --data-dir /var/lib/aiobroker\n"
         "  aiobroker create queue orders\n"
         "  aiobroker send --from //shop/Client --to //shop/Orders --body 'one order'\n"
-        "  aiobroker receive orders --timeout 5\n\n"
+        "  aiobroker receive orders --timeout 5\n"
+        "  AIOBROKER_TOKEN=... aiobroker list queues   # a node with authorization on\n\n"
         "'aiobroker COMMAND --help' describes each command.",
         formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     address_help = f"the node to talk to (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})"
     parser.add_argument("--address", metavar="URL", help=address_help)
-    client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--address", metavar="URL", default=argparse.SUPPRESS, help=address_help)
+    token_help = (
+        f"authenticate as the identity holding this token, on a node with authorization on (default:"
+        f" ${TOKEN_ENV}; none: public). The environment keeps it out of the process list"
+    )
+    parser.add_argument("--token", metavar="TOKEN", help=token_help)
+    # the same options after the command word; SUPPRESS keeps a value given before it
+    address_only = argparse.ArgumentParser(add_help=False)
+    address_only.add_argument("--address", metavar="URL", default=argparse.SUPPRESS, help=address_help)
+    client = argparse.ArgumentParser(add_help=False, parents=[address_only])
+    client.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS, help=token_help)
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     commands.required = True
     serve.add_serve(commands)
-    objects.add_create(commands, client)
+    cert.add_cert(commands)
+    objects.add_create(commands, client, address_only)
     objects.add_alter(commands, client)
     objects.add_list(commands, client, as_json)
     objects.add_drop(commands, client)

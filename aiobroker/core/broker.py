@@ -38,6 +38,7 @@ from ..errors import (
     MessageTooLarge,
     ObjectInUse,
     QueueDisabled,
+    SecurityError,
     UnknownObject,
 )
 from ..store.base import MessageRow, Snapshot, WriteBatch
@@ -54,8 +55,10 @@ from .catalog import (
 )
 from .names import check_name
 from .conversation import MAX_LIFETIME, Endpoint, State
+from .identities import Binding
 from .dialog_errors import BrokerErrorCode, error_body, parse_error_body
-from .dispatcher import ROUTE, Dispatcher
+from .dispatcher import BINDING, ROUTE, Dispatcher
+from .dialog_security import DialogSecurity
 from .dynamic import _DISPATCH, _REFRESH, DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
@@ -64,6 +67,8 @@ from .transmission import TransmissionQueue
 from .validation import VALIDATORS
 
 URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
+#: how long a failed MissingRemoteServiceBinding request is remembered (the seeds: 10 minutes)
+DEFAULT_BINDING_FAILURE_CACHE = 600.0
 _new_row = MessageRow._make
 TX = "tx"
 
@@ -76,7 +81,7 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-class BrokerCore(Federation, DynamicRouting):
+class BrokerCore(Federation, DynamicRouting, DialogSecurity):
     """All of one node's conversation state. Single-threaded: the shell calls it from its event loop only."""
 
     def __init__(
@@ -95,6 +100,10 @@ class BrokerCore(Federation, DynamicRouting):
         resolve_timeout: float | None = None,
         max_delayed_per_service: int = 100_000,
         max_delayed_messages: int = 1_000_000,
+        node_identity: str | None = None,
+        authorization: bool = False,
+        resolver_answers_bindings: bool = False,
+        binding_failure_cache: float = DEFAULT_BINDING_FAILURE_CACHE,
         new_id: Callable[[], str] = _uuid,
     ) -> None:
         self.broker_instance = broker_instance
@@ -119,6 +128,16 @@ class BrokerCore(Federation, DynamicRouting):
         self.max_delayed_messages = max_delayed_messages
 
         self.catalog = Catalog()
+        self.catalog.node_identity = node_identity
+        #: check rights per identity (docs/security.md); off: everyone may do everything
+        self.authorization = authorization
+        self.binding_failure_cache = binding_failure_cache
+        #: the resolver (if any) answers MissingRemoteServiceBinding too (the shell sets it from the resolver)
+        self.resolver_answers_bindings = resolver_answers_bindings
+        self.security_counts: dict[str, int] = {}
+        self.binding_waiters: set[str] = set()
+        #: conversation handle → its body cipher (made from the stored session key on first use)
+        self._ciphers: dict[str, Any] = {}
         self.queues: dict[str, MessageQueue] = {}
         self.endpoints: dict[str, Endpoint] = {}
         #: outgoing messages not yet acknowledged (remote) or waiting for a route (DELAYED)
@@ -153,7 +172,7 @@ class BrokerCore(Federation, DynamicRouting):
             self.changes.meta["catalog_initialized"] = True
             for route in self.catalog.routes.values():
                 self._save_object("route", route, route.name)
-        order = {"message_type": 0, "contract": 1, "queue": 2, "service": 3, "route": 4}
+        order = {"identity": 0, "message_type": 1, "contract": 2, "queue": 3, "service": 4, "route": 5, "binding": 6}
         for kind, _name, definition in sorted(snap.objects, key=lambda o: order.get(o[0], 9)):
             if kind in order:
                 self.catalog.load(kind, definition)
@@ -248,6 +267,8 @@ class BrokerCore(Federation, DynamicRouting):
             self.reroute(now, {obj.name})
         elif kind == "route":
             self.reroute(now)
+        elif isinstance(obj, Binding):
+            self.reroute(now, {obj.to_service})  # conversations waiting for a binding to it go now
         return obj
 
     def alter_queue(self, name: str, changes: dict[str, Any]) -> QueueDef:
@@ -301,7 +322,8 @@ class BrokerCore(Federation, DynamicRouting):
             self.reroute(now)
 
     def list_objects(self, kind: str) -> list[dict[str, Any]]:
-        return [o.to_def() for o in self.catalog.table(kind).values()]
+        """Definitions as a client may see them (identities and bindings without keys, tokens or PEM)."""
+        return [o.public_def() if hasattr(o, "public_def") else o.to_def() for o in self.catalog.table(kind).values()]
 
     # ---------------------------------------------------------------------------------------------- dialogs
 
@@ -396,6 +418,9 @@ class BrokerCore(Federation, DynamicRouting):
         elif ep.delayed is not None:
             self._check_delay_bounds(ep, len(messages))
             self.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
+        elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
+            # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once
+            raise SecurityError(f"nothing was sent; conversation {handle} failed: {ep.error[1]}")
         else:
             ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
         self._touch(ep)
@@ -672,6 +697,7 @@ class BrokerCore(Federation, DynamicRouting):
 
     def _remove(self, ep: Endpoint) -> None:
         self.endpoints.pop(ep.handle, None)
+        self._ciphers.pop(ep.handle, None)
         self.by_conversation.pop((ep.conversation_id, ep.is_initiator), None)
         self.tx.detach(ep.handle)
         if self.persist:
@@ -736,7 +762,11 @@ class BrokerCore(Federation, DynamicRouting):
                 self._enqueue(ep, -1, DIALOG_TIMER, b"", now)
             elif kind == _LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
                 why_waiting = self.link_status(ep.handle)
-                last_error = self.dispatcher.last_error(ROUTE, ep.far_service) if ep.delayed else None
+                last_error = None
+                if ep.delayed:
+                    d, svc = self.dispatcher, ep.far_service
+                    last_error = d.last_error(BINDING, svc) if ep.secured is None and (BINDING, svc) in d.last else None
+                    last_error = last_error or d.last_error(ROUTE, svc)
                 dropped = self.drop_outgoing(ep)
                 description = "the conversation's lifetime ran out"
                 if dropped:
@@ -912,6 +942,7 @@ class BrokerCore(Federation, DynamicRouting):
             "leases": len(self.leases),
             "objects": self.catalog.statistics(),
             "dynamic_routing": self.dynamic_statistics(now),
+            "security": self.security_statistics(),
         }
 
     def __repr__(self) -> str:

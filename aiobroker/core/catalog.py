@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DuplicateObject, InvalidArgument, ObjectInUse, UnknownObject
+from .identities import Binding, Identity, require_signer
 from .names import MAX_NAME_BYTES, check_name  # noqa: F401 - check_name is part of this module's interface
 from .routing import AUTO_CREATED_LOCAL, Route
 
@@ -42,7 +43,7 @@ DISPATCHER_QUEUE = "aiobroker/dynamic-routing"
 
 VALIDATIONS = ("none", "empty", "msgpack", "json", "xml")
 SENT_BY = ("initiator", "target", "any")
-KINDS = ("message_type", "contract", "queue", "service", "route")
+KINDS = ("message_type", "contract", "queue", "service", "route", "identity", "binding")
 
 
 def _only_keys(kind: str, d: dict[str, Any], allowed: set[str]) -> None:
@@ -150,10 +151,13 @@ class Service:
     name: str
     queue: str
     contracts: tuple[str, ...] = ()
+    #: the identity whose private key reads the session keys of secured conversations to this service (None: the
+    #: node's identity)
+    owner: str | None = None
 
     @classmethod
     def from_def(cls, d: dict[str, Any]) -> Service:
-        _only_keys("service", d, {"name", "queue", "contracts"})
+        _only_keys("service", d, {"name", "queue", "contracts", "owner"})
         name = check_name("service", d.get("name"))
         queue = check_name("queue", d.get("queue"))
         contracts = d.get("contracts", [])
@@ -161,20 +165,30 @@ class Service:
             raise InvalidArgument(f"service {name!r}: contracts must be a list of contract names")
         for c in contracts:
             check_name("contract", c)
-        return cls(name=name, queue=queue, contracts=tuple(dict.fromkeys(contracts)))
+        owner = d.get("owner")
+        if owner is not None:
+            check_name("identity", owner)
+        return cls(name=name, queue=queue, contracts=tuple(dict.fromkeys(contracts)), owner=owner)
 
     def to_def(self) -> dict[str, Any]:
-        return {"name": self.name, "queue": self.queue, "contracts": list(self.contracts)}
+        d: dict[str, Any] = {"name": self.name, "queue": self.queue, "contracts": list(self.contracts)}
+        if self.owner is not None:
+            d["owner"] = self.owner
+        return d
 
 
-CatalogObject = MessageType | Contract | QueueDef | Service | Route
+CatalogObject = MessageType | Contract | QueueDef | Service | Route | Identity | Binding
 _CLASSES: dict[str, Any] = {
     "message_type": MessageType,
     "contract": Contract,
     "queue": QueueDef,
     "service": Service,
     "route": Route,
+    "identity": Identity,
+    "binding": Binding,
 }
+#: kinds whose from_def takes ``now`` (a lifetime, a certificate's dates)
+_TIMED = (Route, Identity, Binding)
 
 
 def check_kind(kind: Any) -> str:
@@ -197,6 +211,13 @@ class Catalog:
             self.contracts[contract] = Contract.from_def({"name": contract, "messages": dict.fromkeys(types, "initiator")})
         #: a fresh node has the seeds' wildcard LOCAL route; the core stores it at first start, so a drop lasts
         self.routes: dict[str, Route] = {AUTO_CREATED_LOCAL.name: AUTO_CREATED_LOCAL}
+        self.identities: dict[str, Identity] = {}
+        self.bindings: dict[str, Binding] = {}
+        #: the node's identity: the owner of services that name none, the signer of bindings that name none
+        self.node_identity: str | None = None
+        #: lookups by token digest, by certificate fingerprint, and bindings by service; rebuilt after a change
+        self._identity_index: tuple[dict[str, Identity], dict[str, Identity]] | None = None
+        self._binding_index: dict[str, Binding] | None = None
         #: routes by the service they name (None: wildcards), rebuilt on first use after any change: routing
         #: decides per conversation, and must not scan every route each time (a resolver makes one per service)
         self._route_index: dict[str | None, list[Route]] | None = None
@@ -210,6 +231,8 @@ class Catalog:
             "queue": self.queues,
             "service": self.services,
             "route": self.routes,
+            "identity": self.identities,
+            "binding": self.bindings,
         }
         return tables[check_kind(kind)]
 
@@ -219,7 +242,7 @@ class Catalog:
         if not isinstance(definition, dict):
             raise InvalidArgument(f"a {kind} definition is a map of fields, got {type(definition).__name__}")
         cls = _CLASSES[check_kind(kind)]
-        obj: CatalogObject = cls.from_def(definition, now) if cls is Route else cls.from_def(definition)
+        obj: CatalogObject = cls.from_def(definition, now) if cls in _TIMED else cls.from_def(definition)
         if isinstance(obj, Contract):
             for mt in obj.messages:
                 if mt not in self.message_types:
@@ -230,6 +253,25 @@ class Catalog:
             for c in obj.contracts:
                 if c not in self.contracts:
                     raise UnknownObject(f"service {obj.name!r}: contract {c!r} does not exist; create it first")
+            if obj.owner is not None:
+                require_signer(self.identities.get(obj.owner), obj.owner, f"service {obj.name!r}: owner")
+        elif isinstance(obj, Binding):
+            if not obj.anonymous:
+                signer = obj.identity or self.node_identity
+                if signer is None:
+                    raise UnknownObject(
+                        f"binding {obj.name!r}: name the local identity that signs for the initiator (identity),"
+                        " set the node's [security] identity, or make the binding anonymous"
+                    )
+                require_signer(self.identities.get(signer), signer, f"binding {obj.name!r}")
+            elif obj.identity is not None and obj.identity not in self.identities:
+                raise UnknownObject(f"binding {obj.name!r}: identity {obj.identity!r} does not exist")
+            other = self.binding_for(obj.to_service)
+            if other is not None and other.name != obj.name and other.origin == obj.origin:
+                raise DuplicateObject(
+                    f"binding {obj.name!r}: service {obj.to_service!r} has binding {other.name!r} already;"
+                    " drop it first"
+                )
         return obj
 
     def create(self, kind: str, definition: dict[str, Any], now: float | None = None) -> CatalogObject:
@@ -238,15 +280,21 @@ class Catalog:
         if obj.name in table:
             raise DuplicateObject(f"{kind.replace('_', ' ')} {obj.name!r} exists already; drop it first or pick another name")
         table[obj.name] = obj
+        self._changed(kind)
+        return obj
+
+    def _changed(self, kind: str) -> None:
         if kind == "route":
             self._route_index = None
-        return obj
+        elif kind == "identity":
+            self._identity_index = None
+        elif kind == "binding":
+            self._binding_index = None
 
     def replace(self, kind: str, obj: CatalogObject) -> None:
         """Put an altered object in place (the caller built it with :meth:`build`)."""
         self.table(kind)[obj.name] = obj
-        if kind == "route":
-            self._route_index = None
+        self._changed(kind)
 
     def get(self, kind: str, name: str) -> Any:
         obj = self.table(kind).get(name)
@@ -262,6 +310,10 @@ class Catalog:
             return [f"service {s.name!r}" for s in self.services.values() if name in s.contracts]
         if kind == "queue":
             return [f"service {s.name!r}" for s in self.services.values() if s.queue == name]
+        if kind == "identity":
+            return [f"service {s.name!r}" for s in self.services.values() if s.owner == name] + [
+                f"binding {b.name!r}" for b in self.bindings.values() if b.identity == name
+            ]
         return []
 
     def drop(self, kind: str, name: str) -> CatalogObject:
@@ -274,16 +326,14 @@ class Catalog:
                 f"{kind.replace('_', ' ')} {name!r} is used by {', '.join(users)}; drop or alter those first"
             )
         del self.table(kind)[name]
-        if kind == "route":
-            self._route_index = None
+        self._changed(kind)
         return obj
 
     def load(self, kind: str, definition: dict[str, Any]) -> None:
         """Restore an object read back from the store (trusted: no cross-reference checks)."""
         obj: CatalogObject = _CLASSES[check_kind(kind)].from_def(definition)
         self.table(kind)[obj.name] = obj
-        if kind == "route":
-            self._route_index = None
+        self._changed(kind)
 
     def put_route(self, route: Route) -> None:
         self.routes[route.name] = route
@@ -309,6 +359,59 @@ class Catalog:
         if service != BCN_SERVICE:
             out += index.get(BCN_SERVICE, [])
         return out
+
+    # ------------------------------------------------------------------------------------------- security
+
+    def put_binding(self, binding: Binding) -> None:
+        self.bindings[binding.name] = binding
+        self._binding_index = None
+
+    def remove_binding(self, name: str) -> None:
+        if self.bindings.pop(name, None) is not None:
+            self._binding_index = None
+
+    def binding_for(self, service: str, now: float | None = None) -> Binding | None:
+        """The binding for ``service`` (an administrator's before a resolver's), if any and, given ``now``, not
+        expired."""
+        index = self._binding_index
+        if index is None:
+            index = self._binding_index = {}
+            for b in sorted(self.bindings.values(), key=lambda b: b.origin != "admin", reverse=True):
+                index[b.to_service] = b  # the administrator's, written last, wins
+        binding = index.get(service)
+        if binding is not None and now is not None and not binding.usable(now):
+            return None
+        return binding
+
+    def _identities(self) -> tuple[dict[str, Identity], dict[str, Identity]]:
+        index = self._identity_index
+        if index is None:
+            by_token: dict[str, Identity] = {}
+            by_fpr: dict[str, Identity] = {}
+            for ident in self.identities.values():
+                for digest in ident.token_sha256:
+                    by_token[digest] = ident
+                if ident.creds is not None:
+                    by_fpr[ident.creds.fingerprint] = ident
+            index = self._identity_index = (by_token, by_fpr)
+        return index
+
+    def identity_by_token_digest(self, digest: str) -> Identity | None:
+        return self._identities()[0].get(digest)
+
+    def identity_by_fingerprint(self, fingerprint: str) -> Identity | None:
+        return self._identities()[1].get(fingerprint)
+
+    def may(self, identity: str, right: str, name: str) -> bool:
+        """Whether ``identity`` (a name; ``public`` for nobody in particular) has ``right`` on ``name``."""
+        ident = self.identities.get(identity)
+        return ident is not None and ident.may(right, name)
+
+    def owner_of(self, service: str) -> Identity | None:
+        """The identity whose key reads session keys for ``service`` (its owner, else the node's identity)."""
+        svc = self.services.get(service)
+        name = (svc.owner if svc is not None else None) or self.node_identity
+        return self.identities.get(name) if name is not None else None
 
     def statistics(self) -> dict[str, int]:
         return {k: len(self.table(k)) for k in KINDS}

@@ -76,6 +76,10 @@ class Endpoint:
         "encryption",
         "error",
         "delayed",
+        "secured",
+        "session_key",
+        "key_header",
+        "far_identity",
     )
 
     def __init__(
@@ -98,6 +102,10 @@ class Endpoint:
         encryption: bool = False,
         error: tuple[int, str] | None = None,
         delayed: str | None = None,
+        secured: bool | None = None,
+        session_key: bytes | None = None,
+        key_header: list[Any] | None = None,
+        far_identity: str | None = None,
     ) -> None:
         self.handle = handle
         self.conversation_id = conversation_id
@@ -117,6 +125,14 @@ class Endpoint:
         self.error = error
         #: why this side's outgoing messages wait in the transmission queue (None: they do not)
         self.delayed = delayed
+        #: dialog security (docs/security.md): None until decided (when the far side is first found on another
+        #: node), then True (bodies sealed with ``session_key``) or False (plain), for the conversation's life
+        self.secured = secured
+        self.session_key = session_key
+        #: the initiator's key header, sent with its message 0 (made once, so a resend is the same bytes)
+        self.key_header = key_header
+        #: the target side: who the initiator is (an identity name, or "public")
+        self.far_identity = far_identity
 
     def why_not_send(self) -> str | None:
         """None if this side may send now, else the reason in words."""
@@ -141,6 +157,10 @@ class Endpoint:
             self.encryption,
             list(self.error) if self.error else None,
             self.delayed,
+            self.secured,
+            self.session_key,
+            self.key_header,
+            self.far_identity,
         ]
 
     @classmethod
@@ -163,6 +183,11 @@ class Endpoint:
             encryption=s[13],
             error=(s[14][0], s[14][1]) if s[14] else None,
             delayed=s[15],
+            # endpoints stored before dialog security have 16 fields
+            secured=s[16] if len(s) > 16 else None,
+            session_key=s[17] if len(s) > 17 else None,
+            key_header=s[18] if len(s) > 18 else None,
+            far_identity=s[19] if len(s) > 19 else None,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -184,6 +209,9 @@ class Endpoint:
             "timer_at": self.timer_at,
             "error": list(self.error) if self.error else None,
             "delayed": self.delayed,
+            "encryption": self.encryption,
+            "secured": self.secured,
+            "far_identity": self.far_identity,
         }
 
     def __repr__(self) -> str:

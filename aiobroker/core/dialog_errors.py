@@ -24,6 +24,8 @@ class BrokerErrorCode(enum.IntEnum):
     CONTRACT_VIOLATION = -4  #: a message type the contract does not allow for the sending side
     SERVICE_GONE = -5  #: the target service was dropped while the conversation was open
     DELAYED_MESSAGES_DROPPED = -6  #: the conversation ended while messages waited for a route
+    SECURITY = -7  #: dialog security cannot be had (no binding where encryption is required, a certificate expired)
+    NOT_AUTHORIZED = -8  #: the initiator's identity may not send to the target service
 
 
 def error_body(code: int, description: str) -> bytes:

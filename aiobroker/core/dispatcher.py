@@ -88,7 +88,15 @@ class Dispatcher:
         return request
 
     def finished(
-        self, kind: str, service: str, now: float, *, ok: bool, text: str, retry_after: float | None = None
+        self,
+        kind: str,
+        service: str,
+        now: float,
+        *,
+        ok: bool,
+        text: str,
+        retry_after: float | None = None,
+        exact: float | None = None,
     ) -> float | None:
         """A request ended. Returns when the next one may be made (None: no wait)."""
         key = (kind, service)
@@ -101,6 +109,10 @@ class Dispatcher:
             self.retry_at.pop(key, None)
             return None
         failures = self.failures[key] = self.failures.get(key, 0) + 1
+        if exact is not None:
+            # remembered for exactly this long (a failed binding request: the seeds' 10 minutes)
+            when = self.retry_at[key] = now + exact
+            return when
         if retry_after is not None and retry_after > 0:
             # the source said how long its answer holds (negative caching): never sooner, a little later
             delay = float(retry_after) * (1 + self.jitter * self.rand())
@@ -110,10 +122,10 @@ class Dispatcher:
         when = self.retry_at[key] = now + delay
         return when
 
-    def still_no_route(self, kind: str, service: str, now: float, text: str) -> float:
+    def still_no_route(self, kind: str, service: str, now: float, text: str, exact: float | None = None) -> float:
         """The request ended with an answer, but some waiting conversations still have no route: treat as a
         failure for the retry schedule (the seeds: "after a time-out period ... requests again")."""
-        when = self.finished(kind, service, now, ok=False, text=text)
+        when = self.finished(kind, service, now, ok=False, text=text, exact=exact)
         assert when is not None
         return when
 

@@ -38,7 +38,7 @@ from .catalog import (
 )
 from .conversation import Endpoint, State
 from .dialog_errors import parse_error_body
-from .dispatcher import ROUTE, Dispatcher
+from .dispatcher import BINDING, ROUTE, Dispatcher
 from .routing import Route
 from .transmission import TransmissionQueue
 
@@ -52,8 +52,11 @@ REFRESH_AHEAD_MIN = 1.0
 
 
 def missing_route_body(service: str, namespace: str = BCN_CONTRACT + "/MissingRoute") -> bytes:
-    """The seeds' request: ``<MissingRoute xmlns="…/MissingRoute"><SERVICE_NAME>name</SERVICE_NAME></MissingRoute>``."""
-    return f'<MissingRoute xmlns="{namespace}"><SERVICE_NAME>{escape(service)}</SERVICE_NAME></MissingRoute>'.encode()
+    """The seeds' request, named by its message type's last part (``MissingRoute`` or
+    ``MissingRemoteServiceBinding``): ``<MissingRoute xmlns="…/MissingRoute"><SERVICE_NAME>name</SERVICE_NAME>
+    </MissingRoute>``."""
+    element = namespace.rsplit("/", 1)[1]
+    return f'<{element} xmlns="{namespace}"><SERVICE_NAME>{escape(service)}</SERVICE_NAME></{element}>'.encode()
 
 
 class DynamicRouting:
@@ -65,6 +68,10 @@ class DynamicRouting:
     changes: WriteBatch
     dispatcher: Dispatcher
     resolver_name: str | None
+    binding_failure_cache: float
+    #: handles of conversations DELAYED for a binding (their route known); the rest of ``tx.delayed`` wait for a
+    #: route
+    binding_waiters: set[str]
     resolve_requests: list[tuple[str, str]]
     reports: list[str]
     #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
@@ -130,18 +137,31 @@ class DynamicRouting:
         cached = self._reasons.get((kind, service))
         if cached is not None and cached[0] == state:
             return cached[1]  # the same string object for every waiting conversation: a storm holds 100,000
+        waiting = "waiting for dynamic routing" if kind == ROUTE else "waiting for a remote service binding"
         if request is not None:
-            text = f"waiting for dynamic routing: asked the {request.via}"
+            text = f"{waiting}: asked the {request.via}"
         else:
-            text = "waiting for dynamic routing: " + (f"the last request failed ({last}); " if last else "") + (
+            text = f"{waiting}: " + (f"the last request failed ({last}); " if last else "") + (
                 f"asking again in {max(0.0, retry - now):.0f}s" if retry is not None else "asking again soon"
             )
         self._reasons[(kind, service)] = (state, text)
         return text
 
+    def waiting_on(self, kind: str, service: str) -> bool:
+        """Whether any conversation to ``service`` waits for this kind of request (for a route, or, its route
+        known, for a binding: ``binding_waiters``)."""
+        waiters = self.binding_waiters
+        handles = self.tx.delayed.get(service, ())
+        if kind == BINDING:
+            return any(h in waiters for h in handles)
+        return any(h not in waiters for h in handles)
+
     def _refresh_reasons(self, kind: str, service: str, now: float) -> None:
         reason = self.waiting_reason(kind, service, now)
+        waiters = self.binding_waiters
         for handle in self.tx.delayed.get(service, ()):
+            if (handle in waiters) != (kind == BINDING):
+                continue  # waits for the other kind of request
             ep = self.endpoints.get(handle)
             if ep is not None and ep.delayed != reason:
                 ep.delayed = reason
@@ -152,7 +172,7 @@ class DynamicRouting:
         bcn = self.catalog.services.get(BCN_SERVICE)
         if bcn is not None and BCN_CONTRACT not in bcn.contracts and BCN_CONTRACT_HTTPS in bcn.contracts:
             contract = BCN_CONTRACT_HTTPS  # a local BCN service declared with the seeds' other spelling
-        message_type = BCN_MESSAGE_TYPES[contract][0]
+        message_type = BCN_MESSAGE_TYPES[contract][0 if kind == ROUTE else 1]
         ep = self.begin_dialog(from_service=DISPATCHER_SERVICE, to_service=BCN_SERVICE, contract=contract, now=now)
         self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})", handle=ep.handle)
         self.send(ep.handle, [[message_type, missing_route_body(service, message_type)]], now)
@@ -205,8 +225,12 @@ class DynamicRouting:
         self.route_traffic.discard(service)  # traffic counts from the answer on, not the release it caused
         return moved
 
-    def resolve_failed(self, service: str, text: str, now: float, retry_after: float | None = None) -> None:
-        self.request_done(ROUTE, service, now, ok=False, text=text, retry_after=retry_after)
+    def resolve_failed(
+        self, service: str, text: str, now: float, retry_after: float | None = None, kind: str = ROUTE
+    ) -> int:
+        """A request failed. Returns how many messages moved on all the same (a failed binding request lets
+        conversations that do not require encryption go on unsecured)."""
+        return self.request_done(kind, service, now, ok=False, text=text, retry_after=retry_after)
 
     def request_done(
         self, kind: str, service: str, now: float, *, ok: bool, text: str, retry_after: float | None = None
@@ -214,15 +238,28 @@ class DynamicRouting:
         """A request ended: route the waiting conversations again; if some still have no route, ask again after
         the retry interval (never at once: the same question would get the same answer)."""
         d = self.dispatcher
+        exact = None
+        if kind == BINDING:
+            # the seeds: a failed binding request is remembered (10 minutes by default), with no new request for
+            # the service meanwhile; encryption=False conversations go on unsecured at once (rerouted below)
+            exact, retry_after = self.binding_failure_cache, None
         if not ok:
-            when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after)
-            if when is not None:
+            when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after, exact=exact)
+            moved = self.reroute(now, {service}) if kind == BINDING else 0
+            if when is not None and self.waiting_on(kind, service):
                 self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
             self._refresh_reasons(kind, service, now)
-            return 0
-        when = d.still_no_route(kind, service, now, f"{text}, but the service still has no route")
+            return moved
+        missing = "the service still has no route" if kind == ROUTE else "there is still no binding for the service"
+        when = d.still_no_route(kind, service, now, f"{text}, but {missing}", exact=exact)
         moved = self.reroute(now, {service})
-        if service in self.tx.delayed:
+        if kind == BINDING and self.catalog.binding_for(service, now) is None:
+            # no binding came of it: a failure, remembered (no new request meanwhile) whether or not anyone waits
+            if self.waiting_on(kind, service):
+                self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+                self._refresh_reasons(kind, service, now)
+            return moved
+        if self.waiting_on(kind, service):
             self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
             self._refresh_reasons(kind, service, now)
         else:
@@ -257,6 +294,7 @@ class DynamicRouting:
 
     def dynamic_statistics(self, now: float) -> dict[str, Any]:
         services = set(self.tx.delayed) | {s for _, s in self.dispatcher.in_flight} | {s for _, s in self.dispatcher.retry_at}
+        services |= {s for k, s in self.dispatcher.last if k == BINDING}
         per_service = {}
         for service in sorted(services)[:200]:
             handles = self.tx.delayed.get(service, {})
@@ -264,6 +302,7 @@ class DynamicRouting:
                 "delayed_conversations": len(handles),
                 "delayed_messages": self.tx.delayed_count.get(service, 0),
                 **self.dispatcher.describe(ROUTE, service, now),
+                "binding_request": self.dispatcher.describe(BINDING, service, now),
             }
         return {
             "enabled": self.dynamic_routing,

@@ -10,7 +10,10 @@ the reason). Remote and delayed messages are stored rows in the transmission que
 Between nodes travel *envelopes* (see ``docs/protocol.md``)::
 
     message: [0, conversation_id, from_initiator, seq, from_service, to_service, contract,
-              from_instance, to_instance, message_type, body, expires_at, hops, encryption]
+              from_instance, to_instance, message_type, body, expires_at, hops, sealed]
+
+``sealed`` is False (a plain body), True (sealed with the conversation's session key), or the key header
+``[wrapped_key, initiator_certificate, signature]`` on a secured conversation's first message (docs/security.md).
     ack:     [1, conversation_id, from_initiator, next_seq, acker_instance]
 
 :meth:`accept` takes the envelopes a peer sent: each message is delivered in order to its local endpoint (the
@@ -29,12 +32,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..store.base import MessageRow, WriteBatch
+from ..errors import SecurityError
 from .catalog import BCN_SERVICE, Catalog
 from .conversation import Endpoint, State
 from .dispatcher import ROUTE
+from .identities import PUBLIC
 from .routing import Decision, choose
 from .transmission import TransmissionQueue
 
+if TYPE_CHECKING:
+    from ..security.dialog import DialogCipher
+    from .dialog_security import Refusal
 
 TX = "tx"
 MESSAGE, ACK = 0, 1
@@ -62,6 +70,8 @@ class Federation:
     closed_retention: float
     by_conversation: dict[tuple[str, bool], str]
     reports: list[str]
+    binding_waiters: set[str]
+    security_counts: dict[str, int]
     pending: list[Any]
     durable_upto: int
     _next_message_id: int
@@ -83,6 +93,12 @@ class Federation:
         def _deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None: ...
         def _retire(self, ep: Endpoint, now: float) -> None: ...
         def ask(self, kind: str, service: str, now: float) -> str: ...
+        def secure(self, ep: Endpoint, now: float) -> bool: ...
+        def cipher(self, ep: Endpoint) -> DialogCipher: ...
+        def accept_key_header(self, env: list[Any], now: float) -> tuple[bytes, str, Refusal | None]: ...
+        def authorize_initiator(self, identity: str, to_service: str) -> Refusal | None: ...
+        def open_run(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int, peer_hint: str = "") -> int: ...
+        def _refuse_remote(self, ep: Endpoint, code: int, description: str, now: float) -> None: ...
 
     # ----------------------------------------------------------------------------------------------- routing
 
@@ -123,6 +139,8 @@ class Federation:
             return self._new_far_endpoint(ep, now)
         if decision.kind == "remote":
             assert decision.address is not None
+            if ep.secured is None and not self.secure(ep, now):
+                return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
             self.tx.attach(ep.handle, decision.address)
             if decision.route is not None and decision.route.origin != "admin":
                 self.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
@@ -155,6 +173,7 @@ class Federation:
         for row in rows:
             self._forget_row(row.id)
         ep.delayed = None
+        self.binding_waiters.discard(ep.handle)
         return len(rows)
 
     def reroute(self, now: float, services: set[str] | None = None) -> int:
@@ -173,6 +192,7 @@ class Federation:
                 continue
             self.tx.detach(handle)
             self.tx.undelay(handle)
+            self.binding_waiters.discard(handle)
             if ep.delayed is not None:
                 ep.delayed = None
                 self._touch(ep)
@@ -206,6 +226,11 @@ class Federation:
         me = self.broker_instance
         for handle, row in self.tx.take_unsent(address, max_messages, self.durable_upto):
             ep = self.endpoints[handle]
+            body: bytes = row.body
+            sealed: Any = False
+            if ep.secured:  # sealed as it leaves: the stored row on this end node stays plain
+                body = self.cipher(ep).seal(ep.is_initiator, row.seq, row.message_type, body)
+                sealed = ep.key_header if ep.is_initiator and row.seq == 0 else True
             out.append(
                 [
                     MESSAGE,
@@ -218,10 +243,10 @@ class Federation:
                     me,
                     ep.far_broker_instance,
                     row.message_type,
-                    row.body,
+                    body,
                     ep.expires_at,
                     0,
-                    ep.encryption,
+                    sealed,
                 ]
             )
         return out
@@ -279,6 +304,12 @@ class Federation:
                 acks[key] = max(acks.get(key, 0), envelopes[stop - 1][3] + 1)
                 return
             ep = self._new_remote_target(first, now)
+            if ep is None:
+                return  # dropped (dialog security), not acknowledged: the sender resends
+            if ep.state is State.CLOSED:
+                acks[key] = ep.recv_seq  # refused with an Error; what follows in the run is swallowed below
+        if ep.secured or any(envelopes[x][13] for x in range(start, stop)):
+            stop = self.open_run(ep, envelopes, start, stop)
         k = start
         while k < stop:
             env = envelopes[k]
@@ -337,8 +368,31 @@ class Federation:
             self._touch(ep)
         return count
 
-    def _new_remote_target(self, env: Envelope, now: float) -> Endpoint:
+    def _new_remote_target(self, env: Envelope, now: float) -> Endpoint | None:
+        """The first message of a conversation from another node makes its endpoint here; a secured one's key
+        header is read and its initiator checked first. None: dropped (reported, not acknowledged)."""
         _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env
+        session_key: bytes | None = None
+        identity = PUBLIC
+        refusal: Refusal | None = None
+        if isinstance(enc, list):
+            try:
+                session_key, identity, refusal = self.accept_key_header(env, now)
+            except SecurityError as exc:
+                self.security_counts["first_dropped"] = self.security_counts.get("first_dropped", 0) + 1
+                self.reports.append(
+                    f"the first message of conversation {conv_id} from {from_service!r} to {to_service!r} failed"
+                    f" dialog security: {exc.message}; dropped, not acknowledged"
+                )
+                return None
+        elif enc:
+            self.security_counts["first_dropped"] = self.security_counts.get("first_dropped", 0) + 1
+            self.reports.append(
+                f"the first message of conversation {conv_id} from {from_service!r} to {to_service!r} is sealed"
+                " but carries no session key; dropped, not acknowledged"
+            )
+            return None
+        refusal = refusal or self.authorize_initiator(identity, to_service)
         ep = Endpoint(
             handle=self.new_id(),
             conversation_id=conv_id,
@@ -350,12 +404,20 @@ class Federation:
             expires_at=float(expires_at),
             far_broker_instance=from_instance,
             state=State.CONVERSING,
-            encryption=bool(enc),
+            encryption=session_key is not None,
+            secured=session_key is not None,
+            session_key=session_key,
+            far_identity=identity,
         )
         self.endpoints[ep.handle] = ep
         self.by_conversation[(conv_id, ep.is_initiator)] = ep.handle
         self._touch(ep)
         self._watch(ep)
+        if refusal is not None:
+            self.security_counts["refused"] = self.security_counts.get("refused", 0) + 1
+            self.reports.append(f"conversation {conv_id} from {from_service!r} to {to_service!r} refused: {refusal[1]}")
+            ep.recv_seq = 1  # message 0 is taken, and answered with the Error
+            self._refuse_remote(ep, refusal[0], refusal[1], now)
         return ep
 
     def _forward(self, env: Envelope, now: float, forwards: dict[str, list[Envelope]]) -> None:

@@ -91,6 +91,25 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
     _transmission(st.get("transmission", {}), st.get("peers", {}))
     echo()
     _dynamic(st.get("dynamic_routing", {}))
+    echo()
+    _security(st.get("security", {}))
+
+
+def _security(sec: dict[str, Any]) -> None:
+    """Dialog security and authorization in one line, and what was dropped or refused (tampering shows here)."""
+    if not sec:
+        return
+    echo(
+        f"security: authorization {'on' if sec.get('authorization') else 'off'}, node identity"
+        f" {sec.get('node_identity') or '(none)'}, {sec.get('identities', 0)} identities, {sec.get('bindings', 0)}"
+        f" binding(s), {sec.get('secured_conversations', 0)} secured conversation(s)"
+    )
+    dropped, first, refused = (sec.get(k, 0) for k in ("messages_dropped", "first_messages_dropped", "refused"))
+    if dropped or first or refused:
+        echo(
+            f"  failed dialog security: {dropped} message(s) and {first} first message(s) dropped unacknowledged"
+            f" (altered, or sealed for another key), {refused} conversation(s) refused; the node's log says which"
+        )
 
 
 def _dynamic(dyn: dict[str, Any]) -> None:
@@ -108,6 +127,9 @@ def _dynamic(dyn: dict[str, Any]) -> None:
         for name, s in services.items():
             flight = s.get("in_flight")
             last = s.get("last")
+            binding = (s.get("binding_request") or {}).get("in_flight")
+            if binding and not flight:
+                flight = {**binding, "via": "binding: " + binding["via"]}
             rows.append(
                 [
                     "  " + name,

@@ -5,6 +5,7 @@ by hand. And the same resolver with no binding: encryption=True waits, encryptio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from dynamic_helpers import (
@@ -37,10 +38,8 @@ def routes_with_binding(service: str, address: str, certificate_file: str | None
 
 
 @pytest.mark.anyio
-async def test_a_resolver_binding_secures_the_conversation_end_to_end(tmp_path: object) -> None:
-    from pathlib import Path
-
-    tmp = Path(str(tmp_path))
+async def test_a_resolver_binding_secures_the_conversation_end_to_end(tmp_path: Path) -> None:
+    tmp = tmp_path
     cert, key = create_self_signed("svcSecure owner", key_type="ec")
     resolver = {"kind": "static_file", "path": "routes.toml"}
     with node_pair(tmp, resolver) as pair:
@@ -66,10 +65,8 @@ async def test_a_resolver_binding_secures_the_conversation_end_to_end(tmp_path: 
 
 
 @pytest.mark.anyio
-async def test_with_no_binding_to_be_had_encrypted_waits_and_plain_goes_on(tmp_path: object) -> None:
-    from pathlib import Path
-
-    tmp = Path(str(tmp_path))
+async def test_with_no_binding_to_be_had_encrypted_waits_and_plain_goes_on(tmp_path: Path) -> None:
+    tmp = tmp_path
     resolver = {"kind": "static_file", "path": "routes.toml"}
     with node_pair(tmp, resolver) as pair:
         write_atomically(pair.home_a / "routes.toml", routes_with_binding("svcB", pair.b_address, None))

@@ -502,6 +502,7 @@ class Client:
         send: Sequence[str] = (),
         receive: Sequence[str] = (),
         admin: bool = False,
+        peer: bool = False,
     ) -> dict[str, Any]:
         """An identity: who a client, a service owner or a remote initiator is, and what it may do.
 
@@ -509,7 +510,8 @@ class Client:
         identifies a remote user or a TLS client; with its key the identity can own services and sign bindings.
         ``tokens``: bearer tokens (at least 8 characters) a client may ``connect(url, token=...)`` with; the node
         keeps their SHA-256 only. ``send``: services it may send to; ``receive``: queues it may receive from
-        (``"*"``: any); ``admin``: may create, alter and drop objects. Returns what ``list("identity")`` shows:
+        (``"*"``: any); ``admin``: may create, alter and drop objects; ``peer``: another node presenting this
+        identity (its ``[federation] link_token`` or TLS certificate) may link to this one. Returns what ``list("identity")`` shows:
         never the key or the tokens."""
         definition: dict[str, Any] = {
             "name": name,
@@ -517,6 +519,7 @@ class Client:
             "send": _strings("send", send),
             "receive": _strings("receive", receive),
             "admin": admin,
+            "peer": peer,
         }
         if certificate is not None:
             definition["certificate"] = _pem_text("certificate", certificate)

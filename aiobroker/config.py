@@ -42,6 +42,7 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     handshake_timeout = 10        # seconds for a peer's HELLO/WELCOME
     ack_timeout = 5               # seconds without an acknowledgement before reconnecting and resending
     closed_retention = 1800       # seconds an ended conversation with a remote side is remembered
+    # link_token = "..."          # presented when linking to peers whose authorization is on (docs/security.md)
 
     [tls]                         # leave out for plain TCP; nodes of one federation all use TLS or none do
     # cert = "node.pem"           # with key: this node speaks TLS only, to clients and peers
@@ -200,6 +201,8 @@ class NodeConfig:
     handshake_timeout: float = 10.0  #: seconds for a peer's HELLO/WELCOME exchange; > 0
     ack_timeout: float = 5.0  #: seconds to wait for an acknowledgement before reconnecting and resending; > 0
     closed_retention: float = 1800.0  #: seconds an ended conversation with a remote far side is remembered; >= 0
+    #: the token this node presents when it links to a peer node whose authorization is on
+    link_token: str | None = None
     tls_cert: Path | None = None  #: PEM certificate: with tls_key, the node speaks TLS only (clients and peers)
     tls_key: Path | None = None  #: PEM private key of tls_cert
     tls_ca: Path | None = None  #: PEM CA bundle: require certificates it signed, and check peers' against it
@@ -410,6 +413,14 @@ def _check_lease(value: Any) -> float:
     return seconds
 
 
+def _check_link_token(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < 8:
+        raise _Invalid(f"must be a token of at least 8 characters (an identity's token on the peer nodes); got {_describe(value)}")
+    return value
+
+
 def _check_identity_name(value: Any) -> str | None:
     if value is None:
         return None
@@ -527,6 +538,7 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "handshake_timeout": _check_lease,
     "ack_timeout": _check_lease,
     "closed_retention": _check_retention,
+    "link_token": _check_link_token,
     "tls_cert": _check_optional_path,
     "tls_key": _check_optional_path,
     "tls_ca": _check_optional_path,
@@ -632,7 +644,8 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "node": ("listen", "data_dir", "store", "durability", "log_level"),
     "limits": ("max_message_size", "max_frame_size", "max_connections"),
     "receive": ("lease_seconds", "poison_rollbacks"),
-    "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention"),
+    "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention",
+                   "link_token"),
     "tls": ("cert", "key", "ca", "check_hostname"),
     "dynamic_routing": ("resolve_timeout", "max_delayed_per_service", "max_delayed_messages"),
     "security": ("identity", "authorization", "binding_failure_cache"),

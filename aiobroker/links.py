@@ -147,7 +147,10 @@ class PeerLinks:
         try:
             try:
                 with anyio.fail_after(cfg.handshake_timeout):
-                    conn.send_frame(Hello(role="peer", info={"broker_instance": self.node.core.broker_instance}))
+                    info = {"broker_instance": self.node.core.broker_instance}
+                    if cfg.link_token is not None:
+                        info["token"] = cfg.link_token
+                    conn.send_frame(Hello(role="peer", info=info))
                     await conn.flush()
                     frame = await conn.receive_one()
             except TimeoutError:

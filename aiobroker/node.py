@@ -377,13 +377,22 @@ class Node:
                 log.warning("refused %s: %s", peer, msg)
                 await conn.send_last(Refused(code="protocol_error", message=msg))
                 return None
-            if frame.role != "peer":  # a peer node's initiators are checked per conversation, by the core
-                try:
-                    session.identity = self._authenticate(frame.info, certificate)
-                except NotAuthorized as exc:
-                    log.warning("refused client %s at the handshake: %s", peer, exc.message)
-                    await conn.send_last(Refused(code=exc.code, message=exc.message))
-                    return None
+            # a peer node authenticates like a client, and needs the peer right when authorization is on (its
+            # conversations' initiators are checked again, per conversation, by the core)
+            who = "peer node" if frame.role == "peer" else "client"
+            try:
+                session.identity = self._authenticate(frame.info, certificate)
+                if frame.role == "peer" and self.core.authorization:
+                    if not self.core.catalog.may(session.identity, "peer", ""):
+                        raise NotAuthorized(
+                            f"identity {session.identity!r} may not link to this node as a peer node; an"
+                            " administrator gives an identity peer = true, and the linking node presents its token"
+                            " ([federation] link_token) or its TLS certificate"
+                        )
+            except NotAuthorized as exc:
+                log.warning("refused %s %s at the handshake: %s", who, peer, exc.message)
+                await conn.send_last(Refused(code=exc.code, message=exc.message))
+                return None
             conn.send_frame(
                 Welcome(
                     version=PROTOCOL_VERSION,

@@ -384,3 +384,66 @@ async def test_a_node_process_with_authorization_from_its_config_file(tmp_path: 
         assert "refused client" in proc.output() and ROOT_TOKEN not in proc.output()
     finally:
         proc.stop()
+
+
+# --- peer nodes ------------------------------------------------------------------------------------------------
+
+LINK_TOKEN = "link-token-0123456789"
+
+
+async def test_a_peer_node_links_only_with_an_identity_that_has_the_peer_right(caplog: pytest.LogCaptureFixture) -> None:
+    """With authorization on, a node that links without a token (or with one lacking ``peer``) is refused at the
+    handshake and its messages wait at home; with [federation] link_token naming a peer identity they arrive."""
+    target_objects = (
+        *BASE_OBJECTS,
+        identity("neighbour", tokens=(LINK_TOKEN,), peer=True),
+        identity("public", send=["svcB"]),  # plain dialogs' initiators are public: let them use svcB
+    )
+    target_config = NodeConfig(store="memory", listen_port=0, authorization=True, objects=target_objects)
+    async with aiobroker.Node(target_config) as target:
+        async def sender(link_token: str | None) -> NodeConfig:
+            return NodeConfig(
+                store="memory", listen_port=0, link_token=link_token, ack_timeout=0.5,
+                objects=(
+                    ("queue", {"name": "qS"}),
+                    ("service", {"name": "svcS", "queue": "qS"}),
+                    ("route", {"name": "to-b", "service_name": "svcB", "address": target.url}),
+                ),
+            )  # fmt: skip
+
+        async with aiobroker.connect(target.url, token=ROOT_TOKEN) as root:
+            with caplog.at_level(logging.WARNING, logger="aiobroker.node"):
+                async with aiobroker.Node(await sender(None)) as stranger, aiobroker.connect(stranger.url) as c:
+                    dialog = await c.begin_dialog("svcS", "svcB")
+                    await dialog.send(body=b"let me link")
+                    await _until(lambda: _refused_peer(caplog), "the target to refuse the unauthenticated peer")
+                    assert await depth(root, "qB") == 0
+                    entries = (await c.status())["transmission"]["entries"]
+                    assert any("may not link" in str(e) or "refused" in str(e) for e in entries), entries
+
+            async with aiobroker.Node(await sender(LINK_TOKEN)) as friend, aiobroker.connect(friend.url) as c:
+                dialog = await c.begin_dialog("svcS", "svcB")
+                await dialog.send(body=b"hello neighbour")
+
+                async def arrived() -> bool:
+                    return await depth(root, "qB") == 1
+
+                await _until(arrived, "the peer's message to arrive")
+
+
+def _refused_peer(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("refused peer node" in r.getMessage() and "may not link" in r.getMessage() for r in caplog.records)
+
+
+async def _until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        while True:
+            result = check()
+            if isinstance(result, Awaitable):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -54,6 +54,7 @@ def describe_object(kind: str, d: dict[str, Any]) -> str:
             f"{certificate_words(d)}, private key {'yes' if d.get('has_private_key') else 'no'},"
             f" {d.get('tokens', 0)} token(s), send {names_words(d.get('send'))},"
             f" receive {names_words(d.get('receive'))}, admin {'yes' if d.get('admin') else 'no'}"
+            f"{', may link as a peer node' if d.get('peer') else ''}"
         )
     if kind == "binding":
         return (
@@ -156,6 +157,7 @@ async def cmd_create(client: Client, args: argparse.Namespace) -> None:
             send=args.send or [],
             receive=args.receive or [],
             admin=args.admin,
+            peer=args.peer,
         )
     elif kind == "binding":
         assert args.certificate_pem is not None  # --certificate is required
@@ -449,6 +451,10 @@ def _add_create_identity(kinds: Any, address_only: argparse.ArgumentParser) -> N
         "--receive", action="append", metavar="QUEUE", help='a queue it may receive from ("*": any); repeatable'
     )
     k.add_argument("--admin", action="store_true", help="it may create, alter and drop objects")
+    k.add_argument(
+        "--peer", action="store_true",
+        help="another node presenting it (its [federation] link_token or TLS certificate) may link to this one",
+    )  # fmt: skip
     k.set_defaults(prepare=read_security_files)
 
 

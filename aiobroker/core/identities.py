@@ -63,11 +63,15 @@ class Identity:
     send: tuple[str, ...] = ()  #: services it may send to ("*": any)
     receive: tuple[str, ...] = ()  #: queues it may receive from ("*": any)
     admin: bool = False
+    peer: bool = False  #: may link to this node as a peer node (when authorization is on)
     creds: Credentials | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_def(cls, d: dict[str, Any], now: float | None = None) -> Identity:
-        _only("identity", d, {"name", "certificate", "private_key", "tokens", "token_sha256", "send", "receive", "admin"})
+        _only(
+            "identity", d,
+            {"name", "certificate", "private_key", "tokens", "token_sha256", "send", "receive", "admin", "peer"},
+        )  # fmt: skip
         name = check_name("identity", d.get("name"))
         what = f"identity {name!r}"
         certificate = _pem("identity", name, "certificate", d.get("certificate"))
@@ -82,9 +86,9 @@ class Identity:
         if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) and len(t) >= 8 for t in tokens):
             raise InvalidArgument(f"{what}: tokens must be a list of strings of at least 8 characters")
         digests += [token_digest(t) for t in tokens]
-        admin = d.get("admin", False)
-        if not isinstance(admin, bool):
-            raise InvalidArgument(f"{what}: admin must be true or false")
+        admin, peer = d.get("admin", False), d.get("peer", False)
+        if not isinstance(admin, bool) or not isinstance(peer, bool):
+            raise InvalidArgument(f"{what}: admin and peer must be true or false")
         return cls(
             name=name,
             certificate=certificate,
@@ -93,6 +97,7 @@ class Identity:
             send=_names("identity", name, "send", d.get("send"), "service"),
             receive=_names("identity", name, "receive", d.get("receive"), "queue"),
             admin=admin,
+            peer=peer,
             creds=creds,
         )
 
@@ -106,6 +111,7 @@ class Identity:
             "send": list(self.send),
             "receive": list(self.receive),
             "admin": self.admin,
+            "peer": self.peer,
         }
 
     def public_def(self) -> dict[str, Any]:
@@ -121,12 +127,15 @@ class Identity:
             "send": list(self.send),
             "receive": list(self.receive),
             "admin": self.admin,
+            "peer": self.peer,
         }
 
     def may(self, right: str, name: str) -> bool:
-        """``right``: "send" (a service), "receive" (a queue) or "admin"."""
+        """``right``: "send" (a service), "receive" (a queue), "admin" or "peer"."""
         if right == "admin":
             return self.admin
+        if right == "peer":
+            return self.peer
         granted = self.send if right == "send" else self.receive
         return ANY in granted or name in granted
 

@@ -87,8 +87,9 @@ class Identity:
             raise InvalidArgument(f"{what}: tokens must be a list of strings of at least 8 characters")
         digests += [token_digest(t) for t in tokens]
         admin, peer = d.get("admin", False), d.get("peer", False)
-        if not isinstance(admin, bool) or not isinstance(peer, bool):
-            raise InvalidArgument(f"{what}: admin and peer must be true or false")
+        for key, value in (("admin", admin), ("peer", peer)):
+            if not isinstance(value, bool):
+                raise InvalidArgument(f"{what}: {key} must be true or false, got {value!r}")
         return cls(
             name=name,
             certificate=certificate,

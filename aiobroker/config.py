@@ -146,7 +146,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import ConfigError
+from .errors import ConfigError, SecurityError
+from .security.certs import read_pem_file
 
 __all__ = [
     "DEFAULT_LISTEN_HOST",
@@ -443,20 +444,12 @@ def _read_pem(what: str, key: str, value: Any, base: Path | None) -> Any:
     if not file.is_absolute() and base is not None:
         file = base / file
     try:
-        data = file.read_bytes()
+        return read_pem_file(file)
     except FileNotFoundError:
         where = "the config file's directory" if base is not None else "the current directory"
         raise _Invalid(f"{what}: {key} file {file} does not exist (a relative path is relative to {where})") from None
-    except IsADirectoryError:
-        raise _Invalid(f"{what}: {key} file {file} is a directory, not a PEM file") from None
-    except OSError as exc:
-        raise _Invalid(f"{what}: {key} file {file} cannot be read: {exc.strerror or exc}") from None
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        raise _Invalid(
-            f"{what}: {key} file {file} is not PEM text (it has non-ASCII bytes; a DER file must be converted to PEM)"
-        ) from None
+    except SecurityError as exc:
+        raise _Invalid(f"{what}: {key} file {file} {exc.message}") from None
 
 
 def _read_pem_fields(kind: str, definition: dict[str, Any], base: Path | None) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..client import Client
 from ..core.catalog import SENT_BY, VALIDATIONS
+from ..errors import SecurityError
+from ..security import certs
 from . import arguments
 from .arguments import add_command
 from .common import TOKEN_ENV, CommandError
@@ -91,19 +93,11 @@ def read_pem_file(option: str, file: str | None) -> str | None:
     if file is None:
         return None
     try:
-        data = Path(file).read_bytes()
+        return certs.read_pem_file(Path(file))
     except FileNotFoundError:
         raise CommandError(f"{option} {file}: no such file") from None
-    except IsADirectoryError:
-        raise CommandError(f"{option} {file}: is a directory, not a PEM file") from None
-    except OSError as exc:
-        raise CommandError(f"{option} {file}: cannot be read: {exc.strerror or exc}") from None
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        raise CommandError(
-            f"{option} {file}: not PEM text (a DER file? convert it: openssl x509 -inform der -in FILE -out FILE.pem)"
-        ) from None
+    except SecurityError as exc:
+        raise CommandError(f"{option} {file}: {exc.message}") from None
 
 
 def read_security_files(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -344,3 +345,23 @@ def create_self_signed(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode("ascii")
     return cert_pem, key_pem
+
+
+def read_pem_file(path: Path) -> str:
+    """The text of a PEM file. Raises :class:`FileNotFoundError` (the caller says where relative paths start) or
+    :class:`~aiobroker.errors.SecurityError` whose message is the reason alone (``is a directory, not a PEM
+    file``), for the caller to put after the file's name."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise SecurityError("is a directory, not a PEM file") from None
+    except OSError as exc:
+        raise SecurityError(f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise SecurityError(
+            "is not PEM text (a DER file? convert it: openssl x509 -inform der -in FILE -out FILE.pem)"
+        ) from None

@@ -65,6 +65,9 @@ from resolvers.base import NotFound, Resolver, ResolverError, load_resolver
 log = logging.getLogger("aiobroker.node")
 
 HANDSHAKE_TIMEOUT = 10.0
+#: While a receive waits or a lease is held, the ticker looks at the clock at least this often, so a new deadline
+#: further away than this (a receive's time-out, a lease's expiry) never has to wake it early.
+TICKER_MAX_SLEEP = 0.25
 
 
 class Session:
@@ -136,6 +139,7 @@ class Node:
         self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
         self._waiter_seq = itertools.count()
         self._tick_wake = anyio.Event()
+        #: when (time.monotonic()) the ticker will look next by itself; -inf while it is awake
         self._ticker_target = math.inf
         self._tg: TaskGroup | None = None
         self._started_at = 0.0
@@ -643,23 +647,39 @@ class Node:
         self._tick_wake.set()
 
     def _maybe_wake_ticker(self) -> None:
-        nxt = self.core.next_deadline()
+        """Wake the ticker only when something is due before it would look anyway. Called after every request,
+        so it must not wake it for nothing: a wake-up costs a task switch, a cancel scope and a writer cycle."""
+        target = self._ticker_target
+        if target == -math.inf:
+            return  # awake: it reads every deadline again before it sleeps
         wd = self._waiter_deadlines[0][0] if self._waiter_deadlines else math.inf
-        # waiter deadlines are monotonic, core deadlines are wall-clock: compare each against its own clock
-        if (nxt is not None and nxt - self.clock() < self._ticker_target - time.monotonic()) or wd < self._ticker_target:
+        nxt = self.core.next_deadline()
+        if nxt is not None:
+            # core deadlines are wall-clock, the target is monotonic
+            wd = min(wd, time.monotonic() + (nxt - self.clock()))
+        # 1 ms of slack (the timers' resolution): the deadline the ticker already sleeps towards, converted between
+        # the two clocks, may come out a rounding error earlier, and must not count as new
+        if wd < target - 0.001:
             self._tick_wake.set()
 
     async def _ticker(self) -> None:
+        heap = self._waiter_deadlines
         while True:
+            # receives already served leave their time-outs in the heap (cleaned lazily): drop them from the front,
+            # or the ticker wakes for each, half a second (the receive's time-out) after every receive
+            while heap and heap[0][2].done:
+                heapq.heappop(heap)
             nxt = self.core.next_deadline()
             delay = math.inf if nxt is None else max(0.0, nxt - self.clock())
-            if self._waiter_deadlines:
-                delay = min(delay, max(0.0, self._waiter_deadlines[0][0] - time.monotonic()))
+            if heap:
+                delay = min(delay, max(0.0, heap[0][0] - time.monotonic()))
+            if heap or self.core.leases:
+                delay = min(delay, TICKER_MAX_SLEEP)
             self._ticker_target = time.monotonic() + delay
             with anyio.move_on_after(delay):
                 await self._tick_wake.wait()
             self._tick_wake = anyio.Event()
-            self._ticker_target = math.inf
+            self._ticker_target = -math.inf
             self._tick()
 
     def _tick(self) -> None:

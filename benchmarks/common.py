@@ -685,17 +685,21 @@ class CpuMeter:
 
 
 def machine_busy_now(sample_s: float = 0.5) -> float | None:
-    """Cores' worth of CPU in use right now (sampled over ``sample_s``), or None off Linux."""
-    a = machine_cpu_seconds()
+    """Cores' worth of CPU not ours to have right now (sampled over ``sample_s``): what processes use, plus what
+    the hypervisor gives other guests (steal, which made "quiet" machines measure 5-10x slower tails); None off
+    Linux."""
+    a, sa = machine_cpu_seconds(), machine_steal_seconds()
     time.sleep(sample_s)
-    b = machine_cpu_seconds()
+    b, sb = machine_cpu_seconds(), machine_steal_seconds()
     if not a or not b:
         return None
-    return float(b[0] - a[0]) / sample_s
+    steal = (sb - sa) if sa is not None and sb is not None else 0.0
+    return float(b[0] - a[0] + steal) / sample_s
 
 
 def wait_until_quiet(max_wait: float, threshold: float = 0.15, *, say: Callable[[str], None] | None = None) -> float | None:
-    """Wait (at most ``max_wait`` s) until other processes use under ``threshold`` cores; return the last reading."""
+    """Wait (at most ``max_wait`` s) until other processes and steal take under ``threshold`` cores; return the
+    last reading."""
     start = time.monotonic()
     deadline = start + max_wait
     busy = machine_busy_now()
@@ -704,7 +708,7 @@ def wait_until_quiet(max_wait: float, threshold: float = 0.15, *, say: Callable[
         if busy is None or busy < threshold or time.monotonic() >= deadline:
             break
         if say and time.monotonic() >= next_say:
-            say(f"    .. waiting (up to {max_wait:.0f} s) for other processes to leave the CPUs idle: "
+            say(f"    .. waiting (up to {max_wait:.0f} s) for other processes and steal to leave the CPUs idle: "
                 f"{busy:.2f} cores busy after {time.monotonic() - start:.0f} s")
             next_say = time.monotonic() + 5.0
         busy = machine_busy_now()

@@ -731,7 +731,16 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         heapq.heappush(self._deadlines, (when, kind, key))
 
     def next_deadline(self) -> float | None:
-        return self._deadlines[0][0] if self._deadlines else None
+        heap = self._deadlines
+        # a lease committed or rolled back leaves its expiry behind (the heap is cleaned lazily): drop those from
+        # the front, or the ticker wakes for each of them receive_lease seconds after every receive
+        while heap and heap[0][1] == _LEASE:
+            when, _, key = heap[0]
+            lease = self.leases.get(int(key))
+            if lease is not None and lease.expires_at == when:
+                break
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def advance(self, now: float) -> list[Lease]:
         """Fire everything due by ``now``: lifetimes, timers, lease expiries. Returns the leases that ran out

@@ -488,3 +488,14 @@ def test_a_route_answer_counts_as_answered_while_its_conversations_go_on_to_wait
     assert requests(a) == [("binding", "svcB")], "the route known, the binding is asked for next"
     assert a.core.dispatcher.last[("route", "svcB")].ok, "the route request is not a failure"
     assert ("route", "svcB") not in a.core.dispatcher.retry_at, "and is not asked again"
+
+
+def test_a_resolver_binding_for_a_long_service_name_is_stored_under_a_short_name(pems: Any) -> None:
+    a = Harness(now=NOW, node_identity="a-node", resolver_name="test", resolver_answers_bindings=True)
+    identity(a, "a-node", pems["a"])
+    long_name = "//shop/" + "x" * 240
+    a.core.binding_resolved(long_name, BindingAnswer(service_name=long_name, certificate=pems["b"][0]), a.now)
+    a.flush()
+    (binding,) = a.core.catalog.bindings.values()
+    assert binding.to_service == long_name and len(binding.name) < 40
+    assert a.core.catalog.binding_for(long_name, a.now) is binding

@@ -19,6 +19,7 @@ honest copy gets through. A verified initiator who may not use the service is re
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SecurityError
@@ -248,7 +249,8 @@ class DialogSecurity:
         """A resolver's binding for ``service``: replace its earlier one, then release what waits. A binding
         that cannot be built (a certificate that does not parse, an unknown identity) fails the request."""
         origin = self.resolver_name or "resolver"
-        name = f"{origin}/{service}"[:200]
+        # named by a digest of the service, as resolver routes are: any service name gives a valid, short name
+        name = f"{origin}/{hashlib.sha1(service.encode()).hexdigest()[:12]}"
         definition = {
             "name": name,
             "to_service": service,

@@ -6,18 +6,13 @@ closed); loading through the entry points is tested with real static_file member
 
 from __future__ import annotations
 
-import datetime
-import functools
 import logging
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers.base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target, load_resolver
@@ -269,27 +264,9 @@ def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], r
 # --- remote service bindings ---------------------------------------------------------------------------------
 
 
-@functools.cache
-def certificate(common_name: str = "orders-owner") -> str:
-    """A self-signed RSA 2048 certificate, PEM (one per name for the whole module: key generation is slow)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
 
 def binding(source: str) -> BindingAnswer:
-    return BindingAnswer(service_name="//s", certificate=certificate(), lifetime=10, source=source)
+    return BindingAnswer(service_name="//s", certificate=rsa_certificate(), lifetime=10, source=source)
 
 
 def binding_from(name: str) -> Fake:
@@ -349,7 +326,7 @@ async def test_a_binding_failure_then_an_answer_is_an_answer() -> None:
 async def test_static_file_members_answer_routes_and_bindings_from_different_files(tmp_path: Path) -> None:
     """The first file knows where //shop/Orders is but has no binding for it; the second has the binding."""
     first = routes(tmp_path / "routes.toml", "//shop/Orders", "tcp://10.0.0.1:4022")
-    (tmp_path / "orders.crt").write_text(certificate())
+    (tmp_path / "orders.crt").write_text(rsa_certificate())
     second = tmp_path / "bindings.json"
     second.write_text(
         '{"services": {"//shop/Orders": {"lifetime": 20, "binding": {"certificate_file": "orders.crt", '
@@ -362,7 +339,7 @@ async def test_static_file_members_answer_routes_and_bindings_from_different_fil
     route = await chain.resolve_route("//shop/Orders")
     found = await chain.resolve_binding("//shop/Orders")
     assert (route.source, route.targets[0].address) == (first, "tcp://10.0.0.1:4022")
-    assert (found.certificate, found.identity, found.lifetime) == (certificate(), "fe", 20)
+    assert (found.certificate, found.identity, found.lifetime) == (rsa_certificate(), "fe", 20)
     assert str(second) in found.source
     with pytest.raises(NotFound) as info:
         await chain.resolve_binding("//shop/Nowhere")

@@ -6,9 +6,7 @@ may change them while the resolver is open) without restarting the process.
 
 from __future__ import annotations
 
-import datetime
 import email.utils
-import functools
 import json
 import os
 import signal
@@ -23,10 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers import http as http_resolver
@@ -139,20 +134,9 @@ def orders_answer(**extra: Any) -> dict[str, Any]:
     return {"service": ORDERS, "targets": [{"address": "tcp://10.0.0.2:4022"}], **extra}
 
 
-@functools.cache
-def certificate(common_name: str = "orders-owner", bits: int = 2048) -> str:
-    """A self-signed RSA certificate, PEM (one per name and size for the whole module: key generation is slow)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
 
 def binding_answer(**extra: Any) -> dict[str, Any]:
-    return {"certificate": certificate(), **extra}
+    return {"certificate": rsa_certificate(), **extra}
 
 
 # --- answers ----------------------------------------------------------------------------------------------------
@@ -538,7 +522,7 @@ async def test_a_binding_answer_carries_the_certificate_and_its_options(registry
     async with opened(url=registry.url(), default_lifetime=60) as resolver:
         answer = await resolver.resolve_binding(ORDERS)
         route = await resolver.resolve_route(ORDERS)  # the same service's route: the other endpoint
-    assert answer == BindingAnswer(service_name=ORDERS, certificate=certificate(), anonymous=True,
+    assert answer == BindingAnswer(service_name=ORDERS, certificate=rsa_certificate(), anonymous=True,
                                    identity="shop-frontend", lifetime=45, source=answer.source)
     # the default binding URL: the route URL with /binding appended to its path, the name quoted as for routes
     assert answer.source == f"http://127.0.0.1:{registry.port}/v1/services/%2F%2Fshop%2FOrders/binding"
@@ -549,10 +533,10 @@ async def test_a_binding_answer_carries_the_certificate_and_its_options(registry
 
 async def test_a_binding_answer_with_only_a_certificate_takes_the_defaults(registry: RegistryProcess) -> None:
     """Text around the certificate (as ``openssl`` writes it) is left out of the answer: only the PEM block."""
-    registry.serve({}, {ORDERS: {"body": {"certificate": "Bag Attributes\n    friendlyName: x\n" + certificate()}}})
+    registry.serve({}, {ORDERS: {"body": {"certificate": "Bag Attributes\n    friendlyName: x\n" + rsa_certificate()}}})
     async with opened(url=registry.url(), default_lifetime=33) as resolver:
         answer = await resolver.resolve_binding(ORDERS)
-    assert (answer.certificate, answer.anonymous, answer.identity, answer.lifetime) == (certificate(), False, None,
+    assert (answer.certificate, answer.anonymous, answer.identity, answer.lifetime) == (rsa_certificate(), False, None,
                                                                                          33)
 
 
@@ -572,7 +556,7 @@ async def test_binding_url_names_another_endpoint(registry: RegistryProcess) -> 
     async with opened(url=registry.url(), binding_url=binding_url) as resolver:
         answer = await resolver.resolve_binding(ORDERS)
         assert resolver.describe()["binding_url"] == binding_url
-    assert answer.certificate == certificate()
+    assert answer.certificate == rsa_certificate()
     assert registry.requests()[-1]["path"] == "/v1/bindings/%2F%2Fshop%2FOrders?dc=1"
 
 
@@ -637,8 +621,8 @@ BAD_CERTIFICATES = {
                    "the certificate does not parse"),
     "not a certificate inside": ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
                                  "the certificate does not parse"),
-    "cut short": (certificate()[:300] + "\n-----END CERTIFICATE-----\n", "the certificate does not parse"),
-    "RSA 1024": (certificate("weak", 1024), "an RSA key of 1024 bits, too small for dialog security"),
+    "cut short": (rsa_certificate()[:300] + "\n-----END CERTIFICATE-----\n", "the certificate does not parse"),
+    "RSA 1024": (rsa_certificate("weak", 1024), "an RSA key of 1024 bits, too small for dialog security"),
 }
 
 
@@ -658,7 +642,7 @@ async def test_a_certificate_that_does_not_parse_or_cannot_be_used_is_resolver_e
 
 
 @pytest.mark.parametrize(("body", "reason"), [
-    ([certificate()], "must be an object with 'certificate', got an array"),
+    ([rsa_certificate()], "must be an object with 'certificate', got an array"),
     ({"anonymous": True}, "the key 'certificate' is missing"),
     ({"certificate": None}, "'certificate' must be a string (PEM), got null"),
     (binding_answer(anonymous="yes"), "'anonymous' must be true or false, got a string"),

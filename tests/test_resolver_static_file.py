@@ -6,8 +6,6 @@ change is seen even on a file system whose timestamps are coarser than the test 
 
 from __future__ import annotations
 
-import datetime
-import functools
 import json
 import logging
 import os
@@ -16,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers import static_file
@@ -75,24 +70,6 @@ def one_target(address: str) -> str:
     return f'[services."//shop/Orders"]\ntargets = [{{ address = "{address}" }}]\n'
 
 
-@functools.cache
-def certificate(common_name: str = "orders-owner", bits: int = 2048) -> str:
-    """A self-signed RSA certificate, PEM (one per name and size for the whole module: key generation is slow)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
 
 def docstring_block(language: str) -> str:
     """The block under ``.. code-block:: <language>`` in the module docstring."""
@@ -140,7 +117,7 @@ async def test_the_documented_examples_work_and_agree(tmp_path: Path) -> None:
     toml_path = write(tmp_path / "doc.toml", docstring_block("toml"))
     json_path = write(tmp_path / "doc.json", docstring_block("json"))
     (tmp_path / "certs").mkdir()
-    (tmp_path / "certs" / "orders.crt").write_text(certificate())
+    (tmp_path / "certs" / "orders.crt").write_text(rsa_certificate())
     from_toml, from_json = create({"path": toml_path}), create({"path": json_path})
 
     orders = await from_toml.resolve_route("//shop/Orders")
@@ -151,7 +128,7 @@ async def test_the_documented_examples_work_and_agree(tmp_path: Path) -> None:
         assert (a.targets, a.lifetime) == (b.targets, b.lifetime)
     a_binding = await from_toml.resolve_binding("//shop/Orders")
     b_binding = await from_json.resolve_binding("//shop/Orders")
-    assert a_binding.certificate == b_binding.certificate == certificate()
+    assert a_binding.certificate == b_binding.certificate == rsa_certificate()
     assert (a_binding.anonymous, a_binding.identity, a_binding.lifetime) == (False, "shop-frontend", 30)
     assert (b_binding.anonymous, b_binding.identity, b_binding.lifetime) == (False, "shop-frontend", 30)
     for resolver in (from_toml, from_json):
@@ -448,14 +425,14 @@ def inline_binding(service: str, pem: str, extra: str = "") -> str:
 
 async def test_a_binding_with_the_certificate_in_the_file(tmp_path: Path) -> None:
     """Text around the PEM block (as openssl writes it) is left out of the answer."""
-    pem = "Bag Attributes\n    friendlyName: orders\n" + certificate()
+    pem = "Bag Attributes\n    friendlyName: orders\n" + rsa_certificate()
     options = 'anonymous = true\nidentity = "fe"\n'
     path = write(tmp_path / "routes.toml", inline_binding("//shop/Orders", pem, options))
     resolver = create({"path": str(path), "default_lifetime": 45})
 
     answer = await resolver.resolve_binding("//shop/Orders")
 
-    assert answer == BindingAnswer(service_name="//shop/Orders", certificate=certificate(), anonymous=True,
+    assert answer == BindingAnswer(service_name="//shop/Orders", certificate=rsa_certificate(), anonymous=True,
                                    identity="fe", lifetime=30, source=str(path))
     assert (await resolver.resolve_route("//shop/Orders")).targets == (Target(address="tcp://10.0.0.2:4022"),)
 
@@ -465,14 +442,14 @@ async def test_a_binding_from_a_certificate_file_in_json(tmp_path: Path) -> None
     holds when the entry gives none."""
     (tmp_path / "certs").mkdir()
     cert_path = tmp_path / "certs" / "orders.crt"
-    cert_path.write_text(certificate())
+    cert_path.write_text(rsa_certificate())
     path = write(tmp_path / "routes.json", json.dumps(
         {"services": {"//shop/Orders": {"binding": {"certificate_file": "certs/orders.crt"}}}}))
     resolver = create({"path": str(path), "default_lifetime": 45})
 
     answer = await resolver.resolve_binding("//shop/Orders")
 
-    assert (answer.certificate, answer.anonymous, answer.identity, answer.lifetime) == (certificate(), False, None, 45)
+    assert (answer.certificate, answer.anonymous, answer.identity, answer.lifetime) == (rsa_certificate(), False, None, 45)
     assert str(path) in answer.source and str(cert_path) in answer.source
     with pytest.raises(NotFound, match="has no targets for service '//shop/Orders'") as info:
         await resolver.resolve_route("//shop/Orders")  # a binding only
@@ -481,23 +458,23 @@ async def test_a_binding_from_a_certificate_file_in_json(tmp_path: Path) -> None
 
 async def test_a_renewed_certificate_file_is_read_at_the_next_question(tmp_path: Path) -> None:
     cert_path = tmp_path / "orders.crt"
-    cert_path.write_text(certificate("first"))
+    cert_path.write_text(rsa_certificate("first"))
     path = write(tmp_path / "routes.toml", '[services."//shop/Orders".binding]\ncertificate_file = "orders.crt"\n')
     resolver = create({"path": str(path)})
-    assert (await resolver.resolve_binding("//shop/Orders")).certificate == certificate("first")
+    assert (await resolver.resolve_binding("//shop/Orders")).certificate == rsa_certificate("first")
 
-    cert_path.write_text(certificate("second"))  # the routes file is not touched
-    assert (await resolver.resolve_binding("//shop/Orders")).certificate == certificate("second")
+    cert_path.write_text(rsa_certificate("second"))  # the routes file is not touched
+    assert (await resolver.resolve_binding("//shop/Orders")).certificate == rsa_certificate("second")
 
 
 async def test_an_absolute_certificate_file_is_used_as_it_is(tmp_path: Path) -> None:
     cert_path = tmp_path / "elsewhere" / "orders.pem"
     cert_path.parent.mkdir()
-    cert_path.write_text(certificate())
+    cert_path.write_text(rsa_certificate())
     (tmp_path / "conf").mkdir()
     path = write(tmp_path / "conf" / "routes.json",
                  json.dumps({"services": {"//shop/Orders": {"binding": {"certificate_file": str(cert_path)}}}}))
-    assert (await create({"path": str(path)}).resolve_binding("//shop/Orders")).certificate == certificate()
+    assert (await create({"path": str(path)}).resolve_binding("//shop/Orders")).certificate == rsa_certificate()
 
 
 async def test_no_binding_is_not_found(tmp_path: Path) -> None:
@@ -518,7 +495,7 @@ CERTIFICATE_PROBLEMS = {
                    "the certificate does not parse"),
     "not a certificate inside": ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
                                  "the certificate does not parse"),
-    "RSA 1024": (certificate("weak", 1024), "an RSA key of 1024 bits, too small for dialog security"),
+    "RSA 1024": (rsa_certificate("weak", 1024), "an RSA key of 1024 bits, too small for dialog security"),
 }
 
 
@@ -541,12 +518,12 @@ async def test_a_certificate_in_the_file_that_does_not_parse_or_cannot_be_used_i
 async def test_a_broken_certificate_edit_keeps_the_last_good_binding(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = write(tmp_path / "routes.toml", inline_binding("//shop/Orders", certificate()))
+    path = write(tmp_path / "routes.toml", inline_binding("//shop/Orders", rsa_certificate()))
     resolver = create({"path": str(path)})
     good = await resolver.resolve_binding("//shop/Orders")
 
     with caplog.at_level(logging.WARNING, logger="aiobroker.resolvers.static_file"):
-        write(path, inline_binding("//shop/Orders", certificate().replace("MII", "MIJ", 1)))
+        write(path, inline_binding("//shop/Orders", rsa_certificate().replace("MII", "MIJ", 1)))
         assert await resolver.resolve_binding("//shop/Orders") == good
         assert await resolver.resolve_binding("//shop/Orders") == good
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -572,7 +549,7 @@ async def test_a_bad_certificate_file_is_an_error_naming_the_service_and_the_fil
         cert_path.write_bytes(contents)
     elif contents is not None:
         cert_path.write_text(contents)
-    (tmp_path / "billing.crt").write_text(certificate())
+    (tmp_path / "billing.crt").write_text(rsa_certificate())
     path = write(tmp_path / "routes.toml", one_target("tcp://10.0.0.2:4022") + textwrap.dedent("""
         [services."//shop/Orders".binding]
         certificate_file = "orders.crt"
@@ -588,13 +565,13 @@ async def test_a_bad_certificate_file_is_an_error_naming_the_service_and_the_fil
     assert f"{path}: the binding for service '//shop/Orders': certificate_file {cert_path}: " in message, message
     assert reason in message, message
     assert (await resolver.resolve_route("//shop/Orders")).targets == (Target(address="tcp://10.0.0.2:4022"),)
-    assert (await resolver.resolve_binding("//shop/Billing")).certificate == certificate()
+    assert (await resolver.resolve_binding("//shop/Billing")).certificate == rsa_certificate()
     assert resolver.describe()["last_error"] is None  # the routes file itself is fine
 
 
 async def test_a_certificate_file_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(static_file, "MAX_CERTIFICATE_BYTES", 100)
-    (tmp_path / "orders.crt").write_text(certificate())
+    (tmp_path / "orders.crt").write_text(rsa_certificate())
     path = write(tmp_path / "routes.toml", '[services."//shop/Orders".binding]\ncertificate_file = "orders.crt"\n')
     with pytest.raises(ResolverError, match="over 100 bytes"):
         await create({"path": str(path)}).resolve_binding("//shop/Orders")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cert_helpers import self_signed
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,19 +57,7 @@ def make_cert(
     not_after: float = NOW + 365 * DAY,
 ) -> bytes:
     """A self-signed PEM certificate for ``key`` (any key type, so refused types can be made too)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.fromtimestamp(not_before, UTC))
-        .not_valid_after(datetime.fromtimestamp(not_after, UTC))
-        .sign(key, algorithm)
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return self_signed(key, cn=cn, not_before=not_before, not_after=not_after)
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,35 @@ async def test_restart_in_process_keeps_objects_conversations_and_messages(tmp_p
             assert [m.sequence_number for m in await client.receive("qt", timeout=5)] == [100]
 
 
+@pytest.mark.parametrize("durability", ["normal", "full"])
+async def test_small_batches_are_written_on_the_loop_only_without_fsync_and_every_path_keeps_order(
+    tmp_path: Path, durability: str
+) -> None:
+    config = NodeConfig(store="sqlite", data_dir=tmp_path / "data", listen_port=0, durability=durability)
+    inline_rows = 64 if durability == "normal" else 0
+    async with aiobroker.Node(config) as node:
+        assert node.store.inline_rows == inline_rows
+        async with aiobroker.connect(node.url) as client:
+            dialog = await setup_pair(client)
+            writer = node.writer
+            inline0, batches0 = writer.inline_batches, writer.batches
+            for i in range(5):  # one message per request: each batch is a few rows
+                await dialog.send("DEFAULT", b"%d" % i)
+            small_inline = writer.inline_batches - inline0
+            assert writer.batches - batches0 >= 5
+            assert small_inline == (writer.batches - batches0 if durability == "normal" else 0)
+            inline1 = writer.inline_batches
+            await dialog.send_many([("DEFAULT", b"%d" % i) for i in range(5, 5 + 3 * inline_rows + 10)])
+            assert writer.inline_batches == inline1, "a batch larger than inline_rows goes to the writer thread"
+    async with aiobroker.Node(config) as node:
+        async with aiobroker.connect(node.url) as client:
+            got: list[int] = []
+            while batch := await client.receive("qt", max_messages=100, timeout=0):
+                got.extend(int(m.body) for m in batch)
+                await batch.commit()
+            assert got == list(range(5 + 3 * inline_rows + 10))
+
+
 async def test_config_objects_are_created_at_start_and_must_match_later(tmp_path: Path) -> None:
     objects = (
         ("message_type", {"name": "Req", "validation": "json"}),

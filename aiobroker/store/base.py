@@ -1,7 +1,8 @@
 """The store interface: what a node needs to survive a restart.
 
 The node's state lives in memory (the core); the store is its durable copy. The node hands the store one
-:class:`WriteBatch` at a time, from one writer thread, and the store applies it as **one transaction**; at start the
+:class:`WriteBatch` at a time, from one writer (a thread, or the event loop for a small batch: ``inline_rows``), and
+the store applies it as **one transaction**; at start the
 node reads everything back with :meth:`Store.open`. A message is acknowledged to its sender only after the batch
 that holds it has been written (group commit: many messages, many conversations, one transaction).
 
@@ -74,6 +75,10 @@ class Store(ABC):
     name: str = "store"
     #: whether what is written survives the process (False for the memory store)
     durable: bool = False
+    #: a batch of at most this many rows is written in the caller, on the event loop, rather than handed to the
+    #: writer thread: when a write costs less than the two thread switches that would carry it (a small
+    #: transaction that does not fsync), the hop is the slow part. 0: every batch goes to the thread.
+    inline_rows: int = 0
 
     @abstractmethod
     def open(self) -> Snapshot:

@@ -60,6 +60,7 @@ from common import (
     wait_for_port,
 )
 
+import pauses  # noqa: E402
 import relay  # noqa: E402
 
 BENCH_NODE_PY = Path(__file__).resolve()
@@ -70,7 +71,7 @@ MESSAGE_TYPE = CONTRACT = "DEFAULT"
 
 FLOOR_MEMORY_RATIO = 0.15  # memory store, 128 B: at least 15% of the relay's throughput
 FLOOR_SQLITE_RATE = 40_000.0  # sqlite store (durability normal), 128 B: at least 40,000 msg/s
-FLOOR_P99_MS = 5.0  # every node case: p99 under 5 ms at 5,000 msg/s
+FLOOR_P99_MS = common.LATENCY_FLOOR_MS  # every node case: p99 under 5 ms at 5,000 msg/s
 FLOOR_SIZE = 128
 #: A consumer that receives nothing for this long after the producer finished gives up (and the run fails).
 STALL_SECONDS = 10.0
@@ -249,7 +250,8 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "pacing": pace,
-        **common.latency_report(samples, start_ns=pace.get("start_ns", 0), warmup=args.warmup, rate=rate),
+        **common.latency_report(samples, start_ns=pace.get("start_ns", 0), warmup=args.warmup, rate=rate,
+                                samples_out=args.samples_out),
         "timed_out": scope.cancelled_caught,
         "check": summary,
     }
@@ -270,6 +272,7 @@ def load_cli(argv: list[str]) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--tick", type=float, default=0.001)
     p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--samples-out", help="latency mode: write the measured [send ns, receive ns] pairs here (JSON)")
     args = p.parse_args(argv)
     fn = load_throughput if args.mode == "throughput" else load_latency
     return common.worker_main(f"node-load-{args.store}", lambda: common.run_async(fn, args))
@@ -329,8 +332,11 @@ def run_node_case(
                      mode, "--size", str(size), "--messages", str(messages), "--batch", str(batch),
                      "--receive-batch", str(receive_batch), "--rate", str(rate), "--duration", str(duration),
                      "--warmup", str(warmup), "--max-seconds", str(max_seconds)]
-        result = run_worker(load_argv, timeout=max_seconds + 60, what=f"node load ({store}, {mode}, "
-                            f"{fmt_size(size)})", cpus=load_cpus)
+        what = f"node load ({store}, {mode}, {fmt_size(size)})"
+        if mode == "latency":
+            result = common.run_latency_worker(load_argv, timeout=max_seconds + 60, what=what, cpus=load_cpus)
+        else:
+            result = run_worker(load_argv, timeout=max_seconds + 60, what=what, cpus=load_cpus)
         result["cpu"] = meter.stop()
         if proc.poll() is not None:
             raise BenchError(f"the node exited with code {proc.returncode} during the run"
@@ -534,8 +540,12 @@ def finish(
                 ok = p99 == p99 and p99 < FLOOR_P99_MS
                 verdicts.append(f"p99<5ms {'PASS' if ok else 'FAIL'}")
                 lat_busy = common.CpuMeter.contention(lat.get("cpu", {})) > common.BUSY_THRESHOLD
+                measured = f"{fmt_ms(p99)} ms"
+                if "pauses" in lat:
+                    measured += (f" ({pauses.describe(lat['pauses'])}; outside them p99 "
+                                 f"{fmt_ms(lat['outside_pauses']['p99_ms'])} ms)")
                 floors.append((f"{target} {fmt_size(size)} p99 < 5 ms at {args.rate:,.0f} msg/s",
-                               f"{fmt_ms(p99)} ms", ok, lat_busy))
+                               measured, ok, lat_busy or bool(lat.get("disturbed"))))
             rows.append([
                 name, fmt_size(size), fmt_rate(rate),
                 "1.00x" if target == "relay" else (f"{ratio:.3f}x" if base else "-"),
@@ -555,7 +565,8 @@ def finish(
     if floors:
         print("\nfloors" + (" (a --quick run: indicative only)" if args.quick else "") + ":")
         for what, measured, ok, was_busy in floors:
-            note = "  (the machine was busy during this run: rerun before trusting it)" if was_busy else ""
+            note = ("  (the machine was busy or the platform paused during this run: rerun before trusting it)"
+                    if was_busy else "")
             print(f"  {'PASS' if ok else 'FAIL'}  {what}: {measured}{note}")
     for e in errors:
         print(f"error: {e}", file=sys.stderr)

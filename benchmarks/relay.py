@@ -44,6 +44,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run as `python -m be
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import pauses  # noqa: E402
 from common import (
     LOGS_DIR,
     LOOPBACK,
@@ -484,7 +485,8 @@ async def load_latency(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "pacing": pace,
-        **common.latency_report(samples, start_ns=pace.get("start_ns", 0), warmup=args.warmup, rate=rate),
+        **common.latency_report(samples, start_ns=pace.get("start_ns", 0), warmup=args.warmup, rate=rate,
+                                samples_out=args.samples_out),
         "timed_out": scope.cancelled_caught,
         "check": checker.summary(),
     }
@@ -505,6 +507,7 @@ def load_cli(argv: list[str]) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--tick", type=float, default=0.001)
     p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--samples-out", help="latency mode: write the measured [send ns, receive ns] pairs here (JSON)")
     args = p.parse_args(argv)
     fn = load_throughput if args.mode == "throughput" else load_latency
     return common.worker_main("relay-load", lambda: common.run_async(fn, args))
@@ -549,8 +552,11 @@ def run_relay_case(
         if wait_idle:
             common.wait_until_quiet(wait_idle, say=lambda m: print(m, flush=True))
         meter = common.CpuMeter([proc.pid for proc, _ in procs])
-        result = run_worker(argv, timeout=max_seconds + 30, what=f"relay load ({mode}, {fmt_size(size)})",
-                            cpus=load_cpus)
+        what = f"relay load ({mode}, {fmt_size(size)})"
+        if mode == "latency":
+            result = common.run_latency_worker(argv, timeout=max_seconds + 30, what=what, cpus=load_cpus)
+        else:
+            result = run_worker(argv, timeout=max_seconds + 30, what=what, cpus=load_cpus)
         result["cpu"] = meter.stop()
         return result
     finally:
@@ -574,9 +580,15 @@ def describe_latency(res: dict[str, Any]) -> str:
     others = common.CpuMeter.contention(res.get("cpu", {}))
     busy = f", OTHER PROCESSES (OR STEAL) TOOK {others:.2f} CORES" if others > common.BUSY_THRESHOLD else ""
     ok = "" if res["check"]["exactly_once"] else "; *** EXACTLY-ONCE FAILED ***"
+    platform = ""
+    if "pauses" in res:
+        outside = res["outside_pauses"]
+        platform = (f"; {pauses.describe(res['pauses'])}" + (" (DISTURBED)" if res.get("disturbed") else "")
+                    + f"; outside the pauses p99 {fmt_ms(outside['p99_ms'])} ms of {outside['samples']:,}")
     return (f"p50 {fmt_ms(lat['p50_ms'])} ms, p99 {fmt_ms(lat['p99_ms'])} ms, max {fmt_ms(lat['max_ms'])} ms "
             f"({lat['samples']:,} samples; sent at {pace.get('achieved_rate', 0):,.0f} msg/s; counted from when "
-            f"each was due: p99 {fmt_ms(sched.get('p99_ms'))} ms, max {fmt_ms(sched.get('max_ms'))} ms){ok}{busy}")
+            f"each was due: p99 {fmt_ms(sched.get('p99_ms'))} ms, max {fmt_ms(sched.get('max_ms'))} ms)"
+            f"{platform}{ok}{busy}")
 
 
 def relay_throughput(size: int, hops: int, repeat: int, **kw: Any) -> dict[str, Any]:

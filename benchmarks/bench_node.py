@@ -388,6 +388,9 @@ def main_bench(argv: list[str]) -> int:
     p.add_argument("--rate", type=float, default=5000.0, help="latency runs: msg/s (default 5000)")
     p.add_argument("--duration", type=float, help="latency runs: measured seconds (default 5; --quick 1.5)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    p.add_argument("--no-throughput", action="store_true",
+                   help="skip the throughput runs (and their floors): latency runs only, with the relay's latency "
+                   "as the baseline")
     p.add_argument("--pin", action="store_true", help="pin the server to the first CPU(s) and the load to the last")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S s for other processes to leave the CPUs idle")
@@ -433,7 +436,7 @@ def main_bench(argv: list[str]) -> int:
         # Throughput: the repeats are interleaved (relay, node stores, relay, ...) so a change in the machine's
         # load over time affects baseline and node alike.
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
-        for r in range(repeat):
+        for r in range(0 if args.no_throughput else repeat):
             for target in targets:
                 if target != "relay" and node_broken:
                     continue
@@ -463,6 +466,8 @@ def main_bench(argv: list[str]) -> int:
         for target in targets:
             if runs[target]:
                 results[target][size] = {"throughput": summarize_throughput(runs[target])}
+            elif args.no_throughput:
+                results[target][size] = {}
         if args.no_latency:
             continue
         for target in targets:
@@ -493,6 +498,11 @@ def main_bench(argv: list[str]) -> int:
     return finish(args, sizes, targets, results, errors, repeat, None)
 
 
+#: the throughput entry of a case run with --no-throughput
+NOT_MEASURED: dict[str, Any] = {"throughput": float("nan"), "exactly_once": True, "others_cores": 0.0,
+                                "server_us_per_msg": float("nan")}
+
+
 def finish(
     args: argparse.Namespace,
     sizes: list[int],
@@ -516,7 +526,7 @@ def finish(
             if case is None:
                 rows.append([name, fmt_size(size), "not run", "", "", "", "", "", "", ""])
                 continue
-            thr = case["throughput"]
+            thr = case.get("throughput") or NOT_MEASURED
             lat = case.get("latency")
             rate = thr["throughput"]
             ratio = rate / base if base else float("nan")
@@ -525,12 +535,12 @@ def finish(
             others = max(thr["others_cores"], common.CpuMeter.contention((lat or {}).get("cpu", {})))
             busy |= others > common.BUSY_THRESHOLD
             verdicts = []
-            if target == "memory" and size == FLOOR_SIZE and base:
+            if target == "memory" and size == FLOOR_SIZE and base and thr is not NOT_MEASURED:
                 ok = ratio >= FLOOR_MEMORY_RATIO
                 verdicts.append(f">=15% {'PASS' if ok else 'FAIL'}")
                 floors.append((f"memory {fmt_size(size)} throughput >= 15% of relay", f"{ratio:.1%}", ok,
                                thr["others_cores"] > common.BUSY_THRESHOLD or base_busy))
-            if target == "sqlite" and size == FLOOR_SIZE:
+            if target == "sqlite" and size == FLOOR_SIZE and thr is not NOT_MEASURED:
                 ok = rate >= FLOOR_SQLITE_RATE
                 verdicts.append(f">=40k {'PASS' if ok else 'FAIL'}")
                 floors.append((f"sqlite {fmt_size(size)} throughput >= 40,000 msg/s", fmt_rate(rate), ok,
@@ -548,8 +558,8 @@ def finish(
                                measured, ok, lat_busy or bool(lat.get("disturbed"))))
             rows.append([
                 name, fmt_size(size), fmt_rate(rate),
-                "1.00x" if target == "relay" else (f"{ratio:.3f}x" if base else "-"),
-                f"{thr['server_us_per_msg']:.2f}",
+                "1.00x" if target == "relay" else (f"{ratio:.3f}x" if base and rate == rate else "-"),
+                "-" if thr is NOT_MEASURED else f"{thr['server_us_per_msg']:.2f}",
                 fmt_ms(lat["latency"]["p50_ms"]) if lat else "-",
                 fmt_ms(lat["latency"]["p99_ms"]) if lat else "-",
                 "ok" if once else "FAILED",
@@ -557,7 +567,7 @@ def finish(
                 ", ".join(verdicts),
             ])
     print()
-    print_table(["target", "body", f"msg/s (median of {repeat})", "vs relay", "server cpu us/msg", "p50 ms",
+    print_table(["target", "body", "msg/s (not measured)" if args.no_throughput else f"msg/s (median of {repeat})", "vs relay", "server cpu us/msg", "p50 ms",
                  "p99 ms", "exactly-once", "others' cores", "floors"], rows)
     if busy:
         print("note: other processes used CPU during runs marked BUSY: their figures are not reliable "

@@ -567,8 +567,9 @@ def finish(
                 ", ".join(verdicts),
             ])
     print()
-    print_table(["target", "body", "msg/s (not measured)" if args.no_throughput else f"msg/s (median of {repeat})", "vs relay", "server cpu us/msg", "p50 ms",
-                 "p99 ms", "exactly-once", "others' cores", "floors"], rows)
+    rate_header = "msg/s (not measured)" if args.no_throughput else f"msg/s (median of {repeat})"
+    print_table(["target", "body", rate_header, "vs relay", "server cpu us/msg", "p50 ms", "p99 ms", "exactly-once",
+                 "others' cores", "floors"], rows)
     if busy:
         print("note: other processes used CPU during runs marked BUSY: their figures are not reliable "
               "(use --wait-idle S, or rerun on a quiet machine)")

@@ -1,4 +1,4 @@
-"""The broker core: conversations, delivery, receive leases and time, as pure synchronous state.
+"""The broker core: the catalog, conversations, local delivery and time, as pure synchronous state.
 
 Theory of operation
 -------------------
@@ -20,13 +20,19 @@ that is not durable (``persist=False``) the same path runs without building stor
 Outgoing messages go straight to the far endpoint's queue when its service is on this node. When it is not, they
 wait in the transmission queue (``tx``, see ``transmission.py`` and ``federation.py``), DELAYED with a reason, and move on in order when a route appears
 (here: when a service of that name is created on this node; federation and dynamic routing add more).
+
+The engine is one object, :class:`BrokerCore`, whose parts live in mixins so that each file can be read alone:
+``federation.py`` (routing decisions, the transmission queue, envelopes), ``dynamic.py`` (asking where a service
+is), ``dialog_security.py`` (bindings, session keys, sealing), ``receiving.py`` (receives and their leases) and
+``status.py`` (what ``status`` reports, and the counters that keep it cheap). This file keeps what ties them:
+loading, sealing and publishing, the catalog calls, the conversation calls, and the timers.
 """
 
 from __future__ import annotations
 
 import heapq
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
@@ -34,10 +40,8 @@ from ..errors import (
     Overloaded,
     ConversationError,
     InvalidArgument,
-    LeaseExpired,
     MessageTooLarge,
     ObjectInUse,
-    QueueDisabled,
     SecurityError,
     UnknownObject,
 )
@@ -62,11 +66,12 @@ from .dialog_security import DialogSecurity
 from .dynamic import _DISPATCH, _REFRESH, DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
+from .receiving import _LEASE, URGENT_TYPES, Receiving
 from .routing import Route
+from .status import Status
 from .transmission import TransmissionQueue
 from .validation import VALIDATORS
 
-URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
 #: how long a failed MissingRemoteServiceBinding request is remembered (the seeds: 10 minutes)
 DEFAULT_BINDING_FAILURE_CACHE = 600.0
 _new_row = MessageRow._make
@@ -81,7 +86,7 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-class BrokerCore(Federation, DynamicRouting, DialogSecurity):
+class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
     """All of one node's conversation state. Single-threaded: the shell calls it from its event loop only."""
 
     def __init__(
@@ -140,6 +145,8 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         self._ciphers: dict[str, Any] = {}
         self.queues: dict[str, MessageQueue] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        #: how many endpoints are in each state, for ``status`` (see status.py for where it is kept)
+        self._state_counts: dict[State, int] = dict.fromkeys(State, 0)
         #: outgoing messages not yet acknowledged (remote) or waiting for a route (DELAYED)
         self.tx = TransmissionQueue()
         #: (conversation id, is_initiator) → the handle of this node's endpoint on that side
@@ -405,7 +412,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         for message_type in types - allowed:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
-            ep.state = State.CONVERSING
+            self._set_state(ep, State.CONVERSING)
         target = self.route(ep, now)
         if isinstance(target, Endpoint):
             if target.state is State.CLOSED:
@@ -555,9 +562,9 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
                 return
         elif message_type == END_DIALOG:
             if far.state in (State.CONVERSING, State.STARTED_OUTBOUND):
-                far.state = State.DISCONNECTED_INBOUND
+                self._set_state(far, State.DISCONNECTED_INBOUND)
         else:
-            far.state = State.ERROR
+            self._set_state(far, State.ERROR)
         far.recv_seq = seq + 1
         self._touch(far)
         self._enqueue(far, seq, message_type, body, now)
@@ -585,7 +592,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         for side in (ep, far):
             if side is None or side.state in (State.CLOSED, State.ERROR):
                 continue
-            side.state = State.ERROR
+            self._set_state(side, State.ERROR)
             side.error = (int(code), description)
             self._touch(side)
             self._enqueue(side, -1, ERROR, error_body(code, description), now)
@@ -597,9 +604,9 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         self._touch(ep)
         if message_type == END_DIALOG:
             if ep.state.can_send:
-                ep.state = State.DISCONNECTED_INBOUND
+                self._set_state(ep, State.DISCONNECTED_INBOUND)
         elif message_type == ERROR:
-            ep.state = State.ERROR
+            self._set_state(ep, State.ERROR)
             ep.error = parse_error_body(body)
         else:
             # the target's service must accept the contract; checked on the message that makes its endpoint
@@ -634,11 +641,11 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         description = f"message {ep.recv_seq - 1} was not delivered: {description}"
         self._emit(ep, ERROR, error_body(code, description), now)
         if ep.recv_seq == 1 and ep.send_seq == 1:
-            ep.state = State.CLOSED  # made by the message that failed: nobody here ever saw it
+            self._set_state(ep, State.CLOSED)  # made by the message that failed: nobody here ever saw it
             if ep.handle not in self.tx:
                 self._retire(ep, now)
         else:
-            ep.state = State.ERROR
+            self._set_state(ep, State.ERROR)
             ep.error = (int(code), description)
             self._enqueue(ep, -1, ERROR, error_body(code, description), now)
         self._touch(ep)
@@ -671,7 +678,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
                 self._emit(ep, END_DIALOG, b"", now)
         if cleanup:
             self.drop_outgoing(ep)
-        ep.state = State.CLOSED
+        self._set_state(ep, State.CLOSED)
         ep.timer_at = None
         queue = self.queues.get(self.catalog.services[ep.service].queue) if ep.service in self.catalog.services else None
         if queue is not None:
@@ -696,7 +703,10 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         heapq.heappush(self._deadlines, (retire_at, _RETIRE, ep.handle))
 
     def _remove(self, ep: Endpoint) -> None:
-        self.endpoints.pop(ep.handle, None)
+        """The only way an endpoint leaves ``endpoints``."""
+        gone = self.endpoints.pop(ep.handle, None)
+        if gone is not None:
+            self._count_left(gone)
         self._ciphers.pop(ep.handle, None)
         self.by_conversation.pop((ep.conversation_id, ep.is_initiator), None)
         self.tx.detach(ep.handle)
@@ -719,6 +729,10 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
 
     def _watch(self, ep: Endpoint) -> None:
+        """An endpoint has just joined ``endpoints`` (begun, made for a far side here, arrived from a peer, or
+        loaded): schedule its deadlines, and count it for ``status``. Every place that adds an endpoint calls
+        this, once; that is what keeps the per-state counts exact."""
+        self._count_joined(ep)
         if ep.state is State.CLOSED:
             if ep.timer_at is not None:  # a retired endpoint: the field holds when it goes for good
                 heapq.heappush(self._deadlines, (ep.timer_at, _RETIRE, ep.handle))
@@ -782,177 +796,11 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
                     description += f"; {dropped} message(s) to {ep.far_service!r} still waiting ({why_waiting}) were dropped"
                 if last_error:
                     description += f"; the last dynamic-routing error: {last_error}"
-                ep.state = State.ERROR
+                self._set_state(ep, State.ERROR)
                 ep.error = (int(BrokerErrorCode.LIFETIME_EXPIRED), description)
                 self._touch(ep)
                 self._enqueue(ep, -1, ERROR, error_body(BrokerErrorCode.LIFETIME_EXPIRED, description), now)
         return expired
-
-    # ---------------------------------------------------------------------------------------------- receive
-
-    def queue(self, name: Any) -> MessageQueue:
-        queue = self.queues.get(name) if isinstance(name, str) else None
-        if queue is None:
-            raise UnknownObject(f"queue {name!r} does not exist")
-        return queue
-
-    def check_receivable(self, queue: MessageQueue) -> None:
-        if not queue.definition.status:
-            raise QueueDisabled(
-                f"queue {queue.name!r} is disabled ({queue.disabled_reason or 'status off'}); fix the cause, then"
-                f" turn it on with: aiobroker alter queue {queue.name} --status on"
-            )
-
-    def receive(
-        self, queue_name: str, max_messages: int, owner: Any, now: float, lease_seconds: float | None = None
-    ) -> Lease | None:
-        """Lock the oldest ready conversation group of a queue and hand out up to ``max_messages``; None if
-        nothing is ready."""
-        queue = self.queue(queue_name)
-        self.check_receivable(queue)
-        if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
-            raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
-        taken = queue.take(max_messages, self.max_batch_bytes)
-        if taken is None:
-            return None
-        group, rows = taken
-        lease_id = self._next_lease_id
-        self._next_lease_id = lease_id + 1
-        expires = now + (lease_seconds if lease_seconds is not None else self.receive_lease)
-        lease = Lease(lease_id, queue, group, rows, owner, expires)
-        group.lease = lease
-        self.leases[lease_id] = lease
-        self.leases_by_owner.setdefault(owner, set()).add(lease_id)
-        heapq.heappush(self._deadlines, (expires, _LEASE, str(lease_id)))
-        return lease
-
-    def _take_lease(self, lease_id: Any, owner: Any) -> Lease:
-        lease = self.leases.get(lease_id) if isinstance(lease_id, int) else None
-        if lease is None or lease.owner is not owner:
-            raise LeaseExpired(
-                f"lease {lease_id!r} is not held: it ran out, was already committed or rolled back, or belongs to"
-                " another connection; its messages went back to the queue"
-            )
-        del self.leases[lease_id]
-        owned = self.leases_by_owner.get(owner)
-        if owned is not None:
-            owned.discard(lease_id)
-            if not owned:
-                del self.leases_by_owner[owner]
-        return lease
-
-    def commit(self, lease_id: int, owner: Any) -> int:
-        lease = self._take_lease(lease_id, owner)
-        queue = lease.queue
-        if queue.definition.retention:
-            for row in lease.messages:
-                if row.handle in self.endpoints:
-                    kept = row._replace(state=1)
-                    queue.retained.setdefault(row.handle, []).append(kept)
-                    self._save_row(kept)
-        else:
-            for row in lease.messages:
-                self._forget_row(row.id)
-        queue.commit(lease)
-        return len(lease.messages)
-
-    def rollback(self, lease_id: int, owner: Any) -> None:
-        self._rollback(self._take_lease(lease_id, owner))
-
-    def release_owner(self, owner: Any) -> int:
-        """A receiver went away: roll back every lease it held. Returns how many."""
-        ids = self.leases_by_owner.pop(owner, set())
-        for lease_id in sorted(ids):
-            lease = self.leases.pop(lease_id)
-            self._rollback(lease)
-        return len(ids)
-
-    def _rollback(self, lease: Lease) -> None:
-        self.leases.pop(lease.id, None)
-        owned = self.leases_by_owner.get(lease.owner)
-        if owned is not None:
-            owned.discard(lease.id)
-            if not owned:
-                del self.leases_by_owner[lease.owner]
-        # messages of conversations that ended meanwhile do not come back
-        lease.messages = [r for r in lease.messages if r.handle in self.endpoints]
-        queue = lease.queue
-        queue.rollback(lease, urgent_types=URGENT_TYPES)
-        if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
-            if queue.definition.status:
-                reason = (
-                    f"poison message: conversation group {lease.group.id} was rolled back"
-                    f" {lease.group.rollbacks} times in a row"
-                )
-                self.alter_queue(queue.name, {"status": False})
-                queue.disabled_reason = reason
-
-    # ---------------------------------------------------------------------------------------------- status
-
-    def conversations_of(self, rows: Iterable[MessageRow]) -> dict[str, list[Any]]:
-        """Per-conversation facts for a batch of received messages, sent once per batch, not per message."""
-        out: dict[str, list[Any]] = {}
-        for row in rows:
-            if row.handle not in out:
-                ep = self.endpoints.get(row.handle)
-                if ep is not None:
-                    out[row.handle] = [
-                        ep.service,
-                        ep.far_service,
-                        ep.contract,
-                        ep.group_id,
-                        ep.is_initiator,
-                        ep.conversation_id,
-                    ]
-        return out
-
-    def transmission_entries(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The transmission queue per conversation, oldest first, with its state in words (for ``status``)."""
-        out: list[dict[str, Any]] = []
-        for handle, rows in self.tx.rows.items():
-            if len(out) >= limit:
-                break
-            ep = self.endpoints.get(handle)
-            address = self.tx.route_of.get(handle)
-            link = self.tx.links.get(address) if address else None
-            out.append(
-                {
-                    "handle": handle,
-                    "far_service": ep.far_service if ep else None,
-                    "messages": len(rows),
-                    "first_seq": rows[0].seq if rows else None,
-                    "state": self.link_status(handle),
-                    "address": address,
-                    "last_error": link.last_error if link else None,
-                    "next_attempt": link.next_attempt if link else None,
-                }
-            )
-        return out
-
-    def statistics(self, now: float = 0.0) -> dict[str, Any]:
-        by_state: dict[str, int] = {}
-        for ep in self.endpoints.values():
-            by_state[ep.state.value] = by_state.get(ep.state.value, 0) + 1
-        delayed = {
-            service: {
-                "conversations": len(handles),
-                "messages": sum(len(self.tx.rows.get(h, ())) for h in handles),
-                "reason": next((self.endpoints[h].delayed for h in handles if h in self.endpoints), None),
-            }
-            for service, handles in self.tx.delayed.items()
-        }
-        return {
-            "broker_instance": self.broker_instance,
-            "conversations": len(self.endpoints),
-            "conversations_by_state": by_state,
-            "queues": [q.statistics() for q in self.queues.values()],
-            "delayed": delayed,
-            "transmission": {**self.tx.statistics(), "entries": self.transmission_entries()},
-            "leases": len(self.leases),
-            "objects": self.catalog.statistics(),
-            "dynamic_routing": self.dynamic_statistics(now),
-            "security": self.security_statistics(),
-        }
 
     def __repr__(self) -> str:
         return (
@@ -961,5 +809,6 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity):
         )
 
 
-_LIFETIME, _TIMER, _LEASE, _RETIRE = 0, 1, 2, 3
+#: kinds of deadline in ``_deadlines`` (a lease's expiry is ``receiving._LEASE``, 2; dynamic routing's are 4 and 5)
+_LIFETIME, _TIMER, _RETIRE = 0, 1, 3
 

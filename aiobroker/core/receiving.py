@@ -1,0 +1,163 @@
+"""Receiving in the core: handing out a queue's messages under a lease, and what commit, rollback and expiry do.
+
+Theory of operation
+-------------------
+A receive locks the oldest ready conversation group of a queue (``queues.py`` keeps the groups) and hands out up to
+N of its messages, bounded by ``max_batch_bytes``, under a *lease*: the receiver's lock on that group, which only
+the receiver that took it (its *owner*, a connection) may end. Ending it unlocks the group:
+
+- **commit**: the messages leave the queue and the store, or stay as retained rows if the queue keeps them;
+- **rollback**, by the receiver, or because it went away (:meth:`Receiving.release_owner`), or because the lease
+  ran out (``BrokerCore.advance`` rolls back the leases whose deadline passed and returns them to the shell):
+  the messages go back to the front of their group, except those whose conversation ended meanwhile. If the
+  queue has poison-message handling on, a group rolled back ``poison_rollbacks`` times in a row turns the queue
+  off, and the queue says why.
+
+This module owns the leases (``leases``, ``leases_by_owner``, their ids and deadlines); ``broker.py`` owns the
+queues' contents as messages arrive, and the timers that expire leases. It is a mixin so the receive path reads
+the core's own dicts directly (a receive is on the hot path: no indirection per call).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
+from ..store.base import MessageRow
+from .catalog import DIALOG_TIMER, ERROR, QueueDef
+from .conversation import Endpoint
+from .queues import Lease, MessageQueue
+
+#: message types handed out before the rest of their group, and put back in front on a rollback: they change what
+#: the application should do with the other messages
+URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
+
+#: the kind of a lease's expiry in the core's deadline heap (``broker.py`` has the conversation kinds 0, 1, 3 and
+#: ``dynamic.py`` 4, 5: the kinds share one heap, so each number means one thing)
+_LEASE = 2
+
+
+class Receiving:
+    """Mixed into :class:`~aiobroker.core.broker.BrokerCore`; uses its state (declared for the type checker)."""
+
+    queues: dict[str, MessageQueue]
+    endpoints: dict[str, Endpoint]
+    max_batch_bytes: int
+    #: seconds a receiver holds a group unless it asks for another time
+    receive_lease: float
+    #: rollbacks in a row that make a group a poison message (its queue is turned off, if the queue says so)
+    poison_rollbacks: int
+    #: lease id → lease; and per owner (a connection), the ids it holds, to release them all when it goes away
+    leases: dict[int, Lease]
+    leases_by_owner: dict[Any, set[int]]
+    _next_lease_id: int
+    #: the core's deadline heap (when, kind, key), cleaned lazily: a lease's entry is judged stale when it fires
+    _deadlines: list[tuple[float, int, str]]
+
+    if TYPE_CHECKING:  # provided by BrokerCore; declared for the type checker only (a stub here would shadow the
+        # real method later in the MRO)
+
+        def _save_row(self, row: MessageRow) -> None: ...
+        def _forget_row(self, message_id: int) -> None: ...
+        def alter_queue(self, name: str, changes: dict[str, Any]) -> QueueDef: ...
+
+    def queue(self, name: Any) -> MessageQueue:
+        queue = self.queues.get(name) if isinstance(name, str) else None
+        if queue is None:
+            raise UnknownObject(f"queue {name!r} does not exist")
+        return queue
+
+    def check_receivable(self, queue: MessageQueue) -> None:
+        if not queue.definition.status:
+            raise QueueDisabled(
+                f"queue {queue.name!r} is disabled ({queue.disabled_reason or 'status off'}); fix the cause, then"
+                f" turn it on with: aiobroker alter queue {queue.name} --status on"
+            )
+
+    def receive(
+        self, queue_name: str, max_messages: int, owner: Any, now: float, lease_seconds: float | None = None
+    ) -> Lease | None:
+        """Lock the oldest ready conversation group of a queue and hand out up to ``max_messages``; None if
+        nothing is ready."""
+        queue = self.queue(queue_name)
+        self.check_receivable(queue)
+        if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
+            raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
+        taken = queue.take(max_messages, self.max_batch_bytes)
+        if taken is None:
+            return None
+        group, rows = taken
+        lease_id = self._next_lease_id
+        self._next_lease_id = lease_id + 1
+        expires = now + (lease_seconds if lease_seconds is not None else self.receive_lease)
+        lease = Lease(lease_id, queue, group, rows, owner, expires)
+        group.lease = lease
+        self.leases[lease_id] = lease
+        self.leases_by_owner.setdefault(owner, set()).add(lease_id)
+        heapq.heappush(self._deadlines, (expires, _LEASE, str(lease_id)))
+        return lease
+
+    def _take_lease(self, lease_id: Any, owner: Any) -> Lease:
+        """The lease, no longer held (the caller ends it); only its owner may end it."""
+        lease = self.leases.get(lease_id) if isinstance(lease_id, int) else None
+        if lease is None or lease.owner is not owner:
+            raise LeaseExpired(
+                f"lease {lease_id!r} is not held: it ran out, was already committed or rolled back, or belongs to"
+                " another connection; its messages went back to the queue"
+            )
+        del self.leases[lease_id]
+        owned = self.leases_by_owner.get(owner)
+        if owned is not None:
+            owned.discard(lease_id)
+            if not owned:
+                del self.leases_by_owner[owner]
+        return lease
+
+    def commit(self, lease_id: int, owner: Any) -> int:
+        lease = self._take_lease(lease_id, owner)
+        queue = lease.queue
+        if queue.definition.retention:
+            for row in lease.messages:
+                if row.handle in self.endpoints:
+                    kept = row._replace(state=1)
+                    queue.retained.setdefault(row.handle, []).append(kept)
+                    self._save_row(kept)
+        else:
+            for row in lease.messages:
+                self._forget_row(row.id)
+        queue.commit(lease)
+        return len(lease.messages)
+
+    def rollback(self, lease_id: int, owner: Any) -> None:
+        self._rollback(self._take_lease(lease_id, owner))
+
+    def release_owner(self, owner: Any) -> int:
+        """A receiver went away: roll back every lease it held. Returns how many."""
+        ids = self.leases_by_owner.pop(owner, set())
+        for lease_id in sorted(ids):
+            lease = self.leases.pop(lease_id)
+            self._rollback(lease)
+        return len(ids)
+
+    def _rollback(self, lease: Lease) -> None:
+        """Put a lease's messages back in front of their group (a rollback, a receiver gone, or the lease ran out);
+        count it against the group for poison-message handling."""
+        self.leases.pop(lease.id, None)
+        owned = self.leases_by_owner.get(lease.owner)
+        if owned is not None:
+            owned.discard(lease.id)
+            if not owned:
+                del self.leases_by_owner[lease.owner]
+        # messages of conversations that ended meanwhile do not come back
+        lease.messages = [r for r in lease.messages if r.handle in self.endpoints]
+        queue = lease.queue
+        queue.rollback(lease, urgent_types=URGENT_TYPES)
+        if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
+            if queue.definition.status:
+                reason = (
+                    f"poison message: conversation group {lease.group.id} was rolled back"
+                    f" {lease.group.rollbacks} times in a row"
+                )
+                self.alter_queue(queue.name, {"status": False})
+                queue.disabled_reason = reason

@@ -232,6 +232,11 @@ class TransmissionQueue:
         done = rows[:k]
         del rows[:k]
         if done:
+            service = self.delayed_service.get(handle)
+            if service is not None:
+                # sent before the conversation went back to DELAYED (its route was dropped), acknowledged after:
+                # they no longer wait, so they leave the DELAYED counts the send bounds read
+                self._count(service, -len(done))
             address = self.route_of.get(handle)
             link = self.links.get(address) if address else None
             if link is not None:

@@ -210,17 +210,32 @@ def test_a_tampered_signature_drops_the_first_message(pems: Any) -> None:
     assert b.core.statistics()["security"]["first_messages_dropped"] == 1
 
 
+def secured(h: Harness) -> int:
+    """``status``' count of secured conversations, checked against a walk over the endpoints."""
+    counted = h.core.security_statistics()["secured_conversations"]
+    assert counted == sum(1 for ep in h.core.endpoints.values() if ep.secured)
+    return int(counted)
+
+
 def test_a_secured_conversation_survives_a_restart_of_both_ends(pems: Any) -> None:
     a, b = nodes(pems)
     handle = begin(a)
+    assert (secured(a), secured(b)) == (0, 0)
     a.send(handle, b"before")
     carry(a, b, B_ADDR)
     assert bodies(b, "qb") == [b"before"]
+    assert (secured(a), secured(b)) == (1, 1)
     a, b = a.restart(), b.restart()
+    assert (secured(a), secured(b)) == (1, 1), "counted again from the store"
     a.send(handle, b"after")
     sent, _ = carry(a, b, B_ADDR)
     assert b"after" not in packb(sent[0])
     assert bodies(b, "qb") == [b"after"]
+    a.core.end(handle, a.now, cleanup=True)
+    a.flush()
+    assert (secured(a), secured(b)) == (1, 1), "kept closed a while, to recognise late retransmissions"
+    a.advance(a.core.closed_retention + 1)
+    assert (secured(a), secured(b)) == (0, 1), "a retired endpoint leaves the count with it"
 
 
 # ---------------------------------------------------------------------------------------- the choice table

@@ -147,6 +147,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         self.endpoints: dict[str, Endpoint] = {}
         #: how many endpoints are in each state, for ``status`` (see status.py for where it is kept)
         self._state_counts: dict[State, int] = dict.fromkeys(State, 0)
+        self.secured_count = 0
         #: outgoing messages not yet acknowledged (remote) or waiting for a route (DELAYED)
         self.tx = TransmissionQueue()
         #: (conversation id, is_initiator) → the handle of this node's endpoint on that side

@@ -67,6 +67,8 @@ class DialogSecurity:
         def _touch(self, ep: Endpoint) -> None: ...
         def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None: ...
         def _save_object(self, kind: str, obj: Any, name: str) -> None: ...
+        def _set_secured(self, ep: Endpoint, secured: bool) -> None: ...  # Status: keeps secured_count
+        secured_count: int
 
     # ------------------------------------------------------------------------------------------- initiator
 
@@ -121,7 +123,7 @@ class DialogSecurity:
         self._touch(ep)
 
     def _go_plain(self, ep: Endpoint) -> bool:
-        ep.secured = False
+        self._set_secured(ep, False)
         self._touch(ep)
         return True
 
@@ -145,7 +147,7 @@ class DialogSecurity:
                 to_service=ep.far_service,
                 wrapped_key=wrapped,
             )
-        ep.secured = True
+        self._set_secured(ep, True)
         ep.session_key = key
         ep.key_header = header
         self._touch(ep)
@@ -279,13 +281,12 @@ class DialogSecurity:
         return self.request_done(BINDING, service, now, ok=True, text=text)
 
     def security_statistics(self) -> dict[str, Any]:
-        secured = sum(1 for ep in self.endpoints.values() if ep.secured)
         return {
             "authorization": self.authorization,
             "node_identity": self.catalog.node_identity,
             "identities": len(self.catalog.identities),
             "bindings": len(self.catalog.bindings),
-            "secured_conversations": secured,
+            "secured_conversations": self.secured_count,
             "messages_dropped": self.security_counts.get("dropped", 0),
             "first_messages_dropped": self.security_counts.get("first_dropped", 0),
             "refused": self.security_counts.get("refused", 0),

@@ -5,21 +5,22 @@ Theory of operation
 -------------------
 ``status`` may be asked for at any time on a node holding a great many conversations, so :meth:`Status.statistics`
 reads counters rather than walking every endpoint. The one count kept here is endpoints per state
-(``_state_counts``). It stays exact because an endpoint's count changes in only three places, all in this core:
+(``_state_counts``), and how many are secured (``secured_count``). They stay exact because an endpoint's count
+changes in only three places, all in this core:
 
 - it joins ``endpoints`` (begun, made for a far side on this node, arrived from a peer, or loaded after a restart):
   every such place calls ``BrokerCore._watch``, which calls :meth:`Status._count_joined`;
 - it changes state: every state change goes through :meth:`Status._set_state` (``broker.py`` is the only module
   that changes an endpoint's state; a new ``ep.state = ...`` elsewhere would make the counts drift, which
-  ``tests/test_core_status.py`` would catch by comparing them with a walk);
+  ``tests/test_core_status.py`` would catch by comparing them with a walk); likewise its dialog security is decided
+  through :meth:`Status._set_secured`;
 - it leaves ``endpoints``: only ``BrokerCore._remove`` removes one, and calls :meth:`Status._count_left`.
 
 States change a few times per conversation, never per message, so the counting costs the hot path nothing.
 
 This module owns the reporting and that counter; the numbers of the other parts come from their own
 ``statistics`` (queues, the transmission queue, the catalog, dynamic routing, dialog security). Some of those
-still count by walking what they own on each call: dialog security its secured conversations (every endpoint),
-the transmission queue its messages (every conversation with unacknowledged ones), each queue its locked and
+still count by walking what they own on each call: the transmission queue its messages (every conversation with unacknowledged ones), each queue its locked and
 retained messages (its groups and retaining conversations); and the ``delayed`` section below walks the DELAYED
 conversations (for the reason each waits; their messages are counted).
 """
@@ -48,6 +49,8 @@ class Status:
     #: how many of ``endpoints`` are in each state (every state present, zero or not): ``statistics`` reads this
     #: instead of walking the endpoints
     _state_counts: dict[State, int]
+    #: how many of ``endpoints`` are secured (dialog security's ``secured_conversations``)
+    secured_count: int
 
     if TYPE_CHECKING:  # provided by Federation, DynamicRouting and DialogSecurity; declared for the type checker
         # only (a stub here would shadow the real method later in the MRO)
@@ -61,10 +64,20 @@ class Status:
     def _count_joined(self, ep: Endpoint) -> None:
         """``ep`` was just put in ``endpoints``."""
         self._state_counts[ep.state] += 1
+        if ep.secured:
+            self.secured_count += 1
 
     def _count_left(self, ep: Endpoint) -> None:
         """``ep`` was just taken out of ``endpoints``."""
         self._state_counts[ep.state] -= 1
+        if ep.secured:
+            self.secured_count -= 1
+
+    def _set_secured(self, ep: Endpoint, secured: bool) -> None:
+        """Decide an endpoint's dialog security, keeping ``secured_count``. The only way the core sets it."""
+        if self.endpoints.get(ep.handle) is ep:
+            self.secured_count += int(secured) - int(bool(ep.secured))
+        ep.secured = secured
 
     def _set_state(self, ep: Endpoint, state: State) -> None:
         """Change an endpoint's state, keeping the per-state counts. The only way the core changes a state."""

@@ -135,6 +135,7 @@ class StoreWriter:
     def statistics(self) -> dict[str, float | int]:
         return {
             "batches": self.batches,
+            "inline_batches": self.inline_batches,
             "rows_written": self.rows_written,
             "largest_batch": self.largest_batch,
             "write_seconds": round(self.write_seconds, 3),

@@ -49,6 +49,7 @@ import dns.exception
 import dns.message
 import dns.query
 import pytest
+from node_process import stop_by_pid
 
 __all__ = ["Dnsmasq", "Host", "Srv", "dnsmasq_path", "free_udp_tcp_port", "require_dnsmasq"]
 
@@ -244,13 +245,7 @@ class Dnsmasq:
         """SIGTERM by pid, SIGKILL if it has not gone by the deadline; then close the log. Idempotent."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=timeout)
+            stop_by_pid(proc, timeout)
         log, self._log = self._log, None
         if log is not None:
             log.close()

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 from netns import Topology
-from node_process import NodeProcess, free_port, wait_for
+from node_process import NodeProcess, free_port, stop_by_pid, wait_for
 
 import aiobroker
 
@@ -329,13 +329,7 @@ class Registry:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=STOP_TIMEOUT)
+            stop_by_pid(proc, STOP_TIMEOUT)
             self._stderr.close()
 
     def __enter__(self) -> Registry:

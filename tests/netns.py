@@ -267,6 +267,11 @@ class Topology:
         """The interface name of ``host`` on the same link :meth:`address` picks (for ``ip``/``tc`` commands)."""
         return self._link_towards(host, towards).ifname(host)
 
+    def neighbours(self, host: str) -> list[str]:
+        """The hosts with a link to ``host``, in the order those links were given."""
+        self._check_host(host)
+        return [link.other(host) for link in self._links if host in (link.left, link.right)]
+
     def subnet(self, a: str, b: str) -> str:
         """The subnet of the link between ``a`` and ``b``, e.g. ``10.231.0.0/24``."""
         return self._link(a, b).subnet()

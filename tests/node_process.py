@@ -17,6 +17,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def stop_by_pid(proc: subprocess.Popen, timeout: float = 10.0, signum: int = signal.SIGTERM) -> int:  # type: ignore[type-arg]
+    """Stop ``proc`` and return its exit code: ``signum`` (SIGTERM) to its pid if it still runs, SIGKILL to that pid
+    if it has not exited ``timeout`` seconds later. Signals nothing but this one pid (never a name)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signum)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    return int(proc.returncode)
+
+
 def wait_for(condition, timeout: float, what: str, interval: float = 0.02):  # type: ignore[no-untyped-def]
     """Poll ``condition()`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -82,11 +95,6 @@ class NodeProcess:
             if self.proc is not None and not self.log.closed:
                 self.log.close()
             return self.proc.returncode if self.proc else 0
-        os.kill(self.proc.pid, signum)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(timeout=10)
+        code = stop_by_pid(self.proc, timeout, signum)
         self.log.close()
         return code

@@ -14,41 +14,33 @@ What docs/security.md promises, checked on real bytes:
   ``ack_timeout``, and every message arrives exactly once, in order, as sent. The same proxy, with
   ``--tamper-message``, flips one byte of one message's body in an ENVELOPES frame on its way from a to b.
 
-As in ``tests/test_federation_hosts.py``: in the ``netns`` variant every node, proxy and client
-(``tests/secure_driver.py``) runs inside its host's namespace (``netns.Topology``); in the ``loopback`` variant the
-same processes run here on 127.0.0.1, on different ports. ``netns`` is skipped, with the reason, where namespaces
-cannot be made. Every wait has a deadline; every process is stopped by its pid.
+As in ``tests/test_federation_hosts.py``, ``tests/hosts.py`` runs the processes: in the ``netns`` variant every
+node, proxy and client (``tests/secure_driver.py``) runs inside its host's namespace; in the ``loopback`` variant
+the same processes run here on 127.0.0.1, on different ports. ``netns`` is skipped, with the reason, where
+namespaces cannot be made. Every wait has a deadline; every process is stopped by its pid.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from netns import Topology, netns_available
-from node_process import free_port, wait_for
+from hosts import VARIANTS, Hosts, Server
+from hosts import netns_or_loopback as netns_or_loopback  # the fixture `variant`
 
 from aiobroker.security.certs import create_self_signed
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ["netns", "loopback"]
 HERE = Path(__file__).parent
 DRIVER = str(HERE / "secure_driver.py")
 PROXY = str(HERE / "recording_proxy.py")
 NODE_PORT, PROXY_PORT = 4022, 4023  # in the netns variant: every host is its own namespace
 ACK_TIMEOUT = 1.0  # seconds; short, so that a dropped message is resent soon
 FEDERATION = {"ack_timeout": ACK_TIMEOUT, "connect_timeout": 2, "handshake_timeout": 2}
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 DRIVER_TIMEOUT = 60.0
 
 SECRET = b"PLAINTEXT-MARKER-"  # every body of the secured conversation starts with it
@@ -58,158 +50,33 @@ CONTROL = b"PLAIN-CONTROL-"  # every body of the plain conversation sent the sam
 # --------------------------------------------------------------------------------------------- helpers
 
 
-class Server:
-    """A long-running process (a node or a proxy) that says ``listening on`` in its log when ready."""
-
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: IO[bytes], log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log = log
-        self.log_path = log_path
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_listening(self) -> None:
-        def listening() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode} at start:\n{self.output()}")
-            return "listening on " in self.output()
-
-        wait_for(listening, START_TIMEOUT, f"{self.name} to listen")
-
-    def stop(self) -> int:
-        """SIGTERM by pid, SIGKILL by pid at the deadline; returns the exit code."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        self.log.close()
-        return self.proc.returncode
+def proxy(h: Hosts, name: str, host: str, listen: str, target: str, *extra: str) -> Server:
+    """Start ``recording_proxy.py`` on ``host``, from ``listen`` to ``target`` (HOST:PORT each); not waited for."""
+    return h.launch(name, host, [sys.executable, PROXY, "--listen", listen, "--target", target, *extra])
 
 
-class Hosts:
-    """Where the processes of one scenario run: a host's namespace (netns) or here on 127.0.0.1 (loopback).
-
-    Everything started is stopped on exit (by pid), and the namespaces are removed."""
-
-    def __init__(self, variant: str, tmp_path: Path, hosts: list[str], links: list[tuple[str, str]]) -> None:
-        self.tmp_path = tmp_path
-        self.topo: Topology | None = Topology(hosts, links) if variant == "netns" else None
-        self.servers: dict[str, Server] = {}
-
-    def ip(self, host: str, towards: str) -> str:
-        """The address of ``host`` as seen from ``towards`` (itself: any neighbour)."""
-        if self.topo is None:
-            return "127.0.0.1"
-        return self.topo.address(host, towards=towards)
-
-    def port(self, fixed: int) -> int:
-        return fixed if self.topo is not None else free_port()
-
-    def start(self, name: str, host: str, argv: list[str]) -> Server:
-        log_path = self.tmp_path / f"{name}.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed by Server.stop
-        if self.topo is not None:
-            proc = self.topo.run(host, argv, stdout=log, stderr=subprocess.STDOUT)
-        else:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        server = self.servers[name] = Server(name, proc, log, log_path)
-        return server
-
-    def node(self, name: str, host: str, listen: str, *, forwarding: bool = False,
-             routes: dict[str, str] | None = None) -> Server:  # fmt: skip
-        home = self.tmp_path / name
-        home.mkdir()
-        lines = [
-            "[node]",
-            f'listen = "{listen}"',
-            f'data_dir = "{home / "data"}"',
-            'store = "sqlite"',
-            'durability = "normal"',
-            'log_level = "info"',
-            "",
-            "[federation]",
-            f"forwarding = {'true' if forwarding else 'false'}",
-            *(f"{k} = {v}" for k, v in FEDERATION.items()),
-            "",
-        ]
-        for service, address in (routes or {}).items():
-            lines += [
-                "[[route]]",
-                f'name = "to-{service}"',
-                f'service_name = "{service}"',
-                f'address = "{address}"',
-                "",
-            ]
-        config = home / "node.toml"
-        config.write_text("\n".join(lines))
-        return self.start(name, host, [sys.executable, "-m", "aiobroker", "serve", "--config", str(config)])
-
-    def proxy(self, name: str, host: str, listen: str, target: str, *extra: str) -> Server:
-        return self.start(name, host, [sys.executable, PROXY, "--listen", listen, "--target", target, *extra])
-
-    def wait_listening(self) -> None:
-        for server in self.servers.values():
-            server.wait_listening()
-
-    def drive(self, host: str, url: str, *args: str) -> list[dict[str, Any]]:
-        """Run ``secure_driver.py`` on ``host`` to completion (bounded); its JSON lines."""
-        argv = [sys.executable, DRIVER, "--url", url, "--limit", str(DRIVER_TIMEOUT - 5), *args]
-        try:
-            if self.topo is not None:
-                out = self.topo.check_output(host, argv, timeout=DRIVER_TIMEOUT)
-            else:
-                out = subprocess.run(argv, capture_output=True, text=True, timeout=DRIVER_TIMEOUT, check=True).stdout
-        except subprocess.CalledProcessError as exc:
-            raise AssertionError(
-                f"driver on {host} {args} failed ({exc.returncode}):\n{exc.stdout}\n{exc.stderr}"
-            ) from None
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name} ---\n{s.output()}" for name, s in self.servers.items())
-
-    def __enter__(self) -> Hosts:
-        if self.topo is not None:
-            self.topo.__enter__()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        try:
-            if exc is not None:
-                print(f"===== logs =====\n{self.logs()}")
-            codes = {name: server.stop() for name, server in self.servers.items()}
-        finally:
-            if self.topo is not None:
-                self.topo.__exit__(exc_type, exc, tb)
-        if exc is None:
-            bad = {name: code for name, code in codes.items() if code != 0}
-            assert not bad, f"processes exited uncleanly on SIGTERM: {bad}\n{self.logs()}"
-
-
-@pytest.fixture
-def variant(request: pytest.FixtureRequest) -> str:
-    """``netns`` is skipped, with the reason, where namespaces cannot be made."""
-    if request.param == "netns":
-        ok, reason = netns_available()
-        if not ok:
-            pytest.skip(reason)
-    return str(request.param)
-
-
-@contextmanager
-def hosts(variant: str, tmp_path: Path, names: list[str], links: list[tuple[str, str]]) -> Iterator[Hosts]:
-    with Hosts(variant, tmp_path, names, links) as h:
-        yield h
+def drive(h: Hosts, host: str, url: str, *args: str) -> list[dict[str, Any]]:
+    """Run ``secure_driver.py`` on ``host`` to completion (bounded); its JSON lines."""
+    argv = [sys.executable, DRIVER, "--url", url, "--limit", str(DRIVER_TIMEOUT - 5), *args]
+    out = h.check_output(host, argv, timeout=DRIVER_TIMEOUT, what=f"driver on {host} {args}")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def write_objects(path: Path, objects: list[tuple[str, dict[str, Any]]]) -> str:
     path.write_text(json.dumps(objects))
     return str(path)
+
+
+def signer_at_a(path: Path, to_service: str, far_cert: str, a_cert: str, a_key: str) -> str:
+    """A's objects, written to ``path``: svcA (queue qa), the identity a-signer and a binding that signs for and
+    encrypts to ``to_service`` (whose owner holds ``far_cert``)."""
+    return write_objects(path, [
+        ("queue", {"name": "qa"}),
+        ("service", {"name": "svcA", "queue": "qa", "contracts": []}),
+        ("identity", {"name": "a-signer", "certificate": a_cert, "private_key": a_key}),
+        ("binding", {"name": f"to-{to_service}", "to_service": to_service, "certificate": far_cert,
+                     "identity": "a-signer"}),
+    ])  # fmt: skip
 
 
 def record(records: list[dict[str, Any]], key: str) -> Any:
@@ -241,39 +108,31 @@ def test_a_forwarding_node_and_the_wire_never_see_a_secured_body(variant: str, t
     """a - b - c, the broker on b forwarding; proxies record what reaches b's node and c's node."""
     c_cert, c_key = create_self_signed("c-owner", key_type="ec")
     a_cert, a_key = create_self_signed("a-signer", key_type="ec")
-    with hosts(variant, tmp_path, ["a", "b", "c"], [("a", "b"), ("b", "c")]) as h:
+    with Hosts(variant, tmp_path, ["a", "b", "c"], [("a", "b"), ("b", "c")]) as h:
         a_ip, b_ip, c_ip = h.ip("a", "b"), h.ip("b", "a"), h.ip("c", "b")
         a_port, b_port, c_port, pb_port, pc_port = (h.port(p) for p in (NODE_PORT, NODE_PORT, NODE_PORT,
                                                                            PROXY_PORT, PROXY_PORT))  # fmt: skip
         via_pb, via_pc = f"tcp://{b_ip}:{pb_port}", f"tcp://{c_ip}:{pc_port}"
-        h.node("C", "c", f"{c_ip}:{c_port}")
-        h.node("B", "b", f"{'0.0.0.0' if h.topo else b_ip}:{b_port}", forwarding=True,
+        h.node("C", "c", c_port, federation=FEDERATION)
+        h.node("B", "b", b_port, federation=FEDERATION, forwarding=True,
                routes={"svcC": via_pc, "svcP": via_pc, "svcA": f"tcp://{a_ip}:{a_port}"})  # fmt: skip
-        h.node("A", "a", f"{a_ip}:{a_port}", routes={"svcC": via_pb, "svcP": via_pb})
-        h.proxy("PB", "b", f"{b_ip}:{pb_port}", f"{b_ip}:{b_port}", "--record", str(tmp_path / "hop-ab"))
-        h.proxy("PC", "c", f"{c_ip}:{pc_port}", f"{c_ip}:{c_port}", "--record", str(tmp_path / "hop-bc"))
-        if h.topo is not None:
-            assert h.topo.check_output("b", ["cat", "/proc/sys/net/ipv4/ip_forward"]).strip() == "0", (
-                "b's kernel must not forward: the broker on b is what passes messages on"
-            )
+        h.node("A", "a", a_port, federation=FEDERATION, routes={"svcC": via_pb, "svcP": via_pb})
+        proxy(h, "PB", "b", f"{b_ip}:{pb_port}", f"{b_ip}:{b_port}", "--record", str(tmp_path / "hop-ab"))
+        proxy(h, "PC", "c", f"{c_ip}:{pc_port}", f"{c_ip}:{c_port}", "--record", str(tmp_path / "hop-bc"))
+        h.assert_kernel_does_not_forward("b")
         h.wait_listening()
         url_a, url_c = f"tcp://{a_ip}:{a_port}", f"tcp://{c_ip}:{c_port}"
 
-        h.drive("c", url_c, "--setup", write_objects(tmp_path / "c.json", [
+        drive(h, "c", url_c, "--setup", write_objects(tmp_path / "c.json", [
             ("queue", {"name": "qc"}),
             ("queue", {"name": "qp"}),
             ("identity", {"name": "c-owner", "certificate": c_cert, "private_key": c_key}),
             ("service", {"name": "svcC", "queue": "qc", "contracts": ["DEFAULT"], "owner": "c-owner"}),
             ("service", {"name": "svcP", "queue": "qp", "contracts": ["DEFAULT"]}),
         ]))  # fmt: skip
-        sent = h.drive(
-            "a", url_a,
-            "--setup", write_objects(tmp_path / "a.json", [
-                ("queue", {"name": "qa"}),
-                ("service", {"name": "svcA", "queue": "qa", "contracts": []}),
-                ("identity", {"name": "a-signer", "certificate": a_cert, "private_key": a_key}),
-                ("binding", {"name": "to-svcC", "to_service": "svcC", "certificate": c_cert, "identity": "a-signer"}),
-            ]),
+        sent = drive(
+            h, "a", url_a,
+            "--setup", signer_at_a(tmp_path / "a.json", "svcC", c_cert, a_cert, a_key),
             "--dialog", "svcA", "svcC", "encrypted", SECRET.decode(), str(SECURED_COUNT),
             "--dialog", "svcA", "svcP", "plain", CONTROL.decode(), str(PLAIN_COUNT),
             "--wait-delivered", "30",
@@ -293,7 +152,7 @@ def test_a_forwarding_node_and_the_wire_never_see_a_secured_body(variant: str, t
         assert not leaked, f"a secured body is in the forwarding node's stored files {leaked}"
         assert SECRET not in h.servers["B"].output().encode(), "a secured body is in the forwarding node's log"
 
-        got = record(h.drive("c", url_c, "--consume", "qc", str(SECURED_COUNT), "--consume", "qp", str(PLAIN_COUNT)),
+        got = record(drive(h, "c", url_c, "--consume", "qc", str(SECURED_COUNT), "--consume", "qp", str(PLAIN_COUNT)),
                      "received")  # fmt: skip
         by_queue = {r["queue"]: r["messages"] for r in got}
         for dialog, queue, prefix, count in (
@@ -324,37 +183,32 @@ def test_a_tampered_body_is_dropped_reported_and_resent(variant: str, tmp_path: 
     """a - b; the proxy in front of b's node flips a byte of message 5's sealed body, once."""
     b_cert, b_key = create_self_signed("b-owner", key_type="ec")
     a_cert, a_key = create_self_signed("a-signer", key_type="ec")
-    with hosts(variant, tmp_path, ["a", "b"], [("a", "b")]) as h:
+    with Hosts(variant, tmp_path, ["a", "b"], [("a", "b")]) as h:
         a_ip, b_ip = h.ip("a", "b"), h.ip("b", "a")
         a_port, b_port, pt_port = h.port(NODE_PORT), h.port(NODE_PORT), h.port(PROXY_PORT)
-        h.node("B", "b", f"{b_ip}:{b_port}")
-        h.node("A", "a", f"{a_ip}:{a_port}", routes={"svcB": f"tcp://{b_ip}:{pt_port}"})
+        h.node("B", "b", b_port, federation=FEDERATION)
+        h.node("A", "a", a_port, federation=FEDERATION, routes={"svcB": f"tcp://{b_ip}:{pt_port}"})
         tamper_events = tmp_path / "tamper-events.jsonl"
-        h.proxy("PT", "b", f"{b_ip}:{pt_port}", f"{b_ip}:{b_port}",
-                "--events", str(tamper_events), "--tamper-message", str(TAMPERED))  # fmt: skip
+        proxy(h, "PT", "b", f"{b_ip}:{pt_port}", f"{b_ip}:{b_port}",
+              "--events", str(tamper_events), "--tamper-message", str(TAMPERED))  # fmt: skip
         h.wait_listening()
         url_a, url_b = f"tcp://{a_ip}:{a_port}", f"tcp://{b_ip}:{b_port}"
 
-        h.drive("b", url_b, "--setup", write_objects(tmp_path / "b.json", [
+        drive(h, "b", url_b, "--setup", write_objects(tmp_path / "b.json", [
             ("queue", {"name": "qb"}),
             ("identity", {"name": "b-owner", "certificate": b_cert, "private_key": b_key}),
             ("service", {"name": "svcB", "queue": "qb", "contracts": ["DEFAULT"], "owner": "b-owner"}),
         ]))  # fmt: skip
-        sent = h.drive(
-            "a", url_a,
-            "--setup", write_objects(tmp_path / "a.json", [
-                ("queue", {"name": "qa"}),
-                ("service", {"name": "svcA", "queue": "qa", "contracts": []}),
-                ("identity", {"name": "a-signer", "certificate": a_cert, "private_key": a_key}),
-                ("binding", {"name": "to-svcB", "to_service": "svcB", "certificate": b_cert, "identity": "a-signer"}),
-            ]),
+        sent = drive(
+            h, "a", url_a,
+            "--setup", signer_at_a(tmp_path / "a.json", "svcB", b_cert, a_cert, a_key),
             "--dialog", "svcA", "svcB", "encrypted", "UNTAMPERED-BODY-", str(TAMPER_COUNT),
             "--wait-delivered", "30", "--status",
         )  # fmt: skip
         conversation_id = record(sent, "dialog")["conversation_id"]
 
         # Delivered: every message exactly once, in order, as sent (the tampered copy never got in).
-        out = h.drive("b", url_b, "--consume", "qb", str(TAMPER_COUNT), "--status")
+        out = drive(h, "b", url_b, "--consume", "qb", str(TAMPER_COUNT), "--status")
         expected = [[conversation_id, i, "DEFAULT", f"UNTAMPERED-BODY-{i}"] for i in range(TAMPER_COUNT)]
         assert record(out, "received")["messages"] == expected
 

@@ -1,8 +1,8 @@
 """Federation between nodes that are separate processes, on separate hosts (network namespaces) or on loopback.
 
 Each node is ``python -m aiobroker serve --config FILE`` with its queues, services, routes and ``[federation]``
-from the file and a SQLite store. In the ``netns`` variant every node runs inside its host's namespace
-(:class:`netns.Topology`), and so do the clients (``tests/fed_driver.py``, whose JSON lines the test follows with
+from the file and a SQLite store. ``tests/hosts.py`` runs them: in the ``netns`` variant every node runs inside its
+host's namespace, and so do the clients (``tests/fed_driver.py``, whose JSON lines the test follows with
 deadlines); a link failure is a real ``topo.cut``. In the ``loopback`` variant the same nodes listen on
 127.0.0.1 on different ports and the drivers run here; a link failure is the receiving node stopped and started
 again on its data.
@@ -14,31 +14,26 @@ had acknowledged (stored at its own node) arrives at the far service exactly onc
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from netns import Topology, netns_available
-from node_process import NodeProcess, free_port, wait_for
+from hosts import STOP_TIMEOUT, VARIANTS, Hosts, stop_by_pid
+from hosts import netns_or_loopback as netns_or_loopback  # the fixture `variant`
+from node_process import wait_for
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ["netns", "loopback"]
 DRIVER = str(Path(__file__).with_name("fed_driver.py"))
 NETNS_PORT = 4022  # every host is its own namespace: the same port on each
 FEDERATION = {"ack_timeout": 2, "connect_timeout": 2, "handshake_timeout": 2}
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -56,6 +51,17 @@ class NodeSpec:
     forwarding: bool = False
     routes: dict[str, str] = field(default_factory=dict)
     port: int = 0
+
+    def service_toml(self) -> str:
+        """The node's queue and service (accepting DEFAULT or nothing), as config sections; empty without one."""
+        if self.service is None:
+            return ""
+        assert self.queue is not None
+        contracts = '["DEFAULT"]' if self.accepts else "[]"
+        return "\n".join([
+            "[[queue]]", f'name = "{self.queue}"', "",
+            "[[service]]", f'name = "{self.service}"', f'queue = "{self.queue}"', f"contracts = {contracts}", "",
+        ])  # fmt: skip
 
 
 class Driver:
@@ -138,210 +144,60 @@ class Driver:
     def errors(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def output(self) -> str:
+        return f"--- driver {self.name} stderr ---\n{self.errors()}"
+
     def stop(self) -> None:
         """SIGTERM by pid if still running, SIGKILL at the deadline; close the pipes."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        stop_by_pid(self.proc)
         self._thread.join(timeout=STOP_TIMEOUT)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.stderr.close()
 
 
-class NsNode:
-    """A node process inside a namespace, started with ``topo.run``, stopped and killed by its pid."""
-
-    def __init__(self, topo: Topology, spec: NodeSpec, config: Path, log_dir: Path) -> None:
-        self.topo = topo
-        self.spec = spec
-        self.config = config
-        self.log_dir = log_dir
-        self.starts = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log: IO[bytes] | None = None
-        self.log_paths: list[Path] = []
-
-    def start(self) -> None:
-        self.starts += 1
-        path = self.log_dir / f"node-{self.spec.name}-{self.starts}.log"
-        self.log_paths.append(path)
-        self.log = open(path, "wb")  # noqa: SIM115 - closed when the process is stopped or killed
-        self.proc = self.topo.run(
-            self.spec.host,
-            [sys.executable, "-m", "aiobroker", "serve", "--config", str(self.config)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def listening() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"node {self.spec.name} exited with {self.proc.returncode} at start:\n{self.output()}"
-                )
-            return " listening on " in path.read_text(errors="replace")
-
-        wait_for(listening, START_TIMEOUT, f"node {self.spec.name} to listen")
-
-    def output(self) -> str:
-        return "".join(f"--- {p.name} ---\n{p.read_text(errors='replace')}" for p in self.log_paths if p.exists())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=STOP_TIMEOUT)
-        self._close_log()
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        self._close_log()
-        return self.proc.returncode
-
-    def _close_log(self) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-
-
-class LoopbackNode:
-    """A node process on 127.0.0.1 (tests/node_process.py), with the config file."""
-
-    def __init__(self, spec: NodeSpec, config: Path, data_dir: Path) -> None:
-        self.spec = spec
-        self.process = NodeProcess(data_dir, port=spec.port, extra=["--config", str(config)])
-
-    def start(self) -> None:
-        self.process.start(timeout=START_TIMEOUT)
-
-    def output(self) -> str:
-        return f"--- {self.process.log_path.name} ---\n{self.process.output()}"
-
-    def kill(self) -> None:
-        self.process.kill()
-
-    def stop(self) -> int:
-        return self.process.stop(timeout=STOP_TIMEOUT)
-
-
-class Cluster:
-    """Nodes and drivers for one scenario, in one variant; everything it started is stopped on exit."""
+class Cluster(Hosts):
+    """:class:`hosts.Hosts` with nodes described by :class:`NodeSpec` and ``fed_driver.py`` clients on them."""
 
     def __init__(self, variant: str, tmp_path: Path, hosts: list[str], links: list[tuple[str, str]]) -> None:
-        self.variant = variant
-        self.tmp_path = tmp_path
-        self.topo: Topology | None = Topology(hosts, links) if variant == "netns" else None
+        super().__init__(variant, tmp_path, hosts, links)
         self.specs: dict[str, NodeSpec] = {}
-        self.nodes: dict[str, NsNode | LoopbackNode] = {}
-        self.drivers: list[Driver] = []
-
-    # -- addresses ------------------------------------------------------------------------------------------
 
     def address(self, node: str, seen_from: str) -> str:
         """``tcp://host:port`` of ``node`` as a client or node on host ``seen_from`` dials it."""
         spec = self.specs[node]
-        if self.topo is None:
-            return f"tcp://127.0.0.1:{spec.port}"
-        if spec.host == seen_from:
-            host = self.topo.address(spec.host, towards=self._neighbour(spec.host))
-        else:
-            host = self.topo.address(spec.host, towards=seen_from)
-        return f"tcp://{host}:{spec.port}"
+        return f"tcp://{self.ip(spec.host, towards=seen_from)}:{spec.port}"
 
     def url(self, node: str) -> str:
         """Where a driver on the node's own host reaches it."""
         return self.address(node, self.specs[node].host)
 
-    def _neighbour(self, host: str) -> str:
-        assert self.topo is not None
-        return next(h for h in self.topo.hosts if h != host and self._linked(host, h))
-
-    def _linked(self, a: str, b: str) -> bool:
-        assert self.topo is not None
-        try:
-            self.topo.subnet(a, b)
-        except ValueError:
-            return False
-        return True
-
     # -- nodes ----------------------------------------------------------------------------------------------
 
     def add(self, spec: NodeSpec) -> None:
-        spec.port = NETNS_PORT if self.topo is not None else free_port()
+        spec.port = self.port(NETNS_PORT)
         self.specs[spec.name] = spec
 
-    def _config(self, spec: NodeSpec) -> tuple[Path, Path]:
-        home = self.tmp_path / spec.name
-        home.mkdir(exist_ok=True)
-        data_dir = home / "data"
-        if self.topo is None:
-            listen = f"127.0.0.1:{spec.port}"
-        else:
-            mine = [h for h in self.topo.hosts if h != spec.host and self._linked(spec.host, h)]
-            host = self.topo.address(spec.host, towards=mine[0]) if len(mine) == 1 else "0.0.0.0"
-            listen = f"{host}:{spec.port}"
-        lines = [
-            "[node]",
-            f'listen = "{listen}"',
-            f'data_dir = "{data_dir}"',
-            'store = "sqlite"',
-            'durability = "normal"',
-            'log_level = "info"',
-            "",
-            "[federation]",
-            f"forwarding = {'true' if spec.forwarding else 'false'}",
-            *(f"{k} = {v}" for k, v in FEDERATION.items()),
-            "",
-        ]
-        if spec.service is not None:
-            assert spec.queue is not None
-            contracts = '["DEFAULT"]' if spec.accepts else "[]"
-            lines += [
-                "[[queue]]", f'name = "{spec.queue}"', "",
-                "[[service]]", f'name = "{spec.service}"', f'queue = "{spec.queue}"', f"contracts = {contracts}", "",
-            ]  # fmt: skip
-        for service, node in spec.routes.items():
-            lines += [
-                "[[route]]",
-                f'name = "{service}-via-{node}"',
-                f'service_name = "{service}"',
-                f'address = "{self.address(node, spec.host)}"',
-                "",
-            ]
-        config = home / "node.toml"
-        config.write_text("\n".join(lines))
-        return config, data_dir
-
     def start(self, name: str) -> None:
-        node = self.nodes.get(name)
-        if node is None:
+        """Start node ``name`` (the first time from its spec, later again on its data) and wait until it listens."""
+        server = self.servers.get(name)
+        if server is None:
             spec = self.specs[name]
-            config, data_dir = self._config(spec)
-            if self.topo is None:
-                node = LoopbackNode(spec, config, data_dir)
-            else:
-                node = NsNode(self.topo, spec, config, config.parent)
-            self.nodes[name] = node
-        node.start()
+            routes = {service: self.address(node, spec.host) for service, node in spec.routes.items()}
+            server = self.node(
+                name, spec.host, spec.port, federation=FEDERATION, forwarding=spec.forwarding, routes=routes,
+                extra_toml=spec.service_toml(),
+            )  # fmt: skip
+        else:
+            server.start()
+        server.wait_listening()
 
     def kill(self, name: str) -> None:
-        self.nodes[name].kill()
+        self.servers[name].kill()
 
     def stop(self, name: str) -> None:
-        code = self.nodes[name].stop()
-        assert code == 0, f"node {name} exited with {code} on SIGTERM:\n{self.nodes[name].output()}"
+        code = self.servers[name].stop()
+        assert code == 0, f"node {name} exited with {code} on SIGTERM:\n{self.servers[name].output()}"
 
     # -- link failures --------------------------------------------------------------------------------------
 
@@ -357,15 +213,11 @@ class Cluster:
 
     def driver(self, name: str, host: str, *args: str) -> Driver:
         argv = [sys.executable, DRIVER, *args]
-        stderr_path = self.tmp_path / f"driver-{len(self.drivers)}-{name}.err"
+        stderr_path = self.tmp_path / f"driver-{len(self.clients)}-{name}.err"
         stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed by Driver.stop
-        kwargs: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": stderr, "text": True, "bufsize": 1}
-        if self.topo is not None:
-            proc = self.topo.run(host, argv, **kwargs)
-        else:
-            proc = subprocess.Popen(argv, **kwargs)
+        proc = self.popen(host, argv, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
         drv = Driver(name, proc, stderr, stderr_path)
-        self.drivers.append(drv)
+        self.stop_on_exit(drv)
         return drv
 
     def produce(self, node: str, to_service: str, *, count: int, batch: int, conversations: int = 1,
@@ -388,15 +240,8 @@ class Cluster:
         )  # fmt: skip
 
     def status(self, node: str) -> dict[str, Any]:
-        spec = self.specs[node]
         argv = [sys.executable, DRIVER, "--limit", "15", "status", "--url", self.url(node)]
-        try:
-            if self.topo is not None:
-                out = self.topo.check_output(spec.host, argv, timeout=20)
-            else:
-                out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
-        except subprocess.CalledProcessError as exc:
-            raise AssertionError(f"status of node {node} failed ({exc.returncode}):\n{exc.stderr}") from None
+        out = self.check_output(self.specs[node].host, argv, timeout=20, what=f"status of node {node}")
         result: dict[str, Any] = json.loads(out)
         return result
 
@@ -407,50 +252,6 @@ class Cluster:
         """Whether a link of ``node`` has failed at least once (its last error stays after it reconnects)."""
         links = self.status(node)["transmission"]["links"]
         return any(link["last_error"] for link in links)
-
-    # -- context --------------------------------------------------------------------------------------------
-
-    def logs(self) -> str:
-        parts = [node.output() for node in self.nodes.values()]
-        for drv in self.drivers:
-            parts.append(f"--- driver {drv.name} stderr ---\n{drv.errors()}")
-        return "\n".join(parts)
-
-    def __enter__(self) -> Cluster:
-        if self.topo is not None:
-            self.topo.__enter__()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        try:
-            if exc is not None:
-                print(f"===== logs of the nodes and drivers ({self.variant}) =====\n{self.logs()}")
-            for drv in self.drivers:
-                drv.stop()
-            codes = {name: node.stop() for name, node in self.nodes.items()}
-        finally:
-            if self.topo is not None:
-                self.topo.__exit__(exc_type, exc, tb)
-        if exc is None:
-            bad = {name: code for name, code in codes.items() if code != 0}
-            assert not bad, f"nodes exited uncleanly on SIGTERM: {bad}\n{self.logs()}"
-
-
-@pytest.fixture
-def variant(request: pytest.FixtureRequest) -> str:
-    """The variant a test is parametrized with; ``netns`` is skipped, with the reason, where namespaces cannot be
-    made."""
-    if request.param == "netns":
-        ok, reason = netns_available()
-        if not ok:
-            pytest.skip(reason)
-    return str(request.param)
-
-
-@contextmanager
-def cluster(variant: str, tmp_path: Path, hosts: list[str], links: list[tuple[str, str]]) -> Iterator[Cluster]:
-    with Cluster(variant, tmp_path, hosts, links) as c:
-        yield c
 
 
 def received_by_conversation(consumer: Driver) -> dict[str, list[tuple[int, str, str]]]:
@@ -485,21 +286,25 @@ def assert_exactly_once_in_order(producer_summary: dict[str, Any], consumer: Dri
 
 # --------------------------------------------------------------------------------------------- scenarios
 
+
+def line_through_b(c: Cluster) -> None:
+    """a - b - c, B forwarding, A and C with a service each; C, B, A started in that order."""
+    c.add(NodeSpec("A", "a", service="svcA", queue="qa", routes={"svcC": "B"}))
+    c.add(NodeSpec("B", "b", forwarding=True, routes={"svcC": "C", "svcA": "A"}))
+    c.add(NodeSpec("C", "c", service="svcC", queue="qc", accepts=True, routes={"svcA": "B"}))
+    for name in ("C", "B", "A"):
+        c.start(name)
+
+
 TWO_HOP_COUNT = 2000
 
 
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
 def test_two_hops_through_a_forwarding_node(variant: str, tmp_path: Path) -> None:
     """a - b - c, b's kernel does not forward: the broker on b passes A's messages to C and C's reply back."""
-    with cluster(variant, tmp_path, ["a", "b", "c"], [("a", "b"), ("b", "c")]) as c:
-        c.add(NodeSpec("A", "a", service="svcA", queue="qa", routes={"svcC": "B"}))
-        c.add(NodeSpec("B", "b", forwarding=True, routes={"svcC": "C", "svcA": "A"}))
-        c.add(NodeSpec("C", "c", service="svcC", queue="qc", accepts=True, routes={"svcA": "B"}))
-        if c.topo is not None:
-            forwarding = c.topo.check_output("b", ["cat", "/proc/sys/net/ipv4/ip_forward"]).strip()
-            assert forwarding == "0", "b's kernel must not forward: the broker on b is what passes messages on"
-        for name in ("C", "B", "A"):
-            c.start(name)
+    with Cluster(variant, tmp_path, ["a", "b", "c"], [("a", "b"), ("b", "c")]) as c:
+        c.assert_kernel_does_not_forward("b")
+        line_through_b(c)
         producer = c.produce("A", "svcC", count=TWO_HOP_COUNT, batch=100)
         sent = producer.finish(timeout=30)
         wait_for(lambda: c.transmission_empty("A"), 30, "C's acknowledgements to reach A through B")
@@ -534,15 +339,6 @@ def two_hosts(c: Cluster) -> None:
     c.start("A")
 
 
-def line_through_b(c: Cluster) -> None:
-    """a - b - c, B forwarding: A streams to svcC on C."""
-    c.add(NodeSpec("A", "a", service="svcA", queue="qa", routes={"svcC": "B"}))
-    c.add(NodeSpec("B", "b", forwarding=True, routes={"svcC": "C", "svcA": "A"}))
-    c.add(NodeSpec("C", "c", service="svcC", queue="qc", accepts=True, routes={"svcA": "B"}))
-    for name in ("C", "B", "A"):
-        c.start(name)
-
-
 def stream(c: Cluster, to_service: str) -> Driver:
     return c.produce(
         "A", to_service, count=STREAM_COUNT, batch=STREAM_BATCH, conversations=STREAM_CONVERSATIONS,
@@ -575,7 +371,7 @@ def test_a_link_cut_mid_stream_and_restored_loses_and_duplicates_nothing(
     variant: str, path: str, tmp_path: Path
 ) -> None:
     hosts, links, receiver, cut = PATHS[path]
-    with cluster(variant, tmp_path, hosts, links) as c:
+    with Cluster(variant, tmp_path, hosts, links) as c:
         if path == "direct":
             two_hosts(c)
         else:
@@ -603,7 +399,7 @@ def test_a_link_cut_mid_stream_and_restored_loses_and_duplicates_nothing(
 
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True)
 def test_the_receiving_node_killed_and_restarted_loses_and_duplicates_nothing(variant: str, tmp_path: Path) -> None:
-    with cluster(variant, tmp_path, ["a", "b"], [("a", "b")]) as c:
+    with Cluster(variant, tmp_path, ["a", "b"], [("a", "b")]) as c:
         two_hosts(c)
         producer = stream(c, "svcB")
         producer.until(lambda r: r.get("total", 0) >= FAIL_AFTER, 30, f"{FAIL_AFTER} acknowledged sends")
@@ -613,5 +409,5 @@ def test_the_receiving_node_killed_and_restarted_loses_and_duplicates_nothing(va
         wait_for(lambda: c.link_failed("A"), 20, "A to notice that B is gone")
         c.start("B")  # same data dir, same address and port
         deliver_everything(c, producer, "B")
-        restored = [line for line in c.nodes["B"].output().splitlines() if "listening on" in line][-1]
+        restored = [line for line in c.servers["B"].output().splitlines() if "listening on" in line][-1]
         assert "restored 0 conversation(s)" not in restored, f"B kept nothing across the kill: {restored}"

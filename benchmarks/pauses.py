@@ -101,7 +101,9 @@ class PauseMeter:
         self.max_seconds = max_seconds
         self.result: dict[str, Any] = {}
         self._proc: subprocess.Popen[bytes] | None = None
-        self._out = Path(tempfile.mkstemp(prefix="aiobroker-pauses-", suffix=".json")[1])
+        fd, path = tempfile.mkstemp(prefix="aiobroker-pauses-", suffix=".json")
+        os.close(fd)  # the meter process writes the file; this one only reads it back
+        self._out = Path(path)
 
     def __enter__(self) -> PauseMeter:
         self._proc = subprocess.Popen(

@@ -8,7 +8,7 @@ nothing but sleep 1 ms at a time, at real-time priority (``SCHED_FIFO``, so our 
 it), and records each time it woke more than ``record_ms`` late. A late wake-up it sees is a pause of the platform,
 not of the processes under test.
 
-Used by the benchmarks as a context manager (``with PauseMeter() as meter: ...; meter.pauses``); run directly
+Used by the benchmarks as a context manager (``with PauseMeter() as meter: ...``, then ``meter.result``); run directly
 (``python benchmarks/pauses.py --seconds 30``) it prints the pauses it sees, which tells whether the machine is fit
 for a latency run at all.
 """
@@ -95,7 +95,7 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 class PauseMeter:
-    """Run the meter in its own process for the life of a ``with`` block; ``pauses`` holds its record after."""
+    """Run the meter in its own process for the life of a ``with`` block; ``result`` holds its record after."""
 
     def __init__(self, max_seconds: float = 600.0) -> None:
         self.max_seconds = max_seconds

@@ -36,14 +36,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import LOGS_DIR, LOOPBACK, BenchError, SequenceChecker, body_seq, fmt_rate, fmt_size, make_body  # noqa: E402
+import two_nodes  # noqa: E402
+from common import LOGS_DIR, LOOPBACK, BenchError, fmt_rate, fmt_size  # noqa: E402
 
 FLOOR_RATIO = 0.50  # encrypted throughput at least half of plain, per store and body size
 MODES = ("plain", "encrypted")
@@ -96,57 +97,18 @@ async def setup(ca: Any, cb: Any, encrypted: bool) -> None:
 
 async def load(args: argparse.Namespace) -> dict[str, Any]:
     import aiobroker
-    import anyio
 
     n, size = args.messages, args.size
     encrypted = args.mode == "encrypted"
-    checker = SequenceChecker(n)
-    state: dict[str, Any] = {"t_first": None, "t_last": None}
     progress = common.Progress(f"security {args.mode} {args.store} {fmt_size(size)} received", n)
-    deadline = common.Deadline(args.max_seconds)
     async with aiobroker.connect(f"tcp://{LOOPBACK}:{args.port_a}") as ca, \
             aiobroker.connect(f"tcp://{LOOPBACK}:{args.port_b}") as cb:  # fmt: skip
         await setup(ca, cb, encrypted)
         dialog = await ca.begin_dialog("svcA", "svcB", encryption=encrypted)
-
-        async def produce() -> None:
-            window: deque[Any] = deque()
-            state["t_first"] = time.monotonic_ns()
-            for first in range(0, n, args.batch):
-                if deadline.passed:
-                    break
-                k = min(args.batch, n - first)
-                window.append(dialog.start_send_many([("DEFAULT", make_body(size, first + i)) for i in range(k)]))
-                if len(window) >= args.window:
-                    await window.popleft().wait()
-            for pending in window:
-                await pending.wait()
-
-        async def consume() -> None:
-            commits: deque[Any] = deque()
-            for _ in range(10_000_000):
-                if checker.complete or deadline.passed:
-                    break
-                batch = await cb.receive("qb", max_messages=2000, timeout=1.0)
-                for m in batch.messages:
-                    if len(m.body) != size:
-                        checker.problems += 1  # not the body that was sent
-                    checker.see(body_seq(m.body))
-                if checker.complete:
-                    state["t_last"] = time.monotonic_ns()
-                commits.append(batch.start_commit())
-                while commits and commits[0].done:
-                    await commits.popleft().wait()
-                progress.tick(checker.expected)
-            for pending in commits:
-                await pending.wait()
-
-        with anyio.move_on_after(deadline.left()):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(consume)
-                await produce()
+        checker, elapsed = await two_nodes.stream(dialog, cb, "qb", n=n, size=size, batch=args.batch,
+                                                  window=args.window, deadline=common.Deadline(args.max_seconds),
+                                                  progress=progress)
         secured = (await ca.status())["security"]["secured_conversations"]
-    elapsed = (state["t_last"] or time.monotonic_ns()) - state["t_first"]
     return {"mode": args.mode, "store": args.store, "size": size, "messages": n, "received": checker.expected,
             "elapsed_s": elapsed / 1e9, "throughput": common.throughput(checker.expected, elapsed),
             "secured_conversations_at_a": secured, "secured_ok": secured == (1 if encrypted else 0),

@@ -104,3 +104,37 @@ class Harness:
             self.core.commit(lease.id, self.owner)
             self.flush()
         return out
+
+
+# --- two cores as two nodes: the wire between them is a function call -----------------------------------------
+
+#: the addresses the two-node tests give node a and node b
+A_ADDR, B_ADDR = "tcp://a:1", "tcp://b:1"
+
+
+def route_both_ways(a: Harness, b: Harness, a_service: str, b_service: str) -> None:
+    """A route at ``a`` for ``b_service`` to ``B_ADDR`` and one at ``b`` for ``a_service`` to ``A_ADDR``."""
+    a.core.create_object("route", {"name": "to-b", "service_name": b_service, "address": B_ADDR}, a.now)
+    b.core.create_object("route", {"name": "to-a", "service_name": a_service, "address": A_ADDR}, b.now)
+    a.flush()
+    b.flush()
+
+
+def carry(
+    src: Harness, dst: Harness, address: str, *, drop: set[int] | None = None, tamper: Any = None
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """What ``src`` sends to ``address`` arrives at ``dst``, which stores it; the acks go back to ``src``.
+
+    On the way, envelopes whose sequence number is in ``drop`` are lost, and ``tamper(envelopes)`` may change the
+    rest in place. Returns the envelopes as ``src`` sent them, and the acks. ``dst`` is an end node: anything it
+    would forward fails the call."""
+    envelopes = [e for e in src.core.outgoing(address, 10_000) if not drop or e[3] not in drop]
+    sent = [list(e) for e in envelopes]
+    if tamper is not None:
+        tamper(envelopes)
+    acks, forwards = dst.core.accept(envelopes, dst.now)
+    assert forwards == {}, f"{address} forwarded {forwards}: carry() is for messages to an end node"
+    dst.flush()
+    src.core.acknowledged(acks, src.now)
+    src.flush()
+    return sent, acks

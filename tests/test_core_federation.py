@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from core_harness import Harness
+from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
 
 from aiobroker.core.catalog import END_DIALOG, ERROR
 from aiobroker.core.conversation import State
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
 
-A_ADDR, B_ADDR = "tcp://a:1", "tcp://b:1"
 
 
 def pair(**options: object) -> tuple[Harness, Harness, str]:
@@ -16,25 +15,10 @@ def pair(**options: object) -> tuple[Harness, Harness, str]:
     a, b = Harness(**options), Harness(**options)  # type: ignore[arg-type]
     a.service("svcA", "qa", [])
     b.service("svcB", "qb")
-    a.core.create_object("route", {"name": "to-b", "service_name": "svcB", "address": B_ADDR}, a.now)
-    b.core.create_object("route", {"name": "to-a", "service_name": "svcA", "address": A_ADDR}, b.now)
-    a.flush()
-    b.flush()
+    route_both_ways(a, b, "svcA", "svcB")
     handle = a.core.begin_dialog(from_service="svcA", to_service="svcB", contract="DEFAULT", now=a.now).handle
     a.flush()
     return a, b, handle
-
-
-def carry(src: Harness, dst: Harness, address: str, *, drop: set[int] | None = None) -> list[list[object]]:
-    """What ``src`` sends to ``address`` arrives at ``dst`` (except envelopes whose seq is in ``drop``); the acks
-    come back once ``dst`` has stored what it delivered. Returns the acks."""
-    envelopes = [e for e in src.core.outgoing(address, 10_000) if not drop or e[3] not in drop]
-    acks, forwards = dst.core.accept(envelopes, dst.now)
-    assert forwards == {}
-    dst.flush()
-    src.core.acknowledged(acks, src.now)
-    src.flush()
-    return acks
 
 
 def bodies(h: Harness, queue: str) -> list[bytes]:
@@ -45,7 +29,7 @@ def test_messages_cross_once_in_order_and_acknowledged_ones_leave_the_sender() -
     a, b, handle = pair()
     a.send(handle, *[b"%d" % i for i in range(10)])
     assert a.core.statistics()["transmission"]["messages"] == 10
-    acks = carry(a, b, B_ADDR)
+    _, acks = carry(a, b, B_ADDR)
     assert [ack[3] for ack in acks] == [10], "one cumulative ack for the run"
     assert bodies(b, "qb") == [b"%d" % i for i in range(10)]
     assert a.core.statistics()["transmission"]["messages"] == 0
@@ -68,7 +52,7 @@ def test_duplicates_are_acknowledged_and_dropped() -> None:
 def test_a_gap_is_not_delivered_past_and_a_resend_fills_it() -> None:
     a, b, handle = pair()
     a.send(handle, *[b"%d" % i for i in range(6)])
-    acks = carry(a, b, B_ADDR, drop={2})
+    _, acks = carry(a, b, B_ADDR, drop={2})
     assert acks[0][3] == 2
     assert bodies(b, "qb") == [b"0", b"1"], "nothing after the gap"
     a.core.tx.links[B_ADDR].new_epoch()  # the acknowledgement time-out: everything unacknowledged goes again

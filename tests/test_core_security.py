@@ -7,7 +7,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from core_harness import Harness
+from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
 
 from aiobroker.core.catalog import BCN_CONTRACT, BCN_SERVICE, ERROR, MISSING_BINDING
 from aiobroker.core.conversation import State
@@ -17,7 +17,6 @@ from aiobroker.security.certs import create_self_signed
 from aiobroker.wire.codec import packb
 from resolvers.base import BindingAnswer, RouteAnswer, Target
 
-A_ADDR, B_ADDR = "tcp://a:1", "tcp://b:1"
 NOW = 1_000_000.0
 DAY = 86_400.0
 
@@ -47,12 +46,10 @@ def nodes(pems: dict[str, tuple[str, str]], *, binding: bool = True, b_owner: st
     identity(b, "b-node", pems[b_owner])
     a.service("svcA", "qa", [])
     b.service("svcB", "qb")
-    a.core.create_object("route", {"name": "to-b", "service_name": "svcB", "address": B_ADDR}, a.now)
-    b.core.create_object("route", {"name": "to-a", "service_name": "svcA", "address": A_ADDR}, b.now)
+    route_both_ways(a, b, "svcA", "svcB")
     if binding:
         a.core.create_object("binding", {"name": "b", "to_service": "svcB", "certificate": pems["b"][0]}, a.now)
-    a.flush()
-    b.flush()
+        a.flush()
     return a, b
 
 
@@ -60,20 +57,6 @@ def begin(h: Harness, *, encryption: bool = False, to: str = "svcB", frm: str = 
     handle = h.core.begin_dialog(from_service=frm, to_service=to, contract="DEFAULT", now=h.now, encryption=encryption).handle
     h.flush()
     return handle
-
-
-def carry(src: Harness, dst: Harness, address: str, *, tamper: Any = None) -> tuple[list[Any], list[Any]]:
-    """Envelopes from ``src`` to ``dst`` (``tamper`` may change them on the way); acks back. Returns (envelopes as
-    sent, acks)."""
-    envelopes = src.core.outgoing(address, 10_000)
-    sent = [list(e) for e in envelopes]
-    if tamper is not None:
-        tamper(envelopes)
-    acks, _ = dst.core.accept(envelopes, dst.now)
-    dst.flush()
-    src.core.acknowledged(acks, src.now)
-    src.flush()
-    return sent, acks
 
 
 def bodies(h: Harness, queue: str) -> list[bytes]:
@@ -289,10 +272,7 @@ def resolver_nodes(pems: Any, **options: Any) -> tuple[Harness, Harness]:
     identity(b, "b-node", pems["b"])
     a.service("svcA", "qa", [])
     b.service("svcB", "qb")
-    a.core.create_object("route", {"name": "to-b", "service_name": "svcB", "address": B_ADDR}, a.now)
-    b.core.create_object("route", {"name": "to-a", "service_name": "svcA", "address": A_ADDR}, b.now)
-    a.flush()
-    b.flush()
+    route_both_ways(a, b, "svcA", "svcB")
     return a, b
 
 

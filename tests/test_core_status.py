@@ -8,12 +8,11 @@ import itertools
 import random
 from collections import Counter
 
-from core_harness import Harness
+from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
 
 from aiobroker.core.broker import BrokerCore
 from aiobroker.errors import ConversationError
 
-A_ADDR, B_ADDR = "tcp://a:1", "tcp://b:1"
 
 
 def counted(core: BrokerCore) -> dict[str, int]:
@@ -101,18 +100,8 @@ def federated_pair(closed_retention: float) -> tuple[Harness, Harness]:
     a.core.create_object("message_type", {"name": "J", "validation": "json"})
     a.core.create_object("contract", {"name": "C", "messages": {"J": "any"}})
     a.service("init", "qi", [])
-    a.core.create_object("route", {"name": "to-b", "service_name": "target", "address": B_ADDR}, a.now)
-    b.core.create_object("route", {"name": "to-a", "service_name": "init", "address": A_ADDR}, b.now)
-    a.flush()
-    b.flush()
+    route_both_ways(a, b, "init", "target")
     return a, b
-
-
-def carry(src: Harness, dst: Harness, address: str) -> None:
-    acks, _ = dst.core.accept(src.core.outgoing(address, 10_000), dst.now)
-    dst.flush()
-    src.core.acknowledged(acks, src.now)
-    src.flush()
 
 
 def test_state_counts_follow_endpoints_that_arrive_from_a_peer_stay_closed_and_retire() -> None:

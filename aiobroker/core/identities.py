@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InvalidArgument, SecurityError, UnknownObject
 from ..security.certs import Credentials, check_current, credentials
-from .names import check_name
+from .names import check_name, expiry_from_def
 
 #: the identity of whoever did not authenticate, and of the initiator of an anonymous or unsecured dialog
 PUBLIC = "public"
@@ -173,14 +173,7 @@ class Binding:
         origin = d.get("origin", "admin")
         if not isinstance(origin, str) or not origin:
             raise InvalidArgument(f"{what}: origin must be a non-empty string")
-        expires_at = d.get("expires_at")
-        lifetime = d.get("lifetime")
-        if lifetime is not None:
-            if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0 or now is None:
-                raise InvalidArgument(f"{what}: lifetime must be a number of seconds > 0")
-            expires_at = now + lifetime
-        if expires_at is not None and (not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool)):
-            raise InvalidArgument(f"{what}: expires_at must be a time in seconds")
+        expires_at = expiry_from_def(d, now, what)
         return cls(
             name=name,
             to_service=to_service,
@@ -188,7 +181,7 @@ class Binding:
             identity=identity,
             anonymous=anonymous,
             origin=origin,
-            expires_at=float(expires_at) if expires_at is not None else None,
+            expires_at=expires_at,
             creds=creds,
         )
 

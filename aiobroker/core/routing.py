@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
-from .names import check_name
+from .names import check_name, expiry_from_def
 
 LOCAL = "LOCAL"
 TRANSPORT = "TRANSPORT"
@@ -80,16 +80,7 @@ class Route:
         instance = d.get("broker_instance")
         if instance is not None and (not isinstance(instance, str) or not instance):
             raise InvalidArgument(f"route {name!r}: broker_instance must be a non-empty string or absent")
-        expires_at = d.get("expires_at")
-        lifetime = d.get("lifetime")
-        if lifetime is not None:
-            if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
-                raise InvalidArgument(f"route {name!r}: lifetime must be a number of seconds > 0")
-            if now is None:
-                raise InvalidArgument(f"route {name!r}: a lifetime needs the current time")
-            expires_at = now + lifetime
-        if expires_at is not None and (not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool)):
-            raise InvalidArgument(f"route {name!r}: expires_at must be a time in seconds")
+        expires_at = expiry_from_def(d, now, f"route {name!r}")
         weight = d.get("weight", 1)
         if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 1_000_000:
             raise InvalidArgument(f"route {name!r}: weight must be a whole number from 1 to 1000000")
@@ -101,7 +92,7 @@ class Route:
             address=address,  # type: ignore[arg-type]
             service_name=service,
             broker_instance=instance,
-            expires_at=float(expires_at) if expires_at is not None else None,
+            expires_at=expires_at,
             weight=weight,
             origin=origin,
         )

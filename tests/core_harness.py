@@ -10,7 +10,7 @@ from typing import Any
 
 from aiobroker.core.broker import BrokerCore
 from aiobroker.core.queues import Lease
-from aiobroker.store.base import Snapshot, WriteBatch
+from aiobroker.store.base import ROW_BODY, ROW_HANDLE, ROW_SEQ, ROW_TYPE, Snapshot, WriteBatch
 
 
 class DictStore:
@@ -100,7 +100,7 @@ class Harness:
         """Receive and commit everything ready; returns (handle, seq, type, body) in order."""
         out = []
         while (lease := self.receive(queue)) is not None:
-            out.extend((r.handle, r.seq, r.message_type, r.body) for r in lease.messages)
+            out.extend((r[ROW_HANDLE], r[ROW_SEQ], r[ROW_TYPE], r[ROW_BODY]) for r in lease.messages)
             self.core.commit(lease.id, self.owner)
             self.flush()
         return out

@@ -15,6 +15,7 @@ from aiobroker.errors import (
     MessageTooLarge,
     UnknownObject,
 )
+from aiobroker.store.base import ROW_BODY, ROW_HANDLE
 
 
 def bodies(items: list[tuple[str, int, str, bytes]]) -> list[bytes]:
@@ -39,7 +40,7 @@ def test_messages_are_invisible_until_their_batch_is_stored() -> None:
     assert h.receive("qt") is None, "a message must not be receivable before it is durable"
     h.flush()
     lease = h.receive("qt")
-    assert lease is not None and [r.body for r in lease.messages] == [b"x"]
+    assert lease is not None and [r[ROW_BODY] for r in lease.messages] == [b"x"]
 
 
 def test_reply_reaches_the_initiator_on_its_own_queue() -> None:
@@ -170,12 +171,12 @@ def test_ending_a_conversation_removes_its_unreceived_messages() -> None:
     h.send(handle, b"1", b"2")
     lease = h.receive("qt", n=1)
     assert lease is not None
-    target = lease.messages[0].handle
+    target = lease.messages[0][ROW_HANDLE]
     h.core.commit(lease.id, h.owner)
     h.core.end(target, h.now)
     h.flush()
     assert h.drain("qt") == [], "the second message belonged to a conversation that ended on this side"
-    assert all(row.handle != target for row in h.store.messages.values())
+    assert all(row[ROW_HANDLE] != target for row in h.store.messages.values())
 
 
 def test_lifetime_runs_out_on_both_sides() -> None:

@@ -11,7 +11,7 @@ from aiobroker.core.catalog import BCN_CONTRACT, BCN_SERVICE, ERROR, MISSING_ROU
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
 from aiobroker.core.transmission import TransmissionQueue
 from aiobroker.errors import Overloaded
-from aiobroker.store.base import MessageRow
+from aiobroker.store.base import ROW_SEQ, message_row
 from resolvers.base import RouteAnswer, Target
 
 B = "tcp://10.0.0.2:4022"
@@ -220,10 +220,10 @@ def test_a_bcn_error_keeps_the_messages_delayed_and_asks_again_later() -> None:
 
 def test_messages_acknowledged_after_their_conversation_went_back_to_delayed_leave_the_delayed_counts() -> None:
     tx = TransmissionQueue()
-    rows = [MessageRow(i, "tx", "h1", i, "DEFAULT", b"m", 0.0, 0) for i in range(3)]
+    rows = [message_row(i, "tx", "h1", i, "DEFAULT", b"m", 0.0, 0) for i in range(3)]
     tx.add_many("h1", rows)
     tx.attach("h1", B)
-    assert [row.seq for _, row in tx.take_unsent(B, 10, durable_upto=10)] == [0, 1, 2]
+    assert [row[ROW_SEQ] for _, row in tx.take_unsent(B, 10, durable_upto=10)] == [0, 1, 2]
     tx.delay("h1", "svc")  # the route was dropped with the three in flight: they wait again, counted
     assert tx.delayed_count == {"svc": 3} and tx.delayed_total == 3
     assert len(tx.acknowledge("h1", 2)) == 2  # the far side had stored two of them after all

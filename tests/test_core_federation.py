@@ -7,6 +7,7 @@ from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
 from aiobroker.core.catalog import END_DIALOG, ERROR
 from aiobroker.core.conversation import State
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.store.base import ROW_LOCATION
 
 
 
@@ -33,7 +34,7 @@ def test_messages_cross_once_in_order_and_acknowledged_ones_leave_the_sender() -
     assert [ack[3] for ack in acks] == [10], "one cumulative ack for the run"
     assert bodies(b, "qb") == [b"%d" % i for i in range(10)]
     assert a.core.statistics()["transmission"]["messages"] == 0
-    assert all(row.location != "tx" for row in a.store.messages.values()), "acknowledged rows leave the store"
+    assert all(row[ROW_LOCATION] != "tx" for row in a.store.messages.values()), "acknowledged rows leave the store"
     assert a.core.endpoints[handle].far_broker_instance == b.core.broker_instance, "sticky after the first ack"
 
 

@@ -6,6 +6,7 @@ import pytest
 from core_harness import Harness
 
 from aiobroker.errors import LeaseExpired, QueueDisabled
+from aiobroker.store.base import ROW_BODY, ROW_LOCATION, ROW_SEQ, ROW_STATE
 
 
 def test_a_locked_group_is_not_handed_to_a_second_receiver() -> None:
@@ -17,13 +18,13 @@ def test_a_locked_group_is_not_handed_to_a_second_receiver() -> None:
     first = h.receive("qt", owner="r1")
     second = h.receive("qt", owner="r2")
     assert first is not None and second is not None
-    assert [r.body for r in first.messages] == [b"a1", b"a2"]
-    assert [r.body for r in second.messages] == [b"b1"], "the second receiver gets the other group"
+    assert [r[ROW_BODY] for r in first.messages] == [b"a1", b"a2"]
+    assert [r[ROW_BODY] for r in second.messages] == [b"b1"], "the second receiver gets the other group"
     h.send(a, b"a3")
     assert h.receive("qt", owner="r2") is None, "group a is locked by r1 even though it has a new message"
     h.core.commit(first.id, "r1")
     third = h.receive("qt", owner="r2")
-    assert third is not None and [r.body for r in third.messages] == [b"a3"]
+    assert third is not None and [r[ROW_BODY] for r in third.messages] == [b"a3"]
 
 
 def test_max_messages_splits_a_group_and_order_holds() -> None:
@@ -32,7 +33,7 @@ def test_max_messages_splits_a_group_and_order_holds() -> None:
     h.send(a, *[b"%d" % i for i in range(10)])
     seen = []
     while (lease := h.receive("qt", n=3)) is not None:
-        seen.extend(r.seq for r in lease.messages)
+        seen.extend(r[ROW_SEQ] for r in lease.messages)
         h.core.commit(lease.id, h.owner)
     assert seen == list(range(10))
 
@@ -47,7 +48,7 @@ def test_rollback_puts_messages_back_at_the_front_in_order() -> None:
     assert lease is not None
     h.core.rollback(lease.id, h.owner)
     again = h.receive("qt", n=10)
-    assert again is not None and [r.body for r in again.messages] == [b"a1", b"a2", b"a3"]
+    assert again is not None and [r[ROW_BODY] for r in again.messages] == [b"a1", b"a2", b"a3"]
 
 
 def test_commit_of_an_unknown_or_foreign_lease_is_refused_clearly() -> None:
@@ -73,7 +74,7 @@ def test_an_expired_lease_returns_its_messages() -> None:
     expired = h.advance(2)
     assert [e.id for e in expired] == [lease.id]
     again = h.receive("qt")
-    assert again is not None and [r.body for r in again.messages] == [b"x"]
+    assert again is not None and [r[ROW_BODY] for r in again.messages] == [b"x"]
     with pytest.raises(LeaseExpired):
         h.core.commit(lease.id, h.owner)
 
@@ -144,10 +145,10 @@ def test_retention_keeps_received_messages_until_the_conversation_ends() -> None
     h.send(a, b"kept")
     (target, _, _, _), = h.drain("qt")
     assert h.drain("qt") == [], "retained messages are not received twice"
-    assert [r.state for r in h.store.messages.values()] == [1]
+    assert [r[ROW_STATE] for r in h.store.messages.values()] == [1]
     h.core.end(target, h.now)
     h.flush()
-    assert [r for r in h.store.messages.values() if r.location == "q:qt"] == [], "ended: retained rows go"
+    assert [r for r in h.store.messages.values() if r[ROW_LOCATION] == "q:qt"] == [], "ended: retained rows go"
 
 
 def test_restart_restores_queues_conversations_and_order() -> None:

@@ -45,7 +45,7 @@ from ..errors import (
     SecurityError,
     UnknownObject,
 )
-from ..store.base import MessageRow, Snapshot, WriteBatch
+from ..store.base import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, MessageRow, Snapshot, WriteBatch
 from .catalog import (
     DIALOG_TIMER,
     DISPATCHER_SERVICE,
@@ -74,7 +74,6 @@ from .validation import VALIDATORS
 
 #: how long a failed MissingRemoteServiceBinding request is remembered (the seeds: 10 minutes)
 DEFAULT_BINDING_FAILURE_CACHE = 600.0
-_new_row = MessageRow._make
 TX = "tx"
 
 #: messages bound for a queue, waiting for their batch to be stored: (queue name, group id, urgent, rows), the
@@ -193,24 +192,24 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             self._watch(ep)
         last_id = 0
         for row in snap.messages:
-            last_id = max(last_id, row.id)
-            owner = self.endpoints.get(row.handle)
+            last_id = max(last_id, row[ROW_ID])
+            owner = self.endpoints.get(row[ROW_HANDLE])
             if owner is None:
-                warnings.append(f"message {row.id} belongs to no conversation endpoint; dropped")
-                self._forget_row(row.id)
+                warnings.append(f"message {row[ROW_ID]} belongs to no conversation endpoint; dropped")
+                self._forget_row(row[ROW_ID])
                 continue
-            if row.location == TX:
-                self.tx.rows.setdefault(row.handle, []).append(row)
+            if row[ROW_LOCATION] == TX:
+                self.tx.rows.setdefault(row[ROW_HANDLE], []).append(row)
                 continue
-            queue = self.queues.get(row.location[2:])
+            queue = self.queues.get(row[ROW_LOCATION][2:])
             if queue is None:
-                warnings.append(f"message {row.id} is in unknown queue {row.location[2:]!r}; dropped")
-                self._forget_row(row.id)
+                warnings.append(f"message {row[ROW_ID]} is in unknown queue {row[ROW_LOCATION][2:]!r}; dropped")
+                self._forget_row(row[ROW_ID])
                 continue
-            if row.state == 1:
-                queue.retained.setdefault(row.handle, []).append(row)
+            if row[ROW_STATE] == 1:
+                queue.retained.setdefault(row[ROW_HANDLE], []).append(row)
             else:
-                queue.push(row, owner.group_id, row.message_type in URGENT_TYPES)
+                queue.push(row, owner.group_id, row[ROW_TYPE] in URGENT_TYPES)
         self._next_message_id = last_id + 1
         self.durable_upto = last_id
         self.reroute(now)  # decide afresh where every waiting message goes
@@ -224,7 +223,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
 
     def _save_row(self, row: MessageRow) -> None:
         if self.persist:
-            self.changes.messages[row.id] = row
+            self.changes.messages[row[ROW_ID]] = row
 
     def _touch(self, ep: Endpoint) -> None:
         if self.persist:
@@ -254,11 +253,11 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         queues = self.queues
         endpoints = self.endpoints
         for queue_name, group_id, urgent, rows in pending:
-            ep = endpoints.get(rows[0].handle)  # a run of rows always belongs to one endpoint
+            ep = endpoints.get(rows[0][ROW_HANDLE])  # a run of rows always belongs to one endpoint
             queue = queues.get(queue_name)
             if ep is None or ep.state is State.CLOSED or queue is None:
                 for row in rows:
-                    self._forget_row(row.id)  # its conversation ended while the messages were being stored
+                    self._forget_row(row[ROW_ID])  # its conversation ended while the messages were being stored
                 continue
             queue.push_many(rows, group_id, urgent)
             touched.add(queue_name)
@@ -485,8 +484,8 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             location = "q:" + queue_name
             mid = self._next_message_id
             fh = far.handle
-            rows = [
-                tuple.__new__(MessageRow, (mid + i, location, fh, seq + i, m[0], m[1], now, 0))
+            rows: list[MessageRow] = [
+                (mid + i, location, fh, seq + i, m[0], m[1], now, 0)
                 for i, m in enumerate(messages[:count] if count < len(messages) else messages)
             ]
             self._next_message_id = mid + count
@@ -577,7 +576,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         queue_name = self.catalog.services[ep.service].queue
         mid = self._next_message_id
         self._next_message_id = mid + 1
-        row = _new_row((mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0))
+        row: MessageRow = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0)
         self._save_row(row)
         self.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, [row]))
 
@@ -684,7 +683,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         queue = self.queues.get(self.catalog.services[ep.service].queue) if ep.service in self.catalog.services else None
         if queue is not None:
             for row in queue.remove_handle(handle):
-                self._forget_row(row.id)
+                self._forget_row(row[ROW_ID])
         self._touch(ep)
         if handle not in self.tx:
             self._retire(ep, now)

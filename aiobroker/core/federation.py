@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..store.base import MessageRow, WriteBatch
+from ..store.base import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, WriteBatch
 from ..errors import SecurityError
 from .catalog import BCN_SERVICE, Catalog
 from .conversation import Endpoint, State
@@ -158,7 +158,7 @@ class Federation:
         seq = ep.send_seq
         mid = self._next_message_id
         handle = ep.handle
-        rows = [tuple.__new__(MessageRow, (mid + i, TX, handle, seq + i, m[0], m[1], now, 0)) for i, m in enumerate(messages)]
+        rows: list[MessageRow] = [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0) for i, m in enumerate(messages)]
         self._next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
         self.tx.add_many(handle, rows)
@@ -171,7 +171,7 @@ class Federation:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
         rows = self.tx.drop(ep.handle)
         for row in rows:
-            self._forget_row(row.id)
+            self._forget_row(row[ROW_ID])
         ep.delayed = None
         self.binding_waiters.discard(ep.handle)
         return len(rows)
@@ -206,12 +206,12 @@ class Federation:
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:
         rows = self.tx.drop(ep.handle)
         for row in rows:
-            self._forget_row(row.id)
+            self._forget_row(row[ROW_ID])
         moved = 0
         for row in rows:
             if ep.state is State.ERROR:
                 break  # a message failed the receiving side's checks; what follows it is dropped
-            self._deliver(ep, far, row.seq, row.message_type, row.body, row.enqueued_at)
+            self._deliver(ep, far, row[ROW_SEQ], row[ROW_TYPE], row[ROW_BODY], row[ROW_ENQUEUED_AT])
             moved += 1
         self._touch(ep)
         if ep.state is State.CLOSED:
@@ -226,23 +226,23 @@ class Federation:
         me = self.broker_instance
         for handle, row in self.tx.take_unsent(address, max_messages, self.durable_upto):
             ep = self.endpoints[handle]
-            body: bytes = row.body
+            body: bytes = row[ROW_BODY]
             sealed: Any = False
             if ep.secured:  # sealed as it leaves: the stored row on this end node stays plain
-                body = self.cipher(ep).seal(ep.is_initiator, row.seq, row.message_type, body)
-                sealed = ep.key_header if ep.is_initiator and row.seq == 0 else True
+                body = self.cipher(ep).seal(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body)
+                sealed = ep.key_header if ep.is_initiator and row[ROW_SEQ] == 0 else True
             out.append(
                 [
                     MESSAGE,
                     ep.conversation_id,
                     ep.is_initiator,
-                    row.seq,
+                    row[ROW_SEQ],
                     ep.service,
                     ep.far_service,
                     ep.contract,
                     me,
                     ep.far_broker_instance,
-                    row.message_type,
+                    row[ROW_TYPE],
                     body,
                     ep.expires_at,
                     0,
@@ -354,8 +354,8 @@ class Federation:
             location = "q:" + queue_name
             mid = self._next_message_id
             handle = ep.handle
-            rows = [
-                tuple.__new__(MessageRow, (mid + x, location, handle, e[3], e[9], e[10], now, 0))
+            rows: list[MessageRow] = [
+                (mid + x, location, handle, e[3], e[9], e[10], now, 0)
                 for x, e in enumerate(envelopes[start:end])
             ]
             self._next_message_id = mid + count
@@ -463,7 +463,7 @@ class Federation:
                 continue
             done = self.tx.acknowledge(ep.handle, next_seq)
             for row in done:
-                self._forget_row(row.id)
+                self._forget_row(row[ROW_ID])
             if ep.far_broker_instance is None and isinstance(acker, str):
                 ep.far_broker_instance = acker  # sticky from the first acknowledgement on
                 self._touch(ep)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ..store.base import MessageRow
+from ..store.base import ROW_HANDLE, ROW_TYPE, MessageRow
 from .catalog import QueueDef
 
 
@@ -139,7 +139,7 @@ class MessageQueue:
         """Put the messages back at the front of their group, in their original order."""
         group = lease.group
         for row in reversed(lease.messages):
-            (group.urgent if row.message_type in urgent_types else group.normal).appendleft(row)
+            (group.urgent if row[ROW_TYPE] in urgent_types else group.normal).appendleft(row)
         self.waiting += len(lease.messages)
         group.rollbacks += 1
         group.lease = None
@@ -155,9 +155,9 @@ class MessageQueue:
         removed: list[MessageRow] = []
         for group in list(self.groups.values()):
             for dq in (group.urgent, group.normal):
-                keep = [r for r in dq if r.handle != handle]
+                keep = [r for r in dq if r[ROW_HANDLE] != handle]
                 if len(keep) != len(dq):
-                    removed.extend(r for r in dq if r.handle == handle)
+                    removed.extend(r for r in dq if r[ROW_HANDLE] == handle)
                     dq.clear()
                     dq.extend(keep)
             if not len(group) and group.lease is None:

@@ -24,7 +24,7 @@ import heapq
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
-from ..store.base import MessageRow
+from ..store.base import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow, WriteBatch
 from .catalog import DIALOG_TIMER, ERROR, QueueDef
 from .conversation import Endpoint
 from .queues import Lease, MessageQueue
@@ -48,6 +48,9 @@ class Receiving:
     receive_lease: float
     #: rollbacks in a row that make a group a poison message (its queue is turned off, if the queue says so)
     poison_rollbacks: int
+    #: whether changes are gathered for a store (the core's), and the batch they gather in
+    persist: bool
+    changes: WriteBatch
     #: lease id → lease; and per owner (a connection), the ids it holds, to release them all when it goes away
     leases: dict[int, Lease]
     leases_by_owner: dict[Any, set[int]]
@@ -119,13 +122,14 @@ class Receiving:
         queue = lease.queue
         if queue.definition.retention:
             for row in lease.messages:
-                if row.handle in self.endpoints:
-                    kept = row._replace(state=1)
-                    queue.retained.setdefault(row.handle, []).append(kept)
+                if row[ROW_HANDLE] in self.endpoints:
+                    kept = row[:ROW_STATE] + (1,)
+                    queue.retained.setdefault(row[ROW_HANDLE], []).append(kept)
                     self._save_row(kept)
-        else:
+        elif self.persist:  # the per-row _forget_row, inlined: a commit forgets a whole batch at a time
+            forgotten = self.changes.messages
             for row in lease.messages:
-                self._forget_row(row.id)
+                forgotten[row[ROW_ID]] = None
         queue.commit(lease)
         return len(lease.messages)
 
@@ -150,7 +154,7 @@ class Receiving:
             if not owned:
                 del self.leases_by_owner[lease.owner]
         # messages of conversations that ended meanwhile do not come back
-        lease.messages = [r for r in lease.messages if r.handle in self.endpoints]
+        lease.messages = [r for r in lease.messages if r[ROW_HANDLE] in self.endpoints]
         queue = lease.queue
         queue.rollback(lease, urgent_types=URGENT_TYPES)
         if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:

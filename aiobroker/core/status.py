@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..store.base import MessageRow
+from ..store.base import ROW_HANDLE, ROW_SEQ, MessageRow
 from .catalog import Catalog
 from .conversation import Endpoint, State
 from .queues import Lease, MessageQueue
@@ -93,10 +93,10 @@ class Status:
         """Per-conversation facts for a batch of received messages, sent once per batch, not per message."""
         out: dict[str, list[Any]] = {}
         for row in rows:
-            if row.handle not in out:
-                ep = self.endpoints.get(row.handle)
+            if row[ROW_HANDLE] not in out:
+                ep = self.endpoints.get(row[ROW_HANDLE])
                 if ep is not None:
-                    out[row.handle] = [
+                    out[row[ROW_HANDLE]] = [
                         ep.service,
                         ep.far_service,
                         ep.contract,
@@ -120,7 +120,7 @@ class Status:
                     "handle": handle,
                     "far_service": ep.far_service if ep else None,
                     "messages": len(rows),
-                    "first_seq": rows[0].seq if rows else None,
+                    "first_seq": rows[0][ROW_SEQ] if rows else None,
                     "state": self.link_status(handle),
                     "address": address,
                     "last_error": link.last_error if link else None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.base import MessageRow
+from ..store.base import ROW_ID, ROW_SEQ, MessageRow
 
 #: First retry after a connection error, then doubling up to the cap (SEMANTICS.md: "first retry within a few
 #: seconds, doubling, capped near a minute").
@@ -208,7 +208,7 @@ class TransmissionQueue:
                 continue
             end = min(len(rows), start + max_messages - len(out))
             i = start
-            while i < end and rows[i].id <= durable_upto:
+            while i < end and rows[i][ROW_ID] <= durable_upto:
                 out.append((handle, rows[i]))
                 i += 1
             if i:
@@ -227,7 +227,7 @@ class TransmissionQueue:
         if not rows:
             return []
         k = 0
-        while k < len(rows) and rows[k].seq < next_seq:
+        while k < len(rows) and rows[k][ROW_SEQ] < next_seq:
             k += 1
         done = rows[:k]
         del rows[:k]

@@ -18,28 +18,37 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 #: ``(kind, name)`` of a catalog object: kind is ``message_type``, ``contract``, ``queue``, ``service``
 #: (later ``route``, ``binding``).
 ObjectKey = tuple[str, str]
 
 
-class MessageRow(NamedTuple):
-    """A message at rest, in a queue or in the transmission queue.
+#: A message at rest, in a queue or in the transmission queue: a plain tuple, its fields read by the ``ROW_*``
+#: indexes below. Every message is built as one of these once and then kept, stored and sent as it is, so it is the
+#: cheapest record Python has: a NamedTuple instance costs about four times as much to build (0.36 against 0.10 µs
+#: a message, measured), which was a tenth of a node's CPU per message.
+#:
+#: Everything else about the message (conversation group, service, contract, far side) follows from its handle, the
+#: conversation endpoint it belongs to, which the store keeps beside it.
+MessageRow = tuple[int, str, str, int, str, bytes, float, int]
 
-    Everything else about it (conversation group, service, contract, far side) follows from ``handle``, the
-    conversation endpoint it belongs to, which the store keeps beside it.
-    """
+ROW_ID: Final = 0  #: int: node-wide, increasing in arrival order; the order messages are loaded back in
+ROW_LOCATION: Final = 1  #: str: ``"q:<queue name>"`` for a queue, ``"tx"`` for the transmission queue
+ROW_HANDLE: Final = 2  #: str: the endpoint: the receiver's for a queue, the sender's for the transmission queue
+ROW_SEQ: Final = 3  #: int: the message's sequence number within its conversation and direction
+ROW_TYPE: Final = 4  #: str: the message type
+ROW_BODY: Final = 5  #: bytes
+ROW_ENQUEUED_AT: Final = 6  #: float: wall-clock seconds
+ROW_STATE: Final = 7  #: int: 0 ready, 1 received-and-retained (queues with retention)
 
-    id: int  #: node-wide, increasing in arrival order; the order messages are loaded back in
-    location: str  #: ``"q:<queue name>"`` for a queue, ``"tx"`` for the transmission queue
-    handle: str  #: the endpoint: the receiver's for a queue, the sender's for the transmission queue
-    seq: int  #: the message's sequence number within its conversation and direction
-    message_type: str
-    body: bytes
-    enqueued_at: float  #: wall-clock seconds
-    state: int  #: 0 ready, 1 received-and-retained (queues with retention)
+
+def message_row(
+    id: int, location: str, handle: str, seq: int, message_type: str, body: bytes, enqueued_at: float, state: int = 0
+) -> MessageRow:
+    """A row by its fields' names (the hot paths build the tuple directly)."""
+    return (id, location, handle, seq, message_type, body, enqueued_at, state)
 
 
 @dataclass(slots=True)

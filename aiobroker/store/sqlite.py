@@ -320,7 +320,7 @@ class SqliteStore(Store):
             (handle, decode(data))
             for handle, data in conn.execute("SELECT handle, data FROM endpoints ORDER BY handle")
         ]
-        messages = list(map(MessageRow._make, conn.execute(_SELECT_MESSAGES)))
+        messages: list[MessageRow] = conn.execute(_SELECT_MESSAGES).fetchall()  # tuples, as rows are
         return Snapshot(meta=meta, objects=objects, endpoints=endpoints, messages=messages)
 
     def _decode(self, blob: Any) -> Any:

@@ -159,6 +159,7 @@ from .config_fields import ARGUMENT_LABEL, DEFAULT_LABEL, MIB, OVERRIDE_LABEL, s
 from .config_file import from_document, read_toml
 from .config_messages import Invalid, did_you_mean
 from .config_objects import OBJECT_KINDS, ObjectDef
+from .core.broker import DEFAULT_BINDING_FAILURE_CACHE  # the engine owns its defaults
 from .errors import ConfigError
 
 __all__ = [
@@ -172,7 +173,6 @@ __all__ = [
 
 DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
 DEFAULT_LISTEN_PORT: Final = 4022
-DEFAULT_BINDING_FAILURE_CACHE: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

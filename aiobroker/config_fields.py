@@ -17,11 +17,12 @@ from typing import Any, Final
 from .config_messages import Invalid, describe, describe_or_empty, did_you_mean, quoted
 from .config_objects import check_objects
 from .errors import ConfigError
+from .store.sqlite import DURABILITIES as SQLITE_DURABILITIES
 
 MIB: Final = 1024 * 1024
 
 STORES: Final = ("sqlite", "memory")
-DURABILITIES: Final = ("normal", "full")
+DURABILITIES: Final = tuple(SQLITE_DURABILITIES)  # the store owns them (each is a PRAGMA synchronous)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 MIN_FRAME_SIZE: Final = 1024

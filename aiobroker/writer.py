@@ -7,7 +7,8 @@ into the next batch), then publishes the batch's messages to their queues and ru
 A batch no larger than the store's ``inline_rows`` is written on the event loop instead: a transaction of a few
 rows that does not fsync costs less than the thread hop that would carry it, and at a moderate rate nearly every
 batch is that small. The loop stands still for the write (~0.1 ms); what arrives meanwhile waits in the socket
-buffers and gathers into the next batch all the same.
+buffers and gathers into the next batch all the same. The loop yields after every batch, so work that a batch's
+callbacks make cannot hold the event loop from one inline write to the next.
 Batches are written and published strictly one after another, so replies and deliveries keep the order their
 requests had.
 
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .core.broker import BrokerCore, Pending
@@ -84,6 +86,9 @@ class StoreWriter:
             self._wake = anyio.Event()
             while self._has_work():
                 await self.commit_once()
+                # A batch written inline did not yield: let the readers run before the next one (what they bring
+                # joins it), so that work made by callbacks cannot hold the event loop batch after batch.
+                await anyio.lowlevel.checkpoint()
 
     async def commit_once(self) -> None:
         if not self.store.durable:

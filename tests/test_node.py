@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aiobroker
@@ -273,6 +274,38 @@ async def test_small_batches_are_written_on_the_loop_only_without_fsync_and_ever
                 got.extend(int(m.body) for m in batch)
                 await batch.commit()
             assert got == list(range(5 + 3 * inline_rows + 10))
+
+
+async def test_the_writer_lets_other_tasks_run_between_batches(tmp_path: Path) -> None:
+    # A batch written on the loop does not yield by itself; work made by the callbacks of one batch (here each
+    # callback registers the next) must not hold the event loop from batch to batch.
+    config = NodeConfig(store="sqlite", data_dir=tmp_path / "data", listen_port=0)
+    async with aiobroker.Node(config) as node:
+        ticks = 0
+        ticks_seen: list[int] = []
+        chain_done = anyio.Event()
+
+        async def other_task() -> None:
+            nonlocal ticks
+            while not chain_done.is_set():
+                ticks += 1
+                await anyio.lowlevel.checkpoint()
+
+        def link(left: int) -> None:
+            ticks_seen.append(ticks)
+            if left:
+                node.writer.after_commit(lambda: link(left - 1))
+            else:
+                chain_done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_task)
+            await anyio.lowlevel.checkpoint()
+            node.writer.after_commit(lambda: link(20))
+            with anyio.fail_after(10):
+                await chain_done.wait()
+        assert len(ticks_seen) == 21
+        assert len(set(ticks_seen)) == 21, f"the other task did not run between batches: {ticks_seen}"
 
 
 async def test_config_objects_are_created_at_start_and_must_match_later(tmp_path: Path) -> None:

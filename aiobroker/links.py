@@ -22,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .config_fields import MIN_FRAME_SIZE
 from .core.routing import parse_tcp_address
+from .core.transmission import ENVELOPE_OVERHEAD
 from .errors import BrokerError, ConnectionLost, ProtocolError
 from .transport.connection import FramedConnection, describe_os_error
+from .wire.codec import batch_bytes
 from .wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
 
 if TYPE_CHECKING:
@@ -34,8 +37,10 @@ log = logging.getLogger("aiobroker.links")
 
 #: messages per ENVELOPES frame a link sends
 SEND_BATCH = 1000
-#: forwarded envelopes held per address while its link is down (beyond this the oldest go: their senders resend)
+#: forwarded envelopes held per next hop while its link is down or busy, and their bodies' bytes: beyond either
+#: bound the oldest go (their senders resend them, as nothing acknowledged them)
 MAX_FORWARD_BACKLOG = 100_000
+MAX_FORWARD_BACKLOG_BYTES = 256 * 1024 * 1024
 #: conversations whose acknowledgements this node relays back when forwarding (least recently used go first)
 MAX_REVERSE_PATHS = 100_000
 
@@ -61,12 +66,48 @@ def _link_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     return group  # something unexpected: let it propagate as it is
 
 
+class ForwardBacklog:
+    """Forwarded envelopes waiting for one next hop, oldest first, bounded by count and by bytes of body."""
+
+    __slots__ = ("envelopes", "bytes")
+
+    def __init__(self) -> None:
+        self.envelopes: deque[list[Any]] = deque()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.envelopes)
+
+    def add(self, envelope: list[Any]) -> int:
+        """Hold one more; returns how many of the oldest were dropped to stay within the bounds."""
+        self.envelopes.append(envelope)
+        self.bytes += len(envelope[10])
+        dropped = 0
+        while len(self.envelopes) > MAX_FORWARD_BACKLOG or self.bytes > MAX_FORWARD_BACKLOG_BYTES:
+            self.bytes -= len(self.envelopes.popleft()[10])
+            dropped += 1
+        return dropped
+
+    def take_within(self, envelopes: list[list[Any]], max_bytes: int) -> None:
+        """Move envelopes from the front to ``envelopes`` while the frame stays within ``max_bytes`` (estimated as
+        for the transmission queue; one always goes into an empty frame). The rest wait their turn."""
+        size = sum(len(e[10]) for e in envelopes) + ENVELOPE_OVERHEAD * len(envelopes)
+        held = self.envelopes
+        while held:
+            body = len(held[0][10])
+            size += body + ENVELOPE_OVERHEAD
+            if size > max_bytes and envelopes:
+                break
+            envelopes.append(held.popleft())
+            self.bytes -= body
+
+
 class PeerLinks:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.running: set[str] = set()
         self.wakes: dict[str, anyio.Event] = {}
-        self.forward_out: dict[str, deque[list[Any]]] = {}
+        self.forward_out: dict[str, ForwardBacklog] = {}
         self.reverse: OrderedDict[tuple[str, bool], FramedConnection] = OrderedDict()
         self.forwarded = 0
         self.dropped_forwards = 0
@@ -161,25 +202,31 @@ class PeerLinks:
                 raise LinkError(f"{address} answered the handshake with {type(frame).__name__.upper()}")
             self.node.core.link_up(address, frame.broker_instance)
             log.info("link to %s up (broker instance %s)", address, frame.broker_instance)
+            # frames must fit the smaller of the two nodes' limits: the far node refuses a larger one
+            theirs = frame.info.get("max_frame_size")
+            frame_size = cfg.max_frame_size
+            if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= MIN_FRAME_SIZE:
+                frame_size = min(frame_size, theirs)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(conn.writer)
                     tg.start_soon(self._read, conn, address)
-                    await self._send_loop(conn, address)
+                    await self._send_loop(conn, address, batch_bytes(frame_size))
             except BaseExceptionGroup as group:
                 raise _link_failure(group) from group
         finally:
             await conn.aclose()
 
-    async def _send_loop(self, conn: FramedConnection, address: str) -> None:
+    async def _send_loop(self, conn: FramedConnection, address: str, max_bytes: int) -> None:
+        """Send what is ready for ``address`` (its own messages, then forwarded ones), each frame at most
+        ``SEND_BATCH`` of its own and within ``max_bytes``; wait for more, or for acknowledgements."""
         core = self.node.core
         ack_timeout = self.node.config.ack_timeout
         while not conn.closed:
-            messages = core.outgoing(address, SEND_BATCH)
+            messages = core.outgoing(address, SEND_BATCH, max_bytes)
             forwards = self.forward_out.get(address)
             if forwards:
-                self.forward_out[address] = deque()
-                messages.extend(forwards)
+                forwards.take_within(messages, max_bytes)
             link = core.tx.links.get(address)
             if messages:
                 conn.send(Envelopes(messages=messages, acks=[]).to_wire())
@@ -198,6 +245,8 @@ class PeerLinks:
         """Read envelopes from a peer connection until it closes (then raise, ending its session)."""
         while True:
             for frame in await conn.receive_frames():
+                if isinstance(frame, Refused):  # the far node closed the link, and said why
+                    raise LinkError(f"{conn.peer} closed the link: {frame.message}")
                 if not isinstance(frame, Envelopes):
                     raise ProtocolError(f"a peer sends ENVELOPES frames, got {type(frame).__name__.upper()}")
                 self.accept(conn, frame, address)
@@ -230,17 +279,16 @@ class PeerLinks:
         core.reports.clear()
 
     def _forward(self, came_from: FramedConnection, next_hop: str, envelopes: list[list[Any]]) -> None:
-        backlog = self.forward_out.setdefault(next_hop, deque())
+        backlog = self.forward_out.get(next_hop)
+        if backlog is None:
+            backlog = self.forward_out[next_hop] = ForwardBacklog()
         for env in envelopes:
             key = (env[1], env[2])
             self.reverse[key] = came_from
             self.reverse.move_to_end(key)
-            backlog.append(env)
+            self.dropped_forwards += backlog.add(env)
         while len(self.reverse) > MAX_REVERSE_PATHS:
             self.reverse.popitem(last=False)
-        while len(backlog) > MAX_FORWARD_BACKLOG:
-            backlog.popleft()
-            self.dropped_forwards += 1
         self.forwarded += len(envelopes)
         self.wake(next_hop)
 
@@ -266,5 +314,6 @@ class PeerLinks:
             "links": len(self.running),
             "forwarded": self.forwarded,
             "forward_backlog": sum(len(b) for b in self.forward_out.values()),
+            "forward_backlog_bytes": sum(b.bytes for b in self.forward_out.values()),
             "dropped_forwards": self.dropped_forwards,
         }

@@ -58,6 +58,7 @@ from .ops import OPS
 from .store import Store, open_store
 from .transport.connection import FramedConnection
 from .transport.tls import RefusingTLSListener, client_context, server_context
+from .wire.codec import batch_bytes
 from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
 from .writer import StoreWriter
 from resolvers.base import NotFound, Resolver, ResolverError, load_resolver
@@ -184,8 +185,7 @@ class Node:
             broker_instance=instance,
             persist=self.store.durable,
             max_message_size=cfg.max_message_size,
-            # room for the reply's own fields beside the rows
-            max_batch_bytes=cfg.max_frame_size - min(64 * 1024, cfg.max_frame_size // 16),
+            max_batch_bytes=batch_bytes(cfg.max_frame_size),
             receive_lease=cfg.receive_lease,
             poison_rollbacks=cfg.poison_rollbacks,
             forwarding=cfg.forwarding,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.etree import ElementTree
 
 import pytest
-from core_harness import Harness
+from core_harness import NO_BYTE_LIMIT, Harness
 
 from aiobroker.core.catalog import BCN_CONTRACT, BCN_SERVICE, ERROR, MISSING_ROUTE
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
@@ -57,7 +57,7 @@ def test_ten_thousand_conversations_to_a_hundred_services_make_a_hundred_request
     h.flush()
     assert take_requests(h) == [], "an answer does not ask again"
     assert h.core.tx.delayed_total == 0
-    sent = h.core.outgoing(B, 100_000)
+    sent = h.core.outgoing(B, 100_000, NO_BYTE_LIMIT)
     assert len(sent) == 20_000
     per_conversation: dict[str, list[int]] = {}
     for env in sent:
@@ -117,7 +117,7 @@ def test_a_conversation_that_ends_while_delayed_takes_its_messages_out() -> None
     assert h.core.tx.delayed_count["svc"] == 1
     h.core.resolved("svc", answer("svc"), h.now)
     h.flush()
-    assert [e[10] for e in h.core.outgoing(B, 100)] == [b"stays"]
+    assert [e[10] for e in h.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"stays"]
 
 
 def test_lifetime_running_out_while_delayed_names_the_service_and_the_last_error() -> None:
@@ -186,13 +186,13 @@ def test_the_bcn_service_is_asked_with_a_real_conversation_and_its_end_releases_
     h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
     h.core.end(bcn_handle, h.now)
     h.flush()
-    assert h.core.outgoing(B, 100) == [], "routed now, and waiting for the binding request (the seeds' order)"
+    assert h.core.outgoing(B, 100, NO_BYTE_LIMIT) == [], "routed now, and waiting for the binding request (the seeds' order)"
     # the seeds: then one MissingRemoteServiceBinding; the application has no binding and ends it
     (binding_request,) = h.drain("bcn-q")
     assert binding_request[2] == MISSING_ROUTE.replace("MissingRoute", "MissingRemoteServiceBinding")
     h.core.end(binding_request[0], h.now)
     h.flush()
-    sent = h.core.outgoing(B, 100)
+    sent = h.core.outgoing(B, 100, NO_BYTE_LIMIT)
     assert sorted(e[10] for e in sent) == sorted(b"m%d" % i for i in range(20)), "encryption=False goes on, plain"
     assert all(e[13] is False for e in sent)
     (far,) = h.core.statistics(h.now)["dynamic_routing"]["services"].values()
@@ -223,7 +223,7 @@ def test_messages_acknowledged_after_their_conversation_went_back_to_delayed_lea
     rows = [message_row(i, "tx", "h1", i, "DEFAULT", b"m", 0.0, 0) for i in range(3)]
     tx.add_many("h1", rows)
     tx.attach("h1", B)
-    assert [row[ROW_SEQ] for _, row in tx.take_unsent(B, 10, durable_upto=10)] == [0, 1, 2]
+    assert [row[ROW_SEQ] for _, row in tx.take_unsent(B, 10, durable_upto=10, max_bytes=NO_BYTE_LIMIT)] == [0, 1, 2]
     tx.delay("h1", "svc")  # the route was dropped with the three in flight: they wait again, counted
     assert tx.delayed_count == {"svc": 3} and tx.delayed_total == 3
     assert len(tx.acknowledge("h1", 2)) == 2  # the far side had stored two of them after all

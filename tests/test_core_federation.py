@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
+from core_harness import A_ADDR, B_ADDR, NO_BYTE_LIMIT, Harness, carry, route_both_ways
 
 from aiobroker.core.catalog import END_DIALOG, ERROR
 from aiobroker.core.conversation import State
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.core.transmission import ENVELOPE_OVERHEAD
 from aiobroker.store.base import ROW_LOCATION
 
 
@@ -41,13 +42,32 @@ def test_messages_cross_once_in_order_and_acknowledged_ones_leave_the_sender() -
 def test_duplicates_are_acknowledged_and_dropped() -> None:
     a, b, handle = pair()
     a.send(handle, b"1", b"2", b"3")
-    envelopes = a.core.outgoing(B_ADDR, 100)
+    envelopes = a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)
     b.core.accept(envelopes, b.now)
     b.flush()
     acks, _ = b.core.accept(envelopes, b.now)  # the same again: a resend after a lost ack
     b.flush()
     assert acks[0][3] == 3
     assert bodies(b, "qb") == [b"1", b"2", b"3"]
+
+
+def test_a_links_frame_stays_within_its_byte_budget_and_the_rest_follows_in_order() -> None:
+    a, b, handle = pair()
+    body = 10_000
+    a.send(handle, *[bytes([i]) * body for i in range(7)])
+    a.core.send(handle, [["DEFAULT", b"x" * 50_000]], a.now)  # alone over the budget
+    a.flush()
+    budget = 3 * (body + ENVELOPE_OVERHEAD)
+    frames, more = [], []
+    for _ in range(10):  # bounded: 4 frames are expected
+        a.core.tx.ready_links.clear()
+        envelopes = a.core.outgoing(B_ADDR, 100, budget)
+        if not envelopes:
+            break
+        frames.append([e[3] for e in envelopes])
+        more.append(B_ADDR in a.core.tx.ready_links)
+    assert frames == [[0, 1, 2], [3, 4, 5], [6], [7]], "three fit; the one over the budget goes alone"
+    assert more == [True, True, True, False], "the link is woken again while the budget left some behind"
 
 
 def test_a_gap_is_not_delivered_past_and_a_resend_fills_it() -> None:
@@ -64,15 +84,15 @@ def test_a_gap_is_not_delivered_past_and_a_resend_fills_it() -> None:
 def test_only_stored_messages_leave_for_a_peer() -> None:
     a, b, handle = pair()
     a.core.send(handle, [["DEFAULT", b"not yet stored"]], a.now)
-    assert a.core.outgoing(B_ADDR, 100) == [], "a crash now must not have let a peer see sequence number 0"
+    assert a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT) == [], "a crash now must not have let a peer see sequence number 0"
     a.flush()
-    assert len(a.core.outgoing(B_ADDR, 100)) == 1
+    assert len(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)) == 1
 
 
 def test_the_receiver_remembers_what_it_stored_across_a_restart() -> None:
     a, b, handle = pair()
     a.send(handle, b"1", b"2")
-    envelopes = a.core.outgoing(B_ADDR, 100)
+    envelopes = a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)
     b.core.accept(envelopes, b.now)
     b.flush()  # stored, but the ack never reached a
     b2 = b.restart()
@@ -85,7 +105,7 @@ def test_the_receiver_remembers_what_it_stored_across_a_restart() -> None:
 def test_the_sender_resends_after_its_own_restart() -> None:
     a, b, handle = pair()
     a.send(handle, b"1", b"2")
-    a.core.outgoing(B_ADDR, 100)  # sent, then a crashed before any ack
+    a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)  # sent, then a crashed before any ack
     a2 = a.restart()
     carry(a2, b, B_ADDR)
     assert bodies(b, "qb") == [b"1", b"2"]
@@ -110,7 +130,7 @@ def test_replies_travel_back_and_end_dialog_closes_both_sides() -> None:
 def test_a_retransmitted_first_message_does_not_begin_the_conversation_twice() -> None:
     a, b, handle = pair()
     a.send(handle, b"only once")
-    first = a.core.outgoing(B_ADDR, 100)
+    first = a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)
     b.core.accept(first, b.now)
     b.flush()
     (target, _, _, _), = b.drain("qb")
@@ -180,18 +200,18 @@ def test_a_link_that_stopped_at_an_unstored_message_is_woken_by_the_write_that_s
     a.core.tx.ready_links.clear()  # the shell woke the link for it ...
     a.core.send(handle, [["DEFAULT", b"not yet stored"]], a.now)
     a.core.tx.ready_links.clear()  # ... and that wake-up, after the first write, cleared the mark
-    assert [e[10] for e in a.core.outgoing(B_ADDR, 100)] == [b"stored"]
+    assert [e[10] for e in a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)] == [b"stored"]
     assert B_ADDR in a.core.tx.ready_links, "the link must be woken when the second message is stored"
     a.flush()
-    assert [e[10] for e in a.core.outgoing(B_ADDR, 100)] == [b"not yet stored"]
+    assert [e[10] for e in a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)] == [b"not yet stored"]
 
 
 def test_altering_a_route_moves_unacknowledged_messages_to_the_new_address() -> None:
     a, b, handle = pair()
     a.send(handle, b"1", b"2")
-    assert len(a.core.outgoing(B_ADDR, 100)) == 2  # sent to the old address, never acknowledged
+    assert len(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)) == 2  # sent to the old address, never acknowledged
     a.core.alter_route("to-b", {"address": "tcp://b2:1"}, a.now)
     a.flush()
-    assert a.core.outgoing(B_ADDR, 100) == []
-    assert [e[10] for e in a.core.outgoing("tcp://b2:1", 100)] == [b"1", b"2"], "resent, in order, to the new address"
+    assert a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT) == []
+    assert [e[10] for e in a.core.outgoing("tcp://b2:1", 100, NO_BYTE_LIMIT)] == [b"1", b"2"], "resent, in order, to the new address"
     assert a.store.objects[("route", "to-b")]["address"] == "tcp://b2:1"

@@ -7,7 +7,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
+from core_harness import A_ADDR, B_ADDR, NO_BYTE_LIMIT, Harness, carry, route_both_ways
 
 from aiobroker.core.catalog import BCN_CONTRACT, BCN_SERVICE, ERROR, MISSING_BINDING
 from aiobroker.core.conversation import State
@@ -253,7 +253,7 @@ def test_encryption_required_without_binding_or_dynamic_routing_fails_at_once(pe
     assert ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY
     (error,) = a.drain("qa")
     assert error[2] == ERROR and "svcB" in parse_error_body(error[3])[1]
-    assert a.core.outgoing(B_ADDR, 100) == []
+    assert a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT) == []
 
 
 def test_encryption_not_required_without_binding_or_dynamic_routing_goes_plain(pems: Any) -> None:
@@ -288,7 +288,7 @@ def test_while_a_binding_request_is_in_flight_both_choices_wait_and_one_request_
     for handle in handles:
         a.send(handle, b"x")
     assert requests(a) == [("binding", "svcB")], "one request for twenty conversations"
-    assert a.core.outgoing(B_ADDR, 100) == []
+    assert a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT) == []
     assert all("waiting for a remote service binding" in (a.core.endpoints[h].delayed or "") for h in handles)
 
 
@@ -323,7 +323,7 @@ def test_a_failed_binding_request_lets_plain_go_keeps_encrypted_waiting_and_is_r
     late_secure = begin(a, encryption=True)
     a.send(late_secure, b"late secret")
     assert requests(a) == [], "no new request while the failure is remembered"
-    assert [e[10] for e in a.core.outgoing(B_ADDR, 100)] == [b"late plain"]
+    assert [e[10] for e in a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)] == [b"late plain"]
 
     a.advance(599)
     assert requests(a) == [], "still remembered at 599 s"

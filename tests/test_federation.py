@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from node_process import free_port
 
 import aiobroker
-from aiobroker import NodeConfig
+from aiobroker import NodeConfig, links
+from aiobroker.core.transmission import ENVELOPE_OVERHEAD
 from aiobroker.wire.codec import encode_frame
+from aiobroker.wire.frames import PROTOCOL_VERSION, Refused, Welcome
 from raw_peer import after_hello as peer_after_hello
 from raw_peer import talk
 
@@ -129,6 +132,108 @@ async def test_two_hops_through_a_forwarding_node() -> None:
         status_b = await cb.status()
         assert status_b["peers"]["forwarded"] >= 201
         assert status_b["conversations"] == 0, "a forwarding node keeps no conversation state"
+
+
+BIG = 3 * 1024 * 1024  # under the 4 MiB max_message_size; six of them are over the 16 MiB max_frame_size
+
+
+async def test_large_messages_leave_in_frames_the_far_node_accepts() -> None:
+    async with nodes({}, {}) as [(a, ca), (b, cb)]:
+        await service(ca, "svcA", accepts=False)
+        await service(cb, "svcB")
+        await route(cb, "to-a", "svcA", a.url)
+        dialog = await ca.begin_dialog("svcA", "svcB")
+        for i in range(8):  # no route yet: they wait together, 24 MiB
+            await dialog.send("DEFAULT", bytes([i]) * BIG)
+        await route(ca, "to-b", "svcB", b.url)
+        got = await drain(cb, "svcb", 8)
+        assert [(m.body[0], len(m.body)) for m in got] == [(i, BIG) for i in range(8)]
+        peers = (await ca.status())["transmission"]["links"]
+        assert [link["last_error"] for link in peers] == [None], "no frame was refused on the way"
+
+
+async def test_frames_fit_the_far_nodes_smaller_frame_size() -> None:
+    mib = 1024 * 1024
+    async with nodes({"max_message_size": 2 * mib}, {"max_frame_size": 4 * mib, "max_message_size": 2 * mib}) as [
+        (a, ca),
+        (b, cb),
+    ]:
+        await service(ca, "svcA", accepts=False)
+        await service(cb, "svcB")
+        await route(cb, "to-a", "svcA", a.url)
+        dialog = await ca.begin_dialog("svcA", "svcB")
+        for i in range(6):  # 9 MiB: within a's frames, not within b's
+            await dialog.send("DEFAULT", bytes([i]) * (3 * mib // 2))
+        await route(ca, "to-b", "svcB", b.url)
+        got = await drain(cb, "svcb", 6)
+        assert [m.body[0] for m in got] == list(range(6))
+        assert [link["last_error"] for link in (await ca.status())["transmission"]["links"]] == [None]
+
+
+async def test_a_forwarders_backlog_leaves_in_frames_the_next_node_accepts() -> None:
+    c_port = free_port()
+    async with nodes({}, {"forwarding": True}) as [(_a, ca), (f, cf)]:
+        await service(ca, "svcA", accepts=False)
+        await route(ca, "via-f", "svcC", f.url)
+        await route(cf, "to-c", "svcC", f"tcp://127.0.0.1:{c_port}")  # not listening yet: f holds what comes
+        dialog = await ca.begin_dialog("svcA", "svcC")
+        for i in range(8):
+            await dialog.send("DEFAULT", bytes([i]) * BIG)
+
+        async def f_holds_all() -> bool:
+            return (await cf.status())["peers"]["forward_backlog"] >= 8
+
+        await until(f_holds_all, 20, "the forwarder to hold all eight while the next node is down")
+        async with nodes({"listen_port": c_port}) as [(_c, cc)]:
+            await service(cc, "svcC")
+            got = await drain(cc, "svcc", 8, timeout=30)
+            assert [(m.body[0], len(m.body)) for m in got] == [(i, BIG) for i in range(8)]
+
+
+async def test_a_peer_that_closes_the_link_with_a_reason_is_shown_with_that_reason() -> None:
+    async def refusing_peer(stream: Any) -> None:  # welcomes the link, then closes it, saying why
+        async with stream:
+            await stream.receive()  # the HELLO
+            await stream.send(encode_frame(Welcome(version=PROTOCOL_VERSION, broker_instance="far").to_wire()))
+            await stream.receive()  # the first ENVELOPES
+            await stream.send(encode_frame(Refused(code="protocol_error", message="frame too large").to_wire()))
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, refusing_peer)
+            async with nodes({}) as [(_a, ca)]:
+                await service(ca, "svcA", accepts=False)
+                await route(ca, "to-far", "svcB", f"tcp://127.0.0.1:{port}")
+                await (await ca.begin_dialog("svcA", "svcB")).send("DEFAULT", b"x")
+
+                async def reason_shown() -> bool:
+                    links = (await ca.status())["transmission"]["links"]
+                    return bool(links) and "closed the link: frame too large" in (links[0]["last_error"] or "")
+
+                await until(reason_shown, 10, "the link's last error to carry the peer's reason")
+            tg.cancel_scope.cancel()
+
+
+def envelope(n: int, size: int) -> list[Any]:
+    return [20, f"c{n}", True, n, "svcA", "svcC", "DEFAULT", "a", "", "DEFAULT", bytes(size), 0.0, 1, False]
+
+
+def test_a_forward_backlog_drops_its_oldest_past_its_byte_bound_and_gives_frames_within_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(links, "MAX_FORWARD_BACKLOG_BYTES", 10_000)
+    backlog = links.ForwardBacklog()
+    assert [backlog.add(envelope(n, 3_000)) for n in range(5)] == [0, 0, 0, 1, 1], "the fourth passes 10,000 bytes"
+    assert (len(backlog), backlog.bytes) == (3, 9_000)
+    frame: list[list[Any]] = []
+    backlog.take_within(frame, 2 * (3_000 + ENVELOPE_OVERHEAD))
+    assert [e[3] for e in frame] == [2, 3] and (len(backlog), backlog.bytes) == (1, 3_000)
+    one: list[list[Any]] = []
+    backlog.take_within(one, 10)  # over budget alone: goes alone
+    assert [e[3] for e in one] == [4] and (len(backlog), backlog.bytes) == (0, 0)
+    monkeypatch.setattr(links, "MAX_FORWARD_BACKLOG", 2)
+    assert [backlog.add(envelope(n, 1)) for n in range(3)] == [0, 0, 1], "and past its count"
 
 
 async def test_a_node_that_does_not_forward_drops_and_reports(caplog: pytest.LogCaptureFixture) -> None:

@@ -220,11 +220,12 @@ class Federation:
 
     # ------------------------------------------------------------------------------------------ envelopes out
 
-    def outgoing(self, address: str, max_messages: int = 1000) -> list[Envelope]:
-        """Messages for the link to ``address`` not yet sent on its current connection, as envelopes."""
+    def outgoing(self, address: str, max_messages: int, max_bytes: int) -> list[Envelope]:
+        """Messages for the link to ``address`` not yet sent on its current connection, as envelopes: at most
+        ``max_messages``, within ``max_bytes`` (see ``TransmissionQueue.take_unsent``)."""
         out: list[Envelope] = []
         me = self.broker_instance
-        for handle, row in self.tx.take_unsent(address, max_messages, self.durable_upto):
+        for handle, row in self.tx.take_unsent(address, max_messages, self.durable_upto, max_bytes):
             ep = self.endpoints[handle]
             body: bytes = row[ROW_BODY]
             sealed: Any = False

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.base import ROW_ID, ROW_SEQ, MessageRow
+from ..store.base import ROW_BODY, ROW_ID, ROW_SEQ, MessageRow
+
+#: Bytes an envelope takes on the wire besides its body, at most about: four names of up to 256 bytes (the two
+#: services, the contract, the message type), the conversation id and two broker instances, the numbers, a sealed
+#: body's nonce and tag, and on the first message of a secured conversation its key header (a wrapped key and a
+#: signature: under 1.5 KiB with RSA 4096). Used to keep a link's frames within the frame size.
+ENVELOPE_OVERHEAD = 3072
 
 #: First retry after a connection error, then doubling up to the cap (SEMANTICS.md: "first retry within a few
 #: seconds, doubling, capped near a minute").
@@ -190,15 +196,21 @@ class TransmissionQueue:
         self.undelay(handle)
         return list(self.rows.pop(handle, ()))
 
-    def take_unsent(self, address: str, max_messages: int, durable_upto: int) -> list[tuple[str, MessageRow]]:
+    def take_unsent(
+        self, address: str, max_messages: int, durable_upto: int, max_bytes: int
+    ) -> list[tuple[str, MessageRow]]:
         """Up to ``max_messages`` rows of a link not yet sent in its epoch, in order per endpoint; marks them sent.
 
         Only rows with ids up to ``durable_upto`` go: a message leaves for a peer only once it is stored here, so
-        a crash can never take back a sequence number a peer has already seen."""
+        a crash can never take back a sequence number a peer has already seen. The rows fit in ``max_bytes`` as
+        envelopes (body + :data:`ENVELOPE_OVERHEAD` each), so that the frame carrying them is within the far
+        node's frame size; one row always goes, since a message never exceeds a frame."""
         link = self.links.get(address)
         if link is None:
             return []
         out: list[tuple[str, MessageRow]] = []
+        size = 0
+        full = False
         for handle in link.handles:
             rows = self.rows.get(handle)
             if not rows:
@@ -209,6 +221,10 @@ class TransmissionQueue:
             end = min(len(rows), start + max_messages - len(out))
             i = start
             while i < end and rows[i][ROW_ID] <= durable_upto:
+                size += len(rows[i][ROW_BODY]) + ENVELOPE_OVERHEAD
+                if size > max_bytes and out:
+                    full = True
+                    break
                 out.append((handle, rows[i]))
                 i += 1
             if i:
@@ -216,7 +232,7 @@ class TransmissionQueue:
             if i < end:
                 # stopped at a row not yet stored: the write that stores it must wake this link again
                 self.ready_links.add(address)
-            if len(out) >= max_messages:
+            if full or len(out) >= max_messages:
                 self.ready_links.add(address)  # more to go
                 break
         return out

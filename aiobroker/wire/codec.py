@@ -25,6 +25,13 @@ from ..errors import ProtocolError
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 
 HEADER = struct.Struct(">I")
+
+
+def batch_bytes(max_frame_size: int) -> int:
+    """Bytes of messages to put in one frame of at most ``max_frame_size``. A batch's size is estimated (each
+    message's body plus a fixed allowance for the fields around it), so this leaves room for the frame's own fields:
+    a reply's lease and conversations, an ENVELOPES frame's acknowledgements."""
+    return max_frame_size - min(64 * 1024, max_frame_size // 16)
 HEADER_SIZE = HEADER.size
 
 _pack = msgpack.Packer(use_bin_type=True, datetime=False).pack

@@ -404,7 +404,7 @@ def main_bench(argv: list[str]) -> int:
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S s for other processes to leave the CPUs idle")
     p.add_argument("--retry-busy", type=int, default=0, metavar="K",
-                   help="run a measurement again (up to K more times) when other processes took CPU during it")
+                   help=common.RETRY_BUSY_HELP)
     p.add_argument("--start-timeout", type=float, default=20.0, help="seconds for a node to start (default 20)")
     p.add_argument("--max-seconds", type=float, default=180.0, help="bound on each run (default 180)")
     args = p.parse_args(argv)

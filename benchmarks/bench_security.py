@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S s for other processes to leave the CPUs idle")  # fmt: skip
     p.add_argument("--retry-busy", type=int, default=0, metavar="K",
-                   help="run a measurement again (up to K more times) when other processes took CPU during it")
+                   help=common.RETRY_BUSY_HELP)
     p.add_argument("--profile", action="store_true", help="py-spy both nodes during the encrypted runs")
     args = p.parse_args(argv)
     try:

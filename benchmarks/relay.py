@@ -636,7 +636,7 @@ def bench_cli(argv: list[str]) -> int:
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S seconds for other processes to leave the CPUs idle")
     p.add_argument("--retry-busy", type=int, default=0, metavar="K",
-                   help="run a measurement again (up to K more times) when other processes took CPU during it")
+                   help=common.RETRY_BUSY_HELP)
     p.add_argument("--quick", action="store_true", help="small run for a smoke test (~15 s)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="bound on each run (default: 120)")
     args = p.parse_args(argv)

@@ -7,11 +7,12 @@ import contextlib
 import itertools
 import random
 from collections import Counter
+from typing import Any
 
 from core_harness import A_ADDR, B_ADDR, Harness, carry, route_both_ways
 
 from aiobroker.core.broker import BrokerCore
-from aiobroker.errors import ConversationError
+from aiobroker.errors import ConversationError, LeaseExpired
 
 
 
@@ -26,9 +27,33 @@ def walked(core: BrokerCore) -> dict[str, int]:
     return dict(Counter(ep.state.value for ep in core.endpoints.values()))
 
 
+def message_counts(core: BrokerCore) -> dict[str, Any]:
+    """The transmission queue's messages and each queue's locked and retained ones, as ``statistics`` has them."""
+    stats = core.statistics()
+    return {
+        "transmission": stats["transmission"]["messages"],
+        "queues": {q["name"]: (q["locked"], q["retained"]) for q in stats["queues"]},
+    }
+
+
+def message_walks(core: BrokerCore) -> dict[str, Any]:
+    """The same by walking, as ``statistics`` used to."""
+    return {
+        "transmission": sum(len(rows) for rows in core.tx.rows.values()),
+        "queues": {
+            name: (
+                sum(len(g.lease.messages) for g in q.groups.values() if g.lease is not None),
+                sum(len(rows) for rows in q.retained.values()),
+            )
+            for name, q in core.queues.items()
+        },
+    }
+
+
 def agree(*harnesses: Harness) -> dict[str, int]:
     for h in harnesses:
         assert counted(h.core) == walked(h.core), h.core.endpoints
+        assert message_counts(h.core) == message_walks(h.core)
         assert all(n > 0 for n in counted(h.core).values()), "a state with no endpoint is left out, as before"
     return counted(harnesses[-1].core)
 
@@ -147,24 +172,38 @@ def restarted(h: Harness, generation: int) -> Harness:
 
 
 def test_state_counts_agree_with_a_walk_after_any_mix_of_calls() -> None:
+    seen: Counter[str] = Counter()  # that the mix reached the states the counters must follow
     for seed in range(6):
         rng = random.Random(seed)
         h = Harness()
+        if seed % 2:  # the target's queue keeps what is received until the conversation ends
+            h.core.create_object("queue", {"name": "qt", "retention": True})
         validating_pair(h)
+        held: list[int] = []  # leases received and not yet committed or rolled back
         for step in range(250):
             handles = list(h.core.endpoints)
             op = rng.random()
-            with contextlib.suppress(ConversationError):  # a call the handle's state refuses changes nothing
+            with contextlib.suppress(ConversationError, LeaseExpired):  # a refused call changes nothing
                 if op < 0.2 or not handles:
                     begin(h, to=rng.choice(["target", "later"]), lifetime=rng.choice([None, 3.0, 30.0]))
-                elif op < 0.45:
+                elif op < 0.38:
                     ep = h.core.endpoints[rng.choice(handles)]
                     if ep.contract == "C":  # now and then a body that fails validation: the sender is in error
                         h.send(ep.handle, rng.choice([b"{}", b"[1]", b"{not json"]), message_type="J")
                     else:
                         h.send(ep.handle, b"x", b"y")
-                elif op < 0.55:
+                elif op < 0.45:
                     h.drain(rng.choice(["qt", "qi"]))
+                elif op < 0.5:
+                    lease = h.receive(rng.choice(["qt", "qi"]), n=rng.choice([1, 3]))
+                    if lease is not None:
+                        held.append(lease.id)
+                elif op < 0.55 and held:
+                    lease_id = held.pop(rng.randrange(len(held)))
+                    if rng.random() < 0.5:
+                        h.core.commit(lease_id, h.owner)
+                    else:
+                        h.core.rollback(lease_id, h.owner)
                 elif op < 0.65:
                     h.core.end(rng.choice(handles), h.now)
                 elif op < 0.7:
@@ -181,7 +220,13 @@ def test_state_counts_agree_with_a_walk_after_any_mix_of_calls() -> None:
                     begin(h, contract="C")
                 else:
                     h = restarted(h, step)
+                    held = []  # a restart ends every lease
             agree(h)  # before the batch is stored: the counts are the core's memory, not the store's
             h.flush()
             agree(h)
+            counts = message_counts(h.core)
+            seen["transmission"] += counts["transmission"] > 0
+            seen["locked"] += any(locked for locked, _ in counts["queues"].values())
+            seen["retained"] += any(retained for _, retained in counts["queues"].values())
         assert walked(h.core) == walked(h.restart().core), "what was stored is what was counted"
+    assert all(seen[what] > 20 for what in ("transmission", "locked", "retained")), seen

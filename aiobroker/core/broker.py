@@ -199,7 +199,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                 self._forget_row(row[ROW_ID])
                 continue
             if row[ROW_LOCATION] == TX:
-                self.tx.rows.setdefault(row[ROW_HANDLE], []).append(row)
+                self.tx.load(row)
                 continue
             queue = self.queues.get(row[ROW_LOCATION][2:])
             if queue is None:
@@ -207,7 +207,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                 self._forget_row(row[ROW_ID])
                 continue
             if row[ROW_STATE] == 1:
-                queue.retained.setdefault(row[ROW_HANDLE], []).append(row)
+                queue.retain(row)
             else:
                 queue.push(row, owner.group_id, row[ROW_TYPE] in URGENT_TYPES)
         self._next_message_id = last_id + 1

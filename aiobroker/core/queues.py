@@ -12,6 +12,7 @@ Everything here is in memory; the core records store changes beside it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 from ..store.base import ROW_HANDLE, ROW_TYPE, MessageRow
@@ -59,7 +60,7 @@ class Lease:
 class MessageQueue:
     """The messages of one queue, grouped, with the ready groups kept in arrival order."""
 
-    __slots__ = ("definition", "groups", "ready", "waiting", "retained", "disabled_reason")
+    __slots__ = ("definition", "groups", "ready", "waiting", "locked", "retained", "retained_count", "disabled_reason")
 
     def __init__(self, definition: QueueDef) -> None:
         self.definition = definition
@@ -67,8 +68,10 @@ class MessageQueue:
         #: groups with messages and no lease, oldest first (a dict used as an ordered set)
         self.ready: dict[str, None] = {}
         self.waiting = 0  #: messages not handed out
-        #: received messages kept by ``retention`` until their conversation ends: handle → rows
+        self.locked = 0  #: messages handed out under a lease, not yet committed or rolled back
+        #: received messages kept by ``retention`` until their conversation ends: handle → rows; and how many
         self.retained: dict[str, list[MessageRow]] = {}
+        self.retained_count = 0
         self.disabled_reason: str | None = None
 
     @property
@@ -121,6 +124,7 @@ class MessageQueue:
                         break
                     out.append(dq.popleft())
         self.waiting -= len(out)
+        self.locked += len(out)
         return group, out
 
     def _settle(self, group: Group) -> None:
@@ -132,11 +136,20 @@ class MessageQueue:
             del self.groups[group.id]
 
     def commit(self, lease: Lease) -> None:
+        self.locked -= len(lease.messages)
         lease.group.rollbacks = 0
         self._settle(lease.group)
 
-    def rollback(self, lease: Lease, *, urgent_types: frozenset[str]) -> None:
-        """Put the messages back at the front of their group, in their original order."""
+    def retain(self, row: MessageRow) -> None:
+        """Keep a received message until its conversation ends (a queue with ``retention``)."""
+        self.retained.setdefault(row[ROW_HANDLE], []).append(row)
+        self.retained_count += 1
+
+    def rollback(self, lease: Lease, *, urgent_types: frozenset[str], alive: Container[str]) -> None:
+        """Put the messages back at the front of their group, in their original order; those of conversations not
+        ``alive`` (ended meanwhile) do not come back."""
+        self.locked -= len(lease.messages)
+        lease.messages = [r for r in lease.messages if r[ROW_HANDLE] in alive]
         group = lease.group
         for row in reversed(lease.messages):
             (group.urgent if row[ROW_TYPE] in urgent_types else group.normal).appendleft(row)
@@ -164,7 +177,9 @@ class MessageQueue:
                 self.ready.pop(group.id, None)
                 del self.groups[group.id]
         self.waiting -= len(removed)
-        removed.extend(self.retained.pop(handle, ()))
+        retained = self.retained.pop(handle, [])
+        self.retained_count -= len(retained)
+        removed.extend(retained)
         return removed
 
     def statistics(self) -> dict[str, Any]:
@@ -173,10 +188,10 @@ class MessageQueue:
             "status": "on" if self.definition.status else "off",
             "disabled_reason": self.disabled_reason,
             "waiting": self.waiting,
-            "locked": sum(len(g.lease.messages) for g in self.groups.values() if g.lease is not None),
+            "locked": self.locked,
             "groups": len(self.groups),
             "ready_groups": len(self.ready),
-            "retained": sum(len(v) for v in self.retained.values()),
+            "retained": self.retained_count,
         }
 
     def __repr__(self) -> str:

@@ -124,7 +124,7 @@ class Receiving:
             for row in lease.messages:
                 if row[ROW_HANDLE] in self.endpoints:
                     kept = row[:ROW_STATE] + (1,)
-                    queue.retained.setdefault(row[ROW_HANDLE], []).append(kept)
+                    queue.retain(kept)
                     self._save_row(kept)
         elif self.persist:  # the per-row _forget_row, inlined: a commit forgets a whole batch at a time
             forgotten = self.changes.messages
@@ -153,10 +153,8 @@ class Receiving:
             owned.discard(lease.id)
             if not owned:
                 del self.leases_by_owner[lease.owner]
-        # messages of conversations that ended meanwhile do not come back
-        lease.messages = [r for r in lease.messages if r[ROW_HANDLE] in self.endpoints]
         queue = lease.queue
-        queue.rollback(lease, urgent_types=URGENT_TYPES)
+        queue.rollback(lease, urgent_types=URGENT_TYPES, alive=self.endpoints)
         if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
             if queue.definition.status:
                 reason = (

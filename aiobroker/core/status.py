@@ -19,10 +19,12 @@ changes in only three places, all in this core:
 States change a few times per conversation, never per message, so the counting costs the hot path nothing.
 
 This module owns the reporting and that counter; the numbers of the other parts come from their own
-``statistics`` (queues, the transmission queue, the catalog, dynamic routing, dialog security). Some of those
-still count by walking what they own on each call: the transmission queue its messages (every conversation with unacknowledged ones), each queue its locked and
-retained messages (its groups and retaining conversations); and the ``delayed`` section below walks the DELAYED
-conversations (for the reason each waits; their messages are counted).
+``statistics`` (queues, the transmission queue, the catalog, dynamic routing, dialog security), which keep their
+message counts the same way: the transmission queue its messages (``message_count``), each queue its locked and
+retained ones (``locked``, ``retained_count``), each changed where the rows come and go, in the module that owns
+them. What still walks: each link's line (its conversations, for its unacknowledged messages), the first 100
+transmission entries, and the ``delayed`` section, which walks the DELAYED conversations for the reason each waits.
+``tests/test_core_status.py`` checks every counter against a walk after each step of a random mix of calls.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.base import ROW_BODY, ROW_ID, ROW_SEQ, MessageRow
+from ..store.base import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_SEQ, MessageRow
 
 #: Bytes an envelope takes on the wire besides its body, at most about: four names of up to 256 bytes (the two
 #: services, the contract, the message type), the conversation id and two broker instances, the numbers, a sealed
@@ -117,6 +117,8 @@ class TransmissionQueue:
         #: (a list, not a deque: a deque costs ~600 bytes even for one row, and a DELAYED storm holds one per
         #: conversation; acknowledgements remove a prefix in one slice)
         self.rows: dict[str, list[MessageRow]] = {}
+        #: how many rows ``rows`` holds in all, kept as they come and go (``status`` reads it: no walk)
+        self.message_count = 0
         #: far service name → sending endpoints DELAYED for want of a route (an ordered set)
         self.delayed: dict[str, dict[str, None]] = {}
         #: DELAYED endpoint → the service it waits on; and the DELAYED messages per service and in all (bounds)
@@ -132,8 +134,14 @@ class TransmissionQueue:
     def __contains__(self, handle: str) -> bool:
         return handle in self.rows
 
+    def load(self, row: MessageRow) -> None:
+        """A stored row read back at start (routes and delays are decided afterwards, for all at once)."""
+        self.rows.setdefault(row[ROW_HANDLE], []).append(row)
+        self.message_count += 1
+
     def add_many(self, handle: str, rows: list[MessageRow]) -> None:
         self.rows.setdefault(handle, []).extend(rows)
+        self.message_count += len(rows)
         address = self.route_of.get(handle)
         if address is not None:
             self.ready_links.add(address)
@@ -194,7 +202,9 @@ class TransmissionQueue:
         """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
         self.detach(handle)
         self.undelay(handle)
-        return list(self.rows.pop(handle, ()))
+        dropped = self.rows.pop(handle, [])
+        self.message_count -= len(dropped)
+        return dropped
 
     def take_unsent(
         self, address: str, max_messages: int, durable_upto: int, max_bytes: int
@@ -247,6 +257,7 @@ class TransmissionQueue:
             k += 1
         done = rows[:k]
         del rows[:k]
+        self.message_count -= k
         if done:
             service = self.delayed_service.get(handle)
             if service is not None:
@@ -269,7 +280,7 @@ class TransmissionQueue:
 
     def statistics(self) -> dict[str, Any]:
         return {
-            "messages": sum(len(r) for r in self.rows.values()),
+            "messages": self.message_count,
             "conversations": len(self.rows),
             "links": [link.describe(self.rows) for link in self.links.values()],
         }

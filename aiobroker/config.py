@@ -27,8 +27,8 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     log_level = "info"            # "debug", "info", "warning" or "error"
 
     [limits]
-    max_message_size = 4194304    # bytes, 1 .. max_frame_size - 1024
-    max_frame_size = 16777216     # bytes, 1024 .. 268435456 (256 MiB)
+    max_message_size = 4194304    # bytes, 1 .. max_frame_size - 4096
+    max_frame_size = 16777216     # bytes, 8192 .. 268435456 (256 MiB)
     max_connections = 1000        # >= 1
 
     [receive]
@@ -185,8 +185,8 @@ class NodeConfig:
     store: str = "sqlite"  #: "sqlite" or "memory"
     durability: str = "normal"  #: "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level: str = "info"  #: "debug", "info", "warning" or "error"
-    max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 1024
-    max_frame_size: int = 16 * MIB  #: 1024 .. 256 MiB
+    max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 4096 (room for the envelope)
+    max_frame_size: int = 16 * MIB  #: 8 KiB .. 256 MiB
     max_connections: int = 1000  #: >= 1
     receive_lease: float = 30.0  #: seconds a received batch stays locked without commit/rollback; > 0
     poison_rollbacks: int = 5  #: >= 1; rollbacks in a row of one conversation group that trip poison handling

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .config_messages import Invalid, describe, describe_or_empty, did_you_mean, quoted
 from .config_objects import check_objects
+from .core.transmission import ENVELOPE_OVERHEAD
 from .errors import ConfigError
 from .store.sqlite import DURABILITIES as SQLITE_DURABILITIES
 
@@ -25,11 +26,12 @@ STORES: Final = ("sqlite", "memory")
 DURABILITIES: Final = tuple(SQLITE_DURABILITIES)  # the store owns them (each is a PRAGMA synchronous)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
-MIN_FRAME_SIZE: Final = 1024
+MIN_FRAME_SIZE: Final = 8 * 1024
 MAX_FRAME_SIZE: Final = 256 * MIB
-#: Room in a frame for the envelope around one message body:
-#: max_message_size <= max_frame_size - FRAME_OVERHEAD.
-FRAME_OVERHEAD: Final = 1024
+#: Room in a frame for the envelope around one message body: max_message_size <= max_frame_size - FRAME_OVERHEAD,
+#: so that a message of the largest size crosses a link to a node with the same limits (its envelope, with the
+#: longest names and a key header, is at most this much more).
+FRAME_OVERHEAD: Final = ENVELOPE_OVERHEAD
 
 #: The label of a value nobody gave (a field's default).
 DEFAULT_LABEL: Final = "built-in default"

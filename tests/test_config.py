@@ -120,7 +120,7 @@ def test_file_over_defaults(tmp_path: Path) -> None:
         log_level = "debug"
         [limits]
         max_message_size = 1000
-        max_frame_size = 4096
+        max_frame_size = 8192
         max_connections = 7
         [receive]
         lease_seconds = 2.5
@@ -130,7 +130,7 @@ def test_file_over_defaults(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.listen == "0.0.0.0:5000"
     assert (config.store, config.durability, config.log_level) == ("memory", "full", "debug")
-    assert (config.max_message_size, config.max_frame_size, config.max_connections) == (1000, 4096, 7)
+    assert (config.max_message_size, config.max_frame_size, config.max_connections) == (1000, 8192, 7)
     assert (config.receive_lease, config.poison_rollbacks) == (2.5, 2)
     assert config.data_dir == Path("aiobroker-data")  # not in the file: the default, untouched
 
@@ -364,10 +364,10 @@ def test_nodeconfig_is_frozen_slotted_and_keyword_only() -> None:
             {"log_level": "INFO"},
             ["NodeConfig.log_level", '"debug", "info", "warning" or "error"', 'mean "info"'],
         ),
-        ({"max_frame_size": 1023}, ["NodeConfig.max_frame_size", "from 1024 to 268435456"]),
+        ({"max_frame_size": 8191}, ["NodeConfig.max_frame_size", "from 8192 to 268435456"]),
         ({"max_frame_size": 256 * MIB + 1}, ["NodeConfig.max_frame_size", "256 MiB"]),
         ({"max_message_size": 0}, ["NodeConfig.max_message_size", ">= 1"]),
-        ({"max_message_size": 16 * MIB}, ["NodeConfig.max_message_size", "max_frame_size - 1024 = 16776192"]),
+        ({"max_message_size": 16 * MIB}, ["NodeConfig.max_message_size", "max_frame_size - 4096 = 16773120"]),
         ({"max_connections": 0}, ["NodeConfig.max_connections", ">= 1", "got 0"]),
         ({"receive_lease": 0}, ["NodeConfig.receive_lease", "> 0"]),
         ({"receive_lease": float("inf")}, ["NodeConfig.receive_lease", "finite"]),
@@ -526,7 +526,7 @@ def test_wrong_types(tmp_path: Path, text: str, words: list[str]) -> None:
         ("[limits]\nmax_connections = 0\n", ["[limits] max_connections", ">= 1", "got 0"]),
         (
             "[limits]\nmax_frame_size = 1000\n",
-            ["[limits] max_frame_size", "from 1024 to 268435456", "got 1000"],
+            ["[limits] max_frame_size", "from 8192 to 268435456", "got 1000"],
         ),
         ("[limits]\nmax_message_size = 0\n", ["[limits] max_message_size", ">= 1"]),
         ("[receive]\nlease_seconds = 0\n", ["[receive] lease_seconds", "> 0", "got 0"]),
@@ -547,22 +547,22 @@ def test_out_of_range(tmp_path: Path, text: str, words: list[str]) -> None:
 
 def test_message_size_against_frame_size_names_both_sources(tmp_path: Path) -> None:
     # The file lowers the frame size; the default message size no longer fits: blame the file's key.
-    message = load_error(tmp_path, "[limits]\nmax_frame_size = 2048\n")
+    message = load_error(tmp_path, "[limits]\nmax_frame_size = 16384\n")
     assert message.startswith(f"{tmp_path / 'aiobroker.toml'}: [limits] max_frame_size:")
-    assert "max_frame_size - 1024 = 1024" in message
+    assert "max_frame_size - 4096 = 12288" in message
     assert "max_message_size is 4194304 (built-in default)" in message
     # Both in the file: blame max_message_size.
-    message = load_error(tmp_path, "[limits]\nmax_frame_size = 2048\nmax_message_size = 1025\n")
+    message = load_error(tmp_path, "[limits]\nmax_frame_size = 16384\nmax_message_size = 12289\n")
     assert ": [limits] max_message_size: " in message
     # Exactly at the limit is fine.
-    path = write(tmp_path, "[limits]\nmax_frame_size = 2048\nmax_message_size = 1024\n")
-    assert load_config(path).max_message_size == 1024
+    path = write(tmp_path, "[limits]\nmax_frame_size = 16384\nmax_message_size = 12288\n")
+    assert load_config(path).max_message_size == 12288
 
 
 def test_override_that_breaks_the_frame_limit_is_blamed(tmp_path: Path) -> None:
     path = write(tmp_path, "[limits]\nmax_message_size = 10000\n")
     with pytest.raises(ConfigError) as info:
-        load_config(path, {"max_frame_size": 4096})
+        load_config(path, {"max_frame_size": 12288})
     message = info.value.message
     assert message.startswith("override max_frame_size:")
     assert f"max_message_size is 10000 ({path}: [limits] max_message_size)" in message

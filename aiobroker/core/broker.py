@@ -492,7 +492,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             if self.persist:
                 stored = self.changes.messages
                 for row in rows:
-                    stored[row[0]] = row
+                    stored[row[ROW_ID]] = row
             self.pending.append((queue_name, far.group_id, False, rows))
             far.recv_seq = seq + count
             self._touch(far)

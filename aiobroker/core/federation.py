@@ -165,7 +165,7 @@ class Federation:
         if self.persist:
             stored = self.changes.messages
             for row in rows:
-                stored[row[0]] = row
+                stored[row[ROW_ID]] = row
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
@@ -363,7 +363,7 @@ class Federation:
             if self.persist:
                 stored = self.changes.messages
                 for row in rows:
-                    stored[row[0]] = row
+                    stored[row[ROW_ID]] = row
             self.pending.append((queue_name, ep.group_id, False, rows))
             ep.recv_seq = expect
             self._touch(ep)

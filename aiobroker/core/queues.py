@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Container
 from typing import Any
 
-from ..store.base import ROW_HANDLE, ROW_TYPE, MessageRow
+from ..store.base import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
 from .catalog import QueueDef
 
 
@@ -110,7 +110,7 @@ class MessageQueue:
         if (
             not group.urgent
             and len(normal) <= max_messages
-            and sum(len(r[5]) for r in normal) + ROW_OVERHEAD * len(normal) <= max_bytes
+            and sum(len(r[ROW_BODY]) for r in normal) + ROW_OVERHEAD * len(normal) <= max_bytes
         ):
             out = list(normal)  # the common case: the whole group at once
             normal.clear()
@@ -119,7 +119,7 @@ class MessageQueue:
             size = 0
             for dq in (group.urgent, normal):
                 while dq and len(out) < max_messages:
-                    size += len(dq[0][5]) + ROW_OVERHEAD
+                    size += len(dq[0][ROW_BODY]) + ROW_OVERHEAD
                     if out and size > max_bytes:
                         break
                     out.append(dq.popleft())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from core_harness import A_ADDR, B_ADDR, NO_BYTE_LIMIT, Harness, carry, route_both_ways
 
 from aiobroker.core.catalog import END_DIALOG, ERROR
@@ -68,6 +69,37 @@ def test_a_links_frame_stays_within_its_byte_budget_and_the_rest_follows_in_orde
         more.append(B_ADDR in a.core.tx.ready_links)
     assert frames == [[0, 1, 2], [3, 4, 5], [6], [7]], "three fit; the one over the budget goes alone"
     assert more == [True, True, True, False], "the link is woken again while the budget left some behind"
+
+
+@pytest.mark.parametrize("far_side_had_them", [False, True], ids=["lost-on-the-way", "stored-but-ack-lost"])
+def test_an_error_ending_a_conversation_with_messages_in_flight_reaches_the_far_side(far_side_had_them: bool) -> None:
+    # end(error=...) drops what is not yet acknowledged, so the Error's sequence number may lie past a gap the
+    # sender will never fill: the far side delivers an Error past a gap, and both ends let the conversation go.
+    a, b, handle = pair()
+    a.send(handle, b"0")
+    carry(a, b, B_ADDR)
+    a.send(handle, b"1", b"2")
+    in_flight = a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)
+    assert [e[3] for e in in_flight] == [1, 2]
+    if far_side_had_them:
+        b.core.accept(in_flight, b.now)  # stored; the acknowledgement is lost on its way back
+        b.flush()
+    a.core.end(handle, a.now, error=(5, "giving up"))
+    a.flush()
+    a.core.tx.links[B_ADDR].new_epoch()  # the acknowledgement time-out: what is unacknowledged goes again
+    sent, acks = carry(a, b, B_ADDR)
+    assert [(e[3], e[9]) for e in sent] == [(3, ERROR)], "the two in flight were dropped; the Error follows them"
+    assert acks[0][3] == 4
+    got = b.drain("qb")
+    assert got[0][2] == ERROR, "an Error is handed out ahead of the rest of its conversation"
+    assert sorted((seq, t) for _, seq, t, _ in got) == [(0, "DEFAULT")] + (
+        [(1, "DEFAULT"), (2, "DEFAULT")] if far_side_had_them else []
+    ) + [(3, ERROR)]
+    assert parse_error_body(got[0][3]) == (5, "giving up")
+    far = b.core.endpoints[got[0][0]]
+    assert far.state is State.ERROR
+    assert a.core.tx.message_count == 0 and not a.core.tx.links[B_ADDR].sent, "nothing left to resend"
+    assert carry(a, b, B_ADDR)[0] == []
 
 
 def test_a_gap_is_not_delivered_past_and_a_resend_fills_it() -> None:

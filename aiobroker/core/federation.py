@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..store.base import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, WriteBatch
 from ..errors import SecurityError
-from .catalog import BCN_SERVICE, Catalog
+from .catalog import BCN_SERVICE, ERROR, Catalog
 from .conversation import Endpoint, State
 from .dispatcher import ROUTE
 from .identities import PUBLIC
@@ -322,7 +322,12 @@ class Federation:
                 k += 1  # a duplicate: acknowledged again below
                 continue
             if seq > ep.recv_seq:
-                break  # a gap: an earlier message was lost; the sender resends from there
+                if env[9] != ERROR:
+                    break  # a gap: an earlier message was lost; the sender resends from there
+                # An Error past a gap: its sender ended the conversation with it (end(error=...)) and dropped
+                # what was not yet acknowledged, so the gap will never fill. The Error is the last message the
+                # conversation carries this way: deliver it now, and what it skipped is acknowledged with it.
+                ep.recv_seq = seq
             taken = self._deliver_stretch(ep, envelopes, k, stop, now)
             if taken == 0:
                 self._deliver_remote(ep, env, now)

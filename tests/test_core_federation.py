@@ -102,6 +102,32 @@ def test_an_error_ending_a_conversation_with_messages_in_flight_reaches_the_far_
     assert carry(a, b, B_ADDR)[0] == []
 
 
+@pytest.mark.parametrize("had_left", [False, True], ids=["never-left", "left-then-route-dropped"])
+def test_ending_with_delayed_messages_dropped_tells_the_far_side_with_an_error(had_left: bool) -> None:
+    a, b, handle = pair()
+    a.send(handle, b"0")
+    carry(a, b, B_ADDR)  # the far side knows the conversation
+    a.send(handle, b"1", b"2")
+    if had_left:
+        assert len(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT)) == 2  # sent, and lost on the way
+    a.core.drop_object("route", "to-b", a.now)  # no route now: the two wait, DELAYED
+    a.flush()
+    assert a.core.end(handle, a.now) == 2, "end() says how many it dropped"
+    a.flush()
+    a.core.create_object("route", {"name": "to-b", "service_name": "svcB", "address": B_ADDR}, a.now)
+    a.flush()
+    sent, acks = carry(a, b, B_ADDR)
+    assert [(e[3], e[9]) for e in sent] == [(3, ERROR)], "an Error, not an EndDialog, after what was dropped"
+    assert acks[0][3] == 4
+    got = b.drain("qb")
+    assert sorted((seq, t) for _, seq, t, _ in got) == [(0, "DEFAULT"), (3, ERROR)]
+    code, description = parse_error_body(got[0][3])
+    assert code == BrokerErrorCode.DELAYED_MESSAGES_DROPPED and "2 of its message(s)" in description
+    assert "'svcB'" in description
+    assert b.core.endpoints[got[0][0]].state is State.ERROR
+    assert a.core.tx.message_count == 0, "acknowledged: nothing left to send"
+
+
 def test_a_gap_is_not_delivered_past_and_a_resend_fills_it() -> None:
     a, b, handle = pair()
     a.send(handle, *[b"%d" % i for i in range(6)])

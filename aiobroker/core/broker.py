@@ -674,6 +674,15 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             if error is not None:
                 self.drop_outgoing(ep)
                 self._emit(ep, ERROR, error_body(error[0], error[1]), now)
+            elif dropped:
+                # Messages were dropped on the way: the far side is told so with the broker's Error, not an
+                # EndDialog that would say everything sent had arrived. (An Error is also delivered past the gap
+                # the dropped ones leave, should any of them have left before the route went away.)
+                description = (
+                    f"the far side ended the conversation while {dropped} of its message(s) waited for a route to"
+                    f" {ep.far_service!r}; they were dropped"
+                )
+                self._emit(ep, ERROR, error_body(BrokerErrorCode.DELAYED_MESSAGES_DROPPED, description), now)
             else:
                 self._emit(ep, END_DIALOG, b"", now)
         if cleanup:

@@ -245,7 +245,10 @@ class PeerLinks:
         """Read envelopes from a peer connection until it closes (then raise, ending its session)."""
         while True:
             for frame in await conn.receive_frames():
-                if isinstance(frame, Refused):  # the far node closed the link, and said why
+                if isinstance(frame, Refused):  # the far node closed the connection, and said why
+                    if address is None:  # a peer's connection to us: it reconnects when it has more to send
+                        log.warning("peer %s closed its connection: %s", conn.peer, frame.message)
+                        raise ConnectionLost(f"{conn.peer} closed the connection: {frame.message}")
                     raise LinkError(f"{conn.peer} closed the link: {frame.message}")
                 if not isinstance(frame, Envelopes):
                     raise ProtocolError(f"a peer sends ENVELOPES frames, got {type(frame).__name__.upper()}")

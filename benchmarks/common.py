@@ -797,9 +797,7 @@ def run_unless_busy(fn: Callable[[], dict[str, Any]], retries: int, label: str) 
         result = fn()
         attempts.append(result)
         busy = CpuMeter.contention(result.get("cpu", {}))
-        if busy <= BUSY_THRESHOLD and not result.get("disturbed"):
-            break
-        if attempt == retries:
+        if (busy <= BUSY_THRESHOLD and not result.get("disturbed")) or attempt == retries:
             break
         why = (f"other processes took {busy:.2f} cores during the run" if busy > BUSY_THRESHOLD
                else f"the platform was paused for {result['pauses']['total_ms']:.0f} ms of the run")

@@ -314,6 +314,22 @@ async def test_a_peer_speaking_garbage_is_cut_off_and_the_node_serves_on(after_h
         assert [m.body for m in await drain(cb, "svcb", 1)] == [b"still served"]
 
 
+async def test_a_peer_that_refuses_on_its_own_connection_is_let_go_and_the_node_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with nodes({}, {}) as [(_, ca), (b, cb)]:
+        await service(ca, "svcA", accepts=False)
+        await service(cb, "svcB")
+        await route(ca, "to-b", "svcB", b.url)
+        refusal = encode_frame(Refused(code="protocol_error", message="going away").to_wire())
+        frames = await anyio.to_thread.run_sync(functools.partial(peer_after_hello, b.port, refusal, role="peer"))
+        assert frames[0][0] == 2, frames  # welcomed as a peer; then its REFUSED ends only its own connection
+        dialog = await ca.begin_dialog("svcA", "svcB")
+        await dialog.send("DEFAULT", b"still served")
+        assert [m.body for m in await drain(cb, "svcb", 1)] == [b"still served"]
+        assert any("closed its connection: going away" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_peer_with_an_older_protocol_is_refused_with_a_reason() -> None:
     async with nodes({}) as [(a, _)]:
         frames = await anyio.to_thread.run_sync(talk, a.port, encode_frame([1, "aiobroker", 0, "peer", {}]))

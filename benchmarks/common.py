@@ -784,6 +784,11 @@ def disturbance_ms(result: dict[str, Any]) -> float:
     return lost + float(result.get("pauses", {}).get("total_ms", 0.0))
 
 
+def _quiet(result: dict[str, Any]) -> bool:
+    """Whether a run had the machine to itself: no other process took CPU, and the platform did not pause it long."""
+    return CpuMeter.contention(result.get("cpu", {})) <= BUSY_THRESHOLD and not result.get("disturbed")
+
+
 def run_unless_busy(fn: Callable[[], dict[str, Any]], retries: int, label: str) -> dict[str, Any]:
     """Run ``fn()`` (a measured run whose result has a ``cpu`` entry from :class:`CpuMeter`); while another
     program took CPU during it, or the platform was paused for long (``disturbed``, from
@@ -796,16 +801,16 @@ def run_unless_busy(fn: Callable[[], dict[str, Any]], retries: int, label: str) 
     for attempt in range(retries + 1):
         result = fn()
         attempts.append(result)
-        busy = CpuMeter.contention(result.get("cpu", {}))
-        if (busy <= BUSY_THRESHOLD and not result.get("disturbed")) or attempt == retries:
+        if _quiet(result) or attempt == retries:
             break
+        busy = CpuMeter.contention(result.get("cpu", {}))
         why = (f"other processes took {busy:.2f} cores during the run" if busy > BUSY_THRESHOLD
                else f"the platform was paused for {result['pauses']['total_ms']:.0f} ms of the run")
         print(f"    .. {label}: {why}; running it again ({attempt + 1}/{retries})", flush=True)
     last = attempts[-1]
     if len(attempts) == 1:
         return last
-    clean = CpuMeter.contention(last.get("cpu", {})) <= BUSY_THRESHOLD and not last.get("disturbed")
+    clean = _quiet(last)
     chosen = last if clean else min(attempts, key=disturbance_ms)
     chosen["busy_retries"] = len(attempts) - 1
     chosen["attempts"] = [_attempt_summary(a, a is chosen) for a in attempts]

@@ -48,11 +48,17 @@ def netns_or_loopback(request: pytest.FixtureRequest) -> str:
     ``netns`` is skipped, with :func:`netns.netns_available`'s reason, where namespaces cannot be made. A test module
     has the fixture by importing this function: ``from hosts import netns_or_loopback as netns_or_loopback`` (the
     redundant alias tells linters the import is meant)."""
-    if request.param == "netns":
+    return require_variant(request.param)
+
+
+def require_variant(variant: object) -> str:
+    """``variant`` as given, having skipped the test if it is ``netns`` and namespaces cannot be made here (with
+    :func:`netns.netns_available`'s reason). For a module's own ``variant`` fixture, parametrized directly."""
+    if variant == "netns":
         ok, reason = netns_available()
         if not ok:
             pytest.skip(reason)
-    return str(request.param)
+    return str(variant)
 
 
 class Server:

@@ -41,7 +41,8 @@ from dynamic_helpers import (
     until,
     write_atomically,
 )
-from netns import Topology, netns_available
+from hosts import require_variant
+from netns import Topology
 from node_process import NodeProcess, free_port, wait_for
 
 import aiobroker
@@ -350,11 +351,7 @@ HOSTS_COUNT = 300  # per conversation
 
 @pytest.fixture(params=["netns", "loopback"])
 def variant(request: pytest.FixtureRequest) -> str:
-    if request.param == "netns":
-        ok, reason = netns_available()
-        if not ok:
-            pytest.skip(reason)
-    return str(request.param)
+    return require_variant(request.param)
 
 
 class HostNode:

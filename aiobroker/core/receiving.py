@@ -109,13 +109,17 @@ class Receiving:
                 f"lease {lease_id!r} is not held: it ran out, was already committed or rolled back, or belongs to"
                 " another connection; its messages went back to the queue"
             )
-        del self.leases[lease_id]
-        owned = self.leases_by_owner.get(owner)
-        if owned is not None:
-            owned.discard(lease_id)
-            if not owned:
-                del self.leases_by_owner[owner]
+        self._forget_lease(lease)
         return lease
+
+    def _forget_lease(self, lease: Lease) -> None:
+        """Take a lease out of ``leases`` and out of its owner's set (either may be gone already)."""
+        self.leases.pop(lease.id, None)
+        owned = self.leases_by_owner.get(lease.owner)
+        if owned is not None:
+            owned.discard(lease.id)
+            if not owned:
+                del self.leases_by_owner[lease.owner]
 
     def commit(self, lease_id: int, owner: Any) -> int:
         lease = self._take_lease(lease_id, owner)
@@ -147,12 +151,7 @@ class Receiving:
     def _rollback(self, lease: Lease) -> None:
         """Put a lease's messages back in front of their group (a rollback, a receiver gone, or the lease ran out);
         count it against the group for poison-message handling."""
-        self.leases.pop(lease.id, None)
-        owned = self.leases_by_owner.get(lease.owner)
-        if owned is not None:
-            owned.discard(lease.id)
-            if not owned:
-                del self.leases_by_owner[lease.owner]
+        self._forget_lease(lease)
         queue = lease.queue
         queue.rollback(lease, urgent_types=URGENT_TYPES, alive=self.endpoints)
         if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:

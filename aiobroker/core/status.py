@@ -94,11 +94,13 @@ class Status:
     def conversations_of(self, rows: Iterable[MessageRow]) -> dict[str, list[Any]]:
         """Per-conversation facts for a batch of received messages, sent once per batch, not per message."""
         out: dict[str, list[Any]] = {}
+        endpoints = self.endpoints
         for row in rows:
-            if row[ROW_HANDLE] not in out:
-                ep = self.endpoints.get(row[ROW_HANDLE])
+            handle = row[ROW_HANDLE]
+            if handle not in out:
+                ep = endpoints.get(handle)
                 if ep is not None:
-                    out[row[ROW_HANDLE]] = [
+                    out[handle] = [
                         ep.service,
                         ep.far_service,
                         ep.contract,

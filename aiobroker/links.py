@@ -115,7 +115,13 @@ class PeerLinks:
     # ------------------------------------------------------------------------------------------------ waking
 
     def wake_ready(self) -> None:
-        """Wake (or start) the link of every address with something new that may leave now."""
+        """Wake (or start) the link of every address with something new that may leave now.
+
+        Before the node's task group exists (at start, when the writer stores what loading changed) nothing can
+        run yet: the addresses stay in ``ready_links`` for the start to wake once it can, so a link restored
+        with stored messages is never forgotten until some new send wakes it."""
+        if self.node.task_group is None:
+            return
         ready = self.node.core.tx.ready_links
         addresses = list(ready)
         ready.clear()

@@ -56,6 +56,7 @@ from .core.routing import explain
 from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
+from .store.base import Snapshot
 from .transport.connection import FramedConnection
 from .transport.tls import RefusingTLSListener, client_context, server_context
 from .wire.codec import batch_bytes
@@ -152,6 +153,8 @@ class Node:
         self.link_tls: ssl.SSLContext | None = None
         #: the resolver dynamic routing asks (None: the BCN service, if any)
         self.resolver: Resolver | None = None
+        #: the store refused a write: stop() must not try to write again
+        self._store_failed = False
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -173,13 +176,65 @@ class Node:
         await self.stop()
 
     async def start(self) -> None:
-        """Open the store, restore state, create configured objects, and listen. Returns once accepting."""
+        """Open the store, restore state, create configured objects, and listen. Returns once accepting.
+
+        A start either completes or leaves the store as it found it: everything that can fail (the config's
+        objects, the security settings, the TLS files, the listening address) is decided in memory before the
+        first write, and a failure abandons the store unwritten."""
         started = time.perf_counter()
         cfg = self.config
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
         snapshot = await anyio.to_thread.run_sync(self.store.open)
+        try:
+            instance = self._restore(snapshot)
+            listener = await self._listen()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.store.abandon)
+                if self.resolver is not None:
+                    await self.resolver.aclose()
+            raise
+        self.writer = StoreWriter(self.core, self.store, self._on_published, self.links.wake_ready)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._listener = listener
+        try:
+            # What loading and the config changed is stored before any client can see it; the task group exists
+            # by now, so the links this wakes (restored conversations with messages for other nodes) start.
+            await self.writer.drain()
+        except BaseException:
+            self._store_failed = True  # nothing more to write: the store refused the first batch
+            await self.stop()
+            raise
+        self._tg.start_soon(self.writer.run)
+        self._tg.start_soon(self._ticker)
+        self._tg.start_soon(listener.serve, self._handle_connection)
+        # After any start everything stored moves on by itself, with no new send to wake it: every link with
+        # stored messages runs, and every conversation restored DELAYED is asked for again.
+        self.links.wake_ready()
+        self.start_resolves()
+        self._started_at = time.time()
+        stats = self.core.statistics()
+        waiting = sum(q["waiting"] for q in stats["queues"])
+        log.info(
+            "node %s listening on %s (store %s%s); restored %d conversation(s), %d queued message(s), %d object(s)"
+            " in %.2fs",
+            instance,
+            self.url,
+            self.store.name,
+            f" at {cfg.data_dir.resolve()}" if self.store.durable else ", nothing kept across restarts",
+            stats["conversations"],
+            waiting,
+            sum(stats["objects"].values()),
+            time.perf_counter() - started,
+        )
+
+    def _restore(self, snapshot: Snapshot) -> str:
+        """Build the core from the store's snapshot and apply the config's objects, in memory only; returns the
+        broker instance."""
+        cfg = self.config
         instance = snapshot.meta.get("broker_instance") or str(uuid.uuid4())
         self.core = BrokerCore(
             broker_instance=instance,
@@ -206,8 +261,11 @@ class Node:
             self.core.changes.meta["broker_instance"] = instance
         self._apply_config_objects()
         self._check_security()
-        self.writer = StoreWriter(self.core, self.store, self._on_published, self.links.wake_ready)
-        await self.writer.drain()
+        return instance
+
+    async def _listen(self) -> Listener[Any]:
+        """Bind the listening address (TLS when configured); sets ``host``/``port`` to what was bound."""
+        cfg = self.config
         server_tls = None
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             server_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
@@ -217,7 +275,6 @@ class Node:
         try:
             listener: Listener[Any] = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
         except OSError as exc:
-            await anyio.to_thread.run_sync(self.store.close)
             raise ConfigError(
                 f"cannot listen on {cfg.listen}: {exc.strerror or exc}; is another node running there?"
                 " choose another --listen address"
@@ -228,29 +285,7 @@ class Node:
             listener = RefusingTLSListener(
                 listener, server_tls, standard_compatible=False, handshake_timeout=HANDSHAKE_TIMEOUT
             )
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self.writer.run)
-        self._tg.start_soon(self._ticker)
-        self._listener = listener
-        self._tg.start_soon(listener.serve, self._handle_connection)
-        self.links.wake_ready()  # conversations restored with messages for other nodes
-        self.start_resolves()  # conversations restored DELAYED, when a resolver answers for them
-        self._started_at = time.time()
-        stats = self.core.statistics()
-        waiting = sum(q["waiting"] for q in stats["queues"])
-        log.info(
-            "node %s listening on %s (store %s%s); restored %d conversation(s), %d queued message(s), %d object(s)"
-            " in %.2fs",
-            instance,
-            self.url,
-            self.store.name,
-            f" at {cfg.data_dir.resolve()}" if self.store.durable else ", nothing kept across restarts",
-            stats["conversations"],
-            waiting,
-            sum(stats["objects"].values()),
-            time.perf_counter() - started,
-        )
+        return listener
 
     def _apply_config_objects(self) -> None:
         """Create the config file's objects that do not exist; one that exists must match it. Identities come
@@ -307,7 +342,7 @@ class Node:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._listener.aclose()
-                    if self.writer is not None and not getattr(self, "_store_failed", False):
+                    if self.writer is not None and not self._store_failed:
                         await self.writer.drain()
                     await anyio.to_thread.run_sync(self.store.close)
                     if self.resolver is not None:

@@ -104,6 +104,12 @@ class Store(ABC):
     def close(self) -> None:
         """Release files and locks. Safe to call twice."""
 
+    def abandon(self) -> None:
+        """Close after a start that failed before anything was written: undo what :meth:`open` created (a new
+        database, a new data directory), so that a failed start leaves the store as it found it. A store that
+        existed before is closed untouched."""
+        self.close()
+
     def describe(self) -> dict[str, Any]:
         """What ``status`` shows about the store (path, durability, size)."""
         return {"store": self.name, "durable": self.durable}

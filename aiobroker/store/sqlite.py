@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from ..errors import ProtocolError, StoreError
 from ..wire.codec import packb, unpackb
 from .base import MessageRow, Snapshot, Store, WriteBatch
 from .checkpointer import Checkpointer
+
+log = logging.getLogger("aiobroker.store")
 
 #: The schema this code writes. A store with a larger version was written by a newer aiobroker and is refused.
 SCHEMA_VERSION: Final = 1
@@ -144,12 +147,15 @@ class SqliteStore(Store):
         self._checkpointer: Checkpointer | None = None
         #: the WAL file's size when the checkpointer was last nudged (see write)
         self._wal_nudged = 0
+        #: what open() made that was not there before (files, then the directory), for abandon() to remove
+        self._created: list[Path] = []
 
     # --- the Store interface ------------------------------------------------------------------------------
 
     def open(self) -> Snapshot:
         if self._lock_fd is not None:
             raise StoreError(f"the store in {self.data_dir} is already open")
+        self._created = [p for p in self._own_paths() if not p.exists()]
         self._make_data_dir()
         self._lock_data_dir()
         try:
@@ -204,6 +210,28 @@ class SqliteStore(Store):
         finally:
             if fd is not None:
                 os.close(fd)  # closing the only descriptor releases the flock
+
+    def abandon(self) -> None:
+        self.close()
+        created, self._created = self._created, []
+        for path in created:
+            try:
+                if path == self.data_dir:
+                    path.rmdir()  # only if empty: anything else in it was put there by someone else
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove %s after a failed start: %s", path, exc)
+
+    def _own_paths(self) -> list[Path]:
+        """The files this store keeps, then its directory: removed in this order by abandon()."""
+        return [
+            self.db_path,
+            self.wal_path,
+            self.db_path.with_name(DB_FILE + "-shm"),
+            self.lock_path,
+            self.data_dir,
+        ]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

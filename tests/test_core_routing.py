@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from aiobroker.core.routing import AUTO_CREATED_LOCAL, BCN_SERVICE, Route, choose, parse_tcp_address
+from aiobroker.core.routing import AUTO_CREATED_LOCAL, BCN_SERVICE, Route, choose, explain, parse_tcp_address
 from aiobroker.errors import InvalidArgument
 
 NOW = 1000.0
@@ -32,6 +32,16 @@ CASES = [
      [R("svc-i1", "tcp://a:1", "S", "i1"), R("wild", "tcp://w:1")], "S", "i2", (), "remote", "wild"),
     ("step 4: a BCN route turns dynamic routing on before wildcards",
      [R("bcn", "tcp://cfg:1", BCN_SERVICE), R("wild", "tcp://w:1")], "S", None, (), "resolve", None),
+    ("step 4: a service on this node goes by the LOCAL wildcard, not to dynamic routing",
+     [R("bcn", "tcp://cfg:1", BCN_SERVICE), AUTO_CREATED_LOCAL], "S", None, ("S",), "local", "AutoCreatedLocal"),
+    ("step 4: a local service whose conversation names this node's instance is not asked for either",
+     [R("bcn", "tcp://cfg:1", BCN_SERVICE), AUTO_CREATED_LOCAL], "S", HERE, ("S",), "local", "AutoCreatedLocal"),
+    ("step 4 asks for a local service when the conversation names another instance",
+     [R("bcn", "tcp://cfg:1", BCN_SERVICE), AUTO_CREATED_LOCAL], "S", "i-other", ("S",), "resolve", None),
+    ("step 4 asks for a local service when no LOCAL wildcard route exists (an administrator dropped it)",
+     [R("bcn", "tcp://cfg:1", BCN_SERVICE), R("wild", "tcp://w:1")], "S", None, ("S",), "resolve", None),
+    ("step 4 asks for a service not on this node although a LOCAL wildcard exists",
+     [R("bcn", "tcp://cfg:1", BCN_SERVICE), AUTO_CREATED_LOCAL], "S", None, ("T",), "resolve", None),
     ("step 4 does not apply to the BCN service itself",
      [R("bcn", "tcp://cfg:1", BCN_SERVICE)], BCN_SERVICE, None, (), "remote", "bcn"),
     ("step 5: a wildcard route",
@@ -67,6 +77,15 @@ def test_routing_steps(
     assert d.kind == kind, d.reason
     assert (d.route.name if d.route else None) == route, d.reason
     assert d.reason  # always says why in words
+
+
+def test_the_local_first_departure_holds_with_a_resolver_configured_and_is_explained() -> None:
+    kwargs = dict(service="S", broker_instance=None, now=NOW, local_services=("S",), local_instance=HERE, dynamic=True)
+    d = choose([AUTO_CREATED_LOCAL], **kwargs)  # type: ignore[arg-type]
+    assert (d.kind, d.route) == ("local", AUTO_CREATED_LOCAL)
+    lines = explain([AUTO_CREATED_LOCAL], **kwargs)  # type: ignore[arg-type]
+    assert "the service is on this node and a LOCAL wildcard route exists: delivered here" in lines[3]
+    assert lines[-1].startswith("decision: local: step 4 (the service is on this node)")
 
 
 def test_transport_address_comes_from_the_service_name() -> None:

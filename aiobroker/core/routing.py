@@ -11,6 +11,10 @@ A route maps a service name (or any service) and a broker instance (or any) to a
 3. (the conversation names no instance) routes naming the service and an instance: one instance is picked
    (weighted at random) and only its routes are kept;
 4. dynamic routing: a route to the Broker Configuration Notice service exists → ask it, DELAYED meanwhile;
+   except for a service on this node (the conversation names no other instance) while a ``LOCAL`` wildcard route
+   exists: it is delivered here, as step 5 would, since asking anyone where a local service is never helps
+   (aiobroker's departure from the seeds, where an application's BCN service or resolver stood between a sender
+   and a service on the same node);
 5. wildcard routes (no service, no instance);
 6. a local service of that name, when the conversation names an instance (this node's own);
 7. otherwise DELAYED, tried again later.
@@ -188,6 +192,11 @@ def _weighted(pool: tuple[Route, ...] | list[Route], rand: Callable[[], float]) 
     return pool[-1]
 
 
+def _local_wildcard(live: list[Route]) -> Route | None:
+    """The first live wildcard route that says LOCAL (``AutoCreatedLocal`` unless an administrator dropped it)."""
+    return next((r for r in live if r.address == LOCAL and r.service_name is None and r.broker_instance is None), None)
+
+
 def choose(
     routes: Iterable[Route],
     *,
@@ -231,6 +240,14 @@ def choose(
             if d:
                 return d
     if service != BCN_SERVICE and (dynamic or any(r.service_name == BCN_SERVICE for r in live)):
+        here = _local_wildcard(live) if is_local else None
+        if here is not None:
+            return Decision(
+                "local",
+                f"step 4 (the service is on this node): wildcard route {here.name!r} says LOCAL; dynamic routing is"
+                " not asked where a local service is",
+                route=here,
+            )
         return Decision("resolve", "step 4: no route names the service; asking the Broker Configuration Notice service")
     wildcards = [r for r in live if r.service_name is None and r.broker_instance is None]
     if wildcards and (d := _pick(wildcards, service, is_local, rand, "step 5 (wildcard route)")):
@@ -273,6 +290,13 @@ def explain(
     bcn_routes = [r for r in live if r.service_name == BCN_SERVICE]
     if service == BCN_SERVICE:
         lines.append("4. skipped: this is the Broker Configuration Notice service itself")
+    elif (dynamic or bcn_routes) and (
+        service in local_services and broker_instance in (None, local_instance) and _local_wildcard(live)
+    ):
+        lines.append(
+            "4. dynamic routing is on, but the service is on this node and a LOCAL wildcard route exists: delivered"
+            " here without asking"
+        )
     elif dynamic or bcn_routes:
         lines.append("4. dynamic routing is on: the node asks where the service is and holds its messages meanwhile")
     else:

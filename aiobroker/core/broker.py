@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..store.base import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, MessageRow, Snapshot, WriteBatch
 from .catalog import (
+    BCN_SERVICE,
     DIALOG_TIMER,
     DISPATCHER_SERVICE,
     END_DIALOG,
@@ -308,13 +309,19 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         return new
 
     def drop_object(self, kind: str, name: str, now: float = 0.0) -> None:
+        mine: list[Endpoint] = []
         if kind == "service":
             self.catalog.get("service", name)
-            n = sum(1 for ep in self.endpoints.values() if ep.service == name)
-            if n:
+            # ended endpoints kept only to recognise late retransmissions do not hold the service (they go with
+            # it); an ended one still sending its last messages does, as an open one does
+            mine = [ep for ep in self.endpoints.values() if ep.service == name]
+            open_handles = [ep.handle for ep in mine if ep.state is not State.CLOSED or ep.handle in self.tx]
+            if open_handles:
+                shown = ", ".join(open_handles[:3]) + (", ..." if len(open_handles) > 3 else "")
                 raise ObjectInUse(
-                    f"service {name!r} has {n} open conversation endpoint(s); end them first"
-                    " (or end them with cleanup=True)"
+                    f"service {name!r} has {len(open_handles)} open conversation(s) ({shown}); end each first"
+                    " (aiobroker end HANDLE; or aiobroker end HANDLE --cleanup to remove this side without telling"
+                    " the far side), then drop the service; aiobroker list conversations shows them"
                 )
         if kind == "queue":
             self.catalog.get("queue", name)
@@ -322,11 +329,13 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             if q.waiting or q.groups:
                 raise ObjectInUse(f"queue {name!r} still holds {q.waiting} message(s); receive or end them first")
         self.catalog.drop(kind, name)
+        for ep in mine:
+            self._remove(ep)
         if kind == "queue":
             del self.queues[name]
         self._save_object(kind, None, name)
-        if kind == "route":
-            self.reroute(now)
+        if kind == "route" or (kind == "service" and name == BCN_SERVICE):
+            self.reroute(now)  # without the BCN service here, dynamic routing may be off: decide again
 
     def list_objects(self, kind: str) -> list[dict[str, Any]]:
         """Definitions as a client may see them (identities and bindings without keys, tokens or PEM)."""
@@ -687,6 +696,9 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                 self._emit(ep, END_DIALOG, b"", now)
         if cleanup:
             self.drop_outgoing(ep)
+            if ep.far_handle is not None:
+                # the far side is on this node and will never hear: a request of dynamic routing ends here
+                self.request_side_removed(ep.far_handle, now)
         self._set_state(ep, State.CLOSED)
         ep.timer_at = None
         queue = self.queues.get(self.catalog.services[ep.service].queue) if ep.service in self.catalog.services else None

@@ -194,6 +194,21 @@ class DynamicRouting:
         if key is not None:
             self.request_done(key[0], key[1], now, ok=ok, text=text)
 
+    def request_side_removed(self, handle: str, now: float) -> None:
+        """The far side of ``handle`` was removed without a word (``end --cleanup``, on this node). If ``handle``
+        is one of the node's own requests, the BCN service can no longer answer it: the request has failed, and
+        what waits on it is asked for again after the retry interval, instead of waiting on it for good."""
+        key = self.dispatcher.by_handle.get(handle)
+        if key is None:
+            return
+        if handle in self.endpoints:
+            self.end(handle, now, cleanup=True)
+        self.request_done(
+            key[0], key[1], now, ok=False,
+            text="the Broker Configuration Notice service's side of the request was removed (end --cleanup)"
+            " before it answered",
+        )
+
     # -------------------------------------------------------------------------------------------- answers
 
     def resolved(self, service: str, answer: RouteAnswer, now: float) -> int:

@@ -14,6 +14,10 @@ Run it next to a node::
 
     python examples/bcn_service.py --address tcp://127.0.0.1:4022 --directory services.json
 
+It runs until SIGINT or SIGTERM. When the node goes away (restarted, or the network between them broke), it
+connects again with back-off (0.5 s doubling to 30 s) and goes on answering: a request it had received but not
+answered was never committed, so the node gives it back.
+
 It uses only the public client API.
 """
 
@@ -90,16 +94,38 @@ async def answer(client: aiobroker.Client, message: aiobroker.Message, dialog: a
     await dialog.end()
 
 
-async def serve(address: str, directory: Path, max_requests: int | None) -> None:
-    handled = 0
+#: after the node goes away: the first reconnection attempt, doubling up to the cap while it stays away
+RECONNECT_FIRST = 0.5
+RECONNECT_CAP = 30.0
+
+
+async def serve_once(address: str, directory: Path, budget: list[int]) -> None:
+    """One connection's worth of answering; ``budget`` holds the requests left to handle (None: no limit)."""
     async with aiobroker.connect(address) as client:
         await set_up(client)
         log.info("serving %s on %s with directory %s", BCN_SERVICE, address, directory)
-        while max_requests is None or handled < max_requests:
+        while budget[0] != 0:
+            # Leaving the block commits the batch. Should the node go away first, the batch was never committed:
+            # the node gives its messages back, and they are answered after the reconnection.
             async with await client.receive(QUEUE, max_messages=100, timeout=None) as batch:
                 for message in batch:
                     await answer(client, message, batch.dialog(message), directory)
-                    handled += 1
+                    budget[0] -= 1
+
+
+async def serve(address: str, directory: Path, max_requests: int | None) -> None:
+    """Answer requests until ``max_requests`` were handled (None: for good). When the node goes away (a restart,
+    a network outage) the program connects again, with back-off, rather than leave dynamic routing unanswered."""
+    budget = [-1 if max_requests is None else max_requests]
+    delay = RECONNECT_FIRST
+    while budget[0] != 0:
+        try:
+            await serve_once(address, directory, budget)
+            return
+        except (aiobroker.ConnectionLost, aiobroker.Timeout) as exc:
+            log.warning("lost the node at %s (%s); connecting again in %.1fs", address, exc, delay)
+        await anyio.sleep(delay)  # back-off between attempts (this is the program's pace, not a wait for an event)
+        delay = min(RECONNECT_CAP, delay * 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,26 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
-    stopping = False
-
     async def run() -> None:
-        nonlocal stopping
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
-                nonlocal stopping
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:
-                        stopping = True
                         tg.cancel_scope.cancel()
                         return
 
             tg.start_soon(stop_on_signal)
-            try:
-                await serve(args.address, args.directory, args.max_requests)
-            except aiobroker.ConnectionLost:
-                if not stopping:
-                    raise  # the node went away: say so; a lost connection while stopping is just the stop
+            await serve(args.address, args.directory, args.max_requests)
             tg.cancel_scope.cancel()
 
     failures: list[str] = []

@@ -81,3 +81,44 @@ async def test_the_bcn_application_creates_the_route_and_the_delayed_messages_go
         log.close()
         assert a.stop() == 0 and b.stop() == 0
     assert app.returncode == 0, (tmp_path / "bcn.log").read_text()
+
+
+async def test_the_bcn_application_reconnects_when_its_node_restarts(tmp_path: Path) -> None:
+    """Examples are programs users copy: a node restart must not end the BCN application (it used to exit)."""
+    a = NodeProcess(tmp_path / "a").start()
+    directory = tmp_path / "services.json"
+    directory.write_text(json.dumps({"svcB": "tcp://127.0.0.1:9"}))
+    log_path = tmp_path / "bcn.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    app = subprocess.Popen(
+        [sys.executable, str(EXAMPLE), "--address", a.url, "--directory", str(directory)], stdout=log, stderr=log
+    )
+    try:
+        async with aiobroker.connect(a.url) as ca:
+            await ca.create_queue("qa")
+            await ca.create_service("svcA", "qa")
+            with anyio.fail_after(20):  # the application has declared the BCN service
+                while not (await ca.diagnose("svcB"))["dynamic_routing"]:
+                    await anyio.sleep(0.05)
+        assert a.stop() == 0, a.output()
+        a.start()
+        with anyio.fail_after(20):
+            while "lost the node" not in log_path.read_text():
+                await anyio.sleep(0.05)  # polling the application's log, under a deadline
+        async with aiobroker.connect(a.url) as ca:
+            dialog = await ca.begin_dialog("svcA", "svcB")
+            await dialog.send("DEFAULT", b"after the restart")
+            with anyio.fail_after(30):  # answered by the reconnected application
+                while not [r for r in await ca.list("route") if r["service_name"] == "svcB"]:
+                    await anyio.sleep(0.05)
+        assert app.poll() is None, "the application exited: " + log_path.read_text()
+    finally:
+        os.kill(app.pid, signal.SIGTERM)
+        try:
+            app.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(app.pid, signal.SIGKILL)
+            app.wait(timeout=10)
+        log.close()
+        assert a.stop() == 0, a.output()
+    assert app.returncode == 0, log_path.read_text()

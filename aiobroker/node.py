@@ -52,7 +52,7 @@ from .errors import (
 )
 from .core.catalog import BCN_SERVICE
 from .core.dispatcher import BINDING, ROUTE
-from .core.routing import explain
+from .core.routing import choose, explain
 from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
@@ -663,9 +663,20 @@ class Node:
             dynamic=core.resolver_name is not None or BCN_SERVICE in core.catalog.services,
         )
         handles = core.tx.delayed.get(service, {})
+        decision = choose(
+            core.catalog.routes.values(),
+            service=service,
+            broker_instance=broker_instance,
+            now=now,
+            local_services=core.catalog.services,
+            local_instance=core.broker_instance,
+            rand=lambda: 0.0,
+            dynamic=core.dynamic_routing,
+        )
         return {
             "service": service,
             "steps": lines,
+            "decision": decision.kind,  # local, remote, resolve or delayed (nothing applies)
             "routes": [r.to_def() for r in core.catalog.routes.values() if r.service_name in (service, None)],
             "local": service in core.catalog.services,
             "dynamic_routing": core.dynamic_routing,

@@ -83,3 +83,34 @@ def test_a_request_whose_bcn_side_is_cleaned_up_stops_being_waited_on(node: Node
     cli(node, "drop", "service", BCN_SERVICE)
     reason = delayed(node)["svcNowhere"]["reason"]
     assert "Broker Configuration Notice" not in reason and "no route" in reason
+
+
+def test_a_typo_in_send_to_warns_and_names_the_nearest_local_services(node: NodeProcess) -> None:
+    cli(node, "create", "queue", "orders")
+    cli(node, "create", "queue", "shop")
+    cli(node, "create", "service", "//shop/Orders", "--queue", "orders", "--contract", "DEFAULT")
+    cli(node, "create", "service", "//shop/Client", "--queue", "shop")
+
+    typo = cli(node, "send", "--from", "//shop/Client", "--to", "//shop/Order", "--body", "two apples")
+    assert typo.returncode == 0 and typo.stdout.strip()  # stored all the same: the handle is printed
+    assert "warning: no route, resolver or local service matches '//shop/Order'" in typo.stderr
+    assert "Did you mean '//shop/Orders'?" in typo.stderr
+    assert delayed(node)["//shop/Order"]["messages"] == 1
+
+    right = cli(node, "send", "--from", "//shop/Client", "--to", "//shop/Orders", "--body", "two apples")
+    assert right.stderr == ""
+    begun = cli(node, "begin", "//shop/Client", "//shop/Order")
+    assert "Did you mean '//shop/Orders'?" in begun.stderr
+
+
+def test_no_warning_where_dynamic_routing_will_ask_or_a_route_exists(node: NodeProcess) -> None:
+    cli(node, "create", "queue", "shop")
+    cli(node, "create", "service", "//shop/Client", "--queue", "shop")
+    cli(node, "create", "route", "to-far", "tcp://127.0.0.1:9", "--service", "//far/Service")
+    routed = cli(node, "send", "--from", "//shop/Client", "--to", "//far/Service", "--body", "x")
+    assert "warning" not in routed.stderr
+
+    cli(node, "create", "queue", "bcn")
+    cli(node, "create", "service", BCN_SERVICE, "--queue", "bcn", "--contract", BCN_CONTRACT)
+    asked = cli(node, "send", "--from", "//shop/Client", "--to", "//unknown/Service", "--body", "x")
+    assert "warning" not in asked.stderr

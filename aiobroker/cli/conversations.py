@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,28 @@ async def cmd_begin(client: Client, args: argparse.Namespace) -> None:
         args.from_service, args.to_service, args.contract, lifetime=args.lifetime
     )
     echo(dialog.handle)
+    await warn_if_nowhere(client, args.to_service, args.from_service)
+
+
+async def warn_if_nowhere(client: Client, service: str, sender: str) -> None:
+    """Say so on stderr when nothing routes ``service``: no route, no dynamic routing, no local service of that
+    name. The message is stored all the same and waits DELAYED (that is the model: the service may appear
+    later), but a typo in ``--to`` must not look like success. Names the nearest local services (not the
+    sender's own)."""
+    try:
+        diagnosis = await client.diagnose(service)
+        if diagnosis.get("decision") != "delayed" or diagnosis.get("dynamic_routing"):
+            return
+        names = [s["name"] for s in await client.list("service") if s["name"] != sender]
+    except BrokerError:
+        return  # a warning is a courtesy: a node that cannot answer (rights, an older node) gets none
+    close = difflib.get_close_matches(service, names, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+    note(
+        f"warning: no route, resolver or local service matches {service!r}; the message is stored and waits"
+        f" DELAYED until a route or the service appears (aiobroker diagnose {shlex.quote(service)} explains)."
+        + hint
+    )
 
 
 def read_body(args: argparse.Namespace) -> bytes:
@@ -69,6 +93,8 @@ async def cmd_send(client: Client, args: argparse.Namespace) -> None:
     if args.end:
         await dialog.end()
     echo(dialog.handle)
+    if began:
+        await warn_if_nowhere(client, args.to_service, args.from_service)
 
 
 async def cmd_end(client: Client, args: argparse.Namespace) -> None:

@@ -162,8 +162,10 @@ class Node:
 
     @property
     def url(self) -> str:
+        """What a client dials: ``tcp://host:port``, or ``tls://host:port`` when the node speaks TLS."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        scheme = "tls" if self.config.tls_cert is not None else "tcp"
+        return f"{scheme}://{host}:{self.port}"
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -176,6 +178,12 @@ class Node:
         """Open the store, restore state, create configured objects, and listen. Returns once accepting."""
         started = time.perf_counter()
         cfg = self.config
+        server_tls = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:  # first: a bad file opens nothing
+            server_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+            self.link_tls = client_context(
+                ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key, check_hostname=cfg.tls_check_hostname
+            )
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
@@ -208,12 +216,6 @@ class Node:
         self._check_security()
         self.writer = StoreWriter(self.core, self.store, self._on_published, self.links.wake_ready)
         await self.writer.drain()
-        server_tls = None
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            server_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-            self.link_tls = client_context(
-                ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key, check_hostname=cfg.tls_check_hostname
-            )
         try:
             listener: Listener[Any] = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
         except OSError as exc:

@@ -53,7 +53,12 @@ from .wire.frames import Failed, Hello, Refused, Reply, Welcome
 
 DEFAULT_PORT = 4022
 #: How TLS errors name the two sides, in this client's words.
-_WHO = {"far": "the node", "near": "this client"}
+_WHO = {
+    "far": "the node",
+    "near": "this client",
+    "ca": "the CA file (ca=; the CLI's --ca)",
+    "cert": ": give cert= and key= (the CLI's --cert and --key)",
+}
 #: ``tcp://`` is plain TCP; ``tls://`` is TLS, to a node with ``[tls]`` (its own URL then says tls:// too).
 SCHEMES = ("tcp", "tls")
 CONNECT_TIMEOUT = 10.0

@@ -38,9 +38,9 @@ ALERT_TIMEOUT = 1.0
 #: Alerts a TLS peer sends (OpenSSL's reason for them, as ``ssl.SSLError.reason``) in words; ``{far}`` is the
 #: side that sent it (``the node``), ``{near}`` the side that got it (``this client``).
 _ALERTS = {
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "{far} requires a client certificate, and none was given",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "{far} requires a client certificate, and none was given{cert}",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "{far} refused the TLS handshake (with TLS 1.2 this is how a node that"
-    " requires a client certificate says it got none)",
+    " requires a client certificate says it got none){cert}",
     "TLSV1_ALERT_UNKNOWN_CA": "{far} does not trust {near}'s certificate (unknown CA): it must be signed by, or be"
     " one of, the certificates in {far}'s CA file",
     "SSLV3_ALERT_BAD_CERTIFICATE": "{far} refused {near}'s certificate (bad certificate)",
@@ -62,9 +62,17 @@ _OWN = {
 }
 
 
-def describe_tls_error(exc: ssl.SSLError, *, far: str = "the far side", near: str = "this side") -> str:
+def describe_tls_error(
+    exc: ssl.SSLError,
+    *,
+    far: str = "the far side",
+    near: str = "this side",
+    ca: str = "the CA file",
+    cert: str = "",
+) -> str:
     """Why a TLS handshake (or the first read after it) failed, in words, with what to do where we know it.
-    ``far`` names the other side in the words (``"the node"``), ``near`` this one (``"this client"``)."""
+    ``far`` names the other side in the words (``"the node"``), ``near`` this one (``"this client"``); ``ca``
+    is how this side is given its CA file, ``cert`` (with its separator) how its certificate and key."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = str(exc.verify_message or exc.reason or exc)
         text = f"certificate verify failed: {detail.rstrip('.')}"
@@ -77,12 +85,12 @@ def describe_tls_error(exc: ssl.SSLError, *, far: str = "the far side", near: st
             return text + f" ({far}'s certificate)"
         return text + (
             f" ({near} does not trust the CA that signed {far}'s certificate: give that CA's certificate, or"
-            f" {far}'s own if it is self-signed, as the CA file)"
+            f" {far}'s own if it is self-signed, as {ca})"
         )
     reason = str(exc.reason or "")
     words = _ALERTS.get(reason) or _OWN.get(reason)
     if words is not None:
-        return words.format(far=far, near=near)
+        return words.format(far=far, near=near, cert=cert)
     if isinstance(exc, ssl.SSLEOFError) or "EOF" in reason:
         return f"{far} closed the connection during the TLS handshake"
     return (reason.lower().replace("_", " ") or str(exc)) + " (a TLS error)"

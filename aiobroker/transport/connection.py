@@ -55,7 +55,8 @@ def describe_os_error(exc: BaseException) -> str:
         if e.__cause__ is not None:
             stack.append(e.__cause__)
         if isinstance(e, ssl.SSLError):
-            return f"TLS handshake failed: {describe_tls_error(e)}"
+            # a node's link to a peer: its CA file is its [tls] ca
+            return f"TLS handshake failed: {describe_tls_error(e, far='the peer', near='this node', ca='[tls] ca')}"
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno).lower()  # asyncio's own strerror says only "Connect call failed"
     return str(exc) or type(exc).__name__

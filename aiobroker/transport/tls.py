@@ -179,16 +179,21 @@ def client_context(
 
 
 async def handshake(
-    transport: AnyByteStream, ctx: ssl.SSLContext, *, server_side: bool, hostname: str | None = None
+    transport: AnyByteStream,
+    ctx: ssl.SSLContext,
+    *,
+    server_side: bool,
+    hostname: str | None = None,
+    standard_compatible: bool = False,
 ) -> TLSStream:
-    """Wrap ``transport`` in TLS (``standard_compatible=False``, as everywhere in aiobroker), as anyio's
-    ``TLSStream.wrap`` does, except that a failed handshake still sends the alert it produced, so the other side
+    """Wrap ``transport`` in TLS (by default not ``standard_compatible``, as everywhere in aiobroker: no closing
+    handshake, which framed messages do not need), as anyio's ``TLSStream.wrap`` does, except that a failed handshake still sends the alert it produced, so the other side
     learns why (a certificate required, an unknown CA) instead of seeing the connection just close."""
     read_bio, write_bio = ssl.MemoryBIO(), ssl.MemoryBIO()
     ssl_object = ctx.wrap_bio(read_bio, write_bio, server_side=server_side, server_hostname=hostname)
     stream = TLSStream(
         transport_stream=transport,
-        standard_compatible=False,
+        standard_compatible=standard_compatible,
         _ssl_object=ssl_object,
         _read_bio=read_bio,
         _write_bio=write_bio,
@@ -228,7 +233,9 @@ class RefusingTLSListener(TLSListener):
         async def handler_wrapper(stream: ByteStream) -> None:
             try:
                 with anyio.fail_after(self.handshake_timeout):
-                    wrapped = await handshake(stream, self.ssl_context, server_side=True)
+                    wrapped = await handshake(
+                        stream, self.ssl_context, server_side=True, standard_compatible=self.standard_compatible
+                    )
             except BaseException as exc:
                 await self.handle_handshake_error(exc, stream)
             else:
@@ -248,7 +255,7 @@ class RefusingTLSListener(TLSListener):
             raise exc
         tls_error = find_tls_error(exc)
         if tls_error is not None:
-            reason = describe_tls_error(tls_error, far="the other side", near="this node")
+            reason = describe_tls_error(tls_error, far="the other side", near="this node", ca="[tls] ca")
         elif isinstance(exc, TimeoutError):
             reason = "no TLS handshake within the time allowed"
         elif isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError):

@@ -14,11 +14,11 @@ from .common import ADDRESS_ENV, CA_ENV, CERT_ENV, DEFAULT_ADDRESS, KEY_ENV, PRO
 
 #: The TLS options of every command that talks to a node: (flag, environment variable, help).
 TLS_OPTIONS = (
-    ("--ca", CA_ENV, "for a tls:// address: the PEM file of the CA to trust (or the node's self-signed"
-     " certificate); default: the system's trust store"),
-    ("--cert", CERT_ENV, "for a tls:// address: this client's certificate, PEM, for a node that requires one"
-     " (with --key)"),
-    ("--key", KEY_ENV, "the private key of --cert, PEM"),
+    ("--ca", CA_ENV, "for a tls:// address: the PEM file of the CA to trust, or the node's self-signed certificate"
+     f" (default: ${CA_ENV}, else the system's trust store)"),
+    ("--cert", CERT_ENV, "for a tls:// address: this client's certificate, PEM, for a node that requires one; with"
+     f" --key (default: ${CERT_ENV})"),
+    ("--key", KEY_ENV, f"the private key of --cert, PEM (default: ${KEY_ENV})"),
 )
 
 
@@ -48,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         f" ${TOKEN_ENV}; none: public). The environment keeps it out of the process list"
     )
     parser.add_argument("--token", metavar="TOKEN", help=token_help)
-    for flag, env, text in TLS_OPTIONS:
-        parser.add_argument(flag, metavar="FILE", help=f"{text} (default: ${env})")
+    for flag, _, text in TLS_OPTIONS:
+        parser.add_argument(flag, metavar="FILE", help=text)
     # the same options after the command word; SUPPRESS keeps a value given before it
     address_only = argparse.ArgumentParser(add_help=False)
     address_only.add_argument("--address", metavar="URL", default=argparse.SUPPRESS, help=address_help)
-    for flag, env, text in TLS_OPTIONS:
-        address_only.add_argument(flag, metavar="FILE", default=argparse.SUPPRESS, help=f"{text} (default: ${env})")
+    for flag, _, text in TLS_OPTIONS:
+        address_only.add_argument(flag, metavar="FILE", default=argparse.SUPPRESS, help=text)
     client = argparse.ArgumentParser(add_help=False, parents=[address_only])
     client.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS, help=token_help)
     as_json = argparse.ArgumentParser(add_help=False)

@@ -1,8 +1,8 @@
-"""The Python client: one TCP connection to a node, many requests in flight on it.
+"""The Python client: one TCP (or TLS) connection to a node, many requests in flight on it.
 
 ::
 
-    async with aiobroker.connect("tcp://127.0.0.1:4022") as client:
+    async with aiobroker.connect("tcp://127.0.0.1:4022") as client:   # tls://host:port for a node with [tls]
         dialog = await client.begin_dialog("//shop/Client", "//shop/Orders", "DEFAULT")
         await dialog.send("DEFAULT", b"one order")
         async with await client.receive("orders", max_messages=100, timeout=5) as batch:
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import builtins
 import itertools
-import ssl
 import math
+import os
+import ssl
 from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -35,20 +37,51 @@ from anyio.abc import TaskGroup
 
 from .core.catalog import DEFAULT, DIALOG_TIMER, END_DIALOG, ERROR
 from .core.dialog_errors import parse_error_body
-from .errors import BrokerError, ConnectionLost, InvalidArgument, MessageTooLarge, ProtocolError, Timeout, error_from_code
+from .errors import (
+    BrokerError,
+    ConnectionLost,
+    InvalidArgument,
+    MessageTooLarge,
+    ProtocolError,
+    Timeout,
+    TLSError,
+    error_from_code,
+)
+from .transport import tls
 from .transport.connection import FramedConnection, describe_os_error
 from .wire.frames import Failed, Hello, Refused, Reply, Welcome
 
 DEFAULT_PORT = 4022
+#: How TLS errors name the two sides, in this client's words.
+_WHO = {
+    "far": "the node",
+    "near": "this client",
+    "ca": "the CA file (ca=; the CLI's --ca)",
+    "cert": ": give cert= and key= (the CLI's --cert and --key)",
+}
+#: ``tcp://`` is plain TCP; ``tls://`` is TLS, to a node with ``[tls]`` (its own URL then says tls:// too).
+SCHEMES = ("tcp", "tls")
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    """``tcp://host:port`` (or ``host:port``; IPv6 as ``[::1]:4022``) → (host, port)."""
-    text = url[len("tcp://") :] if url.startswith("tcp://") else url
-    if "://" in text:
-        raise InvalidArgument(f"node address {url!r}: only tcp:// is supported")
+    """``tcp://host:port`` or ``tls://host:port`` (or ``host:port``; IPv6 as ``[::1]:4022``) → (host, port)."""
+    _, host, port = split_url(url)
+    return host, port
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """A node's address → ``(scheme, host, port)``; the scheme is ``"tcp"`` (also for a bare ``host:port``) or
+    ``"tls"``, the port 4022 when none is given."""
+    scheme, sep, text = url.partition("://")
+    if not sep:
+        scheme, text = "tcp", url
+    elif scheme not in SCHEMES:
+        raise InvalidArgument(
+            f"node address {url!r}: the scheme must be tcp:// (plain TCP) or tls:// (a node with [tls]),"
+            f" not {scheme}://"
+        )
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
@@ -61,8 +94,8 @@ def parse_url(url: str) -> tuple[str, int]:
     except ValueError:
         raise InvalidArgument(f"node address {url!r}: port {port_text!r} is not a number") from None
     if not host or not 0 < port < 65536:
-        raise InvalidArgument(f"node address {url!r}: expected tcp://host:port")
-    return host, port
+        raise InvalidArgument(f"node address {url!r}: expected {scheme}://host:port")
+    return scheme, host, port
 
 
 class Message:
@@ -280,18 +313,41 @@ class Client:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         token: str | None = None,
     ) -> None:
-        """``ssl_context``: for a node that speaks TLS (see :func:`aiobroker.transport.tls.client_context`); a
-        client certificate in it authenticates this client when the node has an identity with that certificate.
+        """``url``: ``tcp://host:port`` for plain TCP, ``tls://host:port`` for a node with ``[tls]``.
+
+        For ``tls://``: ``ca`` is the PEM file of the CA (or the node's self-signed certificate) to trust; without
+        it the system's trust store is used, as any TLS client does. ``cert`` and ``key`` (together) are this
+        client's certificate, for a node that requires one (``[tls] ca``); the node also takes it for the
+        identity with that certificate. Or give a ready ``ssl_context`` instead of the three (see
+        :func:`aiobroker.transport.tls.client_context`). The node's certificate must name the host dialled.
         ``token``: an identity's bearer token, sent in the handshake (the node keeps only its SHA-256)."""
         if token is not None and (not isinstance(token, str) or not token):
             raise InvalidArgument("token must be a non-empty string (an identity's bearer token), or None")
         self.url = url
+        scheme, self.host, self.port = split_url(url)
+        files = {name: value for name, value in (("ca", ca), ("cert", cert), ("key", key)) if value is not None}
+        if scheme == "tcp" and (files or ssl_context is not None):
+            given = ", ".join([*files, *(["ssl_context"] if ssl_context is not None else [])])
+            raise InvalidArgument(
+                f"{given} given for {url!r}, a plain-TCP address: write tls://{_host_port(self.host, self.port)}"
+                " to connect with TLS"
+            )
+        if scheme == "tls" and ssl_context is None:
+            ssl_context = tls.client_context(
+                ca=Path(ca) if ca is not None else None,
+                cert=Path(cert) if cert is not None else None,
+                key=Path(key) if key is not None else None,
+            )
+        elif files:
+            raise InvalidArgument(f"give ssl_context or {', '.join(files)}, not both (the context holds the files)")
         self.ssl_context = ssl_context
         self._token = token
-        self.host, self.port = parse_url(url)
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.broker_instance: str | None = None
@@ -321,17 +377,22 @@ class Client:
         try:
             with anyio.fail_after(self.connect_timeout):
                 if self.ssl_context is not None:
-                    stream: Any = await anyio.connect_tcp(
-                        self.host, self.port, ssl_context=self.ssl_context, tls_standard_compatible=False
-                    )
+                    stream: Any = await tls.connect(self.host, self.port, self.ssl_context)
                 else:
                     stream = await anyio.connect_tcp(self.host, self.port)
         except TimeoutError:
             raise Timeout(f"connecting to {self.url} took over {self.connect_timeout}s; is the node reachable?") from None
+        except ssl.SSLError as exc:  # before OSError, its base: the TLS handshake failed, and we know why
+            raise TLSError(f"TLS with {self.url} failed: {tls.describe_tls_error(exc, **_WHO)}") from exc
         except OSError as exc:
             raise ConnectionLost(
                 f"cannot connect to {self.url}: {describe_os_error(exc)}; is a node running there"
                 " (start one with: aiobroker serve)?"
+            ) from exc
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:  # closed in the middle of the TLS handshake
+            raise TLSError(
+                f"TLS with {self.url} failed: the node closed the connection during the TLS handshake"
+                " (does it speak TLS? a plain-TCP node is dialled tcp://)"
             ) from exc
         conn = FramedConnection(stream, peer=self.url)
         try:
@@ -344,9 +405,16 @@ class Client:
                 frame = await conn.receive_one()
         except TimeoutError:
             await conn.aclose()
-            raise Timeout(f"{self.url} did not finish the handshake within {self.handshake_timeout}s") from None
-        except BrokerError:
+            raise Timeout(
+                f"{self.url} did not finish the handshake within {self.handshake_timeout}s{self._plain_hint()}"
+            ) from None
+        except BrokerError as exc:
             await conn.aclose()
+            tls_error = tls.find_tls_error(exc)
+            if tls_error is not None:  # TLS 1.3: the node's verdict on our certificate arrives at the first read
+                raise TLSError(f"{self.url} refused the connection: {tls.describe_tls_error(tls_error, **_WHO)}") from exc
+            if isinstance(exc, ConnectionLost | ProtocolError) and self.ssl_context is None:
+                raise type(exc)(f"{exc.message}{self._plain_hint()}") from exc
             raise
         if isinstance(frame, Refused):
             await conn.aclose()
@@ -365,6 +433,12 @@ class Client:
         await self._tg.__aenter__()
         self._tg.start_soon(conn.writer)
         self._tg.start_soon(self._reader)
+
+    def _plain_hint(self) -> str:
+        """Words for a handshake that failed on plain TCP: a node with [tls] answers plain TCP so."""
+        if self.ssl_context is not None:
+            return ""
+        return f" (if the node speaks TLS, dial tls://{_host_port(self.host, self.port)})"
 
     async def aclose(self) -> None:
         """Close the connection; requests still in flight fail with ConnectionLost."""
@@ -669,9 +743,15 @@ class Client:
 
 def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", *, token: str | None = None, **options: Any) -> Client:
     """A client for the node at ``url``: ``async with connect(url) as client`` (or ``client = await connect(url)``,
-    then ``await client.aclose()``). ``token`` authenticates it as the identity holding that token; other
-    options are :class:`Client`'s (``ssl_context``, ``connect_timeout``, ``handshake_timeout``)."""
+    then ``await client.aclose()``). ``url`` is ``tcp://host:port``, or ``tls://host:port`` for a node with
+    ``[tls]``. ``token`` authenticates it as the identity holding that token; other options are
+    :class:`Client`'s (``ca``, ``cert``, ``key`` or ``ssl_context`` for TLS; ``connect_timeout``,
+    ``handshake_timeout``)."""
     return Client(url, token=token, **options)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _pem_text(what: str, value: str | bytes) -> str:
@@ -691,4 +771,14 @@ def _strings(what: str, values: Sequence[str]) -> builtins.list[str]:
     return builtins.list(values)
 
 
-__all__ = ["Client", "Dialog", "Message", "PendingReply", "ReceivedBatch", "connect", "parse_url", "MessageTooLarge"]
+__all__ = [
+    "Client",
+    "Dialog",
+    "Message",
+    "PendingReply",
+    "ReceivedBatch",
+    "connect",
+    "parse_url",
+    "split_url",
+    "MessageTooLarge",
+]

@@ -17,7 +17,8 @@ from typing import Any, Final
 from .config_messages import Invalid, describe, describe_or_empty, did_you_mean, quoted
 from .config_objects import check_objects
 from .core.transmission import ENVELOPE_OVERHEAD
-from .errors import ConfigError
+from .errors import ConfigError, SecurityError
+from .security.certs import read_pem_file
 from .store.sqlite import DURABILITIES as SQLITE_DURABILITIES
 
 MIB: Final = 1024 * 1024
@@ -104,6 +105,22 @@ def _check_optional_path(value: Any) -> Path | None:
     return value
 
 
+def _check_pem_file(value: Any) -> Path | None:
+    """A ``[tls]`` file: there, readable, and PEM text, checked now so that a mistake names its key and path
+    before anything starts (whether it holds a usable certificate or key, the node's TLS set-up says)."""
+    path = _check_optional_path(value)
+    if path is None:
+        return None
+    try:
+        read_pem_file(path)
+    except FileNotFoundError:
+        where = "" if path.is_absolute() else f" (a relative path, from the current directory {Path.cwd()})"
+        raise Invalid(f"file {path} does not exist{where}") from None
+    except SecurityError as exc:
+        raise Invalid(f"file {path} {exc.message}") from None
+    return path
+
+
 def _check_resolver(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -182,9 +199,9 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "ack_timeout": _check_seconds,
     "closed_retention": _check_retention,
     "link_token": _check_link_token,
-    "tls_cert": _check_optional_path,
-    "tls_key": _check_optional_path,
-    "tls_ca": _check_optional_path,
+    "tls_cert": _check_pem_file,
+    "tls_key": _check_pem_file,
+    "tls_ca": _check_pem_file,
     "tls_check_hostname": _check_bool,
     "resolver": _check_resolver,
     "resolve_timeout": _check_optional_seconds,

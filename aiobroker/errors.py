@@ -54,6 +54,14 @@ class ConnectionLost(BrokerError):
     code = "connection_lost"
 
 
+class TLSError(ConnectionLost):
+    """A TLS connection could not be had: the node refused this side's certificate (or wanted one), this side did
+    not trust the node's, or one of the two does not speak TLS. The message says which, in words; retrying the
+    same way will not help. The ``ssl`` error it translates is its ``__cause__``."""
+
+    code = "tls_error"
+
+
 class Timeout(BrokerError):
     """A named phase (connect, handshake, request) took longer than its time-out."""
 

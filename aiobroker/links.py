@@ -27,6 +27,7 @@ from .core.routing import parse_tcp_address
 from .core.transmission import ENVELOPE_OVERHEAD
 from .errors import BrokerError, ConnectionLost, ProtocolError
 from .transport.connection import FramedConnection, describe_os_error
+from .transport.tls import connect as connect_tls
 from .wire.codec import batch_bytes
 from .wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
 
@@ -180,14 +181,17 @@ class PeerLinks:
     async def _session(self, address: str) -> None:
         cfg = self.node.config
         host, port = parse_tcp_address(address)
+        tls = self.node.link_tls
+        if tls is None and address.startswith("tls://"):
+            raise LinkError(
+                f"{address} speaks TLS and this node does not: give it a [tls] cert and key (the nodes of one"
+                " federation all use TLS or none do)"
+            )
         try:
             with anyio.fail_after(cfg.connect_timeout):
-                tls = self.node.link_tls
-                stream = (
-                    await anyio.connect_tcp(host, port, ssl_context=tls, tls_standard_compatible=False)
-                    if tls is not None
-                    else await anyio.connect_tcp(host, port)
-                )
+                stream: Any = await connect_tls(host, port, tls) if tls is not None else await anyio.connect_tcp(host, port)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            raise LinkError("TLS handshake failed: the far side closed the connection during it") from None
         except TimeoutError:
             raise LinkError(f"no connection within {cfg.connect_timeout:g}s (connect_timeout)") from None
         conn = FramedConnection(stream, max_frame_size=cfg.max_frame_size, peer=address)

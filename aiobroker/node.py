@@ -165,8 +165,10 @@ class Node:
 
     @property
     def url(self) -> str:
+        """What a client dials: ``tcp://host:port``, or ``tls://host:port`` when the node speaks TLS."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        scheme = "tls" if self.config.tls_cert is not None else "tcp"
+        return f"{scheme}://{host}:{self.port}"
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -183,13 +185,19 @@ class Node:
         first write, and a failure abandons the store unwritten."""
         started = time.perf_counter()
         cfg = self.config
+        server_tls = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:  # first: a bad file opens nothing
+            server_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+            self.link_tls = client_context(
+                ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key, check_hostname=cfg.tls_check_hostname
+            )
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
         snapshot = await anyio.to_thread.run_sync(self.store.open)
         try:
             instance = self._restore(snapshot)
-            listener = await self._listen()
+            listener = await self._listen(server_tls)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.store.abandon)
@@ -263,15 +271,9 @@ class Node:
         self._check_security()
         return instance
 
-    async def _listen(self) -> Listener[Any]:
-        """Bind the listening address (TLS when configured); sets ``host``/``port`` to what was bound."""
+    async def _listen(self, server_tls: ssl.SSLContext | None) -> Listener[Any]:
+        """Bind the listening address (TLS when ``server_tls``); sets ``host``/``port`` to what was bound."""
         cfg = self.config
-        server_tls = None
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            server_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-            self.link_tls = client_context(
-                ca=cfg.tls_ca, cert=cfg.tls_cert, key=cfg.tls_key, check_hostname=cfg.tls_check_hostname
-            )
         try:
             listener: Listener[Any] = await anyio.create_tcp_listener(local_host=cfg.listen_host, local_port=cfg.listen_port)
         except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import ssl
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 import aiobroker
 from aiobroker import NodeConfig
-from aiobroker.errors import ConfigError, ConnectionLost
+from aiobroker.errors import ConfigError, ConnectionLost, InvalidArgument, TLSError
 from aiobroker.transport.tls import client_context
 
 pytestmark = pytest.mark.anyio
@@ -119,27 +120,88 @@ async def test_two_nodes_federate_over_mutual_tls(pki: dict[str, Path]) -> None:
             assert got == list(range(50))
 
 
-async def test_a_client_without_a_certificate_is_refused_and_the_node_says_why(
+async def test_a_client_without_a_certificate_is_refused_and_both_sides_say_why(
     pki: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with aiobroker.Node(tls_node(pki, "node-a")) as a:
         with caplog.at_level(logging.WARNING, logger="aiobroker.tls"):
-            with pytest.raises(ConnectionLost):
-                async with aiobroker.connect(a.url, ssl_context=client_context(ca=pki["ca"])):
+            # TLS 1.3: the handshake ends before the node checks; its alert arrives at the client's first read
+            with pytest.raises(TLSError) as refused:
+                async with aiobroker.connect(a.url, ca=pki["ca"]):
                     pass
             with anyio.fail_after(5):
                 while "TLS handshake with 127.0.0.1" not in caplog.text:
                     await anyio.sleep(0.02)
+        assert "the node requires a client certificate" in refused.value.message, refused.value.message
+        assert isinstance(tls_cause(refused.value), ssl.SSLError)  # the original, chained
+        assert "gave no certificate, and one is required" in caplog.text
         assert "connection refused" in caplog.text
         async with connect_tls(a, pki) as client:  # the right certificate still gets in
             assert (await client.status())["node"]["connections"] == 1
 
 
-async def test_a_plain_tcp_client_cannot_talk_to_a_tls_node(pki: dict[str, Path]) -> None:
+async def test_a_tls_1_2_client_without_a_certificate_is_told_the_handshake_was_refused(pki: dict[str, Path]) -> None:
+    ctx = client_context(ca=pki["ca"])
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # here the node's verdict comes in the handshake itself
     async with aiobroker.Node(tls_node(pki, "node-a")) as a:
-        with pytest.raises((ConnectionLost, aiobroker.Timeout)):
-            async with aiobroker.connect(a.url, handshake_timeout=3):
+        with pytest.raises(TLSError, match="the node refused the TLS handshake .*requires a client certificate"):
+            async with aiobroker.connect(a.url, ssl_context=ctx):
                 pass
+
+
+async def test_a_client_certificate_from_another_ca_is_refused_in_words(pki: dict[str, Path]) -> None:
+    async with aiobroker.Node(tls_node(pki, "node-a")) as a:
+        with pytest.raises(TLSError, match=r"the node does not trust this client's certificate \(unknown CA\)"):
+            async with aiobroker.connect(a.url, ca=pki["ca"], cert=pki["rogue"], key=pki["rogue.key"]):
+                pass
+
+
+async def test_a_node_certificate_from_an_unknown_ca_is_refused_in_words(pki: dict[str, Path]) -> None:
+    async with aiobroker.Node(tls_node(pki, "node-a")) as a:
+        for ca in (pki["rogue_ca"], None):  # another CA's file; the system's trust store
+            with pytest.raises(TLSError, match="certificate verify failed: .*this client does not trust the CA") as refused:
+                async with aiobroker.connect(a.url, ca=ca, cert=pki["client"], key=pki["client.key"]):
+                    pass
+            assert isinstance(tls_cause(refused.value), ssl.SSLCertVerificationError)
+
+
+async def test_a_tls_node_calls_itself_tls_and_the_client_takes_files_or_a_context(pki: dict[str, Path]) -> None:
+    async with aiobroker.Node(tls_node(pki, "node-a")) as a:
+        assert a.url == f"tls://127.0.0.1:{a.port}"
+        async with aiobroker.connect(a.url, ca=pki["ca"], cert=pki["client"], key=pki["client.key"]) as client:
+            assert (await client.status())["node"]["listen"] == a.url
+        with pytest.raises(InvalidArgument, match=f"write tls://127.0.0.1:{a.port}"):
+            aiobroker.connect(f"tcp://127.0.0.1:{a.port}", ca=pki["ca"])
+        with pytest.raises(InvalidArgument, match="give ssl_context or ca, not both"):
+            aiobroker.connect(a.url, ca=pki["ca"], ssl_context=client_context(ca=pki["ca"]))
+        with pytest.raises(ConfigError, match="needs both cert and key; key .* is missing"):
+            aiobroker.connect(a.url, ca=pki["ca"], cert=pki["client"])
+        with pytest.raises(ConfigError, match="TLS CA file .*nowhere.pem does not exist"):
+            aiobroker.connect(a.url, ca=pki["ca"].parent / "nowhere.pem")
+
+
+async def test_a_plain_tcp_client_cannot_talk_to_a_tls_node_and_is_told_to_dial_tls(pki: dict[str, Path]) -> None:
+    async with aiobroker.Node(tls_node(pki, "node-a")) as a:
+        plain = a.url.replace("tls://", "tcp://")
+        with pytest.raises(ConnectionLost, match=f"if the node speaks TLS, dial tls://127.0.0.1:{a.port}"):
+            async with aiobroker.connect(plain, handshake_timeout=3):
+                pass
+
+
+async def test_a_tls_client_to_a_plain_node_is_told_it_does_not_speak_tls(pki: dict[str, Path]) -> None:
+    async with aiobroker.Node(NodeConfig(store="memory", listen_port=0)) as plain:
+        assert plain.url.startswith("tcp://")
+        with pytest.raises(TLSError, match="the node does not speak TLS"):
+            async with aiobroker.connect(plain.url.replace("tcp://", "tls://"), ca=pki["ca"]):
+                pass
+
+
+def tls_cause(exc: BaseException) -> BaseException | None:
+    """The ssl error a TLSError translates, somewhere down its cause chain."""
+    seen = exc.__cause__
+    while seen is not None and not isinstance(seen, ssl.SSLError):
+        seen = seen.__cause__
+    return seen
 
 
 async def test_a_peer_with_a_certificate_from_another_ca_cannot_link(pki: dict[str, Path]) -> None:
@@ -156,20 +218,36 @@ async def test_a_peer_with_a_certificate_from_another_ca_cannot_link(pki: dict[s
                     if links and links[0]["last_error"]:
                         break
                     await anyio.sleep(0.05)
-            assert "TLS handshake failed" in links[0]["last_error"], links[0]
-            verify_failures = ("unable to get local issuer certificate", "certificate verify failed", "unknown ca")
-            assert any(words in links[0]["last_error"] for words in verify_failures), links[0]
+            assert "TLS handshake failed: certificate verify failed" in links[0]["last_error"], links[0]
+            assert "does not trust the CA" in links[0]["last_error"], links[0]
+
+
+async def test_a_node_without_tls_says_so_for_a_tls_route(pki: dict[str, Path]) -> None:
+    async with aiobroker.Node(tls_node(pki, "node-b")) as b, aiobroker.Node(
+        NodeConfig(store="memory", listen_port=0, ack_timeout=2.0, connect_timeout=2.0)
+    ) as plain:
+        async with aiobroker.connect(plain.url) as client:
+            await client.create_queue("q")
+            await client.create_service("svc", "q")
+            await client.create_route("to-b", b.url, service_name="svcB")  # tls://, as the node prints it
+            dialog = await client.begin_dialog("svc", "svcB")
+            await dialog.send("DEFAULT", b"stays here")
+            with anyio.fail_after(15):
+                while True:
+                    links = (await client.status())["transmission"]["links"]
+                    if links and links[0]["last_error"]:
+                        break
+                    await anyio.sleep(0.05)
+            assert f"{b.url} speaks TLS and this node does not" in links[0]["last_error"], links[0]
 
 
 async def test_bad_certificate_files_are_a_clear_error(pki: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
-        async with aiobroker.Node(
-            NodeConfig(store="memory", listen_port=0, tls_cert=tmp_path / "missing.pem", tls_key=tmp_path / "x.key")
-        ):
-            pass
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError, match=f"NodeConfig.tls_cert: file {missing} does not exist"):
+        NodeConfig(store="memory", listen_port=0, tls_cert=missing, tls_key=pki["node-a.key"])
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
-    with pytest.raises(ConfigError, match="cannot be used"):
+    with pytest.raises(ConfigError, match=r"\[tls\] cert .*garbage.pem and \[tls\] key .*garbage.pem cannot be used"):
         async with aiobroker.Node(NodeConfig(store="memory", listen_port=0, tls_cert=garbage, tls_key=garbage)):
             pass
     with pytest.raises(ConfigError, match="cert and key go together"):

@@ -2,7 +2,8 @@
 (every other command).
 
 Each client command opens one connection to the node named by ``--address`` (or ``$AIOBROKER_ADDRESS``, else
-``tcp://127.0.0.1:4022``), does one thing and exits. Results go to stdout (plain text for people, ``--json``
+``tcp://127.0.0.1:4022``), does one thing and exits. A ``tls://`` address takes ``--ca``, ``--cert`` and ``--key``
+(or ``$AIOBROKER_CA``, ``$AIOBROKER_CERT``, ``$AIOBROKER_KEY``). Results go to stdout (plain text for people, ``--json``
 for programs); notes and errors go to stderr.
 
 Exit status: 0 on success (also for ``receive`` when nothing arrived, with a note on stderr); 1 when the node or
@@ -14,7 +15,7 @@ The package, one module per concern:
 - ``app``: ``main``, which parses, runs the command and maps its outcome to an exit status
 - ``parser``: the argparse tree (in ``--help`` order) and the usage rules argparse cannot say by itself
 - ``arguments``: argument value types, the help formatter, adding one command
-- ``common``: the program's name, the default address, ``CommandError``
+- ``common``: the program's name, the default address, the environment variables, ``CommandError``
 - ``render``: output: tables, JSON, message lines, the words for states, times and sizes
 - ``objects``, ``conversations``, ``receive``, ``status``, ``serve``, ``cert``: each command's options, help text
   and work

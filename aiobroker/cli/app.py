@@ -9,18 +9,68 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ..client import Client, connect
+from ..client import Client, connect, split_url
 from ..errors import BrokerError
 from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, TOKEN_ENV, CommandError
 from .conversations import read_body
-from .parser import build_parser, check_usage
+from .parser import TLS_OPTIONS, build_parser, check_usage
 
 ClientAction = Callable[[Client, argparse.Namespace], Awaitable[None]]
 
 
-async def _with_client(address: str, token: str | None, action: ClientAction, args: argparse.Namespace) -> None:
-    async with connect(address, token=token) as client:
+async def _with_client(
+    address: str, token: str | None, tls_files: dict[str, str], action: ClientAction, args: argparse.Namespace
+) -> None:
+    async with connect(address, token=token, **tls_files) as client:
         await action(client, args)
+
+
+def _tls_files(args: argparse.Namespace, address: str) -> dict[str, str]:
+    """``ca``, ``cert`` and ``key`` for :func:`connect`: each from its flag, else its environment variable.
+
+    Only a tls:// address uses them: with a tcp:// one a flag is a mistake worth saying, while the environment
+    (set once for a shell, maybe for another node) is left unused."""
+    scheme, host, port = split_url(address)
+    flags = {flag[2:]: (flag, getattr(args, flag[2:], None)) for flag, _, _ in TLS_OPTIONS}
+    if scheme != "tls":
+        given = [flag for flag, value in flags.values() if value]
+        if given:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise CommandError(
+                f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for a TLS node, and {address} is plain"
+                f" TCP; dial tls://{shown} (a node with [tls] prints its tls:// address at start)"
+            )
+        return {}
+    files: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for flag, env, _ in TLS_OPTIONS:
+        name = flag[2:]
+        value = flags[name][1]
+        source[name] = flag
+        if not value:
+            value, source[name] = os.environ.get(env) or None, f"${env}"
+        if value:
+            _check_file(source[name], value)
+            files[name] = os.path.expanduser(value)
+    if ("cert" in files) != ("key" in files):
+        have, missing = ("cert", "key") if "cert" in files else ("key", "cert")
+        raise CommandError(
+            f"--cert and --key go together: {source[have]} is given, and no --{missing} (or ${_env(missing)})"
+        )
+    return files
+
+
+def _env(name: str) -> str:
+    return next(env for flag, env, _ in TLS_OPTIONS if flag == f"--{name}")
+
+
+def _check_file(source: str, value: str) -> None:
+    """A file named by a TLS option must be there before we dial (so the error names the option)."""
+    path = os.path.expanduser(value)
+    if not os.path.exists(path):
+        raise CommandError(f"{source} {value}: no such file")
+    if os.path.isdir(path):
+        raise CommandError(f"{source} {value}: is a directory, not a PEM file")
 
 
 def _broker_error(exc: BaseException) -> BaseException | None:
@@ -53,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 prepare(args)
             address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
             token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
-            anyio.run(_with_client, address, token, args.run, args, backend="asyncio")
+            tls_files = _tls_files(args, address)
+            anyio.run(_with_client, address, token, tls_files, args.run, args, backend="asyncio")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

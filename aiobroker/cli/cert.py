@@ -52,13 +52,20 @@ def run_cert_create(args: argparse.Namespace) -> None:
                 f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''} already;"
                 " give --force to overwrite, or another --out"
             )
-    cert_pem, key_pem = certs.create_self_signed(args.name, days=args.days, key_type=args.key_type)
+    cert_pem, key_pem = certs.create_self_signed(
+        args.name, days=args.days, key_type=args.key_type, dns_names=args.dns, ip_addresses=args.ip
+    )
     _write(key, key_pem, 0o600, force=args.force)
     _write(crt, cert_pem, 0o644, force=args.force)
     creds = certs.credentials(cert_pem, what=f"certificate {str(crt)!r}")
     kind = "RSA 3072-bit" if args.key_type == "rsa" else "EC P-256"
     until = datetime.fromtimestamp(creds.not_after, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    echo(f"wrote {crt}: certificate {creds.subject}, {kind}, valid until {until}, fingerprint {creds.fingerprint}")
+    names = [*args.dns, *args.ip]
+    for_names = f" for {', '.join(names)}" if names else ""
+    echo(
+        f"wrote {crt}: certificate {creds.subject}{for_names}, {kind}, valid until {until},"
+        f" fingerprint {creds.fingerprint}"
+    )
     echo(f"wrote {key}: its private key (only you can read it; keep it private)")
 
 
@@ -78,9 +85,13 @@ def add_cert(commands: Any) -> None:
         [
             "aiobroker cert create --name alice --out alice",
             "aiobroker cert create --name node --out certs/node --key-type ec --days 730",
+            "aiobroker cert create --name node1 --out certs/node1 --dns node1.lan --ip 10.0.0.2  # for [tls]",
         ],
         details="The key file is readable by its owner alone. Give the certificate to the nodes that need it"
-        " (an identity's certificate, a binding's certificate); keep the key on the node that owns the identity.",
+        " (an identity's certificate, a binding's certificate); keep the key on the node that owns the identity."
+        "\n\nFor a node's [tls] certificate, name every address clients and peers dial it by with --dns and --ip:"
+        "\na TLS client checks that the certificate names the host it dialled. Clients then trust it with"
+        "\n--ca PREFIX.crt (it is its own CA).",
     )
     k.add_argument(
         "--name", required=True, metavar="NAME", help="the certificate's common name (e.g. the identity's name)"
@@ -96,6 +107,20 @@ def add_cert(commands: Any) -> None:
         choices=("rsa", "ec"),
         default="rsa",
         help="rsa (3072 bits) or ec (P-256; smaller and faster); default rsa",
+    )
+    k.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the certificate is for (a subject alternative name); repeat for several",
+    )
+    k.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an IP address the certificate is for (a subject alternative name); repeat for several",
     )
     k.add_argument("--force", action="store_true", help="overwrite PREFIX.crt and PREFIX.key if they exist")
     k.set_defaults(run=run_cert_create)

@@ -10,7 +10,16 @@ from .. import __version__
 from ..core.catalog import DEFAULT
 from . import cert, conversations, objects, receive, serve, status
 from .arguments import Formatter
-from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, TOKEN_ENV
+from .common import ADDRESS_ENV, CA_ENV, CERT_ENV, DEFAULT_ADDRESS, KEY_ENV, PROG, TOKEN_ENV
+
+#: The TLS options of every command that talks to a node: (flag, environment variable, help).
+TLS_OPTIONS = (
+    ("--ca", CA_ENV, "for a tls:// address: the PEM file of the CA to trust, or the node's self-signed certificate"
+     f" (default: ${CA_ENV}, else the system's trust store)"),
+    ("--cert", CERT_ENV, "for a tls:// address: this client's certificate, PEM, for a node that requires one; with"
+     f" --key (default: ${CERT_ENV})"),
+    ("--key", KEY_ENV, f"the private key of --cert, PEM (default: ${KEY_ENV})"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,21 +32,29 @@ def build_parser() -> argparse.ArgumentParser:
         "  aiobroker create queue orders\n"
         "  aiobroker send --from //shop/Client --to //shop/Orders --body 'one order'\n"
         "  aiobroker receive orders --timeout 5\n"
-        "  AIOBROKER_TOKEN=... aiobroker list queues   # a node with authorization on\n\n"
+        "  AIOBROKER_TOKEN=... aiobroker list queues   # a node with authorization on\n"
+        "  aiobroker --address tls://node1:4022 --ca ca.crt status   # a node with [tls]\n\n"
         "'aiobroker COMMAND --help' describes each command.",
         formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    address_help = f"the node to talk to (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})"
+    address_help = (
+        f"the node to talk to: tcp://host:port, or tls://host:port for a node with [tls] (default: ${ADDRESS_ENV},"
+        f" else {DEFAULT_ADDRESS})"
+    )
     parser.add_argument("--address", metavar="URL", help=address_help)
     token_help = (
         f"authenticate as the identity holding this token, on a node with authorization on (default:"
         f" ${TOKEN_ENV}; none: public). The environment keeps it out of the process list"
     )
     parser.add_argument("--token", metavar="TOKEN", help=token_help)
+    for flag, _, text in TLS_OPTIONS:
+        parser.add_argument(flag, metavar="FILE", help=text)
     # the same options after the command word; SUPPRESS keeps a value given before it
     address_only = argparse.ArgumentParser(add_help=False)
     address_only.add_argument("--address", metavar="URL", default=argparse.SUPPRESS, help=address_help)
+    for flag, _, text in TLS_OPTIONS:
+        address_only.add_argument(flag, metavar="FILE", default=argparse.SUPPRESS, help=text)
     client = argparse.ArgumentParser(add_help=False, parents=[address_only])
     client.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS, help=token_help)
     as_json = argparse.ArgumentParser(add_help=False)

@@ -40,9 +40,13 @@ BCN_SERVICE = "SQL/ServiceBroker/BrokerConfiguration"
 
 
 def parse_tcp_address(address: str) -> tuple[str, int]:
-    """``tcp://host:port`` (IPv6 as ``tcp://[::1]:port``) → (host, port); anything else is InvalidArgument."""
-    if not isinstance(address, str) or not address.startswith("tcp://"):
-        raise InvalidArgument(f"address {address!r} must be tcp://host:port, LOCAL or TRANSPORT")
+    """``tcp://host:port`` (IPv6 as ``tcp://[::1]:port``) → (host, port); anything else is InvalidArgument.
+    ``tls://host:port``, what a node with ``[tls]`` calls itself, is the same: a node's links all use TLS or none
+    do (its ``[tls]`` decides), so the scheme only has to agree with that, which the link checks."""
+    if not isinstance(address, str) or not address.startswith(("tcp://", "tls://")):
+        raise InvalidArgument(
+            f"address {address!r} must be tcp://host:port, LOCAL or TRANSPORT (or tls://host:port: a node with [tls])"
+        )
     rest = address[len("tcp://") :].split("/", 1)[0]
     if rest.startswith("["):
         host, sep, tail = rest[1:].partition("]")
@@ -52,7 +56,7 @@ def parse_tcp_address(address: str) -> tuple[str, int]:
         host, _, port_text = rest.rpartition(":")
         ok = True
     if not ok or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidArgument(f"address {address!r} must be tcp://host:port with a port from 1 to 65535")
+        raise InvalidArgument(f"address {address!r} must be {address[:3]}://host:port with a port from 1 to 65535")
     return host, int(port_text)
 
 
@@ -156,7 +160,8 @@ def _transport_address(service: str) -> str | None:
         host, port = parse_tcp_address(service)
     except InvalidArgument:
         return None
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+    scheme = service[:3]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _pick(

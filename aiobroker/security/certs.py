@@ -8,7 +8,10 @@ Every failure is an :class:`~aiobroker.errors.SecurityError` whose message start
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
@@ -40,6 +43,9 @@ _PARSE_ERRORS: tuple[type[BaseException], ...] = (
     x509.UnsupportedGeneralNameType,
     Warning,
 )
+
+#: One label of a DNS name (RFC 1123): letters, digits and inner hyphens, at most 63 characters.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 _MAKE_ONE = "make one with `aiobroker cert create --name NAME --out PREFIX`"
 _USABLE = "RSA (at least 2048 bits) or EC on P-256, P-384 or P-521"
@@ -289,10 +295,18 @@ def fingerprint(certificate: Any) -> str:
 
 
 def create_self_signed(
-    common_name: str, *, days: int = 365, key_type: str = "rsa", now: float | None = None
+    common_name: str,
+    *,
+    days: int = 365,
+    key_type: str = "rsa",
+    now: float | None = None,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
 ) -> tuple[str, str]:
     """A new private key and a self-signed certificate for it: ``(certificate_pem, private_key_pem)``.
-    ``key_type``: ``"rsa"`` (3072 bits) or ``"ec"`` (P-256)."""
+    ``key_type``: ``"rsa"`` (3072 bits) or ``"ec"`` (P-256). ``dns_names`` and ``ip_addresses`` become its
+    subject alternative names: a TLS client that checks host names (the default) accepts a node's certificate
+    only if they hold the host name or IP address it dialled; the common name is not looked at."""
     if not isinstance(common_name, str) or not common_name.strip():
         raise InvalidArgument("certificate name: give a non-empty name (it becomes the certificate's common name)")
     if len(common_name) > 64:
@@ -301,6 +315,7 @@ def create_self_signed(
         )
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36500:
         raise InvalidArgument(f"certificate days: expected a whole number from 1 to 36500, got {days!r}")
+    alt_names = _alt_names(dns_names, ip_addresses)
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if key_type == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -312,7 +327,7 @@ def create_self_signed(
     try:
         start = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(name)
@@ -336,8 +351,10 @@ def create_self_signed(
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(key, hashes.SHA256())
         )
+        if alt_names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        cert = builder.sign(key, hashes.SHA256())
     except (ValueError, OverflowError, OSError) as exc:
         raise InvalidArgument(f"certificate for {common_name!r}: cannot be made ({_reason(exc)})") from exc
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
@@ -345,6 +362,39 @@ def create_self_signed(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode("ascii")
     return cert_pem, key_pem
+
+
+def _alt_names(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> list[x509.GeneralName]:
+    """Subject alternative names, each checked: a DNS name as a host name (``*.`` allowed at its start), an IP
+    address as IPv4 or IPv6."""
+    names: list[x509.GeneralName] = []
+    for dns in dns_names:
+        if _is_ip(dns):
+            raise InvalidArgument(f"certificate DNS name: {dns!r} is an IP address; give it as an IP address (--ip)")
+        labels = dns.removeprefix("*.").rstrip(".").split(".") if isinstance(dns, str) else []
+        if not labels or not all(_DNS_LABEL.fullmatch(label) for label in labels) or len(dns) > 253:
+            raise InvalidArgument(
+                f"certificate DNS name: {dns!r} is not a host name (letters, digits and '-' in dot-separated"
+                " labels, such as node1.example.com or localhost; an IP address goes in --ip)"
+            )
+        names.append(x509.DNSName(dns.rstrip(".")))
+    for ip in ip_addresses:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise InvalidArgument(
+                f"certificate IP address: {ip!r} is not an IPv4 or IPv6 address (such as 127.0.0.1 or ::1;"
+                " a host name goes in --dns)"
+            ) from None
+    return names
+
+
+def _is_ip(text: object) -> bool:
+    try:
+        ipaddress.ip_address(text)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 
 
 def read_pem_file(path: Path) -> str:

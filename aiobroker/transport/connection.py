@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import ByteStream
 
 from ..errors import ConnectionLost, MessageTooLarge, ProtocolError
+from .tls import describe_tls_error, find_tls_error
 from ..wire.codec import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder, packb
 from ..wire.frames import Frame, parse_frame
 
@@ -54,8 +55,8 @@ def describe_os_error(exc: BaseException) -> str:
         if e.__cause__ is not None:
             stack.append(e.__cause__)
         if isinstance(e, ssl.SSLError):
-            detail = getattr(e, "verify_message", None) or e.reason or str(e)
-            return f"TLS handshake failed: {detail}"
+            # a node's link to a peer: its CA file is its [tls] ca
+            return f"TLS handshake failed: {describe_tls_error(e, far='the peer', near='this node', ca='[tls] ca')}"
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno).lower()  # asyncio's own strerror says only "Connect call failed"
     return str(exc) or type(exc).__name__
@@ -129,7 +130,9 @@ class FramedConnection:
         try:
             chunk = await self.stream.receive(READ_SIZE)
         except _BROKEN as exc:
-            raise ConnectionLost(f"connection to {self.peer} closed") from exc
+            tls_error = find_tls_error(exc)  # an alert from the far side (TLS 1.3 sends some only now)
+            why = f": {describe_tls_error(tls_error)}" if tls_error is not None else ""
+            raise ConnectionLost(f"connection to {self.peer} closed{why}") from exc
         return [parse_frame(obj) for obj in self.decoder.feed(chunk)]
 
     async def receive_one(self) -> Frame:

@@ -11,16 +11,28 @@ import anyio
 
 from ..client import Client, connect
 from ..errors import BrokerError
-from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, TOKEN_ENV, CommandError
+from .common import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PROG,
+    TOKEN_ENV,
+    CommandError,
+)
 from .conversations import read_body
 from .parser import build_parser, check_usage
 
-ClientAction = Callable[[Client, argparse.Namespace], Awaitable[None]]
+#: A client command; it may return an exit status other than 0 that is not an error (``receive``: nothing arrived).
+ClientAction = Callable[[Client, argparse.Namespace], Awaitable[int | None]]
 
 
-async def _with_client(address: str, token: str | None, action: ClientAction, args: argparse.Namespace) -> None:
+async def _with_client(
+    address: str, token: str | None, action: ClientAction, args: argparse.Namespace
+) -> int | None:
     async with connect(address, token=token) as client:
-        await action(client, args)
+        return await action(client, args)
 
 
 def _broker_error(exc: BaseException) -> BaseException | None:
@@ -39,6 +51,8 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit statuses are in ``common`` (EXIT_*) and each command's ``--help``."""
+    status: int | None = None
     parser = build_parser()
     args = parser.parse_args(argv)
     check_usage(parser, args)
@@ -53,16 +67,16 @@ def main(argv: list[str] | None = None) -> int:
                 prepare(args)
             address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
             token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
-            anyio.run(_with_client, address, token, args.run, args, backend="asyncio")
+            status = anyio.run(_with_client, address, token, args.run, args, backend="asyncio")
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader of our output went away (e.g. `| head`); say nothing more on a closed pipe
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         except OSError:
             pass
-        return 1
+        return EXIT_ERROR
     except (
         BaseException
     ) as exc:  # expected errors are reported in one line; anything else is a bug: re-raised
@@ -71,5 +85,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = expected.message if isinstance(expected, BrokerError) else str(expected)
         print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_ERROR
+    return EXIT_OK if status is None else status

@@ -536,17 +536,24 @@ class Client:
         return await self.create("contract", {"name": name, "messages": messages})
 
     async def create_queue(
-        self, name: str, *, status: bool = True, retention: bool = False, poison_message_handling: bool = True
+        self,
+        name: str,
+        *,
+        status: bool | str = True,
+        retention: bool | str = False,
+        poison_message_handling: bool | str = True,
     ) -> dict[str, Any]:
         """A queue: ``status`` off refuses receives; ``retention`` keeps received messages until their
-        conversation ends; ``poison_message_handling`` turns the queue off after repeated rollbacks."""
+        conversation ends; ``poison_message_handling`` turns the queue off after repeated rollbacks. Each switch
+        is ``"on"`` or ``"off"`` (or True or False); the node's answers (here, ``list``, ``status``) spell them
+        ``"on"`` and ``"off"``."""
         return await self.create(
             "queue",
             {"name": name, "status": status, "retention": retention, "poison_message_handling": poison_message_handling},
         )
 
     async def alter_queue(self, name: str, **changes: Any) -> dict[str, Any]:
-        """Change status, retention or poison_message_handling (e.g. ``status=True`` re-enables a queue)."""
+        """Change status, retention or poison_message_handling (e.g. ``status="on"`` re-enables a queue)."""
         result: dict[str, Any] = await self.request("alter_queue", {"name": name, "changes": changes})
         return result
 

@@ -78,6 +78,9 @@ Every section and key is optional; a key left out keeps its default. An unknown 
 
     [[queue]]
     name = "requests"
+    status = "on"                 # "on" or "off", as `alter queue --status` (true and false are accepted too)
+    retention = "off"
+    poison_message_handling = "on"
 
     [[identity]]                  # who a client is (by token or TLS certificate) and what it may do
     name = "operator"
@@ -93,6 +96,11 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     queue = "requests"
     contracts = ["//example/Contract"]
     # owner = "node"              # the identity whose key reads secured conversations (default [security] identity)
+
+    [[route]]                     # where messages for a service on another node go
+    name = "to-orders"
+    service_name = "//shop/Orders" # the CLI's --service-name; leave out for a route for any service
+    address = "tcp://orders.example:4022"
 
     # [[binding]]                 # how to secure conversations to a service on another node
     # name = "to-orders"

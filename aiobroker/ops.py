@@ -100,8 +100,8 @@ def create(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None
 def alter_queue(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     name = arg(args, "name", str)
     new = node.core.alter_queue(name, arg(args, "changes", dict))
-    session.reply_durable(rid, new.to_def())
-    node.log_change(f"altered queue {name!r}: {new.to_def()}")
+    session.reply_durable(rid, new.public_def())
+    node.log_change(f"altered queue {name!r}: {new.public_def()}")
     node.serve_waiters(name)
 
 

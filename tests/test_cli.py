@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,11 @@ def test_help_of_every_command_exits_0_and_says_what_it_does() -> None:
     assert "aiobroker --token ADMIN_TOKEN create identity" in identity_help  # how to authenticate this one
     assert "examples: aiobroker create binding to-orders --to-service //shop/Orders" in texts[("create", "binding")]
     assert "--owner IDENTITY" in texts[("create", "service")]
+    for words, text in texts.items():  # every command's help ends with the exit statuses it uses
+        assert "exit status: 0 " in text and "2 usage error" in text, words
+    assert "3 nothing arrived within --timeout" in texts[("receive",)]
+    assert "3 receive: nothing arrived" in texts[()]
+    assert "0 stopped cleanly by SIGINT or SIGTERM" in texts[("serve",)]
 
 
 def test_usage_errors_exit_2() -> None:
@@ -291,17 +297,22 @@ def test_create_each_kind_and_list_them(node: RunningNode) -> None:
     by_name = {d["name"]: d for d in json.loads(ok(node, "list", "contracts", "--json"))}
     assert by_name[contract]["messages"] == {mt: "initiator", "DEFAULT": "any"}
     by_name = {d["name"]: d for d in json.loads(ok(node, "list", "queues", "--json"))}
-    assert by_name[queue] == {
+    assert by_name[queue] == {  # spelled as the flags take them, and as status says
         "name": queue,
-        "status": True,
-        "retention": True,
-        "poison_message_handling": False,
+        "status": "on",
+        "retention": "on",
+        "poison_message_handling": "off",
     }
     by_name = {d["name"]: d for d in json.loads(ok(node, "list", "services", "--json"))}
     assert by_name[service] == {"name": service, "queue": queue, "contracts": [contract]}
 
     ok(node, "alter", "queue", queue, "--status", "off")
     assert queue_status(node, queue)["status"] == "off"
+    (listed,) = [q for q in json.loads(ok(node, "list", "queues", "--json")) if q["name"] == queue]
+    assert listed["status"] == "off"
+    assert [queue, "off", "on", "off"] in [line.split() for line in ok(node, "list", "queues").splitlines()]
+    ok(node, "alter", "queue", queue, "--status", "true")  # the other spelling is accepted on input
+    assert queue_status(node, queue)["status"] == "on"
     ok(node, "drop", "service", service)
     assert service not in ok(node, "list", "services")
 
@@ -403,12 +414,15 @@ def test_receive_rollback_leaves_the_message_in_the_queue(node: RunningNode) -> 
     assert queue_status(node, sq)["waiting"] == 0
 
 
-def test_receive_on_an_empty_queue_exits_0_with_a_note(node: RunningNode) -> None:
+def test_receive_of_nothing_exits_3_with_a_note(node: RunningNode) -> None:
+    """Nothing received is not an error (1) nor a success (0): a loop in a script can tell the three apart."""
     queue = unique("empty")
     ok(node, "create", "queue", queue)
     r = run("receive", queue, "--timeout", "0.2", address=node.address)
-    assert r.returncode == 0 and r.stdout == ""
+    assert r.returncode == 3 and r.stdout == ""
     assert "no message arrived within 0.2 s" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run("receive", queue, "--json", address=node.address)  # no wait at all: the same
+    assert r.returncode == 3 and r.stdout == ""
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -502,6 +516,49 @@ def test_diagnose_walks_the_routing_steps_in_words(node: RunningNode) -> None:
     assert "not on this node" in out and "decision: delayed" in out
     assert json.loads(ok(node, "diagnose", far, "--json"))["steps"][-1].startswith("decision: delayed")
     assert "dynamic routing: off" in ok(node, "status")
+
+
+def test_route_service_is_service_name_on_the_command_line_as_in_the_file_and_list(node: RunningNode) -> None:
+    route, service = unique("r"), unique("//t/S")
+    ok(node, "create", "route", route, f"tcp://127.0.0.1:{free_port()}", "--service-name", service)
+    (listed,) = [r for r in json.loads(ok(node, "list", "routes", "--json")) if r["name"] == route]
+    assert listed["service_name"] == service
+    other = unique("//t/S")
+    ok(node, "alter", "route", route, "--service-name", other)
+    (listed,) = [r for r in json.loads(ok(node, "list", "routes", "--json")) if r["name"] == route]
+    assert listed["service_name"] == other
+    assert "--service-name S, --service S" in " ".join(run("create", "route", "--help").stdout.split())
+
+
+def test_a_config_route_with_service_instead_of_service_name_is_refused_with_the_right_key(tmp_path: Path) -> None:
+    r, config = serve_with_config(
+        tmp_path, '[[route]]\nname = "to-orders"\naddress = "tcp://127.0.0.1:1"\nservice = "//shop/Orders"\n'
+    )
+    one_line_error(r, "to-orders", "unknown field(s) service", "is service_name")
+
+
+def test_json_output_gives_times_in_rfc3339_and_keeps_the_number(node: RunningNode) -> None:
+    def parsed(stamp: object) -> float:
+        assert isinstance(stamp, str) and stamp.endswith("Z"), stamp
+        return datetime.fromisoformat(stamp).timestamp()
+
+    cq, sq, client, server = setup_pair(node)
+    route = unique("r")
+    before = time.time()
+    ok(node, "create", "route", route, f"tcp://127.0.0.1:{free_port()}", "--service-name", unique("//t/S"),
+       "--lifetime", "3600")  # fmt: skip
+    (listed,) = [r for r in json.loads(ok(node, "list", "routes", "--json")) if r["name"] == route]
+    assert before + 3600 - 5 < listed["expires_at_unix"] < time.time() + 3600 + 5
+    assert abs(parsed(listed["expires_at"]) - listed["expires_at_unix"]) < 0.001
+    auto = next(r for r in json.loads(ok(node, "list", "routes", "--json")) if r["name"] == "AutoCreatedLocal")
+    assert auto["expires_at"] is None and auto["expires_at_unix"] is None  # never
+
+    handle = ok(node, "send", "--from", client, "--to", server, "--lifetime", "600", "--body", "x").strip()
+    info = json.loads(ok(node, "conversation", handle, "--json"))
+    assert before + 600 - 5 < parsed(info["expires_at"]) < time.time() + 600 + 5
+    [message] = received(ok(node, "receive", sq, "--json"))
+    assert before - 5 < parsed(message["enqueued_at"]) < time.time() + 5
+    assert message["enqueued_at_unix"] == pytest.approx(parsed(message["enqueued_at"]), abs=0.001)
 
 
 def test_alter_route_changes_its_address_and_weight(node: RunningNode) -> None:

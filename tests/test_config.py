@@ -97,6 +97,7 @@ def test_documented_example_loads(tmp_path: Path) -> None:
         ("queue", "requests"),
         ("identity", "operator"),
         ("service", "//example/Server"),
+        ("route", "to-orders"),
     ]
     assert config.objects[4][1]["admin"] is True
     # Definitions are passed on as written.

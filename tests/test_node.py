@@ -158,6 +158,22 @@ async def test_poison_message_disables_the_queue_until_turned_back_on(node: aiob
         assert [m.body for m in batch] == [b"poison"]
 
 
+async def test_a_queues_switches_are_spelled_on_and_off_in_answers_and_taken_either_way(node: aiobroker.Node) -> None:
+    async with aiobroker.connect(node.url) as client:
+        created = await client.create_queue("q-words", status="off", retention=True)
+        assert created == {"name": "q-words", "status": "off", "retention": "on", "poison_message_handling": "on"}
+        altered = await client.alter_queue("q-words", status="ON", retention=False)
+        assert (altered["status"], altered["retention"]) == ("on", "off")
+        (listed,) = [q for q in await client.list("queue") if q["name"] == "q-words"]
+        assert listed == altered
+        (shown,) = [q for q in (await client.status())["queues"] if q["name"] == "q-words"]
+        assert shown["status"] == "on"
+        with pytest.raises(InvalidArgument, match='status must be "on" or "off"'):
+            await client.create_queue("q-bad", status="yes")
+        with pytest.raises(InvalidArgument, match='retention must be "on" or "off"'):
+            await client.alter_queue("q-words", retention=1)
+
+
 async def test_admin_errors_name_the_problem_and_change_nothing(node: aiobroker.Node) -> None:
     async with aiobroker.connect(node.url) as client:
         await setup_pair(client)

@@ -6,9 +6,9 @@ Each client command opens one connection to the node named by ``--address`` (or 
 (or ``$AIOBROKER_CA``, ``$AIOBROKER_CERT``, ``$AIOBROKER_KEY``). Results go to stdout (plain text for people, ``--json``
 for programs); notes and errors go to stderr.
 
-Exit status: 0 on success (also for ``receive`` when nothing arrived, with a note on stderr); 1 when the node or
-the configuration refuses (one line, ``aiobroker: error: <message>``); 2 for a usage error (argparse's own);
-130 when interrupted.
+Exit status: 0 on success; 1 when the node or the configuration refuses (one line, ``aiobroker: error:
+<message>``); 2 for a usage error (argparse's own); 3 for ``receive`` when nothing arrived (a note on stderr, as
+grep's "no match"); 130 when interrupted. ``common`` names them; each command's ``--help`` ends with its own.
 
 The package, one module per concern:
 

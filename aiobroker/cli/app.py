@@ -11,18 +11,28 @@ import anyio
 
 from ..client import Client, connect, split_url
 from ..errors import BrokerError
-from .common import ADDRESS_ENV, DEFAULT_ADDRESS, PROG, TOKEN_ENV, CommandError
+from .common import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PROG,
+    TOKEN_ENV,
+    CommandError,
+)
 from .conversations import read_body
 from .parser import TLS_OPTIONS, build_parser, check_usage
 
-ClientAction = Callable[[Client, argparse.Namespace], Awaitable[None]]
+#: A client command; it may return an exit status other than 0 that is not an error (``receive``: nothing arrived).
+ClientAction = Callable[[Client, argparse.Namespace], Awaitable[int | None]]
 
 
 async def _with_client(
     address: str, token: str | None, tls_files: dict[str, str], action: ClientAction, args: argparse.Namespace
-) -> None:
+) -> int | None:
     async with connect(address, token=token, **tls_files) as client:
-        await action(client, args)
+        return await action(client, args)
 
 
 def _tls_files(args: argparse.Namespace, address: str) -> dict[str, str]:
@@ -89,6 +99,8 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit statuses are in ``common`` (EXIT_*) and each command's ``--help``."""
+    status: int | None = None
     parser = build_parser()
     args = parser.parse_args(argv)
     check_usage(parser, args)
@@ -104,16 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
             token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
             tls_files = _tls_files(args, address)
-            anyio.run(_with_client, address, token, tls_files, args.run, args, backend="asyncio")
+            status = anyio.run(_with_client, address, token, tls_files, args.run, args, backend="asyncio")
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader of our output went away (e.g. `| head`); say nothing more on a closed pipe
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         except OSError:
             pass
-        return 1
+        return EXIT_ERROR
     except (
         BaseException
     ) as exc:  # expected errors are reported in one line; anything else is a bug: re-raised
@@ -122,5 +134,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = expected.message if isinstance(expected, BrokerError) else str(expected)
         print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_ERROR
+    return EXIT_OK if status is None else status

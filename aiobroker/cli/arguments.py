@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.catalog import SENT_BY
+from .common import EXIT_STATUS_CLIENT
 
 # ============================================================================================== argument types
 
@@ -75,16 +76,19 @@ def add_command(
     examples: Sequence[str] = (),
     parents: Sequence[argparse.ArgumentParser] = (),
     details: str = "",
+    exit_status: str = EXIT_STATUS_CLIENT,
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
-    """Add one (sub)command: ``summary`` is its line in the parent's help and, capitalised, its description."""
+    """Add one (sub)command: ``summary`` is its line in the parent's help and, capitalised, its description;
+    ``exit_status`` ends its help (the statuses it exits with)."""
     description = summary[0].upper() + summary[1:] + "."
     if details:
         description += "\n\n" + details
-    epilog = None
+    epilog = exit_status
     if examples:
         epilog = (
             "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
+            + "\n\n" + exit_status
         )
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name,

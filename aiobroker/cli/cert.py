@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import add_command, positive_int
-from .common import CommandError
+from .common import EXIT_STATUS_LOCAL, CommandError
 from .render import echo
 
 MAX_DAYS = 36500
@@ -75,6 +75,7 @@ def add_cert(commands: Any) -> None:
         "cert",
         "make a key pair and a self-signed certificate for an identity (talks to no node)",
         ["aiobroker cert create --name alice --out certs/alice"],
+        exit_status=EXIT_STATUS_LOCAL,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
     actions.required = True
@@ -87,6 +88,7 @@ def add_cert(commands: Any) -> None:
             "aiobroker cert create --name node --out certs/node --key-type ec --days 730",
             "aiobroker cert create --name node1 --out certs/node1 --dns node1.lan --ip 10.0.0.2  # for [tls]",
         ],
+        exit_status=EXIT_STATUS_LOCAL,
         details="The key file is readable by its owner alone. Give the certificate to the nodes that need it"
         " (an identity's certificate, a binding's certificate); keep the key on the node that owns the identity."
         "\n\nFor a node's [tls] certificate, name every address clients and peers dial it by with --dns and --ip:"

@@ -384,7 +384,7 @@ def add_create(commands: Any, client: argparse.ArgumentParser, address_only: arg
         "route",
         "create a route: where messages for a service (or any service) go",
         [
-            "aiobroker create route to-orders tcp://10.0.0.2:4022 --service //shop/Orders",
+            "aiobroker create route to-orders tcp://10.0.0.2:4022 --service-name //shop/Orders",
             "aiobroker create route everything-else tcp://hub:4022   # a wildcard route",
         ],
         details="ADDRESS is tcp://host:port, LOCAL (this node) or TRANSPORT (the address is the start of the"
@@ -394,7 +394,13 @@ def add_create(commands: Any, client: argparse.ArgumentParser, address_only: arg
     )
     k.add_argument("name", metavar="NAME")
     k.add_argument("route_address", metavar="ADDRESS", help="tcp://host:port, LOCAL or TRANSPORT")
-    k.add_argument("--service", metavar="S", help="the service it is for (default: any service)")
+    k.add_argument(
+        "--service-name",
+        "--service",
+        dest="service",
+        metavar="S",
+        help="the service it is for (default: any service); service_name in a config file and in list routes",
+    )
     k.add_argument("--broker-instance", metavar="I", help="the broker instance it names (default: any)")
     k.add_argument("--lifetime", type=arguments.seconds, metavar="SECONDS", help="expires after this (default: never)")
     k.add_argument("--weight", type=arguments.positive_int, default=1, metavar="W", help="load share (default 1)")
@@ -512,7 +518,7 @@ def add_alter(commands: Any, client: argparse.ArgumentParser) -> None:
     )
     k.add_argument("name", metavar="NAME")
     k.add_argument("--to", dest="route_address", metavar="ADDRESS", help="the new address: tcp://host:port, LOCAL or TRANSPORT")
-    k.add_argument("--service", metavar="S", help="the service it is for")
+    k.add_argument("--service-name", "--service", dest="service", metavar="S", help="the service it is for")
     k.add_argument("--broker-instance", metavar="I", help="the broker instance it names")
     k.add_argument("--weight", type=arguments.positive_int, metavar="W", help="load share")
     k.add_argument("--lifetime", type=arguments.seconds, metavar="SECONDS", help="expires this long from now")

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  aiobroker receive orders --timeout 5\n"
         "  AIOBROKER_TOKEN=... aiobroker list queues   # a node with authorization on\n"
         "  aiobroker --address tls://node1:4022 --ca ca.crt status   # a node with [tls]\n\n"
+        "exit status:\n"
+        "  0 done, 1 error (one line on stderr: aiobroker: error: ...), 2 usage error,\n"
+        "  3 receive: nothing arrived within --timeout, 130 interrupted\n\n"
         "'aiobroker COMMAND --help' describes each command.",
         formatter_class=Formatter,
     )
@@ -99,7 +102,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             if v is not None
         }
         if not args.changes:
-            fail("alter route", "nothing to change: give --to, --service, --broker-instance, --weight or --lifetime")
+            fail("alter route", "nothing to change: give --to, --service-name, --broker-instance, --weight or --lifetime")
     elif args.command == "alter":
         args.changes = {
             k: v

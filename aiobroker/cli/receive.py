@@ -12,14 +12,16 @@ from ..client import Client
 from ..errors import BrokerError
 from . import arguments
 from .arguments import add_command
+from .common import EXIT_NOTHING_RECEIVED, EXIT_STATUS_RECEIVE
 from .render import echo, message_json, message_line, note
 
 
-async def cmd_receive(client: Client, args: argparse.Namespace) -> None:
+async def cmd_receive(client: Client, args: argparse.Namespace) -> int | None:
+    """Print and commit one batch; nothing received is exit status 3 (a script's loop can tell it from an error)."""
     batch = await client.receive(args.queue, max_messages=args.max, timeout=args.timeout)
     if not batch:
         note(f"no message arrived within {args.timeout:g} s on queue {args.queue!r}")
-        return
+        return EXIT_NOTHING_RECEIVED
     try:
         for message in batch:
             echo(message_json(message) if args.json else message_line(message))
@@ -36,6 +38,7 @@ async def cmd_receive(client: Client, args: argparse.Namespace) -> None:
         note(f"rolled back: {len(batch)} message(s) stay in queue {args.queue!r}")
     else:
         await batch.commit()
+    return None
 
 
 def add_receive(commands: Any, client: argparse.ArgumentParser) -> None:
@@ -47,6 +50,7 @@ def add_receive(commands: Any, client: argparse.ArgumentParser) -> None:
         details="Text output is one line per message: handle, sequence number, message type, body. With"
         " --rollback the messages go back to the queue (this counts toward poison-message handling).",
         parents=[client],
+        exit_status=EXIT_STATUS_RECEIVE,
     )
     p.add_argument("queue", metavar="QUEUE")
     p.add_argument(

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..client import Message
@@ -44,13 +44,49 @@ def note(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr)
 
 
+#: Keys whose values are wall-clock times (seconds since the epoch, as the node keeps and sends them). The CLI's
+#: JSON gives each as an RFC 3339 string in UTC (``"2026-12-04T21:03:05.120Z"``, null for never) and keeps the
+#: number beside it as ``KEY_unix`` for scripts that compute with it. Durations (``age_seconds``,
+#: ``next_retry_in``, ``uptime_seconds``) stay numbers of seconds.
+TIME_KEYS = frozenset(
+    {"enqueued_at", "expires_at", "timer_at", "lease_expires_at", "next_attempt", "not_before", "not_after"}
+)
+
+
+def rfc3339(ts: float) -> str:
+    """``ts`` (seconds since the epoch) as RFC 3339 in UTC with milliseconds: ``2026-12-04T21:03:05.120Z``."""
+    try:
+        stamp = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds: say so rather than fail
+        return "9999-12-31T23:59:59.999Z" if ts > 0 else "0001-01-01T00:00:00.000Z"
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_times(value: Any) -> Any:
+    """``value`` with every :data:`TIME_KEYS` number (or null) as RFC 3339, plus its ``KEY_unix`` number."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if key in TIME_KEYS and (item is None or (isinstance(item, int | float) and not isinstance(item, bool))):
+                out[key] = None if item is None else rfc3339(float(item))
+                out[f"{key}_unix"] = item
+            else:
+                out[key] = json_times(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [json_times(item) for item in value]
+    return value
+
+
 def to_json(value: Any, *, indent: int | None = 2) -> str:
+    """Every ``--json`` output: times as RFC 3339 (:func:`json_times`), bytes as base64."""
+
     def fallback(obj: Any) -> Any:
         if isinstance(obj, bytes):
             return base64.b64encode(obj).decode("ascii")
         return str(obj)
 
-    return json.dumps(value, indent=indent, ensure_ascii=False, default=fallback)
+    return json.dumps(json_times(value), indent=indent, ensure_ascii=False, default=fallback)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -64,6 +100,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def onoff(value: Any) -> str:
+    """A queue's switch in words: the node says "on" or "off" (an older node: true or false)."""
+    if isinstance(value, str):
+        return value
     return "on" if value else "off"
 
 

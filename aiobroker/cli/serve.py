@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import BrokerError
 from .arguments import add_command
+from .common import EXIT_STATUS_SERVE
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -41,6 +42,7 @@ def add_serve(commands: Any) -> None:
             "aiobroker serve --config aiobroker.toml",
         ],
         details="Flags override the config file, which overrides the built-in defaults.",
+        exit_status=EXIT_STATUS_SERVE,
     )
     p.add_argument("--config", metavar="FILE", help="a TOML config file (see aiobroker.config)")
     p.add_argument(

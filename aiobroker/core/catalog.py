@@ -55,10 +55,17 @@ def _only_keys(kind: str, d: dict[str, Any], allowed: set[str]) -> None:
         )
 
 
-def _bool(kind: str, name: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{kind} {name!r}: {key} must be true or false, got {value!r}")
-    return value
+def _on_off(kind: str, name: str, key: str, value: Any) -> bool:
+    """A queue's switch: spelled "on" or "off" (as Service Broker's STATUS = ON), true or false accepted too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+        return value.strip().lower() == "on"
+    raise InvalidArgument(f'{kind} {name!r}: {key} must be "on" or "off" (true and false are accepted too), got {value!r}')
+
+
+def on_off_word(value: bool) -> str:
+    return "on" if value else "off"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,19 +137,30 @@ class QueueDef:
         name = check_name("queue", d.get("name"))
         return cls(
             name=name,
-            status=_bool("queue", name, "status", d.get("status", True)),
-            retention=_bool("queue", name, "retention", d.get("retention", False)),
-            poison_message_handling=_bool(
+            status=_on_off("queue", name, "status", d.get("status", True)),
+            retention=_on_off("queue", name, "retention", d.get("retention", False)),
+            poison_message_handling=_on_off(
                 "queue", name, "poison_message_handling", d.get("poison_message_handling", True)
             ),
         )
 
     def to_def(self) -> dict[str, Any]:
+        """As stored (booleans)."""
         return {
             "name": self.name,
             "status": self.status,
             "retention": self.retention,
             "poison_message_handling": self.poison_message_handling,
+        }
+
+    def public_def(self) -> dict[str, Any]:
+        """As the node answers clients (``list``, ``create``, ``alter``): the switches spelled "on" or "off", as
+        ``status`` reports a queue, the CLI's flags take them and a config file writes them."""
+        return {
+            "name": self.name,
+            "status": on_off_word(self.status),
+            "retention": on_off_word(self.retention),
+            "poison_message_handling": on_off_word(self.poison_message_handling),
         }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Container
 from typing import Any
 
 from ..store.base import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
-from .catalog import QueueDef
+from .catalog import QueueDef, on_off_word
 
 
 #: Bytes a stored row takes on the wire besides its body, at most: the handle, location and message type are names
@@ -185,7 +185,7 @@ class MessageQueue:
     def statistics(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "status": "on" if self.definition.status else "off",
+            "status": on_off_word(self.definition.status),
             "disabled_reason": self.disabled_reason,
             "waiting": self.waiting,
             "locked": self.locked,

@@ -75,8 +75,11 @@ class Route:
         allowed = {"name", "address", "service_name", "broker_instance", "expires_at", "lifetime", "weight", "origin"}
         extra = set(d) - allowed
         if extra:
+            # "service" is the word a user most likely means: say the one spelling (the CLI's --service-name too)
+            hint = "; the service a route is for is service_name" if "service" in extra else ""
             raise InvalidArgument(
-                f"route {d.get('name')!r}: unknown field(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}"
+                f"route {d.get('name')!r}: unknown field(s) {', '.join(sorted(extra))}{hint};"
+                f" allowed: {', '.join(sorted(allowed))}"
             )
         name = check_name("route", d.get("name"))
         address = d.get("address")

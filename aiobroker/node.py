@@ -17,6 +17,7 @@ or run it with ``aiobroker serve``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -50,7 +51,7 @@ from .errors import (
     QueueDisabled,
     UnknownObject,
 )
-from .core.catalog import BCN_SERVICE
+from .core.catalog import BCN_SERVICE, QueueDef
 from .core.dispatcher import BINDING, ROUTE
 from .core.routing import choose, explain
 from .links import PeerLinks
@@ -300,7 +301,19 @@ class Node:
                 if existing is None:
                     self.core.create_object(kind, dict(definition), self.clock())
                     log.info("created %s %r from the config file", kind.replace("_", " "), name)
-                elif existing != self.core.catalog.build(kind, dict(definition), self.clock()):
+                    continue
+                wanted = self.core.catalog.build(kind, dict(definition), self.clock())
+                if isinstance(existing, QueueDef) and isinstance(wanted, QueueDef) and existing.status != wanted.status:
+                    # A queue's status is the node's to change at run time (poison-message handling turns it off)
+                    # as much as an operator's: the stored one stands, or a node whose queue was disabled could
+                    # never start again on its own config file.
+                    log.warning(
+                        "queue %r is %s although the config file says %s; it stays %s (aiobroker alter queue %s"
+                        " --status %s changes it)", name, _onoff(existing.status), _onoff(wanted.status),
+                        _onoff(existing.status), name, _onoff(wanted.status),
+                    )
+                    wanted = dataclasses.replace(wanted, status=existing.status)
+                if existing != wanted:
                     shown = existing.public_def() if hasattr(existing, "public_def") else existing.to_def()
                     raise ConfigError(
                         f"it exists with another definition ({shown}); drop it first, or change the"
@@ -798,6 +811,10 @@ def _peer_certificate(stream: Any) -> bytes | None:
 
 
 _EMPTY_BATCH: dict[str, Any] = {"lease": None, "queue": None, "messages": [], "conversations": {}}
+
+
+def _onoff(switch: bool) -> str:
+    return "on" if switch else "off"
 
 
 def _plain(moved: int) -> str:

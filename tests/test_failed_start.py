@@ -70,3 +70,36 @@ async def test_a_failed_start_creates_none_of_the_config_files_objects_in_an_exi
             assert "//config/Service" not in [s["name"] for s in await client.list("service")]
     finally:
         assert node.stop() == 0, node.output()
+
+
+async def test_a_queue_that_poison_handling_turned_off_does_not_keep_the_node_from_starting_on_its_config(
+    tmp_path: Path,
+) -> None:
+    """The config file says nothing of the queue's status (on, by default); poison-message handling turned it off.
+    The stored status stands, with a warning, instead of 'exists with another definition' at every start."""
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG)
+    node = NodeProcess(tmp_path / "data", extra=["--config", str(config)]).start()
+    try:
+        async with aiobroker.connect(node.url) as client:
+            await client.create_queue("qi")
+            await client.create_service("//config/Client", "qi")
+            dialog = await client.begin_dialog("//config/Client", "//config/Service")
+            await dialog.send("DEFAULT", b"poison")
+            for _ in range(5):  # the default poison_rollbacks
+                batch = await client.receive("from-config", timeout=5)
+                assert len(batch) == 1
+                await batch.rollback()
+            [queue] = [q for q in await client.list("queue") if q["name"] == "from-config"]
+            assert queue["status"] == "off"
+    finally:
+        assert node.stop() == 0, node.output()
+
+    node = NodeProcess(tmp_path / "data", port=node.port, extra=["--config", str(config)]).start()
+    try:
+        async with aiobroker.connect(node.url) as client:
+            [queue] = [q for q in await client.list("queue") if q["name"] == "from-config"]
+        assert queue["status"] == "off"
+        assert "queue 'from-config' is off although the config file says on; it stays off" in node.output()
+    finally:
+        assert node.stop() == 0, node.output()

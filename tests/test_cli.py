@@ -408,7 +408,7 @@ def test_receive_on_an_empty_queue_exits_0_with_a_note(node: RunningNode) -> Non
     ok(node, "create", "queue", queue)
     r = run("receive", queue, "--timeout", "0.2", address=node.address)
     assert r.returncode == 0 and r.stdout == ""
-    assert "no message arrived within 0.2 s" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert "no message arrived within 0.2s" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 # --- errors -------------------------------------------------------------------------------------------------

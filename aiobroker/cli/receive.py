@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from ..client import Client
+from ..durations import duration
 from ..errors import BrokerError
 from . import arguments
 from .arguments import add_command
@@ -18,7 +19,7 @@ from .render import echo, message_json, message_line, note
 async def cmd_receive(client: Client, args: argparse.Namespace) -> None:
     batch = await client.receive(args.queue, max_messages=args.max, timeout=args.timeout)
     if not batch:
-        note(f"no message arrived within {args.timeout:g} s on queue {args.queue!r}")
+        note(f"no message arrived within {duration(args.timeout)} on queue {args.queue!r}")
         return
     try:
         for message in batch:

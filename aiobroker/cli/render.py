@@ -12,6 +12,7 @@ from typing import Any
 
 from ..client import Message
 from ..core.catalog import DIALOG_TIMER, END_DIALOG, ERROR
+from ..durations import duration
 from .common import PROG
 
 #: Conversation states: the two-letter code and its name in words.
@@ -88,21 +89,6 @@ def when(ts: float | None) -> str:
 def _relative(delta: float) -> str:
     words = duration(abs(delta))
     return f"in {words}" if delta >= 0 else f"{words} ago"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, s = divmod(int(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    days, h = divmod(hours, 24)
-    if days >= 365:
-        return f"{days / 365.25:.0f} years"
-    if days:
-        return f"{days}d {h}h {m}m"
-    if hours:
-        return f"{h}h {m}m {s}s"
-    return f"{m}m {s}s"
 
 
 def size(n: Any) -> str:

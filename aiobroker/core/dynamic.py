@@ -40,7 +40,7 @@ from .catalog import (
 from .conversation import Endpoint, State
 from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
-from .routing import Route
+from .routing import ASKS_BCN, Route
 from .transmission import TransmissionQueue
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class DynamicRouting:
         """Whom dynamic routing asks, in words (the shell may say more: what a resolver asks for one service)."""
         if self.resolver_name is not None:
             return f"the {self.resolver_name} resolver"
-        return "the Broker Configuration Notice service"
+        return ASKS_BCN
 
     def waiting_on(self, kind: str, service: str) -> bool:
         """Whether any conversation to ``service`` waits for this kind of request (for a route, or, its route

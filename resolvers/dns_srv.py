@@ -57,7 +57,9 @@ of 0 from turning every message into a DNS query, the cap bounds how long a stal
 
 **Negative answers.** NXDOMAIN and "no SRV records" (NODATA) are :class:`~resolvers.base.NotFound` with
 ``retry_after`` the negative-caching TTL of RFC 2308: ``min(SOA TTL, SOA minimum)`` of the SOA in the authority
-section, or 60 s when there is none; clamped like a lifetime.
+section, or 60 s when there is none; clamped like a lifetime. The node does not ask again sooner; it may ask
+later, since its back-off doubles with each failure in a row whatever the TTL (a target ``.`` with a 2 s TTL is
+asked again after 2, 4, 8, ... s).
 
 **Failures.** A time-out (no nameserver answered within ``timeout``), SERVFAIL, REFUSED, a malformed reply, no
 nameserver configured: :class:`~resolvers.base.ResolverError` with the reason in words, naming the query and the

@@ -78,12 +78,12 @@ The first of: the body's ``lifetime`` (aiobroker format only; routes and binding
 for this answer, while a header may be set for every answer by a proxy in front of it. A header lifetime under
 :data:`MIN_LIFETIME` (``max-age=0``) is raised to it: routes that expire at once would mean a question per message.
 ``no-cache``/``no-store`` are ignored: frameworks set them for HTTP caches, and they say nothing about how long a
-service stays where it is. An empty answer (NotFound) is kept for the same lifetime before the service is asked
-about again.
+service stays where it is. An empty answer (NotFound) is kept for at least the same lifetime before the service
+is asked about again (longer when the node's back-off, doubling with each failure in a row, says so).
 
 Errors
 ------
-404 is :class:`~resolvers.base.NotFound` (kept for ``Retry-After`` seconds, else ``default_lifetime``). Any other
+404 is :class:`~resolvers.base.NotFound` (kept for at least ``Retry-After`` seconds, else ``default_lifetime``). Any other
 status outside 2xx (redirects are not followed), a body that is not JSON or not the format, a body over
 :data:`MAX_BODY_BYTES`, a time-out, a refused connection or a broken exchange is a
 :class:`~resolvers.base.ResolverError` that says which, names the URL, quotes at most ~200 characters of the body

@@ -5,10 +5,10 @@ dispatcher makes sure there is at most one question in flight per service, howev
 turns the answer into routes (``origin`` = the resolver's name, ``expires_at`` = now + ``lifetime``).
 
 - :meth:`Resolver.resolve_route` returns a :class:`RouteAnswer` (one or more addresses, with preference and
-  weight, and how long the answer holds), raises :class:`NotFound` when the source says the service does not
-  exist (a negative answer, not asked again for at least ``retry_after`` seconds), or raises :class:`ResolverError` when it could not
-  get an answer (a time-out, garbage, a non-2xx status, an unreadable file): the reason in words, which ``status``
-  and the conversation's eventual ``Error`` show.
+  weight, and how long the answer holds), raises :class:`NotFound` when the source says the service does not exist
+  (a negative answer, not asked again for at least ``retry_after`` seconds), or raises :class:`ResolverError` when
+  it could not get an answer (a time-out, garbage, a non-2xx status, an unreadable file): the reason in words, which
+  ``status`` and the conversation's eventual ``Error`` show.
 - :meth:`Resolver.resolve_binding` answers a binding request (MissingRemoteServiceBinding) the same way with a
   :class:`BindingAnswer` (the remote service owner's certificate in PEM); resolvers that know only routes leave
   the default, which says so with :class:`NotFound`.

@@ -83,8 +83,8 @@ is asked about again (longer when the node's back-off, doubling with each failur
 
 Errors
 ------
-404 is :class:`~resolvers.base.NotFound` (kept for at least ``Retry-After`` seconds, else ``default_lifetime``). Any other
-status outside 2xx (redirects are not followed), a body that is not JSON or not the format, a body over
+404 is :class:`~resolvers.base.NotFound` (kept for at least ``Retry-After`` seconds, else ``default_lifetime``).
+Any other status outside 2xx (redirects are not followed), a body that is not JSON or not the format, a body over
 :data:`MAX_BODY_BYTES`, a time-out, a refused connection or a broken exchange is a
 :class:`~resolvers.base.ResolverError` that says which, names the URL, quotes at most ~200 characters of the body
 where that helps, and carries ``Retry-After`` (seconds or an HTTP date) as ``retry_after``. The whole request is

@@ -25,6 +25,7 @@ import anyio
 from .config_fields import MIN_FRAME_SIZE
 from .core.routing import parse_tcp_address
 from .core.transmission import ENVELOPE_OVERHEAD
+from .durations import duration, until
 from .errors import BrokerError, ConnectionLost, ProtocolError
 from .transport.connection import FramedConnection, describe_os_error
 from .transport.tls import connect as connect_tls
@@ -173,7 +174,7 @@ class PeerLinks:
                         await self._wait(address, 1.0)
                         continue
                     log.warning(
-                        "link to %s failed: %s; next attempt in %.0fs", address, reason, next_at - self.node.clock()
+                        "link to %s failed: %s; next attempt %s", address, reason, until(next_at - self.node.clock())
                     )
         finally:
             self.running.discard(address)
@@ -193,7 +194,7 @@ class PeerLinks:
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             raise LinkError("TLS handshake failed: the far side closed the connection during it") from None
         except TimeoutError:
-            raise LinkError(f"no connection within {cfg.connect_timeout:g}s (connect_timeout)") from None
+            raise LinkError(f"no connection within {duration(cfg.connect_timeout)} (connect_timeout)") from None
         conn = FramedConnection(stream, max_frame_size=cfg.max_frame_size, peer=address)
         try:
             try:
@@ -205,7 +206,7 @@ class PeerLinks:
                     await conn.flush()
                     frame = await conn.receive_one()
             except TimeoutError:
-                raise LinkError(f"no handshake within {cfg.handshake_timeout:g}s (handshake_timeout)") from None
+                raise LinkError(f"no handshake within {duration(cfg.handshake_timeout)} (handshake_timeout)") from None
             if isinstance(frame, Refused):
                 raise LinkError(f"refused by {address}: {frame.message}")
             if not isinstance(frame, Welcome):
@@ -247,7 +248,7 @@ class PeerLinks:
             if link is not None and link.waiting_since is not None and link.sent:
                 timeout = link.waiting_since + ack_timeout - time.monotonic()
                 if timeout <= 0:
-                    raise LinkError(f"no acknowledgement within {ack_timeout:g}s (ack_timeout)")
+                    raise LinkError(f"no acknowledgement within {duration(ack_timeout)} (ack_timeout)")
             await self._wait(address, timeout)
         raise ConnectionLost(f"connection to {address} closed")
 

@@ -42,6 +42,7 @@ from .authz import guarded_ops
 from .core.broker import BrokerCore
 from .core.identities import PUBLIC, require_signer, token_digest
 from .core.queues import Lease
+from .durations import duration
 from .errors import (
     BrokerError,
     ConfigError,
@@ -639,8 +640,9 @@ class Node:
                 _plain(moved),
             )
         except TimeoutError:
-            log.warning("%s gave no %s for service %r within resolve_timeout (%gs)", self.resolver.name, what, service, timeout)
-            self.core.resolve_failed(service, f"no answer within resolve_timeout ({timeout:g}s)", self.clock(), None, kind)
+            text = f"no answer within resolve_timeout ({duration(timeout or math.inf)})"
+            log.warning("%s gave no %s for service %r: %s", self.resolver.name, what, service, text)
+            self.core.resolve_failed(service, text, self.clock(), None, kind)
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
             log.exception("resolver %s failed on the %s of service %r", self.resolver.name, what, service)
             self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock(), None, kind)
@@ -668,6 +670,7 @@ class Node:
         """Why messages to a service go where they go, or wait: the routing steps in words, and dynamic routing."""
         now = self.clock()
         core = self.core
+        asks = self.resolver.asks(service) if self.resolver is not None else core.asks  # what is really asked
         lines = explain(
             core.catalog.routes.values(),
             service=service,
@@ -676,6 +679,7 @@ class Node:
             local_services=core.catalog.services,
             local_instance=core.broker_instance,
             dynamic=core.resolver_name is not None or BCN_SERVICE in core.catalog.services,
+            asks=asks,
         )
         handles = core.tx.delayed.get(service, {})
         decision = choose(
@@ -696,9 +700,10 @@ class Node:
             "local": service in core.catalog.services,
             "dynamic_routing": core.dynamic_routing,
             "resolver": core.resolver_name or ("BCN service" if core.dynamic_routing else None),
+            "asks": asks if core.dynamic_routing else None,
             "delayed_conversations": len(handles),
             "delayed_messages": core.tx.delayed_count.get(service, 0),
-            "delayed_reason": next((core.endpoints[h].delayed for h in handles if h in core.endpoints), None),
+            "delayed_reason": next((core.delayed_words(core.endpoints[h], now) for h in handles if h in core.endpoints), None),
             "request": core.dispatcher.describe(ROUTE, service, now),
         }
 

@@ -48,6 +48,7 @@ from .core.catalog import check_kind
 from .errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from .core.conversation import Endpoint
     from .node import Node, Session
 
 Handler = Callable[["Node", "Session", int, dict[str, Any]], None]
@@ -176,7 +177,7 @@ def begin_timer(node: Node, session: Session, rid: int, args: dict[str, Any]) ->
 
 @op("get_conversation")
 def get_conversation(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
-    session.reply_now(rid, node.core.endpoint(arg(args, "handle", str)).describe())
+    session.reply_now(rid, _described(node, node.core.endpoint(arg(args, "handle", str))))
 
 
 @op("list_conversations")
@@ -186,8 +187,16 @@ def list_conversations(node: Node, session: Session, rid: int, args: dict[str, A
     for ep in node.core.endpoints.values():
         if len(out) >= limit:
             break
-        out.append(ep.describe())
+        out.append(_described(node, ep))
     session.reply_now(rid, out)
+
+
+def _described(node: Node, ep: Endpoint) -> dict[str, Any]:
+    """A conversation as ``get_conversation`` shows it: why it waits says when the node asks again, from now."""
+    described = ep.describe()
+    if ep.delayed is not None:
+        described["delayed"] = node.core.delayed_words(ep, node.clock())
+    return described
 
 
 # -------------------------------------------------------------------------------------------------------- receive

@@ -5,10 +5,10 @@ dispatcher makes sure there is at most one question in flight per service, howev
 turns the answer into routes (``origin`` = the resolver's name, ``expires_at`` = now + ``lifetime``).
 
 - :meth:`Resolver.resolve_route` returns a :class:`RouteAnswer` (one or more addresses, with preference and
-  weight, and how long the answer holds), raises :class:`NotFound` when the source says the service does not
-  exist (a negative answer, cached for ``retry_after`` seconds), or raises :class:`ResolverError` when it could not
-  get an answer (a time-out, garbage, a non-2xx status, an unreadable file): the reason in words, which ``status``
-  and the conversation's eventual ``Error`` show.
+  weight, and how long the answer holds), raises :class:`NotFound` when the source says the service does not exist
+  (a negative answer, not asked again for at least ``retry_after`` seconds), or raises :class:`ResolverError` when
+  it could not get an answer (a time-out, garbage, a non-2xx status, an unreadable file): the reason in words, which
+  ``status`` and the conversation's eventual ``Error`` show.
 - :meth:`Resolver.resolve_binding` answers a binding request (MissingRemoteServiceBinding) the same way with a
   :class:`BindingAnswer` (the remote service owner's certificate in PEM); resolvers that know only routes leave
   the default, which says so with :class:`NotFound`.
@@ -34,8 +34,9 @@ DEFAULT_LIFETIME = 300.0
 
 
 class ResolverError(BrokerError):
-    """No answer could be had (time-out, unreachable source, garbage). ``retry_after``: when asking again makes
-    sense, if the source said so."""
+    """No answer could be had (time-out, unreachable source, garbage). ``retry_after``: the soonest asking again
+    makes sense, if the source said so; a lower bound on the node's back-off, which still doubles with each failure
+    in a row."""
 
     code = "resolver_error"
 
@@ -147,6 +148,12 @@ class Resolver(ABC):
     def describe(self) -> dict[str, Any]:
         """What ``status`` shows about it."""
         return {"resolver": self.name}
+
+    def asks(self, service_name: str) -> str:
+        """Whom and what a question about ``service_name`` asks, in words, for ``diagnose``: by default ``the NAME
+        resolver``; a resolver that can say more adds it (``the dns_srv resolver (SRV _aiobroker._tcp.x.example.
+        at 10.0.0.53:53)``). Asks nothing and never raises."""
+        return f"the {self.name} resolver"
 
 
 #: A factory: the resolver's config table (``[resolver]`` minus ``kind``) → a resolver.

@@ -117,6 +117,10 @@ class ChainResolver(Resolver):
         if first is not None:
             raise first
 
+    def asks(self, service_name: str) -> str:
+        members = "; ".join(f"{self._label(i)}: {m.asks(service_name)}" for i, m in enumerate(self.members))
+        return f"the {self.name} resolver (in turn, {members})"
+
     def describe(self) -> dict[str, Any]:
         return {"resolver": self.name, "resolvers": [member.describe() for member in self.members]}
 

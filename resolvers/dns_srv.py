@@ -57,11 +57,13 @@ of 0 from turning every message into a DNS query, the cap bounds how long a stal
 
 **Negative answers.** NXDOMAIN and "no SRV records" (NODATA) are :class:`~resolvers.base.NotFound` with
 ``retry_after`` the negative-caching TTL of RFC 2308: ``min(SOA TTL, SOA minimum)`` of the SOA in the authority
-section, or 60 s when there is none; clamped like a lifetime.
+section, or 60 s when there is none; clamped like a lifetime. The node does not ask again sooner; it may ask
+later, since its back-off doubles with each failure in a row whatever the TTL (a target ``.`` with a 2 s TTL is
+asked again after 2, 4, 8, ... s).
 
 **Failures.** A time-out (no nameserver answered within ``timeout``), SERVFAIL, REFUSED, a malformed reply, no
 nameserver configured: :class:`~resolvers.base.ResolverError` with the reason in words, naming the query and the
-nameservers, e.g. ``DNS query for _x._tcp.example. SRV timed out after 2 s (nameserver 127.0.0.1:5353)``. Nothing
+nameservers, e.g. ``DNS query for _x._tcp.example. SRV timed out after 2s (nameserver 127.0.0.1:5353)``. Nothing
 else leaves :meth:`DnsSrvResolver.resolve_route`: dnspython's exceptions are translated there, chained.
 
 **Waiting.** ``timeout`` bounds one DNS query, every nameserver and retransmission included (each attempt gets an
@@ -98,6 +100,7 @@ import dns.rdtypes.IN.SRV
 import dns.resolver
 
 from aiobroker.core.names import check_name
+from aiobroker.durations import duration
 from aiobroker.errors import BrokerError, ConfigError, InvalidArgument
 
 from .base import NotFound, Resolver, ResolverError, RouteAnswer, Target
@@ -424,7 +427,7 @@ class DnsSrvResolver(Resolver):
                     qname, rdtype, raise_on_no_answer=False, search=False, backend=self._backend
                 )
         except (TimeoutError, dns.exception.Timeout) as exc:
-            raise ResolverError(f"{what} timed out after {self.timeout:g} s ({self._nameservers_phrase()})") from exc
+            raise ResolverError(f"{what} timed out after {duration(self.timeout)} ({self._nameservers_phrase()})") from exc
         except dns.resolver.NXDOMAIN as exc:
             responses: list[dns.message.Message] = list((exc.kwargs.get("responses") or {}).values())
             retry = self._negative_ttl(responses[0]) if responses else self._clamp(NEGATIVE_TTL_WITHOUT_SOA)
@@ -468,6 +471,14 @@ class DnsSrvResolver(Resolver):
 
     def _clamp(self, seconds: float) -> float:
         return min(max(seconds, self.lifetime_floor), self.lifetime_cap)
+
+    def asks(self, service_name: str) -> str:
+        try:
+            qname = self.srv_name(service_name)
+        except NotFound as exc:
+            return f"the {self.name} resolver (which has no SRV name for it: {exc.message})"
+        where = f" at {self._nameservers_phrase()}" if self.nameservers else " (no nameserver to ask)"
+        return f"the {self.name} resolver (SRV {qname}{where})"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -559,7 +570,7 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
     floor = _seconds(options, "lifetime_floor", DEFAULT_LIFETIME_FLOOR)
     cap = _seconds(options, "lifetime_cap", DEFAULT_LIFETIME_CAP)
     if floor > cap:
-        raise ConfigError(f"[resolver] lifetime_floor ({floor:g} s) must not be above lifetime_cap ({cap:g} s)")
+        raise ConfigError(f"[resolver] lifetime_floor ({duration(floor)}) must not be above lifetime_cap ({duration(cap)})")
 
     return DnsSrvResolver(
         nameservers=nameservers,

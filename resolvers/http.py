@@ -5,6 +5,7 @@ Config (the node's ``[resolver]`` table, ``kind = "http"``)::
 
     url = "http://127.0.0.1:8500/v1/health/service/{service}?passing=true"   # required
     format = "consul"            # "aiobroker" (default) or "consul"
+    consul_include_warning = true   # consul format only: route to instances whose checks warn (default true)
     binding_url = "http://127.0.0.1:8080/v1/bindings/{service}"   # aiobroker format only; default: see below
     connect_timeout = 2          # seconds to get a TCP (and TLS) connection
     read_timeout = 5             # seconds the registry may stay silent while answering
@@ -54,7 +55,21 @@ The ``consul`` format
 Consul's ``/v1/health/service/<name>`` answer: a JSON array with one entry per instance. Each gives a target
 ``tcp://<Service.Address or, when that is empty, Node.Address>:<Service.Port>`` with weight ``Service.Weights.Passing``
 (default 1), priority 0 and broker instance ``Service.Meta.broker_instance`` (if any). An empty array means
-NotFound. Which instances are healthy is Consul's business: put ``?passing=true`` in the URL.
+NotFound.
+
+Health is read from each entry's ``Checks[].Status``, whether or not the URL asks Consul to filter: an answer may
+come from a cache or a proxy that kept the unfiltered one, or from a registry that ignores ``?passing=true``, and
+a route to a dead instance would hold messages on a link that cannot deliver them. An instance takes the worst
+status among its checks (no checks: passing):
+
+- ``passing``: a target, weight ``Weights.Passing``;
+- ``warning``: a target with weight ``Weights.Warning`` (default 1; 0 leaves it out), unless
+  ``consul_include_warning = false``. Included by default, as Consul's own DNS interface does; ``?passing=true``
+  in the URL leaves warning instances out at the source, whatever this option says;
+- ``critical``, and any status Consul may add later: never a target.
+
+Instances left out are listed in the answer's ``extra["excluded"]`` with their status and the checks that gave it;
+when none is left, the answer is NotFound naming them (kept as an empty answer is, below).
 
 How long an answer holds
 ------------------------
@@ -63,13 +78,13 @@ The first of: the body's ``lifetime`` (aiobroker format only; routes and binding
 for this answer, while a header may be set for every answer by a proxy in front of it. A header lifetime under
 :data:`MIN_LIFETIME` (``max-age=0``) is raised to it: routes that expire at once would mean a question per message.
 ``no-cache``/``no-store`` are ignored: frameworks set them for HTTP caches, and they say nothing about how long a
-service stays where it is. An empty answer (NotFound) is kept for the same lifetime before the service is asked
-about again.
+service stays where it is. An empty answer (NotFound) is kept for at least the same lifetime before the service
+is asked about again (longer when the node's back-off, doubling with each failure in a row, says so).
 
 Errors
 ------
-404 is :class:`~resolvers.base.NotFound` (kept for ``Retry-After`` seconds, else ``default_lifetime``). Any other
-status outside 2xx (redirects are not followed), a body that is not JSON or not the format, a body over
+404 is :class:`~resolvers.base.NotFound` (kept for at least ``Retry-After`` seconds, else ``default_lifetime``).
+Any other status outside 2xx (redirects are not followed), a body that is not JSON or not the format, a body over
 :data:`MAX_BODY_BYTES`, a time-out, a refused connection or a broken exchange is a
 :class:`~resolvers.base.ResolverError` that says which, names the URL, quotes at most ~200 characters of the body
 where that helps, and carries ``Retry-After`` (seconds or an HTTP date) as ``retry_after``. The whole request is
@@ -97,6 +112,7 @@ import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aiobroker.core.names import check_name
+from aiobroker.durations import duration
 from aiobroker.errors import ConfigError, InvalidArgument, SecurityError
 from aiobroker.security.certs import load_certificate
 from resolvers.base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target
@@ -115,7 +131,8 @@ ERROR_BODY_BYTES = 4096
 #: How much of a body an error message quotes.
 SNIPPET_CHARS = 200
 
-_OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers"}
+_OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
+            "consul_include_warning"}
 _DIGITS = re.compile(r"[0-9]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
@@ -188,6 +205,13 @@ def create(options: Mapping[str, Any]) -> HttpResolver:
             raise ConfigError("[resolver] binding_url is for the aiobroker format: the consul format answers routes "
                               "only")
         binding_url = _config_url(options, "binding_url")
+    include_warning = options.get("consul_include_warning", True)
+    if "consul_include_warning" in options:
+        if fmt != "consul":
+            raise ConfigError("[resolver] consul_include_warning is for the consul format (format = \"consul\"); "
+                              f"this resolver's format is {fmt!r}")
+        if not isinstance(include_warning, bool):
+            raise ConfigError(f"[resolver] consul_include_warning must be true or false, got {include_warning!r}")
     return HttpResolver(
         url=url,
         binding_url=binding_url,
@@ -196,6 +220,7 @@ def create(options: Mapping[str, Any]) -> HttpResolver:
         read_timeout=_config_seconds(options, "read_timeout", DEFAULT_READ_TIMEOUT),
         default_lifetime=_config_seconds(options, "default_lifetime", DEFAULT_LIFETIME),
         headers=_config_headers(options),
+        consul_include_warning=include_warning,
     )
 
 
@@ -206,9 +231,12 @@ class HttpResolver(Resolver):
     name = "http"
 
     def __init__(self, *, url: str, format: str, connect_timeout: float, read_timeout: float,
-                 default_lifetime: float, headers: Mapping[str, str], binding_url: str | None = None) -> None:
+                 default_lifetime: float, headers: Mapping[str, str], binding_url: str | None = None,
+                 consul_include_warning: bool = True) -> None:
         self.url_template = url
         self.format = format
+        #: the consul format: whether an instance whose worst check is ``warning`` is a target
+        self.consul_include_warning = consul_include_warning
         #: where binding questions go (None: this format answers routes only)
         self.binding_url_template: str | None = None
         if format == "aiobroker":
@@ -243,7 +271,15 @@ class HttpResolver(Resolver):
             "read_timeout": self.read_timeout,
             "default_lifetime": self.default_lifetime,
             "headers": list(self._header_names),
+            **({"consul_include_warning": self.consul_include_warning} if self.format == "consul" else {}),
         }
+
+    def asks(self, service_name: str) -> str:
+        try:
+            url = _redact(_url_for(self.url_template, service_name))
+        except httpx.InvalidURL:
+            url = _redact_template(self.url_template)
+        return f"the {self.name} resolver at {url} ({self.format} format)"
 
     async def aclose(self) -> None:
         self._closed = True
@@ -266,7 +302,7 @@ class HttpResolver(Resolver):
         if self._closed:
             raise ResolverError("the http resolver is closed")
         try:
-            url = httpx.URL(template.replace("{service}", quote(service_name, safe="")))
+            url = _url_for(template, service_name)
         except httpx.InvalidURL as exc:
             raise ResolverError(f"no valid URL for {service_name!r} from {_redact_template(template)}: "
                                 f"{exc}") from exc
@@ -279,7 +315,7 @@ class HttpResolver(Resolver):
             except TimeoutError as exc:
                 raise ResolverError(
                     f"read time-out: {shown} did not answer in full within connect_timeout + read_timeout = "
-                    f"{overall:g} s") from exc
+                    f"{duration(overall)}") from exc
         return shown, status, headers, body
 
     async def _fetch(self, url: httpx.URL, shown: str) -> tuple[int, httpx.Headers, bytes]:
@@ -294,16 +330,16 @@ class HttpResolver(Resolver):
                 return response.status_code, response.headers, body
         except httpx.ConnectTimeout as exc:
             raise ResolverError(f"connect time-out: no connection to {where} within connect_timeout = "
-                                f"{self.connect_timeout:g} s (GET {shown})") from exc
+                                f"{duration(self.connect_timeout)} (GET {shown})") from exc
         except httpx.ReadTimeout as exc:
-            raise ResolverError(f"read time-out: {shown} sent nothing for read_timeout = {self.read_timeout:g} s"
+            raise ResolverError(f"read time-out: {shown} sent nothing for read_timeout = {duration(self.read_timeout)}"
                                 ) from exc
         except httpx.WriteTimeout as exc:
             raise ResolverError(f"write time-out: could not send the request to {where} within read_timeout = "
-                                f"{self.read_timeout:g} s (GET {shown})") from exc
+                                f"{duration(self.read_timeout)} (GET {shown})") from exc
         except httpx.PoolTimeout as exc:
             raise ResolverError(f"pool time-out: no free connection to {where} within connect_timeout = "
-                                f"{self.connect_timeout:g} s (too many questions at once?)") from exc
+                                f"{duration(self.connect_timeout)} (too many questions at once?)") from exc
         except httpx.ConnectError as exc:
             if _refused(exc):
                 raise ResolverError(f"connection refused by {where}: nothing listens there (is the registry "
@@ -345,9 +381,11 @@ class HttpResolver(Resolver):
     def _answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
                 ) -> RouteAnswer:
         doc = self._document(shown, status, headers, body, f"the registry knows no service {service_name!r}")
+        excluded: list[str] = []
         try:
             if self.format == "consul":
-                targets, body_lifetime = _consul_targets(doc), None
+                targets, excluded = _consul_targets(doc, self.consul_include_warning)
+                body_lifetime = None
             else:
                 targets, body_lifetime = _aiobroker_targets(doc, service_name)
         except _Shape as exc:
@@ -355,9 +393,15 @@ class HttpResolver(Resolver):
                                 f"{_snippet(body)}") from None
         lifetime, lifetime_from = self._lifetime(body_lifetime, headers)
         if not targets:
+            if excluded:
+                raise NotFound(f"{shown} lists {len(excluded)} instance(s) of {service_name!r}, none of them a "
+                               f"target: {'; '.join(excluded)}", retry_after=lifetime)
             raise NotFound(f"{shown} lists no targets for {service_name!r}", retry_after=lifetime)
+        extra: dict[str, Any] = {"format": self.format, "lifetime_from": lifetime_from}
+        if excluded:
+            extra["excluded"] = excluded
         return RouteAnswer(service_name=service_name, targets=tuple(targets), lifetime=lifetime, source=shown,
-                           extra={"format": self.format, "lifetime_from": lifetime_from})
+                           extra=extra)
 
     def _binding_answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
                         ) -> BindingAnswer:
@@ -474,6 +518,11 @@ def _snippet(body: bytes) -> str:
     return repr(text[:SNIPPET_CHARS]) + (" (cut)" if cut else "")
 
 
+def _url_for(template: str, service_name: str) -> httpx.URL:
+    """``template`` with ``{service}`` replaced by the name, quoted with nothing left safe."""
+    return httpx.URL(template.replace("{service}", quote(service_name, safe="")))
+
+
 def _redact(url: httpx.URL) -> str:
     """The URL for messages, without a password in it."""
     return _redact_template(str(url))
@@ -552,10 +601,39 @@ def _aiobroker_binding(doc: Any, service_name: str) -> tuple[str, bool, str | No
     return certificate, anonymous, identity, None if lifetime is None else float(lifetime)
 
 
-def _consul_targets(doc: Any) -> list[Target]:
+#: Consul's check statuses, least to most serious; any other status counts as the most serious
+_CONSUL_STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2}
+
+
+def _consul_health(where: str, entry: dict[str, Any]) -> tuple[str, list[str]]:
+    """An instance's status as Consul aggregates it, the worst of its ``Checks`` (none: passing), and the checks
+    that gave it (their CheckID, else Name)."""
+    checks = entry.get("Checks")
+    if checks is None:
+        return "passing", []
+    if not isinstance(checks, list):
+        raise _Shape(f"{where}.Checks must be an array, got {_kind(checks)}")
+    worst, worst_rank, culprits = "passing", 0, []
+    for j, check in enumerate(checks):
+        if not isinstance(check, dict):
+            raise _Shape(f"{where}.Checks[{j}] must be an object, got {_kind(check)}")
+        status = check.get("Status")
+        if not isinstance(status, str):
+            raise _Shape(f"{where}.Checks[{j}].Status must be a string, got {_kind(status)}")
+        rank = _CONSUL_STATUS_RANK.get(status, len(_CONSUL_STATUS_RANK))
+        name = str(check.get("CheckID") or check.get("Name") or f"Checks[{j}]")
+        if rank > worst_rank:
+            worst, worst_rank, culprits = status, rank, [name]
+        elif rank == worst_rank and rank > 0:
+            culprits.append(name)
+    return worst, culprits
+
+
+def _consul_targets(doc: Any, include_warning: bool) -> tuple[list[Target], list[str]]:
+    """The targets of a health answer, and the instances left out for their health, in words."""
     if not isinstance(doc, list):
         raise _Shape(f"Consul's health answer is an array of entries, got {_kind(doc)}")
-    targets = []
+    targets, excluded = [], []
     for i, entry in enumerate(doc):
         where = f"[{i}]"
         if not isinstance(entry, dict):
@@ -579,7 +657,6 @@ def _consul_targets(doc: Any) -> list[Target]:
         weights = service.get("Weights")
         if weights is not None and not isinstance(weights, dict):
             raise _Shape(f"{where}.Service.Weights must be an object, got {_kind(weights)}")
-        weight = 1 if weights is None or weights.get("Passing") is None else weights["Passing"]
         meta = service.get("Meta")
         if meta is not None and not isinstance(meta, dict):
             raise _Shape(f"{where}.Service.Meta must be an object, got {_kind(meta)}")
@@ -587,8 +664,19 @@ def _consul_targets(doc: Any) -> list[Target]:
         if instance is not None and not isinstance(instance, str):
             raise _Shape(f"{where}.Service.Meta.broker_instance must be a string, got {_kind(instance)}")
         address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-        targets.append(_target(where, address, weight, 0, instance))
-    return targets
+        status, culprits = _consul_health(where, entry)
+        health = f"{address} ({status}: {', '.join(culprits)}"
+        weight_key = "Warning" if status == "warning" else "Passing"
+        weight = 1 if weights is None or weights.get(weight_key) is None else weights[weight_key]
+        if status not in ("passing", "warning"):
+            excluded.append(health + ")")
+        elif status == "warning" and not include_warning:
+            excluded.append(health + "; consul_include_warning is false)")
+        elif status == "warning" and weight == 0 and not isinstance(weight, bool):
+            excluded.append(health + "; its Weights.Warning is 0)")
+        else:
+            targets.append(_target(where, address, weight, 0, instance))
+    return targets, excluded
 
 
 def _target(where: str, address: Any, weight: Any, priority: Any, instance: str | None) -> Target:

@@ -362,6 +362,9 @@ class StaticFileResolver(Resolver):
         except SecurityError as exc:
             raise ResolverError(exc.message) from None
 
+    def asks(self, service_name: str) -> str:
+        return f"the {self.name} resolver (file {self.path})"
+
     def describe(self) -> dict[str, Any]:
         return {
             "resolver": self.name,

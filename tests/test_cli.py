@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from dynamic_helpers import Registry, lone_node
+from node_process import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -420,7 +422,7 @@ def test_receive_of_nothing_exits_3_with_a_note(node: RunningNode) -> None:
     ok(node, "create", "queue", queue)
     r = run("receive", queue, "--timeout", "0.2", address=node.address)
     assert r.returncode == 3 and r.stdout == ""
-    assert "no message arrived within 0.2 s" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert "no message arrived within 0.2s" in r.stderr and len(r.stderr.splitlines()) == 1
     r = run("receive", queue, "--json", address=node.address)  # no wait at all: the same
     assert r.returncode == 3 and r.stdout == ""
 
@@ -559,6 +561,48 @@ def test_json_output_gives_times_in_rfc3339_and_keeps_the_number(node: RunningNo
     [message] = received(ok(node, "receive", sq, "--json"))
     assert before - 5 < parsed(message["enqueued_at"]) < time.time() + 5
     assert message["enqueued_at_unix"] == pytest.approx(parsed(message["enqueued_at"]), abs=0.001)
+
+
+def test_diagnose_and_status_name_the_resolver_asked_and_one_next_try(tmp_path: Path) -> None:
+    # issue 11: diagnose said "asking the Broker Configuration Notice service" on a node with an http resolver and
+    # no BCN service, and a reason that said "asking again in 3s" was shown beside "1.9s" for the same wait
+    with Registry(tmp_path) as registry, lone_node(tmp_path, {"kind": "http", "url": registry.url()}) as lone:
+        # the registry fails with a long Retry-After: the next try is far enough off to be read twice
+        registry.serve({"svcX": {"status": 503, "raw": "registry overloaded", "headers": {"Retry-After": "600"}}})
+        handle = ok_at(lone.url, "send", "--from", "svcA", "--to", "svcX", "--body", "waits").strip()
+
+        def failed() -> dict[str, object] | None:
+            state = json.loads(ok_at(lone.url, "status", "--json"))["dynamic_routing"]["services"].get("svcX")
+            return state if state and state["last"] and state["next_retry_in"] else None
+
+        state = wait_for(failed, 10, "the node to hear the registry's 503")
+        assert 600 <= state["next_retry_in"] <= 720, state  # the Retry-After is a lower bound, jittered up
+        asked = f"the http resolver at http://127.0.0.1:{registry.port}/v1/services/svcX (aiobroker format)"
+
+        out = ok_at(lone.url, "diagnose", "svcX")
+        assert "Broker Configuration Notice" not in out, out
+        assert f"4. dynamic routing is on: the node asks {asked} where the service is" in out, out
+        assert f"decision: resolve: step 4: no route names the service; asking {asked}" in out, out
+        assert f"dynamic routing asks {asked}" in out, out
+        waits = next(line for line in out.splitlines() if " wait: " in line)
+        again = next(line for line in out.splitlines() if line.startswith("  asks again in "))
+        assert "the last request failed (" in waits and "503" in waits, waits
+        assert waits.endswith("; asks again " + again.removeprefix("  asks again ")), (waits, again)
+        assert json.loads(ok_at(lone.url, "diagnose", "svcX", "--json"))["asks"] == asked
+
+        status = ok_at(lone.url, "status")
+        assert "dynamic routing: asks the http resolver;" in status, status
+        reason = next(line for line in status.splitlines() if line.startswith("  svcX ") and "waiting for" in line)
+        row = next(line for line in status.splitlines() if line.startswith("  svcX ") and "503" in line
+                   and "waiting for" not in line)
+        next_try = row.rsplit("  ", 1)[1]
+        assert next_try.startswith("in ") and reason.endswith("; asks again " + next_try), (reason, row)
+        shown = ok_at(lone.url, "conversation", handle)
+        delayed = next(line for line in shown.splitlines() if line.startswith("delayed:"))
+        assert "the last request failed (" in delayed and "; asks again in " in delayed, shown
+        # scripts get the instant itself, to compute against their own clock
+        assert abs(state["next_retry_at_unix"] - (time.time() + state["next_retry_in"])) < 5, state
+        assert state["next_retry_at"].endswith("Z"), state  # RFC 3339, as every time in the JSON
 
 
 def test_alter_route_changes_its_address_and_weight(node: RunningNode) -> None:

@@ -107,6 +107,81 @@ def test_a_failure_keeps_messages_delayed_and_retries_with_back_off() -> None:
     assert take_requests(h) == ["svc"]
 
 
+def request_times(h: Harness, service: str, window: float, retry_after: float, step: float = 0.05) -> list[float]:
+    """Every request for ``service`` within ``window`` seconds (from now), each answered at once "not found, for
+    ``retry_after`` s" (a DNS negative answer's TTL), as offsets from the first; the clock moves in ``step``s."""
+    start, times = h.now, []
+    while h.now - start <= window:
+        if take_requests(h) == [service]:
+            times.append(round(h.now - start, 3))
+            h.core.resolve_failed(service, "not found: SRV target '.'", h.now, retry_after=retry_after)
+            h.flush()
+        h.advance(step)
+    return times
+
+
+def test_a_negative_answer_with_a_short_hold_time_still_backs_off() -> None:
+    # issue 11: an SRV target "." with a 2 s TTL was asked every 2 s for good (7 queries in 14 s); the hold time is
+    # a lower bound on the back-off, which doubles with each failure from 2 s up to 60 s whatever it says
+    h = resolver_node()
+    h.core.dispatcher.rand = lambda: 0.5  # jitter's random source: 0.5 is the middle, no jitter at all
+    h.send(begin(h, "svc"), b"waits")
+    times = request_times(h, "svc", window=14.5, retry_after=2.0)
+    assert times == pytest.approx([0, 2, 6, 14], abs=0.06), "2, 4, 8 s apart: 4 questions in 14 s, not 7"
+    more = request_times(h, "svc", window=200.0, retry_after=2.0)
+    gaps = [b - a for a, b in zip(more, more[1:], strict=False)]
+    assert gaps == pytest.approx([32, 60, 60], abs=0.06), "doubling on (16 s before the first of these), capped at 60 s"
+
+
+@pytest.mark.parametrize(("rand", "first_gaps"), [(0.0, [2.0, 3.2, 6.4]), (1.0, [2.4, 4.8, 9.6])],
+                         ids=["least-jitter", "most-jitter"])
+def test_jitter_spreads_the_back_off_but_never_below_the_answers_hold_time(rand: float, first_gaps: list[float]) -> None:
+    h = resolver_node()
+    h.core.dispatcher.rand = lambda: rand  # the two ends of the jitter's range: 0.8x and 1.2x
+    h.send(begin(h, "svc"), b"waits")
+    times = request_times(h, "svc", window=20.0, retry_after=2.0, step=0.01)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # the first back-off (2 s, 1.6 s at least jitter) is under the 2 s hold time: the hold time wins, jittered up
+    assert gaps == pytest.approx(first_gaps, abs=0.02)
+
+
+def test_a_waiting_reason_says_when_the_node_asks_again_as_of_when_it_is_shown() -> None:
+    # issue 11: "asks again in 3s" (computed when the request failed) was shown beside "1.9s" (computed when shown)
+    h = resolver_node()
+    h.core.dispatcher.rand = lambda: 0.5
+    handle = begin(h, "svc")
+    h.send(handle, b"waits")
+    take_requests(h)
+    failed_at = h.now
+    h.core.resolve_failed("svc", "not found: NXDOMAIN", h.now)
+    h.flush()
+    stored = h.core.endpoints[handle].delayed
+    assert stored == "waiting for dynamic routing: the last request failed (not found: NXDOMAIN)", stored
+    h.advance(1.1)
+    status = h.core.statistics(h.now)
+    request = status["dynamic_routing"]["services"]["svc"]
+    assert request["next_retry_in"] == pytest.approx(0.9) and request["next_retry_at"] == failed_at + 2.0
+    assert request["last"]["at"] == failed_at and request["last"]["age_seconds"] == pytest.approx(1.1)
+    reason = status["delayed"]["svc"]["reason"]
+    assert reason == "waiting for dynamic routing: the last request failed (not found: NXDOMAIN); asks again in 0.9s"
+    assert status["transmission"]["entries"][0]["state"] == f"delayed: {reason}"
+    h.advance(0.5)
+    assert h.core.statistics(h.now)["delayed"]["svc"]["reason"].endswith("; asks again in 0.4s")
+    assert h.core.endpoints[handle].delayed is stored, "nothing that depends on now is stored"
+
+
+def test_the_node_says_whom_it_asks_where_it_explains_routing() -> None:
+    h = resolver_node()
+    handle = begin(h, "svc")
+    h.send(handle, b"waits")
+    assert h.core.decide(h.core.endpoints[handle], h.now).reason.endswith("asking the test resolver")
+    assert h.core.statistics(h.now)["dynamic_routing"]["asks"] == "the test resolver"
+    bcn = Harness()
+    bcn.core.create_object("queue", {"name": "bcn-q"})
+    bcn.core.create_object("service", {"name": BCN_SERVICE, "queue": "bcn-q", "contracts": [BCN_CONTRACT]})
+    assert bcn.core.statistics(bcn.now)["dynamic_routing"]["asks"] == "the Broker Configuration Notice service"
+
+
 def test_a_conversation_that_ends_while_delayed_takes_its_messages_out() -> None:
     h = resolver_node()
     staying, leaving = begin(h, "svc"), begin(h, "svc")

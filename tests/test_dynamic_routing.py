@@ -211,6 +211,33 @@ async def test_dns_srv_delivers_through_the_preferred_record_and_nxdomain_keeps_
             assert "svcghost" in dns.output().lower()
 
 
+@pytest.mark.anyio
+async def test_an_srv_target_dot_with_a_2s_ttl_is_asked_again_after_2_then_4_seconds(tmp_path: Path) -> None:
+    # issue 11: "service decidedly not available" held for 2 s was asked every 2 s for good (7 queries in 14 s);
+    # the answer's hold time is a lower bound, and failures double the wait from 2 s (with +-20% jitter) to 60 s
+    srv = "_aiobroker._tcp.svcx.test"
+    with Dnsmasq(tmp_path, records=[Srv(srv, ".")], ttl=2) as dns:
+        resolver = {"kind": "dns_srv", "domain": "test", "nameservers": [dns.nameserver], "timeout": 2}
+        with lone_node(tmp_path, resolver) as node:
+            async with aiobroker.connect(node.url) as client:
+                await (await client.begin_dialog("svcA", "svcX")).send_many(numbered(0, 3))
+                seen: list[float] = []  # when each SRV query showed in dnsmasq's log (polled every 20 ms)
+
+                async def asked_three_times() -> bool:
+                    count = dns.output().count(f"auth[SRV] {srv} from")
+                    seen.extend([time.monotonic()] * (count - len(seen)))
+                    return count >= 3
+
+                await until(asked_three_times, 15, "three SRV queries for svcX", interval=0.02)
+                first, second = seen[1] - seen[0], seen[2] - seen[1]
+                assert 1.9 <= first <= 2.4 + 0.5, seen  # the back-off's 2 s, at least the TTL's 2 s
+                assert 3.2 - 0.1 <= second <= 4.8 + 0.5, seen  # doubled (4 s +-20%), though the TTL still says 2 s
+                diagnosis = await client.diagnose("svcX")
+                assert diagnosis["asks"] == f"the dns_srv resolver (SRV {srv}. at nameserver {dns.nameserver})"
+                assert "decidedly not available" in diagnosis["delayed_reason"], diagnosis
+                assert diagnosis["request"]["failures"] >= 2, diagnosis
+
+
 # --------------------------------------------------------------------------------------------- 3. http
 
 

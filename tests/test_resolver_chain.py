@@ -346,3 +346,12 @@ async def test_static_file_members_answer_routes_and_bindings_from_different_fil
     assert f"#1 static_file: {first} has no binding for service '//shop/Nowhere'" in info.value.message
     assert info.value.retry_after == 7
     await chain.aclose()
+
+
+def test_what_a_chain_asks_names_each_member_in_turn(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.toml"
+    chain = ChainResolver([StaticFileResolver(routes), not_found("dns")])
+    # what diagnose says dynamic routing asks: the members in order, each as precisely as it can say
+    assert chain.asks("//s") == (
+        f"the chain resolver (in turn, #1 static_file: the static_file resolver (file {routes}); #2 dns: the dns resolver)"
+    )

@@ -249,7 +249,7 @@ async def test_a_silent_nameserver_is_a_time_out_within_the_timeout(silent_port:
     elapsed = time.monotonic() - started
     assert type(caught.value) is ResolverError  # not NotFound: nobody said the service does not exist
     assert caught.value.message == (
-        f"DNS query for {SRV_NAME}. SRV timed out after 0.5 s (nameserver 127.0.0.1:{silent_port})"
+        f"DNS query for {SRV_NAME}. SRV timed out after 0.5s (nameserver 127.0.0.1:{silent_port})"
     )
     assert 0.4 < elapsed < 1.0
 
@@ -314,7 +314,7 @@ async def test_runs_on_uvloop(dnsmasq: StartDns, silent_port: int) -> None:
     server = dnsmasq(Srv(SRV_NAME, "h1.test", 4001), *hosts(("h1.test", "127.0.0.11")))
     answer = await resolver_for(server.nameserver).resolve_route(SERVICE)
     assert [t.address for t in answer.targets] == ["tcp://127.0.0.11:4001"]
-    with pytest.raises(ResolverError, match="timed out after 0.3 s"):
+    with pytest.raises(ResolverError, match="timed out after 0.3s"):
         await resolver_for(f"127.0.0.1:{silent_port}", timeout=0.3).resolve_route(SERVICE)
 
 
@@ -380,6 +380,11 @@ def test_srv_name_mapping() -> None:
     with pytest.raises(NotFound, match="not in \\[resolver.names\\]"):
         table_only.srv_name("//shop/Billing")
     assert table_only.describe()["srv_name"].startswith("off")
+
+    # what diagnose says is asked for a service: the SRV name and where
+    assert resolver.asks("//shop/Billing") == (
+        "the dns_srv resolver (SRV _aiobroker._tcp.shop-billing.brokers.example.com. at nameserver 127.0.0.1:53)")
+    assert table_only.asks("//shop/Billing").startswith("the dns_srv resolver (which has no SRV name for it: service")
 
 
 @pytest.mark.anyio

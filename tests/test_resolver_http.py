@@ -117,17 +117,23 @@ async def opened(**options: Any) -> AsyncIterator[HttpResolver]:
 
 
 def consul_entry(service: str, address: str, port: int, *, node_address: str = "10.9.9.9",
-                 weight: int | None = None, instance: str | None = None) -> dict[str, Any]:
-    """An entry shaped like Consul 1.x's /v1/health/service answer (trimmed of fields the resolver ignores)."""
+                 weight: int | None = None, warning_weight: int = 1, instance: str | None = None,
+                 service_check: str | None = None) -> dict[str, Any]:
+    """An entry shaped like Consul 1.x's /v1/health/service answer (trimmed of fields the resolver ignores): the
+    node's serfHealth check passing and, with ``service_check``, a check of the instance with that status."""
     svc: dict[str, Any] = {"ID": f"{service}-{port}", "Service": service, "Tags": [], "Address": address,
                            "Port": port, "Meta": None, "EnableTagOverride": False}
     if weight is not None:
-        svc["Weights"] = {"Passing": weight, "Warning": 1}
+        svc["Weights"] = {"Passing": weight, "Warning": warning_weight}
     if instance is not None:
         svc["Meta"] = {"broker_instance": instance, "version": "1"}
+    checks = [{"Node": "node-1", "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing",
+               "ServiceID": ""}]
+    if service_check is not None:
+        checks.append({"Node": "node-1", "CheckID": f"service:{service}-{port}", "Name": "tcp", "Status": service_check,
+                       "ServiceID": f"{service}-{port}", "Output": f"the check says {service_check}"})
     return {"Node": {"ID": "n1", "Node": "node-1", "Address": node_address, "Datacenter": "dc1"},
-            "Service": svc,
-            "Checks": [{"Node": "node-1", "CheckID": "serfHealth", "Status": "passing"}]}
+            "Service": svc, "Checks": checks}
 
 
 def orders_answer(**extra: Any) -> dict[str, Any]:
@@ -188,6 +194,71 @@ async def test_consul_format_gives_addresses_ports_weights_instances(registry: R
     # status shows which headers are sent, never their values (tokens)
     assert described["headers"] == ["X-Consul-Token"] and "s3cret" not in repr(described)
     assert described["format"] == "consul" and described["url"] == registry.url("consul")
+
+
+def unfiltered_consul_url(registry: RegistryProcess) -> str:
+    """Consul's health URL without ``?passing=true``: every instance comes back, whatever its checks say (as from
+    a cache or proxy that kept the unfiltered answer, or a registry that ignores the filter)."""
+    return registry.url("consul").removesuffix("?passing=true")
+
+
+async def test_consul_format_leaves_out_instances_whose_checks_are_critical(registry: RegistryProcess) -> None:
+    registry.serve({"orders": {"body": [
+        consul_entry("orders", "10.0.0.2", 4022, service_check="passing"),
+        consul_entry("orders", "10.0.0.3", 4022, service_check="critical"),
+        consul_entry("orders", "10.0.0.4", 4022, weight=5, warning_weight=2, service_check="warning"),
+        consul_entry("orders", "10.0.0.5", 4022, service_check="maintenance"),  # a status Consul may add later
+    ]}})
+    async with opened(url=unfiltered_consul_url(registry), format="consul") as resolver:
+        answer = await resolver.resolve_route("orders")
+        assert resolver.describe()["consul_include_warning"] is True
+    assert registry.requests()[-1]["path"] == "/v1/health/service/orders", "no filter asked of the registry"
+    # warning is a target by default, weighted by Weights.Warning, as Consul's DNS interface does
+    assert answer.targets == (Target(address="tcp://10.0.0.2:4022"), Target(address="tcp://10.0.0.4:4022", weight=2))
+    assert answer.extra["excluded"] == [
+        "tcp://10.0.0.3:4022 (critical: service:orders-4022)",
+        "tcp://10.0.0.5:4022 (maintenance: service:orders-4022)",
+    ]
+
+
+async def test_consul_include_warning_false_leaves_out_instances_whose_checks_warn(registry: RegistryProcess) -> None:
+    registry.serve({"orders": {"body": [
+        consul_entry("orders", "10.0.0.2", 4022),
+        consul_entry("orders", "10.0.0.4", 4022, service_check="warning"),
+        consul_entry("orders", "10.0.0.6", 4022, weight=3, warning_weight=0, service_check="passing"),
+    ]}})
+    async with opened(url=unfiltered_consul_url(registry), format="consul", consul_include_warning=False) as resolver:
+        answer = await resolver.resolve_route("orders")
+        assert resolver.describe()["consul_include_warning"] is False
+    assert answer.targets == (Target(address="tcp://10.0.0.2:4022"), Target(address="tcp://10.0.0.6:4022", weight=3))
+    assert answer.extra["excluded"] == ["tcp://10.0.0.4:4022 (warning: service:orders-4022; consul_include_warning is "
+                                        "false)"]
+
+
+async def test_consul_warning_weight_0_leaves_the_instance_out_while_it_warns(registry: RegistryProcess) -> None:
+    registry.serve({"orders": {"body": [
+        consul_entry("orders", "10.0.0.2", 4022),
+        consul_entry("orders", "10.0.0.4", 4022, weight=3, warning_weight=0, service_check="warning"),
+    ]}})
+    async with opened(url=unfiltered_consul_url(registry), format="consul") as resolver:
+        answer = await resolver.resolve_route("orders")
+    assert answer.targets == (Target(address="tcp://10.0.0.2:4022"),)
+    assert answer.extra["excluded"] == ["tcp://10.0.0.4:4022 (warning: service:orders-4022; its Weights.Warning is 0)"]
+
+
+async def test_consul_instances_all_critical_is_not_found_naming_them(registry: RegistryProcess) -> None:
+    registry.serve({"orders": {"body": [
+        consul_entry("orders", "10.0.0.2", 4022, service_check="critical"),
+        consul_entry("orders", "10.0.0.3", 4023, service_check="critical"),
+    ], "headers": {"Cache-Control": "max-age=7"}}})
+    async with opened(url=unfiltered_consul_url(registry), format="consul") as resolver:
+        with pytest.raises(NotFound) as caught:
+            await resolver.resolve_route("orders")
+    assert caught.value.message == (
+        f"http://127.0.0.1:{registry.port}/v1/health/service/orders lists 2 instance(s) of 'orders', none of them a "
+        "target: tcp://10.0.0.2:4022 (critical: service:orders-4022); tcp://10.0.0.3:4023 (critical: "
+        "service:orders-4023)")
+    assert caught.value.retry_after == 7, "kept as long as an empty answer would be"
 
 
 @pytest.mark.parametrize(("fmt", "body", "headers", "lifetime", "source"), [
@@ -317,6 +388,14 @@ async def test_a_body_that_is_not_json_is_resolver_error(registry: RegistryProce
      "weight must be a whole number >= 1, got -1"),
     ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022, "Meta": {"broker_instance": 1}}}],
      "Meta.broker_instance must be a string"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022}, "Checks": {"Status": "passing"}}],
+     "[0].Checks must be an array, got an object"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022}, "Checks": ["passing"]}],
+     "[0].Checks[0] must be an object, got a string"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022}, "Checks": [{"CheckID": "c"}]}],
+     "[0].Checks[0].Status must be a string, got null"),
+    ("consul", [{"Service": {"Address": "10.0.0.1", "Port": 4022, "Weights": {"Passing": 1, "Warning": -1}},
+                 "Checks": [{"Status": "warning"}]}], "weight must be a whole number >= 1, got -1"),
 ])
 async def test_a_body_of_the_wrong_shape_is_resolver_error(registry: RegistryProcess, fmt: str, body: Any,
                                                            reason: str) -> None:
@@ -354,7 +433,7 @@ async def test_a_slow_answer_is_a_read_timeout_within_about_read_timeout(registr
     registry.serve({ORDERS: {"delay": 5, "body": orders_answer()}})
     async with opened(url=registry.url(), read_timeout=0.5) as resolver:
         started = time.monotonic()
-        with pytest.raises(ResolverError, match=r"read time-out: .* sent nothing for read_timeout = 0.5 s"):
+        with pytest.raises(ResolverError, match=r"read time-out: .* sent nothing for read_timeout = 0.5s"):
             await resolver.resolve_route(ORDERS)
         assert time.monotonic() - started < 2.0
 
@@ -386,7 +465,7 @@ async def test_no_connection_in_time_is_a_connect_timeout() -> None:
         async with opened(url=f"http://127.0.0.1:{port}/{{service}}", connect_timeout=0.3) as resolver:
             started = time.monotonic()
             with pytest.raises(ResolverError, match=r"connect time-out: no connection to 127.0.0.1:\d+ within "
-                                                    r"connect_timeout = 0.3 s"):
+                                                    r"connect_timeout = 0.3s"):
                 await resolver.resolve_route(ORDERS)
             assert time.monotonic() - started < 2.0
     finally:
@@ -411,6 +490,9 @@ async def test_a_password_in_the_url_is_shown_nowhere() -> None:
             await resolver.resolve_route(ORDERS)
     assert "pw-s3cret" not in caught.value.message
     assert f"aiobroker:***@127.0.0.1:{port}/%2F%2Fshop%2FOrders" in caught.value.message
+    # what diagnose says is asked: the URL for the service, the password left out here too
+    assert resolver.asks(ORDERS) == (
+        f"the http resolver at http://aiobroker:***@127.0.0.1:{port}/%2F%2Fshop%2FOrders (aiobroker format)")
 
 
 async def test_a_registry_hanging_up_is_resolver_error(registry: RegistryProcess) -> None:
@@ -488,6 +570,10 @@ async def test_a_closed_resolver_raises_resolver_error(registry: RegistryProcess
      "binding_url 'ftp://127.0.0.1/{service}' must be http:// or https://"),
     ({"url": "http://127.0.0.1:1/{service}", "format": "consul", "binding_url": "http://127.0.0.1:1/{service}"},
      "binding_url is for the aiobroker format"),
+    ({"url": "http://127.0.0.1:1/{service}", "consul_include_warning": False},
+     "consul_include_warning is for the consul format (format = \"consul\"); this resolver's format is 'aiobroker'"),
+    ({"url": "http://127.0.0.1:1/{service}", "format": "consul", "consul_include_warning": "no"},
+     "consul_include_warning must be true or false, got 'no'"),
 ])
 def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -610,7 +696,7 @@ async def test_a_slow_binding_answer_is_a_read_timeout(registry: RegistryProcess
     registry.serve({}, {ORDERS: {"delay": 5, "body": binding_answer()}})
     async with opened(url=registry.url(), read_timeout=0.5) as resolver:
         started = time.monotonic()
-        with pytest.raises(ResolverError, match=r"read time-out: .*/binding sent nothing for read_timeout = 0.5 s"):
+        with pytest.raises(ResolverError, match=r"read time-out: .*/binding sent nothing for read_timeout = 0.5s"):
             await resolver.resolve_binding(ORDERS)
         assert time.monotonic() - started < 2.0
 

@@ -13,6 +13,7 @@ import anyio
 
 from ..client import Client, Dialog
 from ..core.catalog import DEFAULT
+from ..durations import duration
 from ..errors import BrokerError
 from . import arguments
 from .arguments import add_command
@@ -108,7 +109,7 @@ async def cmd_end(client: Client, args: argparse.Namespace) -> None:
 
 async def cmd_timer(client: Client, args: argparse.Namespace) -> None:
     await client.dialog(args.handle).begin_timer(args.seconds)
-    echo(f"timer set: a DialogTimer message arrives on conversation {args.handle} in {args.seconds:g} s")
+    echo(f"timer set: a DialogTimer message arrives on conversation {args.handle} in {duration(args.seconds)}")
 
 
 async def cmd_conversation(client: Client, args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..client import Client
 from ..core.catalog import SENT_BY, VALIDATIONS
+from ..durations import duration
 from ..errors import SecurityError
 from ..security import certs
 from . import arguments
@@ -110,7 +111,7 @@ def expiry_words(expires_at: Any) -> str:
     if expires_at is None:
         return "no expiry"
     left = float(expires_at) - time.time()
-    return f"expires in {left:.0f}s" if left > 0 else f"expired {-left:.0f}s ago (ignored for new routing)"
+    return f"expires in {duration(left)}" if left > 0 else f"expired {duration(-left)} ago (ignored for new routing)"
 
 
 async def cmd_create(client: Client, args: argparse.Namespace) -> None:

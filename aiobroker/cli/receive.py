@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from ..client import Client
+from ..durations import duration
 from ..errors import BrokerError
 from . import arguments
 from .arguments import add_command
@@ -20,7 +21,7 @@ async def cmd_receive(client: Client, args: argparse.Namespace) -> int | None:
     """Print and commit one batch; nothing received is exit status 3 (a script's loop can tell it from an error)."""
     batch = await client.receive(args.queue, max_messages=args.max, timeout=args.timeout)
     if not batch:
-        note(f"no message arrived within {args.timeout:g} s on queue {args.queue!r}")
+        note(f"no message arrived within {duration(args.timeout)} on queue {args.queue!r}")
         return EXIT_NOTHING_RECEIVED
     try:
         for message in batch:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..client import Message
 from ..core.catalog import DIALOG_TIMER, END_DIALOG, ERROR
+from ..durations import duration
 from .common import PROG
 
 #: Conversation states: the two-letter code and its name in words.
@@ -49,7 +50,10 @@ def note(text: str) -> None:
 #: number beside it as ``KEY_unix`` for scripts that compute with it. Durations (``age_seconds``,
 #: ``next_retry_in``, ``uptime_seconds``) stay numbers of seconds.
 TIME_KEYS = frozenset(
-    {"enqueued_at", "expires_at", "timer_at", "lease_expires_at", "next_attempt", "not_before", "not_after"}
+    {
+        "enqueued_at", "expires_at", "timer_at", "lease_expires_at", "next_attempt", "not_before", "not_after",
+        "next_retry_at", "started_at", "at",
+    }
 )
 
 
@@ -127,21 +131,6 @@ def when(ts: float | None) -> str:
 def _relative(delta: float) -> str:
     words = duration(abs(delta))
     return f"in {words}" if delta >= 0 else f"{words} ago"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, s = divmod(int(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    days, h = divmod(hours, 24)
-    if days >= 365:
-        return f"{days / 365.25:.0f} years"
-    if days:
-        return f"{days}d {h}h {m}m"
-    if hours:
-        return f"{h}h {m}m {s}s"
-    return f"{m}m {s}s"
 
 
 def size(n: Any) -> str:

@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from ..client import Client
+from ..durations import duration, until
 from .arguments import add_command
-from .render import STATE_NAMES, duration, echo, size, table, to_json
+from .render import STATE_NAMES, echo, size, table, to_json
 
 
 async def cmd_status(client: Client, args: argparse.Namespace) -> None:
@@ -118,7 +119,7 @@ def _dynamic(dyn: dict[str, Any]) -> None:
         echo("dynamic routing: off (no resolver configured, no Broker Configuration Notice service)")
         return
     echo(
-        f"dynamic routing: asking the {dyn.get('resolver')}; {dyn.get('requests_made', 0)} request(s) made,"
+        f"dynamic routing: asks {_asks(dyn)}; {dyn.get('requests_made', 0)} request(s) made,"
         f" {dyn.get('in_flight', 0)} in flight, {dyn.get('delayed_messages', 0)} message(s) waiting"
     )
     services = dyn.get("services", {})
@@ -137,7 +138,7 @@ def _dynamic(dyn: dict[str, Any]) -> None:
                     s.get("delayed_messages"),
                     f"{flight['via']} ({duration(flight['age_seconds'])} ago)" if flight else "-",
                     (("ok: " if last["ok"] else "failed: ") + str(last["text"])) if last else "-",
-                    f"in {duration(s['next_retry_in'])}" if s.get("next_retry_in") is not None else "-",
+                    until(s["next_retry_in"]) if s.get("next_retry_in") is not None else "-",
                 ]
             )
         echo(table(["  SERVICE", "CONVERSATIONS", "MESSAGES", "REQUEST IN FLIGHT", "LAST ANSWER", "NEXT TRY"], rows))
@@ -160,11 +161,16 @@ async def cmd_diagnose(client: Client, args: argparse.Namespace) -> None:
     request = d.get("request") or {}
     if d.get("dynamic_routing"):
         flight, last = request.get("in_flight"), request.get("last")
-        echo(f"dynamic routing asks the {d.get('resolver')}")
+        echo(f"dynamic routing asks {_asks(d)}")
         echo(f"  request in flight: {flight['via'] + ' for ' + duration(flight['age_seconds']) if flight else 'none'}")
         echo(f"  last answer: {(('ok: ' if last['ok'] else 'failed: ') + last['text']) if last else 'none yet'}")
         if request.get("next_retry_in") is not None:
-            echo(f"  asks again in {duration(request['next_retry_in'])}")
+            echo(f"  asks again {until(request['next_retry_in'])}")
+
+
+def _asks(d: dict[str, Any]) -> str:
+    """Whom dynamic routing asks, as the node said (a node without ``asks`` gave only the resolver's name)."""
+    return str(d.get("asks") or f"the {d.get('resolver')}")
 
 
 def add_diagnose(commands: Any, client: argparse.ArgumentParser, as_json: argparse.ArgumentParser) -> None:
@@ -183,8 +189,7 @@ def add_diagnose(commands: Any, client: argparse.ArgumentParser, as_json: argpar
 def _when(at: Any) -> str:
     if not isinstance(at, int | float):
         return "-"
-    left = float(at) - time.time()
-    return f"in {duration(left)}" if left > 0 else "now"
+    return until(float(at) - time.time())
 
 
 def _transmission(tx: dict[str, Any], peers: dict[str, Any]) -> None:

@@ -432,7 +432,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             self.queue_outgoing(ep, messages, now)  # remote: stored until acknowledged
             self.route_traffic.add(ep.far_service)  # a live service: its resolver's routes are refreshed in time
         elif ep.delayed is not None:
-            self._check_delay_bounds(ep, len(messages))
+            self._check_delay_bounds(ep, len(messages), now)
             self.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
         elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
             # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once
@@ -442,12 +442,13 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         self._touch(ep)
         return len(messages)
 
-    def _check_delay_bounds(self, ep: Endpoint, n: int) -> None:
+    def _check_delay_bounds(self, ep: Endpoint, n: int, now: float) -> None:
         waiting = self.tx.delayed_count.get(ep.far_service, 0)
         if waiting + n > self.max_delayed_per_service:
             raise Overloaded(
                 f"{waiting} message(s) already wait for a route to service {ep.far_service!r}"
-                f" (max_delayed_per_service is {self.max_delayed_per_service}); nothing was sent: {ep.delayed}"
+                f" (max_delayed_per_service is {self.max_delayed_per_service}); nothing was sent:"
+                f" {self.delayed_words(ep, now)}"
             )
         if self.tx.delayed_total + n > self.max_delayed_messages:
             raise Overloaded(
@@ -805,7 +806,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                 self._touch(ep)
                 self._enqueue(ep, -1, DIALOG_TIMER, b"", now)
             elif kind == _LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
-                why_waiting = self.link_status(ep.handle)
+                why_waiting = self.link_status(ep.handle, now)
                 last_error = None
                 if ep.delayed:
                     d, svc = self.dispatcher, ep.far_service

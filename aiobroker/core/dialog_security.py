@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from ..durations import duration
 from ..errors import SecurityError
 from ..security.certs import check_current, credentials_from_der
 from ..security.dialog import DialogCipher, new_session_key, sign_header, unwrap_key, verify_header, wrap_key
@@ -277,7 +278,7 @@ class DialogSecurity:
         self.catalog.put_binding(binding)
         self._save_object("binding", binding, binding.name)
         source = f" from {answer.source}" if answer.source else ""
-        text = f"binding{source} ({'anonymous' if answer.anonymous else 'signed'}), valid for {answer.lifetime:g}s"
+        text = f"binding{source} ({'anonymous' if answer.anonymous else 'signed'}), valid for {duration(answer.lifetime)}"
         return self.request_done(BINDING, service, now, ok=True, text=text)
 
     def security_statistics(self) -> dict[str, Any]:

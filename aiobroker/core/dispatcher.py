@@ -10,9 +10,11 @@ ends blocks new ones for its service (as in the seeds) unless ``resolve_timeout`
 
 A request ends with an answer (the core turns it into routes and routes the waiting conversations again: those
 that now have a route go, in order; the rest stay DELAYED) or a failure (a negative answer, an error, a time-out).
-Either way, if conversations still wait, the next request is due after a retry interval: the source's
-``retry_after`` when it gave one (negative caching), else ``retry_first`` doubling up to ``retry_cap``, with
-+-``jitter`` so that many services do not ask in lock-step.
+Either way, if conversations still wait, the next request is due after a retry interval: ``retry_first`` doubling
+with each failure in a row up to ``retry_cap``, with +-``jitter`` so that many services do not ask in lock-step.
+The source's ``retry_after`` (how long a negative answer holds: a DNS negative TTL, an HTTP ``Retry-After``) is a
+lower bound on that interval, never the interval itself: a registry that says "no" for 2 s at a time must not be
+asked every 2 s for good.
 
 Pure state: time is passed in; the core keeps the deadlines in its heap and calls :meth:`due`.
 """
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ROUTE, BINDING = "route", "binding"
+#: past this many doublings the back-off is at its cap anyway (and 2 ** failures must not overflow a float)
+_MAX_DOUBLINGS = 30
 Key = tuple[str, str]  #: (kind, service name)
 
 
@@ -113,14 +117,18 @@ class Dispatcher:
             # remembered for exactly this long (a failed binding request: the seeds' 10 minutes)
             when = self.retry_at[key] = now + exact
             return when
-        if retry_after is not None and retry_after > 0:
-            # the source said how long its answer holds (negative caching): never sooner, a little later
-            delay = float(retry_after) * (1 + self.jitter * self.rand())
-        else:
-            delay = min(self.retry_cap, self.retry_first * 2 ** (failures - 1))
-            delay *= 1 + self.jitter * (2 * self.rand() - 1)
-        when = self.retry_at[key] = now + delay
+        when = self.retry_at[key] = now + self.retry_delay(failures, retry_after)
         return when
+
+    def retry_delay(self, failures: int, retry_after: float | None = None) -> float:
+        """The wait after ``failures`` failures in a row: the back-off, jittered; never shorter than
+        ``retry_after``, how long the source said its answer holds (then a little longer, jittered upwards)."""
+        r = self.rand()
+        backoff = min(self.retry_cap, self.retry_first * 2.0 ** min(failures - 1, _MAX_DOUBLINGS))
+        delay = backoff * (1 + self.jitter * (2 * r - 1))
+        if retry_after is not None and delay < retry_after:
+            delay = float(retry_after) * (1 + self.jitter * r)
+        return delay
 
     def still_no_route(self, kind: str, service: str, now: float, text: str, exact: float | None = None) -> float:
         """The request ended with an answer, but some waiting conversations still have no route: treat as a
@@ -143,20 +151,31 @@ class Dispatcher:
         outcome = self.last.get((kind, service))
         return outcome.text if outcome is not None and not outcome.ok else None
 
+    def next_retry_in(self, kind: str, service: str, now: float) -> float | None:
+        """Seconds from ``now`` to the next request (None: none scheduled), rounded as ``describe`` shows them, so
+        that every place that shows the wait at one ``now`` shows the same figure."""
+        when = self.retry_at.get((kind, service))
+        return None if when is None else round(when - now, 3)
+
     def describe(self, kind: str, service: str, now: float) -> dict[str, Any]:
+        """The request's state at ``now``: ages and waits relative to it, and the same instants as wall-clock
+        times (``started_at``, ``at``, ``next_retry_at``) for a script that computes against its own clock."""
         key = (kind, service)
         request = self.in_flight.get(key)
         outcome = self.last.get(key)
         return {
             "in_flight": (
-                {"via": request.via, "age_seconds": round(now - request.started_at, 3)} if request is not None else None
+                {"via": request.via, "started_at": request.started_at, "age_seconds": round(now - request.started_at, 3)}
+                if request is not None
+                else None
             ),
             "last": (
-                {"ok": outcome.ok, "text": outcome.text, "age_seconds": round(now - outcome.at, 3)}
+                {"ok": outcome.ok, "text": outcome.text, "at": outcome.at, "age_seconds": round(now - outcome.at, 3)}
                 if outcome is not None
                 else None
             ),
-            "next_retry_in": round(self.retry_at[key] - now, 3) if key in self.retry_at else None,
+            "next_retry_at": self.retry_at.get(key),
+            "next_retry_in": self.next_retry_in(kind, service, now),
             "failures": self.failures.get(key, 0),
         }
 

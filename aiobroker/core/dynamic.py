@@ -25,6 +25,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
+from ..durations import duration, until
 from ..store.base import WriteBatch
 from .catalog import (
     BCN_CONTRACT,
@@ -39,7 +40,7 @@ from .catalog import (
 from .conversation import Endpoint, State
 from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
-from .routing import Route
+from .routing import ASKS_BCN, Route
 from .transmission import TransmissionQueue
 
 if TYPE_CHECKING:
@@ -127,25 +128,47 @@ class DynamicRouting:
         return self.waiting_reason(kind, service, now)
 
     def waiting_reason(self, kind: str, service: str, now: float) -> str:
-        """Why conversations to ``service`` wait, in words: the request in flight, or the last failure and when
-        the node asks again."""
+        """Why conversations to ``service`` wait, in words, as stored in each one's ``ep.delayed``: the request in
+        flight, or the last failure. Nothing here depends on ``now``: when the node asks again is added where the
+        reason is shown (:meth:`delayed_words`), so a reason never says "in 3s" beside a "1.9s" for the same wait."""
         d = self.dispatcher
         request = d.in_flight.get((kind, service))
-        last = d.last_error(kind, service)
-        retry = d.retry_at.get((kind, service))
-        state = (request.via if request is not None else None, last, retry)
+        state = (request.via if request is not None else None, d.last_error(kind, service))
         cached = self._reasons.get((kind, service))
         if cached is not None and cached[0] == state:
             return cached[1]  # the same string object for every waiting conversation: a storm holds 100,000
+        via, last = state
         waiting = "waiting for dynamic routing" if kind == ROUTE else "waiting for a remote service binding"
-        if request is not None:
-            text = f"{waiting}: asked the {request.via}"
+        if via is not None:
+            text = f"{waiting}: asked the {via}"
         else:
-            text = f"{waiting}: " + (f"the last request failed ({last}); " if last else "") + (
-                f"asking again in {max(0.0, retry - now):.0f}s" if retry is not None else "asking again soon"
-            )
+            text = f"{waiting}: the last request failed ({last})" if last else waiting
         self._reasons[(kind, service)] = (state, text)
         return text
+
+    def delayed_words(self, ep: Endpoint, now: float) -> str | None:
+        """Why ``ep``'s messages wait, as shown at ``now``: its stored reason, and, when it waits on a request that
+        is not in flight, when the node asks again (``asks again in 1.9s``), computed here from the scheduled
+        instant. Every place that shows a wait (status, diagnose, a conversation, an error) shows it through this."""
+        reason = ep.delayed
+        if reason is None:
+            return None
+        kind = BINDING if ep.handle in self.binding_waiters else ROUTE
+        cached = self._reasons.get((kind, ep.far_service))
+        if cached is None or cached[1] != reason:
+            return reason  # routing's own reason (no route, no dynamic routing), not a request's
+        via, last = cached[0]
+        if via is not None:
+            return reason  # asked, not yet answered: there is no next time yet
+        left = self.dispatcher.next_retry_in(kind, ep.far_service, now)
+        return reason + ("; " if last else ": ") + ("asks again soon" if left is None else f"asks again {until(left)}")
+
+    @property
+    def asks(self) -> str:
+        """Whom dynamic routing asks, in words (the shell may say more: what a resolver asks for one service)."""
+        if self.resolver_name is not None:
+            return f"the {self.resolver_name} resolver"
+        return ASKS_BCN
 
     def waiting_on(self, kind: str, service: str) -> bool:
         """Whether any conversation to ``service`` waits for this kind of request (for a route, or, its route
@@ -235,7 +258,7 @@ class DynamicRouting:
         refresh_at = expires_at - max(REFRESH_AHEAD_MIN, REFRESH_AHEAD_SHARE * answer.lifetime)
         self._schedule(max(now, refresh_at), _REFRESH, service)
         source = f" from {answer.source}" if answer.source else ""
-        text = f"{len(answer.preferred())} target(s){source}, valid for {answer.lifetime:g}s"
+        text = f"{len(answer.preferred())} target(s){source}, valid for {duration(answer.lifetime)}"
         moved = self.request_done(ROUTE, service, now, ok=True, text=text)
         self.route_traffic.discard(service)  # traffic counts from the answer on, not the release it caused
         return moved
@@ -322,6 +345,7 @@ class DynamicRouting:
         return {
             "enabled": self.dynamic_routing,
             "resolver": self.resolver_name or ("BCN service" if self.dynamic_routing else None),
+            "asks": self.asks if self.dynamic_routing else None,
             "delayed_messages": self.tx.delayed_total,
             **self.dispatcher.statistics(),
             "services": per_service,

@@ -93,6 +93,9 @@ class Federation:
         def _deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None: ...
         def _retire(self, ep: Endpoint, now: float) -> None: ...
         def ask(self, kind: str, service: str, now: float) -> str: ...
+        @property
+        def asks(self) -> str: ...
+        def delayed_words(self, ep: Endpoint, now: float) -> str | None: ...
         def secure(self, ep: Endpoint, now: float) -> bool: ...
         def cipher(self, ep: Endpoint) -> DialogCipher: ...
         def accept_key_header(self, env: list[Any], now: float) -> tuple[bytes, str, Refusal | None]: ...
@@ -111,6 +114,7 @@ class Federation:
             local_services=self.catalog.services,
             local_instance=self.broker_instance,
             dynamic=self.resolver_name is not None or BCN_SERVICE in self.catalog.services,
+            asks=self.asks,
         )
 
     def route(
@@ -493,13 +497,13 @@ class Federation:
             return None
         return link.failed(error, now)
 
-    def link_status(self, handle: str) -> str | None:
-        """In words, what is happening to an endpoint's unacknowledged messages."""
+    def link_status(self, handle: str, now: float) -> str | None:
+        """In words, what is happening to an endpoint's unacknowledged messages, at ``now``."""
         if handle not in self.tx:
             return None
         ep = self.endpoints.get(handle)
         if ep is not None and ep.delayed:
-            return f"delayed: {ep.delayed}"
+            return f"delayed: {self.delayed_words(ep, now)}"
         address = self.tx.route_of.get(handle)
         link = self.tx.links.get(address) if address else None
         if link is None:

@@ -10,11 +10,11 @@ A route maps a service name (or any service) and a broker instance (or any) to a
 2. routes naming the service and no instance;
 3. (the conversation names no instance) routes naming the service and an instance: one instance is picked
    (weighted at random) and only its routes are kept;
-4. dynamic routing: a route to the Broker Configuration Notice service exists → ask it, DELAYED meanwhile;
-   except for a service on this node (the conversation names no other instance) while a ``LOCAL`` wildcard route
-   exists: it is delivered here, as step 5 would, since asking anyone where a local service is never helps
-   (aiobroker's departure from the seeds, where an application's BCN service or resolver stood between a sender
-   and a service on the same node);
+4. dynamic routing: a resolver is configured, or the Broker Configuration Notice service is here or a route names
+   it → ask that (``asks`` names it), DELAYED meanwhile; except for a service on this node (the conversation names
+   no other instance) while a ``LOCAL`` wildcard route exists: it is delivered here, as step 5 would, since asking
+   anyone where a local service is never helps (aiobroker's departure from the seeds, where an application's BCN
+   service or resolver stood between a sender and a service on the same node);
 5. wildcard routes (no service, no instance);
 6. a local service of that name, when the conversation names an instance (this node's own);
 7. otherwise DELAYED, tried again later.
@@ -37,6 +37,8 @@ from .names import check_name, expiry_from_def
 LOCAL = "LOCAL"
 TRANSPORT = "TRANSPORT"
 BCN_SERVICE = "SQL/ServiceBroker/BrokerConfiguration"
+#: whom step 4 asks when nobody says otherwise (no resolver configured: the seeds' way)
+ASKS_BCN = "the Broker Configuration Notice service"
 
 
 def parse_tcp_address(address: str) -> tuple[str, int]:
@@ -132,7 +134,7 @@ AUTO_CREATED_LOCAL = Route(name="AutoCreatedLocal", address=LOCAL)
 class Decision:
     """Where a conversation's messages go now."""
 
-    kind: str  #: "local", "remote", "resolve" (ask the BCN service) or "delayed"
+    kind: str  #: "local", "remote", "resolve" (ask a resolver or the BCN service) or "delayed"
     reason: str  #: in words: which step decided, and why
     address: str | None = None  #: for "remote": tcp://host:port
     broker_instance: str | None = None  #: the instance the chosen route names, if any
@@ -215,9 +217,11 @@ def choose(
     local_instance: str,
     rand: Callable[[], float] = random.random,
     dynamic: bool = False,
+    asks: str = ASKS_BCN,
 ) -> Decision:
     """Walk the seven steps for one service; see the module docstring. ``dynamic``: a resolver is configured or
-    the BCN service is on this node (step 4 applies even without a route naming the BCN service)."""
+    the BCN service is on this node (step 4 applies even without a route naming the BCN service); ``asks``: whom
+    step 4 asks, in words (the configured resolver, else the BCN service)."""
     live = [r for r in routes if r.live(now)]
     is_local = service in local_services and broker_instance in (None, local_instance)
     named = [r for r in live if r.service_name == service]
@@ -256,7 +260,7 @@ def choose(
                 " not asked where a local service is",
                 route=here,
             )
-        return Decision("resolve", "step 4: no route names the service; asking the Broker Configuration Notice service")
+        return Decision("resolve", f"step 4: no route names the service; asking {asks}")
     wildcards = [r for r in live if r.service_name is None and r.broker_instance is None]
     if wildcards and (d := _pick(wildcards, service, is_local, rand, "step 5 (wildcard route)")):
         return d
@@ -275,8 +279,10 @@ def explain(
     local_services: Collection[str],
     local_instance: str,
     dynamic: bool = False,
+    asks: str = ASKS_BCN,
 ) -> list[str]:
-    """The walk through the seven steps in words, one line each, then the decision (for ``diagnose``)."""
+    """The walk through the seven steps in words, one line each, then the decision (for ``diagnose``). ``asks``:
+    whom step 4 asks, as precisely as the caller can say (``the dns_srv resolver (SRV _aiobroker._tcp....)``)."""
     all_routes = list(routes)
     live = [r for r in all_routes if r.live(now)]
     expired = [r.name for r in all_routes if not r.live(now) and r.service_name in (service, None)]
@@ -306,7 +312,7 @@ def explain(
             " here without asking"
         )
     elif dynamic or bcn_routes:
-        lines.append("4. dynamic routing is on: the node asks where the service is and holds its messages meanwhile")
+        lines.append(f"4. dynamic routing is on: the node asks {asks} where the service is and holds its messages meanwhile")
     else:
         lines.append("4. dynamic routing is off: no resolver configured, no BCN service here, no route names one")
     wild = [r for r in live if r.service_name is None and r.broker_instance is None]
@@ -326,6 +332,7 @@ def explain(
         local_instance=local_instance,
         rand=lambda: 0.0,
         dynamic=dynamic,
+        asks=asks,
     )
     lines.append(f"decision: {decision.kind}: {decision.reason}")
     return lines

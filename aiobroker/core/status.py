@@ -57,7 +57,8 @@ class Status:
     if TYPE_CHECKING:  # provided by Federation, DynamicRouting and DialogSecurity; declared for the type checker
         # only (a stub here would shadow the real method later in the MRO)
 
-        def link_status(self, handle: str) -> str | None: ...
+        def link_status(self, handle: str, now: float) -> str | None: ...
+        def delayed_words(self, ep: Endpoint, now: float) -> str | None: ...
         def dynamic_statistics(self, now: float) -> dict[str, Any]: ...
         def security_statistics(self) -> dict[str, Any]: ...
 
@@ -110,7 +111,7 @@ class Status:
                     ]
         return out
 
-    def transmission_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+    def transmission_entries(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
         """The transmission queue per conversation, oldest first, with its state in words (for ``status``)."""
         out: list[dict[str, Any]] = []
         for handle, rows in self.tx.rows.items():
@@ -125,7 +126,7 @@ class Status:
                     "far_service": ep.far_service if ep else None,
                     "messages": len(rows),
                     "first_seq": rows[0][ROW_SEQ] if rows else None,
-                    "state": self.link_status(handle),
+                    "state": self.link_status(handle, now),
                     "address": address,
                     "last_error": link.last_error if link else None,
                     "next_attempt": link.next_attempt if link else None,
@@ -141,7 +142,8 @@ class Status:
             service: {
                 "conversations": len(handles),
                 "messages": self.tx.delayed_count.get(service, 0),
-                "reason": next((self.endpoints[h].delayed for h in handles if h in self.endpoints), None),
+                # when the node asks again is computed at ``now`` (dynamic_routing.services has the instant itself)
+                "reason": next((self.delayed_words(self.endpoints[h], now) for h in handles if h in self.endpoints), None),
             }
             for service, handles in self.tx.delayed.items()
         }
@@ -151,7 +153,7 @@ class Status:
             "conversations_by_state": by_state,
             "queues": [q.statistics() for q in self.queues.values()],
             "delayed": delayed,
-            "transmission": {**self.tx.statistics(), "entries": self.transmission_entries()},
+            "transmission": {**self.tx.statistics(), "entries": self.transmission_entries(now)},
             "leases": len(self.leases),
             "objects": self.catalog.statistics(),
             "dynamic_routing": self.dynamic_statistics(now),

@@ -7,6 +7,10 @@ hot path costs"). Reads take whatever the socket has (up to ``READ_SIZE``) and p
 
 The output buffer is bounded: a peer that stops reading while we keep producing is disconnected rather than
 allowed to grow our memory without limit.
+
+Each connection notes when it last received bytes or began a write (:attr:`FramedConnection.last_active`, one clock
+read per chunk or write, not per frame), so the node can close connections that have been idle too long
+(:mod:`aiobroker.admission`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -62,7 +67,10 @@ def describe_os_error(exc: BaseException) -> str:
 
 
 class FramedConnection:
-    __slots__ = ("stream", "decoder", "_out", "_out_bytes", "_wake", "closed", "max_pending_output", "peer")
+    __slots__ = (
+        "stream", "decoder", "_out", "_out_bytes", "_wake", "closed", "max_pending_output", "peer", "last_active",
+        "writing",
+    )
 
     def __init__(
         self,
@@ -80,6 +88,10 @@ class FramedConnection:
         self.closed = False
         self.max_pending_output = max_pending_output
         self.peer = peer
+        #: when (time.monotonic()) bytes last arrived or a write last began
+        self.last_active = monotonic()
+        #: a write is under way (the peer may not be reading: it can last)
+        self.writing = False
 
     def send(self, obj: Any, limit: int | None = None) -> None:
         """Queue one frame for the writer (does not wait). With ``limit``, a frame over it is refused here with
@@ -103,6 +115,11 @@ class FramedConnection:
             return
         self._wake.set()
 
+    @property
+    def output_waiting(self) -> bool:
+        """Frames are queued for the writer and not yet written."""
+        return bool(self._out)
+
     def send_frame(self, frame: Frame) -> None:
         self.send(frame.to_wire())
 
@@ -117,7 +134,10 @@ class FramedConnection:
                 data = b"".join(self._out)
                 self._out.clear()
                 self._out_bytes = 0
+                self.writing = True
+                self.last_active = monotonic()
                 await self.stream.send(data)
+                self.writing = False
         except _BROKEN:
             pass
         finally:
@@ -130,6 +150,7 @@ class FramedConnection:
             chunk = await self.stream.receive(READ_SIZE)
         except _BROKEN as exc:
             raise ConnectionLost(f"connection to {self.peer} closed") from exc
+        self.last_active = monotonic()
         return [parse_frame(obj) for obj in self.decoder.feed(chunk)]
 
     async def receive_one(self) -> Frame:

@@ -756,6 +756,8 @@ class Node:
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self._started_at, 1),
             "connections": len(self.sessions),
+            # every connection counted: established (privileged: admins and peers), handshaking, refused, idle-closed
+            "admission": self.admission.statistics(),
             "requests_served": self.requests_served,
             "waiting_receives": sum(len(w) for w in self.waiters.values()),
         }

@@ -30,9 +30,12 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     max_message_size = 4194304    # bytes, 1 .. max_frame_size - 4096
     max_frame_size = 16777216     # bytes, 8192 .. 268435456 (256 MiB)
     max_connections = 1000        # established connections anyone may take; >= 1
-    reserved_connections = 50     # more, beyond max_connections, for administrators and peer nodes only; >= 0
-    max_connections_per_address = 100   # ordinary connections from one IP address (and handshakes at once); >= 1
-    idle_timeout = 600            # seconds a connection with nothing sent, received or in flight stays open; 0: always
+    reserved_connections = 50     # more beyond max_connections, for administrators and peer nodes only, so a node
+                                  # full of anonymous connections still lets its operator and its peers in; >= 0
+    max_connections_per_address = 100  # ordinary connections from one IP address (and handshakes from it at once),
+                                  # so one host cannot take every slot; >= 1
+    idle_timeout = 600            # seconds a connection with nothing sent, received or in flight (a waiting receive,
+                                  # a held lease) stays open; frees abandoned connections' slots; 0: never closed
 
     [receive]
     lease_seconds = 30            # a received batch stays locked this long without commit/rollback; > 0

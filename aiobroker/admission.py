@@ -5,8 +5,8 @@ Theory of operation
 Every accepted connection is counted by its remote address (the IP address, without the port) until it closes.
 
 - **In its handshake** (before the node answers HELLO) a connection is bounded in time by the handshake time-out,
-  and in number: at most ``max_connections`` in all, and ``max_connections_per_address`` from one address, may be
-  in their handshake at once. Beyond either it is refused at once. Real clients finish the handshake in
+  and in number: at most ``max_connections + reserved_connections`` in all (as many as could be established), and
+  ``max_connections_per_address`` from one address, may be in their handshake at once. Beyond either it is refused at once. Real clients finish the handshake in
   milliseconds, so these bounds only ever stop a flood of connections that say nothing.
 - **At HELLO** the node knows who it is (a token's or certificate's identity, or a peer node), and admits it or
   refuses it with REFUSED ``overloaded`` saying which bound was reached:
@@ -96,10 +96,10 @@ class Admission:
 
     def arrive(self, address: str) -> Ticket:
         """A connection was accepted; its ticket, or Overloaded (refuse it at once) if too many are handshaking."""
-        if self.handshaking >= self.max_connections:
+        if self.handshaking >= self.max_connections + self.reserved_connections:
             raise self._refuse(
-                f"the node has {self.handshaking} connections in their handshake, its maximum (max_connections);"
-                " try again in a few seconds"
+                f"the node has {self.handshaking} connections in their handshake, its maximum (max_connections"
+                " plus reserved_connections); try again in a few seconds"
             )
         from_there = self._handshaking_from.get(address, 0)
         if from_there >= self.max_per_address:

@@ -193,7 +193,7 @@ class NodeConfig:
     log_level: str = "info"  #: "debug", "info", "warning" or "error"
     max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 4096 (room for the envelope)
     max_frame_size: int = 16 * MIB  #: 8 KiB .. 256 MiB
-    max_connections: int = 1000  #: >= 1; established connections anyone may take (and handshakes at once)
+    max_connections: int = 1000  #: >= 1; established connections anyone may take
     #: >= 0; connections beyond max_connections that only administrators (identities with admin) and peer nodes may
     #: take, so that a node full of anonymous connections still lets in its operator and its federation
     reserved_connections: int = 50

@@ -435,7 +435,7 @@ class Node:
                 )
             )
             return frame.role
-        log.warning("client %s did not finish the handshake within %.0fs; closed", peer, HANDSHAKE_TIMEOUT)
+        log.warning("client %s did not finish the handshake within %gs; closed", peer, HANDSHAKE_TIMEOUT)
         with anyio.move_on_after(FAREWELL_TIMEOUT):  # say why, unless it does not even read
             await conn.send_last(
                 Refused(code="timeout", message=f"no HELLO within {HANDSHAKE_TIMEOUT:g} s of connecting; closed")

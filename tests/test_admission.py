@@ -6,6 +6,7 @@ Every connection here comes from 127.0.0.1, so the per-address cap is set high w
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,9 @@ from aiobroker import NodeConfig
 from aiobroker.config import load_config
 from aiobroker.errors import ConfigError, ConnectionLost, Overloaded
 from aiobroker.wire.codec import FrameDecoder, encode_frame
+from aiobroker.transport.tls import client_context
 from test_auth import ALICE_TOKEN, BASE_OBJECTS, LINK_TOKEN, ROOT_TOKEN, depth, identity
+from test_tls import issue, make_ca
 
 pytestmark = pytest.mark.anyio
 
@@ -240,6 +243,46 @@ async def test_a_node_full_of_anonymous_connections_still_admits_an_administrato
                             pass
 
 
+async def test_over_tls_an_administrator_by_certificate_gets_a_reserved_connection_and_idles_out_in_words(
+    tmp_path: Path,
+) -> None:
+    """The reserve knows an administrator by its TLS client certificate as well as by a token; the connections that
+    fill the node hold waiting receives, so they are in flight and never idle, while the quiet administrator's
+    connection is closed with the reason, through TLS."""
+    ca = make_ca(tmp_path, "ca")
+    node_cert, node_key = issue(tmp_path, ca, "node")
+    ops_cert, ops_key = issue(tmp_path, ca, "ops")
+    other_cert, other_key = issue(tmp_path, ca, "other")
+    objects = (*BASE_OBJECTS, identity("ops", certificate=ops_cert.read_text(), admin=True))
+    node_config = config(
+        authorization=True, objects=objects, tls_cert=node_cert, tls_key=node_key, tls_ca=ca[2],
+        max_connections=2, reserved_connections=1, idle_timeout=IDLE,
+    )  # fmt: skip
+
+    def tls(cert: Path, key: Path) -> Any:
+        return client_context(ca=ca[2], cert=cert, key=key)
+
+    async with aiobroker.Node(node_config) as node:
+        async with (
+            aiobroker.connect(node.url, ssl_context=tls(other_cert, other_key), token=ALICE_TOKEN) as first,
+            aiobroker.connect(node.url, ssl_context=tls(other_cert, other_key), token=ALICE_TOKEN) as second,
+            anyio.create_task_group() as tg,
+        ):
+            for alice in (first, second):
+                tg.start_soon(functools.partial(alice.receive, "qA", timeout=None))
+            await until(lambda: node.status()["node"]["waiting_receives"] == 2, "both receives to wait")
+            with pytest.raises(Overloaded, match="maximum of 2 connections"):
+                async with aiobroker.connect(node.url, ssl_context=tls(other_cert, other_key), token=ALICE_TOKEN):
+                    pass
+            async with aiobroker.connect(node.url, ssl_context=tls(ops_cert, ops_key)) as ops:
+                assert ops.identity == "ops"
+                await until(lambda: node.admission.idle_closed == 1, "the quiet administrator to be closed")
+                with pytest.raises(ConnectionLost, match="idle_timeout"):
+                    await ops.status()
+            assert node.admission.established == 2, "the waiting receivers are still connected"
+            tg.cancel_scope.cancel()
+
+
 # --- peer links -----------------------------------------------------------------------------------------------------
 
 
@@ -299,3 +342,28 @@ def test_the_settings_have_defaults_and_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             load_config(path)
         assert words in info.value.message, info.value.message
+
+
+def test_the_count_gives_every_slot_back_whichever_way_a_connection_ends() -> None:
+    """The bookkeeping alone: ordinary slots per address, the reserve, and a ticket left twice counts once."""
+    from aiobroker.admission import Admission
+
+    slots = Admission(max_connections=2, reserved_connections=1, max_connections_per_address=1, idle_timeout=0)
+    a1 = slots.arrive("10.0.0.1")
+    with pytest.raises(Overloaded, match="10.0.0.1 has 1 connections in their handshake"):
+        slots.arrive("10.0.0.1")
+    slots.admit(a1, privileged=False)
+    a2 = slots.arrive("10.0.0.1")
+    with pytest.raises(Overloaded, match="10.0.0.1 has its maximum of 1 connections"):
+        slots.admit(a2, privileged=False)
+    b1, c1 = slots.arrive("10.0.0.2"), slots.arrive("10.0.0.3")
+    slots.admit(b1, privileged=False)
+    with pytest.raises(Overloaded, match="maximum of 2 connections; try later"):
+        slots.admit(c1, privileged=False)
+    slots.admit(a2, privileged=True)  # the reserve, from an address at its cap
+    assert (slots.established, slots.privileged, slots.handshaking) == (3, 1, 1)
+    for ticket in (a1, b1, a2, c1, a1):  # a1 twice
+        slots.leave(ticket)
+    assert slots.statistics() == {
+        "established": 0, "privileged": 0, "handshaking": 0, "addresses": 0, "refused": 3, "idle_closed": 0,
+    }  # fmt: skip

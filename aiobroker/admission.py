@@ -29,6 +29,7 @@ Counting is the node's own bookkeeping on the event loop: no locks, one dict ent
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Final
@@ -183,7 +184,7 @@ class Admission:
         self, conn: FramedConnection, in_flight: Callable[[], bool], scope: CancelScope, who: str
     ) -> None:
         timeout = self.idle_timeout
-        looked = -float("inf")  # when it was last found busy: idleness counts from then at the earliest
+        looked = -math.inf  # when it was last found busy: idleness counts from then at the earliest
         while True:
             wait = max(conn.last_active, looked) + timeout - time.monotonic()
             if wait > 0:

@@ -14,6 +14,10 @@ raises a :class:`~aiobroker.errors.BrokerError` subclass named by the node's ans
 fails every request in flight with :class:`~aiobroker.errors.ConnectionLost` (it may or may not have taken
 effect: a send that was not acknowledged is not promised).
 
+A node closes a connection that has had nothing sent, received or in flight for its ``[limits] idle_timeout``
+(600 s by default; a waiting receive, even with ``timeout=None``, and a held lease are in flight), and says why:
+the next request raises :class:`~aiobroker.errors.ConnectionLost` with the node's words. Connect again.
+
 A node with ``[security] authorization`` on checks each request against the caller's identity: pass
 ``token=`` (an identity's bearer token) or connect with a TLS client certificate registered as an identity; a
 client with neither is ``public``. A token or certificate the node does not know is refused at once with

@@ -29,7 +29,13 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     [limits]
     max_message_size = 4194304    # bytes, 1 .. max_frame_size - 4096
     max_frame_size = 16777216     # bytes, 8192 .. 268435456 (256 MiB)
-    max_connections = 1000        # >= 1
+    max_connections = 1000        # established connections anyone may take; >= 1
+    reserved_connections = 50     # more beyond max_connections, for administrators and peer nodes only, so a node
+                                  # full of anonymous connections still lets its operator and its peers in; >= 0
+    max_connections_per_address = 100  # ordinary connections from one IP address (and handshakes from it at once),
+                                  # so one host cannot take every slot; >= 1
+    idle_timeout = 600            # seconds a connection with nothing sent, received or in flight (a waiting receive,
+                                  # a held lease) stays open; frees abandoned connections' slots; 0: never closed
 
     [receive]
     lease_seconds = 30            # a received batch stays locked this long without commit/rollback; > 0
@@ -195,7 +201,15 @@ class NodeConfig:
     log_level: str = "info"  #: "debug", "info", "warning" or "error"
     max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 4096 (room for the envelope)
     max_frame_size: int = 16 * MIB  #: 8 KiB .. 256 MiB
-    max_connections: int = 1000  #: >= 1
+    max_connections: int = 1000  #: >= 1; established connections anyone may take
+    #: >= 0; connections beyond max_connections that only administrators (identities with admin) and peer nodes may
+    #: take, so that a node full of anonymous connections still lets in its operator and its federation
+    reserved_connections: int = 50
+    #: >= 1; ordinary (not administrator, not peer) connections from one IP address, and handshakes from it at once
+    max_connections_per_address: int = 100
+    #: seconds; > 0 closes a connection with nothing sent, received or in flight (a waiting receive, a lease) for
+    #: this long, saying why (REFUSED ``idle``); 0 never does
+    idle_timeout: float = 600.0
     receive_lease: float = 30.0  #: seconds a received batch stays locked without commit/rollback; > 0
     poison_rollbacks: int = 5  #: >= 1; rollbacks in a row of one conversation group that trip poison handling
     forwarding: bool = False  #: pass on messages for other nodes (in memory only)

@@ -190,6 +190,9 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "max_message_size": _check_count,  # the upper bound depends on max_frame_size; see validate
     "max_frame_size": lambda v: _int(v, MIN_FRAME_SIZE, MAX_FRAME_SIZE, " (256 MiB)"),
     "max_connections": _check_count,
+    "reserved_connections": lambda v: _int(v, 0),
+    "max_connections_per_address": _check_count,
+    "idle_timeout": _check_retention,  # >= 0; 0: never
     "receive_lease": _check_seconds,
     "poison_rollbacks": _check_count,
     "forwarding": _check_bool,

@@ -21,7 +21,8 @@ from .errors import ConfigError
 #: The keys each section allows, as written in the file.
 SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "node": ("listen", "data_dir", "store", "durability", "log_level"),
-    "limits": ("max_message_size", "max_frame_size", "max_connections"),
+    "limits": ("max_message_size", "max_frame_size", "max_connections", "reserved_connections",
+               "max_connections_per_address", "idle_timeout"),
     "receive": ("lease_seconds", "poison_rollbacks"),
     "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention",
                    "link_token"),

@@ -7,6 +7,10 @@ connection breaks, cannot be made, or no acknowledgement arrives within ``ack_ti
 with the reason, waits (1 s, doubling, capped at 60 s) and connects again; everything unacknowledged is sent again
 and the far side drops what it already has.
 
+A far node closes a connection that has been idle for its ``idle_timeout`` (nothing sent either way, so nothing
+unacknowledged), saying so with REFUSED ``idle``. That is no failure: the link notes it, and connects again, at once
+and without back-off, when it next has something to send (anything that was in flight after all goes again).
+
 Envelopes that arrive on any peer connection (one this node made, or one a peer made to it) are handed to the
 core; their acknowledgements go back on the connection they came on once the store has what was delivered.
 A forwarded message's acknowledgement is relayed back the way the message came (remembered in memory, bounded).
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .admission import IDLE
 from .config_fields import MIN_FRAME_SIZE
 from .core.routing import parse_tcp_address
 from .core.transmission import ENVELOPE_OVERHEAD
@@ -53,19 +58,31 @@ class LinkError(BrokerError):
     code = "link_error"
 
 
+def _never() -> bool:
+    return False
+
+
+class LinkIdle(LinkError):
+    """The far node closed the link's connection for being idle: not a failure; connect again when there is work."""
+
+
 _LINK_FAILURES = (LinkError, ConnectionLost, ProtocolError, OSError)
 
 
 def _link_failure(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The error that ended a link's session (its reader or its sender), out of the task group's wrapping."""
+    """The error that ended a link's session (its reader or its sender), out of the task group's wrapping. The far
+    node's word that it closed an idle connection wins over the broken stream that follows it."""
     stack: list[BaseException] = [group]
+    found: BaseException | None = None
     while stack:
         exc = stack.pop()
         if isinstance(exc, BaseExceptionGroup):
             stack.extend(reversed(exc.exceptions))
-        elif isinstance(exc, _LINK_FAILURES):
+        elif isinstance(exc, LinkIdle):
             return exc
-    return group  # something unexpected: let it propagate as it is
+        elif found is None and isinstance(exc, _LINK_FAILURES):
+            found = exc
+    return found or group  # something unexpected: let it propagate as it is
 
 
 class ForwardBacklog:
@@ -167,6 +184,10 @@ class PeerLinks:
                         continue
                 try:
                     await self._session(address)
+                except LinkIdle as exc:
+                    if link := core.tx.links.get(address):
+                        link.went_idle()
+                    log.info("link to %s: %s; it connects again when it has something to send", address, exc.message)
                 except _LINK_FAILURES as exc:
                     reason = exc.message if isinstance(exc, BrokerError) else describe_os_error(exc)
                     next_at = core.link_failed(address, reason, self.node.clock())
@@ -257,6 +278,8 @@ class PeerLinks:
         while True:
             for frame in await conn.receive_frames():
                 if isinstance(frame, Refused):  # the far node closed the connection, and said why
+                    if address is not None and frame.code == IDLE:
+                        raise LinkIdle(f"{conn.peer} closed the idle connection ({frame.message})")
                     if address is None:  # a peer's connection to us: it reconnects when it has more to send
                         log.warning("peer %s closed its connection: %s", conn.peer, frame.message)
                         raise ConnectionLost(f"{conn.peer} closed the connection: {frame.message}")
@@ -311,6 +334,9 @@ class PeerLinks:
         refusal: ProtocolError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.writer)
+            # nothing is in flight on it when it has been quiet: acknowledgements leave as soon as they are stored,
+            # and what the peer sent and has no acknowledgement for it sends again when it connects again
+            self.node.admission.watch_idle(tg, conn, _never, f"peer node {conn.peer}")
             try:
                 await self._read(conn, None)
             except ConnectionLost:

@@ -37,6 +37,7 @@ from anyio.abc import Listener, SocketAttribute, TaskGroup
 from anyio.streams.tls import TLSAttribute
 
 from . import __version__
+from .admission import FAREWELL_TIMEOUT, Admission, Ticket
 from .config import NodeConfig
 from .authz import guarded_ops
 from .core.broker import BrokerCore
@@ -48,6 +49,7 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     NotAuthorized,
+    Overloaded,
     ProtocolError,
     QueueDisabled,
     UnknownObject,
@@ -77,17 +79,26 @@ TICKER_MAX_SLEEP = 0.25
 class Session:
     """One client connection: its framed stream, who it authenticated as, and the owner of the leases it takes."""
 
-    __slots__ = ("node", "conn", "peer", "id", "identity")
+    __slots__ = ("node", "conn", "peer", "id", "identity", "ticket")
 
     _ids = itertools.count(1)
 
-    def __init__(self, node: Node, conn: FramedConnection, peer: str) -> None:
+    def __init__(self, node: Node, conn: FramedConnection, peer: str, ticket: Ticket) -> None:
         self.node = node
         self.conn = conn
         self.peer = peer
         self.id = next(self._ids)
         #: the identity it authenticated as at the handshake (a token, a TLS client certificate), else ``public``
         self.identity = PUBLIC
+        #: its place among the node's connections (aiobroker.admission)
+        self.ticket = ticket
+
+    def in_flight(self) -> bool:
+        """A receive waiting or a lease held: however quiet, such a connection is not idle."""
+        node = self.node
+        if any(lease.owner is self for lease in node.core.leases.values()):
+            return True
+        return any(w.session is self and not w.done for waiting in node.waiters.values() for w in waiting)
 
     @property
     def closed(self) -> bool:
@@ -151,6 +162,13 @@ class Node:
         self.port = self.config.listen_port
         self.requests_served = 0
         self.links = PeerLinks(self)
+        cfg = self.config
+        self.admission = Admission(
+            max_connections=cfg.max_connections,
+            reserved_connections=cfg.reserved_connections,
+            max_connections_per_address=cfg.max_connections_per_address,
+            idle_timeout=cfg.idle_timeout,
+        )
         #: how this node's links connect when it speaks TLS (None: plain TCP)
         self.link_tls: ssl.SSLContext | None = None
         #: the resolver dynamic routing asks (None: the BCN service, if any)
@@ -371,19 +389,18 @@ class Node:
         try:
             addr = stream.extra(SocketAttribute.remote_address)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        except Exception:  # noqa: BLE001 - a peer address is only for logs
-            peer = "?"
+            host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        except Exception:  # noqa: BLE001 - counted as one unknown address
+            peer = host = "?"
         conn = FramedConnection(stream, max_frame_size=self.config.max_frame_size, peer=peer)
-        session = Session(self, conn, peer)
         try:
-            if len(self.sessions) >= self.config.max_connections:
-                await conn.send_last(
-                    Refused(
-                        code="overloaded",
-                        message=f"the node has its maximum of {self.config.max_connections} connections; try later",
-                    )
-                )
-                return
+            ticket = self.admission.arrive(host)
+        except Overloaded as exc:
+            await conn.send_last(Refused(code=exc.code, message=exc.message))
+            await conn.aclose()
+            return
+        session = Session(self, conn, peer, ticket)
+        try:
             role = await self._handshake(conn, session, _peer_certificate(stream))
             if role is None:
                 return
@@ -396,6 +413,7 @@ class Node:
             refusal: ProtocolError | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.writer)
+                self.admission.watch_idle(tg, conn, session.in_flight, f"client {peer} ({session.identity})")
                 try:
                     await self._serve(session)
                 except ConnectionLost:
@@ -411,6 +429,7 @@ class Node:
         except ConnectionLost:
             pass
         finally:
+            self.admission.leave(ticket)
             self.sessions.discard(session)
             conn.close()
             self._forget_session(session)
@@ -444,8 +463,14 @@ class Node:
                             " administrator gives an identity peer = true, and the linking node presents its token"
                             " ([federation] link_token) or its TLS certificate"
                         )
+                # administrators and peer nodes may use the reserved connections (the peer right was checked above)
+                privileged = frame.role == "peer" or self.core.catalog.may(session.identity, "admin", "")
+                self.admission.admit(session.ticket, privileged=privileged)
             except NotAuthorized as exc:
                 log.warning("refused %s %s at the handshake: %s", who, peer, exc.message)
+                await conn.send_last(Refused(code=exc.code, message=exc.message))
+                return None
+            except Overloaded as exc:  # logged by the admission, at most once a minute
                 await conn.send_last(Refused(code=exc.code, message=exc.message))
                 return None
             conn.send_frame(
@@ -461,7 +486,11 @@ class Node:
                 )
             )
             return frame.role
-        log.warning("client %s did not finish the handshake within %.0fs; closed", peer, HANDSHAKE_TIMEOUT)
+        log.warning("client %s did not finish the handshake within %gs; closed", peer, HANDSHAKE_TIMEOUT)
+        with anyio.move_on_after(FAREWELL_TIMEOUT):  # say why, unless it does not even read
+            await conn.send_last(
+                Refused(code="timeout", message=f"no HELLO within {HANDSHAKE_TIMEOUT:g} s of connecting; closed")
+            )
         return None
 
     def _authenticate(self, info: Any, certificate: bytes | None) -> str:
@@ -793,6 +822,8 @@ class Node:
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self._started_at, 1),
             "connections": len(self.sessions),
+            # every connection counted: established (privileged: admins and peers), handshaking, refused, idle-closed
+            "admission": self.admission.statistics(),
             "requests_served": self.requests_served,
             "waiting_receives": sum(len(w) for w in self.waiters.values()),
         }

@@ -206,7 +206,8 @@ def _described(node: Node, ep: Endpoint) -> dict[str, Any]:
 def receive(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
     queue = arg(args, "queue", str)
     max_messages = arg(args, "max_messages", int, 1)
-    timeout = number(args, "timeout", 0.0)
+    # absent: 0 (do not wait); null: wait without limit (number() with a default would read null as absent)
+    timeout = number(args, "timeout") if "timeout" in args else 0.0
     lease_seconds = number(args, "lease_seconds", None)
     if timeout is not None and timeout < 0:
         raise InvalidArgument("argument 'timeout' must be >= 0 (or null to wait without limit)")

@@ -115,6 +115,26 @@ async def test_receive_waits_then_times_out_with_an_empty_batch(node: aiobroker.
         assert got == [b"wake up"]
 
 
+async def test_receive_with_no_timeout_waits_until_a_message_comes(node: aiobroker.Node) -> None:
+    """``timeout=None`` (null on the wire) waits without limit; it used to be read as "absent", 0, and came back
+    empty at once."""
+    async with aiobroker.connect(node.url) as client:
+        dialog = await setup_pair(client)
+        got: list[bytes] = []
+
+        async def waiting_receiver() -> None:
+            async with await client.receive("qt", timeout=None) as b:
+                got.extend(m.body for m in b)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting_receiver)
+            with anyio.fail_after(5):
+                while node.status()["node"]["waiting_receives"] != 1:
+                    await anyio.sleep(0.01)  # polled under a deadline: the receive is registered and waits
+            await dialog.send("DEFAULT", b"at last")
+        assert got == [b"at last"]
+
+
 async def test_a_disconnected_receiver_gives_its_messages_back(node: aiobroker.Node) -> None:
     async with aiobroker.connect(node.url) as client:
         dialog = await setup_pair(client)

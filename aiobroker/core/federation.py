@@ -510,6 +510,8 @@ class Federation:
             return "not yet tried"
         if link.connected:
             return f"sent to {address}, waiting for acknowledgement" if link.sent.get(handle) else f"queued for {address}"
+        if link.idle:  # the far node closed the quiet connection; the link connects again for this
+            return f"queued for {address}"
         if link.last_error:
             return f"retrying {address}: {link.last_error} (attempt {link.attempts})"
         return f"not yet tried ({address})"

@@ -50,6 +50,7 @@ class Link:
         "attempts",
         "next_attempt",
         "waiting_since",
+        "idle",
     )
 
     def __init__(self, address: str) -> None:
@@ -66,6 +67,8 @@ class Link:
         self.next_attempt: float | None = None
         #: when the oldest unacknowledged send of this epoch went out (for the acknowledgement time-out)
         self.waiting_since: float | None = None
+        #: the far node closed the connection for being idle (no failure: it connects again when there is work)
+        self.idle = False
 
     def new_epoch(self) -> None:
         """Forget what was sent: after a reconnect or a time-out everything unacknowledged goes again."""
@@ -80,14 +83,23 @@ class Link:
         self.attempts += 1
         delay = min(RETRY_CAP, RETRY_FIRST * 2 ** (self.attempts - 1))
         self.next_attempt = now + delay
+        self.idle = False
         self.new_epoch()
         return self.next_attempt
+
+    def went_idle(self) -> None:
+        """The far node closed the connection for being idle: no failure, no back-off; anything still
+        unacknowledged (nothing, normally) goes again on the next connection."""
+        self.connected = False
+        self.idle = True
+        self.new_epoch()
 
     def up(self, peer_instance: str | None) -> None:
         self.connected = True
         self.peer_instance = peer_instance
         self.attempts = 0
         self.next_attempt = None
+        self.idle = False
         self.new_epoch()
 
     def describe(self, rows: dict[str, list[MessageRow]]) -> dict[str, Any]:
@@ -95,6 +107,8 @@ class Link:
         sent = sum(self.sent.values())
         if self.connected:
             state = f"connected to {self.peer_instance or '?'}"
+        elif self.idle:
+            state = "idle: the far node closed the quiet connection; connects again when there is something to send"
         elif self.last_error:
             state = f"retrying: {self.last_error} (attempt {self.attempts})"
         else:

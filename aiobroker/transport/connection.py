@@ -7,6 +7,10 @@ hot path costs"). Reads take whatever the socket has (up to ``READ_SIZE``) and p
 
 The output buffer is bounded: a peer that stops reading while we keep producing is disconnected rather than
 allowed to grow our memory without limit.
+
+Each connection notes when it last received bytes or began a write (:attr:`FramedConnection.last_active`, one clock
+read per chunk or write, not per frame), so the node can close connections that have been idle too long
+(:mod:`aiobroker.admission`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -63,7 +68,10 @@ def describe_os_error(exc: BaseException) -> str:
 
 
 class FramedConnection:
-    __slots__ = ("stream", "decoder", "_out", "_out_bytes", "_wake", "closed", "max_pending_output", "peer")
+    __slots__ = (
+        "stream", "decoder", "_out", "_out_bytes", "_wake", "closed", "max_pending_output", "peer", "last_active",
+        "writing",
+    )
 
     def __init__(
         self,
@@ -81,6 +89,10 @@ class FramedConnection:
         self.closed = False
         self.max_pending_output = max_pending_output
         self.peer = peer
+        #: when (time.monotonic()) bytes last arrived or a write last began
+        self.last_active = monotonic()
+        #: a write is under way (the peer may not be reading: it can last)
+        self.writing = False
 
     def send(self, obj: Any, limit: int | None = None) -> None:
         """Queue one frame for the writer (does not wait). With ``limit``, a frame over it is refused here with
@@ -104,6 +116,11 @@ class FramedConnection:
             return
         self._wake.set()
 
+    @property
+    def output_waiting(self) -> bool:
+        """Frames are queued for the writer and not yet written."""
+        return bool(self._out)
+
     def send_frame(self, frame: Frame) -> None:
         self.send(frame.to_wire())
 
@@ -118,7 +135,10 @@ class FramedConnection:
                 data = b"".join(self._out)
                 self._out.clear()
                 self._out_bytes = 0
+                self.writing = True
+                self.last_active = monotonic()
                 await self.stream.send(data)
+                self.writing = False
         except _BROKEN:
             pass
         finally:
@@ -133,6 +153,7 @@ class FramedConnection:
             tls_error = find_tls_error(exc)  # an alert from the far side (TLS 1.3 sends some only now)
             why = f": {describe_tls_error(tls_error)}" if tls_error is not None else ""
             raise ConnectionLost(f"connection to {self.peer} closed{why}") from exc
+        self.last_active = monotonic()
         return [parse_frame(obj) for obj in self.decoder.feed(chunk)]
 
     async def receive_one(self) -> Frame:

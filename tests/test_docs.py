@@ -267,6 +267,19 @@ def test_every_toml_block_in_the_docs_loads(doc: Path, heading: str, tmp_path: P
         load_config(config)
 
 
+def test_the_docs_cert_create_commands_run_as_written_in_an_empty_directory(tmp_path: Path) -> None:
+    """``aiobroker cert create`` talks to no node, so each such line of the docs' shell blocks runs as written,
+    in a fresh directory as a new user's (``--out certs/node1`` must not need ``certs/`` made first)."""
+    blocks = [block for doc in [README, *DOCS] for lang in ("sh", "") for _, block in fenced_blocks(doc, lang)]
+    lines = [line for block in blocks for line in command_lines(block) if line.startswith("aiobroker cert create")]
+    assert lines, "the docs show no aiobroker cert create"
+    for i, line in enumerate(lines):
+        cwd = tmp_path / str(i)
+        cwd.mkdir()
+        succeeded(line, shell(line, None, cwd))
+        assert list(cwd.rglob("*.crt")) and list(cwd.rglob("*.key")), f"{line!r} wrote no certificate and key"
+
+
 # --- the docs as a whole ------------------------------------------------------------------------------------
 
 

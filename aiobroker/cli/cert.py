@@ -27,6 +27,8 @@ def _write(path: Path, text: str, mode: int, *, force: bool) -> None:
     ``force``)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
+        # the docs' --out certs/NAME is a folder of its own: make it (only the files' own modes are private)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, mode)
     except FileExistsError:
         raise CommandError(f"{path} exists already; give --force to overwrite it, or another --out") from None

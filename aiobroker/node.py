@@ -56,7 +56,7 @@ from .errors import (
 )
 from .core.catalog import BCN_SERVICE, QueueDef
 from .core.dispatcher import BINDING, ROUTE
-from .core.routing import choose, explain
+from .core.routing import explain
 from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
@@ -700,7 +700,7 @@ class Node:
         now = self.clock()
         core = self.core
         asks = self.resolver.asks(service) if self.resolver is not None else core.asks  # what is really asked
-        lines = explain(
+        lines, decision = explain(
             core.catalog.routes.values(),
             service=service,
             broker_instance=broker_instance,
@@ -711,16 +711,6 @@ class Node:
             asks=asks,
         )
         handles = core.tx.delayed.get(service, {})
-        decision = choose(
-            core.catalog.routes.values(),
-            service=service,
-            broker_instance=broker_instance,
-            now=now,
-            local_services=core.catalog.services,
-            local_instance=core.broker_instance,
-            rand=lambda: 0.0,
-            dynamic=core.dynamic_routing,
-        )
         return {
             "service": service,
             "steps": lines,

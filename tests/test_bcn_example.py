@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
-from node_process import NodeProcess
+from node_process import NodeProcess, stop_by_pid
 
 import aiobroker
 
@@ -72,12 +70,7 @@ async def test_the_bcn_application_creates_the_route_and_the_delayed_messages_go
                     await anyio.sleep(0.05)
             assert service["delayed_messages"] == 1 and service["next_retry_in"] is not None
     finally:
-        os.kill(app.pid, signal.SIGTERM)
-        try:
-            app.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(app.pid, signal.SIGKILL)
-            app.wait(timeout=10)
+        stop_by_pid(app)
         log.close()
         assert a.stop() == 0 and b.stop() == 0
     assert app.returncode == 0, (tmp_path / "bcn.log").read_text()
@@ -113,12 +106,7 @@ async def test_the_bcn_application_reconnects_when_its_node_restarts(tmp_path: P
                     await anyio.sleep(0.05)
         assert app.poll() is None, "the application exited: " + log_path.read_text()
     finally:
-        os.kill(app.pid, signal.SIGTERM)
-        try:
-            app.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(app.pid, signal.SIGKILL)
-            app.wait(timeout=10)
+        stop_by_pid(app)
         log.close()
         assert a.stop() == 0, a.output()
     assert app.returncode == 0, log_path.read_text()

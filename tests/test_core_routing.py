@@ -83,7 +83,8 @@ def test_the_local_first_departure_holds_with_a_resolver_configured_and_is_expla
     kwargs = dict(service="S", broker_instance=None, now=NOW, local_services=("S",), local_instance=HERE, dynamic=True)
     d = choose([AUTO_CREATED_LOCAL], **kwargs)  # type: ignore[arg-type]
     assert (d.kind, d.route) == ("local", AUTO_CREATED_LOCAL)
-    lines = explain([AUTO_CREATED_LOCAL], **kwargs)  # type: ignore[arg-type]
+    lines, decision = explain([AUTO_CREATED_LOCAL], **kwargs)  # type: ignore[arg-type]
+    assert decision == d
     assert "the service is on this node and a LOCAL wildcard route exists: delivered here" in lines[3]
     assert lines[-1].startswith("decision: local: step 4 (the service is on this node)")
 

@@ -280,8 +280,9 @@ def explain(
     local_instance: str,
     dynamic: bool = False,
     asks: str = ASKS_BCN,
-) -> list[str]:
-    """The walk through the seven steps in words, one line each, then the decision (for ``diagnose``). ``asks``:
+) -> tuple[list[str], Decision]:
+    """The walk through the seven steps in words, one line each, then the decision (for ``diagnose``), and the
+    decision itself (with no random pick: the first of equal routes). ``asks``:
     whom step 4 asks, as precisely as the caller can say (``the dns_srv resolver (SRV _aiobroker._tcp....)``)."""
     all_routes = list(routes)
     live = [r for r in all_routes if r.live(now)]
@@ -335,4 +336,4 @@ def explain(
         asks=asks,
     )
     lines.append(f"decision: {decision.kind}: {decision.reason}")
-    return lines
+    return lines, decision

@@ -56,11 +56,11 @@ from .errors import (
 )
 from .core.catalog import BCN_SERVICE, QueueDef
 from .core.dispatcher import BINDING, ROUTE
+from .core.records import Snapshot
 from .core.routing import explain
 from .links import PeerLinks
 from .ops import OPS
 from .store import Store, open_store
-from .store.base import Snapshot
 from .transport.connection import FramedConnection
 from .transport.tls import RefusingTLSListener, client_context, server_context
 from .wire.codec import batch_bytes

@@ -33,7 +33,7 @@ handlers here do not check rights themselves.
 
 ``receive`` with ``timeout`` > 0 (or null: no limit) waits for messages without holding up anything else on the
 connection; each received message is the stored row ``[message_id, location, handle, sequence_number,
-message_type, body, enqueued_at, state]`` (see :class:`aiobroker.store.base.MessageRow`) and
+message_type, body, enqueued_at, state]`` (see :class:`aiobroker.core.records.MessageRow`) and
 ``conversations`` maps each handle in the batch to ``[service, far_service, contract, group_id, is_initiator,
 conversation_id]``.
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiobroker.core.broker import BrokerCore
 from aiobroker.core.queues import Lease
-from aiobroker.store.base import ROW_BODY, ROW_HANDLE, ROW_SEQ, ROW_TYPE, Snapshot, WriteBatch
+from aiobroker.core.records import ROW_BODY, ROW_HANDLE, ROW_SEQ, ROW_TYPE, Snapshot, WriteBatch
 
 
 class DictStore:

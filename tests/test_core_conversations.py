@@ -8,6 +8,7 @@ from core_harness import Harness
 from aiobroker.core.catalog import DIALOG_TIMER, END_DIALOG, ERROR
 from aiobroker.core.conversation import State
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.core.records import ROW_BODY, ROW_HANDLE
 from aiobroker.errors import (
     ContractViolation,
     ConversationError,
@@ -15,7 +16,6 @@ from aiobroker.errors import (
     MessageTooLarge,
     UnknownObject,
 )
-from aiobroker.store.base import ROW_BODY, ROW_HANDLE
 
 
 def bodies(items: list[tuple[str, int, str, bytes]]) -> list[bytes]:

@@ -9,9 +9,9 @@ from core_harness import NO_BYTE_LIMIT, Harness
 
 from aiobroker.core.catalog import BCN_CONTRACT, BCN_SERVICE, ERROR, MISSING_ROUTE
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.core.records import ROW_SEQ, message_row
 from aiobroker.core.transmission import TransmissionQueue
 from aiobroker.errors import Overloaded
-from aiobroker.store.base import ROW_SEQ, message_row
 from resolvers.base import RouteAnswer, Target
 
 B = "tcp://10.0.0.2:4022"

@@ -8,8 +8,8 @@ from core_harness import A_ADDR, B_ADDR, NO_BYTE_LIMIT, Harness, carry, route_bo
 from aiobroker.core.catalog import END_DIALOG, ERROR
 from aiobroker.core.conversation import State
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.core.records import ROW_LOCATION
 from aiobroker.core.transmission import ENVELOPE_OVERHEAD
-from aiobroker.store.base import ROW_LOCATION
 
 
 

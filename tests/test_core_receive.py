@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from core_harness import Harness
 
+from aiobroker.core.records import ROW_BODY, ROW_LOCATION, ROW_SEQ, ROW_STATE
 from aiobroker.errors import LeaseExpired, QueueDisabled
-from aiobroker.store.base import ROW_BODY, ROW_LOCATION, ROW_SEQ, ROW_STATE
 
 
 def test_a_locked_group_is_not_handed_to_a_second_receiver() -> None:

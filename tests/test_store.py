@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from aiobroker.errors import StoreError
-from aiobroker.store import MemoryStore, MessageRow, Snapshot, SqliteStore, Store, WriteBatch, message_row, open_store
-from aiobroker.store.base import ROW_BODY, ROW_ID
+from aiobroker.core.records import ROW_BODY, ROW_ID, MessageRow, Snapshot, WriteBatch, message_row
+from aiobroker.store import MemoryStore, SqliteStore, Store, open_store
 from aiobroker.wire.codec import packb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,7 +360,8 @@ def test_a_data_dir_that_is_not_writable_is_refused(sub: str) -> None:
 CRASH_SCRIPT = """
 import sys, time
 from pathlib import Path
-from aiobroker.store import SqliteStore, WriteBatch, message_row
+from aiobroker.core.records import WriteBatch, message_row
+from aiobroker.store import SqliteStore
 store = SqliteStore(Path(sys.argv[1]))
 store.open()
 deadline = time.monotonic() + 30  # bounded, should the parent fail to kill it

@@ -45,7 +45,6 @@ from ..errors import (
     SecurityError,
     UnknownObject,
 )
-from ..store.base import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, MessageRow, Snapshot, WriteBatch
 from .catalog import (
     BCN_SERVICE,
     DIALOG_TIMER,
@@ -68,6 +67,7 @@ from .dynamic import _DISPATCH, _REFRESH, DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
 from .receiving import _LEASE, URGENT_TYPES, Receiving
+from .records import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, MessageRow, Snapshot, WriteBatch
 from .routing import Route
 from .status import Status
 from .transmission import TransmissionQueue

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from ..durations import duration, until
-from ..store.base import WriteBatch
 from .catalog import (
     BCN_CONTRACT,
     BCN_CONTRACT_HTTPS,
@@ -40,6 +39,7 @@ from .catalog import (
 from .conversation import Endpoint, State
 from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
+from .records import WriteBatch
 from .routing import ASKS_BCN, Route
 from .transmission import TransmissionQueue
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..store.base import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, WriteBatch
 from ..errors import SecurityError
 from .catalog import BCN_SERVICE, ERROR, Catalog
 from .conversation import Endpoint, State
 from .dispatcher import ROUTE
 from .identities import PUBLIC
+from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, WriteBatch
 from .routing import Decision, choose
 from .transmission import TransmissionQueue
 

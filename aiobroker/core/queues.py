@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Container
 from typing import Any
 
-from ..store.base import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
 from .catalog import QueueDef, on_off_word
+from .records import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
 
 
 #: Bytes a stored row takes on the wire besides its body, at most: the handle, location and message type are names

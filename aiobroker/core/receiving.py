@@ -24,10 +24,10 @@ import heapq
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
-from ..store.base import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow, WriteBatch
 from .catalog import DIALOG_TIMER, ERROR, QueueDef
 from .conversation import Endpoint
 from .queues import Lease, MessageQueue
+from .records import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow, WriteBatch
 
 #: message types handed out before the rest of their group, and put back in front on a rollback: they change what
 #: the application should do with the other messages

@@ -32,10 +32,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..store.base import ROW_HANDLE, ROW_SEQ, MessageRow
 from .catalog import Catalog
 from .conversation import Endpoint, State
 from .queues import Lease, MessageQueue
+from .records import ROW_HANDLE, ROW_SEQ, MessageRow
 from .transmission import TransmissionQueue
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.base import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_SEQ, MessageRow
+from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_SEQ, MessageRow
 
 #: Bytes an envelope takes on the wire besides its body, at most: four names of up to 256 bytes (the two services,
 #: the contract, the message type), the conversation id and two broker instances, the numbers, a sealed body's nonce

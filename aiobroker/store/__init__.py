@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import MessageRow, Snapshot, Store, WriteBatch, message_row
+from .base import Store
 from .memory import MemoryStore
 from .sqlite import SqliteStore, check_durability
 
-__all__ = ["STORE_KINDS", "MemoryStore", "MessageRow", "Snapshot", "SqliteStore", "Store", "WriteBatch", "message_row", "open_store"]
+__all__ = ["STORE_KINDS", "MemoryStore", "SqliteStore", "Store", "open_store"]
 
 #: The names :func:`open_store` accepts, as written in configuration (``--store``).
 STORE_KINDS = ("sqlite", "memory")

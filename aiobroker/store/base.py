@@ -6,75 +6,17 @@ the store applies it as **one transaction**; at start the
 node reads everything back with :meth:`Store.open`. A message is acknowledged to its sender only after the batch
 that holds it has been written (group commit: many messages, many conversations, one transaction).
 
-A batch is coalesced: each key maps to its latest value, ``None`` meaning "delete". So a message stored and then
-received-and-committed within one batch is simply not written, and an object dropped and created again within one
-batch ends up created. Values are plain data (str, int, float, bytes, bool, None, lists, dicts with **str keys**:
-msgpack refuses other keys when reading back, which would make the store unreadable) that the store serializes as
-it likes; tuples come back as lists. In ``messages`` the key is the row's ``id``. The meta key
-``schema_version`` belongs to the store itself.
+The records a store reads and writes (:class:`~aiobroker.core.records.WriteBatch`,
+:class:`~aiobroker.core.records.Snapshot`, the message row) are data the core shares; they live in
+:mod:`aiobroker.core.records`, which says what a batch's values may be.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-#: ``(kind, name)`` of a catalog object: kind is ``message_type``, ``contract``, ``queue``, ``service``
-#: (later ``route``, ``binding``).
-ObjectKey = tuple[str, str]
-
-
-#: A message at rest, in a queue or in the transmission queue: a plain tuple, its fields read by the ``ROW_*``
-#: indexes below. Every message is built as one of these once and then kept, stored and sent as it is, so it is the
-#: cheapest record Python has: a NamedTuple instance costs about four times as much to build (0.36 against 0.10 µs
-#: a message, measured), which was a tenth of a node's CPU per message.
-#:
-#: Everything else about the message (conversation group, service, contract, far side) follows from its handle, the
-#: conversation endpoint it belongs to, which the store keeps beside it.
-MessageRow = tuple[int, str, str, int, str, bytes, float, int]
-
-ROW_ID: Final = 0  #: int: node-wide, increasing in arrival order; the order messages are loaded back in
-ROW_LOCATION: Final = 1  #: str: ``"q:<queue name>"`` for a queue, ``"tx"`` for the transmission queue
-ROW_HANDLE: Final = 2  #: str: the endpoint: the receiver's for a queue, the sender's for the transmission queue
-ROW_SEQ: Final = 3  #: int: the message's sequence number within its conversation and direction
-ROW_TYPE: Final = 4  #: str: the message type
-ROW_BODY: Final = 5  #: bytes
-ROW_ENQUEUED_AT: Final = 6  #: float: wall-clock seconds
-ROW_STATE: Final = 7  #: int: 0 ready, 1 received-and-retained (queues with retention)
-
-
-def message_row(
-    id: int, location: str, handle: str, seq: int, message_type: str, body: bytes, enqueued_at: float, state: int = 0
-) -> MessageRow:
-    """A row by its fields' names (the hot paths build the tuple directly)."""
-    return (id, location, handle, seq, message_type, body, enqueued_at, state)
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """Changes to apply in one transaction. Latest value wins per key; ``None`` deletes."""
-
-    meta: dict[str, Any] = field(default_factory=dict)
-    objects: dict[ObjectKey, Any] = field(default_factory=dict)
-    endpoints: dict[str, Any] = field(default_factory=dict)
-    messages: dict[int, MessageRow | None] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.meta or self.objects or self.endpoints or self.messages)
-
-    def __len__(self) -> int:
-        return len(self.meta) + len(self.objects) + len(self.endpoints) + len(self.messages)
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """Everything a store holds, as read back at start."""
-
-    meta: dict[str, Any] = field(default_factory=dict)
-    objects: list[tuple[str, str, Any]] = field(default_factory=list)  #: (kind, name, definition)
-    endpoints: list[tuple[str, Any]] = field(default_factory=list)  #: (handle, state)
-    messages: list[MessageRow] = field(default_factory=list)  #: ordered by id
+from ..core.records import Snapshot, WriteBatch
 
 
 class Store(ABC):

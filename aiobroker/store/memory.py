@@ -8,7 +8,8 @@ always finds an empty node.
 
 from __future__ import annotations
 
-from .base import Snapshot, Store, WriteBatch
+from ..core.records import Snapshot, WriteBatch
+from .base import Store
 
 
 class MemoryStore(Store):

@@ -32,9 +32,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
+from ..core.records import MessageRow, Snapshot, WriteBatch
 from ..errors import ProtocolError, StoreError
 from ..wire.codec import packb, unpackb
-from .base import MessageRow, Snapshot, Store, WriteBatch
+from .base import Store
 from .checkpointer import Checkpointer
 
 log = logging.getLogger("aiobroker.store")

@@ -1,0 +1,150 @@
+"""The one-way imports docs/design.md promises, read from the source with ``ast`` (nothing is imported).
+
+Each rule is one test: the files it covers, the modules they must not import, and the exceptions it allows, each
+with its reason. Every form of import counts: absolute or relative, inside a function, under ``TYPE_CHECKING``.
+A failure names the file, the line and the edge.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import aiobroker
+
+PACKAGE = Path(aiobroker.__file__).parent
+ROOT = PACKAGE.parent
+
+
+def _matches(module: str, pattern: str) -> bool:
+    """``aiobroker.store`` matches itself and what is inside it; ``aiobroker.config*`` every name it begins."""
+    if pattern.endswith("*"):
+        return module.startswith(pattern[:-1])
+    return module == pattern or module.startswith(pattern + ".")
+
+
+def imports(path: Path, root: Path = ROOT) -> Iterator[tuple[int, str, str | None]]:
+    """``(line, module, name)`` for everything ``path`` imports, relative imports resolved against ``root``:
+    ``from ..store.base import Store`` in ``aiobroker/core/x.py`` gives ``(n, "aiobroker.store.base", "Store")``;
+    ``import aiobroker.node`` gives ``(n, "aiobroker.node", None)``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    package = parts[:-1]  # a module's package; for an ``__init__.py``, the package itself
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            for alias in node.names:
+                yield node.lineno, module, None if alias.name == "*" else alias.name
+
+
+def forbidden_edges(
+    files: Iterable[Path], forbidden: Iterable[str], allowed: Iterable[str] = (), root: Path = ROOT
+) -> list[str]:
+    """One line per import statement of ``files`` that imports something matching ``forbidden`` and not
+    ``allowed``, as ``file:line: from module import names``.
+
+    A name is matched with its module (``aiobroker.store.base.Store``), since it may itself be a module:
+    ``from .. import store`` imports ``aiobroker.store``.
+    """
+    forbidden, allowed = list(forbidden), list(allowed)
+    found: dict[tuple[str, int, str], list[str]] = {}
+    for path in sorted(files):
+        for line, module, name in sorted(imports(path, root), key=lambda edge: edge[0]):
+            full = module if name is None else f"{module}.{name}"
+            if any(_matches(full, f) for f in forbidden) and not any(_matches(full, a) for a in allowed):
+                found.setdefault((path.relative_to(root).as_posix(), line, module), []).append(name or "")
+    return [
+        f"{file}:{line}: " + (f"from {module} import {', '.join(names)}" if any(names) else f"import {module}")
+        for (file, line, module), names in found.items()
+    ]
+
+
+def test_core_imports_no_shell_and_no_store() -> None:
+    """The core (``aiobroker/core/``) knows no sockets, frames, files or configuration: the node feeds it.
+
+    What it does import from outside itself is pure: ``aiobroker.errors``, ``aiobroker.durations`` (parsing a
+    duration), ``aiobroker.security`` (crypto on bytes), and the one exception below. The records it shares with
+    the store are ``aiobroker.core.records``, which ``store/`` imports, not the other way round.
+    """
+    forbidden = [
+        "aiobroker.node",
+        "aiobroker.links",
+        "aiobroker.transport",
+        "aiobroker.store",
+        "aiobroker.wire",
+        "aiobroker.client",
+        "aiobroker.cli",
+        "aiobroker.config*",
+        # the rest of the shell
+        "aiobroker.writer",
+        "aiobroker.ops",
+        "aiobroker.authz",
+        "aiobroker.admission",
+        "aiobroker.serve",
+        "aiobroker.__main__",
+    ]
+    allowed = [
+        # validation 'msgpack' checks a body with the codec's unpackb: pure (bytes in, objects out), and the
+        # codec is the one module that imports msgpack. An exception docs/design.md lists.
+        "aiobroker.wire.codec.unpackb",
+    ]
+    edges = forbidden_edges((PACKAGE / "core").rglob("*.py"), forbidden, allowed)
+    assert not edges, "the core imports what it must not:\n" + "\n".join(edges)
+
+
+def test_records_import_nothing_of_aiobroker() -> None:
+    """``core/records.py`` is the one module of the core the store imports: it stays plain data, so that importing
+    it brings none of the core's behaviour into the store."""
+    edges = forbidden_edges([PACKAGE / "core" / "records.py"], ["aiobroker"], ["aiobroker.errors"])
+    assert not edges, "core/records.py imports more than plain data needs:\n" + "\n".join(edges)
+
+
+def test_the_reader_sees_every_form_of_import(tmp_path: Path) -> None:
+    """The rules are only as good as the reader: relative imports at any depth, ``from .. import module``,
+    imports inside functions and under ``TYPE_CHECKING`` all count; an allowed name is let through exactly."""
+    core = tmp_path / "aiobroker" / "core"
+    core.mkdir(parents=True)
+    (core / "__init__.py").write_text("from . import records\nfrom .. import store\n")
+    (core / "engine.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import aiobroker.node\n"
+        "from ..store.base import Store\n"
+        "from ..wire.codec import unpackb, packb\n"
+        "from .records import ROW_ID\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..config_fields import FIELDS\n"
+        "def later():\n"
+        "    from aiobroker.transport import connection\n"
+    )
+    assert sorted(imports(core / "engine.py", tmp_path), key=lambda edge: (edge[0], edge[2] or "")) == [
+        (1, "typing", "TYPE_CHECKING"),
+        (2, "aiobroker.node", None),
+        (3, "aiobroker.store.base", "Store"),
+        (4, "aiobroker.wire.codec", "packb"),
+        (4, "aiobroker.wire.codec", "unpackb"),
+        (5, "aiobroker.core.records", "ROW_ID"),
+        (7, "aiobroker.config_fields", "FIELDS"),
+        (9, "aiobroker.transport", "connection"),
+    ]
+    assert sorted(imports(core / "__init__.py", tmp_path)) == [
+        (1, "aiobroker.core", "records"),
+        (2, "aiobroker", "store"),
+    ]
+    edges = forbidden_edges(
+        core.glob("*.py"),
+        ["aiobroker.store", "aiobroker.wire", "aiobroker.config*", "aiobroker.node", "aiobroker.transport"],
+        ["aiobroker.wire.codec.unpackb"],
+        root=tmp_path,
+    )
+    assert edges == [
+        "aiobroker/core/__init__.py:2: from aiobroker import store",
+        "aiobroker/core/engine.py:2: import aiobroker.node",
+        "aiobroker/core/engine.py:3: from aiobroker.store.base import Store",
+        "aiobroker/core/engine.py:4: from aiobroker.wire.codec import packb",
+        "aiobroker/core/engine.py:7: from aiobroker.config_fields import FIELDS",
+        "aiobroker/core/engine.py:9: from aiobroker.transport import connection",
+    ]

@@ -75,10 +75,14 @@ class StoreWriter:
         self._wake.set()
 
     def _has_work(self) -> bool:
-        core = self.core
         # links with messages to send count too: they are woken after a write (even an empty one, with a store
         # that keeps nothing), once what they would send is durable
-        return bool(self._callbacks or core.pending or core.changes or core.dirty or core.tx.ready_links)
+        return self._has_writes() or bool(self.core.tx.ready_links)
+
+    def _has_writes(self) -> bool:
+        """Something to store or publish (not just links to wake)."""
+        core = self.core
+        return bool(self._callbacks or core.pending or core.changes or core.dirty)
 
     async def run(self) -> None:
         while True:
@@ -133,8 +137,10 @@ class StoreWriter:
             self.on_durable()
 
     async def drain(self) -> None:
-        """Write everything gathered so far (used at shutdown)."""
-        while self._has_work():
+        """Write everything gathered so far (at start, before the node listens, and at shutdown). Links waiting
+        to be woken do not count: no link runs then (the start wakes them itself once it can), and counting them
+        would loop here for good, since nothing can take them off the list."""
+        while self._has_writes():
             await self.commit_once()
 
     def statistics(self) -> dict[str, float | int]:

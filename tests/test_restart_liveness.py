@@ -8,6 +8,8 @@ unacknowledged message for good, until a new send to B woke it. Each case here r
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -145,3 +147,42 @@ async def test_a_message_through_a_forwarder_leaves_after_the_sender_and_the_for
         a.stop()
         f.stop()
         b.stop()
+
+
+#: run in a process of its own: the stop this checks used to spin without yielding, which no cancel scope can
+#: interrupt, so only the process's time-out can fail it without hanging the suite
+_STOP_WITH_A_LINK_TO_WAKE = """
+import sys, anyio, aiobroker
+from pathlib import Path
+
+async def main(data_dir, address):
+    config = aiobroker.NodeConfig(store="sqlite", data_dir=data_dir, listen_port=0)
+    async with aiobroker.Node(config) as node:
+        async with aiobroker.connect(node.url) as client:
+            await client.create_route("to-orders", address, service_name="//shop/Orders")
+            await client.create_queue("qi")
+            await client.create_service("//shop/Client", "qi")
+            dialog = await client.begin_dialog("//shop/Client", "//shop/Orders")
+            await dialog.send("DEFAULT", b"waits for a peer that is not there")
+        node.core.tx.ready_links.add(address)  # as a send leaves it while the link is busy
+    async with aiobroker.Node(config) as node:  # and what it stored is all there at the next start
+        assert node.core.tx.message_count == 1, node.core.tx.message_count
+    print("stopped")
+
+anyio.run(main, Path(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_a_node_stops_while_a_link_has_work_waiting_to_be_woken(tmp_path: Path) -> None:
+    """At a stop no link runs, so a link still listed as having work must not keep the last write going for good.
+    (A SIGINT hung a node whose link had just come up: the final drain waited for that list to empty, and only a
+    running link empties it.)"""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _STOP_WITH_A_LINK_TO_WAKE, str(tmp_path / "data"), address],
+            capture_output=True, text=True, timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the node did not stop within 30 s with a link waiting to be woken")
+    assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stderr

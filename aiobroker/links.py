@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .admission import IDLE
-from .config_fields import MIN_FRAME_SIZE
+from .config import MIN_FRAME_SIZE
 from .core.routing import parse_tcp_address
 from .core.transmission import ENVELOPE_OVERHEAD
 from .durations import duration, until

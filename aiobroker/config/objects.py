@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
-from .config_messages import Invalid, describe, did_you_mean, quoted
-from .errors import ConfigError, SecurityError
-from .security.certs import read_pem_file
+from .messages import Invalid, describe, did_you_mean, quoted
+from ..errors import ConfigError, SecurityError
+from ..security.certs import read_pem_file
 
 #: The object kinds a config file may declare, as ``[[kind]]`` arrays of tables.
 OBJECT_KINDS: Final = ("message_type", "contract", "queue", "service", "route", "identity", "binding")
@@ -129,8 +129,8 @@ def _read_pem(what: str, key: str, value: Any, base: Path | None) -> Any:
 
 def _check_security_object(kind: str, definition: dict[str, Any]) -> None:
     """Parse an identity or binding as the node will (without the date checks it makes at creation)."""
-    from .core.identities import Binding, Identity
-    from .errors import BrokerError
+    from ..core.identities import Binding, Identity
+    from ..errors import BrokerError
 
     try:
         (Identity if kind == "identity" else Binding).from_def(definition)

@@ -3,8 +3,8 @@
 Part of :mod:`aiobroker.config` (its docstring says how the parts fit, and documents the file); import from there.
 :func:`from_document` turns a parsed file into :class:`~aiobroker.config.NodeConfig` field values, each with the
 label ``"<file>: [section] key"`` that an error about it will start with. Values are checked later, all together
-(:func:`~aiobroker.config_fields.validate`), except what only the file can say: a key's section, a path relative to
-the file, the listen address's syntax, and the ``[[kind]]`` arrays (:mod:`aiobroker.config_objects`).
+(:func:`~aiobroker.config.fields.validate`), except what only the file can say: a key's section, a path relative to
+the file, the listen address's syntax, and the ``[[kind]]`` arrays (:mod:`aiobroker.config.objects`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
-from .config_fields import split_listen
-from .config_messages import Invalid, describe, describe_or_empty, did_you_mean
-from .config_objects import OBJECT_KINDS, objects_from_file
-from .errors import ConfigError
+from .fields import split_listen
+from .messages import Invalid, describe, describe_or_empty, did_you_mean
+from .objects import OBJECT_KINDS, objects_from_file
+from ..errors import ConfigError
 
 #: The keys each section allows, as written in the file.
 SECTIONS: Final[dict[str, tuple[str, ...]]] = {

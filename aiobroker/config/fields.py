@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from .config_messages import Invalid, describe, describe_or_empty, did_you_mean, quoted
-from .config_objects import check_objects
-from .core.transmission import ENVELOPE_OVERHEAD
-from .errors import ConfigError, SecurityError
-from .security.certs import read_pem_file
-from .store.sqlite import DURABILITIES as SQLITE_DURABILITIES
+from .messages import Invalid, describe, describe_or_empty, did_you_mean, quoted
+from .objects import check_objects
+from ..core.transmission import ENVELOPE_OVERHEAD
+from ..errors import ConfigError, SecurityError
+from ..security.certs import read_pem_file
+from ..store.sqlite import DURABILITIES as SQLITE_DURABILITIES
 
 MIB: Final = 1024 * 1024
 

@@ -66,7 +66,7 @@ from .transport.tls import RefusingTLSListener, client_context, server_context
 from .wire.codec import batch_bytes
 from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
 from .writer import StoreWriter
-from resolvers.base import NotFound, Resolver, ResolverError, load_resolver
+from aiobroker.resolver import NotFound, Resolver, ResolverError, load_resolver
 
 log = logging.getLogger("aiobroker.node")
 

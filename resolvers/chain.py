@@ -10,20 +10,20 @@ chain::
       { kind = "dns_srv", domain = "svc.example" },
     ]
 
-Each member is built with :func:`~resolvers.base.load_resolver` from its table (``kind`` picks the factory, the
+Each member is built with :func:`~aiobroker.resolver.load_resolver` from its table (``kind`` picks the factory, the
 rest are its options), and the members are asked in the order given:
 
-- the first :class:`~resolvers.base.RouteAnswer` wins, unchanged (its ``source`` says which member gave it); later
+- the first :class:`~aiobroker.resolver.RouteAnswer` wins, unchanged (its ``source`` says which member gave it); later
   members are not asked, so put the most specific source first;
-- :class:`~resolvers.base.NotFound` from a member means "not mine": the next one is asked;
+- :class:`~aiobroker.resolver.NotFound` from a member means "not mine": the next one is asked;
 - when every member says NotFound, so does the chain, with the smallest ``retry_after`` any of them gave (the
   soonest any source might know better);
 - when no member answered and at least one could not be asked (a time-out, an unreadable file), the chain raises
-  :class:`~resolvers.base.ResolverError` listing every member's reason, so that ``status`` shows the real cause
+  :class:`~aiobroker.resolver.ResolverError` listing every member's reason, so that ``status`` shows the real cause
   rather than a bare "not found" from a later member.
 
-Binding requests (:meth:`~resolvers.base.Resolver.resolve_binding`) go through the chain the same way: the first
-:class:`~resolvers.base.BindingAnswer` wins, a member's NotFound (including the default one of a member that
+Binding requests (:meth:`~aiobroker.resolver.Resolver.resolve_binding`) go through the chain the same way: the first
+:class:`~aiobroker.resolver.BindingAnswer` wins, a member's NotFound (including the default one of a member that
 answers routes only) moves on to the next, and failures combine as above. The member that gave a service's route
 need not be the one that gives its binding.
 
@@ -37,9 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from aiobroker.errors import ConfigError
-
-from .base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, load_resolver
+from aiobroker.resolver import BindingAnswer, ConfigError, NotFound, Resolver, ResolverError, RouteAnswer, load_resolver
 
 _Answer = TypeVar("_Answer", RouteAnswer, BindingAnswer)
 

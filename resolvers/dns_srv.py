@@ -26,43 +26,43 @@ priority, weight, and (through the TTL) how long the answer holds. The node's co
 
 The template is off when it needs ``{domain}`` and none is given; then only ``[resolver.names]`` is used (a config
 with neither is refused). A service name that cannot be mapped (not in the table with the template off, or without a
-single letter or digit) gets :class:`~resolvers.base.NotFound`: no DNS answer could ever name it.
+single letter or digit) gets :class:`~aiobroker.resolver.NotFound`: no DNS answer could ever name it.
 
 **From SRV records to targets.**
 
 - *Priority* is copied: lower is preferred, and the node uses only the lowest priority present
-  (:meth:`~resolvers.base.RouteAnswer.preferred`), as RFC 2782 says.
+  (:meth:`~aiobroker.resolver.RouteAnswer.preferred`), as RFC 2782 says.
 - *Weight*: RFC 2782 weights are 0..65535 and a 0 means "a very small chance when others have weight > 0"; ours are
   whole numbers >= 1. A weight ``w > 0`` becomes ``100 * w`` and a weight 0 becomes ``1``: ratios between non-zero
   weights are kept exactly, a weight 0 record gets 1/100 of the share of a weight 1 record, and a group of only
   weight 0 records shares the load evenly.
 - *Target host*: resolved here, through the same nameservers, to its A and AAAA addresses (queried in parallel);
-  each address becomes a :class:`~resolvers.base.Target` ``tcp://address:port`` (``tcp://[v6]:port``) with the
+  each address becomes a :class:`~aiobroker.resolver.Target` ``tcp://address:port`` (``tcp://[v6]:port``) with the
   record's port. Why not leave the host name to the node: the node would look it up with the system resolver, which
   may not be the DNS that published the record (a split horizon, a test server on a private port), and its answer's
   TTL would not be part of the route's lifetime. A host with several addresses shares its record's weight among them
   (all weights of the priority are scaled by the least common multiple of the address counts, so the shares stay
   exact). The same address and port named twice at one priority becomes one target with the weights added.
 - A host with no address (NXDOMAIN or no A/AAAA records) is left out and listed in ``extra["unresolved"]``; if that
-  leaves nothing, the answer is :class:`~resolvers.base.NotFound`. If the lookup of a host *failed* (time-out,
-  SERVFAIL) and gave no address, the whole question fails with :class:`~resolvers.base.ResolverError`: an answer
+  leaves nothing, the answer is :class:`~aiobroker.resolver.NotFound`. If the lookup of a host *failed* (time-out,
+  SERVFAIL) and gave no address, the whole question fails with :class:`~aiobroker.resolver.ResolverError`: an answer
   without that host would shift its load onto the others for a whole lifetime. An AAAA lookup that fails while the
   A lookup gave addresses (old middleboxes do that) is not held against the host.
 - A record with target ``.`` is dropped; when that leaves no record (the RFC 2782 "service decidedly not available
-  at this domain", normally one record), the answer is :class:`~resolvers.base.NotFound` for the SRV RRset's TTL.
+  at this domain", normally one record), the answer is :class:`~aiobroker.resolver.NotFound` for the SRV RRset's TTL.
 
 **Lifetime.** The smallest TTL among the RRsets the answer was built from (the SRV RRset, with any CNAMEs on the way,
 and every A/AAAA RRset that gave an address), clamped to ``[lifetime_floor, lifetime_cap]``: the floor keeps a TTL
 of 0 from turning every message into a DNS query, the cap bounds how long a stale answer can live.
 
-**Negative answers.** NXDOMAIN and "no SRV records" (NODATA) are :class:`~resolvers.base.NotFound` with
+**Negative answers.** NXDOMAIN and "no SRV records" (NODATA) are :class:`~aiobroker.resolver.NotFound` with
 ``retry_after`` the negative-caching TTL of RFC 2308: ``min(SOA TTL, SOA minimum)`` of the SOA in the authority
 section, or 60 s when there is none; clamped like a lifetime. The node does not ask again sooner; it may ask
 later, since its back-off doubles with each failure in a row whatever the TTL (a target ``.`` with a 2 s TTL is
 asked again after 2, 4, 8, ... s).
 
 **Failures.** A time-out (no nameserver answered within ``timeout``), SERVFAIL, REFUSED, a malformed reply, no
-nameserver configured: :class:`~resolvers.base.ResolverError` with the reason in words, naming the query and the
+nameserver configured: :class:`~aiobroker.resolver.ResolverError` with the reason in words, naming the query and the
 nameservers, e.g. ``DNS query for _x._tcp.example. SRV timed out after 2s (nameserver 127.0.0.1:5353)``. Nothing
 else leaves :meth:`DnsSrvResolver.resolve_route`: dnspython's exceptions are translated there, chained.
 
@@ -99,11 +99,18 @@ import dns.rdtypes.ANY.SOA
 import dns.rdtypes.IN.SRV
 import dns.resolver
 
-from aiobroker.core.names import check_name
-from aiobroker.durations import duration
-from aiobroker.errors import BrokerError, ConfigError, InvalidArgument
-
-from .base import NotFound, Resolver, ResolverError, RouteAnswer, Target
+from aiobroker.resolver import (
+    BrokerError,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    Resolver,
+    ResolverError,
+    RouteAnswer,
+    Target,
+    check_name,
+    duration,
+)
 
 DEFAULT_SRV_NAME = "_aiobroker._tcp.{service}.{domain}"
 DEFAULT_TIMEOUT = 2.0

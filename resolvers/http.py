@@ -44,7 +44,7 @@ mistaken for part of it). A 200 answer whose body is a JSON object::
      "service": "//shop/Orders"}            # optional: if present, must be the name asked for
 
 404 means the registry has no binding for the service (NotFound); every other status, time-out and body problem is
-a ResolverError, as for routes, and so is a ``certificate`` that :func:`aiobroker.security.certs.load_certificate`
+a ResolverError, as for routes, and so is a ``certificate`` that :func:`aiobroker.resolver.load_certificate`
 refuses (it does not parse, or its key is not one dialog security can use): the message names the URL and the
 service. The answer carries the certificate alone, written out again as PEM. Keys not listed are ignored. The
 answer's lifetime is found as for routes (below). The ``consul`` format answers routes only: a binding question
@@ -83,10 +83,10 @@ is asked about again (longer when the node's back-off, doubling with each failur
 
 Errors
 ------
-404 is :class:`~resolvers.base.NotFound` (kept for at least ``Retry-After`` seconds, else ``default_lifetime``).
+404 is :class:`~aiobroker.resolver.NotFound` (kept for at least ``Retry-After`` seconds, else ``default_lifetime``).
 Any other status outside 2xx (redirects are not followed), a body that is not JSON or not the format, a body over
 :data:`MAX_BODY_BYTES`, a time-out, a refused connection or a broken exchange is a
-:class:`~resolvers.base.ResolverError` that says which, names the URL, quotes at most ~200 characters of the body
+:class:`~aiobroker.resolver.ResolverError` that says which, names the URL, quotes at most ~200 characters of the body
 where that helps, and carries ``Retry-After`` (seconds or an HTTP date) as ``retry_after``. The whole request is
 bounded by ``connect_timeout + read_timeout``, so a registry that trickles its answer cannot hold a question longer.
 
@@ -111,11 +111,20 @@ import anyio
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from aiobroker.core.names import check_name
-from aiobroker.durations import duration
-from aiobroker.errors import ConfigError, InvalidArgument, SecurityError
-from aiobroker.security.certs import load_certificate
-from resolvers.base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target
+from aiobroker.resolver import (
+    BindingAnswer,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    Resolver,
+    ResolverError,
+    RouteAnswer,
+    SecurityError,
+    Target,
+    check_name,
+    duration,
+    load_certificate,
+)
 
 FORMATS = ("aiobroker", "consul")
 DEFAULT_CONNECT_TIMEOUT = 2.0

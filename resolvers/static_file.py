@@ -76,18 +76,18 @@ identity that signs for the initiator; absent, the node's own). The entry's ``li
 An entry needs ``targets``, a ``binding`` or both: a route question about a service with only a binding, or a
 binding question about one with only targets, is "not found" (held for the entry's lifetime).
 
-Certificates are checked with :func:`aiobroker.security.certs.load_certificate`: a certificate must parse as X.509
+Certificates are checked with :func:`aiobroker.resolver.load_certificate`: a certificate must parse as X.509
 and have a key dialog security can use (RSA of at least 2048 bits, or EC on P-256, P-384 or P-521). A
 ``certificate`` written in the file is checked when the file is read: one that fails is a broken version, as below.
 A ``certificate_file`` is read, and checked, at every binding question (they are rare: one per service per
 lifetime), so a renewed certificate takes effect without touching this file; a missing or unreadable one, or one
-that fails the check, fails that question with :class:`~resolvers.base.ResolverError` naming the service and the
+that fails the check, fails that question with :class:`~aiobroker.resolver.ResolverError` naming the service and the
 certificate file. The answer carries the certificate alone (the first one in the text), written out again as PEM.
 
 A broken edit is reported and ignored: a version that does not parse or does not validate, or a file that
 disappears, leaves the last good contents in service; one WARNING names the file and the problem (once per broken
 version, not once per question), and :meth:`StaticFileResolver.describe` shows it until a good version is read. Only
-when there has never been a good version does a question fail, with :class:`~resolvers.base.ResolverError` giving
+when there has never been a good version does a question fail, with :class:`~aiobroker.resolver.ResolverError` giving
 the reason: there is nothing better to answer with, and the node shows that reason and asks again later.
 """
 
@@ -105,11 +105,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from aiobroker.core.names import check_name
-from aiobroker.errors import ConfigError, InvalidArgument, SecurityError
-from aiobroker.security.certs import load_certificate
-
-from .base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target
+from aiobroker.resolver import (
+    BindingAnswer,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    Resolver,
+    ResolverError,
+    RouteAnswer,
+    SecurityError,
+    Target,
+    check_name,
+    load_certificate,
+)
 
 log = logging.getLogger("aiobroker.resolvers.static_file")
 

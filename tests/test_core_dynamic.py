@@ -12,7 +12,7 @@ from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
 from aiobroker.core.records import ROW_SEQ, message_row
 from aiobroker.core.transmission import TransmissionQueue
 from aiobroker.errors import Overloaded
-from resolvers.base import RouteAnswer, Target
+from aiobroker.resolver import RouteAnswer, Target
 
 B = "tcp://10.0.0.2:4022"
 

@@ -15,7 +15,7 @@ from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
 from aiobroker.errors import SecurityError, UnknownObject
 from aiobroker.security.certs import create_self_signed
 from aiobroker.wire.codec import packb
-from resolvers.base import BindingAnswer, RouteAnswer, Target
+from aiobroker.resolver import BindingAnswer, RouteAnswer, Target
 
 NOW = 1_000_000.0
 DAY = 86_400.0

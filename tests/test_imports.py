@@ -103,6 +103,21 @@ def test_records_import_nothing_of_aiobroker() -> None:
     assert not edges, "core/records.py imports more than plain data needs:\n" + "\n".join(edges)
 
 
+def test_resolvers_use_only_the_resolver_interface() -> None:
+    """A plug-in (``resolvers/``, and any third party's) needs one import, ``aiobroker.resolver``: the interface,
+    the answer types, the errors and the name and address checks. Nothing else of aiobroker, so that the inside
+    of the broker can change without breaking plug-ins."""
+    edges = forbidden_edges((ROOT / "resolvers").rglob("*.py"), ["aiobroker"], ["aiobroker.resolver"])
+    assert not edges, "resolvers import more of aiobroker than its plug-in interface:\n" + "\n".join(edges)
+
+
+def test_aiobroker_does_not_import_resolvers() -> None:
+    """The broker finds resolvers through the entry point group ``aiobroker.resolvers`` only, as it finds a third
+    party's: it never imports the built-in ones by name."""
+    edges = forbidden_edges(PACKAGE.rglob("*.py"), ["resolvers"])
+    assert not edges, "aiobroker imports the resolvers package:\n" + "\n".join(edges)
+
+
 def test_the_reader_sees_every_form_of_import(tmp_path: Path) -> None:
     """The rules are only as good as the reader: relative imports at any depth, ``from .. import module``,
     imports inside functions and under ``TYPE_CHECKING`` all count; an allowed name is let through exactly."""

@@ -15,7 +15,7 @@ import pytest
 from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
-from resolvers.base import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target, load_resolver
+from aiobroker.resolver import BindingAnswer, NotFound, Resolver, ResolverError, RouteAnswer, Target, load_resolver
 from resolvers.chain import ChainResolver, create
 from resolvers.static_file import StaticFileResolver
 

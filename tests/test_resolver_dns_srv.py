@@ -20,7 +20,7 @@ import pytest
 
 from aiobroker.errors import ConfigError
 from resolvers import dns_srv
-from resolvers.base import NotFound, ResolverError, RouteAnswer, load_resolver
+from aiobroker.resolver import NotFound, ResolverError, RouteAnswer, load_resolver
 from resolvers.dns_srv import DnsSrvResolver, create, service_label
 
 from dnsmasq import Dnsmasq, Host, Srv

@@ -25,7 +25,7 @@ from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers import http as http_resolver
-from resolvers.base import BindingAnswer, NotFound, ResolverError, Target, load_resolver
+from aiobroker.resolver import BindingAnswer, NotFound, ResolverError, Target, load_resolver
 from resolvers.http import HttpResolver, create
 from node_process import free_port, wait_for
 

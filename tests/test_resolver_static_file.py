@@ -18,7 +18,7 @@ from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers import static_file
-from resolvers.base import BindingAnswer, NotFound, ResolverError, RouteAnswer, Target, load_resolver
+from aiobroker.resolver import BindingAnswer, NotFound, ResolverError, RouteAnswer, Target, load_resolver
 from resolvers.static_file import StaticFileResolver, create
 
 pytestmark = pytest.mark.anyio

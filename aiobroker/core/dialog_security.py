@@ -34,7 +34,7 @@ from .identities import PUBLIC, Binding, require_signer
 from .transmission import TransmissionQueue
 
 if TYPE_CHECKING:
-    from resolvers.base import BindingAnswer
+    from aiobroker.resolver import BindingAnswer
 
 #: the reason for refusing a verified first message: (dialog error code, description)
 Refusal = tuple[int, str]

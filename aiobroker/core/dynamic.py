@@ -44,7 +44,7 @@ from .routing import ASKS_BCN, Route
 from .transmission import TransmissionQueue
 
 if TYPE_CHECKING:
-    from resolvers.base import RouteAnswer
+    from aiobroker.resolver import RouteAnswer
 
 #: ask again this long before a resolver's routes expire (at least this many seconds, or this share of the
 #: lifetime), while the service has traffic

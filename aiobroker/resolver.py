@@ -1,4 +1,13 @@
-"""The resolver interface: how a node asks "where is service X?" when no route names it.
+"""The resolver plug-in interface: how a node asks "where is service X?" when no route names it.
+
+Everything a resolver plug-in needs from aiobroker is here, and a plug-in imports nothing else of it: the
+:class:`Resolver` base class; the answers (:class:`RouteAnswer` with its :class:`Target` s, :class:`BindingAnswer`);
+the errors it raises (:class:`ResolverError` and :class:`NotFound`, both :class:`BrokerError` s, and
+:class:`ConfigError` for a bad table); :func:`load_resolver` (a chain builds its members with it); and the checks
+and words an answer's author needs (:func:`check_name`, :func:`parse_tcp_address`, :func:`load_certificate`,
+:func:`duration`), re-exported from where the node keeps them, so that a plug-in checks exactly as the node does.
+The built-in plug-ins in the ``resolvers`` package use this module and only this module, as a third-party one would
+(``tests/test_imports.py`` holds them to it); docs/resolvers.md shows how to write one.
 
 A resolver answers one question at a time for one service name and knows nothing of conversations: the node's
 dispatcher makes sure there is at most one question in flight per service, however many conversations wait, and
@@ -13,8 +22,8 @@ turns the answer into routes (``origin`` = the resolver's name, ``expires_at`` =
   :class:`BindingAnswer` (the remote service owner's certificate in PEM); resolvers that know only routes leave
   the default, which says so with :class:`NotFound`.
 - A resolver is built by a factory registered in the entry point group ``aiobroker.resolvers`` (the built-in ones
-  in this package's ``pyproject.toml``), called with the resolver's table from the node's config file; a bad table
-  raises :class:`~aiobroker.errors.ConfigError` naming the key.
+  in aiobroker's ``pyproject.toml``), called with the resolver's table from the node's config file; a bad table
+  raises :class:`ConfigError` naming the key.
 
 A resolver must bound every wait (its own time-outs) and must not raise anything but these errors.
 """
@@ -27,7 +36,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiobroker.errors import BrokerError, InvalidArgument, register_error
+from aiobroker.core.names import check_name
+from aiobroker.core.routing import parse_tcp_address
+from aiobroker.durations import duration
+from aiobroker.errors import BrokerError, ConfigError, InvalidArgument, SecurityError, register_error
+from aiobroker.security.certs import load_certificate
+
+__all__ = [
+    "DEFAULT_LIFETIME",
+    "ENTRY_POINT_GROUP",
+    "BindingAnswer",
+    "BrokerError",
+    "ConfigError",
+    "InvalidArgument",
+    "NotFound",
+    "Resolver",
+    "ResolverError",
+    "ResolverFactory",
+    "RouteAnswer",
+    "SecurityError",
+    "Target",
+    "check_name",
+    "duration",
+    "load_certificate",
+    "load_resolver",
+    "parse_tcp_address",
+]
 
 #: How long an answer holds when its source says nothing about it.
 DEFAULT_LIFETIME = 300.0
@@ -55,8 +89,6 @@ register_error(ResolverError)  # so an error from the far side of a connection c
 
 
 def _check_address(address: Any) -> str:
-    from aiobroker.core.routing import parse_tcp_address
-
     parse_tcp_address(address)
     return str(address)
 
@@ -165,8 +197,6 @@ ENTRY_POINT_GROUP = "aiobroker.resolvers"
 def load_resolver(kind: str, options: Mapping[str, Any]) -> Resolver:
     """Build the resolver registered as ``kind`` in the entry point group ``aiobroker.resolvers``."""
     from importlib.metadata import entry_points
-
-    from aiobroker.errors import ConfigError
 
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if kind not in found:

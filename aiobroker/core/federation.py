@@ -35,6 +35,7 @@ from ..store.base import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, M
 from ..errors import SecurityError
 from .catalog import BCN_SERVICE, ERROR, Catalog
 from .conversation import Endpoint, State
+from .conversation_states import STARTS, Event
 from .dispatcher import ROUTE
 from .identities import PUBLIC
 from .routing import Decision, choose
@@ -413,7 +414,7 @@ class Federation:
             group_id=self.new_id(),
             expires_at=float(expires_at),
             far_broker_instance=from_instance,
-            state=State.CONVERSING,
+            state=STARTS[Event.RECEIVE_FIRST],
             encryption=session_key is not None,
             secured=session_key is not None,
             session_key=session_key,

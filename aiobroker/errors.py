@@ -131,6 +131,13 @@ class Overloaded(BrokerError):
     code = "overloaded"
 
 
+class InternalError(BrokerError):
+    """A bug in aiobroker, found by a check of its own (a change of a conversation's state its table does not
+    have): nothing the caller did wrong. The message says what was found; report it with the node's log."""
+
+    code = "internal_error"
+
+
 # --- security -------------------------------------------------------------------------------------------------
 
 

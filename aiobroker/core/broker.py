@@ -59,6 +59,7 @@ from .catalog import (
 )
 from .names import check_name
 from .conversation import MAX_LIFETIME, Endpoint, State
+from .conversation_states import STARTS, Event
 from .identities import Binding
 from .dialog_errors import BrokerErrorCode, error_body, parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
@@ -376,6 +377,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             group_id=group or self.new_id(),
             expires_at=now + lifetime,
             far_broker_instance=broker_instance,
+            state=STARTS[Event.BEGIN],
             encryption=bool(encryption),
         )
         self.endpoints[handle] = ep
@@ -421,7 +423,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         for message_type in types - allowed:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
-            self._set_state(ep, State.CONVERSING)
+            self._transition(ep, Event.SEND_FIRST)
         target = self.route(ep, now)
         if isinstance(target, Endpoint):
             if target.state is State.CLOSED:
@@ -545,7 +547,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             expires_at=ep.expires_at,
             far_handle=ep.handle,
             far_broker_instance=self.broker_instance,
-            state=State.CONVERSING,
+            state=STARTS[Event.RECEIVE_FIRST],
             encryption=ep.encryption,
         )
         ep.far_handle = far.handle
@@ -571,10 +573,9 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                 self._fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq} was not delivered: {reason}", now)
                 return
         elif message_type == END_DIALOG:
-            if far.state in (State.CONVERSING, State.STARTED_OUTBOUND):
-                self._set_state(far, State.DISCONNECTED_INBOUND)
+            self._transition(far, Event.END_REMOTE)
         else:
-            self._set_state(far, State.ERROR)
+            self._transition(far, Event.ERROR_REMOTE)
         far.recv_seq = seq + 1
         self._touch(far)
         self._enqueue(far, seq, message_type, body, now)
@@ -602,7 +603,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         for side in (ep, far):
             if side is None or side.state in (State.CLOSED, State.ERROR):
                 continue
-            self._set_state(side, State.ERROR)
+            self._transition(side, Event.FAIL)
             side.error = (int(code), description)
             self._touch(side)
             self._enqueue(side, -1, ERROR, error_body(code, description), now)
@@ -613,10 +614,9 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         ep.recv_seq = seq + 1
         self._touch(ep)
         if message_type == END_DIALOG:
-            if ep.state.can_send:
-                self._set_state(ep, State.DISCONNECTED_INBOUND)
+            self._transition(ep, Event.END_REMOTE)
         elif message_type == ERROR:
-            self._set_state(ep, State.ERROR)
+            self._transition(ep, Event.ERROR_REMOTE)
             ep.error = parse_error_body(body)
         else:
             # the target's service must accept the contract; checked on the message that makes its endpoint
@@ -651,11 +651,11 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         description = f"message {ep.recv_seq - 1} was not delivered: {description}"
         self._emit(ep, ERROR, error_body(code, description), now)
         if ep.recv_seq == 1 and ep.send_seq == 1:
-            self._set_state(ep, State.CLOSED)  # made by the message that failed: nobody here ever saw it
+            self._transition(ep, Event.REFUSE_FIRST)  # made by the message that failed: nobody here ever saw it
             if ep.handle not in self.tx:
                 self._retire(ep, now)
         else:
-            self._set_state(ep, State.ERROR)
+            self._transition(ep, Event.REFUSE)
             ep.error = (int(code), description)
             self._enqueue(ep, -1, ERROR, error_body(code, description), now)
         self._touch(ep)
@@ -700,7 +700,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             if ep.far_handle is not None:
                 # the far side is on this node and will never hear: a request of dynamic routing ends here
                 self.request_side_removed(ep.far_handle, now)
-        self._set_state(ep, State.CLOSED)
+        self._transition(ep, Event.CLEANUP if cleanup else Event.END_LOCAL)
         ep.timer_at = None
         queue = self.queues.get(self.catalog.services[ep.service].queue) if ep.service in self.catalog.services else None
         if queue is not None:
@@ -818,7 +818,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                     description += f"; {dropped} message(s) to {ep.far_service!r} still waiting ({why_waiting}) were dropped"
                 if last_error:
                     description += f"; the last dynamic-routing error: {last_error}"
-                self._set_state(ep, State.ERROR)
+                self._transition(ep, Event.LIFETIME_EXPIRED)
                 ep.error = (int(BrokerErrorCode.LIFETIME_EXPIRED), description)
                 self._touch(ep)
                 self._enqueue(ep, -1, ERROR, error_body(BrokerErrorCode.LIFETIME_EXPIRED, description), now)

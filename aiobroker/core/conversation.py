@@ -7,42 +7,17 @@ made by ``begin_dialog``; the target's when the first message arrives. Each endp
 (``send_seq``) and remembers the next number it expects (``recv_seq``), so delivery is exactly once and in order
 per direction.
 
-States (the seeds' two-letter codes, as ``sys.conversation_endpoints`` shows them):
-
-====  ===================  =========================================================================
-code  name                 meaning
-====  ===================  =========================================================================
-SO    started_outbound     begun here, nothing sent yet
-CO    conversing           messages may flow both ways
-DI    disconnected_inbound the far side ended; this side may still receive, not send; must ``end()``
-ER    error                an ``Error`` arrived or the lifetime ran out; this side must ``end()``
-CD    closed               this side ended; the record stays only until its last message is delivered
-====  ===================  =========================================================================
-
-Transitions (anything not listed is refused with a :class:`ConversationError` that says why)::
-
-    begin_dialog        -> SO
-    SO  --send-->          CO
-    CO/SO --EndDialog in--> DI          CO/SO/DI --Error in / lifetime out--> ER
-    any but CD --end()-->  CD
+An endpoint's state, and the table of how states change, are in ``conversation_states.py`` (``State`` is imported
+here too, where the rest of the core has always found it).
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
+from .conversation_states import State
 
-class State(enum.Enum):
-    STARTED_OUTBOUND = "SO"
-    CONVERSING = "CO"
-    DISCONNECTED_INBOUND = "DI"
-    ERROR = "ER"
-    CLOSED = "CD"
-
-    @property
-    def can_send(self) -> bool:
-        return self in (State.STARTED_OUTBOUND, State.CONVERSING)
+__all__ = ["MAX_LIFETIME", "Endpoint", "State"]
 
 
 _WHY_NOT_SEND = {

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SecurityError
 from .catalog import BCN_SERVICE, ERROR, Catalog
 from .conversation import Endpoint, State
+from .conversation_states import STARTS, Event
 from .dispatcher import ROUTE
 from .identities import PUBLIC
 from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, WriteBatch
@@ -413,7 +414,7 @@ class Federation:
             group_id=self.new_id(),
             expires_at=float(expires_at),
             far_broker_instance=from_instance,
-            state=State.CONVERSING,
+            state=STARTS[Event.RECEIVE_FIRST],
             encryption=session_key is not None,
             secured=session_key is not None,
             session_key=session_key,

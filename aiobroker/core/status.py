@@ -10,8 +10,9 @@ changes in only three places, all in this core:
 
 - it joins ``endpoints`` (begun, made for a far side on this node, arrived from a peer, or loaded after a restart):
   every such place calls ``BrokerCore._watch``, which calls :meth:`Status._count_joined`;
-- it changes state: every state change goes through :meth:`Status._set_state` (``broker.py`` is the only module
-  that changes an endpoint's state; a new ``ep.state = ...`` elsewhere would make the counts drift, which
+- it changes state: every state change goes through :meth:`Status._transition`, which asks the state table
+  (``conversation_states.py``) for the next state (``broker.py`` is the only module that changes an endpoint's
+  state; a new ``ep.state = ...`` elsewhere would make the counts drift, which
   ``tests/test_core_status.py`` would catch by comparing them with a walk); likewise its dialog security is decided
   through :meth:`Status._set_secured`;
 - it leaves ``endpoints``: only ``BrokerCore._remove`` removes one, and calls :meth:`Status._count_left`.
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog
 from .conversation import Endpoint, State
+from .conversation_states import Event, next_state
 from .queues import Lease, MessageQueue
 from .records import ROW_HANDLE, ROW_SEQ, MessageRow
 from .transmission import TransmissionQueue
@@ -82,8 +84,10 @@ class Status:
             self.secured_count += int(secured) - int(bool(ep.secured))
         ep.secured = secured
 
-    def _set_state(self, ep: Endpoint, state: State) -> None:
-        """Change an endpoint's state, keeping the per-state counts. The only way the core changes a state."""
+    def _transition(self, ep: Endpoint, event: Event) -> None:
+        """Change an endpoint's state as the state table says ``event`` does (raising ForbiddenTransition if it has
+        no such row), keeping the per-state counts. The only way the core changes a state."""
+        state = next_state(ep.handle, ep.state, event)
         if self.endpoints.get(ep.handle) is ep:  # one no longer (or not yet) in ``endpoints`` is not counted
             counts = self._state_counts
             counts[ep.state] -= 1

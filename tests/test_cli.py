@@ -8,6 +8,7 @@ deadline, never by sleeping.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -372,6 +373,18 @@ def test_begin_then_send_json_receive_and_error_end(node: RunningNode) -> None:
     out = ok(node, "receive", cq, "--timeout", "5")
     assert out.strip().endswith("error 42: out of stock"), out
     ok(node, "end", handle)
+
+
+def test_status_shows_who_holds_the_connection_slots(node: RunningNode) -> None:
+    """The admission figures (JSON only before) in the text too; the status call itself holds one slot."""
+    text = ok(node, "status")
+    [line] = [line for line in text.splitlines() if line.startswith("slots ")]
+    figures = json.loads(ok(node, "status", "--json"))["node"]["admission"]
+    assert re.fullmatch(
+        r"slots +1 established \(0 admin or peer\), 0 in their handshake, from 1 address\(es\);"
+        rf" {figures['refused']} refused, {figures['idle_closed']} closed idle since start",
+        line,
+    ), line
 
 
 def test_status_shows_queue_depth_before_and_after_receiving(node: RunningNode) -> None:

@@ -28,6 +28,14 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
         f"clients    {node.get('connections', '?')} connection(s), {node.get('requests_served', '?')} request(s)"
         f" served, {node.get('waiting_receives', 0)} receive(s) waiting"
     )
+    admission = node.get("admission")
+    if isinstance(admission, dict):  # who holds the connection slots ([limits]), and who was turned away
+        echo(
+            f"slots      {admission.get('established', '?')} established ({admission.get('privileged', '?')} admin or"
+            f" peer), {admission.get('handshaking', '?')} in their handshake, from {admission.get('addresses', '?')}"
+            f" address(es); {admission.get('refused', '?')} refused, {admission.get('idle_closed', '?')} closed"
+            " idle since start"
+        )
     store_line = f"store      {store.get('store', '?')}"
     if store.get("path"):
         store_line += f" at {store['path']}"

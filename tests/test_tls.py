@@ -188,12 +188,16 @@ async def test_a_plain_tcp_client_cannot_talk_to_a_tls_node_and_is_told_to_dial_
                 pass
 
 
-async def test_a_tls_client_to_a_plain_node_is_told_it_does_not_speak_tls(pki: dict[str, Path]) -> None:
+async def test_a_tls_client_to_a_plain_node_is_told_it_does_not_speak_tls(
+    pki: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     async with aiobroker.Node(NodeConfig(store="memory", listen_port=0)) as plain:
         assert plain.url.startswith("tcp://")
         with pytest.raises(TLSError, match="the node does not speak TLS"):
             async with aiobroker.connect(plain.url.replace("tcp://", "tls://"), ca=pki["ca"]):
                 pass
+    # and the node's log says what came, not "a frame of 369 million bytes"
+    assert "this looks like a TLS handshake, and this side speaks plain TCP" in caplog.text, caplog.text
 
 
 def tls_cause(exc: BaseException) -> BaseException | None:

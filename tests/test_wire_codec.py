@@ -615,3 +615,21 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
 def test_mutated_frames_give_frames_or_protocol_error_only(stream: bytes, cuts: list[int]) -> None:
     feed_garbage(FrameDecoder(max_frame_size=4096), split_at(stream, (c for c in cuts if c < len(stream))))
     feed_garbage(FrameDecoder(max_frame_size=4096), one_byte_at_a_time(stream))
+
+
+#: the first bytes of a TLS ClientHello: a handshake record (22), version 3.1, a length, then the hello itself
+TLS_CLIENT_HELLO_START = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03])
+
+
+def test_a_tls_handshake_at_the_start_of_a_stream_is_named_as_such() -> None:
+    with pytest.raises(ProtocolError, match="this looks like a TLS handshake, and this side speaks plain TCP"):
+        FrameDecoder().feed(TLS_CLIENT_HELLO_START)
+
+
+def test_the_same_bytes_after_a_frame_are_just_an_oversized_frame() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(encode_frame([1])) == [[1]]
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(TLS_CLIENT_HELLO_START)
+    assert "TLS" not in str(info.value)
+    assert_names_size_and_limit(info.value, HEADER.unpack(TLS_CLIENT_HELLO_START[:4])[0], decoder.max_frame_size)

@@ -98,6 +98,17 @@ def encode_frames(objs: Iterable[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _oversized(buf: bytearray, pos: int, length: int, limit: int, at_start: bool) -> str:
+    """Why a frame's length is refused. A TLS record (content type 22, handshake, then version 3.x) read as a
+    length is always far over any limit: say what it is, so that a TLS client dialling a plain port is told so."""
+    if at_start and buf[pos] == 0x16 and buf[pos + 1] == 0x03:
+        return (
+            "this looks like a TLS handshake, and this side speaks plain TCP: dial tcp://, or give the node a [tls]"
+            " section to speak TLS"
+        )
+    return f"frame of {length} bytes is over the limit of {limit} bytes (split the batch, or raise max_frame_size on both sides)"
+
+
 class FrameDecoder:
     """Feed bytes, get whole frames back.
 
@@ -132,10 +143,8 @@ class FrameDecoder:
             while end - pos >= HEADER_SIZE:
                 (length,) = HEADER.unpack_from(buf, pos)
                 if length > limit:
-                    raise ProtocolError(
-                        f"frame of {length} bytes is over the limit of {limit} bytes"
-                        " (split the batch, or raise max_frame_size on both sides)"
-                    )
+                    at_start = pos == 0 and self.bytes_decoded == 0  # the stream's first bytes
+                    raise ProtocolError(_oversized(buf, pos, length, limit, at_start))
                 start = pos + HEADER_SIZE
                 if end - start < length:
                     break

@@ -64,7 +64,7 @@ from .identities import Binding
 from .dialog_errors import BrokerErrorCode, error_body, parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
 from .dialog_security import DialogSecurity
-from .deadlines import DeadlineKind, Deadlines
+from .deadlines import LEASE, DeadlineKind, Deadlines
 from .dynamic import DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
@@ -770,13 +770,16 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         deadlines = self._deadlines
         # a lease committed or rolled back leaves its expiry behind (the heap is cleaned lazily): drop those from
         # the front, or the ticker wakes for each of them receive_lease seconds after every receive
-        while (first := deadlines.first()) is not None and first[1] is DeadlineKind.LEASE:
-            when, _, key = first
+        # (called after every request batch: one look at the front unless there are stale leases to drop)
+        while (first := deadlines.first()) is not None:
+            when, kind, key = first
+            if kind is not LEASE:
+                return when
             lease = self.leases.get(int(key))
             if lease is not None and lease.expires_at == when:
-                break
+                return when
             deadlines.drop_first()
-        return deadlines.next_time()
+        return None
 
     def advance(self, now: float) -> list[Lease]:
         """Fire everything due by ``now``, each deadline by its kind (see ``deadlines.py``); a stale one is skipped

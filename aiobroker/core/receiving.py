@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
 from .catalog import DIALOG_TIMER, ERROR, QueueDef
 from .conversation import Endpoint
-from .deadlines import DeadlineKind, Deadlines
+from .deadlines import LEASE, Deadlines
 from .queues import Lease, MessageQueue
 from .records import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow, WriteBatch
 
@@ -94,7 +94,7 @@ class Receiving:
         group.lease = lease
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
-        self._deadlines.push(expires, DeadlineKind.LEASE, str(lease_id))
+        self._deadlines.push(expires, LEASE, str(lease_id))
         return lease
 
     def _take_lease(self, lease_id: Any, owner: Any) -> Lease:

@@ -25,12 +25,12 @@ The engine is one object, :class:`BrokerCore`, whose parts live in mixins so tha
 ``federation.py`` (routing decisions, the transmission queue, envelopes), ``dynamic.py`` (asking where a service
 is), ``dialog_security.py`` (bindings, session keys, sealing), ``receiving.py`` (receives and their leases) and
 ``status.py`` (what ``status`` reports, and the counters that keep it cheap). This file keeps what ties them:
-loading, sealing and publishing, the catalog calls, the conversation calls, and the timers.
+loading, sealing and publishing, the catalog calls, the conversation calls, and the timers (every deadline of
+every kind in one heap, ``deadlines.py``: :meth:`BrokerCore.advance` sends each to its owner by its kind).
 """
 
 from __future__ import annotations
 
-import heapq
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -64,10 +64,11 @@ from .identities import Binding
 from .dialog_errors import BrokerErrorCode, error_body, parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
 from .dialog_security import DialogSecurity
-from .dynamic import _DISPATCH, _REFRESH, DynamicRouting
+from .deadlines import LEASE, DeadlineKind, Deadlines
+from .dynamic import DynamicRouting
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
-from .receiving import _LEASE, URGENT_TYPES, Receiving
+from .receiving import URGENT_TYPES, Receiving
 from .records import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, MessageRow, Snapshot, WriteBatch
 from .routing import Route
 from .status import Status
@@ -163,7 +164,8 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         self.changes = WriteBatch()
         self.dirty: dict[str, Endpoint | None] = {}
         self.pending: list[Pending] = []
-        self._deadlines: list[tuple[float, int, str]] = []  # (when, kind, key): lazily cleaned heap
+        #: the one timer: every deadline of every kind (see ``deadlines.py``), cleaned lazily
+        self._deadlines = Deadlines()
         self._next_message_id = 1
         self._next_lease_id = 1
         #: every message with an id up to this is stored (the shell sets it after each write, see ``seal``)
@@ -722,7 +724,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         retire_at = now + self.closed_retention
         ep.timer_at = retire_at  # a closed endpoint has no timer: the field holds its retirement time
         self._touch(ep)
-        heapq.heappush(self._deadlines, (retire_at, _RETIRE, ep.handle))
+        self._deadlines.push(retire_at, DeadlineKind.RETIRE, ep.handle)
 
     def _remove(self, ep: Endpoint) -> None:
         """The only way an endpoint leaves ``endpoints``."""
@@ -748,7 +750,7 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             raise InvalidArgument(f"timer seconds must be a number from 0 to {MAX_LIFETIME:.0f}, got {seconds!r}")
         ep.timer_at = now + seconds
         self._touch(ep)
-        heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
+        self._deadlines.push(ep.timer_at, DeadlineKind.TIMER, ep.handle)
 
     def _watch(self, ep: Endpoint) -> None:
         """An endpoint has just joined ``endpoints`` (begun, made for a far side here, arrived from a peer, or
@@ -757,55 +759,55 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         self._count_joined(ep)
         if ep.state is State.CLOSED:
             if ep.timer_at is not None:  # a retired endpoint: the field holds when it goes for good
-                heapq.heappush(self._deadlines, (ep.timer_at, _RETIRE, ep.handle))
+                self._deadlines.push(ep.timer_at, DeadlineKind.RETIRE, ep.handle)
             return
-        heapq.heappush(self._deadlines, (ep.expires_at, _LIFETIME, ep.handle))
+        self._deadlines.push(ep.expires_at, DeadlineKind.LIFETIME, ep.handle)
         if ep.timer_at is not None:
-            heapq.heappush(self._deadlines, (ep.timer_at, _TIMER, ep.handle))
-
-    def _schedule(self, when: float, kind: int, key: str) -> None:
-        heapq.heappush(self._deadlines, (when, kind, key))
+            self._deadlines.push(ep.timer_at, DeadlineKind.TIMER, ep.handle)
 
     def next_deadline(self) -> float | None:
-        heap = self._deadlines
+        """When :meth:`advance` has something to do next (it may find it stale); None if nothing is scheduled."""
+        deadlines = self._deadlines
         # a lease committed or rolled back leaves its expiry behind (the heap is cleaned lazily): drop those from
         # the front, or the ticker wakes for each of them receive_lease seconds after every receive
-        while heap and heap[0][1] == _LEASE:
-            when, _, key = heap[0]
+        # (called after every request batch: one look at the front unless there are stale leases to drop)
+        while (first := deadlines.first()) is not None:
+            when, kind, key = first
+            if kind is not LEASE:
+                return when
             lease = self.leases.get(int(key))
             if lease is not None and lease.expires_at == when:
-                break
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+                return when
+            deadlines.drop_first()
+        return None
 
     def advance(self, now: float) -> list[Lease]:
-        """Fire everything due by ``now``: lifetimes, timers, lease expiries. Returns the leases that ran out
-        (already rolled back), so the shell can tell their owners."""
+        """Fire everything due by ``now``, each deadline by its kind (see ``deadlines.py``); a stale one is skipped
+        here, by the check beside its kind. Returns the leases that ran out (already rolled back), so the shell can
+        tell their owners."""
         expired: list[Lease] = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            when, kind, key = heapq.heappop(heap)
-            if kind == _LEASE:
+        for when, kind, key in self._deadlines.pop_due(now):
+            if kind is DeadlineKind.LEASE:
                 lease = self.leases.get(int(key))
                 if lease is not None and lease.expires_at == when:
                     self._rollback(lease)
                     expired.append(lease)
                 continue
-            if kind in (_DISPATCH, _REFRESH):
+            if kind is DeadlineKind.DISPATCH or kind is DeadlineKind.REFRESH:
                 self.dispatch_due(kind, key, now)
                 continue
             ep = self.endpoints.get(key)
             if ep is None:
                 continue
             if ep.state is State.CLOSED:
-                if kind == _RETIRE and ep.timer_at == when:
+                if kind is DeadlineKind.RETIRE and ep.timer_at == when:
                     self._remove(ep)
                 continue
-            if kind == _TIMER and ep.timer_at == when:
+            if kind is DeadlineKind.TIMER and ep.timer_at == when:
                 ep.timer_at = None
                 self._touch(ep)
                 self._enqueue(ep, -1, DIALOG_TIMER, b"", now)
-            elif kind == _LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
+            elif kind is DeadlineKind.LIFETIME and ep.expires_at == when and ep.state is not State.ERROR:
                 why_waiting = self.link_status(ep.handle, now)
                 last_error = None
                 if ep.delayed:
@@ -829,8 +831,3 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             f"<BrokerCore {self.broker_instance[:8]} conversations={len(self.endpoints)}"
             f" queues={len(self.queues)} leases={len(self.leases)} {self.tx!r}>"
         )
-
-
-#: kinds of deadline in ``_deadlines`` (a lease's expiry is ``receiving._LEASE``, 2; dynamic routing's are 4 and 5)
-_LIFETIME, _TIMER, _RETIRE = 0, 1, 3
-

@@ -37,6 +37,7 @@ from .catalog import (
     Catalog,
 )
 from .conversation import Endpoint, State
+from .deadlines import DeadlineKind, Deadlines
 from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
 from .records import WriteBatch
@@ -78,6 +79,8 @@ class DynamicRouting:
     #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
     route_traffic: set[str]
     _reasons: dict[tuple[str, str], tuple[Any, str]]
+    #: the core's one timer (``deadlines.py``): request time-outs and retries (DISPATCH), route refreshes (REFRESH)
+    _deadlines: Deadlines
 
     if TYPE_CHECKING:  # provided by BrokerCore and Federation; declared for the type checker only (a stub here
         # would shadow the real method later in the MRO)
@@ -98,7 +101,6 @@ class DynamicRouting:
         def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int: ...
         def reroute(self, now: float, services: set[str] | None = None) -> int: ...
         def _save_object(self, kind: str, obj: Any, name: str) -> None: ...
-        def _schedule(self, when: float, kind: int, key: str) -> None: ...
         def _touch(self, ep: Endpoint) -> None: ...
 
     # ----------------------------------------------------------------------------------------------- asking
@@ -124,7 +126,7 @@ class DynamicRouting:
                 self._ask_bcn(kind, service, now)
             request = d.in_flight.get((kind, service))
             if request is not None and request.deadline is not None:
-                self._schedule(request.deadline, _DISPATCH, f"{kind}\x00{service}")
+                self._schedule_request(request.deadline, kind, service)
         return self.waiting_reason(kind, service, now)
 
     def waiting_reason(self, kind: str, service: str, now: float) -> str:
@@ -256,7 +258,7 @@ class DynamicRouting:
             self.catalog.put_route(route)
             self._save_object("route", route, route.name)
         refresh_at = expires_at - max(REFRESH_AHEAD_MIN, REFRESH_AHEAD_SHARE * answer.lifetime)
-        self._schedule(max(now, refresh_at), _REFRESH, service)
+        self._deadlines.push(max(now, refresh_at), DeadlineKind.REFRESH, service)
         source = f" from {answer.source}" if answer.source else ""
         text = f"{len(answer.preferred())} target(s){source}, valid for {duration(answer.lifetime)}"
         moved = self.request_done(ROUTE, service, now, ok=True, text=text)
@@ -285,7 +287,7 @@ class DynamicRouting:
             when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after, exact=exact)
             moved = self.reroute(now, {service}) if kind == BINDING else 0
             if when is not None and self.waiting_on(kind, service):
-                self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+                self._schedule_request(when, kind, service)
             self._refresh_reasons(kind, service, now)
             return moved
         missing = "the service still has no route" if kind == ROUTE else "there is still no binding for the service"
@@ -294,11 +296,11 @@ class DynamicRouting:
         if kind == BINDING and self.catalog.binding_for(service, now) is None:
             # no binding came of it: a failure, remembered (no new request meanwhile) whether or not anyone waits
             if self.waiting_on(kind, service):
-                self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+                self._schedule_request(when, kind, service)
                 self._refresh_reasons(kind, service, now)
             return moved
         if self.waiting_on(kind, service):
-            self._schedule(when, _DISPATCH, f"{kind}\x00{service}")
+            self._schedule_request(when, kind, service)
             self._refresh_reasons(kind, service, now)
         else:
             d.finished(kind, service, now, ok=True, text=text)
@@ -306,10 +308,15 @@ class DynamicRouting:
 
     # ------------------------------------------------------------------------------------------------ time
 
-    def dispatch_due(self, kind_code: int, key: str, now: float) -> None:
-        """A dispatcher deadline came (from the core's heap): a time-out, a retry, or a refresh."""
+    def _schedule_request(self, when: float, kind: str, service: str) -> None:
+        """Look at the request for (``kind``, ``service``) again at ``when``: its time-out, or its retry."""
+        self._deadlines.push(when, DeadlineKind.DISPATCH, f"{kind}\x00{service}")
+
+    def dispatch_due(self, deadline: DeadlineKind, key: str, now: float) -> None:
+        """A dispatcher deadline came (from the core's heap): a time-out, a retry (DISPATCH), or a refresh
+        (REFRESH). Stale ones (the request answered, the retry moved, no traffic) are found so here and ignored."""
         d = self.dispatcher
-        if kind_code == _REFRESH:  # (traffic: any send to the service since the answer, see BrokerCore.send)
+        if deadline is DeadlineKind.REFRESH:  # (traffic: any send to the service since the answer, see BrokerCore.send)
             service = key
             if service in self.route_traffic and self.resolver_name is not None:
                 self.route_traffic.discard(service)
@@ -351,5 +358,3 @@ class DynamicRouting:
             "services": per_service,
         }
 
-
-_DISPATCH, _REFRESH = 4, 5

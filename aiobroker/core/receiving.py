@@ -20,22 +20,18 @@ the core's own dicts directly (a receive is on the hot path: no indirection per 
 
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
 from .catalog import DIALOG_TIMER, ERROR, QueueDef
 from .conversation import Endpoint
+from .deadlines import LEASE, Deadlines
 from .queues import Lease, MessageQueue
 from .records import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow, WriteBatch
 
 #: message types handed out before the rest of their group, and put back in front on a rollback: they change what
 #: the application should do with the other messages
 URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
-
-#: the kind of a lease's expiry in the core's deadline heap (``broker.py`` has the conversation kinds 0, 1, 3 and
-#: ``dynamic.py`` 4, 5: the kinds share one heap, so each number means one thing)
-_LEASE = 2
 
 
 class Receiving:
@@ -55,8 +51,8 @@ class Receiving:
     leases: dict[int, Lease]
     leases_by_owner: dict[Any, set[int]]
     _next_lease_id: int
-    #: the core's deadline heap (when, kind, key), cleaned lazily: a lease's entry is judged stale when it fires
-    _deadlines: list[tuple[float, int, str]]
+    #: the core's one timer, cleaned lazily: a lease's entry is judged stale when it fires (``BrokerCore.advance``)
+    _deadlines: Deadlines
 
     if TYPE_CHECKING:  # provided by BrokerCore; declared for the type checker only (a stub here would shadow the
         # real method later in the MRO)
@@ -98,7 +94,7 @@ class Receiving:
         group.lease = lease
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
-        heapq.heappush(self._deadlines, (expires, _LEASE, str(lease_id)))
+        self._deadlines.push(expires, LEASE, str(lease_id))
         return lease
 
     def _take_lease(self, lease_id: Any, owner: Any) -> Lease:

@@ -1,7 +1,7 @@
 """The node: the shell around the core. It owns the task group, the clock, the store and the sockets.
 
 It runs four kinds of task, all in one task group: the listener (one task per client connection, each with a
-reader and a writer), the store writer (group commit, :mod:`aiobroker.writer`), and the ticker, which sleeps until
+reader and a writer), the store writer (group commit, :mod:`aiobroker.node.writer`), and the ticker, which sleeps until
 the core's next deadline (a lifetime, a timer, a lease) or a waiting receive's time-out and then calls
 ``core.advance(now)``. Everything that decides is in the core; the node only feeds it requests and time, and
 carries out what comes back.
@@ -36,15 +36,15 @@ import anyio.to_thread
 from anyio.abc import Listener, SocketAttribute, TaskGroup
 from anyio.streams.tls import TLSAttribute
 
-from . import __version__
+from .. import __version__
 from .admission import FAREWELL_TIMEOUT, Admission, Ticket
-from .config import NodeConfig
-from .authz import guarded_ops
-from .core.broker import BrokerCore
-from .core.identities import PUBLIC, require_signer, token_digest
-from .core.queues import Lease
-from .durations import duration
-from .errors import (
+from ..config import NodeConfig
+from .rights import guarded_ops
+from ..core.broker import BrokerCore
+from ..core.identities import PUBLIC, require_signer, token_digest
+from ..core.queues import Lease
+from ..durations import duration
+from ..errors import (
     BrokerError,
     ConfigError,
     ConnectionLost,
@@ -54,17 +54,17 @@ from .errors import (
     QueueDisabled,
     UnknownObject,
 )
-from .core.catalog import BCN_SERVICE, QueueDef
-from .core.dispatcher import BINDING, ROUTE
-from .core.records import Snapshot
-from .core.routing import explain
+from ..core.catalog import BCN_SERVICE, QueueDef
+from ..core.dispatcher import BINDING, ROUTE
+from ..core.records import Snapshot
+from ..core.routing import explain
 from .links import PeerLinks
-from .ops import OPS
-from .store import Store, open_store
-from .transport.connection import FramedConnection
-from .transport.tls import RefusingTLSListener, client_context, server_context
-from .wire.codec import batch_bytes
-from .wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
+from .handlers import OPS
+from ..store import Store, open_store
+from ..transport.connection import FramedConnection
+from ..transport.tls import RefusingTLSListener, client_context, server_context
+from ..wire.codec import batch_bytes
+from ..wire.frames import PROTOCOL_VERSION, Failed, Hello, Refused, Request, Welcome
 from .writer import StoreWriter
 from aiobroker.resolver import NotFound, Resolver, ResolverError, load_resolver
 
@@ -90,7 +90,7 @@ class Session:
         self.id = next(self._ids)
         #: the identity it authenticated as at the handshake (a token, a TLS client certificate), else ``public``
         self.identity = PUBLIC
-        #: its place among the node's connections (aiobroker.admission)
+        #: its place among the node's connections (aiobroker.node.admission)
         self.ticket = ticket
 
     def in_flight(self) -> bool:

@@ -26,7 +26,7 @@ diagnose           service, [broker_instance]                                  t
 status             (none)                                                      node, store, queues, conversations
 =================  ==========================================================  =====================================
 
-With the node's ``[security] authorization`` on, each handler runs behind its rule in :mod:`aiobroker.authz`
+With the node's ``[security] authorization`` on, each handler runs behind its rule in :mod:`aiobroker.node.rights`
 (admin for the catalog, send or receive rights for conversations and queues, an authenticated identity for
 reads), so a refused request raises :class:`~aiobroker.errors.NotAuthorized` before it changes anything; the
 handlers here do not check rights themselves.
@@ -44,12 +44,12 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.catalog import check_kind
-from .errors import InvalidArgument
+from ..core.catalog import check_kind
+from ..errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from .core.conversation import Endpoint
-    from .node import Node, Session
+    from ..core.conversation import Endpoint
+    from .server import Node, Session
 
 Handler = Callable[["Node", "Session", int, dict[str, Any]], None]
 OPS: dict[str, Handler] = {}

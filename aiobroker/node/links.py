@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .admission import IDLE
-from .config import MIN_FRAME_SIZE
-from .core.routing import parse_tcp_address
-from .core.transmission import ENVELOPE_OVERHEAD
-from .durations import duration, until
-from .errors import BrokerError, ConnectionLost, ProtocolError
-from .transport.connection import FramedConnection, describe_os_error
-from .transport.tls import connect as connect_tls
-from .wire.codec import batch_bytes
-from .wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
+from ..config import MIN_FRAME_SIZE
+from ..core.routing import parse_tcp_address
+from ..core.transmission import ENVELOPE_OVERHEAD
+from ..durations import duration, until
+from ..errors import BrokerError, ConnectionLost, ProtocolError
+from ..transport.connection import FramedConnection, describe_os_error
+from ..transport.tls import connect as connect_tls
+from ..wire.codec import batch_bytes
+from ..wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .server import Node
 
 log = logging.getLogger("aiobroker.links")
 

@@ -180,7 +180,7 @@ async def test_the_per_address_cap_refuses_with_words_and_an_administrator_still
 async def test_connections_that_never_say_hello_are_bounded_per_address_and_closed_with_a_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("aiobroker.node.server.HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr("aiobroker.node.sessions.HANDSHAKE_TIMEOUT", 0.5)
     async with aiobroker.Node(config(max_connections_per_address=2)) as node:
         async with raw(node.port, hello=False) as first, raw(node.port, hello=False) as second:
             await until(lambda: node.admission.handshaking == 2, "both connections to be counted")

@@ -38,7 +38,7 @@ from ..wire.codec import batch_bytes
 from ..wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
 
 if TYPE_CHECKING:
-    from .server import Node
+    from .shell import LinkHost
 
 log = logging.getLogger("aiobroker.links")
 
@@ -122,7 +122,7 @@ class ForwardBacklog:
 
 
 class PeerLinks:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: LinkHost) -> None:
         self.node = node
         self.running: set[str] = set()
         self.wakes: dict[str, anyio.Event] = {}

@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import Listener, SocketAttribute, TaskGroup
 
-from .. import __version__
+from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject

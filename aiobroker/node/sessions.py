@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from anyio.streams.tls import TLSAttribute
 
-from .. import __version__
+from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
 from ..core.identities import PUBLIC, token_digest

@@ -3,7 +3,7 @@
 The public names live here; everything else is an implementation detail that may move.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (aiobroker.__version__)
 
 from .client import Client, Dialog, Message, ReceivedBatch, connect  # noqa: E402
 from .config import NodeConfig, load_config  # noqa: E402

@@ -53,7 +53,7 @@ from .errors import (
 )
 from .transport import tls
 from .transport.connection import FramedConnection, describe_os_error
-from .wire.frames import Failed, Hello, Refused, Reply, Welcome
+from .wire.frames import Failed, Hello, Refused, Reply, Welcome, request_wire
 
 DEFAULT_PORT = 4022
 #: How TLS errors name the two sides, in this client's words.
@@ -513,7 +513,7 @@ class Client:
         p = PendingReply()
         self._pending[rid] = p
         try:
-            conn.send([10, rid, op, args], limit=self._max_frame)
+            conn.send(request_wire(rid, op, args), limit=self._max_frame)
         except BrokerError:
             self._pending.pop(rid, None)
             raise

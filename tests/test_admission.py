@@ -180,7 +180,7 @@ async def test_the_per_address_cap_refuses_with_words_and_an_administrator_still
 async def test_connections_that_never_say_hello_are_bounded_per_address_and_closed_with_a_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("aiobroker.node.HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr("aiobroker.node.sessions.HANDSHAKE_TIMEOUT", 0.5)
     async with aiobroker.Node(config(max_connections_per_address=2)) as node:
         async with raw(node.port, hello=False) as first, raw(node.port, hello=False) as second:
             await until(lambda: node.admission.handshaking == 2, "both connections to be counted")
@@ -346,7 +346,7 @@ def test_the_settings_have_defaults_and_are_checked(tmp_path: Path) -> None:
 
 def test_the_count_gives_every_slot_back_whichever_way_a_connection_ends() -> None:
     """The bookkeeping alone: ordinary slots per address, the reserve, and a ticket left twice counts once."""
-    from aiobroker.admission import Admission
+    from aiobroker.node.admission import Admission
 
     slots = Admission(max_connections=2, reserved_connections=1, max_connections_per_address=1, idle_timeout=0)
     a1 = slots.arrive("10.0.0.1")

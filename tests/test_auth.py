@@ -19,10 +19,10 @@ from node_process import NodeProcess
 
 import aiobroker
 from aiobroker import NodeConfig
-from aiobroker.authz import RULES
+from aiobroker.node.rights import RULES
 from aiobroker.core.identities import PUBLIC
 from aiobroker.errors import ConfigError, NotAuthorized
-from aiobroker.ops import OPS
+from aiobroker.node.handlers import OPS
 from aiobroker.security.certs import create_self_signed
 from aiobroker.transport.tls import client_context
 from test_tls import issue, make_ca

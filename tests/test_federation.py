@@ -15,7 +15,8 @@ import pytest
 from node_process import free_port
 
 import aiobroker
-from aiobroker import NodeConfig, links
+from aiobroker import NodeConfig
+from aiobroker.node import links
 from aiobroker.core.transmission import ENVELOPE_OVERHEAD
 from aiobroker.wire.codec import encode_frame
 from aiobroker.wire.frames import PROTOCOL_VERSION, Refused, Welcome

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import aiobroker
 from aiobroker.errors import ProtocolError
 from aiobroker.wire.codec import FrameDecoder, encode_frame, encode_frames, unpackb
 from aiobroker.wire.frames import (
@@ -23,13 +26,17 @@ from aiobroker.wire.frames import (
     REQUEST,
     ROLES,
     WELCOME,
+    Envelopes,
     Failed,
     Hello,
     Refused,
     Reply,
     Request,
     Welcome,
+    envelopes_wire,
     parse_frame,
+    reply_wire,
+    request_wire,
 )
 
 INT_MIN = -(2**63)
@@ -119,6 +126,37 @@ def test_opcodes_and_constants() -> None:
     assert MAGIC == "aiobroker"
     assert PROTOCOL_VERSION == 1
     assert ROLES == ("client", "peer")
+
+
+def test_the_hot_path_builders_give_exactly_their_frames_wire_shape() -> None:
+    """``reply_wire`` and friends stand in for a frame class on the hot path; what they build is what the class
+    would, and parses back to it."""
+    built = [
+        (request_wire(7, "send", {"handle": "h"}), Request(request_id=7, op="send", args={"handle": "h"})),
+        (reply_wire(7, {"count": 2}), Reply(request_id=7, result={"count": 2})),
+        (envelopes_wire([["m"]], [["a"]]), Envelopes(messages=[["m"]], acks=[["a"]])),
+    ]
+    for wire, frame in built:
+        assert wire == frame.to_wire()
+        assert [parse_frame(obj) for obj in FrameDecoder().feed(encode_frame(wire))] == [frame]
+
+
+def test_the_shell_builds_no_frame_from_a_bare_opcode() -> None:
+    """Every frame the node, its links and the client send is built by ``aiobroker/wire/frames.py`` (a frame class
+    or a ``*_wire`` function), so the opcodes and shapes live in one place: no list literal elsewhere starts with
+    an opcode, as a number or as the constant."""
+    package = Path(aiobroker.__file__).parent
+    names = {"HELLO", "WELCOME", "REFUSED", "REQUEST", "REPLY", "FAILED", "ENVELOPES"}
+    numbers = set(OPCODES) | {20}
+    found = []
+    for path in [*(package / "node").rglob("*.py"), package / "client.py", *(package / "transport").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.List) and len(node.elts) >= 3:
+                first = node.elts[0]
+                bare = isinstance(first, ast.Constant) and type(first.value) is int and first.value in numbers
+                if bare or (isinstance(first, ast.Name) and first.id in names):
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "frames built by hand:\n" + "\n".join(found)
 
 
 def test_hello_defaults_and_fresh_info() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from .. import __version__
+from ..version import __version__
 from ..core.catalog import DEFAULT
 from . import cert, conversations, objects, receive, serve, status
 from .arguments import Formatter

@@ -12,7 +12,7 @@ from .common import EXIT_STATUS_SERVE
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from .. import serve
+    from ..node import serve
     from ..config import load_config, parse_listen
 
     overrides: dict[str, Any] = {

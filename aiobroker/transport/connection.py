@@ -10,7 +10,7 @@ allowed to grow our memory without limit.
 
 Each connection notes when it last received bytes or began a write (:attr:`FramedConnection.last_active`, one clock
 read per chunk or write, not per frame), so the node can close connections that have been idle too long
-(:mod:`aiobroker.admission`).
+(:mod:`aiobroker.node.admission`).
 """
 
 from __future__ import annotations

@@ -107,6 +107,25 @@ class Envelopes:
 Frame = Hello | Welcome | Refused | Request | Reply | Failed | Envelopes
 
 
+# The frames the hot path sends, as plain lists: one per request or per batch of envelopes, thousands a second, so
+# no object is built to be turned into a list at once. Each is exactly its class's ``to_wire()``.
+
+
+def request_wire(request_id: int, op: str, args: dict[str, Any]) -> list[Any]:
+    """``Request(...).to_wire()``, without the object."""
+    return [REQUEST, request_id, op, args]
+
+
+def reply_wire(request_id: int, result: Any) -> list[Any]:
+    """``Reply(...).to_wire()``, without the object."""
+    return [REPLY, request_id, result]
+
+
+def envelopes_wire(messages: list[Any], acks: list[Any]) -> list[Any]:
+    """``Envelopes(...).to_wire()``, without the object."""
+    return [ENVELOPES, messages, acks]
+
+
 def _need(cond: bool, what: str, obj: Any) -> None:
     if not cond:
         shown = reprlib.repr(obj)  # bounded: a frame may nest ~1000 deep (repr would overflow) or be huge

@@ -31,8 +31,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .core.broker import BrokerCore, Pending
-from .store.base import Store
+from ..core.broker import BrokerCore, Pending
+from ..store.base import Store
 
 log = logging.getLogger("aiobroker.store")
 

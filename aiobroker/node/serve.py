@@ -12,8 +12,8 @@ import sys
 
 import anyio
 
-from .config import NodeConfig
-from .node import Node
+from ..config import NodeConfig
+from .server import Node
 
 log = logging.getLogger("aiobroker.node")
 

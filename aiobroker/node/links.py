@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .admission import IDLE
-from .config import MIN_FRAME_SIZE
-from .core.routing import parse_tcp_address
-from .core.transmission import ENVELOPE_OVERHEAD
-from .durations import duration, until
-from .errors import BrokerError, ConnectionLost, ProtocolError
-from .transport.connection import FramedConnection, describe_os_error
-from .transport.tls import connect as connect_tls
-from .wire.codec import batch_bytes
-from .wire.frames import ENVELOPES, Envelopes, Hello, Refused, Welcome
+from ..config import MIN_FRAME_SIZE
+from ..core.routing import parse_tcp_address
+from ..core.transmission import ENVELOPE_OVERHEAD
+from ..durations import duration, until
+from ..errors import BrokerError, ConnectionLost, ProtocolError
+from ..transport.connection import FramedConnection, describe_os_error
+from ..transport.tls import connect as connect_tls
+from ..wire.codec import batch_bytes
+from ..wire.frames import Envelopes, Hello, Refused, Welcome, envelopes_wire
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .shell import LinkHost
 
 log = logging.getLogger("aiobroker.links")
 
@@ -122,7 +122,7 @@ class ForwardBacklog:
 
 
 class PeerLinks:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: LinkHost) -> None:
         self.node = node
         self.running: set[str] = set()
         self.wakes: dict[str, anyio.Event] = {}
@@ -261,7 +261,7 @@ class PeerLinks:
                 forwards.take_within(messages, max_bytes)
             link = core.tx.links.get(address)
             if messages:
-                conn.send(Envelopes(messages=messages, acks=[]).to_wire())
+                conn.send(envelopes_wire(messages, []))
                 if link is not None and link.waiting_since is None and link.sent:
                     link.waiting_since = time.monotonic()
                 continue
@@ -299,7 +299,7 @@ class PeerLinks:
             for ack in foreign:
                 back = self.reverse.get((ack[1], ack[2])) if isinstance(ack, list) and len(ack) > 2 else None
                 if back is not None and not back.closed:
-                    back.send([ENVELOPES, [], [ack]])
+                    back.send(envelopes_wire([], [ack]))
             if address is not None:
                 link = core.tx.links.get(address)
                 if link is not None and link.waiting_since is not None:
@@ -308,7 +308,7 @@ class PeerLinks:
             acks, forwards = core.accept(frame.messages, now)
             if acks:
                 send = conn.send
-                self.node.writer.after_commit(lambda: send([ENVELOPES, [], acks]))
+                self.node.writer.after_commit(lambda: send(envelopes_wire([], acks)))
             for next_hop, envelopes in forwards.items():
                 self._forward(conn, next_hop, envelopes)
         for report in core.reports:

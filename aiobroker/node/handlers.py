@@ -26,7 +26,7 @@ diagnose           service, [broker_instance]                                  t
 status             (none)                                                      node, store, queues, conversations
 =================  ==========================================================  =====================================
 
-With the node's ``[security] authorization`` on, each handler runs behind its rule in :mod:`aiobroker.authz`
+With the node's ``[security] authorization`` on, each handler runs behind its rule in :mod:`aiobroker.node.rights`
 (admin for the catalog, send or receive rights for conversations and queues, an authenticated identity for
 reads), so a refused request raises :class:`~aiobroker.errors.NotAuthorized` before it changes anything; the
 handlers here do not check rights themselves.
@@ -44,14 +44,17 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.catalog import check_kind
-from .errors import InvalidArgument
+from ..core.catalog import check_kind
+from ..errors import InvalidArgument
+
+from .sessions import Session
+from .shell import Shell
 
 if TYPE_CHECKING:
-    from .core.conversation import Endpoint
-    from .node import Node, Session
+    from ..core.conversation import Endpoint
 
-Handler = Callable[["Node", "Session", int, dict[str, Any]], None]
+#: one operation: (the node, the client's session, the request id, the request's args); answers through the session
+Handler = Callable[[Shell, Session, int, dict[str, Any]], None]
 OPS: dict[str, Handler] = {}
 
 _MISSING = object()
@@ -90,7 +93,7 @@ def number(args: dict[str, Any], name: str, default: Any = _MISSING) -> float | 
 
 
 @op("create")
-def create(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def create(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     kind = check_kind(arg(args, "kind", str))
     obj = node.core.create_object(kind, arg(args, "definition", dict), node.clock())
     session.reply_durable(rid, obj.public_def() if hasattr(obj, "public_def") else obj.to_def())
@@ -98,16 +101,16 @@ def create(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None
 
 
 @op("alter_queue")
-def alter_queue(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def alter_queue(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     name = arg(args, "name", str)
     new = node.core.alter_queue(name, arg(args, "changes", dict))
     session.reply_durable(rid, new.public_def())
     node.log_change(f"altered queue {name!r}: {new.public_def()}")
-    node.serve_waiters(name)
+    node.waiters.serve(name)
 
 
 @op("alter_route")
-def alter_route(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def alter_route(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     name = arg(args, "name", str)
     new = node.core.alter_route(name, arg(args, "changes", dict), node.clock())
     session.reply_durable(rid, new.to_def())
@@ -115,18 +118,18 @@ def alter_route(node: Node, session: Session, rid: int, args: dict[str, Any]) ->
 
 
 @op("drop")
-def drop(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def drop(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     kind = check_kind(arg(args, "kind", str))
     name = arg(args, "name", str)
     node.core.drop_object(kind, name, node.clock())
     session.reply_durable(rid, None)
     node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}")
     if kind == "queue":
-        node.fail_waiters(name)
+        node.waiters.fail(name)
 
 
 @op("list")
-def list_objects(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def list_objects(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     session.reply_now(rid, node.core.list_objects(check_kind(arg(args, "kind", str))))
 
 
@@ -134,7 +137,7 @@ def list_objects(node: Node, session: Session, rid: int, args: dict[str, Any]) -
 
 
 @op("begin_dialog")
-def begin_dialog(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def begin_dialog(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     ep = node.core.begin_dialog(
         from_service=arg(args, "from_service", str),
         to_service=arg(args, "to_service", str),
@@ -149,13 +152,13 @@ def begin_dialog(node: Node, session: Session, rid: int, args: dict[str, Any]) -
 
 
 @op("send")
-def send(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def send(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     count = node.core.send(arg(args, "handle", str), arg(args, "messages", list), node.clock())
     session.reply_durable(rid, count)
 
 
 @op("end")
-def end(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def end(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     error = arg(args, "error", list, None)
     if error is not None and len(error) != 2:
         raise InvalidArgument("argument 'error' is [code, description]")
@@ -169,19 +172,19 @@ def end(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
 
 
 @op("begin_timer")
-def begin_timer(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def begin_timer(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     node.core.begin_timer(arg(args, "handle", str), number(args, "seconds"), node.clock())  # type: ignore[arg-type]
     session.reply_durable(rid, None)
-    node.wake_ticker()
+    node.waiters.wake_ticker()
 
 
 @op("get_conversation")
-def get_conversation(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def get_conversation(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     session.reply_now(rid, _described(node, node.core.endpoint(arg(args, "handle", str))))
 
 
 @op("list_conversations")
-def list_conversations(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def list_conversations(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     limit = arg(args, "limit", int, 1000)
     out: list[dict[str, Any]] = []
     for ep in node.core.endpoints.values():
@@ -191,7 +194,7 @@ def list_conversations(node: Node, session: Session, rid: int, args: dict[str, A
     session.reply_now(rid, out)
 
 
-def _described(node: Node, ep: Endpoint) -> dict[str, Any]:
+def _described(node: Shell, ep: Endpoint) -> dict[str, Any]:
     """A conversation as ``get_conversation`` shows it: why it waits says when the node asks again, from now."""
     described = ep.describe()
     if ep.delayed is not None:
@@ -203,7 +206,7 @@ def _described(node: Node, ep: Endpoint) -> dict[str, Any]:
 
 
 @op("receive")
-def receive(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     queue = arg(args, "queue", str)
     max_messages = arg(args, "max_messages", int, 1)
     # absent: 0 (do not wait); null: wait without limit (number() with a default would read null as absent)
@@ -213,35 +216,35 @@ def receive(node: Node, session: Session, rid: int, args: dict[str, Any]) -> Non
         raise InvalidArgument("argument 'timeout' must be >= 0 (or null to wait without limit)")
     if lease_seconds is not None and lease_seconds <= 0:
         raise InvalidArgument("argument 'lease_seconds' must be > 0")
-    node.receive(session, rid, queue, max_messages, timeout, lease_seconds)
+    node.waiters.receive(session, rid, queue, max_messages, timeout, lease_seconds)
 
 
 @op("commit")
-def commit(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def commit(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     lease_id = arg(args, "lease", int)
     queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
     count = node.core.commit(lease_id, session)
     session.reply_durable(rid, count)
     if queue_name is not None:
-        node.serve_waiters(queue_name)
+        node.waiters.serve(queue_name)
 
 
 @op("rollback")
-def rollback(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def rollback(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     lease_id = arg(args, "lease", int)
     queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
     node.core.rollback(lease_id, session)
     session.reply_durable(rid, None)
     if queue_name is not None:
-        node.serve_waiters(queue_name)
+        node.waiters.serve(queue_name)
 
 
 @op("diagnose")
-def diagnose(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def diagnose(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     service = arg(args, "service", str)
     session.reply_now(rid, node.diagnose(service, arg(args, "broker_instance", (str, type(None)), None)))
 
 
 @op("status")
-def status(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+def status(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     session.reply_now(rid, node.status())

@@ -1,10 +1,10 @@
 """Who may do what: the rule each client operation checks when the node's ``[security] authorization`` is on.
 
 A client's identity is settled at its handshake (a token, a TLS client certificate, else ``public``; see
-:meth:`aiobroker.node.Node._authenticate`). With authorization on, the node serves a session through
+:func:`aiobroker.node.sessions.authenticate`). With authorization on, the node serves a session through
 :func:`guarded_ops`: each operation's rule runs first and raises :class:`~aiobroker.errors.NotAuthorized`, naming
 the identity, the right and the object, before the operation touches anything, so a refused request changes
-nothing. With authorization off the node serves the plain :data:`aiobroker.ops.OPS`, and this module costs
+nothing. With authorization off the node serves the plain :data:`aiobroker.node.handlers.OPS`, and this module costs
 nothing.
 
 =====================================================  ====================================================
@@ -31,13 +31,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.identities import PUBLIC
-from .errors import NotAuthorized
-from .ops import OPS, Handler, arg
+from ..core.identities import PUBLIC
+from ..errors import NotAuthorized
+from .handlers import OPS, Handler, arg
+from .sessions import Session
+from .shell import Shell
 
 if TYPE_CHECKING:
-    from .core.broker import BrokerCore
-    from .node import Node, Session
+    from ..core.broker import BrokerCore
 
 #: checks one request: (core, the session's identity, the request's args); raises NotAuthorized
 Rule = Callable[["BrokerCore", str, dict[str, Any]], None]
@@ -145,7 +146,7 @@ def rule_for(op: str) -> Rule:
 
 
 def _guard(rule: Rule, handler: Handler) -> Handler:
-    def guarded(node: Node, session: Session, rid: int, args: dict[str, Any]) -> None:
+    def guarded(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
         rule(node.core, session.identity, args)
         handler(node, session, rid, args)
 
@@ -157,7 +158,7 @@ _GUARDED: dict[str, Handler] = {}
 
 
 def guarded_ops() -> dict[str, Handler]:
-    """:data:`aiobroker.ops.OPS` with each handler's rule checked first (built once, on first use)."""
+    """:data:`aiobroker.node.handlers.OPS` with each handler's rule checked first (built once, on first use)."""
     if len(_GUARDED) != len(OPS):
         _GUARDED.clear()
         _GUARDED.update({name: _guard(rule_for(name), handler) for name, handler in OPS.items()})

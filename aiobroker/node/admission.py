@@ -38,9 +38,9 @@ import anyio
 from anyio import CancelScope
 from anyio.abc import TaskGroup
 
-from .errors import Overloaded
-from .transport.connection import FramedConnection
-from .wire.frames import Refused
+from ..errors import Overloaded
+from ..transport.connection import FramedConnection
+from ..wire.frames import Refused
 
 log = logging.getLogger("aiobroker.admission")
 

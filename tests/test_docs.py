@@ -25,6 +25,7 @@ import pytest
 import aiobroker.config
 from aiobroker.cli.common import DEFAULT_ADDRESS
 from aiobroker.config import load_config
+from markdown_blocks import fenced_blocks
 from node_process import free_port, stop_by_pid, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,25 +40,6 @@ DEFAULT_HOSTPORT = DEFAULT_ADDRESS.removeprefix("tcp://")
 
 
 # --- reading the docs ---------------------------------------------------------------------------------------
-
-
-def fenced_blocks(path: Path, lang: str) -> list[tuple[str, str]]:
-    """``(heading, text)`` of every fenced block of ``lang`` in the Markdown file, under its nearest heading."""
-    blocks: list[tuple[str, str]] = []
-    heading, body, fence = "", [], None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if fence is None:
-            if line.startswith("#"):
-                heading = line.lstrip("#").strip()
-            elif line.startswith("```"):
-                fence, body = line[3:].strip(), []
-        elif line.startswith("```"):
-            if fence == lang:
-                blocks.append((heading, "\n".join(body) + "\n"))
-            fence = None
-        else:
-            body.append(line)
-    return blocks
 
 
 def block_under(path: Path, heading: str, lang: str, index: int = 0) -> str:

@@ -15,6 +15,7 @@ from node_process import free_port
 
 import aiobroker
 from aiobroker.resolver import ConfigError, NotFound, load_resolver
+from markdown_blocks import fenced_blocks
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "resolvers.md"
 HEADING = "A resolver plug-in"
@@ -22,21 +23,7 @@ HEADING = "A resolver plug-in"
 
 def blocks(lang: str) -> list[str]:
     """The fenced blocks of ``lang`` ("" for a bare fence) under the page's HEADING, in order."""
-    found: list[str] = []
-    heading, body, fence = "", [], None
-    for line in PAGE.read_text(encoding="utf-8").splitlines():
-        if fence is None:
-            if line.startswith("#"):
-                heading = line.lstrip("#").strip()
-            elif line.startswith("```"):
-                fence, body = line[3:].strip(), []
-        elif line.startswith("```"):
-            if fence == lang and heading == HEADING:
-                found.append("\n".join(body) + "\n")
-            fence = None
-        else:
-            body.append(line)
-    return found
+    return [text for heading, text in fenced_blocks(PAGE, lang) if heading == HEADING]
 
 
 def install_the_plugin(where: Path) -> str:

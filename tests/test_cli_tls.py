@@ -7,9 +7,7 @@ Also here: a config naming a file that is not there fails at ``serve`` in one li
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from node_process import stop_by_pid
 from test_cli import AIOBROKER, STARTUP_DEADLINE, STOP_DEADLINE, one_line_error, run
 
 pytestmark = pytest.mark.slow
@@ -91,13 +90,7 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSNode]:
     try:
         yield TLSNode(proc, wait_for_url(proc, log_path), certs, log_path)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_DEADLINE)
+        stop_by_pid(proc, timeout=STOP_DEADLINE)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()
 
 

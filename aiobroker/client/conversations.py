@@ -1,0 +1,211 @@
+"""What a conversation looks like to the client: :class:`Dialog` (one side of a conversation, to send on or end),
+:class:`Message` (one received) and :class:`ReceivedBatch` (messages received together, locked until commit or
+rollback). :class:`~aiobroker.client.Client` makes them (``begin_dialog``, ``dialog``, ``receive``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+
+from ..core.catalog import DEFAULT, DIALOG_TIMER, END_DIALOG, ERROR
+from ..core.dialog_errors import parse_error_body
+from ..errors import BrokerError
+from .connection import PendingReply
+
+
+
+class Requester(Protocol):
+    """What a :class:`Dialog` or a :class:`ReceivedBatch` needs of the client that made it: to send requests on
+    its connection. :class:`~aiobroker.client.Client` is the one there is; a protocol, so that this module need
+    not import the client's (which imports this one)."""
+
+    def start_request(self, op: str, args: dict[str, Any]) -> PendingReply: ...
+
+    async def request(self, op: str, args: dict[str, Any]) -> Any: ...
+
+
+class Message:
+    """A received message and the facts of its conversation.
+
+    Built for every message received, so it is a plain slotted object whose conversation facts are shared by all
+    messages of the conversation in a batch (hence the properties).
+    """
+
+    __slots__ = ("queue", "message_id", "conversation_handle", "sequence_number", "message_type", "body",
+                 "enqueued_at", "_conversation")
+
+    def __init__(
+        self,
+        queue: str,
+        message_id: int,
+        conversation_handle: str,
+        sequence_number: int,
+        message_type: str,
+        body: bytes,
+        enqueued_at: float,
+        conversation: Sequence[Any],
+    ) -> None:
+        self.queue = queue
+        self.message_id = message_id  #: unique on its node; increases in arrival order
+        self.conversation_handle = conversation_handle
+        #: in order per conversation and direction; -1 for messages the broker makes locally (DialogTimer, a
+        #: lifetime Error)
+        self.sequence_number = sequence_number
+        self.message_type = message_type
+        self.body = body
+        self.enqueued_at = enqueued_at
+        #: [service, far_service, contract, group_id, is_initiator, conversation_id]
+        self._conversation = conversation
+
+    service_name = property(lambda self: self._conversation[0], doc="the local service (whose queue it is)")
+    far_service_name = property(lambda self: self._conversation[1], doc="the service at the other end")
+    contract = property(lambda self: self._conversation[2], doc="the conversation's contract")
+    conversation_group_id = property(lambda self: self._conversation[3], doc="the group this side's conversation is in")
+    is_initiator = property(lambda self: self._conversation[4], doc="whether this side began the conversation")
+    conversation_id = property(lambda self: self._conversation[5], doc="the same on both sides")
+
+    @property
+    def is_end_dialog(self) -> bool:
+        """The far side ended the conversation (EndDialog)."""
+        return self.message_type == END_DIALOG
+
+    @property
+    def is_error(self) -> bool:
+        """An Error message (see :attr:`error`)."""
+        return self.message_type == ERROR
+
+    @property
+    def is_timer(self) -> bool:
+        """A DialogTimer message (a timer set with ``begin_timer`` ran out)."""
+        return self.message_type == DIALOG_TIMER
+
+    @property
+    def error(self) -> tuple[int, str] | None:
+        """(code, description) of an Error message (codes < 0 are the broker's), else None."""
+        return parse_error_body(self.body) if self.message_type == ERROR else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message {self.message_type!r} seq={self.sequence_number} conversation={self.conversation_handle}"
+            f" {len(self.body)} bytes>"
+        )
+
+
+class Dialog:
+    """One side of a conversation, by its handle."""
+
+    __slots__ = ("client", "handle", "conversation_id", "group_id")
+
+    def __init__(self, client: Requester, handle: str, conversation_id: str | None = None, group_id: str | None = None):
+        self.client = client
+        self.handle = handle
+        self.conversation_id = conversation_id
+        self.group_id = group_id
+
+    async def send(self, message_type: str = DEFAULT, body: bytes = b"") -> None:
+        """Send one message; returns once the node has stored it."""
+        await self.client.request("send", {"handle": self.handle, "messages": [[message_type, body]]})
+
+    async def send_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Send several messages in order, in one frame; returns once the node has stored all of them."""
+        await self.start_send_many(messages).wait()
+
+    def start_send_many(self, messages: Sequence[tuple[str, bytes]]) -> PendingReply:
+        """Like :meth:`send_many`, but returns as soon as the batch is on its way: ``await .wait()`` for the
+        node's acknowledgement. Batches started one after another are stored in that order."""
+        batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
+        return self.client.start_request("send", {"handle": self.handle, "messages": batch})
+
+    async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int:
+        """End this side: sends EndDialog after what is queued, or with ``error=(code > 0, text)`` an Error
+        instead (dropping what is still queued). ``cleanup=True`` removes this side only, sending nothing.
+
+        Returns how many messages were dropped because they were still DELAYED (waiting for a route: they had
+        not left this node, and now never will)."""
+        args: dict[str, Any] = {"handle": self.handle, "cleanup": cleanup}
+        if error is not None:
+            args["error"] = [error[0], error[1]]
+        result = await self.client.request("end", args)
+        return int(result.get("dropped_delayed", 0)) if isinstance(result, dict) else 0
+
+    async def begin_timer(self, seconds: float) -> None:
+        """A DialogTimer message arrives on this side's queue after ``seconds`` (a new call resets it)."""
+        await self.client.request("begin_timer", {"handle": self.handle, "seconds": seconds})
+
+    async def info(self) -> dict[str, Any]:
+        """State, sequence numbers, lifetime and error of this side."""
+        result: dict[str, Any] = await self.client.request("get_conversation", {"handle": self.handle})
+        return result
+
+    def __repr__(self) -> str:
+        return f"<Dialog {self.handle}>"
+
+
+class ReceivedBatch:
+    """Messages of one conversation group, locked for this client until :meth:`commit` or :meth:`rollback`.
+
+    As an async context manager it commits when the block ends normally and rolls back if it raises.
+    """
+
+    __slots__ = ("client", "lease", "messages", "lease_expires_at", "_settled")
+
+    def __init__(self, client: Requester, lease: int | None, messages: list[Message], lease_expires_at: float | None):
+        self.client = client
+        self.lease = lease
+        self.messages = messages
+        self.lease_expires_at = lease_expires_at
+        self._settled = lease is None
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+    def dialog(self, message: Message) -> Dialog:
+        """The conversation a message came on, to reply or end it."""
+        return Dialog(self.client, message.conversation_handle, message.conversation_id, message.conversation_group_id)
+
+    async def commit(self) -> None:
+        """Remove the messages from the queue (durably); they will not be received again."""
+        if not self._settled:
+            await self.start_commit().wait()
+
+    def start_commit(self) -> PendingReply:
+        """Like :meth:`commit`, but returns as soon as the request is on its way, so the next ``receive`` can
+        follow it at once (the node handles them in order: the group is unlocked before the receive)."""
+        if self._settled:
+            done = PendingReply()
+            done.event.set()
+            return done
+        self._settled = True
+        return self.client.start_request("commit", {"lease": self.lease})
+
+    async def rollback(self) -> None:
+        """Put the messages back at the front of their group (counts toward poison-message handling)."""
+        if not self._settled:
+            self._settled = True
+            await self.client.request("rollback", {"lease": self.lease})
+
+    async def __aenter__(self) -> ReceivedBatch:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            await self.commit()
+        else:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.rollback()
+                except BrokerError:
+                    pass  # the original error matters more; the lease runs out anyway
+
+    def __repr__(self) -> str:
+        return f"<ReceivedBatch lease={self.lease} messages={len(self.messages)}>"
+

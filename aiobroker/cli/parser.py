@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from ..version import __version__
 from ..core.catalog import DEFAULT
-from . import cert, conversations, objects, receive, serve, status
+from . import cert, conversations, create, listing, objects, receive, serve, status
 from .arguments import Formatter
 from .common import ADDRESS_ENV, CA_ENV, CERT_ENV, DEFAULT_ADDRESS, KEY_ENV, PROG, TOKEN_ENV
 
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     serve.add_serve(commands)
     cert.add_cert(commands)
-    objects.add_create(commands, client, address_only)
+    create.add_create(commands, client, address_only)
     objects.add_alter(commands, client)
-    objects.add_list(commands, client, as_json)
+    listing.add_list(commands, client, as_json)
     objects.add_drop(commands, client)
     conversations.add_begin(commands, client)
     conversations.add_send(commands, client)

@@ -149,7 +149,7 @@ def test_the_shell_builds_no_frame_from_a_bare_opcode() -> None:
     names = {"HELLO", "WELCOME", "REFUSED", "REQUEST", "REPLY", "FAILED", "ENVELOPES"}
     numbers = set(OPCODES) | {20}
     found = []
-    for path in [*(package / "node").rglob("*.py"), package / "client.py", *(package / "transport").rglob("*.py")]:
+    for path in [*(package / "node").rglob("*.py"), *(package / "client").rglob("*.py"), *(package / "transport").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.List) and len(node.elts) >= 3:
                 first = node.elts[0]

@@ -16,7 +16,6 @@ from ..errors import BrokerError
 from .connection import PendingReply
 
 
-
 class Requester(Protocol):
     """What a :class:`Dialog` or a :class:`ReceivedBatch` needs of the client that made it: to send requests on
     its connection. :class:`~aiobroker.client.Client` is the one there is; a protocol, so that this module need

@@ -6,11 +6,14 @@ Used by the core's tests to check the rules without sockets or files, and to res
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, TypeVar
 
 from aiobroker.core.broker import BrokerCore
+from aiobroker.core.effects import Effect, LeaseExpired, Report, ResolveRequest
 from aiobroker.core.queues import Lease
 from aiobroker.core.records import ROW_BODY, ROW_HANDLE, ROW_SEQ, ROW_TYPE, Snapshot, WriteBatch
+
+E = TypeVar("E", bound=Effect)
 
 
 class DictStore:
@@ -63,10 +66,33 @@ class Harness:
         return self.core.publish(pending)
 
     def advance(self, seconds: float) -> list[Lease]:
+        """Move the clock on, fire what is due, store it; returns the leases that ran out (from the outbox)."""
         self.now += seconds
-        expired = self.core.advance(self.now)
+        self.core.advance(self.now)
         self.flush()
-        return expired
+        return [effect.lease for effect in self.effects(LeaseExpired)]
+
+    # the core's outbox, read as the shell drains it ---------------------------------------------------------
+
+    def effects(self, kind: type[E]) -> list[E]:
+        """Take the effects of one kind out of the core's outbox, oldest first; the others stay, in their order."""
+        taken: list[E] = []
+        rest: list[Effect] = []
+        for effect in self.core.drain_effects():
+            if isinstance(effect, kind):
+                taken.append(effect)
+            else:
+                rest.append(effect)
+        self.core.outbox.extend(rest)
+        return taken
+
+    def resolve_requests(self) -> list[tuple[str, str]]:
+        """The resolves the core asked for since the last look, as (kind, service)."""
+        return [(effect.kind, effect.service) for effect in self.effects(ResolveRequest)]
+
+    def reports(self) -> list[str]:
+        """What the core reported since the last look."""
+        return [effect.text for effect in self.effects(Report)]
 
     def restart(self) -> Harness:
         """A new core on the same store, as after a crash right after the last flush."""

@@ -30,9 +30,7 @@ def begin(h: Harness, to: str) -> str:
 
 
 def take_requests(h: Harness) -> list[str]:
-    requests = [service for _, service in h.core.resolve_requests]
-    h.core.resolve_requests.clear()
-    return requests
+    return [service for _, service in h.resolve_requests()]
 
 
 def answer(service: str, lifetime: float = 60.0, address: str = B) -> RouteAnswer:

@@ -32,6 +32,7 @@ every kind in one heap, ``deadlines.py``: :meth:`BrokerCore.advance` sends each 
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,7 @@ from .dispatcher import BINDING, ROUTE, Dispatcher
 from .dialog_security import DialogSecurity
 from .deadlines import LEASE, DeadlineKind, Deadlines
 from .dynamic import DynamicRouting
+from .effects import Effect, LeaseExpired
 from .federation import DEFAULT_CLOSED_RETENTION, DEFAULT_MAX_HOPS, Envelope, Federation
 from .queues import Lease, MessageQueue
 from .receiving import URGENT_TYPES, Receiving
@@ -128,7 +130,6 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         #: may wait for it (a send past them fails at once: nothing is dropped silently)
         self.resolver_name = resolver_name
         self.dispatcher = Dispatcher(resolve_timeout=resolve_timeout)
-        self.resolve_requests: list[tuple[str, str]] = []
         self.route_traffic: set[str] = set()
         self._reasons: dict[tuple[str, str], tuple[Any, str]] = {}
         self.max_delayed_per_service = max_delayed_per_service
@@ -154,8 +155,8 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
         self.tx = TransmissionQueue()
         #: (conversation id, is_initiator) → the handle of this node's endpoint on that side
         self.by_conversation: dict[tuple[str, bool], str] = {}
-        #: things gone wrong with what peers sent (malformed, not for us, loops), for the shell to log
-        self.reports: list[str] = []
+        #: what the core asks the shell to do (resolve, a lease ran out, a report to log), in order (effects.py)
+        self.outbox: deque[Effect] = deque()
         self.leases: dict[int, Lease] = {}
         self.leases_by_owner: dict[Any, set[int]] = {}
         #: recently closed handles, so a late call says "ended" rather than "unknown" (bounded)
@@ -781,17 +782,26 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
             deadlines.drop_first()
         return None
 
-    def advance(self, now: float) -> list[Lease]:
+    def next_effect(self) -> Effect | None:
+        """The oldest thing the core asks the shell to do, taken off the outbox; None when it is empty."""
+        return self.outbox.popleft() if self.outbox else None
+
+    def drain_effects(self) -> list[Effect]:
+        """Everything the core asks the shell to do, oldest first, taken off the outbox (see ``effects.py``)."""
+        effects = list(self.outbox)
+        self.outbox.clear()
+        return effects
+
+    def advance(self, now: float) -> None:
         """Fire everything due by ``now``, each deadline by its kind (see ``deadlines.py``); a stale one is skipped
-        here, by the check beside its kind. Returns the leases that ran out (already rolled back), so the shell can
-        tell their owners."""
-        expired: list[Lease] = []
+        here, by the check beside its kind. A lease that ran out is rolled back and put in the outbox
+        (:class:`LeaseExpired`), so the shell can tell its owner."""
         for when, kind, key in self._deadlines.pop_due(now):
             if kind is DeadlineKind.LEASE:
                 lease = self.leases.get(int(key))
                 if lease is not None and lease.expires_at == when:
                     self._rollback(lease)
-                    expired.append(lease)
+                    self.outbox.append(LeaseExpired(lease))
                 continue
             if kind is DeadlineKind.DISPATCH or kind is DeadlineKind.REFRESH:
                 self.dispatch_due(kind, key, now)
@@ -824,7 +834,6 @@ class BrokerCore(Federation, DynamicRouting, DialogSecurity, Receiving, Status):
                 ep.error = (int(BrokerErrorCode.LIFETIME_EXPIRED), description)
                 self._touch(ep)
                 self._enqueue(ep, -1, ERROR, error_body(BrokerErrorCode.LIFETIME_EXPIRED, description), now)
-        return expired
 
     def __repr__(self) -> str:
         return (

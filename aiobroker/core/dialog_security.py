@@ -20,6 +20,7 @@ honest copy gets through. A verified initiator who may not use the service is re
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..durations import duration
@@ -30,6 +31,7 @@ from .catalog import Catalog
 from .conversation import Endpoint
 from .dialog_errors import BrokerErrorCode
 from .dispatcher import BINDING, Dispatcher
+from .effects import Effect, Report
 from .identities import PUBLIC, Binding, require_signer
 from .transmission import TransmissionQueue
 
@@ -51,7 +53,7 @@ class DialogSecurity:
     binding_failure_cache: float
     resolver_name: str | None
     resolver_answers_bindings: bool
-    reports: list[str]
+    outbox: deque[Effect]
     binding_waiters: set[str]
     security_counts: dict[str, int]
     _ciphers: dict[str, DialogCipher]
@@ -239,10 +241,10 @@ class DialogSecurity:
                 except SecurityError as exc:
                     why = exc.message
             self.security_counts["dropped"] = self.security_counts.get("dropped", 0) + 1
-            self.reports.append(
+            self.outbox.append(Report(
                 f"message {seq} of conversation {ep.conversation_id} from service {ep.far_service!r} failed"
                 f" dialog security ({why}); dropped, not acknowledged"
-            )
+            ))
             return k
         return stop
 
@@ -272,7 +274,7 @@ class DialogSecurity:
             if old is not None:
                 self.catalog.put_binding(old)
             text = f"the {origin} resolver's binding for {service!r} cannot be used: {getattr(exc, 'message', exc)}"
-            self.reports.append(text)
+            self.outbox.append(Report(text))
             return self.request_done(BINDING, service, now, ok=False, text=text)
         assert isinstance(binding, Binding)
         self.catalog.put_binding(binding)

@@ -5,8 +5,8 @@ Theory of operation
 Routing step 4 (``routing.choose``) says "ask": the conversation waits DELAYED in the transmission queue and
 :meth:`DynamicRouting.ask` lets the dispatcher decide whether a request goes out now (one per service in flight).
 
-- With a resolver configured (DNS SRV, static file, HTTP, a chain), the request is an item in
-  ``resolve_requests`` that the shell drains: it calls the resolver and hands back :meth:`resolved` or
+- With a resolver configured (DNS SRV, static file, HTTP, a chain), the request is a ``ResolveRequest`` in the
+  core's outbox (``effects.py``) that the shell drains: it calls the resolver and hands back :meth:`resolved` or
   :meth:`resolve_failed`.
 - Otherwise the node asks the Broker Configuration Notice service as the seeds do: it begins a real conversation
   from its own service ``aiobroker/DynamicRouting`` to ``SQL/ServiceBroker/BrokerConfiguration`` and sends
@@ -22,6 +22,7 @@ again shortly before they expire, so a live service is never DELAYED by expiry.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
@@ -40,6 +41,7 @@ from .conversation import Endpoint, State
 from .deadlines import DeadlineKind, Deadlines
 from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
+from .effects import Effect, Report, ResolveRequest
 from .records import WriteBatch
 from .routing import ASKS_BCN, Route
 from .transmission import TransmissionQueue
@@ -74,8 +76,7 @@ class DynamicRouting:
     #: handles of conversations DELAYED for a binding (their route known); the rest of ``tx.delayed`` wait for a
     #: route
     binding_waiters: set[str]
-    resolve_requests: list[tuple[str, str]]
-    reports: list[str]
+    outbox: deque[Effect]
     #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
     route_traffic: set[str]
     _reasons: dict[tuple[str, str], tuple[Any, str]]
@@ -121,7 +122,7 @@ class DynamicRouting:
         if d.should_ask(kind, service, now):
             if self.resolver_name is not None:
                 d.started(kind, service, now, via=f"resolver {self.resolver_name}")
-                self.resolve_requests.append((kind, service))
+                self.outbox.append(ResolveRequest(kind, service))
             else:
                 self._ask_bcn(kind, service, now)
             request = d.in_flight.get((kind, service))
@@ -212,7 +213,7 @@ class DynamicRouting:
             code, description = parse_error_body(body)
             ok, text = False, f"the Broker Configuration Notice service ended the request with error {code}: {description}"
         else:
-            self.reports.append(f"unexpected {message_type!r} from the Broker Configuration Notice service; ignored")
+            self.outbox.append(Report(f"unexpected {message_type!r} from the Broker Configuration Notice service; ignored"))
             return
         if ep.state is not State.CLOSED:
             self.end(ep.handle, now)
@@ -322,7 +323,7 @@ class DynamicRouting:
                 self.route_traffic.discard(service)
                 if d.should_ask(ROUTE, service, now):
                     d.started(ROUTE, service, now, via=f"resolver {self.resolver_name} (refresh before expiry)")
-                    self.resolve_requests.append((ROUTE, service))
+                    self.outbox.append(ResolveRequest(ROUTE, service))
             return
         kind, service = key.split("\x00", 1)
         for request in d.timed_out(now):

@@ -28,6 +28,7 @@ message was acknowledged, so a late retransmission of its first message cannot b
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from .catalog import BCN_SERVICE, ERROR, Catalog
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
 from .dispatcher import ROUTE
+from .effects import Effect, Report
 from .identities import PUBLIC
 from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, WriteBatch
 from .routing import Decision, choose
@@ -70,7 +72,7 @@ class Federation:
     max_hops: int
     closed_retention: float
     by_conversation: dict[tuple[str, bool], str]
-    reports: list[str]
+    outbox: deque[Effect]
     binding_waiters: set[str]
     security_counts: dict[str, int]
     pending: list[Any]
@@ -261,7 +263,7 @@ class Federation:
 
     def accept(self, envelopes: list[Any], now: float) -> tuple[list[Envelope], dict[str, list[Envelope]]]:
         """Take a peer's message envelopes. Returns (acknowledgements to send back after the commit, envelopes to
-        forward per next-hop address). Anything malformed or refused is reported in ``self.reports``.
+        forward per next-hop address). Anything malformed or refused is put in the outbox as a ``Report``.
 
         The hot path: consecutive envelopes of one conversation and direction (a *run*) are looked up once, and
         the in-order stretch of ordinary messages in it is delivered as one run of rows."""
@@ -271,7 +273,7 @@ class Federation:
         while i < n:
             env = envelopes[i]
             if not _well_formed(env):
-                self.reports.append(f"a peer sent a malformed envelope: {str(env)[:120]}")
+                self.outbox.append(Report(f"a peer sent a malformed envelope: {str(env)[:120]}"))
                 i += 1
                 continue
             conv_id, from_initiator = env[1], env[2]
@@ -304,9 +306,9 @@ class Federation:
                 return
             if seq0 != 0:
                 # its endpoint here ended and was retired long ago (or never existed): nothing to deliver to
-                self.reports.append(
+                self.outbox.append(Report(
                     f"message {seq0} of conversation {conv_id} for {to_service!r} has no endpoint here; dropped"
-                )
+                ))
                 acks[key] = max(acks.get(key, 0), envelopes[stop - 1][3] + 1)
                 return
             ep = self._new_remote_target(first, now)
@@ -391,17 +393,17 @@ class Federation:
                 session_key, identity, refusal = self.accept_key_header(env, now)
             except SecurityError as exc:
                 self.security_counts["first_dropped"] = self.security_counts.get("first_dropped", 0) + 1
-                self.reports.append(
+                self.outbox.append(Report(
                     f"the first message of conversation {conv_id} from {from_service!r} to {to_service!r} failed"
                     f" dialog security: {exc.message}; dropped, not acknowledged"
-                )
+                ))
                 return None
         elif enc:
             self.security_counts["first_dropped"] = self.security_counts.get("first_dropped", 0) + 1
-            self.reports.append(
+            self.outbox.append(Report(
                 f"the first message of conversation {conv_id} from {from_service!r} to {to_service!r} is sealed"
                 " but carries no session key; dropped, not acknowledged"
-            )
+            ))
             return None
         refusal = refusal or self.authorize_initiator(identity, to_service)
         ep = Endpoint(
@@ -426,7 +428,7 @@ class Federation:
         self._watch(ep)
         if refusal is not None:
             self.security_counts["refused"] = self.security_counts.get("refused", 0) + 1
-            self.reports.append(f"conversation {conv_id} from {from_service!r} to {to_service!r} refused: {refusal[1]}")
+            self.outbox.append(Report(f"conversation {conv_id} from {from_service!r} to {to_service!r} refused: {refusal[1]}"))
             ep.recv_seq = 1  # message 0 is taken, and answered with the Error
             self._refuse_remote(ep, refusal[0], refusal[1], now)
         return ep
@@ -434,15 +436,15 @@ class Federation:
     def _forward(self, env: Envelope, now: float, forwards: dict[str, list[Envelope]]) -> None:
         to_service, to_instance, hops = env[5], env[8], env[12]
         if not self.forwarding:
-            self.reports.append(
+            self.outbox.append(Report(
                 f"a message for service {to_service!r} (instance {to_instance or 'any'}) is not for this node, which"
                 " does not forward; dropped"
-            )
+            ))
             return
         if hops + 1 > self.max_hops:
-            self.reports.append(
+            self.outbox.append(Report(
                 f"a message for service {to_service!r} crossed {hops} nodes: a routing loop; dropped"
-            )
+            ))
             return
         decision = choose(
             self.catalog.routes_for(to_service),
@@ -453,7 +455,7 @@ class Federation:
             local_instance=self.broker_instance,
         )
         if decision.kind != "remote" or decision.address is None:
-            self.reports.append(f"cannot forward a message for service {to_service!r}: {decision.reason}; dropped")
+            self.outbox.append(Report(f"cannot forward a message for service {to_service!r}: {decision.reason}; dropped"))
             return
         forwarded = list(env)
         forwarded[12] = hops + 1
@@ -464,7 +466,7 @@ class Federation:
         foreign: list[Envelope] = []
         for ack in acks:
             if not (isinstance(ack, list) and len(ack) == 5 and type(ack[3]) is int and isinstance(ack[1], str)):
-                self.reports.append(f"a peer sent a malformed acknowledgement: {str(ack)[:120]}")
+                self.outbox.append(Report(f"a peer sent a malformed acknowledgement: {str(ack)[:120]}"))
                 continue
             _, conv_id, from_initiator, next_seq, acker = ack
             handle = self.by_conversation.get((conv_id, bool(from_initiator)))

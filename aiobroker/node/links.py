@@ -311,9 +311,7 @@ class PeerLinks:
                 self.node.writer.after_commit(lambda: send(envelopes_wire([], acks)))
             for next_hop, envelopes in forwards.items():
                 self._forward(conn, next_hop, envelopes)
-        for report in core.reports:
-            log.warning("from %s: %s", conn.peer, report)
-        core.reports.clear()
+        self.node.handle_effects(conn.peer)
 
     def _forward(self, came_from: FramedConnection, next_hop: str, envelopes: list[list[Any]]) -> None:
         backlog = self.forward_out.get(next_hop)

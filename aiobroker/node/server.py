@@ -32,6 +32,8 @@ from anyio.abc import Listener, SocketAttribute, TaskGroup
 from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
+from ..core.effects import LeaseExpired, Report, ResolveRequest
+from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
 from ..store import Store, open_store
@@ -156,7 +158,7 @@ class Node:
         # After any start everything stored moves on by itself, with no new send to wake it: every link with
         # stored messages runs, and every conversation restored DELAYED is asked for again.
         self.links.wake_ready()
-        self.start_resolves()
+        self.handle_effects()
         self._started_at = time.time()
         stats = self.core.statistics()
         waiting = sum(q["waiting"] for q in stats["queues"])
@@ -293,24 +295,39 @@ class Node:
     # ------------------------------------------------------------------------------------------ after the core
 
     def after_core(self) -> None:
-        """After any call into the core: store what changed, keep the ticker's deadline, start what it asked."""
+        """After any call into the core: store what changed, keep the ticker's deadline, do what it asked."""
         self.writer.kick()
         self.waiters.maybe_wake_ticker()
-        self.start_resolves()
+        self.handle_effects()
 
     def _after_tick(self) -> None:
-        """After the ticker moved the core's time on: start what it asked, store what changed."""
-        self.start_resolves()
+        """After the ticker moved the core's time on: do what it asked, store what changed."""
+        self.handle_effects()
         self.writer.kick()
 
-    def start_resolves(self) -> None:
-        """Run the resolver for each request the dispatcher decided to make (one per service at most)."""
-        requests = self.core.resolve_requests
-        if not requests or self._tg is None or self.resolving is None:
+    def handle_effects(self, peer: object = None) -> None:
+        """Drain the core's outbox and do each thing it asks (``core/effects.py``); ``peer``, if given, is the
+        link whose frame the core just took, named in its reports. Before the node runs (no task group yet) the
+        effects wait in the outbox for the start to drain them."""
+        tg = self._tg
+        if tg is None or not self.core.outbox:
             return
-        self.core.resolve_requests = []
-        for kind, service in requests:
-            self._tg.start_soon(self.resolving.run, service, kind, name=f"resolve {kind} {service}")
+        expired: list[Lease] = []
+        for effect in self.core.drain_effects():
+            match effect:
+                case ResolveRequest(kind=kind, service=service):
+                    # one per service at most: the dispatcher asks again only once this one is answered
+                    if self.resolving is not None:
+                        tg.start_soon(self.resolving.run, service, kind, name=f"resolve {kind} {service}")
+                case LeaseExpired(lease=lease):
+                    expired.append(lease)
+                case Report(text=text):
+                    if peer is None:
+                        log.warning("%s", text)
+                    else:
+                        log.warning("from %s: %s", peer, text)
+        if expired:
+            self.waiters.leases_expired(expired)
 
     def diagnose(self, service: str, broker_instance: str | None) -> dict[str, Any]:
         """Why messages to a service go where they go, or wait: the routing steps in words, and dynamic routing."""

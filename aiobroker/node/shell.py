@@ -73,3 +73,6 @@ class LinkHost(Protocol):
     def task_group(self) -> TaskGroup | None:
         """Where the links start their tasks; None before the node has started and after it stopped."""
         ...
+
+    def handle_effects(self, peer: object = None) -> None:
+        """Do what the core asked in its outbox after it took a peer's frame (``peer`` is named in reports)."""

@@ -4,10 +4,11 @@ A receive that finds nothing and may wait is parked here, per queue, oldest firs
 writer publishes a batch, a lease is rolled back or runs out, a queue is enabled) or its time-out passes. Its
 time-out is on the monotonic clock (a client's "wait 5 s" means 5 s even if the wall clock jumps); the core's
 deadlines (lifetimes, timers, leases) are on the node's wall clock. The ticker sleeps until the earlier of the two,
-then calls ``core.advance(now)`` and answers the receives whose time is up with an empty batch.
+then calls ``core.advance(now)`` and answers the receives whose time is up with an empty batch. The leases the
+core let run out come back through its outbox: the server hands them to :meth:`Waiters.leases_expired`.
 
 Nothing here imports the node: the server makes one :class:`Waiters` when it starts and hands it the core and the
-clock; after each tick it calls back the one function it was given (start resolves, store what changed).
+clock; after each tick it calls back the one function it was given (handle the core's effects, store what changed).
 """
 
 from __future__ import annotations
@@ -190,19 +191,22 @@ class Waiters:
             self._tick()
             after_tick()
 
+    def leases_expired(self, expired: list[Lease]) -> None:
+        """Leases the core let run out (its ``LeaseExpired`` effects): say so, and serve their queues again, whose
+        messages are back."""
+        for lease in expired:
+            log.info(
+                "lease %d on queue %r ran out (client %s); %d message(s) back in the queue",
+                lease.id,
+                lease.queue.name,
+                getattr(lease.owner, "peer", "?"),
+                len(lease.messages),
+            )
+        for name in {lease.queue.name for lease in expired}:
+            self.serve(name)
+
     def _tick(self) -> None:
-        expired = self.core.advance(self.clock())
-        if expired:
-            for lease in expired:
-                log.info(
-                    "lease %d on queue %r ran out (client %s); %d message(s) back in the queue",
-                    lease.id,
-                    lease.queue.name,
-                    getattr(lease.owner, "peer", "?"),
-                    len(lease.messages),
-                )
-            for name in {lease.queue.name for lease in expired}:
-                self.serve(name)
+        self.core.advance(self.clock())  # what ran out is in the core's outbox, for after_tick to handle
         mono = time.monotonic()
         heap = self._deadlines
         while heap and heap[0][0] <= mono:

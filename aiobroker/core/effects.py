@@ -1,0 +1,60 @@
+"""The core's outbox: what it asks the shell to do, as typed effects in one queue.
+
+Theory of operation
+-------------------
+The core does no I/O and starts nothing. When it wants something done outside itself it appends an effect to
+``BrokerCore.outbox``; the shell drains that queue after every call into the core (``BrokerCore.next_effect`` one
+at a time, or ``BrokerCore.drain_effects``) and handles each by its type with a ``match``, the way aioquic's
+``next_event()`` hands a connection's events to its user. Effects come out in the order the core made them.
+
+- :class:`ResolveRequest`: run the resolver for a service (the dispatcher asks at most once per service in flight,
+  so there is never more than one per service waiting).
+- :class:`LeaseExpired`: a receive lease ran out and was rolled back; tell its owner, serve its queue again.
+- :class:`Report`: something a peer sent was malformed, refused or undeliverable; log it.
+
+Nothing here is per message: an effect is per service, per lease or per report, so the hot path (send, receive,
+commit) appends none.
+
+What is not an effect, and why:
+
+- The seal/publish durability path (``BrokerCore.pending``, ``BrokerCore.changes``) is per message and must follow
+  the store's write, not the call that made it; the writer drives it.
+- Which links have messages to send (``TransmissionQueue.ready_links``) stays a set the writer reads after a write
+  is durable. It is gated by durability (no link may send a message before the write that stores it), and it is
+  deduplicated (a thousand sends to one address wake its link once). An effect queue would hand the address over
+  at the call, before the write, and once per send; gating it would mean the writer holding effects back until
+  publish, which is what the set already does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .queues import Lease
+
+__all__ = ["Effect", "LeaseExpired", "Report", "ResolveRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """Ask the resolver where ``service`` is: ``kind`` is ``"route"`` or ``"binding"`` (``dispatcher.py``)."""
+
+    kind: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExpired:
+    """A receive lease ran out; its messages are already back in the queue."""
+
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Something gone wrong with what a peer sent, in words, for the shell to log."""
+
+    text: str
+
+
+Effect = ResolveRequest | LeaseExpired | Report

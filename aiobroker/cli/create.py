@@ -14,7 +14,7 @@ from ..security import certs
 from . import arguments
 from .arguments import add_command
 from .common import TOKEN_ENV, CommandError
-from .objects import KIND_WORDS, KINDS, describe_object, queue_options
+from .objects import KIND_WORDS, KINDS, describe_object, queue_options, queue_switches
 from .render import echo
 
 # ================================================================================================ commands
@@ -48,15 +48,7 @@ async def cmd_create(client: Client, args: argparse.Namespace) -> None:
             messages[name] = sent_by
         result = await client.create_contract(args.name, messages)
     elif kind == "queue":
-        options = {
-            k: v
-            for k, v in (
-                ("status", args.status),
-                ("retention", args.retention),
-                ("poison_message_handling", args.poison_message_handling),
-            )
-            if v is not None
-        }
+        options = queue_switches(args)
         result = await client.create_queue(args.name, **options)
     elif kind == "route":
         result = await client.create_route(

@@ -127,6 +127,16 @@ def queue_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def queue_switches(args: argparse.Namespace) -> dict[str, Any]:
+    """The queue switches given on the command line (``create queue`` and ``alter queue``), by their field names."""
+    given = {
+        "status": args.status,
+        "retention": args.retention,
+        "poison_message_handling": args.poison_message_handling,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def add_alter(commands: Any, client: argparse.ArgumentParser) -> None:
     p = add_command(
         commands,

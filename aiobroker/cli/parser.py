@@ -104,15 +104,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         if not args.changes:
             fail("alter route", "nothing to change: give --to, --service-name, --broker-instance, --weight or --lifetime")
     elif args.command == "alter":
-        args.changes = {
-            k: v
-            for k, v in (
-                ("status", args.status),
-                ("retention", args.retention),
-                ("poison_message_handling", args.poison_message_handling),
-            )
-            if v is not None
-        }
+        args.changes = objects.queue_switches(args)
         if not args.changes:
             fail("alter queue", "nothing to change: give --status, --retention or --poison-message-handling")
     elif args.command == "send":

@@ -221,20 +221,19 @@ def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> No
 
 @op("commit")
 def commit(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
-    lease_id = arg(args, "lease", int)
-    queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
-    count = node.core.commit(lease_id, session)
-    session.reply_durable(rid, count)
-    if queue_name is not None:
-        node.waiters.serve(queue_name)
+    _end_lease(node, session, rid, arg(args, "lease", int), node.core.commit)
 
 
 @op("rollback")
 def rollback(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
-    lease_id = arg(args, "lease", int)
+    _end_lease(node, session, rid, arg(args, "lease", int), node.core.rollback)
+
+
+def _end_lease(node: Shell, session: Session, rid: int, lease_id: int, end: Callable[[int, Any], Any]) -> None:
+    """Commit or roll back a lease, answer once that is stored, and serve the receives waiting on its queue (a
+    rollback puts messages back; a commit may free the group for the next receiver)."""
     queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
-    node.core.rollback(lease_id, session)
-    session.reply_durable(rid, None)
+    session.reply_durable(rid, end(lease_id, session))
     if queue_name is not None:
         node.waiters.serve(queue_name)
 

@@ -36,8 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiobroker.core.names import check_name
-from aiobroker.core.routing import parse_tcp_address
+from aiobroker.names import check_name, parse_tcp_address
 from aiobroker.durations import duration
 from aiobroker.errors import BrokerError, ConfigError, InvalidArgument, SecurityError, register_error
 from aiobroker.security.certs import load_certificate

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from aiobroker.core.routing import AUTO_CREATED_LOCAL, BCN_SERVICE, Route, choose, explain, parse_tcp_address
+from aiobroker.core.routing import AUTO_CREATED_LOCAL, BCN_SERVICE, Route, choose, explain
+from aiobroker.names import parse_tcp_address
 from aiobroker.errors import InvalidArgument
 
 NOW = 1000.0

@@ -58,7 +58,7 @@ from .catalog import (
     QueueDef,
     Service,
 )
-from .names import check_name
+from ..names import check_name
 from .conversation import MAX_LIFETIME, Endpoint, State
 from .conversation_states import STARTS, Event
 from .identities import Binding

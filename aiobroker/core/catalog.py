@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import DuplicateObject, InvalidArgument, ObjectInUse, UnknownObject
 from .identities import Binding, Identity, require_signer
-from .names import MAX_NAME_BYTES, check_name  # noqa: F401 - check_name is part of this module's interface
+from ..names import MAX_NAME_BYTES, check_name  # noqa: F401 - check_name is part of this module's interface
 from .routing import AUTO_CREATED_LOCAL, Route
 
 # System message types, allowed on every contract (SEMANTICS.md, Objects). Their names are the seeds' own.

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import InvalidArgument, SecurityError, UnknownObject
 from ..security.certs import Credentials, check_current, credentials
-from .names import check_name, expiry_from_def
+from ..names import check_name
+from .expiry import expiry_from_def
 
 #: the identity of whoever did not authenticate, and of the initiator of an anonymous or unsecured dialog
 PUBLIC = "public"

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
-from .names import check_name, expiry_from_def
+from ..names import check_name, parse_tcp_address
+from .expiry import expiry_from_def
 
 LOCAL = "LOCAL"
 TRANSPORT = "TRANSPORT"
@@ -41,25 +42,6 @@ BCN_SERVICE = "SQL/ServiceBroker/BrokerConfiguration"
 ASKS_BCN = "the Broker Configuration Notice service"
 
 
-def parse_tcp_address(address: str) -> tuple[str, int]:
-    """``tcp://host:port`` (IPv6 as ``tcp://[::1]:port``) → (host, port); anything else is InvalidArgument.
-    ``tls://host:port``, what a node with ``[tls]`` calls itself, is the same: a node's links all use TLS or none
-    do (its ``[tls]`` decides), so the scheme only has to agree with that, which the link checks."""
-    if not isinstance(address, str) or not address.startswith(("tcp://", "tls://")):
-        raise InvalidArgument(
-            f"address {address!r} must be tcp://host:port, LOCAL or TRANSPORT (or tls://host:port: a node with [tls])"
-        )
-    rest = address[len("tcp://") :].split("/", 1)[0]
-    if rest.startswith("["):
-        host, sep, tail = rest[1:].partition("]")
-        port_text = tail[1:] if tail.startswith(":") else ""
-        ok = bool(sep)
-    else:
-        host, _, port_text = rest.rpartition(":")
-        ok = True
-    if not ok or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidArgument(f"address {address!r} must be {address[:3]}://host:port with a port from 1 to 65535")
-    return host, int(port_text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

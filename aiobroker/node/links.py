@@ -28,7 +28,7 @@ import anyio
 
 from .admission import IDLE
 from ..config import MIN_FRAME_SIZE
-from ..core.routing import parse_tcp_address
+from ..names import parse_tcp_address
 from ..core.transmission import ENVELOPE_OVERHEAD
 from ..durations import duration, until
 from ..errors import BrokerError, ConnectionLost, ProtocolError

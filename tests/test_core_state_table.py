@@ -84,7 +84,7 @@ def counted_endpoint(state: State) -> tuple[BrokerCore, Endpoint]:
         state=state,
     )
     core.endpoints[ep.handle] = ep
-    core._watch(ep)
+    core.conversations.watch(ep)
     return core, ep
 
 
@@ -95,7 +95,7 @@ def counted_endpoint(state: State) -> tuple[BrokerCore, Endpoint]:
 )
 def test_each_row_changes_the_state_and_its_count(state: str, event: str, to: str) -> None:
     core, ep = counted_endpoint(State(state))
-    core._transition(ep, Event[event])
+    core.conversations.transition(ep, Event[event])
     assert ep.state is State(to)
     assert core.statistics()["conversations_by_state"] == {to: 1}, "the per-state count follows the change"
 
@@ -107,7 +107,7 @@ FORBIDDEN = [(s, e) for s in State for e in Event if (s.value, e.name) not in ex
 def test_a_change_not_in_the_table_raises_and_changes_nothing(state: State, event: Event) -> None:
     core, ep = counted_endpoint(state)
     with pytest.raises(ForbiddenTransition) as info:
-        core._transition(ep, event)
+        core.conversations.transition(ep, event)
     assert ep.state is state
     assert core.statistics()["conversations_by_state"] == {state.value: 1}
     assert (info.value.handle, info.value.state, info.value.event) == ("h1", state, event)
@@ -136,14 +136,14 @@ class Journal:
 
     def __init__(self, core: BrokerCore) -> None:
         self.paths: dict[str, str] = {}
-        change = core._transition
+        change = core.conversations.transition
 
         def watched(ep: Endpoint, event: Event) -> None:
             before = ep.state
             change(ep, event)
             self.paths[ep.handle] = self.paths.get(ep.handle, before.value) + f" -{event.name}-> {ep.state.value}"
 
-        core._transition = watched  # type: ignore[method-assign]
+        core.conversations.transition = watched  # type: ignore[method-assign]
 
     def __getitem__(self, handle: str) -> str:
         return self.paths[handle]

@@ -20,6 +20,9 @@ END_DIALOG = "http://schemas.microsoft.com/SQL/ServiceBroker/EndDialog"
 ERROR = "http://schemas.microsoft.com/SQL/ServiceBroker/Error"
 DIALOG_TIMER = "http://schemas.microsoft.com/SQL/ServiceBroker/DialogTimer"
 SYSTEM_MESSAGE_TYPES = frozenset({END_DIALOG, ERROR, DIALOG_TIMER})
+#: message types handed out before the rest of their group, and put back in front on a rollback: they change what
+#: the application should do with the other messages
+URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
 
 #: Built in, as in the seeds' system: a message type with no validation and a contract that lets either side
 #: send it, so a first conversation needs no set-up beyond a queue and a service.

@@ -5,7 +5,7 @@ Theory of operation
 Each side of a conversation has a state (the seeds' two-letter codes, as ``sys.conversation_endpoints`` shows
 them, and as ``aiobroker list conversations`` does). A state changes only on an *event* (something that happened
 to this side: it sent its first messages, an ``EndDialog`` arrived, its lifetime ran out, ...), and only as
-:data:`TRANSITIONS` says: the core asks :func:`next_state` for every change (``BrokerCore._transition``, which
+:data:`TRANSITIONS` says: the core asks :func:`next_state` for every change (``Conversations.transition``, which
 also keeps the per-state counts ``status`` shows), and a pair of state and event that is not in the table raises
 :class:`ForbiddenTransition`, an internal error: the core has a bug, and saying so at once beats an endpoint in a
 state nothing expects. This is h11's ``_state.py`` way: the whole machine in one table a reader can check.

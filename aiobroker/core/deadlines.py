@@ -21,8 +21,8 @@ push and one pop. ``BrokerCore.next_deadline`` also drops stale lease entries fr
 leaves one behind and the shell would otherwise wake for nothing ``receive_lease`` seconds after each.
 
 Deadlines come out in order of time; at the same instant in the order of :class:`DeadlineKind` (a lifetime before
-a timer), then of key. This module knows nothing of what a kind means: ``broker.py``, ``receiving.py`` and
-``dynamic.py`` push them, and ``BrokerCore.advance`` sends each to the code that owns its key.
+a timer), then of key. This module knows nothing of what a kind means: ``conversations.py``, ``receiving.py`` and
+``dynamic.py`` push them, and ``BrokerCore.advance`` sends each to the part that owns its key.
 """
 
 from __future__ import annotations

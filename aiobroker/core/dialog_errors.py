@@ -43,3 +43,7 @@ def parse_error_body(body: bytes) -> tuple[int, str]:
         return code, root.findtext(f"{{{ERROR_NS}}}Description") or ""
     except (ElementTree.ParseError, ValueError):
         return 0, body.decode("utf-8", "replace")
+
+
+#: the reason for refusing a verified first message from another node: (dialog error code, description)
+Refusal = tuple[int, str]

@@ -4,15 +4,15 @@ and opening message bodies between two end nodes (docs/security.md).
 Theory of operation
 -------------------
 Dialog security is decided once per conversation, when routing first finds its far side on another node
-(:meth:`DialogSecurity.secure`, called from ``Federation.route``): with a binding for the far service the
+(:meth:`DialogSecurity.secure`, called from ``Outbound.route``): with a binding for the far service the
 conversation is *secured* (a session key is made, wrapped for the binding's certificate and signed by the local
 identity); without one, the choice table decides: fail at once (``encryption=True``, no dynamic routing), go
 plain, or wait DELAYED while the dispatcher asks for a binding (``MissingRemoteServiceBinding``, one request per
 service in flight, a failed request remembered for ``binding_failure_cache`` seconds). Within one node nothing is
 ever encrypted.
 
-Bodies are sealed when a link takes them (``Federation.outgoing``: the stored rows stay plain on this end node) and
-opened when they arrive (``Federation._accept_run``), before any check sees them. A message whose key header,
+Bodies are sealed when a link takes them (``Outbound.outgoing``: the stored rows stay plain on this end node) and
+opened when they arrive (``Inbound._accept_run``), before any check sees them. A message whose key header,
 signature or body does not verify is dropped without an acknowledgement and reported: the sender resends, and an
 honest copy gets through. A verified initiator who may not use the service is refused with an ``Error``.
 """
@@ -20,58 +20,49 @@ honest copy gets through. A verified initiator who may not use the service is re
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..durations import duration
 from ..errors import SecurityError
 from ..security.certs import check_current, credentials_from_der
 from ..security.dialog import DialogCipher, new_session_key, sign_header, unwrap_key, verify_header, wrap_key
-from .catalog import Catalog
 from .conversation import Endpoint
-from .dialog_errors import BrokerErrorCode
-from .dispatcher import BINDING, Dispatcher
-from .effects import Effect, Report
+from .conversations import Conversations
+from .dialog_errors import BrokerErrorCode, Refusal
+from .dispatcher import BINDING
+from .effects import Report
 from .identities import PUBLIC, Binding, require_signer
-from .transmission import TransmissionQueue
+from .ledger import Ledger
+from .parts import DynamicPart, EndingsPart
 
 if TYPE_CHECKING:
     from aiobroker.resolver import BindingAnswer
 
-#: the reason for refusing a verified first message: (dialog error code, description)
-Refusal = tuple[int, str]
-
-
 class DialogSecurity:
-    """Mixed into :class:`~aiobroker.core.broker.BrokerCore`; uses its state (declared for the type checker)."""
+    """Bindings, session keys, sealing and opening (see the module's header)."""
 
-    catalog: Catalog
-    endpoints: dict[str, Endpoint]
-    tx: TransmissionQueue
-    dispatcher: Dispatcher
-    authorization: bool
-    binding_failure_cache: float
-    resolver_name: str | None
-    resolver_answers_bindings: bool
-    outbox: deque[Effect]
-    binding_waiters: set[str]
-    security_counts: dict[str, int]
-    _ciphers: dict[str, DialogCipher]
+    dynamic: DynamicPart
+    endings: EndingsPart
 
-    if TYPE_CHECKING:  # provided by BrokerCore, Federation and DynamicRouting (see dynamic.py for why not stubs)
+    def __init__(
+        self,
+        ledger: Ledger,
+        conversations: Conversations,
+        *,
+        authorization: bool = False,
+        resolver_answers_bindings: bool = False,
+    ) -> None:
+        self.ledger = ledger
+        self.conversations = conversations
+        #: check rights per identity (docs/security.md); off: everyone may do everything
+        self.authorization = authorization
+        #: the resolver (if any) answers MissingRemoteServiceBinding too (the shell sets it from the resolver)
+        self.resolver_answers_bindings = resolver_answers_bindings
+        #: what dialog security dropped or refused, by kind (``status``)
+        self.counts: dict[str, int] = {}
 
-        @property
-        def dynamic_routing(self) -> bool: ...
-        def ask(self, kind: str, service: str, now: float) -> str: ...
-        def waiting_reason(self, kind: str, service: str, now: float) -> str: ...
-        def request_done(
-            self, kind: str, service: str, now: float, *, ok: bool, text: str, retry_after: float | None = None
-        ) -> int: ...
-        def _touch(self, ep: Endpoint) -> None: ...
-        def _fail(self, ep: Endpoint, code: int, description: str, now: float) -> None: ...
-        def _save_object(self, kind: str, obj: Any, name: str) -> None: ...
-        def _set_secured(self, ep: Endpoint, secured: bool) -> None: ...  # Status: keeps secured_count
-        secured_count: int
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
 
     # ------------------------------------------------------------------------------------------- initiator
 
@@ -80,17 +71,17 @@ class DialogSecurity:
         in docs/security.md). True: go on (secured or plain). False: the conversation waits (DELAYED, in the
         transmission queue's delayed set, ``ep.delayed`` says why) or has failed (it has its Error)."""
         service = ep.far_service
-        binding = self.catalog.binding_for(service, now)
+        binding = self.ledger.catalog.binding_for(service, now)
         if binding is not None:
             try:
                 self._start_session(ep, binding, now)
             except SecurityError as exc:
-                self._fail(ep, BrokerErrorCode.SECURITY, exc.message, now)
+                self.endings.fail(ep, BrokerErrorCode.SECURITY, exc.message, now)
                 return False
             return True
         if not self.binding_requests:
             if ep.encryption:
-                self._fail(
+                self.endings.fail(
                     ep,
                     BrokerErrorCode.SECURITY,
                     f"the conversation requires encryption, but there is no remote service binding for service"
@@ -101,13 +92,13 @@ class DialogSecurity:
                 )
                 return False
             return self._go_plain(ep)
-        d = self.dispatcher
+        d = self.dynamic.dispatcher
         if (BINDING, service) in d.in_flight or d.should_ask(BINDING, service, now):
-            self._wait(ep, self.ask(BINDING, service, now))
+            self._wait(ep, self.dynamic.ask(BINDING, service, now))
             return False
         # the last request ended without a binding, and is remembered until the node asks again
         if ep.encryption:
-            self._wait(ep, self.waiting_reason(BINDING, service, now))
+            self._wait(ep, self.dynamic.waiting_reason(BINDING, service, now))
             return False
         return self._go_plain(ep)
 
@@ -115,19 +106,19 @@ class DialogSecurity:
     def binding_requests(self) -> bool:
         """Whether a missing binding can be asked for: the configured resolver answers binding requests, or (with
         no resolver) the Broker Configuration Notice service is reachable, as in the seeds."""
-        if self.resolver_name is not None:
+        if self.dynamic.resolver_name is not None:
             return self.resolver_answers_bindings
-        return self.dynamic_routing
+        return self.dynamic.dynamic_routing
 
     def _wait(self, ep: Endpoint, reason: str) -> None:
-        self.tx.delay(ep.handle, ep.far_service)
-        self.binding_waiters.add(ep.handle)
+        self.ledger.tx.delay(ep.handle, ep.far_service)
+        self.dynamic.binding_waiters.add(ep.handle)
         ep.delayed = reason
-        self._touch(ep)
+        self.ledger.touch(ep)
 
     def _go_plain(self, ep: Endpoint) -> bool:
-        self._set_secured(ep, False)
-        self._touch(ep)
+        self.conversations.set_secured(ep, False)
+        self.ledger.touch(ep)
         return True
 
     def _start_session(self, ep: Endpoint, binding: Binding, now: float) -> None:
@@ -138,8 +129,8 @@ class DialogSecurity:
         wrapped = wrap_key(key, creds.certificate)
         header: list[Any] = [wrapped, None, None]
         if not binding.anonymous:
-            name = binding.identity or self.catalog.node_identity
-            signer = require_signer(self.catalog.identities.get(name) if name else None, name, f"binding {binding.name!r}")
+            name = binding.identity or self.ledger.catalog.node_identity
+            signer = require_signer(self.ledger.catalog.identities.get(name) if name else None, name, f"binding {binding.name!r}")
             assert signer.creds is not None
             check_current(signer.creds, now, what=f"identity {signer.name!r}")
             header[1] = signer.creds.der
@@ -150,16 +141,16 @@ class DialogSecurity:
                 to_service=ep.far_service,
                 wrapped_key=wrapped,
             )
-        self._set_secured(ep, True)
+        self.conversations.set_secured(ep, True)
         ep.session_key = key
         ep.key_header = header
-        self._touch(ep)
+        self.ledger.touch(ep)
 
     def cipher(self, ep: Endpoint) -> DialogCipher:
-        c = self._ciphers.get(ep.handle)
+        c = self.ledger.ciphers.get(ep.handle)
         if c is None:
             assert ep.session_key is not None
-            c = self._ciphers[ep.handle] = DialogCipher(ep.session_key, ep.conversation_id)
+            c = self.ledger.ciphers[ep.handle] = DialogCipher(ep.session_key, ep.conversation_id)
         return c
 
     # ---------------------------------------------------------------------------------------------- target
@@ -178,7 +169,7 @@ class DialogSecurity:
         ):
             raise SecurityError("its key header is malformed")
         wrapped, cert_der, signature = header
-        owner = self.catalog.owner_of(to_service)
+        owner = self.ledger.catalog.owner_of(to_service)
         if owner is None or owner.creds is None or owner.creds.private_key is None:
             raise SecurityError(
                 f"service {to_service!r} has no owner identity with a private key here (and the node has no"
@@ -203,19 +194,19 @@ class DialogSecurity:
                 check_current(creds, now, what=f"the initiator's certificate ({creds.subject})")
             except SecurityError as exc:
                 refusal = (BrokerErrorCode.SECURITY, exc.message)
-            known = self.catalog.identity_by_fingerprint(creds.fingerprint)
+            known = self.ledger.catalog.identity_by_fingerprint(creds.fingerprint)
             identity = known.name if known is not None else PUBLIC
         return key, identity, refusal
 
     def authorize_initiator(self, identity: str, to_service: str) -> Refusal | None:
-        if self.authorization and not self.catalog.may(identity, "send", to_service):
+        if self.authorization and not self.ledger.catalog.may(identity, "send", to_service):
             return (
                 BrokerErrorCode.NOT_AUTHORIZED,
                 f"identity {identity!r} may not send to service {to_service!r} on this node",
             )
         return None
 
-    def open_run(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int, peer_hint: str = "") -> int:
+    def open_run(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int) -> int:
         """Open the sealed bodies of a run for ``ep`` in place (only those not yet delivered); returns where the
         run must stop: at the first message that fails (it and what follows are dropped, unacknowledged)."""
         secured = bool(ep.secured)
@@ -240,8 +231,8 @@ class DialogSecurity:
                     continue
                 except SecurityError as exc:
                     why = exc.message
-            self.security_counts["dropped"] = self.security_counts.get("dropped", 0) + 1
-            self.outbox.append(Report(
+            self.count("dropped")
+            self.ledger.outbox.append(Report(
                 f"message {seq} of conversation {ep.conversation_id} from service {ep.far_service!r} failed"
                 f" dialog security ({why}); dropped, not acknowledged"
             ))
@@ -253,7 +244,7 @@ class DialogSecurity:
     def binding_resolved(self, service: str, answer: BindingAnswer, now: float) -> int:
         """A resolver's binding for ``service``: replace its earlier one, then release what waits. A binding
         that cannot be built (a certificate that does not parse, an unknown identity) fails the request."""
-        origin = self.resolver_name or "resolver"
+        origin = self.dynamic.resolver_name or "resolver"
         # named by a digest of the service, as resolver routes are: any service name gives a valid, short name
         name = f"{origin}/{hashlib.sha1(service.encode()).hexdigest()[:12]}"
         definition = {
@@ -266,31 +257,31 @@ class DialogSecurity:
             "lifetime": answer.lifetime,
         }
         try:
-            old = self.catalog.bindings.get(name)
+            old = self.ledger.catalog.bindings.get(name)
             if old is not None:
-                self.catalog.remove_binding(name)
-            binding = self.catalog.build("binding", definition, now)
+                self.ledger.catalog.remove_binding(name)
+            binding = self.ledger.catalog.build("binding", definition, now)
         except Exception as exc:  # BrokerError from the checks; say it in the request's outcome
             if old is not None:
-                self.catalog.put_binding(old)
+                self.ledger.catalog.put_binding(old)
             text = f"the {origin} resolver's binding for {service!r} cannot be used: {getattr(exc, 'message', exc)}"
-            self.outbox.append(Report(text))
-            return self.request_done(BINDING, service, now, ok=False, text=text)
+            self.ledger.outbox.append(Report(text))
+            return self.dynamic.request_done(BINDING, service, now, ok=False, text=text)
         assert isinstance(binding, Binding)
-        self.catalog.put_binding(binding)
-        self._save_object("binding", binding, binding.name)
+        self.ledger.catalog.put_binding(binding)
+        self.ledger.save_object("binding", binding, binding.name)
         source = f" from {answer.source}" if answer.source else ""
         text = f"binding{source} ({'anonymous' if answer.anonymous else 'signed'}), valid for {duration(answer.lifetime)}"
-        return self.request_done(BINDING, service, now, ok=True, text=text)
+        return self.dynamic.request_done(BINDING, service, now, ok=True, text=text)
 
-    def security_statistics(self) -> dict[str, Any]:
+    def statistics(self) -> dict[str, Any]:
         return {
             "authorization": self.authorization,
-            "node_identity": self.catalog.node_identity,
-            "identities": len(self.catalog.identities),
-            "bindings": len(self.catalog.bindings),
-            "secured_conversations": self.secured_count,
-            "messages_dropped": self.security_counts.get("dropped", 0),
-            "first_messages_dropped": self.security_counts.get("first_dropped", 0),
-            "refused": self.security_counts.get("refused", 0),
+            "node_identity": self.ledger.catalog.node_identity,
+            "identities": len(self.ledger.catalog.identities),
+            "bindings": len(self.ledger.catalog.bindings),
+            "secured_conversations": self.conversations.secured_count,
+            "messages_dropped": self.counts.get("dropped", 0),
+            "first_messages_dropped": self.counts.get("first_dropped", 0),
+            "refused": self.counts.get("refused", 0),
         }

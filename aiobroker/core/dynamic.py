@@ -22,7 +22,6 @@ again shortly before they expire, so a live service is never DELAYED by expiry.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
@@ -35,16 +34,16 @@ from .catalog import (
     DISPATCHER_SERVICE,
     END_DIALOG,
     ERROR,
-    Catalog,
 )
 from .conversation import Endpoint, State
-from .deadlines import DeadlineKind, Deadlines
+from .conversations import Conversations
+from .deadlines import DeadlineKind
 from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
-from .effects import Effect, Report, ResolveRequest
-from .records import WriteBatch
+from .effects import Report, ResolveRequest
+from .ledger import Ledger
+from .parts import DeliveryPart, EndingsPart, OutboundPart
 from .routing import ASKS_BCN, Route
-from .transmission import TransmissionQueue
 
 if TYPE_CHECKING:
     from aiobroker.resolver import RouteAnswer
@@ -53,6 +52,8 @@ if TYPE_CHECKING:
 #: lifetime), while the service has traffic
 REFRESH_AHEAD_SHARE = 0.1
 REFRESH_AHEAD_MIN = 1.0
+#: how long a failed MissingRemoteServiceBinding request is remembered (the seeds: 10 minutes)
+DEFAULT_BINDING_FAILURE_CACHE = 600.0
 
 
 def missing_route_body(service: str, namespace: str = BCN_CONTRACT + "/MissingRoute") -> bytes:
@@ -64,45 +65,35 @@ def missing_route_body(service: str, namespace: str = BCN_CONTRACT + "/MissingRo
 
 
 class DynamicRouting:
-    """Mixed into :class:`~aiobroker.core.broker.BrokerCore`; uses its state (declared for the type checker)."""
+    """Asking where a service is, and what the answers do (see the module's header)."""
 
-    catalog: Catalog
-    endpoints: dict[str, Endpoint]
-    tx: TransmissionQueue
-    changes: WriteBatch
-    dispatcher: Dispatcher
-    resolver_name: str | None
-    binding_failure_cache: float
-    #: handles of conversations DELAYED for a binding (their route known); the rest of ``tx.delayed`` wait for a
-    #: route
-    binding_waiters: set[str]
-    outbox: deque[Effect]
-    #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
-    route_traffic: set[str]
-    _reasons: dict[tuple[str, str], tuple[Any, str]]
-    #: the core's one timer (``deadlines.py``): request time-outs and retries (DISPATCH), route refreshes (REFRESH)
-    _deadlines: Deadlines
+    outbound: OutboundPart
+    delivery: DeliveryPart
+    endings: EndingsPart
 
-    if TYPE_CHECKING:  # provided by BrokerCore and Federation; declared for the type checker only (a stub here
-        # would shadow the real method later in the MRO)
-
-        def begin_dialog(
-            self,
-            *,
-            from_service: str,
-            to_service: str,
-            contract: str,
-            now: float,
-            broker_instance: str | None = None,
-            lifetime: float | None = None,
-            encryption: bool = False,
-            related_group: str | None = None,
-        ) -> Endpoint: ...
-        def send(self, handle: str, messages: list[Any], now: float) -> int: ...
-        def end(self, handle: str, now: float, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int: ...
-        def reroute(self, now: float, services: set[str] | None = None) -> int: ...
-        def _save_object(self, kind: str, obj: Any, name: str) -> None: ...
-        def _touch(self, ep: Endpoint) -> None: ...
+    def __init__(
+        self,
+        ledger: Ledger,
+        conversations: Conversations,
+        *,
+        resolver_name: str | None = None,
+        resolve_timeout: float | None = None,
+        binding_failure_cache: float = DEFAULT_BINDING_FAILURE_CACHE,
+    ) -> None:
+        self.ledger = ledger
+        self.conversations = conversations
+        #: the resolver asked (None: the BCN service, if there is one)
+        self.resolver_name = resolver_name
+        #: how long a failed MissingRemoteServiceBinding request is remembered
+        self.binding_failure_cache = binding_failure_cache
+        self.dispatcher = Dispatcher(resolve_timeout=resolve_timeout)
+        #: handles of conversations DELAYED for a binding (their route known); the rest of ``tx.delayed`` wait for
+        #: a route
+        self.binding_waiters: set[str] = set()
+        #: services that sent through a resolver's route since it was made (refreshed ahead of expiry if so)
+        self.route_traffic: set[str] = set()
+        #: (kind, service) → (the request's state, the reason in words): one string shared by every waiter
+        self._reasons: dict[tuple[str, str], tuple[Any, str]] = {}
 
     # ----------------------------------------------------------------------------------------------- asking
 
@@ -111,8 +102,8 @@ class DynamicRouting:
         """Step 4 applies: a resolver is configured, the BCN service is here, or a route names it."""
         return (
             self.resolver_name is not None
-            or BCN_SERVICE in self.catalog.services
-            or any(r.service_name == BCN_SERVICE for r in self.catalog.routes_for(BCN_SERVICE))
+            or BCN_SERVICE in self.ledger.catalog.services
+            or any(r.service_name == BCN_SERVICE for r in self.ledger.catalog.routes_for(BCN_SERVICE))
         )
 
     def ask(self, kind: str, service: str, now: float) -> str:
@@ -122,7 +113,7 @@ class DynamicRouting:
         if d.should_ask(kind, service, now):
             if self.resolver_name is not None:
                 d.started(kind, service, now, via=f"resolver {self.resolver_name}")
-                self.outbox.append(ResolveRequest(kind, service))
+                self.ledger.outbox.append(ResolveRequest(kind, service))
             else:
                 self._ask_bcn(kind, service, now)
             request = d.in_flight.get((kind, service))
@@ -177,7 +168,7 @@ class DynamicRouting:
         """Whether any conversation to ``service`` waits for this kind of request (for a route, or, its route
         known, for a binding: ``binding_waiters``)."""
         waiters = self.binding_waiters
-        handles = self.tx.delayed.get(service, ())
+        handles = self.ledger.tx.delayed.get(service, ())
         if kind == BINDING:
             return any(h in waiters for h in handles)
         return any(h not in waiters for h in handles)
@@ -185,23 +176,23 @@ class DynamicRouting:
     def _refresh_reasons(self, kind: str, service: str, now: float) -> None:
         reason = self.waiting_reason(kind, service, now)
         waiters = self.binding_waiters
-        for handle in self.tx.delayed.get(service, ()):
+        for handle in self.ledger.tx.delayed.get(service, ()):
             if (handle in waiters) != (kind == BINDING):
                 continue  # waits for the other kind of request
-            ep = self.endpoints.get(handle)
+            ep = self.ledger.endpoints.get(handle)
             if ep is not None and ep.delayed != reason:
                 ep.delayed = reason
-                self._touch(ep)
+                self.ledger.touch(ep)
 
     def _ask_bcn(self, kind: str, service: str, now: float) -> None:
         contract = BCN_CONTRACT
-        bcn = self.catalog.services.get(BCN_SERVICE)
+        bcn = self.ledger.catalog.services.get(BCN_SERVICE)
         if bcn is not None and BCN_CONTRACT not in bcn.contracts and BCN_CONTRACT_HTTPS in bcn.contracts:
             contract = BCN_CONTRACT_HTTPS  # a local BCN service declared with the seeds' other spelling
         message_type = BCN_MESSAGE_TYPES[contract][0 if kind == ROUTE else 1]
-        ep = self.begin_dialog(from_service=DISPATCHER_SERVICE, to_service=BCN_SERVICE, contract=contract, now=now)
+        ep = self.conversations.begin_dialog(from_service=DISPATCHER_SERVICE, to_service=BCN_SERVICE, contract=contract, now=now)
         self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})", handle=ep.handle)
-        self.send(ep.handle, [[message_type, missing_route_body(service, message_type)]], now)
+        self.delivery.send(ep.handle, [[message_type, missing_route_body(service, message_type)]], now)
 
     def bcn_reply(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
         """Something arrived for ``aiobroker/DynamicRouting``: the BCN service ended a request (or the broker
@@ -213,10 +204,10 @@ class DynamicRouting:
             code, description = parse_error_body(body)
             ok, text = False, f"the Broker Configuration Notice service ended the request with error {code}: {description}"
         else:
-            self.outbox.append(Report(f"unexpected {message_type!r} from the Broker Configuration Notice service; ignored"))
+            self.ledger.outbox.append(Report(f"unexpected {message_type!r} from the Broker Configuration Notice service; ignored"))
             return
         if ep.state is not State.CLOSED:
-            self.end(ep.handle, now)
+            self.endings.end(ep.handle, now)
         if key is not None:
             self.request_done(key[0], key[1], now, ok=ok, text=text)
 
@@ -227,8 +218,8 @@ class DynamicRouting:
         key = self.dispatcher.by_handle.get(handle)
         if key is None:
             return
-        if handle in self.endpoints:
-            self.end(handle, now, cleanup=True)
+        if handle in self.ledger.endpoints:
+            self.endings.end(handle, now, cleanup=True)
         self.request_done(
             key[0], key[1], now, ok=False,
             text="the Broker Configuration Notice service's side of the request was removed (end --cleanup)"
@@ -242,9 +233,9 @@ class DynamicRouting:
         messages moved on."""
         origin = self.resolver_name or "resolver"
         digest = hashlib.sha1(service.encode()).hexdigest()[:12]
-        for old in [r for r in self.catalog.routes_for(service) if r.origin == origin and r.service_name == service]:
-            self.catalog.remove_route(old.name)
-            self._save_object("route", None, old.name)
+        for old in [r for r in self.ledger.catalog.routes_for(service) if r.origin == origin and r.service_name == service]:
+            self.ledger.catalog.remove_route(old.name)
+            self.ledger.save_object("route", None, old.name)
         expires_at = now + answer.lifetime
         for i, target in enumerate(answer.preferred()):
             route = Route(
@@ -256,10 +247,10 @@ class DynamicRouting:
                 weight=target.weight,
                 origin=origin,
             )
-            self.catalog.put_route(route)
-            self._save_object("route", route, route.name)
+            self.ledger.catalog.put_route(route)
+            self.ledger.save_object("route", route, route.name)
         refresh_at = expires_at - max(REFRESH_AHEAD_MIN, REFRESH_AHEAD_SHARE * answer.lifetime)
-        self._deadlines.push(max(now, refresh_at), DeadlineKind.REFRESH, service)
+        self.ledger.deadlines.push(max(now, refresh_at), DeadlineKind.REFRESH, service)
         source = f" from {answer.source}" if answer.source else ""
         text = f"{len(answer.preferred())} target(s){source}, valid for {duration(answer.lifetime)}"
         moved = self.request_done(ROUTE, service, now, ok=True, text=text)
@@ -286,15 +277,15 @@ class DynamicRouting:
             exact, retry_after = self.binding_failure_cache, None
         if not ok:
             when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after, exact=exact)
-            moved = self.reroute(now, {service}) if kind == BINDING else 0
+            moved = self.outbound.reroute(now, {service}) if kind == BINDING else 0
             if when is not None and self.waiting_on(kind, service):
                 self._schedule_request(when, kind, service)
             self._refresh_reasons(kind, service, now)
             return moved
         missing = "the service still has no route" if kind == ROUTE else "there is still no binding for the service"
         when = d.still_no_route(kind, service, now, f"{text}, but {missing}", exact=exact)
-        moved = self.reroute(now, {service})
-        if kind == BINDING and self.catalog.binding_for(service, now) is None:
+        moved = self.outbound.reroute(now, {service})
+        if kind == BINDING and self.ledger.catalog.binding_for(service, now) is None:
             # no binding came of it: a failure, remembered (no new request meanwhile) whether or not anyone waits
             if self.waiting_on(kind, service):
                 self._schedule_request(when, kind, service)
@@ -311,42 +302,42 @@ class DynamicRouting:
 
     def _schedule_request(self, when: float, kind: str, service: str) -> None:
         """Look at the request for (``kind``, ``service``) again at ``when``: its time-out, or its retry."""
-        self._deadlines.push(when, DeadlineKind.DISPATCH, f"{kind}\x00{service}")
+        self.ledger.deadlines.push(when, DeadlineKind.DISPATCH, f"{kind}\x00{service}")
 
     def dispatch_due(self, deadline: DeadlineKind, key: str, now: float) -> None:
         """A dispatcher deadline came (from the core's heap): a time-out, a retry (DISPATCH), or a refresh
         (REFRESH). Stale ones (the request answered, the retry moved, no traffic) are found so here and ignored."""
         d = self.dispatcher
-        if deadline is DeadlineKind.REFRESH:  # (traffic: any send to the service since the answer, see BrokerCore.send)
+        if deadline is DeadlineKind.REFRESH:  # (traffic: any send to the service since the answer, see Delivery.send)
             service = key
             if service in self.route_traffic and self.resolver_name is not None:
                 self.route_traffic.discard(service)
                 if d.should_ask(ROUTE, service, now):
                     d.started(ROUTE, service, now, via=f"resolver {self.resolver_name} (refresh before expiry)")
-                    self.outbox.append(ResolveRequest(ROUTE, service))
+                    self.ledger.outbox.append(ResolveRequest(ROUTE, service))
             return
         kind, service = key.split("\x00", 1)
         for request in d.timed_out(now):
             if (request.kind, request.service) == (kind, service):
-                if request.handle is not None and request.handle in self.endpoints:
-                    self.end(request.handle, now, cleanup=True)
+                if request.handle is not None and request.handle in self.ledger.endpoints:
+                    self.endings.end(request.handle, now, cleanup=True)
                 self.request_done(kind, service, now, ok=False, text="no answer within resolve_timeout")
                 return
         when = d.retry_at.get((kind, service))
-        if when is not None and when <= now and service in self.tx.delayed:
-            self.reroute(now, {service})  # routes again, and asks again where still needed
-        elif service not in self.tx.delayed:
+        if when is not None and when <= now and service in self.ledger.tx.delayed:
+            self.outbound.reroute(now, {service})  # routes again, and asks again where still needed
+        elif service not in self.ledger.tx.delayed:
             d.forget(kind, service)
 
     def dynamic_statistics(self, now: float) -> dict[str, Any]:
-        services = set(self.tx.delayed) | {s for _, s in self.dispatcher.in_flight} | {s for _, s in self.dispatcher.retry_at}
+        services = set(self.ledger.tx.delayed) | {s for _, s in self.dispatcher.in_flight} | {s for _, s in self.dispatcher.retry_at}
         services |= {s for k, s in self.dispatcher.last if k == BINDING}
         per_service = {}
         for service in sorted(services)[:200]:
-            handles = self.tx.delayed.get(service, {})
+            handles = self.ledger.tx.delayed.get(service, {})
             per_service[service] = {
                 "delayed_conversations": len(handles),
-                "delayed_messages": self.tx.delayed_count.get(service, 0),
+                "delayed_messages": self.ledger.tx.delayed_count.get(service, 0),
                 **self.dispatcher.describe(ROUTE, service, now),
                 "binding_request": self.dispatcher.describe(BINDING, service, now),
             }
@@ -354,7 +345,7 @@ class DynamicRouting:
             "enabled": self.dynamic_routing,
             "resolver": self.resolver_name or ("BCN service" if self.dynamic_routing else None),
             "asks": self.asks if self.dynamic_routing else None,
-            "delayed_messages": self.tx.delayed_total,
+            "delayed_messages": self.ledger.tx.delayed_total,
             **self.dispatcher.statistics(),
             "services": per_service,
         }

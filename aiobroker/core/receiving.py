@@ -8,61 +8,50 @@ the receiver that took it (its *owner*, a connection) may end. Ending it unlocks
 
 - **commit**: the messages leave the queue and the store, or stay as retained rows if the queue keeps them;
 - **rollback**, by the receiver, or because it went away (:meth:`Receiving.release_owner`), or because the lease
-  ran out (``BrokerCore.advance`` rolls back the leases whose deadline passed and returns them to the shell):
+  ran out (:meth:`Receiving.expire`, from ``BrokerCore.advance``, which tells the shell through the outbox):
   the messages go back to the front of their group, except those whose conversation ended meanwhile. If the
   queue has poison-message handling on, a group rolled back ``poison_rollbacks`` times in a row turns the queue
   off, and the queue says why.
 
-This module owns the leases (``leases``, ``leases_by_owner``, their ids and deadlines); ``broker.py`` owns the
-queues' contents as messages arrive, and the timers that expire leases. It is a mixin so the receive path reads
-the core's own dicts directly (a receive is on the hot path: no indirection per call).
+This part owns the leases (``leases``, ``leases_by_owner``, their ids and deadlines); ``delivery.py`` fills the
+queues as messages are stored, and :meth:`Receiving.expire` rolls back a lease whose deadline came.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
-from .catalog import DIALOG_TIMER, ERROR, QueueDef
-from .conversation import Endpoint
-from .deadlines import LEASE, Deadlines
+from .catalog import URGENT_TYPES
+from .deadlines import LEASE
+from .ledger import Ledger
+from .parts import ObjectsPart
 from .queues import Lease, MessageQueue
-from .records import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow, WriteBatch
-
-#: message types handed out before the rest of their group, and put back in front on a rollback: they change what
-#: the application should do with the other messages
-URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
+from .records import ROW_HANDLE, ROW_ID, ROW_STATE
 
 
 class Receiving:
-    """Mixed into :class:`~aiobroker.core.broker.BrokerCore`; uses its state (declared for the type checker)."""
+    """Receives and their leases (see the module's header)."""
 
-    queues: dict[str, MessageQueue]
-    endpoints: dict[str, Endpoint]
-    max_batch_bytes: int
-    #: seconds a receiver holds a group unless it asks for another time
-    receive_lease: float
-    #: rollbacks in a row that make a group a poison message (its queue is turned off, if the queue says so)
-    poison_rollbacks: int
-    #: whether changes are gathered for a store (the core's), and the batch they gather in
-    persist: bool
-    changes: WriteBatch
-    #: lease id → lease; and per owner (a connection), the ids it holds, to release them all when it goes away
-    leases: dict[int, Lease]
-    leases_by_owner: dict[Any, set[int]]
-    _next_lease_id: int
-    #: the core's one timer, cleaned lazily: a lease's entry is judged stale when it fires (``BrokerCore.advance``)
-    _deadlines: Deadlines
+    objects: ObjectsPart
 
-    if TYPE_CHECKING:  # provided by BrokerCore; declared for the type checker only (a stub here would shadow the
-        # real method later in the MRO)
-
-        def _save_row(self, row: MessageRow) -> None: ...
-        def _forget_row(self, message_id: int) -> None: ...
-        def alter_queue(self, name: str, changes: dict[str, Any]) -> QueueDef: ...
+    def __init__(
+        self, ledger: Ledger, *, receive_lease: float = 30.0, poison_rollbacks: int = 5, max_batch_bytes: int
+    ) -> None:
+        self.ledger = ledger
+        #: seconds a receiver holds a group unless it asks for another time
+        self.receive_lease = receive_lease
+        #: rollbacks in a row that make a group a poison message (its queue is turned off, if the queue says so)
+        self.poison_rollbacks = poison_rollbacks
+        #: a receive batch's size on the wire stays under this (the frame limit less room for the rest)
+        self.max_batch_bytes = max_batch_bytes
+        #: lease id → lease; and per owner (a connection), the ids it holds, to release them all when it goes away
+        self.leases: dict[int, Lease] = {}
+        self.leases_by_owner: dict[Any, set[int]] = {}
+        self._next_lease_id = 1
 
     def queue(self, name: Any) -> MessageQueue:
-        queue = self.queues.get(name) if isinstance(name, str) else None
+        queue = self.ledger.queues.get(name) if isinstance(name, str) else None
         if queue is None:
             raise UnknownObject(f"queue {name!r} does not exist")
         return queue
@@ -94,7 +83,7 @@ class Receiving:
         group.lease = lease
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
-        self._deadlines.push(expires, LEASE, str(lease_id))
+        self.ledger.deadlines.push(expires, LEASE, str(lease_id))
         return lease
 
     def _take_lease(self, lease_id: Any, owner: Any) -> Lease:
@@ -122,12 +111,12 @@ class Receiving:
         queue = lease.queue
         if queue.definition.retention:
             for row in lease.messages:
-                if row[ROW_HANDLE] in self.endpoints:
+                if row[ROW_HANDLE] in self.ledger.endpoints:
                     kept = row[:ROW_STATE] + (1,)
                     queue.retain(kept)
-                    self._save_row(kept)
-        elif self.persist:  # the per-row _forget_row, inlined: a commit forgets a whole batch at a time
-            forgotten = self.changes.messages
+                    self.ledger.save_row(kept)
+        elif self.ledger.persist:  # the per-row forget_row, inlined: a commit forgets a whole batch at a time
+            forgotten = self.ledger.changes.messages
             for row in lease.messages:
                 forgotten[row[ROW_ID]] = None
         queue.commit(lease)
@@ -149,12 +138,23 @@ class Receiving:
         count it against the group for poison-message handling."""
         self._forget_lease(lease)
         queue = lease.queue
-        queue.rollback(lease, urgent_types=URGENT_TYPES, alive=self.endpoints)
+        queue.rollback(lease, urgent_types=URGENT_TYPES, alive=self.ledger.endpoints)
         if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
             if queue.definition.status:
                 reason = (
                     f"poison message: conversation group {lease.group.id} was rolled back"
                     f" {lease.group.rollbacks} times in a row"
                 )
-                self.alter_queue(queue.name, {"status": False})
+                self.objects.alter_queue(queue.name, {"status": False})
                 queue.disabled_reason = reason
+
+    # ------------------------------------------------------------------------------------------------- time
+
+    def held(self, key: str, when: float) -> Lease | None:
+        """The lease a LEASE deadline ``(when, key)`` is for, if that deadline is still its expiry (not stale)."""
+        lease = self.leases.get(int(key))
+        return lease if lease is not None and lease.expires_at == when else None
+
+    def expire(self, lease: Lease) -> None:
+        """A lease ran out: its messages go back (counted as a rollback)."""
+        self._rollback(lease)

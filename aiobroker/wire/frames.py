@@ -95,7 +95,7 @@ class Failed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Envelopes:
-    """Between nodes: messages and acknowledgements (their shapes: ``aiobroker/core/federation.py``)."""
+    """Between nodes: messages and acknowledgements (their shapes: ``aiobroker/core/envelopes.py``)."""
 
     messages: list[Any]
     acks: list[Any]

@@ -1,0 +1,177 @@
+"""Conversations: the endpoints' life, from begin to retirement, and the one way each changes state.
+
+Theory of operation
+-------------------
+This part owns how an endpoint enters and leaves ``Ledger.endpoints``, and every change of its state:
+
+- it joins (begun here, made for a far side on this node, arrived from a peer, loaded after a restart): every such
+  place calls :meth:`Conversations.watch` once, which schedules its deadlines (lifetime, timer, retirement) and
+  counts it;
+- it changes state: only through :meth:`Conversations.transition`, which asks the state table
+  (``conversation_states.py``) for the next state and raises ``ForbiddenTransition`` for a row the table does not
+  have; its dialog security is decided only through :meth:`Conversations.set_secured`;
+- it leaves: only through :meth:`Conversations.remove`; a closed endpoint whose far side is remote is first
+  kept ``closed_retention`` seconds (:meth:`Conversations.retire`) to recognise late retransmissions.
+
+Those three doors keep ``state_counts`` and ``secured_count`` exact, so ``status`` reads counters instead of
+walking a node's conversations (``tests/test_core_status.py`` compares them with a walk after random mixes of
+calls). States change a few times per conversation, never per message: the counting costs the hot path nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConversationError, InvalidArgument, UnknownObject
+from ..names import check_name
+from .catalog import Service
+from .conversation import MAX_LIFETIME, Endpoint, State
+from .conversation_states import STARTS, Event, next_state
+from .deadlines import DeadlineKind
+from .ledger import Ledger
+
+#: How long a closed endpoint with a remote far side is kept to recognise retransmissions (the seeds' system keeps
+#: them for about half an hour).
+DEFAULT_CLOSED_RETENTION = 1800.0
+
+
+class Conversations:
+    """The endpoints' life and states (see the module's header)."""
+
+    def __init__(self, ledger: Ledger, *, closed_retention: float = DEFAULT_CLOSED_RETENTION) -> None:
+        self.ledger = ledger
+        self.closed_retention = closed_retention
+        #: how many endpoints are in each state (every state present, zero or not), for ``status``
+        self.state_counts: dict[State, int] = dict.fromkeys(State, 0)
+        #: how many endpoints are secured (dialog security's ``secured_conversations``)
+        self.secured_count = 0
+
+    # ---------------------------------------------------------------------------------------------- lookup
+
+    def endpoint(self, handle: Any) -> Endpoint:
+        """This node's endpoint ``handle``; a clear error if it ended or never was."""
+        ledger = self.ledger
+        ep = ledger.endpoints.get(handle) if isinstance(handle, str) else None
+        if ep is None:
+            if handle in ledger.recently_closed:
+                raise ConversationError(f"conversation {handle} has ended on this side")
+            raise UnknownObject(f"conversation {handle!r} does not exist (it may have ended long ago)")
+        return ep
+
+    # ------------------------------------------------------------------------------------------------- begin
+
+    def begin_dialog(
+        self,
+        *,
+        from_service: str,
+        to_service: str,
+        contract: str,
+        now: float,
+        broker_instance: str | None = None,
+        lifetime: float | None = None,
+        encryption: bool = False,
+        related_group: str | None = None,
+    ) -> Endpoint:
+        ledger = self.ledger
+        service: Service = ledger.catalog.get("service", check_name("service", from_service))
+        check_name("service", to_service)
+        ledger.catalog.get("contract", check_name("contract", contract))
+        if lifetime is None:
+            lifetime = MAX_LIFETIME
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or not 0 < lifetime <= MAX_LIFETIME:
+            raise InvalidArgument(f"lifetime must be a number of seconds in (0, {MAX_LIFETIME:.0f}], got {lifetime!r}")
+        group = related_group
+        if group is not None and not isinstance(group, str):
+            raise InvalidArgument("related_group must be a conversation group id (a string)")
+        ep = Endpoint(
+            handle=ledger.new_id(),
+            conversation_id=ledger.new_id(),
+            is_initiator=True,
+            service=service.name,
+            far_service=to_service,
+            contract=contract,
+            group_id=group or ledger.new_id(),
+            expires_at=now + lifetime,
+            far_broker_instance=broker_instance,
+            state=STARTS[Event.BEGIN],
+            encryption=bool(encryption),
+        )
+        self.join(ep)
+        return ep
+
+    def join(self, ep: Endpoint) -> None:
+        """A new endpoint joins: into ``endpoints``, saved, scheduled and counted."""
+        self.ledger.add_endpoint(ep)
+        self.watch(ep)
+
+    def watch(self, ep: Endpoint) -> None:
+        """An endpoint has just joined ``endpoints`` (begun, made for a far side here, arrived from a peer, or
+        loaded): schedule its deadlines, and count it. Every place that adds an endpoint calls this, once."""
+        self.state_counts[ep.state] += 1
+        if ep.secured:
+            self.secured_count += 1
+        deadlines = self.ledger.deadlines
+        if ep.state is State.CLOSED:
+            if ep.timer_at is not None:  # a retired endpoint: the field holds when it goes for good
+                deadlines.push(ep.timer_at, DeadlineKind.RETIRE, ep.handle)
+            return
+        deadlines.push(ep.expires_at, DeadlineKind.LIFETIME, ep.handle)
+        if ep.timer_at is not None:
+            deadlines.push(ep.timer_at, DeadlineKind.TIMER, ep.handle)
+
+    # ------------------------------------------------------------------------------------------------ change
+
+    def transition(self, ep: Endpoint, event: Event) -> None:
+        """Change an endpoint's state as the state table says ``event`` does (raising ForbiddenTransition if it has
+        no such row), keeping the per-state counts. The only way the core changes a state."""
+        state = next_state(ep.handle, ep.state, event)
+        if self.ledger.endpoints.get(ep.handle) is ep:  # one no longer (or not yet) in ``endpoints`` is not counted
+            counts = self.state_counts
+            counts[ep.state] -= 1
+            counts[state] += 1
+        ep.state = state
+
+    def set_secured(self, ep: Endpoint, secured: bool) -> None:
+        """Decide an endpoint's dialog security, keeping ``secured_count``. The only way the core sets it."""
+        if self.ledger.endpoints.get(ep.handle) is ep:
+            self.secured_count += int(secured) - int(bool(ep.secured))
+        ep.secured = secured
+
+    def begin_timer(self, handle: str, seconds: float, now: float) -> None:
+        ep = self.endpoint(handle)
+        if ep.state is State.CLOSED:
+            raise ConversationError(f"conversation {handle} has ended on this side; it takes no timer")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= MAX_LIFETIME:
+            raise InvalidArgument(f"timer seconds must be a number from 0 to {MAX_LIFETIME:.0f}, got {seconds!r}")
+        ep.timer_at = now + seconds
+        self.ledger.touch(ep)
+        self.ledger.deadlines.push(ep.timer_at, DeadlineKind.TIMER, ep.handle)
+
+    # -------------------------------------------------------------------------------------------------- leave
+
+    def retire(self, ep: Endpoint, now: float) -> None:
+        """A closed endpoint with nothing left to send: gone now if its far side is on this node (or never heard
+        of it); kept ``closed_retention`` seconds if remote, to recognise late retransmissions."""
+        remote = ep.far_handle is None and (ep.send_seq > 0 or ep.recv_seq > 0)
+        if not remote or self.closed_retention <= 0:
+            self.remove(ep)
+            return
+        retire_at = now + self.closed_retention
+        ep.timer_at = retire_at  # a closed endpoint has no timer: the field holds its retirement time
+        self.ledger.touch(ep)
+        self.ledger.deadlines.push(retire_at, DeadlineKind.RETIRE, ep.handle)
+
+    def remove(self, ep: Endpoint) -> None:
+        """The only way an endpoint leaves ``endpoints``."""
+        ledger = self.ledger
+        gone = ledger.endpoints.pop(ep.handle, None)
+        if gone is not None:
+            self.state_counts[gone.state] -= 1
+            if gone.secured:
+                self.secured_count -= 1
+        ledger.ciphers.pop(ep.handle, None)
+        ledger.by_conversation.pop((ep.conversation_id, ep.is_initiator), None)
+        ledger.tx.detach(ep.handle)
+        if ledger.persist:
+            ledger.dirty[ep.handle] = None
+        ledger.closed(ep.handle)

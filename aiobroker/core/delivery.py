@@ -1,0 +1,330 @@
+"""Delivery: a send's checks and numbering, messages into queues on this node, and publishing what is stored.
+
+Theory of operation
+-------------------
+:meth:`Delivery.send` is the hot path. It checks the whole batch before sending any of it, asks the outbound part
+where the far side is, and then either delivers the batch straight into the far endpoint's queue as one run of rows
+(the far side is on this node), or hands it to the transmission queue (remote, or DELAYED while nobody knows where
+the service is).
+
+Delivery here does not make messages visible at once. Each message becomes a row in the ledger's ``changes`` (for
+the store) and in ``pending`` (for its queue); the shell seals both, writes the batch, and only then calls
+:meth:`Delivery.publish`, which puts the rows in their queues. So a receiver sees only stored messages, a sender's
+acknowledgement follows the write, and batches are published in the order they were sealed, which keeps every
+conversation in order. With a store that is not durable the same path runs without building store rows.
+
+The receiving side's checks (the message type exists, the body passes its validation, the contract lets this side
+send it) run here for local far sides (:meth:`deliver`) and for messages from other nodes
+(:meth:`deliver_remote`); a failure ends the conversation in error through the endings part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import (
+    ContractViolation,
+    ConversationError,
+    InvalidArgument,
+    MessageTooLarge,
+    Overloaded,
+    SecurityError,
+    UnknownObject,
+)
+from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, URGENT_TYPES
+from .conversation import Endpoint, State
+from .conversation_states import STARTS, Event
+from .conversations import Conversations
+from .dialog_errors import BrokerErrorCode, parse_error_body
+from .envelopes import Envelope
+from .ledger import Ledger, Pending
+from .parts import DynamicPart, EndingsPart, OutboundPart
+from .records import ROW_HANDLE, ROW_ID, MessageRow
+from .validation import VALIDATORS
+
+class Delivery:
+    """Sending, local delivery and publishing (see the module's header)."""
+
+    outbound: OutboundPart
+    dynamic: DynamicPart
+    endings: EndingsPart
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        conversations: Conversations,
+        *,
+        max_message_size: int,
+        max_delayed_per_service: int,
+        max_delayed_messages: int,
+    ) -> None:
+        self.ledger = ledger
+        self.conversations = conversations
+        self.max_message_size = max_message_size
+        #: the bounds on what may wait for dynamic routing: a send past them fails at once, nothing is dropped
+        self.max_delayed_per_service = max_delayed_per_service
+        self.max_delayed_messages = max_delayed_messages
+
+    # --------------------------------------------------------------------------------------------------- send
+
+    def send(self, handle: str, messages: list[Any], now: float) -> int:
+        """Send messages on one conversation, in order. Checks all of them before sending any.
+
+        The hot path: everything that is the same for the whole batch (the far endpoint, its queue, the contract,
+        the validators) is decided once, and the rows are built in one loop.
+        """
+        ep = self.conversations.endpoint(handle)
+        why = ep.why_not_send()
+        if why:
+            raise ConversationError(f"cannot send on conversation {handle}: {why}")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
+        allowed = self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator)
+        limit = self.max_message_size
+        types: set[str] = set()
+        try:
+            for message_type, body in messages:
+                if type(body) is not bytes or len(body) > limit:
+                    if type(body) is not bytes:
+                        raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
+                    raise MessageTooLarge(
+                        f"message body of {len(body)} bytes is over the node's max_message_size of {limit} bytes"
+                    )
+                types.add(message_type)
+        except (TypeError, ValueError):
+            raise InvalidArgument("each message is a [message_type, body] pair with a bytes body") from None
+        for message_type in types - allowed:
+            self._refuse_type(ep, message_type)
+        if ep.state is State.STARTED_OUTBOUND:
+            self.conversations.transition(ep, Event.SEND_FIRST)
+        outbound = self.outbound
+        target = outbound.route(ep, now)
+        if isinstance(target, Endpoint):
+            if target.state is State.CLOSED:
+                ep.send_seq += len(messages)  # its side ended; it said so with EndDialog or Error
+            else:
+                self._deliver_user_messages(ep, target, messages, types, now)
+        elif target is not None:
+            outbound.queue_outgoing(ep, messages, now)  # remote: stored until acknowledged
+            self.dynamic.route_traffic.add(ep.far_service)  # a live service: a resolver's routes are refreshed in time
+        elif ep.delayed is not None:
+            self._check_delay_bounds(ep, len(messages), now)
+            outbound.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
+        elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
+            # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once
+            raise SecurityError(f"nothing was sent; conversation {handle} failed: {ep.error[1]}")
+        else:
+            ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
+        self.ledger.touch(ep)
+        return len(messages)
+
+    def _check_delay_bounds(self, ep: Endpoint, n: int, now: float) -> None:
+        tx = self.ledger.tx
+        waiting = tx.delayed_count.get(ep.far_service, 0)
+        if waiting + n > self.max_delayed_per_service:
+            raise Overloaded(
+                f"{waiting} message(s) already wait for a route to service {ep.far_service!r}"
+                f" (max_delayed_per_service is {self.max_delayed_per_service}); nothing was sent:"
+                f" {self.dynamic.delayed_words(ep, now)}"
+            )
+        if tx.delayed_total + n > self.max_delayed_messages:
+            raise Overloaded(
+                f"{tx.delayed_total} message(s) already wait for routes on this node (max_delayed_messages is"
+                f" {self.max_delayed_messages}); nothing was sent"
+            )
+
+    def _refuse_type(self, ep: Endpoint, message_type: Any) -> None:
+        if message_type in SYSTEM_MESSAGE_TYPES:
+            raise InvalidArgument(
+                f"{message_type!r} is a system message type: end() sends EndDialog and Error,"
+                " begin_timer() makes DialogTimer"
+            )
+        if message_type not in self.ledger.catalog.message_types:
+            raise UnknownObject(f"message type {message_type!r} does not exist")
+        side = "initiator" if ep.is_initiator else "target"
+        raise ContractViolation(f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}")
+
+    def _deliver_user_messages(
+        self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], now: float
+    ) -> None:
+        """The receiving side's checks for a batch, then the batch into the far endpoint's queue as one run."""
+        ledger = self.ledger
+        catalog = ledger.catalog
+        count = len(messages)
+        reason: str | None = None
+        for message_type in types:
+            mt = catalog.message_types.get(message_type)
+            if mt is not None and mt.validation == "none":
+                continue
+            validate = VALIDATORS[mt.validation] if mt is not None else None
+            for i in range(count):  # count only shrinks, so the earliest failure of all types wins
+                t, body = messages[i]
+                if t != message_type:
+                    continue
+                why = validate(body) if validate is not None else (
+                    f"message type {t!r} does not exist at the receiving service {far.service!r}"
+                )
+                if why is not None:
+                    count, reason = i, why
+                    break
+        seq = src.send_seq
+        if count:
+            queue_name = catalog.services[far.service].queue
+            location = "q:" + queue_name
+            mid = ledger.next_message_id
+            fh = far.handle
+            rows: list[MessageRow] = [
+                (mid + i, location, fh, seq + i, m[0], m[1], now, 0)
+                for i, m in enumerate(messages[:count] if count < len(messages) else messages)
+            ]
+            ledger.next_message_id = mid + count
+            if ledger.persist:
+                stored = ledger.changes.messages
+                for row in rows:
+                    stored[row[ROW_ID]] = row
+            ledger.pending.append((queue_name, far.group_id, False, rows))
+            far.recv_seq = seq + count
+            ledger.touch(far)
+        src.send_seq = seq + len(messages)
+        if reason is not None:
+            self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
+
+    def emit(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
+        """Send one message the broker makes (EndDialog, Error) after what this side has sent already."""
+        target = self.outbound.route(ep, now)
+        if isinstance(target, Endpoint):
+            seq = ep.send_seq
+            ep.send_seq = seq + 1
+            self.deliver(ep, target, seq, message_type, body, now)
+        elif target is not None or ep.delayed is not None:
+            self.outbound.queue_outgoing(ep, [[message_type, body]], now)
+        else:
+            ep.send_seq += 1  # no reader: the conversation failed, or the far side is gone; both were told
+
+    # ------------------------------------------------------------------------------------- delivery, local
+
+    def new_far_endpoint(self, ep: Endpoint, now: float) -> Endpoint | None:
+        """Routing says the far side is on this node: make its endpoint, or fail the conversation (None) if its
+        service does not accept the contract."""
+        ledger = self.ledger
+        service = ledger.catalog.services[ep.far_service]
+        if ep.contract not in service.contracts:
+            self.endings.fail(
+                ep,
+                BrokerErrorCode.CONTRACT_NOT_ACCEPTED,
+                f"service {service.name!r} does not accept contract {ep.contract!r}",
+                now,
+            )
+            return None
+        far = Endpoint(
+            handle=ledger.new_id(),
+            conversation_id=ep.conversation_id,
+            is_initiator=not ep.is_initiator,
+            service=service.name,
+            far_service=ep.service,
+            contract=ep.contract,
+            group_id=ledger.new_id(),
+            expires_at=ep.expires_at,
+            far_handle=ep.handle,
+            far_broker_instance=ledger.broker_instance,
+            state=STARTS[Event.RECEIVE_FIRST],
+            encryption=ep.encryption,
+        )
+        ep.far_handle = far.handle
+        ep.far_broker_instance = ledger.broker_instance
+        self.conversations.join(far)
+        return far
+
+    def deliver(self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+        """The receiving side's checks, then the message into the far endpoint's queue."""
+        if far.state is State.CLOSED:
+            return  # its side ended; it has been told, and nothing will read this
+        if message_type not in (END_DIALOG, ERROR):
+            mt = self.ledger.catalog.message_types.get(message_type)
+            reason: str | None
+            if mt is None:
+                reason = f"message type {message_type!r} does not exist at the receiving service {far.service!r}"
+            else:
+                reason = VALIDATORS[mt.validation](body)
+            if reason is not None:
+                self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq} was not delivered: {reason}", now)
+                return
+        elif message_type == END_DIALOG:
+            self.conversations.transition(far, Event.END_REMOTE)
+        else:
+            self.conversations.transition(far, Event.ERROR_REMOTE)
+        far.recv_seq = seq + 1
+        self.ledger.touch(far)
+        self.enqueue(far, seq, message_type, body, now)
+
+    def enqueue(self, ep: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+        """One message into ``ep``'s queue, visible once stored (``publish``)."""
+        if ep.service == DISPATCHER_SERVICE:
+            self.dynamic.bcn_reply(ep, message_type, body, now)  # the node's own requests: consumed, never queued
+            return
+        ledger = self.ledger
+        queue_name = ledger.catalog.services[ep.service].queue
+        mid = ledger.next_message_id
+        ledger.next_message_id = mid + 1
+        row: MessageRow = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0)
+        ledger.save_row(row)
+        ledger.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, [row]))
+
+    # ------------------------------------------------------------------------------------ delivery, remote
+
+    def deliver_remote(self, ep: Endpoint, env: Envelope, now: float) -> None:
+        """The next message in order from a remote sender: the receiving side's checks, then into the queue."""
+        seq, message_type, body = env[3], env[9], env[10]
+        ep.recv_seq = seq + 1
+        self.ledger.touch(ep)
+        if message_type == END_DIALOG:
+            self.conversations.transition(ep, Event.END_REMOTE)
+        elif message_type == ERROR:
+            self.conversations.transition(ep, Event.ERROR_REMOTE)
+            ep.error = parse_error_body(body)
+        else:
+            # the target's service must accept the contract; checked on the message that makes its endpoint
+            reason = self._check_incoming(ep, message_type, body, first=seq == 0 and not ep.is_initiator)
+            if reason is not None:
+                self.endings.refuse_remote(ep, *reason, now)
+                return
+        self.enqueue(ep, seq, message_type, body, now)
+
+    def _check_incoming(self, ep: Endpoint, message_type: str, body: bytes, *, first: bool) -> tuple[int, str] | None:
+        """What the receiving side checks of a message from another node (the sender checked its own side)."""
+        catalog = self.ledger.catalog
+        contract = catalog.contracts.get(ep.contract)
+        if contract is None:
+            return BrokerErrorCode.CONTRACT_NOT_ACCEPTED, f"contract {ep.contract!r} does not exist at {ep.service!r}"
+        if first and ep.contract not in catalog.services[ep.service].contracts:
+            return BrokerErrorCode.CONTRACT_NOT_ACCEPTED, f"service {ep.service!r} does not accept contract {ep.contract!r}"
+        if message_type not in contract.may_send(not ep.is_initiator):
+            return (
+                BrokerErrorCode.CONTRACT_VIOLATION,
+                f"contract {ep.contract!r} does not let the {'target' if ep.is_initiator else 'initiator'}"
+                f" send message type {message_type!r}",
+            )
+        mt = catalog.message_types.get(message_type)
+        if mt is None:
+            return BrokerErrorCode.VALIDATION_FAILED, f"message type {message_type!r} does not exist at {ep.service!r}"
+        why = VALIDATORS[mt.validation](body)
+        return (BrokerErrorCode.VALIDATION_FAILED, why) if why is not None else None
+
+    # ------------------------------------------------------------------------------------------- publishing
+
+    def publish(self, pending: list[Pending]) -> set[str]:
+        """Put stored messages in their queues; returns the names of queues that received any."""
+        touched: set[str] = set()
+        ledger = self.ledger
+        queues = ledger.queues
+        endpoints = ledger.endpoints
+        for queue_name, group_id, urgent, rows in pending:
+            ep = endpoints.get(rows[0][ROW_HANDLE])  # a run of rows always belongs to one endpoint
+            queue = queues.get(queue_name)
+            if ep is None or ep.state is State.CLOSED or queue is None:
+                for row in rows:
+                    ledger.forget_row(row[ROW_ID])  # its conversation ended while the messages were being stored
+                continue
+            queue.push_many(rows, group_id, urgent)
+            touched.add(queue_name)
+        return touched

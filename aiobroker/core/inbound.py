@@ -1,0 +1,281 @@
+"""Inbound: what other nodes send this one, message envelopes and acknowledgements, and what it forwards.
+
+Theory of operation
+-------------------
+:meth:`Inbound.accept` takes the envelopes a peer sent (``envelopes.py`` has their shape): each message is
+delivered in order to its local endpoint (the target's endpoint is made by message 0), duplicates are dropped, a gap
+is dropped unacknowledged; it returns the acknowledgements to send back once the store has what was delivered (the
+shell sends them after the commit), and what to forward when this node forwards. Consecutive envelopes of one
+conversation and direction (a *run*) are looked up once, and the in-order stretch of ordinary messages in it is
+delivered as one run of rows: the hot path of a link.
+
+:meth:`Inbound.acknowledged` applies acknowledgements: the acknowledged rows leave the transmission queue and the
+store; the first one fixes the far broker instance (sticky routing).
+
+An endpoint whose far side is remote stays, closed, for ``closed_retention`` seconds after it ended and its last
+message was acknowledged (``Conversations.retire``), so a late retransmission of its first message cannot begin the
+conversation twice. Anything malformed or refused is put in the outbox as a ``Report`` for the shell to log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import SecurityError
+from .catalog import ERROR
+from .conversation import Endpoint, State
+from .conversation_states import STARTS, Event
+from .conversations import Conversations
+from .dialog_errors import Refusal
+from .effects import Report
+from .envelopes import ACK, Envelope, same_run, well_formed, well_formed_ack
+from .identities import PUBLIC
+from .ledger import Ledger
+from .parts import DeliveryPart, EndingsPart, SecurityPart
+from .records import ROW_ID, MessageRow
+from .routing import choose
+
+#: A forwarded message that has crossed this many nodes is dropped and reported: it is in a routing loop.
+DEFAULT_MAX_HOPS = 16
+
+
+class Inbound:
+    """Envelopes in, acknowledgements, forwarding (see the module's header)."""
+
+    delivery: DeliveryPart
+    endings: EndingsPart
+    security: SecurityPart
+
+    def __init__(
+        self, ledger: Ledger, conversations: Conversations, *, forwarding: bool = False, max_hops: int = DEFAULT_MAX_HOPS
+    ) -> None:
+        self.ledger = ledger
+        self.conversations = conversations
+        self.forwarding = forwarding
+        self.max_hops = max_hops
+
+    def _report(self, text: str) -> None:
+        self.ledger.outbox.append(Report(text))
+
+    # ------------------------------------------------------------------------------------------- envelopes in
+
+    def accept(self, envelopes: list[Any], now: float) -> tuple[list[Envelope], dict[str, list[Envelope]]]:
+        """Take a peer's message envelopes. Returns (acknowledgements to send back after the commit, envelopes to
+        forward per next-hop address)."""
+        acks: dict[tuple[str, bool], int] = {}
+        forwards: dict[str, list[Envelope]] = {}
+        i, n = 0, len(envelopes)
+        while i < n:
+            env = envelopes[i]
+            if not well_formed(env):
+                self._report(f"a peer sent a malformed envelope: {str(env)[:120]}")
+                i += 1
+                continue
+            conv_id, from_initiator = env[1], env[2]
+            j = i + 1
+            while j < n and same_run(envelopes[j], conv_id, from_initiator):
+                j += 1
+            self._accept_run(envelopes, i, j, now, acks, forwards)
+            i = j
+        me = self.ledger.broker_instance
+        return [[ACK, cid, not side, nxt, me] for (cid, side), nxt in acks.items()], forwards
+
+    def _accept_run(
+        self,
+        envelopes: list[Any],
+        start: int,
+        stop: int,
+        now: float,
+        acks: dict[tuple[str, bool], int],
+        forwards: dict[str, list[Envelope]],
+    ) -> None:
+        ledger = self.ledger
+        first = envelopes[start]
+        conv_id, from_initiator, seq0, to_service, to_instance = first[1], first[2], first[3], first[5], first[8]
+        key = (conv_id, not from_initiator)
+        handle = ledger.by_conversation.get(key)
+        ep = ledger.endpoints.get(handle) if handle is not None else None
+        if ep is None:
+            if to_instance not in (None, ledger.broker_instance) or to_service not in ledger.catalog.services:
+                for k in range(start, stop):
+                    self._forward(envelopes[k], now, forwards)
+                return
+            if seq0 != 0:
+                # its endpoint here ended and was retired long ago (or never existed): nothing to deliver to
+                self._report(f"message {seq0} of conversation {conv_id} for {to_service!r} has no endpoint here; dropped")
+                acks[key] = max(acks.get(key, 0), envelopes[stop - 1][3] + 1)
+                return
+            ep = self._new_remote_target(first, now)
+            if ep is None:
+                return  # dropped (dialog security), not acknowledged: the sender resends
+            if ep.state is State.CLOSED:
+                acks[key] = ep.recv_seq  # refused with an Error; what follows in the run is swallowed below
+        if ep.secured or any(envelopes[x][13] for x in range(start, stop)):
+            stop = self.security.open_run(ep, envelopes, start, stop)
+        k = start
+        while k < stop:
+            env = envelopes[k]
+            seq = env[3]
+            if ep.state is State.CLOSED:
+                acks[key] = max(acks.get(key, 0), max(ep.recv_seq, envelopes[stop - 1][3] + 1))
+                return  # retired or ending: swallow quietly
+            if seq < ep.recv_seq:
+                k += 1  # a duplicate: acknowledged again below
+                continue
+            if seq > ep.recv_seq:
+                if env[9] != ERROR:
+                    break  # a gap: an earlier message was lost; the sender resends from there
+                # An Error past a gap: its sender ended the conversation with it (end(error=...)) and dropped
+                # what was not yet acknowledged, so the gap will never fill. The Error is the last message the
+                # conversation carries this way: deliver it now, and what it skipped is acknowledged with it.
+                ep.recv_seq = seq
+            taken = self._deliver_stretch(ep, envelopes, k, stop, now)
+            if taken == 0:
+                self.delivery.deliver_remote(ep, env, now)
+                taken = 1
+            k += taken
+        acks[key] = ep.recv_seq
+
+    def _deliver_stretch(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int, now: float) -> int:
+        """Deliver the longest in-order stretch from ``start`` of messages that need no check beyond their type
+        (allowed by the contract, validation ``none``); returns how many (0: the first needs the careful path)."""
+        if ep.recv_seq == 0 and not ep.is_initiator:
+            return 0  # the message that makes the target's endpoint: the contract acceptance check comes first
+        ledger = self.ledger
+        catalog = ledger.catalog
+        contract = catalog.contracts.get(ep.contract)
+        if contract is None:
+            return 0
+        allowed = contract.may_send(not ep.is_initiator)
+        types = catalog.message_types
+        expect = ep.recv_seq
+        end = start
+        while end < stop:
+            env = envelopes[end]
+            mt = env[9]
+            if env[3] != expect or mt not in allowed or types[mt].validation != "none":
+                break
+            expect += 1
+            end += 1
+        count = end - start
+        if count:
+            queue_name = catalog.services[ep.service].queue
+            location = "q:" + queue_name
+            mid = ledger.next_message_id
+            handle = ep.handle
+            rows: list[MessageRow] = [
+                (mid + x, location, handle, e[3], e[9], e[10], now, 0)
+                for x, e in enumerate(envelopes[start:end])
+            ]
+            ledger.next_message_id = mid + count
+            if ledger.persist:
+                stored = ledger.changes.messages
+                for row in rows:
+                    stored[row[ROW_ID]] = row
+            ledger.pending.append((queue_name, ep.group_id, False, rows))
+            ep.recv_seq = expect
+            ledger.touch(ep)
+        return count
+
+    def _new_remote_target(self, env: Envelope, now: float) -> Endpoint | None:
+        """The first message of a conversation from another node makes its endpoint here; a secured one's key
+        header is read and its initiator checked first. None: dropped (reported, not acknowledged)."""
+        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env
+        session_key: bytes | None = None
+        identity = PUBLIC
+        refusal: Refusal | None = None
+        security = self.security
+        if isinstance(enc, list):
+            try:
+                session_key, identity, refusal = security.accept_key_header(env, now)
+            except SecurityError as exc:
+                security.count("first_dropped")
+                self._report(
+                    f"the first message of conversation {conv_id} from {from_service!r} to {to_service!r} failed"
+                    f" dialog security: {exc.message}; dropped, not acknowledged"
+                )
+                return None
+        elif enc:
+            security.count("first_dropped")
+            self._report(
+                f"the first message of conversation {conv_id} from {from_service!r} to {to_service!r} is sealed"
+                " but carries no session key; dropped, not acknowledged"
+            )
+            return None
+        refusal = refusal or security.authorize_initiator(identity, to_service)
+        ledger = self.ledger
+        ep = Endpoint(
+            handle=ledger.new_id(),
+            conversation_id=conv_id,
+            is_initiator=not from_initiator,
+            service=to_service,
+            far_service=from_service,
+            contract=contract,
+            group_id=ledger.new_id(),
+            expires_at=float(expires_at),
+            far_broker_instance=from_instance,
+            state=STARTS[Event.RECEIVE_FIRST],
+            encryption=session_key is not None,
+            secured=session_key is not None,
+            session_key=session_key,
+            far_identity=identity,
+        )
+        self.conversations.join(ep)
+        if refusal is not None:
+            security.count("refused")
+            self._report(f"conversation {conv_id} from {from_service!r} to {to_service!r} refused: {refusal[1]}")
+            ep.recv_seq = 1  # message 0 is taken, and answered with the Error
+            self.endings.refuse_remote(ep, refusal[0], refusal[1], now)
+        return ep
+
+    def _forward(self, env: Envelope, now: float, forwards: dict[str, list[Envelope]]) -> None:
+        to_service, to_instance, hops = env[5], env[8], env[12]
+        if not self.forwarding:
+            self._report(
+                f"a message for service {to_service!r} (instance {to_instance or 'any'}) is not for this node, which"
+                " does not forward; dropped"
+            )
+            return
+        if hops + 1 > self.max_hops:
+            self._report(f"a message for service {to_service!r} crossed {hops} nodes: a routing loop; dropped")
+            return
+        decision = choose(
+            self.ledger.catalog.routes_for(to_service),
+            service=to_service,
+            broker_instance=to_instance,
+            now=now,
+            local_services=(),
+            local_instance=self.ledger.broker_instance,
+        )
+        if decision.kind != "remote" or decision.address is None:
+            self._report(f"cannot forward a message for service {to_service!r}: {decision.reason}; dropped")
+            return
+        forwarded = list(env)
+        forwarded[12] = hops + 1
+        forwards.setdefault(decision.address, []).append(forwarded)
+
+    # ------------------------------------------------------------------------------------- acknowledgements
+
+    def acknowledged(self, acks: list[Any], now: float) -> list[Envelope]:
+        """Apply acknowledgements; returns those for conversations not on this node (to relay when forwarding)."""
+        ledger = self.ledger
+        foreign: list[Envelope] = []
+        for ack in acks:
+            if not well_formed_ack(ack):
+                self._report(f"a peer sent a malformed acknowledgement: {str(ack)[:120]}")
+                continue
+            _, conv_id, from_initiator, next_seq, acker = ack
+            handle = ledger.by_conversation.get((conv_id, bool(from_initiator)))
+            ep = ledger.endpoints.get(handle) if handle is not None else None
+            if ep is None:
+                foreign.append(ack)
+                continue
+            done = ledger.tx.acknowledge(ep.handle, next_seq)
+            for row in done:
+                ledger.forget_row(row[ROW_ID])
+            if ep.far_broker_instance is None and isinstance(acker, str):
+                ep.far_broker_instance = acker  # sticky from the first acknowledgement on
+                ledger.touch(ep)
+            if ep.state is State.CLOSED and ep.handle not in ledger.tx:
+                self.conversations.retire(ep, now)
+        return foreign

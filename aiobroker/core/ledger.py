@@ -1,0 +1,126 @@
+"""The core's shared records: what every part reads, and what the store must learn.
+
+Theory of operation
+-------------------
+The core is a handful of parts (``broker.py`` wires them; ``parts.py`` says who calls whom). What more than one
+of them reads or writes lives here, in one :class:`Ledger`, so that no part reaches into another's attributes:
+
+- the catalog, the conversation endpoints (and the index from a conversation id to its handle here), the queues
+  and the transmission queue;
+- the one timer (``deadlines.py``) and the one outbox (``effects.py``);
+- the durability path: ``changes`` (the :class:`WriteBatch` the store must write), ``dirty`` (endpoints to save in
+  it) and ``pending`` (messages bound for queues, visible only once stored), which :meth:`Ledger.seal` hands to
+  the shell, and the message ids (``next_message_id``, ``sealed_upto``, ``durable_upto``).
+
+Every change a part makes that the store must keep goes through :meth:`touch`, :meth:`save_row`,
+:meth:`forget_row` or :meth:`save_object`, which do nothing when the store is not durable (``persist=False``).
+The hot paths (send, delivery from a peer, commit) write ``changes.messages`` directly in their loops, under the
+same ``persist`` check, rather than calling :meth:`save_row` per message.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .catalog import Catalog, CatalogObject
+from .conversation import Endpoint
+from .deadlines import Deadlines
+from .effects import Effect
+from .queues import MessageQueue
+from .records import ROW_ID, MessageRow, WriteBatch
+from .transmission import TransmissionQueue
+
+#: messages bound for a queue, waiting for their batch to be stored: (queue name, group id, urgent, rows), the
+#: rows all of one receiving endpoint, in order
+Pending = tuple[str, str, bool, list[MessageRow]]
+
+#: a row's location while it waits in the transmission queue (``q:NAME`` in a queue)
+TX = "tx"
+
+#: how many recently closed handles are remembered, so a late call says "ended" rather than "unknown"
+RECENTLY_CLOSED = 10_000
+
+
+class Ledger:
+    """The records the core's parts share. Single-threaded, like the core."""
+
+    def __init__(self, *, broker_instance: str, persist: bool, new_id: Callable[[], str]) -> None:
+        self.broker_instance = broker_instance
+        #: whether changes are gathered for a durable store
+        self.persist = persist
+        #: makes conversation handles, conversation ids and group ids (uuid4; tests give a counter)
+        self.new_id = new_id
+        self.catalog = Catalog()
+        self.endpoints: dict[str, Endpoint] = {}
+        #: (conversation id, is_initiator) → the handle of this node's endpoint on that side
+        self.by_conversation: dict[tuple[str, bool], str] = {}
+        self.queues: dict[str, MessageQueue] = {}
+        #: outgoing messages not yet acknowledged (remote) or waiting for a route (DELAYED)
+        self.tx = TransmissionQueue()
+        #: conversation handle → its body cipher (made from the stored session key on first use; goes with the
+        #: endpoint)
+        self.ciphers: dict[str, Any] = {}
+        #: recently closed handles (bounded, oldest first)
+        self.recently_closed: dict[str, None] = {}
+        #: the one timer: every deadline of every kind, cleaned lazily
+        self.deadlines = Deadlines()
+        #: what the core asks the shell to do, oldest first
+        self.outbox: deque[Effect] = deque()
+
+        self.changes = WriteBatch()
+        self.dirty: dict[str, Endpoint | None] = {}
+        self.pending: list[Pending] = []
+        self.next_message_id = 1
+        #: every message with an id up to this is stored (the shell sets it after each write, see ``seal``)
+        self.durable_upto = 0
+        self.sealed_upto = 0
+
+    # ---------------------------------------------------------------------------------------- store bookkeeping
+
+    def forget_row(self, message_id: int) -> None:
+        if self.persist:
+            self.changes.messages[message_id] = None
+
+    def save_row(self, row: MessageRow) -> None:
+        if self.persist:
+            self.changes.messages[row[ROW_ID]] = row
+
+    def touch(self, ep: Endpoint) -> None:
+        """``ep`` changed: save it with the next batch."""
+        if self.persist:
+            self.dirty[ep.handle] = ep
+
+    def save_object(self, kind: str, obj: CatalogObject | None, name: str) -> None:
+        """A catalog object was made or changed (``obj``), or dropped (None)."""
+        if self.persist:
+            self.changes.objects[(kind, name)] = obj.to_def() if obj is not None else None
+
+    def add_endpoint(self, ep: Endpoint) -> None:
+        """Put a new endpoint in ``endpoints`` and the conversation index, and save it (the caller then has
+        ``Conversations.watch`` schedule and count it)."""
+        self.endpoints[ep.handle] = ep
+        self.by_conversation[(ep.conversation_id, ep.is_initiator)] = ep.handle
+        self.touch(ep)
+
+    def closed(self, handle: str) -> None:
+        """Remember a handle that has just gone (bounded)."""
+        recent = self.recently_closed
+        recent[handle] = None
+        if len(recent) > RECENTLY_CLOSED:
+            del recent[next(iter(recent))]
+
+    def seal(self) -> tuple[WriteBatch, list[Pending]]:
+        """Take the changes to store and the messages to publish once they are stored. Once the batch is written,
+        the shell sets ``durable_upto`` to ``sealed_upto`` (every message id in it, and before it)."""
+        self.sealed_upto = self.next_message_id - 1
+        batch = self.changes
+        if self.dirty:
+            for handle, ep in self.dirty.items():
+                batch.endpoints[handle] = ep.to_state() if ep is not None else None
+            self.dirty = {}
+        pending = self.pending
+        self.changes = WriteBatch()
+        self.pending = []
+        return batch, pending

@@ -1,0 +1,66 @@
+"""Loading: the core's state rebuilt from what the store kept, at start-up.
+
+The store hands over a :class:`~aiobroker.core.records.Snapshot` (objects, endpoints, messages); this rebuilds the
+catalog, the queues, the endpoints (each through ``Conversations.watch``, so its deadlines and counts are set as
+for a new one) and the transmission queue, then decides afresh where every waiting message goes: a route may have
+come or gone while the node was down, and a conversation restored DELAYED is asked for again.
+"""
+
+from __future__ import annotations
+
+from .catalog import URGENT_TYPES
+from .conversation import Endpoint
+from .conversations import Conversations
+from .ledger import TX, Ledger
+from .parts import OutboundPart
+from .queues import MessageQueue
+from .records import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, Snapshot
+
+#: the order objects are loaded in: each after what it names
+LOAD_ORDER = {"identity": 0, "message_type": 1, "contract": 2, "queue": 3, "service": 4, "route": 5, "binding": 6}
+
+
+def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, snap: Snapshot, now: float) -> list[str]:
+    """Rebuild state from a store snapshot; returns warnings about anything inconsistent that was skipped."""
+    warnings: list[str] = []
+    catalog = ledger.catalog
+    if snap.meta.get("catalog_initialized"):
+        catalog.clear_routes()  # the store says which routes exist, built-in ones included
+    else:
+        ledger.changes.meta["catalog_initialized"] = True
+        for route in catalog.routes.values():
+            ledger.save_object("route", route, route.name)
+    for kind, _name, definition in sorted(snap.objects, key=lambda o: LOAD_ORDER.get(o[0], 9)):
+        if kind in LOAD_ORDER:
+            catalog.load(kind, definition)
+    for qdef in catalog.queues.values():
+        ledger.queues[qdef.name] = MessageQueue(qdef)
+    for handle, state in snap.endpoints:
+        ep = Endpoint.from_state(handle, state)
+        ledger.endpoints[handle] = ep
+        ledger.by_conversation[(ep.conversation_id, ep.is_initiator)] = handle
+        conversations.watch(ep)
+    last_id = 0
+    for row in snap.messages:
+        last_id = max(last_id, row[ROW_ID])
+        owner = ledger.endpoints.get(row[ROW_HANDLE])
+        if owner is None:
+            warnings.append(f"message {row[ROW_ID]} belongs to no conversation endpoint; dropped")
+            ledger.forget_row(row[ROW_ID])
+            continue
+        if row[ROW_LOCATION] == TX:
+            ledger.tx.load(row)
+            continue
+        queue = ledger.queues.get(row[ROW_LOCATION][2:])
+        if queue is None:
+            warnings.append(f"message {row[ROW_ID]} is in unknown queue {row[ROW_LOCATION][2:]!r}; dropped")
+            ledger.forget_row(row[ROW_ID])
+            continue
+        if row[ROW_STATE] == 1:
+            queue.retain(row)
+        else:
+            queue.push(row, owner.group_id, row[ROW_TYPE] in URGENT_TYPES)
+    ledger.next_message_id = last_id + 1
+    ledger.durable_upto = last_id
+    outbound.reroute(now)  # decide afresh where every waiting message goes
+    return warnings

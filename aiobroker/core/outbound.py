@@ -1,0 +1,244 @@
+"""Outbound: where outgoing messages go, the transmission queue they wait in, and the envelopes links send.
+
+Theory of operation
+-------------------
+:meth:`Outbound.route` decides, once per conversation and again when routes change, whether the far side is an
+endpoint on this node (messages go straight into its queue, see ``delivery.py``), a remote node (the conversation
+is attached to a link in the :class:`~aiobroker.core.transmission.TransmissionQueue`), or nowhere yet (DELAYED,
+with the reason; dynamic routing asks where the service is). The decision itself is ``routing.choose``, the seven
+steps of the route table. Remote and DELAYED messages are stored rows in the transmission queue until acknowledged.
+
+:meth:`Outbound.reroute` decides again for the conversations with messages waiting when routes or services change
+(a route made, a resolver's answer, a service created here): those whose far side is now on this node are delivered
+at once, in order; those routed to another node join its link.
+
+:meth:`Outbound.outgoing` turns a link's waiting rows into message envelopes (``envelopes.py``), sealing the bodies
+of secured conversations as they leave (the stored rows on this end node stay plain).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .catalog import BCN_SERVICE
+from .conversation import Endpoint, State
+from .conversations import Conversations
+from .dispatcher import ROUTE
+from .envelopes import MESSAGE, Envelope
+from .ledger import TX, Ledger
+from .parts import DeliveryPart, DynamicPart, SecurityPart
+from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow
+from .routing import Decision, choose
+
+
+class Outbound:
+    """Routing decisions, the transmission queue and links, envelopes out (see the module's header)."""
+
+    delivery: DeliveryPart
+    dynamic: DynamicPart
+    security: SecurityPart
+
+    def __init__(self, ledger: Ledger, conversations: Conversations) -> None:
+        self.ledger = ledger
+        self.conversations = conversations
+
+    # ----------------------------------------------------------------------------------------------- routing
+
+    def decide(self, ep: Endpoint, now: float) -> Decision:
+        catalog = self.ledger.catalog
+        return choose(
+            catalog.routes_for(ep.far_service),
+            service=ep.far_service,
+            broker_instance=ep.far_broker_instance,
+            now=now,
+            local_services=catalog.services,
+            local_instance=self.ledger.broker_instance,
+            dynamic=self.dynamic.resolver_name is not None or BCN_SERVICE in catalog.services,
+            asks=self.dynamic.asks,
+        )
+
+    def route(
+        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None
+    ) -> Endpoint | str | None:
+        """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
+        or failed: the sender has its Error). ``decisions`` caches the choice per (service, instance) while many
+        conversations are routed at once (a load-shared pick is still made per conversation)."""
+        ledger = self.ledger
+        if ep.far_handle is not None:
+            return ledger.endpoints.get(ep.far_handle)
+        tx = ledger.tx
+        address = tx.route_of.get(ep.handle)
+        if address is not None:
+            return address
+        if ep.delayed is not None:
+            return None
+        if decisions is None:
+            decision = self.decide(ep, now)
+        else:
+            key = (ep.far_service, ep.far_broker_instance)
+            cached = decisions.get(key)
+            if cached is None:
+                decision = decisions[key] = self.decide(ep, now)
+            else:
+                decision = cached.again(ep.far_service)
+        if decision.kind == "local":
+            return self.delivery.new_far_endpoint(ep, now)
+        if decision.kind == "remote":
+            assert decision.address is not None
+            if ep.secured is None and not self.security.secure(ep, now):
+                return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
+            tx.attach(ep.handle, decision.address)
+            if decision.route is not None and decision.route.origin != "admin":
+                self.dynamic.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
+            return decision.address
+        tx.delay(ep.handle, ep.far_service)
+        if decision.kind == "resolve":
+            ep.delayed = self.dynamic.ask(ROUTE, ep.far_service, now)
+        else:
+            ep.delayed = decision.reason
+        ledger.touch(ep)
+        return None
+
+    def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float) -> None:
+        """Number messages and keep them in the transmission queue (remote or DELAYED), stored, in order."""
+        ledger = self.ledger
+        seq = ep.send_seq
+        mid = ledger.next_message_id
+        handle = ep.handle
+        rows: list[MessageRow] = [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0) for i, m in enumerate(messages)]
+        ledger.next_message_id = mid + len(rows)
+        ep.send_seq = seq + len(rows)
+        ledger.tx.add_many(handle, rows)
+        if ledger.persist:
+            stored = ledger.changes.messages
+            for row in rows:
+                stored[row[ROW_ID]] = row
+
+    def drop_outgoing(self, ep: Endpoint) -> int:
+        """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
+        rows = self.ledger.tx.drop(ep.handle)
+        for row in rows:
+            self.ledger.forget_row(row[ROW_ID])
+        ep.delayed = None
+        self.dynamic.binding_waiters.discard(ep.handle)
+        return len(rows)
+
+    def reroute(self, now: float, services: set[str] | None = None) -> int:
+        """Routes or services changed: decide again for every conversation with messages waiting (only those to
+        ``services`` when given). Messages whose far side is now on this node are delivered at once, in order;
+        those routed to another node join its link. Returns how many messages moved on either way."""
+        ledger = self.ledger
+        tx = ledger.tx
+        binding_waiters = self.dynamic.binding_waiters
+        moved = 0
+        decisions: dict[tuple[str, str | None], Decision] = {}
+        if services is None:
+            handles = list(tx.rows)
+        else:  # only those DELAYED on these services: a conversation already on a link keeps it
+            handles = [h for s in services for h in tx.delayed.get(s, ())]
+        for handle in handles:
+            ep = ledger.endpoints.get(handle)
+            if ep is None or ep.far_handle is not None or handle not in tx.rows:
+                continue
+            tx.detach(handle)
+            tx.undelay(handle)
+            binding_waiters.discard(handle)
+            if ep.delayed is not None:
+                ep.delayed = None
+                ledger.touch(ep)
+            target = self.route(ep, now, decisions)
+            if isinstance(target, Endpoint):
+                moved += self._move_to_local(ep, target)
+            elif target is not None:
+                moved += len(tx.rows.get(handle, ()))  # on their way to another node now
+        return moved
+
+    def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:
+        ledger = self.ledger
+        rows = ledger.tx.drop(ep.handle)
+        for row in rows:
+            ledger.forget_row(row[ROW_ID])
+        moved = 0
+        deliver = self.delivery.deliver
+        for row in rows:
+            if ep.state is State.ERROR:
+                break  # a message failed the receiving side's checks; what follows it is dropped
+            deliver(ep, far, row[ROW_SEQ], row[ROW_TYPE], row[ROW_BODY], row[ROW_ENQUEUED_AT])
+            moved += 1
+        ledger.touch(ep)
+        if ep.state is State.CLOSED:
+            self.conversations.remove(ep)
+        return moved
+
+    # ------------------------------------------------------------------------------------------ envelopes out
+
+    def outgoing(self, address: str, max_messages: int, max_bytes: int) -> list[Envelope]:
+        """Messages for the link to ``address`` not yet sent on its current connection, as envelopes: at most
+        ``max_messages``, within ``max_bytes`` (see ``TransmissionQueue.take_unsent``)."""
+        ledger = self.ledger
+        out: list[Envelope] = []
+        me = ledger.broker_instance
+        endpoints = ledger.endpoints
+        for handle, row in ledger.tx.take_unsent(address, max_messages, ledger.durable_upto, max_bytes):
+            ep = endpoints[handle]
+            body: bytes = row[ROW_BODY]
+            sealed: Any = False
+            if ep.secured:  # sealed as it leaves: the stored row on this end node stays plain
+                body = self.security.cipher(ep).seal(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body)
+                sealed = ep.key_header if ep.is_initiator and row[ROW_SEQ] == 0 else True
+            out.append(
+                [
+                    MESSAGE,
+                    ep.conversation_id,
+                    ep.is_initiator,
+                    row[ROW_SEQ],
+                    ep.service,
+                    ep.far_service,
+                    ep.contract,
+                    me,
+                    ep.far_broker_instance,
+                    row[ROW_TYPE],
+                    body,
+                    ep.expires_at,
+                    0,
+                    sealed,
+                ]
+            )
+        return out
+
+    # ---------------------------------------------------------------------------------------------- links
+
+    def link_up(self, address: str, peer_instance: str | None) -> None:
+        tx = self.ledger.tx
+        link = tx.links.get(address)
+        if link is not None:
+            link.up(peer_instance)
+            tx.ready_links.add(address)
+
+    def link_failed(self, address: str, error: str, now: float) -> float | None:
+        """A link's connection failed; returns when to try again. Its conversations are routed afresh then (a
+        route may have changed, or another of equal rank may serve)."""
+        link = self.ledger.tx.links.get(address)
+        if link is None:
+            return None
+        return link.failed(error, now)
+
+    def link_status(self, handle: str, now: float) -> str | None:
+        """In words, what is happening to an endpoint's unacknowledged messages, at ``now``."""
+        tx = self.ledger.tx
+        if handle not in tx:
+            return None
+        ep = self.ledger.endpoints.get(handle)
+        if ep is not None and ep.delayed:
+            return f"delayed: {self.dynamic.delayed_words(ep, now)}"
+        address = tx.route_of.get(handle)
+        link = tx.links.get(address) if address else None
+        if link is None:
+            return "not yet tried"
+        if link.connected:
+            return f"sent to {address}, waiting for acknowledgement" if link.sent.get(handle) else f"queued for {address}"
+        if link.idle:  # the far node closed the quiet connection; the link connects again for this
+            return f"queued for {address}"
+        if link.last_error:
+            return f"retrying {address}: {link.last_error} (attempt {link.attempts})"
+        return f"not yet tried ({address})"

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.catalog import check_kind
 from ..errors import InvalidArgument
 
+from .logs import object_fields
 from .sessions import Session
 from .shell import Shell
 
@@ -97,7 +98,7 @@ def create(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> Non
     kind = check_kind(arg(args, "kind", str))
     obj = node.core.create_object(kind, arg(args, "definition", dict), node.clock())
     session.reply_durable(rid, obj.public_def() if hasattr(obj, "public_def") else obj.to_def())
-    node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}")
+    node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}", object_fields(kind, obj.name))
 
 
 @op("alter_queue")
@@ -105,7 +106,7 @@ def alter_queue(node: Shell, session: Session, rid: int, args: dict[str, Any]) -
     name = arg(args, "name", str)
     new = node.core.alter_queue(name, arg(args, "changes", dict))
     session.reply_durable(rid, new.public_def())
-    node.log_change(f"altered queue {name!r}: {new.public_def()}")
+    node.log_change(f"altered queue {name!r}: {new.public_def()}", {"queue": name})
     node.waiters.serve(name)
 
 
@@ -123,7 +124,7 @@ def drop(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     name = arg(args, "name", str)
     node.core.drop_object(kind, name, node.clock())
     session.reply_durable(rid, None)
-    node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}")
+    node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}", object_fields(kind, name))
     if kind == "queue":
         node.waiters.fail(name)
 

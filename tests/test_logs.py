@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from aiobroker.node.logs import FIELDS, JsonFormatter
+from markdown_blocks import fenced_blocks
 from node_process import free_port, stop_by_pid, wait_for
 
 CALL_TIMEOUT = 30.0
@@ -95,6 +96,7 @@ def test_serve_log_format_json_writes_one_object_a_line_with_the_node_and_the_fi
         handle = ok(address, "send", "--from", "//t/A", "--to", "//t/A", "--body", "hello").strip()
         [message] = [json.loads(line) for line in ok(address, "receive", "qa", "--json").splitlines()]
         assert message["body"] == "hello", message
+        ok(address, "end", handle, "--cleanup")  # an administrator's cleanup is logged, naming the conversation
         # a message to a service nobody knows (the resolver is asked) and one to a node that is not there
         ok(address, "send", "--from", "//t/A", "--to", "//t/Nowhere", "--body", "waits")
         ok(address, "create", "route", "to-dead", dead, "--service", "//t/Far")
@@ -123,6 +125,8 @@ def test_serve_log_format_json_writes_one_object_a_line_with_the_node_and_the_fi
     assert asked["message"].startswith("static_file: no route for service '//t/Nowhere'"), asked
     created = next(line for line in lines if line.get("queue") == "qa")
     assert created["message"] == "created queue 'qa'", created
+    cleaned = next(line for line in lines if line.get("conversation") == handle)
+    assert cleaned["message"].startswith(f"ended conversation {handle} (cleanup: nothing sent)"), cleaned
 
 
 @pytest.mark.slow
@@ -217,3 +221,16 @@ def test_the_formatter_keeps_the_exception_and_survives_arguments_that_do_not_fi
     assert line["exception"].startswith("Traceback") and "ValueError: the cause" in line["exception"]
     line = json.loads(JsonFormatter().format(record("%d of %d", "not a number")))
     assert line["message"] == "'%d of %d' ('not a number',)"
+
+
+def test_the_readme_example_line_is_what_the_formatter_writes() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    [example] = [text for heading, text in fenced_blocks(readme, "json") if heading == "Running a node"]
+    line = json.loads(example)
+    assert list(line)[:4] == ["time", "level", "logger", "message"] and RFC3339_MS_UTC.match(line["time"]), line
+    assert set(line) <= {"time", "level", "logger", "message", "exception", *FIELDS}, line
+    fields = {k: v for k, v in line.items() if k in FIELDS}
+    again = record(line["message"], **fields)
+    again.levelno, again.levelname, again.name = logging.WARNING, line["level"].upper(), line["logger"]
+    written = json.loads(JsonFormatter().format(again))
+    assert {k: v for k, v in written.items() if k != "time"} == {k: v for k, v in line.items() if k != "time"}

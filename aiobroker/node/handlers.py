@@ -163,13 +163,16 @@ def end(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     error = arg(args, "error", list, None)
     if error is not None and len(error) != 2:
         raise InvalidArgument("argument 'error' is [code, description]")
+    handle, cleanup = arg(args, "handle", str), arg(args, "cleanup", bool, False)
     dropped = node.core.end(
-        arg(args, "handle", str),
-        node.clock(),
-        error=(error[0], error[1]) if error is not None else None,
-        cleanup=arg(args, "cleanup", bool, False),
+        handle, node.clock(), error=(error[0], error[1]) if error is not None else None, cleanup=cleanup
     )
     session.reply_durable(rid, {"dropped_delayed": dropped})
+    if cleanup:  # an administrator's tool, which the far side never hears of: the log keeps it, as it keeps changes
+        node.log_change(
+            f"ended conversation {handle} (cleanup: nothing sent); {dropped} delayed message(s) dropped",
+            {"conversation": handle},
+        )
 
 
 @op("begin_timer")

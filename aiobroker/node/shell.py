@@ -35,7 +35,8 @@ class Shell(Protocol):
         ...
 
     def log_change(self, what: str, fields: dict[str, str] | None = None) -> None:
-        """Log a change a client made to the catalog; ``fields`` name what it changed (``{"queue": name}``)."""
+        """Log a change a client made to the catalog (or a conversation it cleaned up); ``fields`` name what it
+        changed (``{"queue": name}``)."""
 
     def diagnose(self, service: str, broker_instance: str | None) -> dict[str, Any]:
         """Why messages to ``service`` go where they go, in words."""

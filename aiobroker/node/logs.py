@@ -6,9 +6,10 @@ stay what they were, so the text format (the default) is unchanged and a JSON li
 keys in :data:`FIELDS` become fields (a record has many other attributes, none of them for the reader).
 
 :class:`JsonFormatter` writes ``time`` (RFC 3339 in UTC, milliseconds), ``level``, ``logger``, ``message``, the
-fields a line has, and ``exception`` (the traceback) when there is one. It never fails on a value: what JSON cannot
-hold is written as its ``repr``. :class:`NodeName` puts the node's broker instance on every line, from the moment
-the node has read it from its store. The standard library is enough for this, so nothing new is imported.
+fields a line has, ``exception`` (the traceback) when there is one, and ``stack`` when a call asks for one. It
+never fails on a value: what JSON cannot hold is written as its ``repr``. :class:`NodeName` puts the node's broker
+instance on every line, from the moment the node has read it from its store. The standard library is enough for
+this (a formatter and a filter), so no logging package is added.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ def run_serve(args: argparse.Namespace) -> None:
         "store": args.store,
         "durability": args.durability,
         "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     if args.listen is not None:
         try:
@@ -40,6 +41,7 @@ def add_serve(commands: Any) -> None:
             "aiobroker serve",
             "aiobroker serve --listen 0.0.0.0:4022 --data-dir /var/lib/aiobroker --durability full",
             "aiobroker serve --config aiobroker.toml",
+            "aiobroker serve --log-format json 2>> aiobroker.log",
         ],
         details="Flags override the config file, which overrides the built-in defaults.",
         exit_status=EXIT_STATUS_SERVE,
@@ -64,4 +66,10 @@ def add_serve(commands: Any) -> None:
         help="normal (survives a process crash) or full (fsync per commit; survives power loss); default normal",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text (a line of words, the default) or json (one object a line on stderr: time, level, logger,"
+        " message, and node, conversation, service, queue, peer, peer_instance, resolver, exception where they apply)",
+    )
     p.set_defaults(run=run_serve)

@@ -26,6 +26,7 @@ MIB: Final = 1024 * 1024
 STORES: Final = ("sqlite", "memory")
 DURABILITIES: Final = tuple(SQLITE_DURABILITIES)  # the store owns them (each is a PRAGMA synchronous)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")  # words (the default), or one JSON object a line
 
 MIN_FRAME_SIZE: Final = 8 * 1024
 MAX_FRAME_SIZE: Final = 256 * MIB
@@ -187,6 +188,7 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "store": _choice(STORES),
     "durability": _choice(DURABILITIES),
     "log_level": _choice(LOG_LEVELS),
+    "log_format": _choice(LOG_FORMATS),
     "max_message_size": _check_count,  # the upper bound depends on max_frame_size; see validate
     "max_frame_size": lambda v: _int(v, MIN_FRAME_SIZE, MAX_FRAME_SIZE, " (256 MiB)"),
     "max_connections": _check_count,

@@ -196,9 +196,13 @@ class Admission:
             break
         self.idle_closed += 1
         if conn.writing:
-            log.info("closed %s: a write to it made no progress for %g s (idle_timeout)", who, timeout)
+            log.info(
+                "closed %s: a write to it made no progress for %g s (idle_timeout)", who, timeout, extra={"peer": conn.peer}
+            )
         else:
-            log.info("closed %s: idle for %g s with nothing in flight (idle_timeout)", who, timeout)
+            log.info(
+                "closed %s: idle for %g s with nothing in flight (idle_timeout)", who, timeout, extra={"peer": conn.peer}
+            )
             conn.close()  # the writer stops; nothing else may write now
             with anyio.move_on_after(FAREWELL_TIMEOUT):
                 await conn.send_last(

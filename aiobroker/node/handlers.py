@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.catalog import check_kind
 from ..errors import InvalidArgument
 
+from .logs import object_fields
 from .sessions import Session
 from .shell import Shell
 
@@ -97,7 +98,7 @@ def create(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> Non
     kind = check_kind(arg(args, "kind", str))
     obj = node.core.create_object(kind, arg(args, "definition", dict), node.clock())
     session.reply_durable(rid, obj.public_def() if hasattr(obj, "public_def") else obj.to_def())
-    node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}")
+    node.log_change(f"created {kind.replace('_', ' ')} {obj.name!r}", object_fields(kind, obj.name))
 
 
 @op("alter_queue")
@@ -105,7 +106,7 @@ def alter_queue(node: Shell, session: Session, rid: int, args: dict[str, Any]) -
     name = arg(args, "name", str)
     new = node.core.alter_queue(name, arg(args, "changes", dict))
     session.reply_durable(rid, new.public_def())
-    node.log_change(f"altered queue {name!r}: {new.public_def()}")
+    node.log_change(f"altered queue {name!r}: {new.public_def()}", {"queue": name})
     node.waiters.serve(name)
 
 
@@ -123,7 +124,7 @@ def drop(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     name = arg(args, "name", str)
     node.core.drop_object(kind, name, node.clock())
     session.reply_durable(rid, None)
-    node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}")
+    node.log_change(f"dropped {kind.replace('_', ' ')} {name!r}", object_fields(kind, name))
     if kind == "queue":
         node.waiters.fail(name)
 
@@ -162,13 +163,16 @@ def end(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     error = arg(args, "error", list, None)
     if error is not None and len(error) != 2:
         raise InvalidArgument("argument 'error' is [code, description]")
+    handle, cleanup = arg(args, "handle", str), arg(args, "cleanup", bool, False)
     dropped = node.core.end(
-        arg(args, "handle", str),
-        node.clock(),
-        error=(error[0], error[1]) if error is not None else None,
-        cleanup=arg(args, "cleanup", bool, False),
+        handle, node.clock(), error=(error[0], error[1]) if error is not None else None, cleanup=cleanup
     )
     session.reply_durable(rid, {"dropped_delayed": dropped})
+    if cleanup:  # an administrator's tool, which the far side never hears of: the log keeps it, as it keeps changes
+        node.log_change(
+            f"ended conversation {handle} (cleanup: nothing sent); {dropped} delayed message(s) dropped",
+            {"conversation": handle},
+        )
 
 
 @op("begin_timer")

@@ -187,7 +187,10 @@ class PeerLinks:
                 except LinkIdle as exc:
                     if link := core.tx.links.get(address):
                         link.went_idle()
-                    log.info("link to %s: %s; it connects again when it has something to send", address, exc.message)
+                    log.info(
+                        "link to %s: %s; it connects again when it has something to send", address, exc.message,
+                        extra={"peer": address},
+                    )
                 except _LINK_FAILURES as exc:
                     reason = exc.message if isinstance(exc, BrokerError) else describe_os_error(exc)
                     next_at = core.link_failed(address, reason, self.node.clock())
@@ -195,7 +198,8 @@ class PeerLinks:
                         await self._wait(address, 1.0)
                         continue
                     log.warning(
-                        "link to %s failed: %s; next attempt %s", address, reason, until(next_at - self.node.clock())
+                        "link to %s failed: %s; next attempt %s", address, reason, until(next_at - self.node.clock()),
+                        extra={"peer": address},
                     )
         finally:
             self.running.discard(address)
@@ -233,7 +237,10 @@ class PeerLinks:
             if not isinstance(frame, Welcome):
                 raise LinkError(f"{address} answered the handshake with {type(frame).__name__.upper()}")
             self.node.core.link_up(address, frame.broker_instance)
-            log.info("link to %s up (broker instance %s)", address, frame.broker_instance)
+            log.info(
+                "link to %s up (broker instance %s)", address, frame.broker_instance,
+                extra={"peer": address, "peer_instance": frame.broker_instance},
+            )
             # frames must fit the smaller of the two nodes' limits: the far node refuses a larger one
             theirs = frame.info.get("max_frame_size")
             frame_size = cfg.max_frame_size
@@ -281,7 +288,9 @@ class PeerLinks:
                     if address is not None and frame.code == IDLE:
                         raise LinkIdle(f"{conn.peer} closed the idle connection ({frame.message})")
                     if address is None:  # a peer's connection to us: it reconnects when it has more to send
-                        log.warning("peer %s closed its connection: %s", conn.peer, frame.message)
+                        log.warning(
+                            "peer %s closed its connection: %s", conn.peer, frame.message, extra={"peer": conn.peer}
+                        )
                         raise ConnectionLost(f"{conn.peer} closed the connection: {frame.message}")
                     raise LinkError(f"{conn.peer} closed the link: {frame.message}")
                 if not isinstance(frame, Envelopes):
@@ -344,7 +353,10 @@ class PeerLinks:
             finally:
                 tg.cancel_scope.cancel()
         if refusal is not None:
-            log.warning("peer %s sent a malformed frame; closing its connection: %s", conn.peer, refusal.message)
+            log.warning(
+                "peer %s sent a malformed frame; closing its connection: %s", conn.peer, refusal.message,
+                extra={"peer": conn.peer},
+            )
             await conn.send_last(Refused(code=refusal.code, message=refusal.message))
 
     def statistics(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class Resolving:
         timeout = self.timeout
         started = time.monotonic()
         what = "route" if kind == ROUTE else "remote service binding"
+        fields = {"service": service, "resolver": self.resolver.name}
         try:
             with anyio.fail_after(timeout if timeout is not None else math.inf):
                 if kind == BINDING:
@@ -57,26 +58,29 @@ class Resolving:
                     answer = await self.resolver.resolve_route(service)
         except NotFound as exc:
             moved = self.core.resolve_failed(service, f"not found: {exc.message}", self.clock(), exc.retry_after, kind)
-            log.info("%s: no %s for service %r (%s)%s", self.resolver.name, what, service, exc.message, _plain(moved))
+            log.info(
+                "%s: no %s for service %r (%s)%s", self.resolver.name, what, service, exc.message, _plain(moved),
+                extra=fields,
+            )
         except ResolverError as exc:
             moved = self.core.resolve_failed(service, exc.message, self.clock(), exc.retry_after, kind)
             log.warning(
                 "%s could not resolve the %s of service %r: %s%s", self.resolver.name, what, service, exc.message,
-                _plain(moved),
+                _plain(moved), extra=fields,
             )
         except TimeoutError:
             text = f"no answer within resolve_timeout ({duration(timeout or math.inf)})"
-            log.warning("%s gave no %s for service %r: %s", self.resolver.name, what, service, text)
+            log.warning("%s gave no %s for service %r: %s", self.resolver.name, what, service, text, extra=fields)
             self.core.resolve_failed(service, text, self.clock(), None, kind)
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
-            log.exception("resolver %s failed on the %s of service %r", self.resolver.name, what, service)
+            log.exception("resolver %s failed on the %s of service %r", self.resolver.name, what, service, extra=fields)
             self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock(), None, kind)
         else:
             if kind == BINDING:
                 moved = self.core.binding_resolved(service, binding, self.clock())
                 log.info(
                     "%s gave a remote service binding for %r in %.0f ms; %d delayed message(s) released",
-                    self.resolver.name, service, (time.monotonic() - started) * 1000, moved,
+                    self.resolver.name, service, (time.monotonic() - started) * 1000, moved, extra=fields,
                 )
                 self.after()
                 return
@@ -88,6 +92,7 @@ class Resolving:
                 (time.monotonic() - started) * 1000,
                 ", ".join(t.address for t in answer.preferred()),
                 moved,
+                extra=fields,
             )
         self.after()
 

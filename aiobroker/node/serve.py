@@ -1,7 +1,9 @@
 """Run a node in the foreground until SIGINT or SIGTERM: what ``aiobroker serve`` does.
 
-Logs go to stderr in words, one line each. A clean stop (either signal) stops accepting, closes connections,
-writes what is pending and closes the store, so the next start on the same data directory finds everything.
+Logs go to stderr, one line each: in words, or with ``log_format = "json"`` one JSON object a line
+(:mod:`~aiobroker.node.logs`) that names the node on every line once the node has read its store. A clean stop
+(either signal) stops accepting, closes connections, writes what is pending and closes the store, so the next
+start on the same data directory finds everything.
 """
 
 from __future__ import annotations
@@ -13,21 +15,29 @@ import sys
 import anyio
 
 from ..config import NodeConfig
+from .logs import JsonFormatter, NodeName
 from .server import Node
 
 log = logging.getLogger("aiobroker.node")
 
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-async def serve(config: NodeConfig) -> None:
+def setup_logging(level: str, log_format: str = "text") -> NodeName:
+    """Log to stderr at ``level`` in ``log_format`` ("text" or "json"); the returned filter names the node on
+    each line once it is told how (:func:`serve` does)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    names = NodeName()
+    handler.addFilter(names)
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    return names
+
+
+async def serve(config: NodeConfig, names: NodeName | None = None) -> None:
     node = Node(config)
+    if names is not None:
+        names.instance = lambda: node.broker_instance
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         await node.start()
         try:
@@ -40,11 +50,11 @@ async def serve(config: NodeConfig) -> None:
 
 def run(config: NodeConfig) -> None:
     """Run a node on uvloop (when installed) until a signal stops it."""
-    setup_logging(config.log_level)
+    names = setup_logging(config.log_level, config.log_format)
     try:
         import uvloop  # noqa: F401
 
         options = {"use_uvloop": True}
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we test
         options = {}
-    anyio.run(serve, config, backend="asyncio", backend_options=options)
+    anyio.run(serve, config, names, backend="asyncio", backend_options=options)

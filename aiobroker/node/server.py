@@ -46,7 +46,7 @@ from .handlers import OPS
 from .links import PeerLinks
 from .rights import guarded_ops
 from .sessions import Session, handshake, peer_certificate
-from .startup import restore
+from .startup import broker_instance, restore
 from .waiters import Waiters
 from .writer import StoreWriter
 
@@ -65,6 +65,8 @@ class Node:
         self.clock = clock
         self.store = store or open_store(self.config.store, self.config.data_dir, self.config.durability)
         self.core: BrokerCore = None  # type: ignore[assignment]  # made in start()
+        #: this node's broker instance, once start() has read the store (None before)
+        self.broker_instance: str | None = None
         self.writer: StoreWriter = None  # type: ignore[assignment]
         self.waiters: Waiters = None  # type: ignore[assignment]
         self.sessions: set[Session] = set()
@@ -128,8 +130,9 @@ class Node:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
         snapshot = await anyio.to_thread.run_sync(self.store.open)
+        self.broker_instance = instance = broker_instance(snapshot)  # from here on the log lines name the node
         try:
-            self.core, instance = restore(snapshot, cfg, self.store.durable, self.resolver, self.clock)
+            self.core = restore(snapshot, instance, cfg, self.store.durable, self.resolver, self.clock)
             listener = await self._listen(server_tls)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -232,11 +235,11 @@ class Node:
             if role is None:
                 return
             if role == "peer":
-                log.info("peer node connected from %s", peer)
+                log.info("peer node connected from %s", peer, extra={"peer": peer})
                 await self.links.serve_inbound(conn)
                 return
             self.sessions.add(session)
-            log.debug("client %s connected", peer)
+            log.debug("client %s connected", peer, extra={"peer": peer})
             refusal: ProtocolError | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.writer)
@@ -252,7 +255,9 @@ class Node:
             if refusal is not None:
                 raise refusal
         except ProtocolError as exc:
-            log.warning("client %s sent a malformed frame; closing its connection: %s", peer, exc.message)
+            log.warning(
+                "client %s sent a malformed frame; closing its connection: %s", peer, exc.message, extra={"peer": peer}
+            )
             await conn.send_last(Refused(code=exc.code, message=exc.message))
         except ConnectionLost:
             pass
@@ -287,7 +292,12 @@ class Node:
         queues = {lease.queue.name for lease in self.core.leases.values() if lease.owner is session}
         released = self.core.release_owner(session)
         if released:
-            log.info("client %s went away holding %d lease(s); their messages are back in the queue", session.peer, released)
+            log.info(
+                "client %s went away holding %d lease(s); their messages are back in the queue",
+                session.peer,
+                released,
+                extra={"peer": session.peer},
+            )
             self.writer.kick()
             for name in queues:
                 self.waiters.serve(name)
@@ -325,7 +335,7 @@ class Node:
                     if peer is None:
                         log.warning("%s", text)
                     else:
-                        log.warning("from %s: %s", peer, text)
+                        log.warning("from %s: %s", peer, text, extra={"peer": str(peer)})
         if expired:
             self.waiters.leases_expired(expired)
 
@@ -335,8 +345,8 @@ class Node:
 
     # ------------------------------------------------------------------------------------------------- status
 
-    def log_change(self, what: str) -> None:
-        log.info("%s", what)
+    def log_change(self, what: str, fields: dict[str, str] | None = None) -> None:
+        log.info("%s", what, extra=fields)
 
     def status(self) -> dict[str, Any]:
         stats = self.core.statistics(self.clock())

@@ -90,7 +90,7 @@ admission: Admission,
                 f"protocol version {frame.version} is not spoken here (this node speaks {PROTOCOL_VERSION});"
                 " upgrade the older side"
             )
-            log.warning("refused %s: %s", peer, msg)
+            log.warning("refused %s: %s", peer, msg, extra={"peer": peer})
             await conn.send_last(Refused(code="protocol_error", message=msg))
             return None
         # a peer node authenticates like a client, and needs the peer right when authorization is on (its
@@ -109,7 +109,7 @@ admission: Admission,
             privileged = frame.role == "peer" or core.catalog.may(session.identity, "admin", "")
             admission.admit(session.ticket, privileged=privileged)
         except NotAuthorized as exc:
-            log.warning("refused %s %s at the handshake: %s", who, peer, exc.message)
+            log.warning("refused %s %s at the handshake: %s", who, peer, exc.message, extra={"peer": peer})
             await conn.send_last(Refused(code=exc.code, message=exc.message))
             return None
         except Overloaded as exc:  # logged by the admission, at most once a minute
@@ -128,7 +128,9 @@ admission: Admission,
             )
         )
         return frame.role
-    log.warning("client %s did not finish the handshake within %gs; closed", peer, HANDSHAKE_TIMEOUT)
+    log.warning(
+        "client %s did not finish the handshake within %gs; closed", peer, HANDSHAKE_TIMEOUT, extra={"peer": peer}
+    )
     with anyio.move_on_after(FAREWELL_TIMEOUT):  # say why, unless it does not even read
         await conn.send_last(
             Refused(code="timeout", message=f"no HELLO within {HANDSHAKE_TIMEOUT:g} s of connecting; closed")

@@ -34,8 +34,9 @@ class Shell(Protocol):
         """Waiting receives (serve them after a commit, fail them when their queue goes) and the ticker."""
         ...
 
-    def log_change(self, what: str) -> None:
-        """Log a change a client made to the catalog."""
+    def log_change(self, what: str, fields: dict[str, str] | None = None) -> None:
+        """Log a change a client made to the catalog (or a conversation it cleaned up); ``fields`` name what it
+        changed (``{"queue": name}``)."""
 
     def diagnose(self, service: str, broker_instance: str | None) -> dict[str, Any]:
         """Why messages to ``service`` go where they go, in words."""

@@ -20,17 +20,27 @@ from ..core.records import Snapshot
 from ..errors import BrokerError, ConfigError
 from ..resolver import Resolver
 from ..wire.codec import batch_bytes
+from .logs import object_fields
 
 log = logging.getLogger("aiobroker.node")
 
 
+def broker_instance(snapshot: Snapshot) -> str:
+    """The node's broker instance: the stored one, or a new one at the first start (stored by :func:`restore`)."""
+    return snapshot.meta.get("broker_instance") or str(uuid.uuid4())
+
+
 def restore(
-    snapshot: Snapshot, config: NodeConfig, durable: bool, resolver: Resolver | None, clock: Callable[[], float]
-) -> tuple[BrokerCore, str]:
-    """Build the core from the store's snapshot and apply the config's objects, in memory only; returns the core
-    and the broker instance."""
+    snapshot: Snapshot,
+    instance: str,
+    config: NodeConfig,
+    durable: bool,
+    resolver: Resolver | None,
+    clock: Callable[[], float],
+) -> BrokerCore:
+    """Build the core of the node ``instance`` from the store's snapshot and apply the config's objects, in memory
+    only."""
     cfg = config
-    instance = snapshot.meta.get("broker_instance") or str(uuid.uuid4())
     core = BrokerCore(
         broker_instance=instance,
         persist=durable,
@@ -56,7 +66,7 @@ def restore(
         core.changes.meta["broker_instance"] = instance
     apply_config_objects(core, cfg, clock)
     check_security(core, cfg)
-    return core, instance
+    return core
 
 
 def apply_config_objects(core: BrokerCore, config: NodeConfig, clock: Callable[[], float]) -> None:
@@ -69,7 +79,9 @@ def apply_config_objects(core: BrokerCore, config: NodeConfig, clock: Callable[[
             existing = core.catalog.table(kind).get(name)
             if existing is None:
                 core.create_object(kind, dict(definition), clock())
-                log.info("created %s %r from the config file", kind.replace("_", " "), name)
+                log.info(
+                    "created %s %r from the config file", kind.replace("_", " "), name, extra=object_fields(kind, name)
+                )
                 continue
             wanted = core.catalog.build(kind, dict(definition), clock())
             if isinstance(existing, QueueDef) and isinstance(wanted, QueueDef) and existing.status != wanted.status:
@@ -79,7 +91,7 @@ def apply_config_objects(core: BrokerCore, config: NodeConfig, clock: Callable[[
                 log.warning(
                     "queue %r is %s although the config file says %s; it stays %s (aiobroker alter queue %s"
                     " --status %s changes it)", name, _onoff(existing.status), _onoff(wanted.status),
-                    _onoff(existing.status), name, _onoff(wanted.status),
+                    _onoff(existing.status), name, _onoff(wanted.status), extra={"queue": name},
                 )
                 wanted = dataclasses.replace(wanted, status=existing.status)
             if existing != wanted:

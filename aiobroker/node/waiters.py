@@ -201,6 +201,7 @@ class Waiters:
                 lease.queue.name,
                 getattr(lease.owner, "peer", "?"),
                 len(lease.messages),
+                extra={"queue": lease.queue.name, "peer": getattr(lease.owner, "peer", None)},
             )
         for name in {lease.queue.name for lease in expired}:
             self.serve(name)

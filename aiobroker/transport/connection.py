@@ -110,7 +110,8 @@ class FramedConnection:
         self._out_bytes += len(body) + 4
         if self._out_bytes > self.max_pending_output:
             log.warning(
-                "%s is not reading its replies (%d bytes waiting); disconnecting it", self.peer, self._out_bytes
+                "%s is not reading its replies (%d bytes waiting); disconnecting it", self.peer, self._out_bytes,
+                extra={"peer": self.peer},
             )
             self.close()
             return

@@ -262,4 +262,4 @@ class RefusingTLSListener(TLSListener):
             reason = "the other side closed the connection during the TLS handshake"
         else:
             reason = str(exc) or type(exc).__name__
-        log.warning("TLS handshake with %s failed (%s); connection refused", who, reason)
+        log.warning("TLS handshake with %s failed (%s); connection refused", who, reason, extra={"peer": who})

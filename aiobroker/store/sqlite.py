@@ -27,8 +27,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +36,7 @@ from ..errors import ProtocolError, StoreError
 from ..wire.codec import packb, unpackb
 from .base import Store
 from .checkpointer import Checkpointer
+from .sqlite_schema import PUT_META, SCHEMA, SCHEMA_KEY, SELECT_MESSAGES, TABLES, statements, transaction
 
 log = logging.getLogger("aiobroker.store")
 
@@ -50,9 +50,6 @@ LOCK_FILE: Final = "aiobroker.lock"
 #: the process dying (the WAL is in the OS page cache) but the last ones may be lost with the machine. FULL
 #: fsyncs the WAL at every commit: it survives power loss, at the price of one fsync per batch.
 DURABILITIES: Final = {"normal": "NORMAL", "full": "FULL"}
-
-#: Meta key the store keeps for itself; hidden from the snapshot and refused in a batch.
-SCHEMA_KEY: Final = "schema_version"
 
 #: Page cache, in KiB. The working set of the write path is the right edge of the messages b-tree, the pages of
 #: recently deleted rows and the endpoints; 32 MiB holds that with room to spare and is small next to the node's
@@ -80,33 +77,6 @@ _WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 #: How long SQLite waits for a lock held by someone else. The flock keeps other nodes out, but an operator's
 #: ``sqlite3`` shell poking at the file should delay a batch, not fail it.
 _BUSY_TIMEOUT_MS: Final = 5000
-
-_TABLES: Final = ("meta", "objects", "endpoints", "messages")
-_SCHEMA: Final = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
-    "CREATE TABLE objects (kind TEXT, name TEXT, data BLOB, PRIMARY KEY (kind, name))",
-    "CREATE TABLE endpoints (handle TEXT PRIMARY KEY, data BLOB)",
-    # id is an alias of the rowid: ids grow in arrival order, so inserts append to the right edge of the tree.
-    (
-        "CREATE TABLE messages (id INTEGER PRIMARY KEY, location TEXT, handle TEXT, seq INTEGER,"
-        " message_type TEXT, body BLOB, enqueued_at REAL, state INTEGER)"
-    ),
-)
-
-# Column order of MessageRow, so a row (a tuple) binds as is and a result row builds one.
-_SELECT_MESSAGES: Final = (
-    "SELECT id, location, handle, seq, message_type, body, enqueued_at, state FROM messages ORDER BY id"
-)
-_PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_DELETE_MESSAGE: Final = "DELETE FROM messages WHERE id = ?"
-_DELETE_CHUNK: Final = 100
-_DELETE_MESSAGES_CHUNK: Final = f"DELETE FROM messages WHERE id IN ({', '.join('?' * _DELETE_CHUNK)})"
-_PUT_OBJECT: Final = "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)"
-_DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
-_PUT_ENDPOINT: Final = "INSERT OR REPLACE INTO endpoints VALUES (?, ?)"
-_DELETE_ENDPOINT: Final = "DELETE FROM endpoints WHERE handle = ?"
-_PUT_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
-_DELETE_META: Final = "DELETE FROM meta WHERE key = ?"
 
 # SQLite primary result codes (the low byte of an extended code) that get their own message.
 _SQLITE_PERM = 3
@@ -175,10 +145,10 @@ class SqliteStore(Store):
         if not batch:
             return
         # Encode before BEGIN: a value that cannot be encoded fails the batch before the file is touched.
-        statements = _statements(batch)
+        prepared = statements(batch)
         try:
-            with _transaction(conn):
-                for sql, params in statements:
+            with transaction(conn):
+                for sql, params in prepared:
                     conn.executemany(sql, params)
             wal = _file_size(self.wal_path) or 0
             # After a complete checkpoint SQLite writes the log again from its start, in the same file, which keeps
@@ -316,14 +286,14 @@ class SqliteStore(Store):
 
     def _prepare_schema(self, conn: sqlite3.Connection) -> None:
         """Create the tables in an empty file; in any other, check that it is an aiobroker store we can read."""
-        with _transaction(conn):
+        with transaction(conn):
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables:
-                for sql in _SCHEMA:
+                for sql in SCHEMA:
                     conn.execute(sql)
-                conn.execute(_PUT_META, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
+                conn.execute(PUT_META, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
                 return
-            missing = [t for t in _TABLES if t not in tables]
+            missing = [t for t in TABLES if t not in tables]
             if missing:
                 raise self._not_ours(f"no {missing[0]} table")
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (SCHEMA_KEY,)).fetchone()
@@ -349,7 +319,7 @@ class SqliteStore(Store):
             (handle, decode(data))
             for handle, data in conn.execute("SELECT handle, data FROM endpoints ORDER BY handle")
         ]
-        messages: list[MessageRow] = conn.execute(_SELECT_MESSAGES).fetchall()  # tuples, as rows are
+        messages: list[MessageRow] = conn.execute(SELECT_MESSAGES).fetchall()  # tuples, as rows are
         return Snapshot(meta=meta, objects=objects, endpoints=endpoints, messages=messages)
 
     def _decode(self, blob: Any) -> Any:
@@ -409,78 +379,6 @@ def check_durability(durability: str) -> None:
     if durability not in DURABILITIES:
         allowed = ", ".join(repr(d) for d in DURABILITIES)
         raise ValueError(f"durability must be one of {allowed}, not {durability!r}")
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error, so a batch is applied whole or not at all.
-
-    IMMEDIATE takes the write lock at BEGIN, so a conflict (only possible with an outside program) shows up
-    before any work is done rather than at COMMIT.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        # SQLite rolls back by itself after some errors (disk full, I/O error); then there is nothing left to do.
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error is the one to report; closing the connection rolls back anyway
-        raise
-
-
-def _statements(batch: WriteBatch) -> list[tuple[str, Any]]:
-    """``(sql, parameters)`` for every non-empty part of the batch, deletes and puts apart.
-
-    A coalesced batch holds each key once, so the order of the statements does not matter.
-    """
-    if SCHEMA_KEY in batch.meta:
-        raise StoreError(f"meta key {SCHEMA_KEY!r} is reserved for the store itself")
-    out: list[tuple[str, Any]] = []
-    try:
-        _split(out, _PUT_META, _DELETE_META, list(batch.meta.items()), 1)
-        _split(out, _PUT_OBJECT, _DELETE_OBJECT, [(k, n, v) for (k, n), v in batch.objects.items()], 2)
-        _split(out, _PUT_ENDPOINT, _DELETE_ENDPOINT, list(batch.endpoints.items()), 1)
-    except ProtocolError as exc:
-        # packb met something that is not plain data: a bug in the caller, reported as the store's refusal.
-        raise StoreError(f"cannot store the batch: {exc}") from exc
-    messages = batch.messages
-    if messages:
-        # The hot path. Rows are tuples in column order already, but the sqlite3 module binds an exact tuple
-        # much faster than a tuple subclass (it reads a NamedTuple item by item through the sequence protocol):
-        # copying each row into a plain tuple costs ~0.15 us and saves ~0.6 us (measured, CPython 3.11).
-        puts = [tuple(row) for row in messages.values() if row is not None]
-        if puts:
-            out.append((_PUT_MESSAGE, puts))
-        if len(puts) != len(messages):
-            _delete_messages(out, [key for key, row in messages.items() if row is None])
-    return out
-
-
-def _delete_messages(out: list[tuple[str, Any]], ids: list[int]) -> None:
-    """Delete by ``id IN (...)`` in chunks, the remainder one by one.
-
-    Every message stored is deleted once, so this is as hot as the insert. Measured: one ``DELETE ... IN`` of
-    100 ids costs about half as much per row as 100 single-row deletes (fewer statement steps and resets).
-    """
-    full = len(ids) - len(ids) % _DELETE_CHUNK
-    if full:
-        out.append((_DELETE_MESSAGES_CHUNK, [ids[i : i + _DELETE_CHUNK] for i in range(0, full, _DELETE_CHUNK)]))
-    if full != len(ids):
-        out.append((_DELETE_MESSAGE, [(key,) for key in ids[full:]]))
-
-
-def _split(out: list[tuple[str, Any]], put: str, delete: str, items: list[tuple[Any, ...]], nkey: int) -> None:
-    """Append the puts (key columns plus the encoded value) and deletes (key columns) of one keyed table."""
-    puts = [(*item[:nkey], packb(item[nkey])) for item in items if item[nkey] is not None]
-    deletes = [item[:nkey] for item in items if item[nkey] is None]
-    if puts:
-        out.append((put, puts))
-    if deletes:
-        out.append((delete, deletes))
 
 
 def _os_error(what: str, data_dir: Path, exc: OSError) -> StoreError:

@@ -244,3 +244,102 @@ def test_the_reader_sees_every_form_of_import(tmp_path: Path) -> None:
         "aiobroker/core/engine.py:7: from aiobroker.config_fields import FIELDS",
         "aiobroker/core/engine.py:9: from aiobroker.transport import connection",
     ]
+
+
+#: docs/design.md's floors: a module imports only from floors below its own, or from its own package
+FLOORS = {
+    "aiobroker.errors": 0,
+    "aiobroker.durations": 0,
+    "aiobroker.names": 0,
+    "aiobroker.version": 0,
+    "aiobroker.security": 1,
+    "aiobroker.wire": 1,
+    "aiobroker.resolver": 2,
+    "aiobroker.transport": 2,
+    "aiobroker.core": 3,
+    "aiobroker.store": 4,
+    "aiobroker.config": 5,
+    "aiobroker.node": 6,
+    "aiobroker.client": 6,
+    "aiobroker.cli": 7,
+    "aiobroker": 7,  # the package's __init__: the names users import
+    "aiobroker.__main__": 8,  # python -m aiobroker: runs the command line
+}
+#: edges the floors alone would refuse, each with its reason
+SAME_FLOOR_ALLOWED = {
+    ("aiobroker.names", "aiobroker.errors"),  # a bad name raises the library's InvalidArgument
+}
+
+
+def floor_package(module: str) -> str:
+    """The entry of :data:`FLOORS` a module belongs to: ``aiobroker.core.delivery`` is ``aiobroker.core``."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def floor_violations(graph: dict[str, dict[str, str]]) -> list[str]:
+    out = []
+    for module, edges in sorted(graph.items()):
+        here = floor_package(module)
+        for target, where in edges.items():
+            there = floor_package(target)
+            if here == there or (here, there) in SAME_FLOOR_ALLOWED:
+                continue
+            if FLOORS[there] >= FLOORS[here]:
+                out.append(f"{where}: {module} (floor {FLOORS[here]}) -> {target} (floor {FLOORS[there]})")
+    return out
+
+
+def test_every_module_imports_only_from_the_floors_below_its_own() -> None:
+    """The layering docs/design.md draws, as a rule: errors and names at the bottom, then the pure pieces (crypto on
+    bytes, the wire), the plug-in interface and the transport, the core, the store, the configuration, the shell
+    and the client, and the command line on top. An import sideways (the node and the client) or upwards fails."""
+    graph = import_graph(PACKAGE.rglob("*.py"))
+    unplaced = sorted({floor_package(m) for m in graph} - set(FLOORS))
+    assert not unplaced, f"packages with no floor in FLOORS (add them, and to docs/design.md): {unplaced}"
+    violations = floor_violations(graph)
+    assert not violations, "imports against the floors (docs/design.md, Floors):\n" + "\n".join(violations)
+
+
+def test_the_floor_rule_catches_an_upward_and_a_sideways_edge() -> None:
+    graph = {
+        "aiobroker.core.delivery": {"aiobroker.node.server": "aiobroker/core/delivery.py:3"},
+        "aiobroker.client.client": {"aiobroker.node.server": "aiobroker/client/client.py:9"},
+        "aiobroker.node.server": {"aiobroker.core.broker": "aiobroker/node/server.py:1"},
+    }
+    assert floor_violations(graph) == [
+        "aiobroker/client/client.py:9: aiobroker.client.client (floor 6) -> aiobroker.node.server (floor 6)",
+        "aiobroker/core/delivery.py:3: aiobroker.core.delivery (floor 3) -> aiobroker.node.server (floor 6)",
+    ]
+
+
+#: the core's parts (core/parts.py): they reach each other through the protocols there, never by import
+CORE_PARTS = [
+    "delivery", "endings", "receiving", "outbound", "inbound", "dynamic", "dialog_security", "objects", "status", "loading"
+]
+
+
+def test_no_part_of_the_core_imports_another() -> None:
+    """Each part of the core calls a sibling through an attribute typed by ``core/parts.py``'s protocols, so a
+    reader of ``self.outbound.route(...)`` knows the file that answers and the parts form no web of imports; only
+    ``broker.py``, the facade that wires them, imports them all."""
+    parts = [f"aiobroker.core.{name}" for name in CORE_PARTS]
+    files = [PACKAGE / "core" / f"{name}.py" for name in CORE_PARTS]
+    edges = forbidden_edges(files, parts)
+    assert not edges, "a part of the core imports another (use core/parts.py's protocols):\n" + "\n".join(edges)
+
+
+def test_no_module_or_class_too_large_to_hold() -> None:
+    """Kept so that one person can hold each (docs/design.md, Module sizes): no module of aiobroker over 500 lines,
+    no class over 400."""
+    too_large = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT).as_posix()
+        if (lines := text.count("\n")) > 500:
+            too_large.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                if (size := node.end_lineno - node.lineno + 1) > 400:
+                    too_large.append(f"{name}: class {node.name} is {size} lines")
+    assert not too_large, "split these (docs/design.md, Module sizes):\n" + "\n".join(too_large)

@@ -178,11 +178,7 @@ class Delivery:
                 for i, m in enumerate(messages[:count] if count < len(messages) else messages)
             ]
             ledger.next_message_id = mid + count
-            if ledger.persist:
-                stored = ledger.changes.messages
-                for row in rows:
-                    stored[row[ROW_ID]] = row
-            ledger.pending.append((queue_name, far.group_id, False, rows))
+            ledger.enqueue_run(queue_name, far.group_id, rows)
             far.recv_seq = seq + count
             ledger.touch(far)
         src.send_seq = seq + len(messages)

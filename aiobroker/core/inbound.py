@@ -168,11 +168,7 @@ class Inbound:
                 for x, e in enumerate(envelopes[start:end])
             ]
             ledger.next_message_id = mid + count
-            if ledger.persist:
-                stored = ledger.changes.messages
-                for row in rows:
-                    stored[row[ROW_ID]] = row
-            ledger.pending.append((queue_name, ep.group_id, False, rows))
+            ledger.enqueue_run(queue_name, ep.group_id, rows)
             ep.recv_seq = expect
             ledger.touch(ep)
         return count

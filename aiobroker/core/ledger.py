@@ -14,8 +14,8 @@ of them reads or writes lives here, in one :class:`Ledger`, so that no part reac
 
 Every change a part makes that the store must keep goes through :meth:`touch`, :meth:`save_row`,
 :meth:`forget_row` or :meth:`save_object`, which do nothing when the store is not durable (``persist=False``).
-The hot paths (send, delivery from a peer, commit) write ``changes.messages`` directly in their loops, under the
-same ``persist`` check, rather than calling :meth:`save_row` per message.
+The hot paths (send, delivery from a peer) save a run of rows at a time (:meth:`save_rows`, :meth:`enqueue_run`);
+a commit forgets its rows in one loop of its own.
 """
 
 from __future__ import annotations
@@ -86,6 +86,19 @@ class Ledger:
     def save_row(self, row: MessageRow) -> None:
         if self.persist:
             self.changes.messages[row[ROW_ID]] = row
+
+    def save_rows(self, rows: list[MessageRow]) -> None:
+        """Save a run of new rows (the hot paths' one loop, instead of a call per row)."""
+        if self.persist:
+            stored = self.changes.messages
+            for row in rows:
+                stored[row[ROW_ID]] = row
+
+    def enqueue_run(self, queue_name: str, group_id: str, rows: list[MessageRow]) -> None:
+        """A run of new rows, all of one receiving endpoint and in order, bound for ``queue_name``: saved, and
+        published to the queue once the batch holding them is stored."""
+        self.save_rows(rows)
+        self.pending.append((queue_name, group_id, False, rows))
 
     def touch(self, ep: Endpoint) -> None:
         """``ep`` changed: save it with the next batch."""

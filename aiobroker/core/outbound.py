@@ -109,10 +109,7 @@ class Outbound:
         ledger.next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
         ledger.tx.add_many(handle, rows)
-        if ledger.persist:
-            stored = ledger.changes.messages
-            for row in rows:
-                stored[row[ROW_ID]] = row
+        ledger.save_rows(rows)
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""

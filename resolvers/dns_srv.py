@@ -79,10 +79,8 @@ explicitly rather than left to sniff the running library.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +110,8 @@ from aiobroker.resolver import (
     duration,
 )
 
-DEFAULT_SRV_NAME = "_aiobroker._tcp.{service}.{domain}"
+from .dns_srv_config import DEFAULT_SRV_NAME, Nameserver, check_template, dns_name, parse_nameserver, seconds
+
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_LIFETIME_FLOOR = 1.0
 DEFAULT_LIFETIME_CAP = 3600.0
@@ -125,7 +124,6 @@ WEIGHT_SCALE = 100
 RESOLV_CONF = "/etc/resolv.conf"
 
 _OPTIONS = ("nameservers", "domain", "srv_name", "names", "timeout", "lifetime_floor", "lifetime_cap")
-_TEMPLATE_FIELDS = ("service", "domain")
 _MAX_LABEL = 63
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 _ASYNCIO = "asyncio"
@@ -140,84 +138,6 @@ def service_label(service_name: str) -> str:
     """
     ascii_text = service_name.encode("ascii", "replace").decode("ascii").lower()
     return _NOT_LABEL.sub("-", ascii_text).strip("-")[:_MAX_LABEL].rstrip("-")
-
-
-# --- options ----------------------------------------------------------------------------------------------------
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _seconds(options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if not (_is_number(value) and 0 < value < math.inf):
-        raise ConfigError(f"[resolver] {key} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _dns_name(where: str, text: Any) -> dns.name.Name:
-    """A DNS name as written in the config; always taken as absolute (a trailing dot is optional)."""
-    if not isinstance(text, str) or not text.strip("."):
-        raise ConfigError(f"{where} must be a DNS name such as 'brokers.example.com', got {text!r}")
-    try:
-        return dns.name.from_text(text)
-    except dns.exception.DNSException as exc:
-        raise ConfigError(f"{where} {text!r} is not a valid DNS name: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class _Nameserver:
-    address: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
-
-
-def _parse_nameserver(where: str, text: Any) -> _Nameserver:
-    """``ip``, ``ip:port``, ``v6``, ``[v6]:port``. Addresses only: a nameserver's name would need a resolver."""
-    if not isinstance(text, str):
-        raise ConfigError(f"{where} must be a string 'ip' or 'ip:port', got {text!r}")
-    host, port_text = text, "53"
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ConfigError(f"{where} {text!r} must be '[v6 address]' or '[v6 address]:port'")
-        port_text = rest[1:] if rest else "53"
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    try:
-        address = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise ConfigError(f"{where} {text!r}: {host!r} is not an IP address (nameservers are given by address)") from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{where} {text!r}: the port must be a number from 1 to 65535")
-    return _Nameserver(address, int(port_text))
-
-
-def _check_template(template: Any) -> tuple[str, bool]:
-    """The ``srv_name`` template → (template, whether it needs ``{domain}``)."""
-    if not isinstance(template, str) or not template:
-        raise ConfigError(f"[resolver] srv_name must be a template such as {DEFAULT_SRV_NAME!r}, got {template!r}")
-    fields: set[str] = set()
-    try:
-        for _, name, spec, conversion in string.Formatter().parse(template):
-            if name is None:
-                continue
-            if name not in _TEMPLATE_FIELDS or spec or conversion:
-                raise ConfigError(
-                    f"[resolver] srv_name {template!r}: {{{name}}} is not allowed; "
-                    "the template may only use {service} and {domain}"
-                )
-            fields.add(name)
-    except ValueError as exc:
-        raise ConfigError(f"[resolver] srv_name {template!r} is not a valid template: {exc}") from None
-    if "service" not in fields:
-        raise ConfigError(
-            f"[resolver] srv_name {template!r} must contain {{service}}, else every service maps to the same name"
-        )
-    return template, "domain" in fields
 
 
 # --- the resolver -----------------------------------------------------------------------------------------------
@@ -241,7 +161,7 @@ class DnsSrvResolver(Resolver):
     def __init__(
         self,
         *,
-        nameservers: Sequence[_Nameserver],
+        nameservers: Sequence[Nameserver],
         nameservers_from: str,
         no_nameservers_reason: str | None = None,
         names: Mapping[str, dns.name.Name],
@@ -270,7 +190,7 @@ class DnsSrvResolver(Resolver):
         self._backend = dns.asyncbackend.get_backend(_ASYNCIO)
         self._ns_text = ", ".join(str(ns) for ns in self.nameservers)
 
-    def _make_resolver(self, order: Sequence[_Nameserver]) -> dns.asyncresolver.Resolver:
+    def _make_resolver(self, order: Sequence[Nameserver]) -> dns.asyncresolver.Resolver:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.address, ns.port) for ns in order]
         # Bounded by ``timeout`` per query; dnspython can overshoot its lifetime by a back-off step, so _query also
@@ -344,7 +264,7 @@ class DnsSrvResolver(Resolver):
 
         hosts = sorted({rd.target for rd in records})
         lookups: dict[dns.name.Name, _Lookup] = {host: _Lookup() for host in hosts}
-        first = _Nameserver(answer.nameserver, answer.port) if answer.nameserver and answer.port else None
+        first = Nameserver(answer.nameserver, answer.port) if answer.nameserver and answer.port else None
         async with anyio.create_task_group() as tg:
             for host in hosts:
                 for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
@@ -398,7 +318,7 @@ class DnsSrvResolver(Resolver):
         return tuple(Target(address=address, weight=weight, priority=priority) for (priority, address), weight in ordered)
 
     async def _lookup_address(
-        self, host: dns.name.Name, rdtype: dns.rdatatype.RdataType, into: _Lookup, first: _Nameserver | None
+        self, host: dns.name.Name, rdtype: dns.rdatatype.RdataType, into: _Lookup, first: Nameserver | None
     ) -> None:
         """One A or AAAA query for a target host, to ``first`` first; results and failures go into ``into`` (never
         raises a DNS or resolver error, so one failure does not cancel the sibling queries)."""
@@ -417,7 +337,7 @@ class DnsSrvResolver(Resolver):
         into.ttl = min(into.ttl, float(answer.chaining_result.minimum_ttl))
 
     async def _query(
-        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, first: _Nameserver | None = None
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, first: Nameserver | None = None
     ) -> dns.resolver.Answer:
         """One DNS query, bounded by ``timeout``, asking ``first`` first (when it is one of ours); dnspython's
         failures → our errors. NODATA returns an answer without an rrset (the caller decides what "no records"
@@ -502,19 +422,19 @@ class DnsSrvResolver(Resolver):
         }
 
 
-def _system_nameservers() -> tuple[list[_Nameserver], str | None]:
+def _system_nameservers() -> tuple[list[Nameserver], str | None]:
     """The nameservers in :data:`RESOLV_CONF`, and why there are none if so (an error at question time, not at
     start: the file may be written later by DHCP, and the other resolvers of a chain may still answer)."""
     try:
         system = dns.resolver.Resolver(filename=RESOLV_CONF, configure=True)
     except dns.resolver.NoResolverConfiguration as exc:
         return [], f"{RESOLV_CONF} lists no nameserver or cannot be read ({exc}), and [resolver] nameservers is not set"
-    found: list[_Nameserver] = []
+    found: list[Nameserver] = []
     for ns in system.nameservers:
         if isinstance(ns, dns.nameserver.AddressAndPortNameserver):
-            found.append(_Nameserver(ns.address, ns.port))
+            found.append(Nameserver(ns.address, ns.port))
         elif isinstance(ns, str):
-            found.append(_Nameserver(ns, system.nameserver_ports.get(ns, system.port)))
+            found.append(Nameserver(ns, system.nameserver_ports.get(ns, system.port)))
     if not found:
         return [], f"{RESOLV_CONF} lists no nameserver, and [resolver] nameservers is not set"
     return found, None
@@ -536,7 +456,7 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
                 "[resolver] nameservers must be a non-empty list of 'ip' or 'ip:port' strings "
                 f"(leave it out to use {RESOLV_CONF}), got {given!r}"
             )
-        nameservers = [_parse_nameserver(f"[resolver] nameservers[{i}]", ns) for i, ns in enumerate(given)]
+        nameservers = [parse_nameserver(f"[resolver] nameservers[{i}]", ns) for i, ns in enumerate(given)]
         source = "config"
     else:
         nameservers, no_nameservers = _system_nameservers()
@@ -544,7 +464,7 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
 
     domain: str | None = None
     if "domain" in options:
-        domain = _dns_name("[resolver] domain", options["domain"]).to_text(omit_final_dot=True)
+        domain = dns_name("[resolver] domain", options["domain"]).to_text(omit_final_dot=True)
 
     raw_names = options.get("names", {})
     if not isinstance(raw_names, Mapping):
@@ -555,10 +475,10 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
             check_name("service", service)
         except InvalidArgument as exc:
             raise ConfigError(f"[resolver.names] {exc.message}") from None
-        names[service] = _dns_name(f"[resolver.names] {service!r}", srv)
+        names[service] = dns_name(f"[resolver.names] {service!r}", srv)
 
     template: str | None
-    template, needs_domain = _check_template(options.get("srv_name", DEFAULT_SRV_NAME))
+    template, needs_domain = check_template(options.get("srv_name", DEFAULT_SRV_NAME))
     if needs_domain and domain is None:
         if not names:
             raise ConfigError(
@@ -573,9 +493,9 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
         except dns.exception.DNSException as exc:
             raise ConfigError(f"[resolver] srv_name {template!r} does not make a valid DNS name: {exc}") from exc
 
-    timeout = _seconds(options, "timeout", DEFAULT_TIMEOUT)
-    floor = _seconds(options, "lifetime_floor", DEFAULT_LIFETIME_FLOOR)
-    cap = _seconds(options, "lifetime_cap", DEFAULT_LIFETIME_CAP)
+    timeout = seconds(options, "timeout", DEFAULT_TIMEOUT)
+    floor = seconds(options, "lifetime_floor", DEFAULT_LIFETIME_FLOOR)
+    cap = seconds(options, "lifetime_cap", DEFAULT_LIFETIME_CAP)
     if floor > cap:
         raise ConfigError(f"[resolver] lifetime_floor ({duration(floor)}) must not be above lifetime_cap ({duration(cap)})")
 

@@ -96,15 +96,12 @@ talks to what its config names, wherever it was started from.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import json
 import math
 import re
-import time
 from collections.abc import AsyncGenerator, Mapping
-from datetime import UTC
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
@@ -114,31 +111,37 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from aiobroker.resolver import (
     BindingAnswer,
     ConfigError,
-    InvalidArgument,
     NotFound,
     Resolver,
     ResolverError,
     RouteAnswer,
     SecurityError,
-    Target,
-    check_name,
     duration,
     load_certificate,
+)
+
+from .http_formats import (
+    MIN_LIFETIME as MIN_LIFETIME,  # the shortest lifetime a header can give (tests and docs name it here)
+    Shape,
+    aiobroker_binding,
+    aiobroker_targets,
+    consul_targets,
+    json_reason,
+    max_age,
+    no_constant,
+    retry_after,
+    snippet,
 )
 
 FORMATS = ("aiobroker", "consul")
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_READ_TIMEOUT = 5.0
 DEFAULT_LIFETIME = 60.0
-#: The shortest lifetime a header can give: below it, routes would expire before they are used.
-MIN_LIFETIME = 1.0
 #: A bigger answer is refused (a registry gone wrong must not fill the node's memory). Consul's answer is ~2 KB an
 #: instance, so this is thousands of instances.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 #: How much of an error answer's body is read: enough for the snippet quoted in the message.
 ERROR_BODY_BYTES = 4096
-#: How much of a body an error message quotes.
-SNIPPET_CHARS = 200
 
 _OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
             "consul_include_warning"}
@@ -149,10 +152,6 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 #: questions a resolver keeps open at once (below httpx's 100 pooled connections, so its queue stays empty)
 MAX_OPEN_QUESTIONS = 64
-
-class _Shape(Exception):
-    """The body is JSON but not the format: says where and what (caught inside this module only)."""
-
 
 def _config_seconds(options: Mapping[str, Any], key: str, default: float) -> float:
     value = options.get(key, default)
@@ -366,21 +365,21 @@ class HttpResolver(Resolver):
     def _document(self, shown: str, status: int, headers: httpx.Headers, body: bytes, not_found: str) -> Any:
         """The parsed JSON of a 2xx answer; NotFound (saying ``not_found``) for 404; ResolverError otherwise."""
         if status == 404:
-            retry_after = _retry_after(headers)
+            wait = retry_after(headers)
             raise NotFound(f"{shown} answered 404: {not_found}",
-                           retry_after=self.default_lifetime if retry_after is None else retry_after)
+                           retry_after=self.default_lifetime if wait is None else wait)
         if not 200 <= status < 300:
             status_line = f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
-            text = f": {_snippet(body)}" if body.strip() else ""
-            raise ResolverError(f"{shown} answered {status_line}{text}", retry_after=_retry_after(headers))
+            text = f": {snippet(body)}" if body.strip() else ""
+            raise ResolverError(f"{shown} answered {status_line}{text}", retry_after=retry_after(headers))
         try:
-            return json.loads(body, parse_constant=_no_constant)
+            return json.loads(body, parse_constant=no_constant)
         except (ValueError, RecursionError) as exc:
-            raise ResolverError(f"{shown}: the answer is not JSON ({_json_reason(exc)}): {_snippet(body)}") from exc
+            raise ResolverError(f"{shown}: the answer is not JSON ({json_reason(exc)}): {snippet(body)}") from exc
 
     def _lifetime(self, body_lifetime: float | None, headers: httpx.Headers) -> tuple[float, str]:
         """How long an answer holds, and what said so: the body, else Cache-Control, else default_lifetime."""
-        header_lifetime = _max_age(headers)
+        header_lifetime = max_age(headers)
         if body_lifetime is not None:
             return body_lifetime, "body"
         if header_lifetime is not None:
@@ -393,13 +392,13 @@ class HttpResolver(Resolver):
         excluded: list[str] = []
         try:
             if self.format == "consul":
-                targets, excluded = _consul_targets(doc, self.consul_include_warning)
+                targets, excluded = consul_targets(doc, self.consul_include_warning)
                 body_lifetime = None
             else:
-                targets, body_lifetime = _aiobroker_targets(doc, service_name)
-        except _Shape as exc:
+                targets, body_lifetime = aiobroker_targets(doc, service_name)
+        except Shape as exc:
             raise ResolverError(f"{shown}: the answer is not in the {self.format} format: {exc}; body: "
-                                f"{_snippet(body)}") from None
+                                f"{snippet(body)}") from None
         lifetime, lifetime_from = self._lifetime(body_lifetime, headers)
         if not targets:
             if excluded:
@@ -416,10 +415,10 @@ class HttpResolver(Resolver):
                         ) -> BindingAnswer:
         doc = self._document(shown, status, headers, body, f"the registry has no binding for service {service_name!r}")
         try:
-            pem, anonymous, identity, body_lifetime = _aiobroker_binding(doc, service_name)
-        except _Shape as exc:
+            pem, anonymous, identity, body_lifetime = aiobroker_binding(doc, service_name)
+        except Shape as exc:
             raise ResolverError(f"{shown}: the binding answer for {service_name!r} is not in the aiobroker format: "
-                                f"{exc}; body: {_snippet(body)}") from None
+                                f"{exc}; body: {snippet(body)}") from None
         try:
             # checked as an identity's certificate is: it parses, and its key is one dialog security can use
             certificate = load_certificate(pem, what=f"{shown}: the binding answer for service {service_name!r}")
@@ -474,59 +473,6 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 §10.2.3); None if absent or
-    unreadable."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if _DIGITS.fullmatch(value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _max_age(headers: httpx.Headers) -> float | None:
-    """``Cache-Control: max-age`` less ``Age`` (time already spent in caches), at least MIN_LIFETIME; None if
-    there is no max-age."""
-    max_age: int | None = None
-    for directive in headers.get_list("cache-control", split_commas=True):
-        name, _, value = directive.strip().partition("=")
-        value = value.strip().strip('"')
-        if name.strip().lower() == "max-age" and _DIGITS.fullmatch(value):
-            max_age = int(value)
-            break
-    if max_age is None:
-        return None
-    age = headers.get("age", "").strip()
-    if _DIGITS.fullmatch(age):
-        max_age -= int(age)
-    return max(MIN_LIFETIME, float(max_age))
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _json_reason(exc: ValueError | RecursionError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at character {exc.pos}"
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return str(exc)
-
-
-def _snippet(body: bytes) -> str:
-    text = body[: SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
-    cut = len(text) > SNIPPET_CHARS or len(body) > SNIPPET_CHARS * 4
-    return repr(text[:SNIPPET_CHARS]) + (" (cut)" if cut else "")
-
-
 def _url_for(template: str, service_name: str) -> httpx.URL:
     """``template`` with ``{service}`` replaced by the name, quoted with nothing left safe."""
     return httpx.URL(template.replace("{service}", quote(service_name, safe="")))
@@ -547,150 +493,3 @@ def _redact_template(template: str) -> str:
 
 
 # --- the formats ----------------------------------------------------------------------------------------------
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _aiobroker_targets(doc: Any, service_name: str) -> tuple[list[Target], float | None]:
-    if not isinstance(doc, dict):
-        raise _Shape(f"the answer must be an object with 'service' and 'targets', got {_kind(doc)}")
-    for key in ("service", "targets"):
-        if key not in doc:
-            raise _Shape(f"the key {key!r} is missing")
-    if doc["service"] != service_name:
-        raise _Shape(f"'service' is {doc['service']!r}, but {service_name!r} was asked for")
-    lifetime = doc.get("lifetime")
-    if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
-                                 or not 0 < lifetime < math.inf):
-        raise _Shape(f"'lifetime' must be a number of seconds > 0, got {lifetime!r}")
-    raw_targets = doc["targets"]
-    if not isinstance(raw_targets, list):
-        raise _Shape(f"'targets' must be an array, got {_kind(raw_targets)}")
-    targets = []
-    for i, t in enumerate(raw_targets):
-        where = f"targets[{i}]"
-        if not isinstance(t, dict):
-            raise _Shape(f"{where} must be an object, got {_kind(t)}")
-        if "address" not in t:
-            raise _Shape(f"{where}: the key 'address' is missing")
-        instance = t.get("broker_instance")
-        if instance is not None and not isinstance(instance, str):
-            raise _Shape(f"{where}.broker_instance must be a string or null, got {_kind(instance)}")
-        targets.append(_target(where, t["address"], t.get("weight", 1), t.get("priority", 0), instance))
-    return targets, None if lifetime is None else float(lifetime)
-
-
-def _aiobroker_binding(doc: Any, service_name: str) -> tuple[str, bool, str | None, float | None]:
-    """(certificate PEM text, anonymous, identity, lifetime) from a binding answer; the certificate not yet parsed."""
-    if not isinstance(doc, dict):
-        raise _Shape(f"the answer must be an object with 'certificate', got {_kind(doc)}")
-    if "service" in doc and doc["service"] != service_name:
-        raise _Shape(f"'service' is {doc['service']!r}, but {service_name!r} was asked for")
-    if "certificate" not in doc:
-        raise _Shape("the key 'certificate' is missing")
-    certificate = doc["certificate"]
-    if not isinstance(certificate, str):
-        raise _Shape(f"'certificate' must be a string (PEM), got {_kind(certificate)}")
-    anonymous = doc.get("anonymous", False)
-    if not isinstance(anonymous, bool):
-        raise _Shape(f"'anonymous' must be true or false, got {_kind(anonymous)}")
-    identity = doc.get("identity")
-    if identity is not None:
-        try:
-            check_name("identity", identity)
-        except InvalidArgument as exc:
-            raise _Shape(f"'identity': {exc.message}") from None
-    lifetime = doc.get("lifetime")
-    if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
-                                 or not 0 < lifetime < math.inf):
-        raise _Shape(f"'lifetime' must be a number of seconds > 0, got {lifetime!r}")
-    return certificate, anonymous, identity, None if lifetime is None else float(lifetime)
-
-
-#: Consul's check statuses, least to most serious; any other status counts as the most serious
-_CONSUL_STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2}
-
-
-def _consul_health(where: str, entry: dict[str, Any]) -> tuple[str, list[str]]:
-    """An instance's status as Consul aggregates it, the worst of its ``Checks`` (none: passing), and the checks
-    that gave it (their CheckID, else Name)."""
-    checks = entry.get("Checks")
-    if checks is None:
-        return "passing", []
-    if not isinstance(checks, list):
-        raise _Shape(f"{where}.Checks must be an array, got {_kind(checks)}")
-    worst, worst_rank, culprits = "passing", 0, []
-    for j, check in enumerate(checks):
-        if not isinstance(check, dict):
-            raise _Shape(f"{where}.Checks[{j}] must be an object, got {_kind(check)}")
-        status = check.get("Status")
-        if not isinstance(status, str):
-            raise _Shape(f"{where}.Checks[{j}].Status must be a string, got {_kind(status)}")
-        rank = _CONSUL_STATUS_RANK.get(status, len(_CONSUL_STATUS_RANK))
-        name = str(check.get("CheckID") or check.get("Name") or f"Checks[{j}]")
-        if rank > worst_rank:
-            worst, worst_rank, culprits = status, rank, [name]
-        elif rank == worst_rank and rank > 0:
-            culprits.append(name)
-    return worst, culprits
-
-
-def _consul_targets(doc: Any, include_warning: bool) -> tuple[list[Target], list[str]]:
-    """The targets of a health answer, and the instances left out for their health, in words."""
-    if not isinstance(doc, list):
-        raise _Shape(f"Consul's health answer is an array of entries, got {_kind(doc)}")
-    targets, excluded = [], []
-    for i, entry in enumerate(doc):
-        where = f"[{i}]"
-        if not isinstance(entry, dict):
-            raise _Shape(f"{where} must be an object, got {_kind(entry)}")
-        service = entry.get("Service")
-        if not isinstance(service, dict):
-            raise _Shape(f"{where}.Service must be an object, got {_kind(service)}")
-        node = entry.get("Node")
-        host = service.get("Address")
-        if host is None or host == "":
-            if not isinstance(node, dict) or not node.get("Address"):
-                raise _Shape(f"{where}: no address (Service.Address is empty and there is no Node.Address)")
-            host, host_key = node["Address"], "Node.Address"
-        else:
-            host_key = "Service.Address"
-        if not isinstance(host, str):
-            raise _Shape(f"{where}.{host_key} must be a string, got {_kind(host)}")
-        port = service.get("Port")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise _Shape(f"{where}.Service.Port must be a port number from 1 to 65535, got {port!r}")
-        weights = service.get("Weights")
-        if weights is not None and not isinstance(weights, dict):
-            raise _Shape(f"{where}.Service.Weights must be an object, got {_kind(weights)}")
-        meta = service.get("Meta")
-        if meta is not None and not isinstance(meta, dict):
-            raise _Shape(f"{where}.Service.Meta must be an object, got {_kind(meta)}")
-        instance = None if meta is None else meta.get("broker_instance")
-        if instance is not None and not isinstance(instance, str):
-            raise _Shape(f"{where}.Service.Meta.broker_instance must be a string, got {_kind(instance)}")
-        address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-        status, culprits = _consul_health(where, entry)
-        health = f"{address} ({status}: {', '.join(culprits)}"
-        weight_key = "Warning" if status == "warning" else "Passing"
-        weight = 1 if weights is None or weights.get(weight_key) is None else weights[weight_key]
-        if status not in ("passing", "warning"):
-            excluded.append(health + ")")
-        elif status == "warning" and not include_warning:
-            excluded.append(health + "; consul_include_warning is false)")
-        elif status == "warning" and weight == 0 and not isinstance(weight, bool):
-            excluded.append(health + "; its Weights.Warning is 0)")
-        else:
-            targets.append(_target(where, address, weight, 0, instance))
-    return targets, excluded
-
-
-def _target(where: str, address: Any, weight: Any, priority: Any, instance: str | None) -> Target:
-    """A Target, its own checks (address, weight >= 1, priority >= 0) reported as a shape error at ``where``."""
-    try:
-        return Target(address=address, weight=weight, priority=priority, broker_instance=instance)
-    except InvalidArgument as exc:
-        raise _Shape(f"{where}: {exc.message}") from None

@@ -15,6 +15,7 @@ import sys
 import anyio
 
 from ..config import NodeConfig
+from .collector import apply_node_policy
 from .logs import JsonFormatter, NodeName
 from .server import Node
 
@@ -40,6 +41,8 @@ async def serve(config: NodeConfig, names: NodeName | None = None) -> None:
         names.instance = lambda: node.broker_instance
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         await node.start()
+        frozen, thresholds = apply_node_policy()  # once everything start-up makes exists (collector.py says why)
+        log.info("garbage collector: %d start-up object(s) frozen; collection thresholds %s", frozen, thresholds)
         try:
             async for signum in signals:
                 log.info("received %s; stopping", signal.Signals(signum).name)

@@ -164,7 +164,7 @@ class Inbound:
             mid = ledger.next_message_id
             handle = ep.handle
             rows: list[MessageRow] = [
-                (mid + x, location, handle, e[3], e[9], e[10], now, 0)
+                (mid + x, location, handle, e[3], e[9], e[10], now, 0, e[14] if len(e) > 14 else None)
                 for x, e in enumerate(envelopes[start:end])
             ]
             ledger.next_message_id = mid + count
@@ -180,7 +180,7 @@ class Inbound:
     def _new_remote_target(self, env: Envelope, now: float) -> Endpoint | None:
         """The first message of a conversation from another node makes its endpoint here; a secured one's key
         header is read and its initiator checked first. None: dropped (reported, not acknowledged)."""
-        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env
+        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env[:14]
         session_key: bytes | None = None
         identity = PUBLIC
         refusal: Refusal | None = None

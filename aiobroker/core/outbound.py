@@ -27,7 +27,7 @@ from .dispatcher import ROUTE
 from .envelopes import MESSAGE, Envelope
 from .ledger import TX, Ledger
 from .parts import DeliveryPart, DynamicPart, SecurityPart
-from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow
+from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TRACE, ROW_TYPE, MessageRow
 from .routing import Decision, choose
 
 
@@ -105,7 +105,11 @@ class Outbound:
         seq = ep.send_seq
         mid = ledger.next_message_id
         handle = ep.handle
-        rows: list[MessageRow] = [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0) for i, m in enumerate(messages)]
+        rows: list[MessageRow] = (
+            [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0, None) for i, m in enumerate(messages)]
+            if len(messages[0]) == 2  # no trace context (a traced batch is all triples: Delivery._check_traced)
+            else [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0, m[2]) for i, m in enumerate(messages)]
+        )
         ledger.next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
         ledger.tx.add_many(handle, rows)
@@ -163,7 +167,7 @@ class Outbound:
         for row in rows:
             if ep.state is State.ERROR:
                 break  # a message failed the receiving side's checks; what follows it is dropped
-            deliver(ep, far, row[ROW_SEQ], row[ROW_TYPE], row[ROW_BODY], row[ROW_ENQUEUED_AT])
+            deliver(ep, far, row[ROW_SEQ], row[ROW_TYPE], row[ROW_BODY], row[ROW_ENQUEUED_AT], row[ROW_TRACE])
             moved += 1
         ledger.touch(ep)
         if ep.state is State.CLOSED:
@@ -182,12 +186,17 @@ class Outbound:
         for handle, row in ledger.tx.take_unsent(address, max_messages, ledger.durable_upto, max_bytes):
             ep = endpoints[handle]
             body: bytes = row[ROW_BODY]
+            trace: str | bool | None = row[ROW_TRACE]
             sealed: Any = False
             if ep.secured:  # sealed as it leaves: the stored row on this end node stays plain
-                body = self.security.cipher(ep).seal(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body)
+                cipher = self.security.cipher(ep)
+                if type(trace) is str:  # the trace context travels inside the seal; the envelope says it is there
+                    body = cipher.seal_traced(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body, trace)
+                    trace = True
+                else:
+                    body = cipher.seal(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body)
                 sealed = ep.key_header if ep.is_initiator and row[ROW_SEQ] == 0 else True
-            out.append(
-                [
+            env: Envelope = [
                     MESSAGE,
                     ep.conversation_id,
                     ep.is_initiator,
@@ -203,7 +212,9 @@ class Outbound:
                     0,
                     sealed,
                 ]
-            )
+            if trace is not None:
+                env.append(trace)  # the optional 15th field: absent without trace context (older peers' shape)
+            out.append(env)
         return out
 
     # ---------------------------------------------------------------------------------------------- links

@@ -28,7 +28,10 @@ ObjectKey = tuple[str, str]
 #:
 #: Everything else about the message (conversation group, service, contract, far side) follows from its handle, the
 #: conversation endpoint it belongs to, which the store keeps beside it.
-MessageRow = tuple[int, str, str, int, str, bytes, float, int]
+#:
+#: The last field, the message's W3C trace context, is None for most messages (``aiobroker/tracecontext.py`` has
+#: its one-string form); a row always has all nine fields, so every row binds to the store's columns as it is.
+MessageRow = tuple[int, str, str, int, str, bytes, float, int, str | None]
 
 ROW_ID: Final = 0  #: int: node-wide, increasing in arrival order; the order messages are loaded back in
 ROW_LOCATION: Final = 1  #: str: ``"q:<queue name>"`` for a queue, ``"tx"`` for the transmission queue
@@ -38,13 +41,22 @@ ROW_TYPE: Final = 4  #: str: the message type
 ROW_BODY: Final = 5  #: bytes
 ROW_ENQUEUED_AT: Final = 6  #: float: wall-clock seconds
 ROW_STATE: Final = 7  #: int: 0 ready, 1 received-and-retained (queues with retention)
+ROW_TRACE: Final = 8  #: str | None: W3C trace context, "traceparent[ tracestate]" (see aiobroker/tracecontext.py)
 
 
 def message_row(
-    id: int, location: str, handle: str, seq: int, message_type: str, body: bytes, enqueued_at: float, state: int = 0
+    id: int,
+    location: str,
+    handle: str,
+    seq: int,
+    message_type: str,
+    body: bytes,
+    enqueued_at: float,
+    state: int = 0,
+    trace: str | None = None,
 ) -> MessageRow:
     """A row by its fields' names (the hot paths build the tuple directly)."""
-    return (id, location, handle, seq, message_type, body, enqueued_at, state)
+    return (id, location, handle, seq, message_type, body, enqueued_at, state, trace)
 
 
 @dataclass(slots=True)

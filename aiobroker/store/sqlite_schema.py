@@ -29,15 +29,21 @@ SCHEMA: Final = (
     # id is an alias of the rowid: ids grow in arrival order, so inserts append to the right edge of the tree.
     (
         "CREATE TABLE messages (id INTEGER PRIMARY KEY, location TEXT, handle TEXT, seq INTEGER,"
-        " message_type TEXT, body BLOB, enqueued_at REAL, state INTEGER)"
+        " message_type TEXT, body BLOB, enqueued_at REAL, state INTEGER, trace TEXT)"
     ),
 )
 
+#: What brings a store of schema version ``v`` to ``v + 1``, by ``v``: run in the transaction that opens it.
+#: Version 1 had no ``trace`` column; its rows read back with None there (no trace context), as they were sent.
+MIGRATIONS: Final = {
+    1: ("ALTER TABLE messages ADD COLUMN trace TEXT",),
+}
+
 # Column order of MessageRow, so a row (a tuple) binds as is and a result row builds one.
 SELECT_MESSAGES: Final = (
-    "SELECT id, location, handle, seq, message_type, body, enqueued_at, state FROM messages ORDER BY id"
+    "SELECT id, location, handle, seq, message_type, body, enqueued_at, state, trace FROM messages ORDER BY id"
 )
-_PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE_MESSAGE: Final = "DELETE FROM messages WHERE id = ?"
 _DELETE_CHUNK: Final = 100
 _DELETE_MESSAGES_CHUNK: Final = f"DELETE FROM messages WHERE id IN ({', '.join('?' * _DELETE_CHUNK)})"

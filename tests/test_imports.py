@@ -244,3 +244,31 @@ def test_the_reader_sees_every_form_of_import(tmp_path: Path) -> None:
         "aiobroker/core/engine.py:7: from aiobroker.config_fields import FIELDS",
         "aiobroker/core/engine.py:9: from aiobroker.transport import connection",
     ]
+
+
+def test_only_the_tracing_module_imports_opentelemetry_and_only_when_a_span_is_made() -> None:
+    """OpenTelemetry is the optional ``otel`` extra: ``aiobroker/tracing.py`` is the one module that imports it, and
+    only inside its functions, so that aiobroker imports and runs without it (and pays no import time for it)."""
+    others = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "tracing.py"]
+    edges = forbidden_edges(others, ["opentelemetry"])
+    assert not edges, "only aiobroker/tracing.py may import opentelemetry:\n" + "\n".join(edges)
+    tree = ast.parse((PACKAGE / "tracing.py").read_text(encoding="utf-8"))
+    in_functions = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for inner in ast.walk(node)
+    }
+    at_import_time = [
+        f"aiobroker/tracing.py:{node.lineno}"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and id(node) not in in_functions
+        and any(
+            (node.module if isinstance(node, ast.ImportFrom) else alias.name or "").startswith("opentelemetry")
+            for alias in node.names
+        )
+    ]
+    assert not at_import_time, "aiobroker/tracing.py imports opentelemetry at module import time: " + ", ".join(
+        at_import_time
+    )

@@ -24,8 +24,10 @@ from typing import Any
 
 import anyio
 
+from .. import tracing
 from ..core.broker import BrokerCore
 from ..core.queues import Lease
+from ..core.records import ROW_HANDLE, ROW_ID, ROW_TRACE
 from ..errors import BrokerError, QueueDisabled, UnknownObject
 from .sessions import Session
 
@@ -100,12 +102,22 @@ class Waiters:
 
     def _batch(self, lease: Lease) -> dict[str, Any]:
         rows = lease.messages
+        conversations = self.core.conversations_of(rows)
+        if tracing.recording():  # a receive span for each message with trace context, in the sender's trace
+            for handle, facts in conversations.items():
+                tracing.node_spans(
+                    "receive",
+                    facts[0],
+                    ((row[ROW_TRACE], row[ROW_ID]) for row in rows if row[ROW_HANDLE] == handle),
+                    instance=self.core.broker_instance,
+                    conversation_id=facts[5],
+                )
         return {
             "lease": lease.id,
             "queue": lease.queue.name,
             "lease_expires_at": lease.expires_at,
             "messages": rows,  # stored rows as they are: no per-message work on the way out
-            "conversations": self.core.conversations_of(rows),
+            "conversations": conversations,
         }
 
     def serve(self, queue_name: str) -> None:

@@ -6,8 +6,9 @@ A message carries W3C trace context whether or not OpenTelemetry is installed (`
 the client passes ``traceparent``, the node stores and carries it, the receiver reads it). This module adds spans
 around that, following OpenTelemetry's messaging semantic conventions, through the *global* TracerProvider (the
 application's, or ``opentelemetry-instrument``'s). It is the only module of aiobroker that imports
-``opentelemetry``, and only when a span is first made: without the extra, :data:`ENABLED` is False and the
-callers skip it with one test of a constant.
+``opentelemetry``, and only when a span is first made. Spans are made only while a TracerProvider is set
+(:func:`recording`, a look at ``sys.modules`` and one ``isinstance`` per send or receive batch): without the extra,
+or without a provider, a message costs nothing more than before.
 
 =====================  ==========  =======================  =========================================================
 where                  kind        name                     parent, links
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Protocol
@@ -130,12 +132,13 @@ def _attributes(operation: str, kind: str, destination: str | None, **more: Any)
 
 
 def recording() -> bool:
-    """Whether spans would be recorded: the extra is installed and a TracerProvider was set (an SDK's, or
-    ``opentelemetry-instrument``'s). The node looks for traced messages in a batch only then, so a node without a
-    provider pays nothing per message for the extra being installed."""
-    if not ENABLED:
+    """Whether spans are wanted: a TracerProvider was set (an SDK's, or ``opentelemetry-instrument``'s). The client
+    and the node make spans, and look for traced messages in a batch, only then, so a process without one pays
+    nothing per message for the extra being installed. Nobody can have set a provider without importing
+    ``opentelemetry.trace``, so until someone has, this does not import it either."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
         return False
-    trace, _ = _otel()
     return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
@@ -176,6 +179,8 @@ def client_receive(queue: str) -> Iterator[Any]:
 def link_messages(span: Any, messages: Iterable[Message]) -> None:
     """Link the receive span to the context of each message that carries one (messaging conventions: a batch's
     receive span links to every message's creation context)."""
+    if not span.is_recording():
+        return  # no SDK, or not sampled: nothing to look at per message
     trace_api, _ = _otel()
     count = 0
     for message in messages:

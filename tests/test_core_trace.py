@@ -9,7 +9,7 @@ import pytest
 from core_harness import B_ADDR, NO_BYTE_LIMIT, Harness, carry, route_both_ways
 from test_core_security import begin, nodes, pems  # noqa: F401  (pems: the module-scoped certificate fixture)
 
-from aiobroker.core.records import ROW_TRACE
+from aiobroker.core.records import row_trace
 from aiobroker.errors import InvalidArgument
 from aiobroker.wire.codec import packb
 
@@ -22,7 +22,7 @@ def traces(h: Harness, queue: str) -> list[tuple[bytes, str | None]]:
     """(body, trace context) of everything ready in ``queue``, received and committed."""
     out = []
     while (lease := h.receive(queue)) is not None:
-        out.extend((row[5], row[ROW_TRACE]) for row in lease.messages)
+        out.extend((row[5], row_trace(row)) for row in lease.messages)
         h.core.commit(lease.id, h.owner)
         h.flush()
     return out
@@ -36,7 +36,8 @@ def test_a_message_s_trace_context_is_stored_with_it_and_survives_a_restart() ->
     h.core.send(handle, [["DEFAULT", b"5"]], h.now)  # a batch without: rows with None, as before
     h.flush()
     stored = sorted(h.store.messages.values())
-    assert [row[ROW_TRACE] for row in stored] == [TRACE, None, None, OTHER, None]
+    assert [row_trace(row) for row in stored] == [TRACE, None, None, OTHER, None]
+    assert [len(row) for row in stored] == [9, 8, 8, 9, 8], "a row without trace context keeps its eight fields"
     again = h.restart()
     assert traces(again, "qt") == [(b"1", TRACE), (b"2", None), (b"3", None), (b"4", OTHER), (b"5", None)]
 

@@ -313,7 +313,12 @@ SCHEMA_1 = (
 def test_a_message_s_trace_context_survives_a_restart(store: SqliteStore) -> None:
     store.write(WriteBatch(messages={1: message_row(1, "tx", "h", 0, "t", b"b", 5.0, 0, TRACE), 2: row(2)}))
     messages = read_back_while_closed(store).messages
-    assert [m[8] for m in messages] == [TRACE, None]
+    assert messages == [message_row(1, "tx", "h", 0, "t", b"b", 5.0, 0, TRACE), row(2)]
+    assert [len(m) for m in messages] == [9, 8], "read back as the core makes them: eight fields without"
+    store.open()
+    traced = message_row(3, "q:orders", "h", 1, "t", b"c", 6.0, 1, TRACE)
+    store.write(WriteBatch(messages={1: None, 3: traced, 4: row(4), 2: message_row(2, "tx", "h", 2, "t", b"d", 7.0)}))
+    assert read_back_while_closed(store).messages == [message_row(2, "tx", "h", 2, "t", b"d", 7.0), traced, row(4)]
 
 
 def test_a_schema_1_store_is_migrated_when_opened_and_keeps_its_messages(data_dir: Path) -> None:
@@ -328,12 +333,12 @@ def test_a_schema_1_store_is_migrated_when_opened_and_keeps_its_messages(data_di
     store = SqliteStore(data_dir)
     try:
         snap = store.open()
-        assert snap.messages == [(7, "q:orders", "h1", 0, "order", b"old", 1.5, 0, None)]
+        assert snap.messages == [(7, "q:orders", "h1", 0, "order", b"old", 1.5, 0)]
         assert snap.endpoints == [("h1", {"state": "old"})]
         store.write(WriteBatch(messages={8: message_row(8, "q:orders", "h1", 1, "order", b"new", 2.0, 0, TRACE)}))
     finally:
         store.close()
-    assert [m[8] for m in read_back(data_dir).messages] == [None, TRACE]
+    assert [m[-1] for m in read_back(data_dir).messages] == [0, TRACE]
     with closing(sqlite3.connect(data_dir / "aiobroker.sqlite3")) as conn:
         (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert unpackb(version) == SCHEMA_VERSION == 2

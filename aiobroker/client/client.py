@@ -29,7 +29,7 @@ from .connection import (
     split_url,
     ssl_context_for,
 )
-from .conversations import Dialog, Message, ReceivedBatch
+from .conversations import Dialog, Message, ReceivedBatch, TracedMessage
 from .objects import AdminCalls
 
 
@@ -232,7 +232,7 @@ class Client(AdminCalls):
         """
         if timeout is not None and (timeout < 0 or math.isnan(timeout)):
             raise InvalidArgument("timeout must be >= 0, or None to wait without limit")
-        if tracing.ENABLED:  # the otel extra is installed: a receive span linked to each message's context
+        if tracing.recording():  # OpenTelemetry with a TracerProvider: a receive span linked to each message
             with tracing.client_receive(queue) as span:
                 batch = await self._receive(queue, max_messages, timeout, lease_seconds)
                 tracing.link_messages(span, batch.messages)
@@ -249,13 +249,14 @@ class Client(AdminCalls):
         convs = r["conversations"]
         qname = r["queue"] or queue
         unknown = ["", "", "", "", False, ""]  # a conversation that ended while the batch was on its way
+        rows = r["messages"]
         messages = [
-            Message(
-                qname, row[0], row[2], row[3], row[4], row[5], row[6], convs.get(row[2], unknown),
-                row[8] if len(row) > 8 else None,  # trace context (a node before it sends eight fields)
-            )
-            for row in r["messages"]
+            Message(qname, row[0], row[2], row[3], row[4], row[5], row[6], convs.get(row[2], unknown)) for row in rows
         ]
+        if r.get("traced"):  # the node says some rows may carry trace context (a ninth field)
+            for i, row in enumerate(rows):
+                if len(row) > 8:
+                    messages[i] = TracedMessage(messages[i], row[8])
         return ReceivedBatch(self, r["lease"], messages, r.get("lease_expires_at"))
 
     def __repr__(self) -> str:

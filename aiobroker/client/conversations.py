@@ -36,7 +36,11 @@ class Message:
     """
 
     __slots__ = ("queue", "message_id", "conversation_handle", "sequence_number", "message_type", "body",
-                 "enqueued_at", "_conversation", "trace")
+                 "enqueued_at", "_conversation")
+
+    #: the W3C trace context the sender gave, in its carried form (see :attr:`traceparent`), or None. A class
+    #: attribute here, a slot in :class:`TracedMessage`: a message without one costs nothing for it.
+    trace: str | None = None
 
     def __init__(
         self,
@@ -48,7 +52,6 @@ class Message:
         body: bytes,
         enqueued_at: float,
         conversation: Sequence[Any],
-        trace: str | None = None,
     ) -> None:
         self.queue = queue
         self.message_id = message_id  #: unique on its node; increases in arrival order
@@ -61,8 +64,6 @@ class Message:
         self.enqueued_at = enqueued_at
         #: [service, far_service, contract, group_id, is_initiator, conversation_id]
         self._conversation = conversation
-        #: the W3C trace context the sender gave, in its carried form (see :attr:`traceparent`), or None
-        self.trace = trace
 
     service_name = property(lambda self: self._conversation[0], doc="the local service (whose queue it is)")
     far_service_name = property(lambda self: self._conversation[1], doc="the service at the other end")
@@ -108,6 +109,25 @@ class Message:
         )
 
 
+class TracedMessage(Message):
+    """A received message that carries W3C trace context (the client makes these; use :class:`Message`)."""
+
+    __slots__ = ("trace",)
+
+    def __init__(self, message: Message, trace: str) -> None:
+        super().__init__(
+            message.queue,
+            message.message_id,
+            message.conversation_handle,
+            message.sequence_number,
+            message.message_type,
+            message.body,
+            message.enqueued_at,
+            message._conversation,
+        )
+        self.trace = trace
+
+
 class Dialog:
     """One side of a conversation, by its handle (and, when known, the service at its far end, which names the
     destination of its send spans)."""
@@ -140,7 +160,7 @@ class Dialog:
 
         ``traceparent`` (and ``tracestate``): W3C trace context the message carries to its receiver, checked here
         (:class:`~aiobroker.errors.InvalidArgument` says the expected format). Without one, and with the ``otel``
-        extra installed and a span recording, the context of this send's span is carried instead.
+        extra installed and a TracerProvider set, the context of this send's span is carried instead.
         """
         await self.send_many([(message_type, body)], traceparent=traceparent, tracestate=tracestate)
 
@@ -154,7 +174,7 @@ class Dialog:
         """Send several messages in order, in one frame; returns once the node has stored all of them. A trace
         context given here is carried by each of them (one send, one creation context)."""
         trace = make_trace(traceparent, tracestate)
-        if tracing.ENABLED:  # the otel extra is installed: a send span until the node has stored the batch
+        if tracing.recording():  # OpenTelemetry with a TracerProvider: a send span until the batch is stored
             with tracing.client_send(self.far_service, self.conversation_id, len(messages), trace) as carried:
                 await self._start_send(messages, carried).wait()
             return
@@ -170,7 +190,7 @@ class Dialog:
         """Like :meth:`send_many`, but returns as soon as the batch is on its way: ``await .wait()`` for the
         node's acknowledgement. Batches started one after another are stored in that order."""
         trace = make_trace(traceparent, tracestate)
-        if tracing.ENABLED:  # the otel extra is installed: a send span until the batch is on its way
+        if tracing.recording():  # OpenTelemetry with a TracerProvider: a send span until the batch is on its way
             with tracing.client_send(self.far_service, self.conversation_id, len(messages), trace) as carried:
                 return self._start_send(messages, carried)
         return self._start_send(messages, trace)

@@ -200,10 +200,17 @@ class Delivery:
             fh = far.handle
             batch = messages[:count] if count < len(messages) else messages
             rows: list[MessageRow] = (
-                [(mid + i, location, fh, seq + i, m[0], m[1], now, 0, None) for i, m in enumerate(batch)]
+                [(mid + i, location, fh, seq + i, m[0], m[1], now, 0) for i, m in enumerate(batch)]
                 if len(batch[0]) == 2  # no trace context (a traced batch is all triples: _check_traced)
-                else [(mid + i, location, fh, seq + i, m[0], m[1], now, 0, m[2]) for i, m in enumerate(batch)]
+                else [
+                    (mid + i, location, fh, seq + i, m[0], m[1], now, 0, m[2])
+                    if m[2] is not None
+                    else (mid + i, location, fh, seq + i, m[0], m[1], now, 0)
+                    for i, m in enumerate(batch)
+                ]
             )
+            if len(batch[0]) > 2:
+                ledger.traced_queues.add(queue_name)
             ledger.next_message_id = mid + count
             if ledger.persist:
                 stored = ledger.changes.messages
@@ -297,7 +304,12 @@ class Delivery:
         queue_name = ledger.catalog.services[ep.service].queue
         mid = ledger.next_message_id
         ledger.next_message_id = mid + 1
-        row: MessageRow = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0, trace)
+        row: MessageRow
+        if trace is None:
+            row = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0)
+        else:
+            row = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0, trace)
+            ledger.traced_queues.add(queue_name)
         ledger.save_row(row)
         ledger.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, [row]))
 

@@ -328,7 +328,9 @@ class SqliteStore(Store):
             (handle, decode(data))
             for handle, data in conn.execute("SELECT handle, data FROM endpoints ORDER BY handle")
         ]
-        messages: list[MessageRow] = conn.execute(SELECT_MESSAGES).fetchall()  # tuples, as rows are
+        messages: list[MessageRow] = [  # tuples, as rows are: eight fields without trace context, nine with
+            row if row[8] is not None else row[:8] for row in conn.execute(SELECT_MESSAGES).fetchall()
+        ]
         return Snapshot(meta=meta, objects=objects, endpoints=endpoints, messages=messages)
 
     def _decode(self, blob: Any) -> Any:

@@ -33,10 +33,10 @@ handlers here do not check rights themselves.
 
 ``receive`` with ``timeout`` > 0 (or null: no limit) waits for messages without holding up anything else on the
 connection; each received message is the stored row ``[message_id, location, handle, sequence_number,
-message_type, body, enqueued_at, state, trace]`` (see :class:`aiobroker.core.records.MessageRow`; ``trace`` is
-the message's W3C trace context or null, ``aiobroker/tracecontext.py``) and
-``conversations`` maps each handle in the batch to ``[service, far_service, contract, group_id, is_initiator,
-conversation_id]``.
+message_type, body, enqueued_at, state]`` (see :class:`aiobroker.core.records.MessageRow`), with a ninth element,
+``trace``, when it carries W3C trace context (``aiobroker/tracecontext.py``); ``conversations`` maps each handle
+in the batch to ``[service, far_service, contract, group_id, is_initiator, conversation_id]``, and ``traced``
+(present only then) says that some row may have the ninth element.
 """
 
 from __future__ import annotations

@@ -43,11 +43,20 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.02):  # t
 
 
 class NodeProcess:
-    def __init__(self, data_dir: Path, *, port: int | None = None, store: str = "sqlite", extra: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        store: str = "sqlite",
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.store = store
         self.extra = extra or []
+        self.env = env  #: added to this process's environment
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"node-{self.port}.log"
 
@@ -64,7 +73,8 @@ class NodeProcess:
             *self.extra,
         ]
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
         def accepting() -> bool:
             assert self.proc is not None

@@ -252,10 +252,12 @@ FLOORS = {
     "aiobroker.durations": 0,
     "aiobroker.names": 0,
     "aiobroker.version": 0,
+    "aiobroker.tracecontext": 0,  # the W3C trace context's format, checked (pure)
     "aiobroker.security": 1,
     "aiobroker.wire": 1,
     "aiobroker.resolver": 2,
     "aiobroker.transport": 2,
+    "aiobroker.tracing": 2,  # spans through the optional OpenTelemetry, for the node and the client
     "aiobroker.core": 3,
     "aiobroker.store": 4,
     "aiobroker.config": 5,
@@ -268,6 +270,7 @@ FLOORS = {
 #: edges the floors alone would refuse, each with its reason
 SAME_FLOOR_ALLOWED = {
     ("aiobroker.names", "aiobroker.errors"),  # a bad name raises the library's InvalidArgument
+    ("aiobroker.tracecontext", "aiobroker.errors"),  # so does a malformed traceparent
 }
 
 
@@ -344,3 +347,31 @@ def test_no_module_or_class_too_large_to_hold() -> None:
                 if (size := node.end_lineno - node.lineno + 1) > 400:
                     too_large.append(f"{name}: class {node.name} is {size} lines")
     assert not too_large, "split these (docs/design.md, Module sizes):\n" + "\n".join(too_large)
+
+
+def test_only_the_tracing_module_imports_opentelemetry_and_only_when_a_span_is_made() -> None:
+    """OpenTelemetry is the optional ``otel`` extra: ``aiobroker/tracing.py`` is the one module that imports it, and
+    only inside its functions, so that aiobroker imports and runs without it (and pays no import time for it)."""
+    others = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "tracing.py"]
+    edges = forbidden_edges(others, ["opentelemetry"])
+    assert not edges, "only aiobroker/tracing.py may import opentelemetry:\n" + "\n".join(edges)
+    tree = ast.parse((PACKAGE / "tracing.py").read_text(encoding="utf-8"))
+    in_functions = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for inner in ast.walk(node)
+    }
+    at_import_time = [
+        f"aiobroker/tracing.py:{node.lineno}"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and id(node) not in in_functions
+        and any(
+            (node.module if isinstance(node, ast.ImportFrom) else alias.name or "").startswith("opentelemetry")
+            for alias in node.names
+        )
+    ]
+    assert not at_import_time, "aiobroker/tracing.py imports opentelemetry at module import time: " + ", ".join(
+        at_import_time
+    )

@@ -22,7 +22,8 @@ import pytest
 from aiobroker.errors import StoreError
 from aiobroker.core.records import ROW_BODY, ROW_ID, MessageRow, Snapshot, WriteBatch, message_row
 from aiobroker.store import MemoryStore, SqliteStore, Store, open_store
-from aiobroker.wire.codec import packb
+from aiobroker.store.sqlite import SCHEMA_VERSION
+from aiobroker.wire.codec import packb, unpackb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,10 +292,56 @@ def test_a_foreign_sqlite_database_is_refused(data_dir: Path) -> None:
 def test_a_store_from_a_newer_aiobroker_is_refused(store: SqliteStore, data_dir: Path) -> None:
     store.close()
     with closing(sqlite3.connect(data_dir / "aiobroker.sqlite3")) as conn:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (packb(2),))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (packb(SCHEMA_VERSION + 1),))
         conn.commit()
-    with pytest.raises(StoreError, match="schema version 2, newer"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
         read_back(data_dir)
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 rojo=00f067aa0ba902b7"
+
+#: A store as aiobroker wrote it at schema version 1 (before trace context), table by table, as that code made it.
+SCHEMA_1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
+    "CREATE TABLE objects (kind TEXT, name TEXT, data BLOB, PRIMARY KEY (kind, name))",
+    "CREATE TABLE endpoints (handle TEXT PRIMARY KEY, data BLOB)",
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, location TEXT, handle TEXT, seq INTEGER,"
+    " message_type TEXT, body BLOB, enqueued_at REAL, state INTEGER)",
+)
+
+
+def test_a_message_s_trace_context_survives_a_restart(store: SqliteStore) -> None:
+    store.write(WriteBatch(messages={1: message_row(1, "tx", "h", 0, "t", b"b", 5.0, 0, TRACE), 2: row(2)}))
+    messages = read_back_while_closed(store).messages
+    assert messages == [message_row(1, "tx", "h", 0, "t", b"b", 5.0, 0, TRACE), row(2)]
+    assert [len(m) for m in messages] == [9, 8], "read back as the core makes them: eight fields without"
+    store.open()
+    traced = message_row(3, "q:orders", "h", 1, "t", b"c", 6.0, 1, TRACE)
+    store.write(WriteBatch(messages={1: None, 3: traced, 4: row(4), 2: message_row(2, "tx", "h", 2, "t", b"d", 7.0)}))
+    assert read_back_while_closed(store).messages == [message_row(2, "tx", "h", 2, "t", b"d", 7.0), traced, row(4)]
+
+
+def test_a_schema_1_store_is_migrated_when_opened_and_keeps_its_messages(data_dir: Path) -> None:
+    data_dir.mkdir()
+    with closing(sqlite3.connect(data_dir / "aiobroker.sqlite3")) as conn:
+        for sql in SCHEMA_1:
+            conn.execute(sql)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (packb(1),))
+        conn.execute("INSERT INTO endpoints VALUES ('h1', ?)", (packb({"state": "old"}),))
+        conn.execute("INSERT INTO messages VALUES (7, 'q:orders', 'h1', 0, 'order', X'6f6c64', 1.5, 0)")
+        conn.commit()
+    store = SqliteStore(data_dir)
+    try:
+        snap = store.open()
+        assert snap.messages == [(7, "q:orders", "h1", 0, "order", b"old", 1.5, 0)]
+        assert snap.endpoints == [("h1", {"state": "old"})]
+        store.write(WriteBatch(messages={8: message_row(8, "q:orders", "h1", 1, "order", b"new", 2.0, 0, TRACE)}))
+    finally:
+        store.close()
+    assert [m[-1] for m in read_back(data_dir).messages] == [0, TRACE]
+    with closing(sqlite3.connect(data_dir / "aiobroker.sqlite3")) as conn:
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert unpackb(version) == SCHEMA_VERSION == 2
 
 
 def test_a_data_dir_under_a_regular_file_is_refused(tmp_path: Path) -> None:

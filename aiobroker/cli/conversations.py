@@ -15,6 +15,7 @@ from ..client import Client, Dialog
 from ..core.catalog import DEFAULT
 from ..durations import duration
 from ..errors import BrokerError
+from ..tracecontext import make_trace
 from . import arguments
 from .arguments import add_command
 from .common import CommandError
@@ -73,6 +74,7 @@ def read_body(args: argparse.Namespace) -> bytes:
 
 
 async def cmd_send(client: Client, args: argparse.Namespace) -> None:
+    make_trace(args.traceparent, args.tracestate)  # refused before a conversation is begun for it
     began = args.handle is None
     if began:
         dialog = await client.begin_dialog(
@@ -81,7 +83,7 @@ async def cmd_send(client: Client, args: argparse.Namespace) -> None:
     else:
         dialog = client.dialog(args.handle)
     try:
-        await dialog.send(args.type, args.body_bytes)
+        await dialog.send(args.type, args.body_bytes, traceparent=args.traceparent, tracestate=args.tracestate)
     except BrokerError:
         if began:
             # Do not leave behind a conversation nobody knows the handle of; the original error is what matters.
@@ -191,6 +193,13 @@ def add_send(commands: Any, client: argparse.ArgumentParser) -> None:
     body.add_argument("--body", metavar="TEXT", help="the body, as UTF-8 text")
     body.add_argument("--file", metavar="PATH", help="read the body from this file")
     p.add_argument("--end", action="store_true", help="end the conversation after sending")
+    p.add_argument(
+        "--traceparent",
+        metavar="TP",
+        help="W3C trace context the message carries to its receiver: 00-<32 hex trace id>-<16 hex span id>-<2 hex"
+        " flags>",
+    )
+    p.add_argument("--tracestate", metavar="TS", help="W3C tracestate to carry with --traceparent")
     p.set_defaults(run=cmd_send)
 
 

@@ -197,6 +197,8 @@ def message_json(m: Message) -> str:
         "enqueued_at": m.enqueued_at,
         "body": body,
         "body_base64": is_b64,
+        "traceparent": m.traceparent,
+        "tracestate": m.tracestate,
     }
     error = m.error
     if error is not None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import tracing
 from ..errors import BrokerError
 from .arguments import add_command
 from .common import EXIT_STATUS_SERVE
@@ -29,6 +30,7 @@ def run_serve(args: argparse.Namespace) -> None:
             exc.message = f"--listen: {exc.message}"
             raise
     config = load_config(Path(args.config) if args.config is not None else None, overrides)
+    tracing.export_from_env()  # AIOBROKER_OTEL_SPANS_FILE: the node's spans as JSON lines (the otel extra)
     serve.run(config)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .. import tracing
 from ..core.catalog import DEFAULT
 from ..errors import BrokerError, ConnectionLost, InvalidArgument, ProtocolError, error_from_code
 from ..transport.connection import FramedConnection
@@ -28,7 +29,7 @@ from .connection import (
     split_url,
     ssl_context_for,
 )
-from .conversations import Dialog, Message, ReceivedBatch
+from .conversations import Dialog, Message, ReceivedBatch, TracedMessage
 from .objects import AdminCalls
 
 
@@ -209,7 +210,7 @@ class Client(AdminCalls):
                 "related_group": related_group,
             },
         )
-        return Dialog(self, r["handle"], r["conversation_id"], r["group_id"])
+        return Dialog(self, r["handle"], r["conversation_id"], r["group_id"], to_service)
 
     def dialog(self, handle: str) -> Dialog:
         """A conversation by its handle (e.g. one from ``list_conversations``)."""
@@ -231,6 +232,16 @@ class Client(AdminCalls):
         """
         if timeout is not None and (timeout < 0 or math.isnan(timeout)):
             raise InvalidArgument("timeout must be >= 0, or None to wait without limit")
+        if tracing.recording():  # OpenTelemetry with a TracerProvider: a receive span linked to each message
+            with tracing.client_receive(queue) as span:
+                batch = await self._receive(queue, max_messages, timeout, lease_seconds)
+                tracing.link_messages(span, batch.messages)
+                return batch
+        return await self._receive(queue, max_messages, timeout, lease_seconds)
+
+    async def _receive(
+        self, queue: str, max_messages: int, timeout: float | None, lease_seconds: float | None
+    ) -> ReceivedBatch:
         r = await self.request(
             "receive",
             {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds},
@@ -238,10 +249,14 @@ class Client(AdminCalls):
         convs = r["conversations"]
         qname = r["queue"] or queue
         unknown = ["", "", "", "", False, ""]  # a conversation that ended while the batch was on its way
+        rows = r["messages"]
         messages = [
-            Message(qname, row[0], row[2], row[3], row[4], row[5], row[6], convs.get(row[2], unknown))
-            for row in r["messages"]
+            Message(qname, row[0], row[2], row[3], row[4], row[5], row[6], convs.get(row[2], unknown)) for row in rows
         ]
+        if r.get("traced"):  # the node says some rows may carry trace context (a ninth field)
+            for i, row in enumerate(rows):
+                if len(row) > 8:
+                    messages[i] = TracedMessage(messages[i], row[8])
         return ReceivedBatch(self, r["lease"], messages, r.get("lease_expires_at"))
 
     def __repr__(self) -> str:

@@ -12,7 +12,9 @@ import anyio
 
 from ..core.catalog import DEFAULT, DIALOG_TIMER, END_DIALOG, ERROR
 from ..core.dialog_errors import parse_error_body
+from .. import tracing
 from ..errors import BrokerError
+from ..tracecontext import TRACEPARENT_LENGTH, make_trace, split_trace
 from .connection import PendingReply
 
 
@@ -35,6 +37,10 @@ class Message:
 
     __slots__ = ("queue", "message_id", "conversation_handle", "sequence_number", "message_type", "body",
                  "enqueued_at", "_conversation")
+
+    #: the W3C trace context the sender gave, in its carried form (see :attr:`traceparent`), or None. A class
+    #: attribute here, a slot in :class:`TracedMessage`: a message without one costs nothing for it.
+    trace: str | None = None
 
     def __init__(
         self,
@@ -67,6 +73,16 @@ class Message:
     conversation_id = property(lambda self: self._conversation[5], doc="the same on both sides")
 
     @property
+    def traceparent(self) -> str | None:
+        """The W3C ``traceparent`` the message was sent with, as sent (None: it carries no trace context)."""
+        return self.trace[:TRACEPARENT_LENGTH] if self.trace is not None else None
+
+    @property
+    def tracestate(self) -> str | None:
+        """The W3C ``tracestate`` the message was sent with, if any."""
+        return split_trace(self.trace)[1]
+
+    @property
     def is_end_dialog(self) -> bool:
         """The far side ended the conversation (EndDialog)."""
         return self.message_type == END_DIALOG
@@ -93,29 +109,97 @@ class Message:
         )
 
 
+class TracedMessage(Message):
+    """A received message that carries W3C trace context (the client makes these; use :class:`Message`)."""
+
+    __slots__ = ("trace",)
+
+    def __init__(self, message: Message, trace: str) -> None:
+        super().__init__(
+            message.queue,
+            message.message_id,
+            message.conversation_handle,
+            message.sequence_number,
+            message.message_type,
+            message.body,
+            message.enqueued_at,
+            message._conversation,
+        )
+        self.trace = trace
+
+
 class Dialog:
-    """One side of a conversation, by its handle."""
+    """One side of a conversation, by its handle (and, when known, the service at its far end, which names the
+    destination of its send spans)."""
 
-    __slots__ = ("client", "handle", "conversation_id", "group_id")
+    __slots__ = ("client", "handle", "conversation_id", "group_id", "far_service")
 
-    def __init__(self, client: Requester, handle: str, conversation_id: str | None = None, group_id: str | None = None):
+    def __init__(
+        self,
+        client: Requester,
+        handle: str,
+        conversation_id: str | None = None,
+        group_id: str | None = None,
+        far_service: str | None = None,
+    ):
         self.client = client
         self.handle = handle
         self.conversation_id = conversation_id
         self.group_id = group_id
+        self.far_service = far_service
 
-    async def send(self, message_type: str = DEFAULT, body: bytes = b"") -> None:
-        """Send one message; returns once the node has stored it."""
-        await self.client.request("send", {"handle": self.handle, "messages": [[message_type, body]]})
+    async def send(
+        self,
+        message_type: str = DEFAULT,
+        body: bytes = b"",
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None:
+        """Send one message; returns once the node has stored it.
 
-    async def send_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Send several messages in order, in one frame; returns once the node has stored all of them."""
-        await self.start_send_many(messages).wait()
+        ``traceparent`` (and ``tracestate``): W3C trace context the message carries to its receiver, checked here
+        (:class:`~aiobroker.errors.InvalidArgument` says the expected format). Without one, and with the ``otel``
+        extra installed and a TracerProvider set, the context of this send's span is carried instead.
+        """
+        await self.send_many([(message_type, body)], traceparent=traceparent, tracestate=tracestate)
 
-    def start_send_many(self, messages: Sequence[tuple[str, bytes]]) -> PendingReply:
+    async def send_many(
+        self,
+        messages: Sequence[tuple[str, bytes]],
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None:
+        """Send several messages in order, in one frame; returns once the node has stored all of them. A trace
+        context given here is carried by each of them (one send, one creation context)."""
+        trace = make_trace(traceparent, tracestate)
+        if tracing.recording():  # OpenTelemetry with a TracerProvider: a send span until the batch is stored
+            with tracing.client_send(self.far_service, self.conversation_id, len(messages), trace) as carried:
+                await self._start_send(messages, carried).wait()
+            return
+        await self._start_send(messages, trace).wait()
+
+    def start_send_many(
+        self,
+        messages: Sequence[tuple[str, bytes]],
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> PendingReply:
         """Like :meth:`send_many`, but returns as soon as the batch is on its way: ``await .wait()`` for the
         node's acknowledgement. Batches started one after another are stored in that order."""
-        batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
+        trace = make_trace(traceparent, tracestate)
+        if tracing.recording():  # OpenTelemetry with a TracerProvider: a send span until the batch is on its way
+            with tracing.client_send(self.far_service, self.conversation_id, len(messages), trace) as carried:
+                return self._start_send(messages, carried)
+        return self._start_send(messages, trace)
+
+    def _start_send(self, messages: Sequence[tuple[str, bytes]], trace: str | None) -> PendingReply:
+        if trace is None:
+            batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
+        else:  # each message carries the context as its third element (docs/protocol.md)
+            batch = [[m[0], m[1], trace] for m in messages]
         return self.client.start_request("send", {"handle": self.handle, "messages": batch})
 
     async def end(self, *, error: tuple[int, str] | None = None, cleanup: bool = False) -> int:
@@ -169,7 +253,13 @@ class ReceivedBatch:
 
     def dialog(self, message: Message) -> Dialog:
         """The conversation a message came on, to reply or end it."""
-        return Dialog(self.client, message.conversation_handle, message.conversation_id, message.conversation_group_id)
+        return Dialog(
+            self.client,
+            message.conversation_handle,
+            message.conversation_id,
+            message.conversation_group_id,
+            message.far_service_name,
+        )
 
     async def commit(self) -> None:
         """Remove the messages from the queue (durably); they will not be received again."""

@@ -40,6 +40,7 @@ from .envelopes import Envelope
 from .ledger import Ledger, Pending
 from .parts import DynamicPart, EndingsPart, OutboundPart
 from .records import ROW_HANDLE, ROW_ID, MessageRow
+from ..tracecontext import check_trace
 from .validation import VALIDATORS
 
 class Delivery:
@@ -92,7 +93,7 @@ class Delivery:
                     )
                 types.add(message_type)
         except (TypeError, ValueError):
-            raise InvalidArgument("each message is a [message_type, body] pair with a bytes body") from None
+            types = self._check_traced(messages)  # [message_type, body, trace]: off the hot path
         for message_type in types - allowed:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
@@ -117,6 +118,29 @@ class Delivery:
             ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
         self.ledger.touch(ep)
         return len(messages)
+
+    def _check_traced(self, messages: list[Any]) -> set[str]:
+        """The checks of :meth:`send` for a batch where some messages carry trace context as a third element
+        (``aiobroker/tracecontext.py``); such a batch is made all triples in place (None where a message has
+        none), so the row builders and the shell tell it by its first message. Returns the message types."""
+        limit = self.max_message_size
+        types: set[str] = set()
+        for i, m in enumerate(messages):
+            if type(m) is not list or not 2 <= len(m) <= 3 or type(m[0]) is not str or type(m[1]) is not bytes:
+                raise InvalidArgument(
+                    "each message is a [message_type, body] pair with a bytes body, or a"
+                    " [message_type, body, trace_context] triple"
+                )
+            if len(m[1]) > limit:
+                raise MessageTooLarge(
+                    f"message body of {len(m[1])} bytes is over the node's max_message_size of {limit} bytes"
+                )
+            if len(m) == 3 and m[2] is not None:
+                check_trace(m[2])
+            else:
+                messages[i] = [m[0], m[1], None]
+            types.add(m[0])
+        return types
 
     def _check_delay_bounds(self, ep: Endpoint, n: int, now: float) -> None:
         tx = self.ledger.tx
@@ -158,7 +182,8 @@ class Delivery:
                 continue
             validate = VALIDATORS[mt.validation] if mt is not None else None
             for i in range(count):  # count only shrinks, so the earliest failure of all types wins
-                t, body = messages[i]
+                m = messages[i]
+                t, body = m[0], m[1]
                 if t != message_type:
                     continue
                 why = validate(body) if validate is not None else (
@@ -173,10 +198,19 @@ class Delivery:
             location = "q:" + queue_name
             mid = ledger.next_message_id
             fh = far.handle
-            rows: list[MessageRow] = [
-                (mid + i, location, fh, seq + i, m[0], m[1], now, 0)
-                for i, m in enumerate(messages[:count] if count < len(messages) else messages)
-            ]
+            batch = messages[:count] if count < len(messages) else messages
+            rows: list[MessageRow] = (
+                [(mid + i, location, fh, seq + i, m[0], m[1], now, 0) for i, m in enumerate(batch)]
+                if len(batch[0]) == 2  # no trace context (a traced batch is all triples: _check_traced)
+                else [
+                    (mid + i, location, fh, seq + i, m[0], m[1], now, 0, m[2])
+                    if m[2] is not None
+                    else (mid + i, location, fh, seq + i, m[0], m[1], now, 0)
+                    for i, m in enumerate(batch)
+                ]
+            )
+            if len(batch[0]) > 2:
+                ledger.traced_queues.add(queue_name)
             ledger.next_message_id = mid + count
             ledger.enqueue_run(queue_name, far.group_id, rows)
             far.recv_seq = seq + count
@@ -231,7 +265,9 @@ class Delivery:
         self.conversations.join(far)
         return far
 
-    def deliver(self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+    def deliver(
+        self, src: Endpoint, far: Endpoint, seq: int, message_type: str, body: bytes, now: float, trace: str | None = None
+    ) -> None:
         """The receiving side's checks, then the message into the far endpoint's queue."""
         if far.state is State.CLOSED:
             return  # its side ended; it has been told, and nothing will read this
@@ -251,9 +287,11 @@ class Delivery:
             self.conversations.transition(far, Event.ERROR_REMOTE)
         far.recv_seq = seq + 1
         self.ledger.touch(far)
-        self.enqueue(far, seq, message_type, body, now)
+        self.enqueue(far, seq, message_type, body, now, trace)
 
-    def enqueue(self, ep: Endpoint, seq: int, message_type: str, body: bytes, now: float) -> None:
+    def enqueue(
+        self, ep: Endpoint, seq: int, message_type: str, body: bytes, now: float, trace: str | None = None
+    ) -> None:
         """One message into ``ep``'s queue, visible once stored (``publish``)."""
         if ep.service == DISPATCHER_SERVICE:
             self.dynamic.bcn_reply(ep, message_type, body, now)  # the node's own requests: consumed, never queued
@@ -262,7 +300,12 @@ class Delivery:
         queue_name = ledger.catalog.services[ep.service].queue
         mid = ledger.next_message_id
         ledger.next_message_id = mid + 1
-        row: MessageRow = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0)
+        row: MessageRow
+        if trace is None:
+            row = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0)
+        else:
+            row = (mid, "q:" + queue_name, ep.handle, seq, message_type, body, now, 0, trace)
+            ledger.traced_queues.add(queue_name)
         ledger.save_row(row)
         ledger.pending.append((queue_name, ep.group_id, message_type in URGENT_TYPES, [row]))
 
@@ -284,7 +327,7 @@ class Delivery:
             if reason is not None:
                 self.endings.refuse_remote(ep, *reason, now)
                 return
-        self.enqueue(ep, seq, message_type, body, now)
+        self.enqueue(ep, seq, message_type, body, now, env[14] if len(env) > 14 else None)
 
     def _check_incoming(self, ep: Endpoint, message_type: str, body: bytes, *, first: bool) -> tuple[int, str] | None:
         """What the receiving side checks of a message from another node (the sender checked its own side)."""

@@ -26,6 +26,7 @@ from ..durations import duration
 from ..errors import SecurityError
 from ..security.certs import check_current, credentials_from_der
 from ..security.dialog import DialogCipher, new_session_key, sign_header, unwrap_key, verify_header, wrap_key
+from ..tracecontext import valid_trace
 from .conversation import Endpoint
 from .conversations import Conversations
 from .dialog_errors import BrokerErrorCode, Refusal
@@ -225,12 +226,23 @@ class DialogSecurity:
                 why = "it is sealed, but the conversation is not secured here"
             elif sealed is False or sealed is None:
                 why = "it is plain, but the conversation is secured (a downgrade)"
-            else:
+            elif len(env) == 14:
                 try:
                     env[10] = cipher.open(from_initiator, seq, env[9], env[10])
                     continue
                 except SecurityError as exc:
                     why = exc.message
+            elif env[14] is True:
+                try:
+                    body, trace = cipher.open_traced(from_initiator, seq, env[9], env[10])
+                    if valid_trace(trace):
+                        env[10], env[14] = body, trace
+                        continue
+                    why = "the trace context sealed with it is not W3C trace context"
+                except SecurityError as exc:
+                    why = exc.message
+            else:  # this node seals trace context on a secured conversation: a plain one was added on the way
+                why = "its trace context travels outside the seal on a secured conversation"
             self.count("dropped")
             self.ledger.outbox.append(Report(
                 f"message {seq} of conversation {ep.conversation_id} from service {ep.far_service!r} failed"

@@ -3,17 +3,22 @@
 Between nodes travel *envelopes* (see ``docs/protocol.md``)::
 
     message: [0, conversation_id, from_initiator, seq, from_service, to_service, contract,
-              from_instance, to_instance, message_type, body, expires_at, hops, sealed]
+              from_instance, to_instance, message_type, body, expires_at, hops, sealed(, trace)]
     ack:     [1, conversation_id, from_initiator, next_seq, acker_instance]
 
 ``sealed`` is False (a plain body), True (sealed with the conversation's session key), or the key header
 ``[wrapped_key, initiator_certificate, signature]`` on a secured conversation's first message (docs/security.md).
+``trace`` is there only when the message carries W3C trace context: its carried form (``aiobroker/tracecontext.py``),
+or True on a secured conversation, where the context travels inside the sealed body. Without it an envelope has the
+fourteen fields older nodes send and accept, so they and this node still understand each other.
 ``outbound.py`` makes message envelopes; ``inbound.py`` takes them and makes acknowledgements.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ..tracecontext import valid_trace
 
 __all__ = ["ACK", "MESSAGE", "Envelope", "same_run", "well_formed", "well_formed_ack"]
 
@@ -22,12 +27,21 @@ MESSAGE, ACK = 0, 1
 Envelope = list[Any]
 
 
+def _trace_ok(env: list[Any]) -> bool:
+    """Whether an envelope of 15 fields carries a well-formed trace field (not the hot path: most have 14). True
+    (the context is inside the seal) only on a sealed body, so a plain one never takes it for a context."""
+    if len(env) != 15:
+        return False
+    trace = env[14]
+    return env[13] is not False and env[13] is not None if trace is True else valid_trace(trace)
+
+
 def same_run(env: Any, conv_id: str, from_initiator: bool) -> bool:
     """Whether ``env`` continues a run: the same conversation and direction, and well formed where it matters
     for delivery into an existing endpoint (the other header fields are the first envelope's business)."""
     return (
         type(env) is list
-        and len(env) == 14
+        and (len(env) == 14 or _trace_ok(env))
         and env[1] == conv_id
         and env[2] is from_initiator
         and env[0] == MESSAGE
@@ -41,7 +55,7 @@ def well_formed(env: Any) -> bool:
     """Whether ``env`` is a message envelope with every field of its type."""
     return (
         isinstance(env, list)
-        and len(env) == 14
+        and (len(env) == 14 or _trace_ok(env))
         and env[0] == MESSAGE
         and isinstance(env[1], str)
         and isinstance(env[2], bool)

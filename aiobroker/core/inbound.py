@@ -150,11 +150,14 @@ class Inbound:
         types = catalog.message_types
         expect = ep.recv_seq
         end = start
+        traced = False
         while end < stop:
             env = envelopes[end]
             mt = env[9]
             if env[3] != expect or mt not in allowed or types[mt].validation != "none":
                 break
+            if len(env) != 14:
+                traced = True  # its 15th field: trace context (opened already if it was sealed)
             expect += 1
             end += 1
         count = end - start
@@ -163,10 +166,17 @@ class Inbound:
             location = "q:" + queue_name
             mid = ledger.next_message_id
             handle = ep.handle
-            rows: list[MessageRow] = [
-                (mid + x, location, handle, e[3], e[9], e[10], now, 0)
-                for x, e in enumerate(envelopes[start:end])
-            ]
+            rows: list[MessageRow]
+            if not traced:
+                rows = [(mid + x, location, handle, e[3], e[9], e[10], now, 0) for x, e in enumerate(envelopes[start:end])]
+            else:
+                rows = [
+                    (mid + x, location, handle, e[3], e[9], e[10], now, 0)
+                    if len(e) == 14
+                    else (mid + x, location, handle, e[3], e[9], e[10], now, 0, e[14])
+                    for x, e in enumerate(envelopes[start:end])
+                ]
+                ledger.traced_queues.add(queue_name)
             ledger.next_message_id = mid + count
             ledger.enqueue_run(queue_name, ep.group_id, rows)
             ep.recv_seq = expect
@@ -176,7 +186,7 @@ class Inbound:
     def _new_remote_target(self, env: Envelope, now: float) -> Endpoint | None:
         """The first message of a conversation from another node makes its endpoint here; a secured one's key
         header is read and its initiator checked first. None: dropped (reported, not acknowledged)."""
-        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env
+        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env[:14]
         session_key: bytes | None = None
         identity = PUBLIC
         refusal: Refusal | None = None

@@ -72,6 +72,9 @@ class Ledger:
         self.changes = WriteBatch()
         self.dirty: dict[str, Endpoint | None] = {}
         self.pending: list[Pending] = []
+        #: queues that have held a message with trace context since start (its rows have nine fields): only their
+        #: receive batches are looked through for it, so a node whose messages carry none pays nothing per message
+        self.traced_queues: set[str] = set()
         self.next_message_id = 1
         #: every message with an id up to this is stored (the shell sets it after each write, see ``seal``)
         self.durable_upto = 0

@@ -60,6 +60,8 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
             queue.retain(row)
         else:
             queue.push(row, owner.group_id, row[ROW_TYPE] in URGENT_TYPES)
+            if len(row) > 8:
+                ledger.traced_queues.add(queue.name)  # it holds a message with trace context
     ledger.next_message_id = last_id + 1
     ledger.durable_upto = last_id
     outbound.reroute(now)  # decide afresh where every waiting message goes

@@ -27,7 +27,7 @@ from .dispatcher import ROUTE
 from .envelopes import MESSAGE, Envelope
 from .ledger import TX, Ledger
 from .parts import DeliveryPart, DynamicPart, SecurityPart
-from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow
+from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, row_trace
 from .routing import Decision, choose
 
 
@@ -105,7 +105,16 @@ class Outbound:
         seq = ep.send_seq
         mid = ledger.next_message_id
         handle = ep.handle
-        rows: list[MessageRow] = [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0) for i, m in enumerate(messages)]
+        rows: list[MessageRow] = (
+            [(mid + i, TX, handle, seq + i, m[0], m[1], now, 0) for i, m in enumerate(messages)]
+            if len(messages[0]) == 2  # no trace context (a traced batch is all triples: Delivery._check_traced)
+            else [
+                (mid + i, TX, handle, seq + i, m[0], m[1], now, 0, m[2])
+                if m[2] is not None
+                else (mid + i, TX, handle, seq + i, m[0], m[1], now, 0)
+                for i, m in enumerate(messages)
+            ]
+        )
         ledger.next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
         ledger.tx.add_many(handle, rows)
@@ -160,7 +169,7 @@ class Outbound:
         for row in rows:
             if ep.state is State.ERROR:
                 break  # a message failed the receiving side's checks; what follows it is dropped
-            deliver(ep, far, row[ROW_SEQ], row[ROW_TYPE], row[ROW_BODY], row[ROW_ENQUEUED_AT])
+            deliver(ep, far, row[ROW_SEQ], row[ROW_TYPE], row[ROW_BODY], row[ROW_ENQUEUED_AT], row_trace(row))
             moved += 1
         ledger.touch(ep)
         if ep.state is State.CLOSED:
@@ -179,12 +188,17 @@ class Outbound:
         for handle, row in ledger.tx.take_unsent(address, max_messages, ledger.durable_upto, max_bytes):
             ep = endpoints[handle]
             body: bytes = row[ROW_BODY]
+            trace: str | bool | None = row[8] if len(row) > 8 else None
             sealed: Any = False
             if ep.secured:  # sealed as it leaves: the stored row on this end node stays plain
-                body = self.security.cipher(ep).seal(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body)
+                cipher = self.security.cipher(ep)
+                if type(trace) is str:  # the trace context travels inside the seal; the envelope says it is there
+                    body = cipher.seal_traced(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body, trace)
+                    trace = True
+                else:
+                    body = cipher.seal(ep.is_initiator, row[ROW_SEQ], row[ROW_TYPE], body)
                 sealed = ep.key_header if ep.is_initiator and row[ROW_SEQ] == 0 else True
-            out.append(
-                [
+            env: Envelope = [
                     MESSAGE,
                     ep.conversation_id,
                     ep.is_initiator,
@@ -200,7 +214,9 @@ class Outbound:
                     0,
                     sealed,
                 ]
-            )
+            if trace is not None:
+                env.append(trace)  # the optional 15th field: absent without trace context (older peers' shape)
+            out.append(env)
         return out
 
     # ---------------------------------------------------------------------------------------------- links

@@ -20,8 +20,9 @@ from .records import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
 
 
 #: Bytes a stored row takes on the wire besides its body, at most: the handle, location and message type are names
-#: of at most 256 bytes, plus a few numbers. Used to keep a receive batch within one frame.
-ROW_OVERHEAD = 640
+#: of at most 256 bytes, plus a few numbers, plus a trace context of at most 312 characters (``tracecontext.py``).
+#: Used to keep a receive batch within one frame.
+ROW_OVERHEAD = 960
 
 
 class Group:

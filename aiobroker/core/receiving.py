@@ -27,7 +27,7 @@ from .deadlines import LEASE
 from .ledger import Ledger
 from .parts import ObjectsPart
 from .queues import Lease, MessageQueue
-from .records import ROW_HANDLE, ROW_ID, ROW_STATE
+from .records import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow
 
 
 class Receiving:
@@ -112,7 +112,7 @@ class Receiving:
         if queue.definition.retention:
             for row in lease.messages:
                 if row[ROW_HANDLE] in self.ledger.endpoints:
-                    kept = row[:ROW_STATE] + (1,)
+                    kept: MessageRow = (*row[:ROW_STATE], 1, *row[ROW_STATE + 1 :])  # type: ignore[assignment]
                     queue.retain(kept)
                     self.ledger.save_row(kept)
         elif self.ledger.persist:  # the per-row forget_row, inlined: a commit forgets a whole batch at a time

@@ -28,7 +28,14 @@ ObjectKey = tuple[str, str]
 #:
 #: Everything else about the message (conversation group, service, contract, far side) follows from its handle, the
 #: conversation endpoint it belongs to, which the store keeps beside it.
-MessageRow = tuple[int, str, str, int, str, bytes, float, int]
+#:
+#: A message with W3C trace context has a ninth field, :data:`ROW_TRACE` (``aiobroker/tracecontext.py`` has its
+#: one-string form); one without has eight, as rows had before trace context, so that the messages that carry none
+#: (most) cost nothing for it anywhere: built, stored, sent to a receiver, collected. Read it with
+#: :func:`row_trace`.
+PlainRow = tuple[int, str, str, int, str, bytes, float, int]
+TracedRow = tuple[int, str, str, int, str, bytes, float, int, str]
+MessageRow = PlainRow | TracedRow
 
 ROW_ID: Final = 0  #: int: node-wide, increasing in arrival order; the order messages are loaded back in
 ROW_LOCATION: Final = 1  #: str: ``"q:<queue name>"`` for a queue, ``"tx"`` for the transmission queue
@@ -38,13 +45,29 @@ ROW_TYPE: Final = 4  #: str: the message type
 ROW_BODY: Final = 5  #: bytes
 ROW_ENQUEUED_AT: Final = 6  #: float: wall-clock seconds
 ROW_STATE: Final = 7  #: int: 0 ready, 1 received-and-retained (queues with retention)
+ROW_TRACE: Final = 8  #: str, only in a row with trace context: "traceparent[ tracestate]" (aiobroker/tracecontext.py)
 
 
 def message_row(
-    id: int, location: str, handle: str, seq: int, message_type: str, body: bytes, enqueued_at: float, state: int = 0
+    id: int,
+    location: str,
+    handle: str,
+    seq: int,
+    message_type: str,
+    body: bytes,
+    enqueued_at: float,
+    state: int = 0,
+    trace: str | None = None,
 ) -> MessageRow:
     """A row by its fields' names (the hot paths build the tuple directly)."""
-    return (id, location, handle, seq, message_type, body, enqueued_at, state)
+    if trace is None:
+        return (id, location, handle, seq, message_type, body, enqueued_at, state)
+    return (id, location, handle, seq, message_type, body, enqueued_at, state, trace)
+
+
+def row_trace(row: MessageRow) -> str | None:
+    """A row's trace context, or None."""
+    return row[8] if len(row) > 8 else None
 
 
 @dataclass(slots=True)

@@ -27,7 +27,8 @@ from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_SEQ, MessageRow
 #: the contract, the message type), the conversation id and two broker instances, the numbers, a sealed body's nonce
 #: and tag, and on the first message of a secured conversation its key header: the wrapped key, the initiator's
 #: certificate and its signature (measured: 3,693 bytes with RSA 4096 keys, a 1,451-byte certificate and every name
-#: at 256 bytes). Used to keep a link's frames within the frame size, and by the config's limits.
+#: at 256 bytes), with room for a trace context of at most 312 characters (``tracecontext.py``, 4,009 bytes in
+#: all). Used to keep a link's frames within the frame size, and by the config's limits.
 ENVELOPE_OVERHEAD = 4096
 
 #: First retry after a connection error, then doubling up to the cap (SEMANTICS.md: "first retry within a few

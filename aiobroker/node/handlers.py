@@ -14,7 +14,7 @@ drop               kind, name                                                  n
 list               kind                                                        list of definitions
 begin_dialog       from_service, to_service, contract, [broker_instance,       handle, conversation_id, group_id
                    lifetime, encryption, related_group]
-send               handle, messages: [[message_type, body], ...]               count
+send               handle, messages: [[message_type, body(, trace)], ...]      count
 end                handle, [error: [code, description]], [cleanup]             null
 begin_timer        handle, seconds                                             null
 get_conversation   handle                                                      the endpoint's description
@@ -33,9 +33,10 @@ handlers here do not check rights themselves.
 
 ``receive`` with ``timeout`` > 0 (or null: no limit) waits for messages without holding up anything else on the
 connection; each received message is the stored row ``[message_id, location, handle, sequence_number,
-message_type, body, enqueued_at, state]`` (see :class:`aiobroker.core.records.MessageRow`) and
-``conversations`` maps each handle in the batch to ``[service, far_service, contract, group_id, is_initiator,
-conversation_id]``.
+message_type, body, enqueued_at, state]`` (see :class:`aiobroker.core.records.MessageRow`), with a ninth element,
+``trace``, when it carries W3C trace context (``aiobroker/tracecontext.py``); ``conversations`` maps each handle
+in the batch to ``[service, far_service, contract, group_id, is_initiator, conversation_id]``, and ``traced``
+(present only then) says that some row may have the ninth element.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import tracing
 from ..core.catalog import check_kind
 from ..errors import InvalidArgument
 
@@ -154,8 +156,18 @@ def begin_dialog(node: Shell, session: Session, rid: int, args: dict[str, Any]) 
 
 @op("send")
 def send(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
-    count = node.core.send(arg(args, "handle", str), arg(args, "messages", list), node.clock())
+    handle, messages = arg(args, "handle", str), arg(args, "messages", list)
+    count = node.core.send(handle, messages, node.clock())
     session.reply_durable(rid, count)
+    if len(messages[0]) > 2 and tracing.recording():  # a batch with trace context: the core made it all triples
+        ep = node.core.endpoint(handle)
+        tracing.node_spans(
+            "send",
+            ep.far_service,
+            ((m[2], None) for m in messages),
+            instance=node.core.broker_instance,
+            conversation_id=ep.conversation_id,
+        )
 
 
 @op("end")

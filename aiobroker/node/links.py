@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .. import tracing
 from .admission import IDLE
 from ..config import MIN_FRAME_SIZE
 from ..names import parse_tcp_address
@@ -335,6 +336,11 @@ class PeerLinks:
             self.reverse.popitem(last=False)
         self.forwarded += len(envelopes)
         self.wake(next_hop)
+        if tracing.recording():  # a forward span per message whose trace context this node can read
+            instance = self.node.core.broker_instance
+            for env in envelopes:
+                if len(env) > 14 and type(env[14]) is str:  # True: sealed inside the body, unreadable here
+                    tracing.node_spans("forward", env[5], [(env[14], None)], instance=instance, conversation_id=env[1])
 
     async def serve_inbound(self, conn: FramedConnection) -> None:
         """A peer connected to us: read its envelopes; answers go back through ``conn``."""

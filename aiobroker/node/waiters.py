@@ -24,8 +24,10 @@ from typing import Any
 
 import anyio
 
+from .. import tracing
 from ..core.broker import BrokerCore
 from ..core.queues import Lease
+from ..core.records import ROW_HANDLE, ROW_ID, row_trace
 from ..errors import BrokerError, QueueDisabled, UnknownObject
 from .sessions import Session
 
@@ -100,13 +102,27 @@ class Waiters:
 
     def _batch(self, lease: Lease) -> dict[str, Any]:
         rows = lease.messages
-        return {
+        conversations = self.core.conversations_of(rows)
+        traced = lease.queue.name in self.core.ledger.traced_queues  # some message in it may carry trace context
+        if traced and tracing.recording():  # a receive span for each message with it, in the sender's trace
+            for handle, facts in conversations.items():
+                tracing.node_spans(
+                    "receive",
+                    facts[0],
+                    ((row_trace(row), row[ROW_ID]) for row in rows if row[ROW_HANDLE] == handle),
+                    instance=self.core.broker_instance,
+                    conversation_id=facts[5],
+                )
+        batch = {
             "lease": lease.id,
             "queue": lease.queue.name,
             "lease_expires_at": lease.expires_at,
             "messages": rows,  # stored rows as they are: no per-message work on the way out
-            "conversations": self.core.conversations_of(rows),
+            "conversations": conversations,
         }
+        if traced:
+            batch["traced"] = True  # the client looks for rows of nine fields only then
+        return batch
 
     def serve(self, queue_name: str) -> None:
         """Hand ready groups of a queue to the receives waiting on it, oldest waiter first."""

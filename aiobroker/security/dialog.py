@@ -21,6 +21,10 @@ Wire formats (all fields fixed-size or length-prefixed, so no two different inpu
 - a body's associated data: ``len + b"aiobroker dialog body v1"``, ``len + conversation id``,
   ``len + message type``, then the nonce (so the direction and the sequence number); ``len`` is 4 bytes, big
   endian;
+- a body with trace context (``seal_traced``): the plaintext is the trace context's length (2 bytes, big endian),
+  the trace context (ASCII), then the body; the associated data is as above but begins with
+  ``len + b"aiobroker dialog body+trace v1"``, so a body sealed with a context never opens as one without, nor the
+  other way round (a forwarder can neither strip the context nor claim one);
 - a wrapped key: an algorithm tag (1 byte), then for RSA (tag 1) the OAEP ciphertext, for EC (tag 2) the ephemeral
   public point (X9.62 uncompressed, on the recipient's curve) and the AES-GCM sealed session key (48 bytes) under
   HKDF-SHA256(ECDH shared secret, info ``b"aiobroker dialog key wrap v1"``) with a zero nonce (safe: the key
@@ -53,6 +57,8 @@ _TAG_NAMES = {_TAG_RSA_OAEP: "an RSA", _TAG_ECIES: "an EC"}
 _WRAP_INFO = b"aiobroker dialog key wrap v1"
 _SIGN_LABEL = b"aiobroker dialog v1"
 _BODY_LABEL = b"aiobroker dialog body v1"
+_TRACED_LABEL = b"aiobroker dialog body+trace v1"
+_TRACE_LENGTH = struct.Struct(">H")
 _ZERO_NONCE = bytes(12)
 _WRAPPED_EC_KEY_BYTES = SESSION_KEY_BYTES + 16  # the session key and AES-GCM's tag
 
@@ -224,12 +230,13 @@ def verify_header(
 class DialogCipher:
     """Seals and opens the bodies of one conversation (both directions) with its session key."""
 
-    __slots__ = ("_aead", "_ad_prefix", "_ad_by_type")
+    __slots__ = ("_aead", "_ad_prefix", "_traced_prefix", "_ad_by_type")
 
     def __init__(self, session_key: bytes, conversation_id: str) -> None:
         self._aead = AESGCM(_check_session_key(session_key))
         try:
             self._ad_prefix = _lp(_BODY_LABEL) + _lp(conversation_id.encode())
+            self._traced_prefix = _lp(_TRACED_LABEL) + _lp(conversation_id.encode())
         except _BAD_INPUT as exc:
             raise SecurityError(f"dialog security: bad conversation id {conversation_id!r}") from exc
         #: message type → the associated data up to the nonce (a conversation uses a handful of types)
@@ -249,6 +256,36 @@ class DialogCipher:
         except (struct.error, *_BAD_INPUT) as exc:
             raise SecurityError(
                 f"dialog security: cannot seal message {seq!r} of type {message_type!r} ({exc})"
+            ) from exc
+
+    def seal_traced(self, from_initiator: bool, seq: int, message_type: str, body: bytes, trace: str) -> bytes:
+        """Seal a body together with its message's trace context (see the module's header for the format)."""
+        try:
+            nonce = _NONCE.pack(from_initiator, seq)
+            context = trace.encode("ascii")
+            plain = _TRACE_LENGTH.pack(len(context)) + context + body
+            return self._aead.encrypt(nonce, plain, self._traced_prefix + _lp(message_type.encode()) + nonce)
+        except (struct.error, *_BAD_INPUT) as exc:
+            raise SecurityError(
+                f"dialog security: cannot seal message {seq!r} of type {message_type!r} with its trace context ({exc})"
+            ) from exc
+
+    def open_traced(self, from_initiator: bool, seq: int, message_type: str, sealed: bytes) -> tuple[bytes, str]:
+        """``(body, trace context)`` of a body sealed by :meth:`seal_traced`; raises
+        :class:`~aiobroker.errors.SecurityError` like :meth:`open`."""
+        try:
+            nonce = _NONCE.pack(from_initiator, seq)
+            plain = self._aead.decrypt(nonce, sealed, self._traced_prefix + _lp(message_type.encode()) + nonce)
+            (n,) = _TRACE_LENGTH.unpack_from(plain)
+            if len(plain) < 2 + n:
+                raise ValueError("the trace context is longer than what was sealed")
+            return plain[2 + n :], plain[2 : 2 + n].decode("ascii")
+        except (InvalidTag, struct.error, *_BAD_INPUT) as exc:
+            side = "initiator" if from_initiator else "target"
+            raise SecurityError(
+                f"dialog security: message {seq!r} ({message_type!r}) from the {side} does not open with its trace"
+                " context: its body or context was altered, moved from another message or conversation, or sealed"
+                " with another session key"
             ) from exc
 
     def open(self, from_initiator: bool, seq: int, message_type: str, sealed: bytes) -> bytes:

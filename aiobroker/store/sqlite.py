@@ -36,12 +36,14 @@ from ..errors import ProtocolError, StoreError
 from ..wire.codec import packb, unpackb
 from .base import Store
 from .checkpointer import Checkpointer
-from .sqlite_schema import PUT_META, SCHEMA, SCHEMA_KEY, SELECT_MESSAGES, TABLES, statements, transaction
+from .sqlite_schema import MIGRATIONS, PUT_META, SCHEMA, SCHEMA_KEY, SELECT_MESSAGES, TABLES, statements, transaction
 
 log = logging.getLogger("aiobroker.store")
 
-#: The schema this code writes. A store with a larger version was written by a newer aiobroker and is refused.
-SCHEMA_VERSION: Final = 1
+#: The schema this code writes. A store with a larger version was written by a newer aiobroker and is refused;
+#: one with a smaller version is brought up to this one when opened (``MIGRATIONS``). Version 2 added the
+#: messages' ``trace`` column (W3C trace context).
+SCHEMA_VERSION: Final = 2
 
 DB_FILE: Final = "aiobroker.sqlite3"
 LOCK_FILE: Final = "aiobroker.lock"
@@ -307,6 +309,13 @@ class SqliteStore(Store):
                     f"data directory {self.data_dir} holds a store of schema version {version}, newer than this"
                     f" aiobroker supports ({SCHEMA_VERSION}); run a newer aiobroker or choose another --data-dir"
                 )
+            if version < SCHEMA_VERSION:
+                # in the same transaction as the check: a store is migrated whole or not at all
+                for step in range(version, SCHEMA_VERSION):
+                    for sql in MIGRATIONS[step]:
+                        conn.execute(sql)
+                conn.execute(PUT_META, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
+                log.info("store %s: schema version %d brought up to %d", self.data_dir, version, SCHEMA_VERSION)
 
     def _read_snapshot(self, conn: sqlite3.Connection) -> Snapshot:
         decode = self._decode
@@ -319,7 +328,9 @@ class SqliteStore(Store):
             (handle, decode(data))
             for handle, data in conn.execute("SELECT handle, data FROM endpoints ORDER BY handle")
         ]
-        messages: list[MessageRow] = conn.execute(SELECT_MESSAGES).fetchall()  # tuples, as rows are
+        messages: list[MessageRow] = [  # tuples, as rows are: eight fields without trace context, nine with
+            row if row[8] is not None else row[:8] for row in conn.execute(SELECT_MESSAGES).fetchall()
+        ]
         return Snapshot(meta=meta, objects=objects, endpoints=endpoints, messages=messages)
 
     def _decode(self, blob: Any) -> Any:

@@ -61,6 +61,10 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     max_delayed_per_service = 100000
     max_delayed_messages = 1000000
 
+    [http]                        # the monitoring listener: /healthz, /readyz, /metrics, /api (docs/monitoring.md)
+    listen = "127.0.0.1:4080"     # "off": none; `aiobroker serve` listens here unless told otherwise
+    metrics_open = false          # with authorization on, true lets /metrics answer without a token
+
     [security]                    # identities, bindings and authorization: see docs/security.md
     # identity = "node"           # the default owner of local services (an [[identity]] with a private key)
     authorization = false         # true: check every client's rights (a token or TLS certificate names them)
@@ -123,6 +127,10 @@ Keys and the :class:`NodeConfig` fields they set:
   directory); ``~`` is expanded. The result is absolute.
 * ``[receive] lease_seconds`` sets ``receive_lease`` (an integer or a float); ``[receive] poison_rollbacks``
   sets ``poison_rollbacks``.
+* ``[http] listen`` sets ``http_host`` and ``http_port`` (``"off"``: ``http_port`` None, no listener);
+  ``[http] metrics_open`` sets ``http_metrics_open``. A :class:`NodeConfig` made in Python has no HTTP listener
+  unless it sets ``http_port``; ``aiobroker serve`` has one on 127.0.0.1:4080 unless the file or ``--http`` says
+  otherwise.
 * ``[security] identity`` sets ``node_identity``; ``authorization`` and ``binding_failure_cache`` set the field
   of the same name.
 * ``[[message_type]]``, ``[[contract]]``, ``[[queue]]``, ``[[service]]``, ``[[route]]``, ``[[identity]]`` and
@@ -165,15 +173,19 @@ Only this ``__init__`` imports ``node_config``.
 """
 
 from .fields import MIN_FRAME_SIZE
-from .node_config import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, NodeConfig, load_config, parse_listen
+from .node_config import (
+    DEFAULT_HTTP_PORT, DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, NodeConfig, load_config, parse_http, parse_listen,
+)  # fmt: skip
 from .objects import OBJECT_KINDS
 
 __all__ = [
+    "DEFAULT_HTTP_PORT",
     "DEFAULT_LISTEN_HOST",
     "DEFAULT_LISTEN_PORT",
     "MIN_FRAME_SIZE",
     "OBJECT_KINDS",
     "NodeConfig",
     "load_config",
+    "parse_http",
     "parse_listen",
 ]

@@ -23,11 +23,14 @@ import os
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 from anyio.abc import Listener, SocketAttribute, TaskGroup
+
+if TYPE_CHECKING:
+    from ..monitor import MonitorListener
 
 from ..version import __version__
 from ..config import NodeConfig
@@ -42,6 +45,7 @@ from ..transport.tls import RefusingTLSListener, client_context, server_context
 from ..wire.frames import Refused, Request
 from . import resolving, sessions
 from .admission import Admission
+from .counters import Counters
 from .handlers import OPS
 from .links import PeerLinks
 from .rights import guarded_ops
@@ -88,6 +92,12 @@ class Node:
         self.resolving: resolving.Resolving | None = None
         #: the store refused a write: stop() must not try to write again
         self._store_failed = False
+        #: what the shell counts for /metrics (sends, commits, acknowledgements, store writes, resolver answers)
+        self.counters = Counters()
+        #: the HTTP monitoring listener (docs/monitoring.md), when the config asks for one
+        self.http: MonitorListener | None = None
+        #: why the node cannot serve clients now, for /readyz (None: it can)
+        self._not_ready: str | None = "not started"
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -110,12 +120,42 @@ class Node:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def http_url(self) -> str | None:
+        """Where the HTTP monitoring listener answers (``http://host:port``, the port as bound), None without one."""
+        return self.http.url if self.http is not None else None
+
+    def not_ready(self) -> str | None:
+        """Why the node cannot serve clients now (what ``/readyz`` says), or None when it can."""
+        return self._not_ready
+
     async def start(self) -> None:
         """Open the store, restore state, create configured objects, and listen. Returns once accepting.
 
         A start either completes or leaves the store as it found it: everything that can fail (the config's
         objects, the security settings, the TLS files, the listening address) is decided in memory before the
-        first write, and a failure abandons the store unwritten."""
+        first write, and a failure abandons the store unwritten. The HTTP monitoring listener, if any, comes
+        first, so that its probes answer (not ready) while the store is read back, and a taken address fails the
+        start before the store is opened; it stops last (:meth:`stop`)."""
+        if self.config.http_port is not None:
+            from ..monitor import MonitorListener  # here: starlette and hypercorn load only for a node that serves
+
+            http = MonitorListener(self)
+            if await http.start():
+                self.http = http
+        try:
+            await self._start()
+        except BaseException:
+            self._not_ready = "the start failed"
+            await self._stop_http()  # its task group is exited here, where it was entered: no shield around it
+            raise
+        self._not_ready = None
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+
+    async def _start(self) -> None:
         started = time.perf_counter()
         cfg = self.config
         server_tls = None
@@ -127,7 +167,9 @@ class Node:
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
+        self._not_ready = f"opening the store ({self.store.name})"
         snapshot = await anyio.to_thread.run_sync(self.store.open)
+        self._not_ready = "restoring the store's state"
         try:
             self.core, instance = restore(snapshot, cfg, self.store.durable, self.resolver, self.clock)
             listener = await self._listen(server_tls)
@@ -137,10 +179,14 @@ class Node:
                 if self.resolver is not None:
                     await self.resolver.aclose()
             raise
-        self.waiters = Waiters(self.core, self.clock)
+        self.waiters = Waiters(self.core, self.clock, self.counters)
         if self.resolver is not None:
-            self.resolving = resolving.Resolving(self.resolver, self.core, self.clock, cfg.resolve_timeout, self.after_core)
-        self.writer = StoreWriter(self.core, self.store, self.waiters.serve_all, self.links.wake_ready)
+            self.resolving = resolving.Resolving(
+                self.resolver, self.core, self.clock, cfg.resolve_timeout, self.after_core, self.counters
+            )
+        self.writer = StoreWriter(
+            self.core, self.store, self.waiters.serve_all, self.links.wake_ready, counters=self.counters
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._listener = listener
@@ -163,12 +209,13 @@ class Node:
         stats = self.core.statistics()
         waiting = sum(q["waiting"] for q in stats["queues"])
         log.info(
-            "node %s listening on %s (store %s%s); restored %d conversation(s), %d queued message(s), %d object(s)"
-            " in %.2fs",
+            "node %s listening on %s (store %s%s); %s; restored %d conversation(s), %d queued message(s),"
+            " %d object(s) in %.2fs",
             instance,
             self.url,
             self.store.name,
             f" at {cfg.data_dir.resolve()}" if self.store.durable else ", nothing kept across restarts",
+            f"monitoring on {self.http_url}" if self.http is not None else "no HTTP monitoring",
             stats["conversations"],
             waiting,
             sum(stats["objects"].values()),
@@ -194,7 +241,15 @@ class Node:
         return listener
 
     async def stop(self) -> None:
-        """Stop accepting, close every connection, write what is pending, close the store."""
+        """Stop accepting, close every connection, write what is pending, close the store; then the HTTP listener
+        (``/readyz`` says "stopping" meanwhile)."""
+        self._not_ready = "stopping"
+        try:
+            await self._stop()
+        finally:
+            await self._stop_http()
+
+    async def _stop(self) -> None:
         if self._tg is not None:
             tg, self._tg = self._tg, None
             tg.cancel_scope.cancel()

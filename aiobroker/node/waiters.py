@@ -27,6 +27,7 @@ import anyio
 from ..core.broker import BrokerCore
 from ..core.queues import Lease
 from ..errors import BrokerError, QueueDisabled, UnknownObject
+from .counters import Counters
 from .sessions import Session
 
 log = logging.getLogger("aiobroker.node")
@@ -58,9 +59,10 @@ class Waiter:
 class Waiters:
     """The receives waiting on each queue, their time-outs, and the ticker."""
 
-    def __init__(self, core: BrokerCore, clock: Callable[[], float]) -> None:
+    def __init__(self, core: BrokerCore, clock: Callable[[], float], counters: Counters | None = None) -> None:
         self.core = core
         self.clock = clock
+        self.counters = counters or Counters()
         self.by_queue: dict[str, deque[Waiter]] = {}
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
@@ -99,7 +101,9 @@ class Waiters:
             self.maybe_wake_ticker()
 
     def _batch(self, lease: Lease) -> dict[str, Any]:
+        """What a receiver is handed; every lease given out passes here once."""
         rows = lease.messages
+        self.counters.received += len(rows)
         return {
             "lease": lease.id,
             "queue": lease.queue.name,

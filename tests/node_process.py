@@ -70,16 +70,8 @@ class NodeProcess:
         return f"tcp://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
-        cmd = [
-            sys.executable, "-m", "aiobroker", "serve",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--store", self.store,
-            "--data-dir", str(self.data_dir),
-            "--http", self.http,
-            *self.extra,
-        ]
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        """Launch it and wait until it accepts connections."""
+        self.launch()
 
         def accepting() -> bool:
             assert self.proc is not None
@@ -92,6 +84,20 @@ class NodeProcess:
                 return False
 
         wait_for(accepting, timeout, f"the node on port {self.port} to accept connections")
+        return self
+
+    def launch(self) -> NodeProcess:
+        """Start the process and return at once."""
+        cmd = [
+            sys.executable, "-m", "aiobroker", "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--store", self.store,
+            "--data-dir", str(self.data_dir),
+            "--http", self.http,
+            *self.extra,
+        ]
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         return self
 
     def http_url(self, timeout: float = 20.0) -> str:

@@ -25,6 +25,7 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     store = "sqlite"              # "sqlite" or "memory"
     durability = "normal"         # "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level = "info"            # "debug", "info", "warning" or "error"
+    store_wait = 0                # seconds to wait at start for a data directory another node still holds
 
     [limits]
     max_message_size = 4194304    # bytes, 1 .. max_frame_size - 4096

@@ -191,6 +191,7 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "store": _choice(STORES),
     "durability": _choice(DURABILITIES),
     "log_level": _choice(LOG_LEVELS),
+    "store_wait": _check_retention,  # >= 0 seconds
     "max_message_size": _check_count,  # the upper bound depends on max_frame_size; see validate
     "max_frame_size": lambda v: _int(v, MIN_FRAME_SIZE, MAX_FRAME_SIZE, " (256 MiB)"),
     "max_connections": _check_count,

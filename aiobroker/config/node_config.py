@@ -44,6 +44,9 @@ class NodeConfig:
     store: str = "sqlite"  #: "sqlite" or "memory"
     durability: str = "normal"  #: "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level: str = "info"  #: "debug", "info", "warning" or "error"
+    #: seconds to wait at start for a data directory another node holds (a restart that overlaps the old process);
+    #: /readyz says why meanwhile. 0: fail at once
+    store_wait: float = 0.0
     max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 4096 (room for the envelope)
     max_frame_size: int = 16 * MIB  #: 8 KiB .. 256 MiB
     max_connections: int = 1000  #: >= 1; established connections anyone may take

@@ -39,7 +39,10 @@ from ..core.effects import LeaseExpired, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
+from ..core.records import Snapshot
+from ..durations import duration
 from ..store import Store, open_store
+from ..store.base import StoreInUse
 from ..transport.connection import FramedConnection
 from ..transport.tls import RefusingTLSListener, client_context, server_context
 from ..wire.frames import Refused, Request
@@ -55,6 +58,9 @@ from .waiters import Waiters
 from .writer import StoreWriter
 
 log = logging.getLogger("aiobroker.node")
+
+#: seconds between tries to open a store another node holds ([node] store_wait)
+STORE_RETRY = 0.25
 
 
 class Node:
@@ -167,8 +173,7 @@ class Node:
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
-        self._not_ready = f"opening the store ({self.store.name})"
-        snapshot = await anyio.to_thread.run_sync(self.store.open)
+        snapshot = await self._open_store()
         self._not_ready = "restoring the store's state"
         try:
             self.core, instance = restore(snapshot, cfg, self.store.durable, self.resolver, self.clock)
@@ -221,6 +226,25 @@ class Node:
             sum(stats["objects"].values()),
             time.perf_counter() - started,
         )
+
+    async def _open_store(self) -> Snapshot:
+        """Open the store; one that another node holds is tried again for ``store_wait`` seconds (``/readyz`` says
+        so meanwhile), so that a restart overlapping the old process's last moments does not fail."""
+        deadline = time.monotonic() + self.config.store_wait
+        waiting = False
+        while True:
+            self._not_ready = f"opening the store ({self.store.name})"
+            try:
+                return await anyio.to_thread.run_sync(self.store.open)
+            except StoreInUse as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self._not_ready = f"waiting for the store: {exc.message}"
+                if not waiting:
+                    log.warning("%s; waiting up to %s for it ([node] store_wait)", exc.message, duration(left))
+                    waiting = True
+                await anyio.sleep(min(STORE_RETRY, left))
 
     async def _listen(self, server_tls: ssl.SSLContext | None) -> Listener[Any]:
         """Bind the listening address (TLS when ``server_tls``); sets ``host``/``port`` to what was bound."""

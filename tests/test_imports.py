@@ -143,6 +143,7 @@ def test_core_imports_no_shell_and_no_store() -> None:
         "aiobroker.cli",
         "aiobroker.config*",
         "aiobroker.__main__",
+        "aiobroker.monitor",  # the HTTP listener reads the core; the core never knows it is watched
     ]
     allowed = [
         # validation 'msgpack' checks a body with the codec's unpackb: pure (bytes in, objects out), and the
@@ -151,6 +152,15 @@ def test_core_imports_no_shell_and_no_store() -> None:
     ]
     edges = forbidden_edges((PACKAGE / "core").rglob("*.py"), forbidden, allowed)
     assert not edges, "the core imports what it must not:\n" + "\n".join(edges)
+
+
+def test_only_the_server_starts_the_monitor() -> None:
+    """The HTTP monitoring listener (``aiobroker/monitor/``) is the server's to start, and nothing else of aiobroker
+    imports it: not the core, not the shell's other parts (which it reads through ``monitor/host.py``'s protocol),
+    not the client or the CLI, which would otherwise load Starlette and Hypercorn for every command."""
+    files = [p for p in PACKAGE.rglob("*.py") if "monitor" not in p.relative_to(PACKAGE).parts]
+    edges = forbidden_edges([p for p in files if p != PACKAGE / "node" / "server.py"], ["aiobroker.monitor"])
+    assert not edges, "aiobroker.monitor is imported from outside the server:\n" + "\n".join(edges)
 
 
 def test_records_import_nothing_of_aiobroker() -> None:

@@ -63,7 +63,7 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     max_delayed_messages = 1000000
 
     [http]                        # the monitoring listener: /healthz, /readyz, /metrics, /api (docs/monitoring.md)
-    listen = "127.0.0.1:4080"     # "off": none; `aiobroker serve` listens here unless told otherwise
+    # listen = "127.0.0.1:4080"   # "off": none; `aiobroker serve` listens on 127.0.0.1:4080 unless told otherwise
     metrics_open = false          # with authorization on, true lets /metrics answer without a token
 
     [security]                    # identities, bindings and authorization: see docs/security.md

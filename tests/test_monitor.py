@@ -4,6 +4,7 @@ process (the --http flag, the printed URL, a store another node holds)."""
 
 from __future__ import annotations
 
+import ssl
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -337,6 +338,64 @@ async def test_a_link_shows_its_state_acknowledgements_and_round_trip() -> None:
             assert value(await scrape(b), "aiobroker_connections", kind="peer_in") == 1
             links = (await get(a, "/api/links")).json()["links"]
             assert [(lk["address"], lk["state_kind"]) for lk in links] == [(peer, "connected")]
+
+
+async def test_a_resolver_shows_its_requests_answers_failures_and_latency(tmp_path: Path) -> None:
+    """static_file answers one service (with an address nothing listens on) and not the other: one answer, one
+    not_found; the answered service's link then fails and retries."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[services."//far/Known"]\ntargets = [{ address = "tcp://127.0.0.1:9" }]\n')
+    config = NodeConfig(store="memory", listen_port=0, http_port=0, connect_timeout=1.0,
+                        resolver={"kind": "static_file", "path": str(routes)})  # fmt: skip
+    async with aiobroker.Node(config) as node, aiobroker.connect(node.url) as client:
+        await client.create_queue("qa")
+        await client.create_service("svcA", "qa")
+        for far in ("//far/Known", "//far/Unknown"):
+            await (await client.begin_dialog("svcA", far)).send("DEFAULT", b"x")
+
+        async def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            samples = await scrape(node)
+            failures = samples.get(("aiobroker_link_failures_total", (("peer", "tcp://127.0.0.1:9"),)), 0)
+            return samples if failures >= 1 else None
+
+        with anyio.fail_after(20):
+            while (samples := await settled()) is None:
+                await anyio.sleep(0.05)  # polling the node's progress, under a deadline
+        resolver = {"resolver": "static_file"}
+        # the unknown service is asked again after its back-off (2 s, doubling): once or more by now
+        requests = value(samples, "aiobroker_resolver_requests_total", **resolver)
+        not_found = value(samples, "aiobroker_resolver_failures_total", kind="not_found", **resolver)
+        assert value(samples, "aiobroker_resolver_answers_total", **resolver) == 1
+        assert not_found >= 1 and requests == 1 + not_found
+        assert value(samples, "aiobroker_resolver_latency_seconds_count", **resolver) == requests
+        assert value(samples, "aiobroker_delayed_messages", service="//far/Unknown", reason="retry_wait") == 1
+        assert value(samples, "aiobroker_link_state", peer="tcp://127.0.0.1:9", state="retrying") == 1
+        assert value(samples, "aiobroker_link_failed_attempts", peer="tcp://127.0.0.1:9") >= 1
+        resolving = (await get(node, "/api/resolving")).json()
+        assert resolving["resolver"] == "static_file"
+        counts = resolving["resolvers"]["static_file"]
+        assert counts["answers"] == 1 and counts["requests"] == 1 + counts["failures"]["not_found"] >= requests
+        assert resolving["delayed"] == [{"service": "//far/Unknown", "reason": "retry_wait", "messages": 1,
+                                         "conversations": 1}]  # fmt: skip
+        links = (await get(node, "/api/links")).json()["links"]
+        assert links[0]["state_kind"] == "retrying" and links[0]["failures"] >= 1 and links[0]["last_error"]
+
+
+async def test_over_tls_the_listener_speaks_https_with_the_nodes_certificate(tmp_path: Path) -> None:
+    from test_tls import issue, make_ca
+
+    ca = make_ca(tmp_path, "monitor-ca")
+    cert, key = issue(tmp_path, ca, "node")
+    config = NodeConfig(store="memory", listen_port=0, http_port=0, tls_cert=cert, tls_key=key)
+    async with aiobroker.Node(config) as node:
+        url = str(node.http_url)
+        assert url.startswith("https://127.0.0.1:")
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca[2])), timeout=10) as http:
+            assert (await http.get(f"{url}/readyz")).json() == {"ready": True}
+            assert "aiobroker_ready 1.0" in (await http.get(f"{url}/metrics")).text
+        async with httpx.AsyncClient(timeout=10) as http:
+            with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets no answer
+                await http.get(url.replace("https://", "http://") + "/healthz")
 
 
 # --- rights -------------------------------------------------------------------------------------------------

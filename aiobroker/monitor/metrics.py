@@ -128,7 +128,7 @@ class NodeCollector(Collector):
         yield messages
         yield conversations
         yield _gauge("aiobroker_resolver_requests_in_flight", "Dynamic routing's questions asked and not yet answered",
-                     len(readings.resolving(node.core, node.clock())))
+                     readings.requests_in_flight(node.core))
         requests = CounterMetricFamily("aiobroker_resolver_requests_total", "Questions asked of a resolver",
                                        labels=["resolver"])
         answers = CounterMetricFamily("aiobroker_resolver_answers_total", "Questions a resolver answered",

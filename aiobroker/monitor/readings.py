@@ -9,13 +9,13 @@ conversation except :func:`conversation_page`, which stops when its page is full
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.broker import BrokerCore
 from ..core.conversation import Endpoint
-from ..core.dispatcher import BINDING
+from ..core.dispatcher import BINDING, ROUTE
 from ..core.records import ROW_ENQUEUED_AT
 from ..errors import InvalidArgument
 
@@ -66,9 +66,10 @@ def delay_kind(core: BrokerCore, service: str) -> str:
     ``binding`` (the route is known, the remote service binding is not) or ``no_route`` (nothing to ask)."""
     dispatcher = core.dispatcher
     handles = core.tx.delayed.get(service, {})
-    if any(key[1] == service for key in dispatcher.in_flight):
+    keys = ((ROUTE, service), (BINDING, service))  # the dispatcher's keys: a lookup each, no walk
+    if any(key in dispatcher.in_flight for key in keys):
         return "resolving"
-    if any(key[1] == service for key in dispatcher.retry_at):
+    if any(key in dispatcher.retry_at for key in keys):
         return "retry_wait"
     if any(h in core.binding_waiters for h in itertools.islice(handles, 1)):
         return "binding"
@@ -87,6 +88,10 @@ def delayed(core: BrokerCore) -> dict[tuple[str, str], tuple[int, int]]:
         messages, conversations = out.get(key, (0, 0))
         out[key] = (messages + tx.delayed_count.get(service, 0), conversations + len(tx.delayed[service]))
     return out
+
+
+def requests_in_flight(core: BrokerCore) -> int:
+    return len(core.dispatcher.in_flight)
 
 
 def resolving(core: BrokerCore, now: float) -> list[dict[str, Any]]:
@@ -214,14 +219,21 @@ def conversation_page(
                 start = min(position, len(handles))
     page: list[dict[str, Any]] = []
     endpoints = core.endpoints
-    last = -1
-    for i, handle in _from(handles, start):
+    # DELAYED ones are few and indexed per service: a set lookup per handle passes over the rest without reading
+    # their endpoints (a filter that reads every endpoint costs tens of milliseconds at 100,000)
+    rest = handles[start:]
+    candidates: Iterable[str] = rest
+    if filters.delayed is True:
+        candidates = filter(set().union(*core.tx.delayed.values()).__contains__, rest)
+    last_handle = None
+    for handle in candidates:
         ep = endpoints[handle]
         if filters.matches(ep):
             page.append(describe(core, ep, now))
-            last = i
+            last_handle = handle
             if len(page) >= limit:
                 break
+    last = start + rest.index(last_handle) if last_handle is not None else -1
     more = last >= 0 and len(page) >= limit and last + 1 < len(handles)
     return {
         "conversations": page,
@@ -229,6 +241,3 @@ def conversation_page(
         "total": len(handles),
     }
 
-
-def _from(handles: list[str], start: int) -> Iterator[tuple[int, str]]:
-    return enumerate(itertools.islice(handles, start, None), start)

@@ -46,7 +46,8 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.02):  # t
 class NodeProcess:
     """``aiobroker serve`` on 127.0.0.1: its broker port free (or given), its HTTP monitoring listener off unless
     ``http`` names an address (``"127.0.0.1:0"``: a free port, read back from the start-up line by :meth:`http_url`),
-    so that tests running many nodes at once never meet on the default HTTP port."""
+    so that tests running many nodes at once never meet on the default HTTP port; ``""`` gives no ``--http`` flag
+    (serve's own default, 127.0.0.1:4080)."""
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class NodeProcess:
             "--listen", f"127.0.0.1:{self.port}",
             "--store", self.store,
             "--data-dir", str(self.data_dir),
-            "--http", self.http,
+            *(["--http", self.http] if self.http else []),  # "": no flag, serve's default
             *self.extra,
         ]
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -4,8 +4,11 @@ process (the --http flag, the printed URL, a store another node holds)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import aiobroker
 from aiobroker import NodeConfig
+from aiobroker.config import DEFAULT_HTTP_PORT, load_config
 from aiobroker.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
@@ -156,6 +160,7 @@ async def test_the_api_gives_what_the_wire_gives(node: aiobroker.Node) -> None:
         assert one == await dialog.info()
         queues = {q["name"]: q for q in (await get(node, "/api/queues")).json()}
         assert queues["qt"]["waiting"] == 1 and queues["qt"]["oldest_age_seconds"] >= 0
+        assert api_status["node"]["http"] == wire_status["node"]["http"] == node.http_url
         index = (await get(node, "/api")).json()
         assert index["listen"] == node.url and "/api/conversations" in index["endpoints"]
         assert (await get(node, "/api/links")).json()["links"] == []
@@ -453,6 +458,45 @@ async def test_serve_with_http_prints_the_url_and_counts_what_its_clients_send(t
     finally:
         assert node.stop() == 0, node.output()
     assert "Traceback" not in node.output()
+
+
+def test_http_listen_in_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[http]\nlisten = "off"\n')
+    assert load_config(config, defaults={"http_port": 4080}).http_port is None
+    config.write_text('[http]\nlisten = "[::1]:0"\nmetrics_open = true\n')
+    loaded = load_config(config)
+    assert (loaded.http_host, loaded.http_port, loaded.http_metrics_open, loaded.http_optional) == ("::1", 0, True, False)
+    assert loaded.http_listen == "[::1]:0"
+    config.write_text('[http]\nlisten = "4080"\n')
+    with pytest.raises(ConfigError, match=r'\[http\] listen: bad listen address .* or "off" for no HTTP listener'):
+        load_config(config)
+
+
+def test_serve_with_a_bad_http_address_says_which_flag(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "aiobroker", "serve", "--http", "nowhere", "--store", "memory"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert r.returncode != 0 and "--http: bad listen address 'nowhere'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_serve_starts_without_http_when_its_default_port_is_taken(tmp_path: Path) -> None:
+    """The default address is the one optional: held here (or by anyone else) the node starts, and says how to give
+    it a port of its own."""
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", DEFAULT_HTTP_PORT))
+            holder.listen()
+        except OSError:
+            pass  # someone else holds it: the same situation
+        node = NodeProcess(tmp_path / "data", http="").start()  # no --http flag at all: serve's default
+        try:
+            line = wait_for(lambda: [ln for ln in node.output().splitlines() if "no HTTP monitoring" in ln], 20,
+                            "the warning")  # fmt: skip
+            assert f"cannot listen on 127.0.0.1:{DEFAULT_HTTP_PORT}" in line[0] and "--http HOST:PORT" in line[0]
+        finally:
+            assert node.stop() == 0, node.output()
 
 
 @pytest.mark.slow

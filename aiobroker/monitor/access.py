@@ -25,7 +25,7 @@ HOW = (
 )
 
 
-class Refused(Exception):
+class Denied(Exception):
     """A request refused for want of rights: the HTTP status and the words."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -40,23 +40,23 @@ def bearer_token(request: Request) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Refused(401, f"the Authorization header must be 'Bearer TOKEN'; {HOW}")
+        raise Denied(401, f"the Authorization header must be 'Bearer TOKEN'; {HOW}")
     return token.strip()
 
 
 def check(core: BrokerCore, request: Request, op: str, args: dict[str, Any] | None = None) -> str:
-    """The request's identity, once it may do the wire's ``op`` (with ``args``); else :class:`Refused`."""
+    """The request's identity, once it may do the wire's ``op`` (with ``args``); else :class:`Denied`."""
     token = bearer_token(request)
     try:
         identity = authenticate(core, {"token": token} if token is not None else None, None)
     except NotAuthorized as exc:
-        raise Refused(401, f"{exc.message.split(';')[0]}; {HOW}") from None
+        raise Denied(401, f"{exc.message.split(';')[0]}; {HOW}") from None
     if not core.authorization:
         return identity
     try:
         rule_for(op)(core, identity, args or {})
     except NotAuthorized as exc:
         if token is None:
-            raise Refused(401, f"this endpoint needs an authenticated identity; {HOW}") from None
-        raise Refused(403, exc.message) from None
+            raise Denied(401, f"this endpoint needs an authenticated identity; {HOW}") from None
+        raise Denied(403, exc.message) from None
     return identity

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from ..core.catalog import check_kind
 from ..errors import BrokerError, InvalidArgument, UnknownObject
 from . import readings
-from .access import Refused, check
+from .access import Denied, check
 from .host import Monitored
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -80,7 +80,7 @@ class Api:
                 if op is not None:
                     check(self.node.core, request, op, dict(request.path_params))
                 return json_response(handler(request))
-            except Refused as exc:
+            except Denied as exc:
                 return error_response(exc.status, "not_authorized", exc.message)
             except UnknownObject as exc:
                 return error_response(404, exc.code, exc.message)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .access import Refused, check
+from .access import Denied, check
 from .api import Api, error_response, json_response
 from .host import Monitored
 from .metrics import exposition, metrics_registry
@@ -39,7 +39,7 @@ def build_app(node: Monitored) -> Starlette:
         if node.core is not None and node.core.authorization and not node.config.http_metrics_open:
             try:
                 check(node.core, request, "status")
-            except Refused as exc:
+            except Denied as exc:
                 return error_response(exc.status, "not_authorized", f"{exc.message} ([http] metrics_open = true"
                                       " opens /metrics to anyone)")
         return Response(exposition(registry), media_type=METRICS_TYPE)

@@ -422,6 +422,7 @@ class Node:
         stats["node"] = {
             "version": __version__,
             "listen": self.url,
+            "http": self.http_url,  # the monitoring listener (docs/monitoring.md), or None
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self._started_at, 1),
             "connections": len(self.sessions),

@@ -425,6 +425,7 @@ async def test_with_authorization_the_api_needs_a_token_and_says_how_to_give_one
         r = await get(node, "/metrics")
         assert r.status_code == 401 and "metrics_open" in r.json()["message"]
         assert "aiobroker_messages_sent_total" in (await get(node, "/metrics", token=TOKEN)).text
+        assert (await get(node, "/api")).status_code == 401
         for probe in ("/healthz", "/readyz"):  # probes carry no token
             assert (await get(node, probe)).status_code == 200
 

@@ -272,8 +272,6 @@ def split_http_listen(text: Any) -> tuple[str | None, int | None]:
     ``(None, None)``)."""
     if isinstance(text, str) and text.strip().lower() == "off":
         return None, None
-    if text is False:
-        return None, None
     return split_listen(text)
 
 

@@ -5,7 +5,7 @@ time with filters, queues with their oldest message's age, links, and dynamic ro
 =========================================  ===========================================  ============================
 path                                       answer                                       rule (the wire's op)
 =========================================  ===========================================  ============================
-GET /api                                   the endpoints, and the node's identity       none
+GET /api                                   the endpoints, and the node's identity       status
 GET /api/status                            as ``aiobroker status --json``               status
 GET /api/queues                            each queue: depth, locked, oldest age        status
 GET /api/diagnose/{service}                as ``aiobroker diagnose --json``             diagnose
@@ -57,7 +57,7 @@ class Api:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/api", self._wrap(self.index, None)),
+            Route("/api", self._wrap(self.index, "status")),
             Route("/api/status", self._wrap(self.status, "status")),
             Route("/api/queues", self._wrap(self.queues, "status")),
             Route("/api/diagnose/{service:path}", self._wrap(self.diagnose, "diagnose")),
@@ -68,7 +68,7 @@ class Api:
             Route("/api/resolving", self._wrap(self.resolving, "status")),
         ]
 
-    def _wrap(self, handler: Callable[[Request], Any], op: str | None) -> Endpoint:
+    def _wrap(self, handler: Callable[[Request], Any], op: str) -> Endpoint:
         """Check readiness and rights, run ``handler`` (synchronous, on the event loop: it reads the core), and
         answer its result as JSON; a BrokerError becomes its status and words."""
 
@@ -77,8 +77,7 @@ class Api:
             if reason is not None:
                 return error_response(503, "not_ready", f"the node is not ready: {reason}")
             try:
-                if op is not None:
-                    check(self.node.core, request, op, dict(request.path_params))
+                check(self.node.core, request, op, dict(request.path_params))
                 return json_response(handler(request))
             except Denied as exc:
                 return error_response(exc.status, "not_authorized", exc.message)
@@ -109,10 +108,8 @@ class Api:
 
     def queues(self, request: Request) -> list[dict[str, Any]]:
         node = self.node
-        stats = {q["name"]: q for q in node.core.statistics(node.clock())["queues"]}
         return [
-            {**stats.get(q.name, {"name": q.name}), "oldest_age_seconds": round(q.oldest_age, 3)}
-            for q in readings.queues(node.core, node.clock())
+            {**q.statistics, "oldest_age_seconds": round(q.oldest_age, 3)} for q in readings.queues(node.core, node.clock())
         ]
 
     def diagnose(self, request: Request) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class QueueReading:
     waiting: int  #: messages not handed out
     locked: int  #: messages handed out under a lease
     oldest_age: float  #: seconds the oldest waiting message has waited (0 when none waits)
+    statistics: dict[str, Any]  #: the queue as ``status`` shows it
 
 
 def queues(core: BrokerCore, now: float) -> list[QueueReading]:
@@ -53,7 +54,9 @@ def queues(core: BrokerCore, now: float) -> list[QueueReading]:
                 if first and group.lease is None:
                     oldest = max(0.0, now - min(first))
                     break
-        out.append(QueueReading(queue.name, queue.definition.status, queue.waiting, queue.locked, oldest))
+        out.append(
+            QueueReading(queue.name, queue.definition.status, queue.waiting, queue.locked, oldest, queue.statistics())
+        )
     return out
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 import httpx
 import pytest
@@ -25,6 +26,8 @@ import aiobroker
 from aiobroker import NodeConfig
 from aiobroker.config import DEFAULT_HTTP_PORT, load_config
 from aiobroker.errors import ConfigError
+from aiobroker.transport.connection import FramedConnection
+from aiobroker.wire.frames import PROTOCOL_VERSION, Welcome
 
 pytestmark = pytest.mark.anyio
 
@@ -304,6 +307,25 @@ async def test_queue_age_and_delayed_messages_per_service_and_reason(tmp_path: P
     assert value(samples, "aiobroker_transmission_queue_messages") == 3
 
 
+async def test_event_loop_lag_shows_a_blocked_loop_and_connections_count_clients() -> None:
+    async with aiobroker.Node(NodeConfig(store="memory", listen_port=0, http_port=0)) as node:
+        assert value(await scrape(node), "aiobroker_connections", kind="client") == 0
+        async with aiobroker.connect(node.url), aiobroker.connect(node.url):
+            assert value(await scrape(node), "aiobroker_connections", kind="client") == 2
+        # block the event loop the node runs on (this test's) for longer than the watch's half second, so that its
+        # timer falls due inside the block and runs at least 0.3 s late
+        time.sleep(0.8)
+
+        async def lagged() -> float | None:
+            lag = value(await scrape(node), "aiobroker_event_loop_lag_max_seconds")
+            return lag if lag >= 0.3 else None
+
+        with anyio.fail_after(5):
+            while (lag := await lagged()) is None:
+                await anyio.sleep(0.05)  # polled under a deadline until the watch has measured
+        assert lag < 5
+
+
 async def test_two_nodes_in_one_process_each_show_their_own_numbers() -> None:
     config = NodeConfig(store="memory", listen_port=0, http_port=0)
     async with aiobroker.Node(config) as a, aiobroker.Node(config) as b:
@@ -343,6 +365,55 @@ async def test_a_link_shows_its_state_acknowledgements_and_round_trip() -> None:
             assert value(await scrape(b), "aiobroker_connections", kind="peer_in") == 1
             links = (await get(a, "/api/links")).json()["links"]
             assert [(lk["address"], lk["state_kind"]) for lk in links] == [(peer, "connected")]
+
+
+async def test_messages_a_silent_peer_never_acknowledges_count_as_retransmitted() -> None:
+    """A peer that takes the link and its messages and never acknowledges them: after ack_timeout the link fails,
+    and what was sent on it is counted once per time it has to go again."""
+    received: list[int] = []
+
+    async def silent_peer(stream: Any) -> None:
+        conn = FramedConnection(stream, max_frame_size=16 * 1024 * 1024, peer="test")
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.writer)
+                await conn.receive_one()  # HELLO
+                conn.send_frame(Welcome(version=PROTOCOL_VERSION, broker_instance="silent", info={}))
+                try:
+                    while True:
+                        received.extend(len(f.messages) for f in await conn.receive_frames())
+                except Exception:  # noqa: BLE001 - the node gave up on this connection: that is the point
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
+
+    n = 7
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    config = NodeConfig(store="memory", listen_port=0, http_port=0, ack_timeout=0.3)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, silent_peer)
+        async with aiobroker.Node(config) as node, aiobroker.connect(node.url) as client:
+            await client.create_queue("qa")
+            await client.create_service("svcA", "qa")
+            await client.create("route", {"name": "silent", "service_name": "svcS", "address": f"tcp://127.0.0.1:{port}"})
+            await (await client.begin_dialog("svcA", "svcS")).send_many([("DEFAULT", b"x")] * n)
+
+            async def retransmitted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+                samples = await scrape(node)
+                return samples if value(samples, "aiobroker_messages_retransmitted_total") >= n else None
+
+            with anyio.fail_after(20):
+                while (samples := await retransmitted()) is None:
+                    await anyio.sleep(0.05)  # polling the link's progress, under a deadline
+            failures = value(samples, "aiobroker_link_failures_total", peer=f"tcp://127.0.0.1:{port}")
+            assert failures >= 1
+            assert value(samples, "aiobroker_messages_retransmitted_total") == n * failures
+            assert value(samples, "aiobroker_messages_acknowledged_total") == 0
+            assert value(samples, "aiobroker_transmission_queue_messages") == n
+        tg.cancel_scope.cancel()
+    assert sum(received) >= n
 
 
 async def test_a_resolver_shows_its_requests_answers_failures_and_latency(tmp_path: Path) -> None:

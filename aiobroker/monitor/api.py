@@ -149,7 +149,7 @@ class Api:
         node = self.node
         core = node.core
         return {
-            "resolver": core.resolver_name or ("BCN service" if core.dynamic_routing else None),
+            "resolver": readings.resolver_words(core),
             "in_flight": readings.resolving(core, node.clock()),
             "resolvers": {
                 name: {"requests": c.requests, "answers": c.answers, "failures": dict(c.failures)}

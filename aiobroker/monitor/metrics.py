@@ -208,7 +208,7 @@ class NodeCollector(Collector):
         yield _counter("aiobroker_connections_idle_closed_total", "Connections closed for being idle (idle_timeout)",
                        admission["idle_closed"])
         yield _gauge("aiobroker_receive_leases", "Received batches held, not yet committed or rolled back",
-                     len(node.core.leases))
+                     readings.leases_held(node.core))
 
 
 def metrics_registry(node: Monitored) -> CollectorRegistry:

@@ -93,6 +93,15 @@ def delayed(core: BrokerCore) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
+def resolver_words(core: BrokerCore) -> str | None:
+    """Whom dynamic routing asks: the resolver's name, the BCN service, or None (no dynamic routing)."""
+    return core.resolver_name or ("BCN service" if core.dynamic_routing else None)
+
+
+def leases_held(core: BrokerCore) -> int:
+    return len(core.leases)
+
+
 def requests_in_flight(core: BrokerCore) -> int:
     return len(core.dispatcher.in_flight)
 

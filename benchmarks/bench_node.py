@@ -323,15 +323,24 @@ def run_node_case(
     start_timeout: float,
     pin: bool,
     wait_idle: float,
+    http: bool = False,
+    scrape_every: float = 0.0,
 ) -> dict[str, Any]:
-    """Start a fresh node (own process, fresh data directory), run the load process against it, stop it by pid."""
+    """Start a fresh node (own process, fresh data directory), run the load process against it, stop it by pid.
+
+    The node's HTTP monitoring listener is off unless ``http``; with ``scrape_every`` > 0 its /metrics is fetched
+    that often while the load runs (bench_monitoring.py), and ``result["scrapes"]`` says how many answered."""
     port = common.free_port()
+    http_port = common.free_port() if http else None
     data_dir = Path(tempfile.mkdtemp(prefix=f"aiobroker-bench-{store}-"))
     log = LOGS_DIR / f"node-{store}.log"
     server_cpus, load_cpus = common.cpu_plan(pin, 1)
     argv = [sys.executable, "-m", "aiobroker", "serve", "--listen", f"{LOOPBACK}:{port}", "--store", store,
-            "--data-dir", str(data_dir), "--durability", durability]
+            "--data-dir", str(data_dir), "--durability", durability,
+            "--http", f"{LOOPBACK}:{http_port}" if http_port else "off"]
     proc = start_process(argv, log_path=log, cpus=server_cpus[0])
+    scraper = common.Scraper(f"http://{LOOPBACK}:{http_port}/metrics", scrape_every) if http_port and scrape_every \
+        else None
     try:
         wait_for_port(port, proc=proc, what=f"aiobroker node (store {store})", log_path=log, timeout=start_timeout)
         if wait_idle:
@@ -342,11 +351,19 @@ def run_node_case(
                      "--receive-batch", str(receive_batch), "--rate", str(rate), "--duration", str(duration),
                      "--warmup", str(warmup), "--max-seconds", str(max_seconds)]
         what = f"node load ({store}, {mode}, {fmt_size(size)})"
-        if mode == "latency":
-            result = common.run_latency_worker(load_argv, timeout=max_seconds + 60, what=what, cpus=load_cpus)
-        else:
-            result = run_worker(load_argv, timeout=max_seconds + 60, what=what, cpus=load_cpus)
+        if scraper is not None:
+            scraper.start()
+        try:
+            if mode == "latency":
+                result = common.run_latency_worker(load_argv, timeout=max_seconds + 60, what=what, cpus=load_cpus)
+            else:
+                result = run_worker(load_argv, timeout=max_seconds + 60, what=what, cpus=load_cpus)
+        finally:
+            if scraper is not None:
+                scraper.stop()
         result["cpu"] = meter.stop()
+        if scraper is not None:
+            result["scrapes"], result["scrape_failures"] = scraper.answered, scraper.failed
         if proc.poll() is not None:
             raise BenchError(f"the node exited with code {proc.returncode} during the run"
                              f"{common._log_hint(log)}")

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import time
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -839,3 +840,35 @@ def sigterm_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+class Scraper:
+    """Fetches a URL every ``every`` seconds in a thread, as Prometheus scrapes a target, until stopped; counts
+    the answers (status 200) and the failures."""
+
+    def __init__(self, url: str, every: float) -> None:
+        self.url = url
+        self.every = every
+        self.answered = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.wait(self.every):
+                try:
+                    ok = http.get(self.url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.answered += ok
+                self.failed += not ok

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,11 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.02):  # t
 
 
 class NodeProcess:
+    """``aiobroker serve`` on 127.0.0.1: its broker port free (or given), its HTTP monitoring listener off unless
+    ``http`` names an address (``"127.0.0.1:0"``: a free port, read back from the start-up line by :meth:`http_url`),
+    so that tests running many nodes at once never meet on the default HTTP port; ``""`` gives no ``--http`` flag
+    (serve's own default, 127.0.0.1:4080)."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -51,12 +57,14 @@ class NodeProcess:
         store: str = "sqlite",
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        http: str = "off",
     ):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.store = store
         self.extra = extra or []
         self.env = env  #: added to this process's environment
+        self.http = http
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"node-{self.port}.log"
 
@@ -65,16 +73,8 @@ class NodeProcess:
         return f"tcp://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
-        cmd = [
-            sys.executable, "-m", "aiobroker", "serve",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--store", self.store,
-            "--data-dir", str(self.data_dir),
-            *self.extra,
-        ]
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, **self.env} if self.env else None
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        """Launch it and wait until it accepts connections."""
+        self.launch()
 
         def accepting() -> bool:
             assert self.proc is not None
@@ -88,6 +88,30 @@ class NodeProcess:
 
         wait_for(accepting, timeout, f"the node on port {self.port} to accept connections")
         return self
+
+    def launch(self) -> NodeProcess:
+        """Start the process and return at once."""
+        cmd = [
+            sys.executable, "-m", "aiobroker", "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--store", self.store,
+            "--data-dir", str(self.data_dir),
+            *(["--http", self.http] if self.http else []),  # "": no flag, serve's default
+            *self.extra,
+        ]
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def http_url(self, timeout: float = 20.0) -> str:
+        """The HTTP monitoring listener's URL, as the node's start-up line prints it."""
+
+        def printed() -> str | None:
+            found = re.findall(r"monitoring on (https?://\S+?);", self.output())
+            return found[-1] if found else None
+
+        return str(wait_for(printed, timeout, "the node's start-up line naming its HTTP monitoring URL"))
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

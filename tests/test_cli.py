@@ -80,7 +80,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     log_path = base / "node.log"
     cmd = [
         sys.executable, "-m", "aiobroker", "serve",
-        "--listen", f"127.0.0.1:{port}", "--store", "sqlite", "--data-dir", str(data_dir),
+        "--listen", f"127.0.0.1:{port}", "--store", "sqlite", "--data-dir", str(data_dir), "--http", "off",
     ]  # fmt: skip
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
@@ -481,7 +481,8 @@ def test_no_node_listening_is_one_line_and_exit_1() -> None:
 def serve_with_config(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     config = tmp_path / "aiobroker.toml"
     config.write_text(text, encoding="utf-8")
-    r = run("serve", "--config", str(config), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"))
+    r = run("serve", "--config", str(config), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+            "--http", "off")  # fmt: skip
     return r, config
 
 

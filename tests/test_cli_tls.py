@@ -204,7 +204,7 @@ def test_cert_create_puts_the_dns_and_ip_names_in_the_certificate(tmp_path: Path
 def serve_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "aiobroker.toml"
     config.write_text(text, encoding="utf-8")
-    return run("serve", "--config", str(config), "--listen", "127.0.0.1:0", "--store", "memory")
+    return run("serve", "--config", str(config), "--listen", "127.0.0.1:0", "--store", "memory", "--http", "off")
 
 
 @pytest.mark.parametrize("missing", ["cert", "key", "ca"])

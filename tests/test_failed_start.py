@@ -33,7 +33,7 @@ def _serve_on_a_taken_port(data_dir: Path, config: Path) -> subprocess.Completed
         port = taken.getsockname()[1]
         return subprocess.run(
             [sys.executable, "-m", "aiobroker", "serve", "--listen", f"127.0.0.1:{port}",
-             "--data-dir", str(data_dir), "--config", str(config)],
+             "--data-dir", str(data_dir), "--config", str(config), "--http", "off"],
             capture_output=True, text=True, timeout=60,
         )
 

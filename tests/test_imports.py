@@ -153,6 +153,16 @@ def test_core_imports_no_shell_and_no_store() -> None:
     assert not edges, "the core imports what it must not:\n" + "\n".join(edges)
 
 
+def test_only_the_server_starts_the_monitor() -> None:
+    """The HTTP monitoring listener (``aiobroker/node/monitor/``, a part of the shell) is the server's to start, and
+    nothing else of aiobroker imports it: not the core (which the floors keep below the shell anyway), not the
+    shell's other parts (which it reads through ``monitor/host.py``'s protocol), not the client or the CLI, which
+    would otherwise load Starlette and Hypercorn for every command."""
+    files = [p for p in PACKAGE.rglob("*.py") if "monitor" not in p.relative_to(PACKAGE).parts]
+    edges = forbidden_edges([p for p in files if p != PACKAGE / "node" / "server.py"], ["aiobroker.node.monitor"])
+    assert not edges, "aiobroker.node.monitor is imported from outside the server:\n" + "\n".join(edges)
+
+
 def test_records_import_nothing_of_aiobroker() -> None:
     """``core/records.py`` is the one module of the core the store imports: it stays plain data, so that importing
     it brings none of the core's behaviour into the store."""

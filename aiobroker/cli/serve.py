@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from .common import EXIT_STATUS_SERVE
 
 def run_serve(args: argparse.Namespace) -> None:
     from ..node import serve
-    from ..config import load_config, parse_listen
+    from ..config import DEFAULT_HTTP_PORT, load_config, parse_http, parse_listen
 
     overrides: dict[str, Any] = {
         "data_dir": args.data_dir,
@@ -29,7 +30,25 @@ def run_serve(args: argparse.Namespace) -> None:
         except BrokerError as exc:
             exc.message = f"--listen: {exc.message}"
             raise
-    config = load_config(Path(args.config) if args.config is not None else None, overrides)
+    http_off = False
+    if args.http is not None:
+        try:
+            host, port = parse_http(args.http)
+        except BrokerError as exc:
+            exc.message = f"--http: {exc.message}"
+            raise
+        http_off = port is None
+        if not http_off:
+            overrides["http_host"], overrides["http_port"], overrides["http_optional"] = host, port, False
+    # serve's own default: the HTTP monitoring listener on, on its port, and optional (taken: a warning, so a second
+    # node on the machine starts); the file or --http may move it (then it is required) or stop it
+    config = load_config(
+        Path(args.config) if args.config is not None else None,
+        overrides,
+        {"http_port": DEFAULT_HTTP_PORT, "http_optional": True},
+    )
+    if http_off:  # an override of None means "not given", so "off" is applied here, over the file too
+        config = dataclasses.replace(config, http_port=None)
     tracing.export_from_env()  # AIOBROKER_OTEL_SPANS_FILE: the node's spans as JSON lines (the otel extra)
     serve.run(config)
 
@@ -53,6 +72,12 @@ def add_serve(commands: Any) -> None:
         "--listen",
         metavar="HOST:PORT",
         help="address to listen on (default 127.0.0.1:4022; port 0 picks one)",
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT|off",
+        help="the HTTP monitoring listener: /healthz, /readyz, /metrics, /api (default 127.0.0.1:4080; port 0 picks"
+        " one; off: none)",
     )
     p.add_argument(
         "--data-dir", metavar="DIR", help="where the sqlite store keeps its files (default ./aiobroker-data)"

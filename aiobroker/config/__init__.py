@@ -26,6 +26,7 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     durability = "normal"         # "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level = "info"            # "debug", "info", "warning" or "error"
     log_format = "text"           # "text" (words) or "json" (one object a line: time, level, message, fields)
+    store_wait = 0                # seconds to wait at start for a data directory another node still holds
 
     [limits]
     max_message_size = 4194304    # bytes, 1 .. max_frame_size - 4096
@@ -61,6 +62,10 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     # resolve_timeout = 30        # give up on a request after this long (default: never, as in the seeds)
     max_delayed_per_service = 100000
     max_delayed_messages = 1000000
+
+    [http]                        # the monitoring listener: /healthz, /readyz, /metrics, /api (docs/monitoring.md)
+    # listen = "127.0.0.1:4080"   # "off": none; `aiobroker serve` listens on 127.0.0.1:4080 unless told otherwise
+    metrics_open = false          # with authorization on, true lets /metrics answer without a token
 
     [security]                    # identities, bindings and authorization: see docs/security.md
     # identity = "node"           # the default owner of local services (an [[identity]] with a private key)
@@ -124,6 +129,10 @@ Keys and the :class:`NodeConfig` fields they set:
   directory); ``~`` is expanded. The result is absolute.
 * ``[receive] lease_seconds`` sets ``receive_lease`` (an integer or a float); ``[receive] poison_rollbacks``
   sets ``poison_rollbacks``.
+* ``[http] listen`` sets ``http_host`` and ``http_port`` (``"off"``: ``http_port`` None, no listener);
+  ``[http] metrics_open`` sets ``http_metrics_open``. A :class:`NodeConfig` made in Python has no HTTP listener
+  unless it sets ``http_port``; ``aiobroker serve`` has one on 127.0.0.1:4080 unless the file or ``--http`` says
+  otherwise.
 * ``[security] identity`` sets ``node_identity``; ``authorization`` and ``binding_failure_cache`` set the field
   of the same name.
 * ``[[message_type]]``, ``[[contract]]``, ``[[queue]]``, ``[[service]]``, ``[[route]]``, ``[[identity]]`` and
@@ -166,15 +175,19 @@ Only this ``__init__`` imports ``node_config``.
 """
 
 from .fields import MIN_FRAME_SIZE
-from .node_config import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, NodeConfig, load_config, parse_listen
+from .node_config import (
+    DEFAULT_HTTP_PORT, DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, NodeConfig, load_config, parse_http, parse_listen,
+)  # fmt: skip
 from .objects import OBJECT_KINDS
 
 __all__ = [
+    "DEFAULT_HTTP_PORT",
     "DEFAULT_LISTEN_HOST",
     "DEFAULT_LISTEN_PORT",
     "MIN_FRAME_SIZE",
     "OBJECT_KINDS",
     "NodeConfig",
     "load_config",
+    "parse_http",
     "parse_listen",
 ]

@@ -90,6 +90,10 @@ def _check_port(value: Any) -> int:
     return _int(value, 0, 65535, " (0 picks a free port)")
 
 
+def _check_optional_port(value: Any) -> int | None:
+    return None if value is None else _check_port(value)
+
+
 def _check_data_dir(value: Any) -> Path:
     if not isinstance(value, Path):
         raise Invalid(f"must be a pathlib.Path; got {describe(value)}")
@@ -189,6 +193,7 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "durability": _choice(DURABILITIES),
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),
+    "store_wait": _check_retention,  # >= 0 seconds
     "max_message_size": _check_count,  # the upper bound depends on max_frame_size; see validate
     "max_frame_size": lambda v: _int(v, MIN_FRAME_SIZE, MAX_FRAME_SIZE, " (256 MiB)"),
     "max_connections": _check_count,
@@ -215,6 +220,10 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "node_identity": _check_identity_name,
     "authorization": _check_bool,
     "binding_failure_cache": _check_seconds,
+    "http_host": _check_host,
+    "http_port": _check_optional_port,  # None: no HTTP listener
+    "http_metrics_open": _check_bool,
+    "http_optional": _check_bool,
     "objects": check_objects,
 }
 
@@ -258,6 +267,14 @@ def _rank(label: str) -> int:
 # --- listen addresses ---------------------------------------------------------------------------------------
 
 _LISTEN_FORMS: Final = 'expected "host:port", "[IPv6 address]:port" or ":port"'
+
+
+def split_http_listen(text: Any) -> tuple[str | None, int | None]:
+    """``[http] listen`` and ``--http``: an address as :func:`split_listen` reads it, or ``"off"`` (no listener:
+    ``(None, None)``)."""
+    if isinstance(text, str) and text.strip().lower() == "off":
+        return None, None
+    return split_listen(text)
 
 
 def split_listen(text: Any) -> tuple[str | None, int]:

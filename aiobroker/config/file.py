@@ -13,14 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
-from .fields import split_listen
+from .fields import split_http_listen, split_listen
 from .messages import Invalid, describe, describe_or_empty, did_you_mean
 from .objects import OBJECT_KINDS, objects_from_file
 from ..errors import ConfigError
 
 #: The keys each section allows, as written in the file.
 SECTIONS: Final[dict[str, tuple[str, ...]]] = {
-    "node": ("listen", "data_dir", "store", "durability", "log_level", "log_format"),
+    "node": ("listen", "data_dir", "store", "durability", "log_level", "log_format", "store_wait"),
     "limits": ("max_message_size", "max_frame_size", "max_connections", "reserved_connections",
                "max_connections_per_address", "idle_timeout"),
     "receive": ("lease_seconds", "poison_rollbacks"),
@@ -29,6 +29,7 @@ SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "tls": ("cert", "key", "ca", "check_hostname"),
     "dynamic_routing": ("resolve_timeout", "max_delayed_per_service", "max_delayed_messages"),
     "security": ("identity", "authorization", "binding_failure_cache"),
+    "http": ("listen", "metrics_open"),
 }
 #: Field names whose key in the file is spelled differently.
 _FILE_KEY_FOR_FIELD: Final = {
@@ -40,6 +41,7 @@ _FILE_KEY_FOR_FIELD: Final = {
     "tls_ca": "ca",
     "tls_check_hostname": "check_hostname",
     "node_identity": "identity",
+    "http_metrics_open": "metrics_open",
 }
 #: Keys whose field name is spelled differently; the rest are the same. (``listen`` sets two fields: see
 #: :func:`_read_section`.)
@@ -123,7 +125,16 @@ def _read_section(
         label = f"{path}: [{section}] {key}"
         if key not in allowed:
             raise ConfigError(f"{path}: {_unknown_key(section, key)}")
-        if key == "listen":
+        if key == "listen" and section == "http":
+            try:
+                http_host, http_port = split_http_listen(value)
+            except Invalid as exc:
+                raise ConfigError(f'{label}: {exc.reason}, or "off" for no HTTP listener') from None
+            if http_host is not None:
+                values["http_host"], where["http_host"] = http_host, label
+            values["http_port"], where["http_port"] = http_port, label
+            values["http_optional"], where["http_optional"] = False, label  # an address given is an address wanted
+        elif key == "listen":
             try:
                 host, port = split_listen(value)
             except Invalid as exc:

@@ -14,17 +14,24 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
-from .fields import ARGUMENT_LABEL, DEFAULT_LABEL, MIB, OVERRIDE_LABEL, split_listen, validate
+from .fields import ARGUMENT_LABEL, DEFAULT_LABEL, MIB, OVERRIDE_LABEL, split_http_listen, split_listen, validate
 from .file import from_document, read_toml
 from .messages import Invalid, did_you_mean
 from .objects import ObjectDef
 from ..core.broker import DEFAULT_BINDING_FAILURE_CACHE  # the engine owns its defaults
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_LISTEN_HOST", "DEFAULT_LISTEN_PORT", "NodeConfig", "load_config", "parse_listen"]
+__all__ = [
+    "DEFAULT_HTTP_PORT", "DEFAULT_LISTEN_HOST", "DEFAULT_LISTEN_PORT", "NodeConfig", "load_config", "parse_http",
+    "parse_listen",
+]  # fmt: skip
 
 DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
 DEFAULT_LISTEN_PORT: Final = 4022
+#: The HTTP monitoring listener's port when ``aiobroker serve`` is told nothing (docs/monitoring.md). A
+#: :class:`NodeConfig` built in Python has no HTTP listener unless it asks for one (``http_port``), so that programs
+#: and tests running many nodes in one process never fight over a fixed port.
+DEFAULT_HTTP_PORT: Final = 4080
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +45,9 @@ class NodeConfig:
     durability: str = "normal"  #: "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level: str = "info"  #: "debug", "info", "warning" or "error"
     log_format: str = "text"  #: "text" (a line of words) or "json" (one object a line, with fields)
+    #: seconds to wait at start for a data directory another node holds (a restart that overlaps the old process);
+    #: /readyz says why meanwhile. 0: fail at once
+    store_wait: float = 0.0
     max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 4096 (room for the envelope)
     max_frame_size: int = 16 * MIB  #: 8 KiB .. 256 MiB
     max_connections: int = 1000  #: >= 1; established connections anyone may take
@@ -73,6 +83,16 @@ class NodeConfig:
     node_identity: str | None = None
     authorization: bool = False  #: check each client's rights (off: every client may do everything)
     binding_failure_cache: float = DEFAULT_BINDING_FAILURE_CACHE  #: seconds a failed binding request is remembered
+    http_host: str = DEFAULT_LISTEN_HOST  #: where the HTTP monitoring listener listens (docs/monitoring.md)
+    #: its port: 0 picks a free one; None: no HTTP listener (the default here; ``aiobroker serve`` listens on
+    #: DEFAULT_HTTP_PORT unless told otherwise)
+    http_port: int | None = None
+    #: with authorization on, /metrics answers without a token (off: it needs an identity, like ``status``)
+    http_metrics_open: bool = False
+    #: a taken HTTP address turns the listener off with a warning instead of failing the start: what
+    #: ``aiobroker serve``'s default asks, so that a second node on one machine still starts; an address someone
+    #: gave (``[http] listen``, ``--http``) is never optional
+    http_optional: bool = False
     #: ``(kind, definition)`` in file order; the definition is the table as written (the node checks it).
     objects: tuple[ObjectDef, ...] = ()
 
@@ -84,6 +104,14 @@ class NodeConfig:
                 object.__setattr__(self, name, value)
 
     @property
+    def http_listen(self) -> str | None:
+        """``"host:port"`` of the HTTP monitoring listener, None when there is none."""
+        if self.http_port is None:
+            return None
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        return f"{host}:{self.http_port}"
+
+    @property
     def listen(self) -> str:
         """``"host:port"``, an IPv6 host in brackets (``"[::1]:4022"``); :func:`parse_listen` reverses it."""
         if ":" in self.listen_host:
@@ -91,14 +119,19 @@ class NodeConfig:
         return f"{self.listen_host}:{self.listen_port}"
 
 
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
-    """Build the node's configuration: built-in defaults < the TOML file at ``path`` < ``overrides``.
+def load_config(
+    path: Path | None = None, overrides: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None
+) -> NodeConfig:
+    """Build the node's configuration: built-in defaults < ``defaults`` < the TOML file at ``path`` < ``overrides``.
 
-    ``path=None`` reads no file. ``overrides`` are keyed by :class:`NodeConfig` field name; ``None`` values
+    ``defaults`` are a program's own defaults (``aiobroker serve`` turns the HTTP listener on with them), keyed by
+    field name like ``overrides``. ``path=None`` reads no file. ``overrides`` are keyed by :class:`NodeConfig` field name; ``None`` values
     are skipped. Raises :class:`ConfigError` naming the file and key for any problem.
     """
     values: dict[str, Any] = {f.name: f.default for f in fields(NodeConfig)}
     where: dict[str, str] = {name: DEFAULT_LABEL for name in values}
+    if defaults is not None:
+        values.update(defaults)
     if path is not None:
         path = Path(path)
         text, document = read_toml(path)
@@ -123,6 +156,15 @@ def parse_listen(text: str, *, default_host: str = DEFAULT_LISTEN_HOST) -> tuple
         host, port = split_listen(text)
     except Invalid as exc:
         raise ConfigError(exc.reason) from None
+    return (default_host if host is None else host), port
+
+
+def parse_http(text: str, *, default_host: str = DEFAULT_LISTEN_HOST) -> tuple[str, int | None]:
+    """``--http``'s value: an address as :func:`parse_listen` reads it, or ``"off"``: ``(default_host, None)``."""
+    try:
+        host, port = split_http_listen(text)
+    except Invalid as exc:
+        raise ConfigError(f'{exc.reason}, or "off" for no HTTP listener') from None
     return (default_host if host is None else host), port
 
 

@@ -158,6 +158,7 @@ def begin_dialog(node: Shell, session: Session, rid: int, args: dict[str, Any]) 
 def send(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     handle, messages = arg(args, "handle", str), arg(args, "messages", list)
     count = node.core.send(handle, messages, node.clock())
+    node.counters.sent += count
     session.reply_durable(rid, count)
     if len(messages[0]) > 2 and tracing.recording():  # a batch with trace context: the core made it all triples
         ep = node.core.endpoint(handle)
@@ -237,21 +238,24 @@ def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> No
 
 @op("commit")
 def commit(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
-    _end_lease(node, session, rid, arg(args, "lease", int), node.core.commit)
+    node.counters.committed += _end_lease(node, session, rid, arg(args, "lease", int), node.core.commit)
 
 
 @op("rollback")
 def rollback(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
-    _end_lease(node, session, rid, arg(args, "lease", int), node.core.rollback)
+    node.counters.rolled_back += _end_lease(node, session, rid, arg(args, "lease", int), node.core.rollback)
 
 
-def _end_lease(node: Shell, session: Session, rid: int, lease_id: int, end: Callable[[int, Any], Any]) -> None:
+def _end_lease(node: Shell, session: Session, rid: int, lease_id: int, end: Callable[[int, Any], Any]) -> int:
     """Commit or roll back a lease, answer once that is stored, and serve the receives waiting on its queue (a
-    rollback puts messages back; a commit may free the group for the next receiver)."""
-    queue_name = node.core.leases[lease_id].queue.name if lease_id in node.core.leases else None
+    rollback puts messages back; a commit may free the group for the next receiver). Returns how many messages
+    the lease held (for the counters)."""
+    lease = node.core.leases.get(lease_id)
     session.reply_durable(rid, end(lease_id, session))
-    if queue_name is not None:
-        node.waiters.serve(queue_name)
+    if lease is None:
+        return 0
+    node.waiters.serve(lease.queue.name)
+    return len(lease.messages)
 
 
 @op("diagnose")

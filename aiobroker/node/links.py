@@ -194,6 +194,10 @@ class PeerLinks:
                     )
                 except _LINK_FAILURES as exc:
                     reason = exc.message if isinstance(exc, BrokerError) else describe_os_error(exc)
+                    counters = self.node.counters
+                    counters.link_failures[address] = counters.link_failures.get(address, 0) + 1
+                    if link := core.tx.links.get(address):  # what was sent and not acknowledged goes again
+                        counters.retransmitted += sum(link.sent.values())
                     next_at = core.link_failed(address, reason, self.node.clock())
                     if next_at is None:  # no conversation uses the address any more; forwards only
                         await self._wait(address, 1.0)
@@ -305,7 +309,13 @@ class PeerLinks:
         core = self.node.core
         now = self.node.clock()
         if frame.acks:
+            counters = self.node.counters
+            link = core.tx.links.get(address) if address is not None else None
+            if link is not None and link.waiting_since is not None:  # the oldest send still unanswered went then
+                counters.link_ack_seconds[address] = time.monotonic() - link.waiting_since  # type: ignore[index]
+            unacknowledged = core.tx.message_count
             foreign = core.acknowledged(frame.acks, now)
+            counters.acknowledged += max(0, unacknowledged - core.tx.message_count)
             for ack in foreign:
                 back = self.reverse.get((ack[1], ack[2])) if isinstance(ack, list) and len(ack) > 2 else None
                 if back is not None and not back.closed:
@@ -344,6 +354,13 @@ class PeerLinks:
 
     async def serve_inbound(self, conn: FramedConnection) -> None:
         """A peer connected to us: read its envelopes; answers go back through ``conn``."""
+        self.node.counters.inbound_peers += 1
+        try:
+            await self._serve_inbound(conn)
+        finally:
+            self.node.counters.inbound_peers -= 1
+
+    async def _serve_inbound(self, conn: FramedConnection) -> None:
         refusal: ProtocolError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.writer)

@@ -23,6 +23,7 @@ from ..core.dispatcher import BINDING, ROUTE
 from ..core.routing import explain
 from ..durations import duration
 from ..resolver import NotFound, Resolver, ResolverError
+from .counters import Counters
 
 log = logging.getLogger("aiobroker.node")
 
@@ -37,12 +38,15 @@ class Resolving:
         clock: Callable[[], float],
         timeout: float | None,
         after: Callable[[], None],
+        counters: Counters | None = None,
     ) -> None:
         self.resolver = resolver
         self.core = core
         self.clock = clock
         self.timeout = timeout
         self.after = after
+        #: this resolver's questions, answers, failures and latency, for ``/metrics``
+        self.counts = (counters or Counters()).resolver(resolver.name)
 
     async def run(self, service: str, kind: str = ROUTE) -> None:
         """Ask the resolver once, and give the core its answer (or why there is none)."""
@@ -50,6 +54,9 @@ class Resolving:
         started = time.monotonic()
         what = "route" if kind == ROUTE else "remote service binding"
         fields = {"service": service, "resolver": self.resolver.name}
+        counts = self.counts
+        counts.requests += 1
+        failure = None
         try:
             with anyio.fail_after(timeout if timeout is not None else math.inf):
                 if kind == BINDING:
@@ -57,25 +64,31 @@ class Resolving:
                 else:
                     answer = await self.resolver.resolve_route(service)
         except NotFound as exc:
+            failure = "not_found"
             moved = self.core.resolve_failed(service, f"not found: {exc.message}", self.clock(), exc.retry_after, kind)
             log.info(
                 "%s: no %s for service %r (%s)%s", self.resolver.name, what, service, exc.message, _plain(moved),
                 extra=fields,
             )
         except ResolverError as exc:
+            failure = "error"
             moved = self.core.resolve_failed(service, exc.message, self.clock(), exc.retry_after, kind)
             log.warning(
                 "%s could not resolve the %s of service %r: %s%s", self.resolver.name, what, service, exc.message,
                 _plain(moved), extra=fields,
             )
         except TimeoutError:
+            failure = "timeout"
             text = f"no answer within resolve_timeout ({duration(timeout or math.inf)})"
             log.warning("%s gave no %s for service %r: %s", self.resolver.name, what, service, text, extra=fields)
             self.core.resolve_failed(service, text, self.clock(), None, kind)
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
+            failure = "broken"
             log.exception("resolver %s failed on the %s of service %r", self.resolver.name, what, service, extra=fields)
             self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock(), None, kind)
         else:
+            counts.answers += 1
+            counts.latency.observe(time.monotonic() - started)
             if kind == BINDING:
                 moved = self.core.binding_resolved(service, binding, self.clock())
                 log.info(
@@ -94,6 +107,9 @@ class Resolving:
                 moved,
                 extra=fields,
             )
+        if failure is not None:
+            counts.failures[failure] = counts.failures.get(failure, 0) + 1
+            counts.latency.observe(time.monotonic() - started)
         self.after()
 
 

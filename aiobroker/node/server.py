@@ -23,11 +23,14 @@ import os
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 from anyio.abc import Listener, SocketAttribute, TaskGroup
+
+if TYPE_CHECKING:
+    from .monitor import MonitorListener
 
 from ..version import __version__
 from ..config import NodeConfig
@@ -36,12 +39,16 @@ from ..core.effects import LeaseExpired, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
+from ..core.records import Snapshot
+from ..durations import duration
 from ..store import Store, open_store
+from ..store.base import StoreInUse
 from ..transport.connection import FramedConnection
 from ..transport.tls import RefusingTLSListener, client_context, server_context
 from ..wire.frames import Refused, Request
 from . import resolving, sessions
 from .admission import Admission
+from .counters import Counters
 from .handlers import OPS
 from .links import PeerLinks
 from .rights import guarded_ops
@@ -51,6 +58,9 @@ from .waiters import Waiters
 from .writer import StoreWriter
 
 log = logging.getLogger("aiobroker.node")
+
+#: seconds between tries to open a store another node holds ([node] store_wait)
+STORE_RETRY = 0.25
 
 
 class Node:
@@ -90,6 +100,12 @@ class Node:
         self.resolving: resolving.Resolving | None = None
         #: the store refused a write: stop() must not try to write again
         self._store_failed = False
+        #: what the shell counts for /metrics (sends, commits, acknowledgements, store writes, resolver answers)
+        self.counters = Counters()
+        #: the HTTP monitoring listener (docs/monitoring.md), when the config asks for one
+        self.http: MonitorListener | None = None
+        #: why the node cannot serve clients now, for /readyz (None: it can)
+        self._not_ready: str | None = "not started"
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -112,12 +128,42 @@ class Node:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def http_url(self) -> str | None:
+        """Where the HTTP monitoring listener answers (``http://host:port``, the port as bound), None without one."""
+        return self.http.url if self.http is not None else None
+
+    def not_ready(self) -> str | None:
+        """Why the node cannot serve clients now (what ``/readyz`` says), or None when it can."""
+        return self._not_ready
+
     async def start(self) -> None:
         """Open the store, restore state, create configured objects, and listen. Returns once accepting.
 
         A start either completes or leaves the store as it found it: everything that can fail (the config's
         objects, the security settings, the TLS files, the listening address) is decided in memory before the
-        first write, and a failure abandons the store unwritten."""
+        first write, and a failure abandons the store unwritten. The HTTP monitoring listener, if any, comes
+        first, so that its probes answer (not ready) while the store is read back, and a taken address fails the
+        start before the store is opened; it stops last (:meth:`stop`)."""
+        if self.config.http_port is not None:
+            from .monitor import MonitorListener  # here: starlette and hypercorn load only for a node that serves
+
+            http = MonitorListener(self)
+            if await http.start():
+                self.http = http
+        try:
+            await self._start()
+        except BaseException:
+            self._not_ready = "the start failed"
+            await self._stop_http()  # its task group is exited here, where it was entered: no shield around it
+            raise
+        self._not_ready = None
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+
+    async def _start(self) -> None:
         started = time.perf_counter()
         cfg = self.config
         server_tls = None
@@ -129,7 +175,8 @@ class Node:
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
-        snapshot = await anyio.to_thread.run_sync(self.store.open)
+        snapshot = await self._open_store()
+        self._not_ready = "restoring the store's state"
         self.broker_instance = instance = broker_instance(snapshot)  # from here on the log lines name the node
         try:
             self.core = restore(snapshot, instance, cfg, self.store.durable, self.resolver, self.clock)
@@ -140,10 +187,14 @@ class Node:
                 if self.resolver is not None:
                     await self.resolver.aclose()
             raise
-        self.waiters = Waiters(self.core, self.clock)
+        self.waiters = Waiters(self.core, self.clock, self.counters)
         if self.resolver is not None:
-            self.resolving = resolving.Resolving(self.resolver, self.core, self.clock, cfg.resolve_timeout, self.after_core)
-        self.writer = StoreWriter(self.core, self.store, self.waiters.serve_all, self.links.wake_ready)
+            self.resolving = resolving.Resolving(
+                self.resolver, self.core, self.clock, cfg.resolve_timeout, self.after_core, self.counters
+            )
+        self.writer = StoreWriter(
+            self.core, self.store, self.waiters.serve_all, self.links.wake_ready, counters=self.counters
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._listener = listener
@@ -166,17 +217,37 @@ class Node:
         stats = self.core.statistics()
         waiting = sum(q["waiting"] for q in stats["queues"])
         log.info(
-            "node %s listening on %s (store %s%s); restored %d conversation(s), %d queued message(s), %d object(s)"
-            " in %.2fs",
+            "node %s listening on %s (store %s%s); %s; restored %d conversation(s), %d queued message(s),"
+            " %d object(s) in %.2fs",
             instance,
             self.url,
             self.store.name,
             f" at {cfg.data_dir.resolve()}" if self.store.durable else ", nothing kept across restarts",
+            f"monitoring on {self.http_url}" if self.http is not None else "no HTTP monitoring",
             stats["conversations"],
             waiting,
             sum(stats["objects"].values()),
             time.perf_counter() - started,
         )
+
+    async def _open_store(self) -> Snapshot:
+        """Open the store; one that another node holds is tried again for ``store_wait`` seconds (``/readyz`` says
+        so meanwhile), so that a restart overlapping the old process's last moments does not fail."""
+        deadline = time.monotonic() + self.config.store_wait
+        waiting = False
+        while True:
+            self._not_ready = f"opening the store ({self.store.name})"
+            try:
+                return await anyio.to_thread.run_sync(self.store.open)
+            except StoreInUse as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self._not_ready = f"waiting for the store: {exc.message}"
+                if not waiting:
+                    log.warning("%s; waiting up to %s for it ([node] store_wait)", exc.message, duration(left))
+                    waiting = True
+                await anyio.sleep(min(STORE_RETRY, left))
 
     async def _listen(self, server_tls: ssl.SSLContext | None) -> Listener[Any]:
         """Bind the listening address (TLS when ``server_tls``); sets ``host``/``port`` to what was bound."""
@@ -197,7 +268,15 @@ class Node:
         return listener
 
     async def stop(self) -> None:
-        """Stop accepting, close every connection, write what is pending, close the store."""
+        """Stop accepting, close every connection, write what is pending, close the store; then the HTTP listener
+        (``/readyz`` says "stopping" meanwhile)."""
+        self._not_ready = "stopping"
+        try:
+            await self._stop()
+        finally:
+            await self._stop_http()
+
+    async def _stop(self) -> None:
         if self._tg is not None:
             tg, self._tg = self._tg, None
             tg.cancel_scope.cancel()
@@ -353,6 +432,7 @@ class Node:
         stats["node"] = {
             "version": __version__,
             "listen": self.url,
+            "http": self.http_url,  # the monitoring listener (docs/monitoring.md), or None
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self._started_at, 1),
             "connections": len(self.sessions),

@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
 from .admission import Admission
+from .counters import Counters
 from .waiters import Waiters
 from .writer import StoreWriter
 
@@ -32,6 +33,11 @@ class Shell(Protocol):
     @property
     def waiters(self) -> Waiters:
         """Waiting receives (serve them after a commit, fail them when their queue goes) and the ticker."""
+        ...
+
+    @property
+    def counters(self) -> Counters:
+        """What the handlers count for ``/metrics``: messages sent, committed, rolled back."""
         ...
 
     def log_change(self, what: str, fields: dict[str, str] | None = None) -> None:
@@ -64,6 +70,11 @@ class LinkHost(Protocol):
 
     @property
     def admission(self) -> Admission: ...
+
+    @property
+    def counters(self) -> Counters:
+        """What the links count for ``/metrics``: acknowledgements, retransmissions, failures, round trips."""
+        ...
 
     @property
     def link_tls(self) -> ssl.SSLContext | None:

@@ -29,6 +29,7 @@ from ..core.broker import BrokerCore
 from ..core.queues import Lease
 from ..core.records import ROW_HANDLE, ROW_ID, row_trace
 from ..errors import BrokerError, QueueDisabled, UnknownObject
+from .counters import Counters
 from .sessions import Session
 
 log = logging.getLogger("aiobroker.node")
@@ -60,9 +61,10 @@ class Waiter:
 class Waiters:
     """The receives waiting on each queue, their time-outs, and the ticker."""
 
-    def __init__(self, core: BrokerCore, clock: Callable[[], float]) -> None:
+    def __init__(self, core: BrokerCore, clock: Callable[[], float], counters: Counters | None = None) -> None:
         self.core = core
         self.clock = clock
+        self.counters = counters or Counters()
         self.by_queue: dict[str, deque[Waiter]] = {}
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
@@ -101,7 +103,9 @@ class Waiters:
             self.maybe_wake_ticker()
 
     def _batch(self, lease: Lease) -> dict[str, Any]:
+        """What a receiver is handed; every lease given out passes here once."""
         rows = lease.messages
+        self.counters.received += len(rows)
         conversations = self.core.conversations_of(rows)
         traced = lease.queue.name in self.core.ledger.traced_queues  # some message in it may carry trace context
         if traced and tracing.recording():  # a receive span for each message with it, in the sender's trace

@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from ..core.broker import BrokerCore, Pending
 from ..store.base import Store
+from .counters import Counters
 
 log = logging.getLogger("aiobroker.store")
 
@@ -44,6 +45,7 @@ class StoreWriter:
         store: Store,
         on_published: Callable[[set[str]], None],
         on_durable: Callable[[], None] | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.core = core
         self.store = store
@@ -59,6 +61,8 @@ class StoreWriter:
         self.rows_written = 0
         self.write_seconds = 0.0
         self.largest_batch = 0
+        #: each write's latency and rows, for ``/metrics``
+        self.counters = counters or Counters()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything changed so far is durable (and published)."""
@@ -109,7 +113,10 @@ class StoreWriter:
                 self.inline_batches += 1
             else:
                 await anyio.to_thread.run_sync(self.store.write, batch, limiter=self._limiter)
-            self.write_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.write_seconds += took
+            self.counters.store_write_seconds.observe(took)
+            self.counters.store_batch_rows.observe(len(batch))
             self.batches += 1
             self.rows_written += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))

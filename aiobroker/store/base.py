@@ -17,6 +17,12 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from ..core.records import Snapshot, WriteBatch
+from ..errors import StoreError
+
+
+class StoreInUse(StoreError):
+    """Another node has the store open (its data directory is locked): it may be free again soon, unlike a store
+    that is damaged or unreadable. A node with ``[node] store_wait`` waits for it."""
 
 
 class Store(ABC):

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from ..core.records import MessageRow, Snapshot, WriteBatch
 from ..errors import ProtocolError, StoreError
+from .base import StoreInUse
 from ..wire.codec import packb, unpackb
 from .base import Store
 from .checkpointer import Checkpointer
@@ -239,7 +240,7 @@ class SqliteStore(Store):
         except BlockingIOError as exc:
             pid = _read_pid(fd)
             os.close(fd)
-            raise StoreError(
+            raise StoreInUse(
                 f"data directory {self.data_dir} is in use by another aiobroker node (pid {pid});"
                 " stop it or choose another --data-dir"
             ) from exc

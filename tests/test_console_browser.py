@@ -275,7 +275,8 @@ def test_enabling_a_disabled_queue_from_the_console_delivers_its_messages(
         shots(browser, "queues")
         click(browser, "tr[data-queue='qt']", "off", "enable")
         assert "queue 'qt' is enabled" in notice(browser, "enabled")
-        shown(browser, "tr[data-queue='qt']", "on")
+        wait_for(lambda: shown(browser, "tr[data-queue='qt'] td.status", "").text == "on", SHOWN_WITHIN,
+                 "the page to show queue qt on")  # fmt: skip
 
         async def receive() -> list[bytes]:
             async with node.client() as client:

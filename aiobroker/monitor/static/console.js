@@ -126,7 +126,7 @@ async function showQueues(queues) {
     const disabled = q.status !== "on";
     return el("tr", { "data-queue": q.name, class: disabled ? "disabled" : "" },
       el("td", {}, q.name),
-      el("td", {}, disabled ? `off: ${q.disabled_reason || "disabled"}` : "on"),
+      el("td", { class: "status" }, disabled ? `off: ${q.disabled_reason || "disabled"}` : "on"),
       el("td", { class: "num" }, q.waiting),
       el("td", { class: "num" }, q.locked),
       el("td", { class: "num" }, q.oldest_age_seconds ? seconds(q.oldest_age_seconds) : ""),

@@ -129,7 +129,7 @@ def browser() -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,800", "--disable-extensions"):  # fmt: skip
+                "--window-size=1280,900", "--disable-extensions"):  # fmt: skip
         options.add_argument(arg)  # --no-sandbox: the tests run as root (CI), where Chromium's sandbox cannot start
     # the driver Debian ships with the browser, named, so that Selenium Manager looks nothing up and downloads nothing
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -207,20 +207,32 @@ def test_a_delayed_conversation_shows_its_reason_and_ask_again_makes_the_registr
 ) -> None:
     with console_node(tmp_path) as (node, registry):
 
-        async def begin() -> str:
+        async def begin() -> tuple[str, list[str]]:
             async with node.client() as client:
+                local = []
+                for i in range(2):  # conversations that flow, beside the one that waits
+                    other = await client.begin_dialog("init", "target")
+                    await other.send("DEFAULT", b"local %d" % i)
+                    local.append(str(other.handle))
                 dialog = await client.begin_dialog("init", FAR)
                 await dialog.send("DEFAULT", b"order 1")
-                return str(dialog.handle)
+                return str(dialog.handle), local
 
-        handle = run(begin)
+        handle, local = run(begin)
         wait_for(lambda: registry.requests(FAR), SHOWN_WITHIN, "the node to ask the registry about the service")
         wait_for(lambda: "404" in str(node.api(f"/api/conversations/{handle}")["delayed"]), SHOWN_WITHIN,
                  "the registry's 404 to come back")  # fmt: skip
 
         open_page(browser, node, "conversations")
+        shown(browser, f"tr[data-handle='{handle}'] .wait", "next attempt in")
+        assert [shown(browser, f"tr[data-handle='{h}']", "conversing") for h in local]
+        if os.environ.get("AIOBROKER_README_SCREENSHOT"):
+            browser.execute_script("window.scrollTo(0, 0)")
+            browser.save_screenshot(os.environ["AIOBROKER_README_SCREENSHOT"])
         browser.find_element(By.CSS_SELECTOR, "#f-delayed option[value=true]").click()
         browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+        shown(browser, "#conv-summary", "showing 1–1 of the matching ones (the node has 5 conversations)")
+        assert not browser.find_elements(By.CSS_SELECTOR, f"tr[data-handle='{local[0]}']"), "filtered out"
         row = shown(browser, f"tr[data-handle='{handle}']", "the last request failed")
         # the reason in words, the resolver's last answer, and when the node asks again
         assert "waiting for dynamic routing: the last request failed (not found:" in row.text
@@ -228,8 +240,6 @@ def test_a_delayed_conversation_shows_its_reason_and_ask_again_makes_the_registr
         shown(browser, f"tr[data-handle='{handle}'] .wait", "next attempt in")
         assert "last answer" in row.find_element(By.CSS_SELECTOR, ".wait").text
         shots(browser, "conversations")
-        if os.environ.get("AIOBROKER_README_SCREENSHOT"):
-            browser.save_screenshot(os.environ["AIOBROKER_README_SCREENSHOT"])
 
         assert len(registry.requests(FAR)) == 1
         click(browser, f"tr[data-handle='{handle}']", "the last request failed", "ask again")

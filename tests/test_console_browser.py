@@ -329,3 +329,39 @@ def test_with_authorization_the_page_asks_for_a_token_and_shows_a_refusal_in_wor
         click(browser, "tr[data-queue='qt']", "off", "enable")
         notice(browser, "queue 'qt' is enabled")
         assert next(q for q in node.api("/api/queues") if q["name"] == "qt")["status"] == "on"
+
+
+def test_conversations_are_paged_through_the_nodes_cursor_fifty_at_a_time(
+    tmp_path: Path, browser: WebDriver, shots: Callable[[WebDriver, str], Path]
+) -> None:
+    # the page never asks for more than a page, however many conversations the node has: here 120 (60 dialogs on
+    # one node, two sides each), walked forward and back with the cursor the node gives
+    with console_node(tmp_path) as (node, _registry):
+
+        async def begin() -> None:
+            async with node.client() as client:
+                for i in range(60):
+                    await (await client.begin_dialog("init", "target")).send("DEFAULT", b"%d" % i)
+
+        run(begin)
+        open_page(browser, node, "conversations")
+        summary = "the matching ones (the node has 120 conversations)"
+        shown(browser, "#conv-summary", f"showing 1–50 of {summary}")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#conversations tbody tr")) == 50
+        first_page = browser.find_element(By.CSS_SELECTOR, "#conversations tbody tr").get_attribute("data-handle")
+        browser.find_element(By.ID, "next").click()
+        shown(browser, "#conv-summary", f"showing 51–100 of {summary}")
+        browser.find_element(By.ID, "next").click()
+        shown(browser, "#conv-summary", f"showing 101–120 of {summary}")
+        assert not browser.find_element(By.ID, "next").is_enabled(), "the last page"
+        shots(browser, "conversations-last-page")
+        browser.find_element(By.ID, "prev").click()
+        shown(browser, "#conv-summary", f"showing 51–100 of {summary}")
+        browser.find_element(By.ID, "prev").click()
+        shown(browser, "#conv-summary", f"showing 1–50 of {summary}")
+        shown(browser, f"tr[data-handle='{first_page}']", "conversing")
+        asked = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/api/conversations'))"
+        )
+        assert asked and all("limit=50" in url for url in asked), asked
+        assert any("after=" in url for url in asked), "pages after the first were asked from the node's cursor"

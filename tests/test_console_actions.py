@@ -4,6 +4,7 @@ browser shows of them is tests/test_console_browser.py's."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,11 @@ async def test_a_bad_body_is_refused_in_words(node: aiobroker.Node) -> None:
 # ------------------------------------------------------------------------------------------------------- rights
 
 
-async def test_actions_need_the_rights_the_wire_needs(guarded: aiobroker.Node) -> None:
+async def test_actions_need_the_rights_the_wire_needs(
+    guarded: aiobroker.Node, caplog: pytest.LogCaptureFixture
+) -> None:
     node = guarded
+    caplog.set_level(logging.INFO, logger="aiobroker.http")
     async with aiobroker.connect(node.url, token=ADMIN_TOKEN) as ops:
         await ops.alter_queue("qt", status="off")
     r = await post(node, "enable-queue", {"queue": "qt"})
@@ -157,6 +161,8 @@ async def test_actions_need_the_rights_the_wire_needs(guarded: aiobroker.Node) -
     r = await post(node, "enable-queue", {"queue": "qt"}, ADMIN_TOKEN)
     assert r.status_code == 200 and r.json()["message"].startswith("queue 'qt' is enabled")
     assert queue_status(node, "qt")
+    done = [r.getMessage() for r in caplog.records if r.name == "aiobroker.http"]
+    assert done == ["web console, identity 'ops': queue 'qt' is enabled: receivers get its messages again"], done
 
     # ending a conversation is the wire's end: its own application may, without admin; someone else may not
     async with aiobroker.connect(node.url, token=APP_TOKEN) as app:

@@ -27,6 +27,7 @@ sent by a browser on its own, which is the third reason a forged request carries
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -44,6 +45,8 @@ from ..node.shell import Shell
 from .access import Refused, check
 from .api import error_response, json_response
 from .host import Monitored
+
+log = logging.getLogger("aiobroker.http")
 
 #: seconds an action waits for what it changed to be stored before it answers 503 (a store that stopped writing)
 STORED_WITHIN = 30.0
@@ -137,6 +140,8 @@ class Actions:
                                       " the node's store may have failed: look at its log and /readyz")  # fmt: skip
             except BrokerError as exc:
                 return error_response(400, exc.code, exc.message)
+            # who did what from the console, beside the change the wire's handler logs itself
+            log.info("web console, identity %r: %s", getattr(request.state, "identity", "?"), message)
             return json_response({"ok": True, "message": message, "result": result})
 
         endpoint.__name__ = action.__name__
@@ -146,7 +151,7 @@ class Actions:
         """Run the wire's handler for ``op`` as a client's request runs, after the wire's rule for it, and wait
         until what it changed is stored."""
         node = self.node
-        identity = check(node.core, request, op, args)
+        identity = request.state.identity = check(node.core, request, op, args)
         reply = _Reply(identity, node.writer.after_commit)
         try:
             OPS[op](node, reply, 0, args)
@@ -185,7 +190,8 @@ class Actions:
         service = _text(body, "service")
         node = self.node
         core = node.core
-        check(core, request, "ask_again", {"service": service})  # no wire operation: admin, as any without a rule
+        # no wire operation: admin, as any operation without a rule of its own
+        request.state.identity = check(core, request, "ask_again", {"service": service})
         waiting = node.diagnose(service, None)["delayed_conversations"]
         if not waiting:
             raise Conflict(f"no conversation waits on service {service!r}; there is nothing to ask for")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from dynamic_helpers import Registry
@@ -233,3 +234,38 @@ async def test_ask_again_says_why_there_is_nothing_to_ask(tmp_path: Path) -> Non
             )
             assert message.endswith("its answer is awaited")
             assert len(registry.requests("//slow/Orders")) <= 1, "no second request while one is in flight"
+
+
+# -------------------------------------------------------------------------------------------- the console's reads
+
+
+async def test_sending_says_how_a_page_of_conversations_fares_on_its_links(node: aiobroker.Node) -> None:
+    async with aiobroker.connect(node.url) as client:
+        local = await client.begin_dialog("init", "target")
+        await local.send("DEFAULT", b"stays here")
+        await client.create_route("to-b", "tcp://127.0.0.1:9", service_name="//b/Orders")  # port 9: nothing answers
+        remote = await client.begin_dialog("init", "//b/Orders")
+        await remote.send("DEFAULT", b"x")
+
+        async def retrying() -> dict[str, Any]:
+            r = await get(node, f"/api/console/sending?handle={remote.handle}&handle={local.handle}&handle=nope")
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        with anyio.fail_after(10):
+            while not (answer := await retrying())[remote.handle]["last_error"]:
+                await anyio.sleep(0.05)
+        state = answer[remote.handle]
+        assert state["state"].startswith("retrying tcp://127.0.0.1:9: ") and state["address"] == "tcp://127.0.0.1:9"
+        assert state["attempts"] >= 1 and state["next_attempt_in"] is not None
+        assert answer[local.handle] is None and answer["nope"] is None, "nothing waits to be acknowledged"
+    r = await get(node, "/api/console/sending")
+    assert r.status_code == 400 and r.json()["message"] == "give from 1 to 100 conversations as handle=H; got 0"
+    r = await get(node, "/api/console/sending?" + "&".join(f"handle=h{i}" for i in range(101)))
+    assert r.status_code == 400 and r.json()["message"].endswith("got 101")
+
+
+async def test_sending_needs_an_identity_when_authorization_is_on(guarded: aiobroker.Node) -> None:
+    assert (await get(guarded, "/api/console/sending?handle=x")).status_code == 401
+    r = await get(guarded, "/api/console/sending?handle=x", READER_TOKEN)
+    assert r.status_code == 200 and r.json() == {"x": None}

@@ -23,7 +23,7 @@ import pytest
 from dynamic_helpers import Registry, toml_value
 from node_process import NodeProcess, free_port, wait_for
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -195,6 +195,12 @@ def click(driver: WebDriver, row_css: str, row_text: str, label: str) -> None:
     wait_for(attempt, SHOWN_WITHIN, f"a {label!r} button in the row showing {row_text!r}")
 
 
+def route_requests(registry: Registry, service: str) -> list[dict[str, Any]]:
+    """What the registry was asked about ``service``'s route (not its remote service binding, which a node with a
+    resolver asks for too once it has a route)."""
+    return [r for r in registry.requests(service) if not r["path"].split("?")[0].endswith("/binding")]
+
+
 def notice(driver: WebDriver, text: str) -> str:
     return shown(driver, "#notice", text).text
 
@@ -219,7 +225,7 @@ def test_a_delayed_conversation_shows_its_reason_and_ask_again_makes_the_registr
                 return str(dialog.handle), local
 
         handle, local = run(begin)
-        wait_for(lambda: registry.requests(FAR), SHOWN_WITHIN, "the node to ask the registry about the service")
+        wait_for(lambda: route_requests(registry, FAR), SHOWN_WITHIN, "the node to ask the registry about the service")
         wait_for(lambda: "404" in str(node.api(f"/api/conversations/{handle}")["delayed"]), SHOWN_WITHIN,
                  "the registry's 404 to come back")  # fmt: skip
 
@@ -241,10 +247,10 @@ def test_a_delayed_conversation_shows_its_reason_and_ask_again_makes_the_registr
         assert "last answer" in row.find_element(By.CSS_SELECTOR, ".wait").text
         shots(browser, "conversations")
 
-        assert len(registry.requests(FAR)) == 1
+        assert len(route_requests(registry, FAR)) == 1
         click(browser, f"tr[data-handle='{handle}']", "the last request failed", "ask again")
         assert f"asked the http resolver again about service {FAR!r}" in notice(browser, "asked")
-        wait_for(lambda: len(registry.requests(FAR)) == 2, SHOWN_WITHIN, "the registry to get the second request")
+        wait_for(lambda: len(route_requests(registry, FAR)) == 2, SHOWN_WITHIN, "the registry to get the second request")
 
         open_page(browser, node, "resolving")
         shown(browser, f"#delayed tr[data-service='{FAR}']", "retry wait")
@@ -260,7 +266,7 @@ def test_a_delayed_conversation_shows_its_reason_and_ask_again_makes_the_registr
         open_page(browser, node, "links")
         shown(browser, "#links", "no links")
         shots(browser, "links")
-    assert len(registry.requests(FAR)) == 2, "one request at the start, one for the click: no more"
+    assert len(route_requests(registry, FAR)) == 2, "one request at the start, one for the click: no more"
 
 
 def test_enabling_a_disabled_queue_from_the_console_delivers_its_messages(
@@ -365,3 +371,53 @@ def test_conversations_are_paged_through_the_nodes_cursor_fifty_at_a_time(
         )
         assert asked and all("limit=50" in url for url in asked), asked
         assert any("after=" in url for url in asked), "pages after the first were asked from the node's cursor"
+
+
+def accept_confirmation(driver: WebDriver) -> None:
+    """Say OK to the page's "are you sure?" (window.confirm)."""
+
+    def alert() -> Any:
+        try:
+            return driver.switch_to.alert
+        except NoAlertPresentException:
+            return None
+
+    wait_for(alert, SHOWN_WITHIN, "the page to ask for confirmation").accept()
+
+
+def test_a_conversation_on_a_retrying_link_shows_why_and_dropping_its_route_hands_it_to_dynamic_routing(
+    tmp_path: Path, browser: WebDriver, shots: Callable[[WebDriver, str], Path]
+) -> None:
+    dead = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there: the link retries
+    service = "//b/Orders"
+    with console_node(tmp_path) as (node, registry):
+
+        async def begin() -> str:
+            async with node.client() as client:
+                await client.create_route("to-b", dead, service_name=service)
+                dialog = await client.begin_dialog("init", service)
+                await dialog.send("DEFAULT", b"x")
+                return str(dialog.handle)
+
+        handle = run(begin)
+        open_page(browser, node, "conversations")
+        row = shown(browser, f"tr[data-handle='{handle}']", f"retrying {dead}: ")
+        assert "(attempt " in row.text
+        shown(browser, f"tr[data-handle='{handle}'] .wait", "next attempt in")
+        shots(browser, "conversations-retrying")
+
+        open_page(browser, node, "links")
+        link = shown(browser, "#links tbody tr", dead)
+        assert "retrying" in link.text and " at " in link.text, link.text
+        shots(browser, "links-retrying")
+
+        open_page(browser, node, f"service/{service.replace('/', '%2F')}")
+        shown(browser, "#routes tr[data-route='to-b']", dead)
+        assert not route_requests(registry, service), "a route is known: nothing asked"
+        click(browser, "#routes tr[data-route='to-b']", dead, "drop")
+        accept_confirmation(browser)
+        notice(browser, "route 'to-b' is dropped; the conversations that used it are routed again")
+        wait_for(lambda: route_requests(registry, service), SHOWN_WITHIN, "the node to ask the registry, the route gone")
+        shown(browser, "#decision", "DELAYED")
+        shots(browser, "service-route-dropped")
+        assert not [r for r in node.api("/api/list/route") if r["name"] == "to-b"]

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import console
+from . import console, console_api
 from .access import Refused, check
 from .actions import Actions, Operated
 from .api import Api, error_response, json_response
@@ -50,7 +50,8 @@ def build_app(node: Operated) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *Api(node).routes(),
-        *Actions(node).routes(),  # the operator's actions (POST), and the web console's page at /
+        *Actions(node).routes(),  # the operator's actions (POST), the web console's reads and its page at /
+        *console_api.routes(node),
         *console.routes(),
     ]
     return Starlette(routes=routes)

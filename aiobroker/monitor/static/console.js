@@ -198,10 +198,15 @@ async function showConversations() {
   $("prev").disabled = c.index === 0;
   $("next").disabled = !page.next;
   const waits = await requestsFor(page.conversations.filter((x) => x.delayed).map((x) => x.far_service));
+  const links = await sendingOf(page.conversations.filter((x) => !x.delayed).map((x) => x.handle));
   const rows = page.conversations.map((conv) => {
     const why = conv.delayed ? [el("div", { class: "reason" }, conv.delayed), waitDetails(waits.get(conv.far_service))] : [];
+    const link = links[conv.handle];
+    const retrying = Boolean(link && link.last_error && link.next_attempt_in !== null);
+    if (link) why.push(el("div", { class: retrying ? "reason" : "muted" }, link.state));
+    if (retrying) why.push(el("div", { class: "muted wait" }, `next attempt in ${seconds(link.next_attempt_in)}`));
     if (conv.error) why.push(el("div", { class: "error" }, `error ${conv.error[0]}: ${conv.error[1]}`));
-    return el("tr", { "data-handle": conv.handle, class: conv.delayed ? "delayed" : "" },
+    return el("tr", { "data-handle": conv.handle, class: conv.delayed ? "delayed" : retrying ? "retrying" : "" },
       el("td", { class: "handle", title: conv.handle }, conv.handle.slice(0, 8)),
       el("td", {}, conv.service),
       el("td", {}, serviceLink(conv.far_service)),
@@ -227,6 +232,14 @@ async function requestsFor(services) {
     if (result.ok) found.set(service, result.body.request);
   }));
   return found;
+}
+
+async function sendingOf(handles) {
+  // how the page's conversations fare on their links (retrying: why, and when the node tries again)
+  if (!handles.length) return {};
+  const query = new URLSearchParams(handles.map((h) => ["handle", h]));
+  const result = await api(`/api/console/sending?${query}`);
+  return result.ok ? result.body : {};
 }
 
 function waitDetails(request) {
@@ -280,6 +293,8 @@ async function showLinks() {
     el("td", { class: "num" }, link.attempts),
     el("td", { class: "num" }, link.unacknowledged),
     el("td", { class: "num" }, link.last_ack_seconds === null ? "" : `${(link.last_ack_seconds * 1000).toFixed(1)} ms`),
+    // an instant of the node's clock, shown as a time of day ("in 3s" would be wrong by any skew of this browser's clock)
+    el("td", {}, link.next_attempt ? `at ${new Date(link.next_attempt * 1000).toLocaleTimeString()}` : ""),
     el("td", {}, link.state))), "no links: this node has sent nothing to another node");
   $("inbound").textContent = `${l.inbound_peers} peer node(s) connected to this one.`;
 }

@@ -33,7 +33,9 @@ ensure_venv() {
 # dnsmasq-base: `dnsmasq`, the DNS server the dns_srv resolver's tests run on 127.0.0.1 (tests/dnsmasq.py). The
 # binary alone, not Debian's `dnsmasq` package: that one adds a system service which starts on install (outside
 # containers with a policy-rc.d) and takes port 53 on the machine; dnsmasq-base has no service to start or stop.
-TEST_SYSTEM_PACKAGES=(iproute2:ip dnsmasq-base:dnsmasq)
+# chromium and chromium-driver: `chromium` and `chromedriver`, the headless browser and its WebDriver that the web
+# console's tests click through (tests/test_console_browser.py); Debian builds both from one source, so they match.
+TEST_SYSTEM_PACKAGES=(iproute2:ip dnsmasq-base:dnsmasq chromium:chromium chromium-driver:chromedriver)
 
 have_command() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 
@@ -45,11 +47,11 @@ ensure_system_packages() {
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "warning: missing system packages: ${missing[*]}; not root or no apt-get, so not installing them:" \
-            "the network-namespace and DNS tests will be skipped (install them, or run scripts/test as root on Debian)" >&2
+            "the network-namespace, DNS and browser tests will be skipped (install them, or run scripts/test as root on Debian)" >&2
         return 0
     fi
     step "installing system packages for the tests: ${missing[*]}"
-    # Could install but did not: fail rather than let the namespace tests quietly turn into skips.
+    # Could install but did not: fail rather than let the namespace and browser tests quietly turn into skips.
     DEBIAN_FRONTEND=noninteractive apt-get update -q \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
         || { echo "error: apt-get could not install ${missing[*]}" >&2; exit 1; }

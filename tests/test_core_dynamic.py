@@ -303,3 +303,30 @@ def test_messages_acknowledged_after_their_conversation_went_back_to_delayed_lea
     assert tx.delayed_count == {"svc": 1} and tx.delayed_total == 1
     tx.drop("h1")
     assert tx.delayed_count == {} and tx.delayed_total == 0
+
+
+def test_hurry_asks_again_now_instead_of_at_the_retry_and_keeps_the_back_off() -> None:
+    # the console's "ask again": the operator drops the retry wait, and routing the service again makes the request
+    h = resolver_node()
+    h.core.dispatcher.rand = lambda: 0.5  # no jitter
+    handle = begin(h, "svc")
+    h.send(handle, b"waits")
+    assert take_requests(h) == ["svc"]
+    assert not h.core.dispatcher.hurry("route", "svc"), "a request in flight: nothing to hurry"
+    h.core.resolve_failed("svc", "not found: 404", h.now, retry_after=600.0)
+    h.flush()
+    h.advance(1.0)
+    assert take_requests(h) == [], "the registry said no for 600 s"
+    assert h.core.ask_again("svc", h.now) == (["route"], 0), "the route request's retry dropped; nothing moved yet"
+    h.flush()
+    assert take_requests(h) == ["svc"], "asked again at once"
+    assert not h.core.dispatcher.hurry("route", "svc"), "in flight again"
+    h.core.resolve_failed("svc", "not found: 404", h.now)
+    h.flush()
+    assert h.core.dispatcher.next_retry_in("route", "svc", h.now) == pytest.approx(4.0), "the second failure: 4 s"
+    h.advance(600.0)  # the first failure's retry deadline, still in the heap, is stale when it comes
+    assert take_requests(h) == ["svc"], "one request at the second retry, none for the stale deadline"
+    h.core.resolved("svc", answer("svc"), h.now)
+    h.flush()
+    assert h.core.endpoints[handle].delayed is None
+    assert not h.core.dispatcher.hurry("route", "svc"), "nothing scheduled: nothing to hurry"

@@ -148,6 +148,7 @@ class BrokerCore:
         self.acknowledged = inbound.acknowledged
         self.resolved = dynamic.resolved
         self.resolve_failed = dynamic.resolve_failed
+        self.ask_again = dynamic.ask_again
         self.delayed_words = dynamic.delayed_words
         self.dynamic_statistics = dynamic.dynamic_statistics
         self.binding_resolved = security.binding_resolved

@@ -137,6 +137,17 @@ class Dispatcher:
         assert when is not None
         return when
 
+    def hurry(self, kind: str, service: str) -> bool:
+        """An operator asks for the next request now rather than at its retry time (the console's "ask again"):
+        drop the scheduled retry, so that :meth:`should_ask` says yes; routing the service's waiting conversations
+        again then makes the request. The failures in a row are kept: if this request fails too, the back-off goes
+        on growing from where it was. False when there is nothing to hurry: a request is in flight (its answer is
+        awaited), or none is scheduled. The retry's deadline left in the core's heap is found stale when it comes."""
+        key = (kind, service)
+        if key in self.in_flight:
+            return False
+        return self.retry_at.pop(key, None) is not None
+
     def timed_out(self, now: float) -> list[InFlight]:
         """Requests past their ``resolve_timeout``."""
         return [r for r in self.in_flight.values() if r.deadline is not None and r.deadline <= now]

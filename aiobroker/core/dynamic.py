@@ -226,6 +226,14 @@ class DynamicRouting:
             " before it answered",
         )
 
+    def ask_again(self, service: str, now: float) -> tuple[list[str], int]:
+        """An operator asks for the next request about ``service`` now rather than at its retry time (the
+        console's "ask again"): the dispatcher forgets the scheduled retries (``Dispatcher.hurry``; the back-off
+        is kept) and the service's DELAYED conversations are routed again, which asks where no request is in
+        flight, as the retry would have. Returns the kinds of request hurried and how many messages moved on."""
+        hurried = [kind for kind in (ROUTE, BINDING) if self.dispatcher.hurry(kind, service)]
+        return hurried, self.outbound.reroute(now, {service})
+
     # -------------------------------------------------------------------------------------------- answers
 
     def resolved(self, service: str, answer: RouteAnswer, now: float) -> int:

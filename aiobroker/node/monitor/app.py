@@ -14,16 +14,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from . import console, console_api
 from .access import Denied, check
+from .actions import Actions, Operated
 from .api import Api, error_response, json_response
-from .host import Monitored
 from .metrics import exposition, metrics_registry
 
 #: what Prometheus' text format is served as
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def build_app(node: Monitored) -> Starlette:
+def build_app(node: Operated) -> Starlette:
     registry = metrics_registry(node)
 
     async def healthz(request: Request) -> Response:
@@ -49,5 +50,8 @@ def build_app(node: Monitored) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *Api(node).routes(),
+        *Actions(node).routes(),  # the operator's actions (POST), the web console's reads and its page at /
+        *console_api.routes(node),
+        *console.routes(),
     ]
     return Starlette(routes=routes)

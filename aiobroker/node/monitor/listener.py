@@ -22,7 +22,7 @@ from hypercorn.config import Config
 
 from ...errors import ConfigError
 from .app import build_app
-from .host import Monitored
+from .actions import Operated
 
 log = logging.getLogger("aiobroker.http")
 
@@ -33,7 +33,7 @@ LAG_INTERVAL = 0.5
 
 
 class MonitorListener:
-    def __init__(self, node: Monitored) -> None:
+    def __init__(self, node: Operated) -> None:
         self.node = node
         cfg = node.config
         self.host = cfg.http_host

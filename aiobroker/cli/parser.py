@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from ..version import __version__
 from ..core.catalog import DEFAULT
-from . import cert, conversations, create, listing, objects, receive, serve, status
+from . import bench, cert, conversations, create, listing, objects, receive, serve, status
 from .arguments import Formatter
 from .common import ADDRESS_ENV, CA_ENV, CERT_ENV, DEFAULT_ADDRESS, KEY_ENV, PROG, TOKEN_ENV
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.add_timer(commands, client)
     conversations.add_conversation(commands, client, as_json)
     status.add_status(commands, client, as_json)
+    bench.add_bench(commands, client)
     status.add_diagnose(commands, client, as_json)
     return parser
 

@@ -13,15 +13,16 @@ order rotating), medians reported:
 ``raw-executemany``
     one ``executemany`` of a single-row INSERT, one of a single-row DELETE: the plain way.
 ``raw-multi-N``
-    multi-row ``INSERT ... VALUES (...),(...)`` of N rows a statement (``--chunks``), and the deletes as one
-    ``DELETE ... WHERE id BETWEEN ? AND ?`` per run of adjacent ids (``IN (...)`` of 100 when scattered): the raw
-    code knows the stream's shape, so it does the least it can.
+    the deletes first, as one ``DELETE ... WHERE id BETWEEN ? AND ?`` (``IN (...)`` of 100 ids when scattered),
+    then multi-row ``INSERT ... VALUES (...),(...)`` of N rows a statement (``--chunks``): the raw code knows the
+    stream's shape, so it does the least it can.
 
 The raw floor is the fastest raw contender; the ratio is the store's figure over it. All use the same tables and
-pragmas as the store (WAL, synchronous NORMAL, secure_delete FAST, 32 MiB cache) and one transaction a batch. The
-primary figure is the writing thread's CPU time (steadier than wall time on a shared machine); wall time is
-printed beside it. The store checkpoints in its own thread as it does in a node; the raw contenders checkpoint
-between batches, untimed, when the log passes 16 MiB: neither counts checkpoints.
+pragmas as the store (WAL, synchronous NORMAL, secure_delete FAST, 32 MiB cache) and one transaction a batch, and
+all checkpoint alike: the store in its checkpointer thread, as in a node, and the raw contenders in one of the
+same (``aiobroker/store/checkpointer.py``), nudged by the same rule (the log grew past 16 MiB). The primary
+figure is the writing thread's CPU time (steadier than wall time on a shared machine; checkpoints are not in it);
+wall time is printed beside it.
 
     .venv/bin/python benchmarks/bench_store.py                   # 1,000 rows of 128 B a batch, 5 rounds (~30 s)
     .venv/bin/python benchmarks/bench_store.py --scatter --rounds 3
@@ -46,9 +47,10 @@ from common import median, print_table, write_results
 
 from aiobroker.core.records import MessageRow, WriteBatch
 from aiobroker.store import SqliteStore
+from aiobroker.store.checkpointer import Checkpointer
 from aiobroker.store.sqlite_schema import SCHEMA
 
-#: the WAL size past which a raw contender checkpoints between batches (the store's checkpointer is nudged there)
+#: the WAL size past which a raw contender nudges its checkpointer (as the store does: sqlite.py)
 RAW_CHECKPOINT_BYTES = 16 * 1024 * 1024
 COLUMNS = "(id, location, handle, seq, message_type, body, enqueued_at, state)"
 
@@ -116,6 +118,9 @@ class RawContender:
             conn.execute(f"PRAGMA {pragma}")
         for sql in SCHEMA:
             conn.execute(sql)
+        self.checkpointer = Checkpointer(self.path)
+        self.checkpointer.start()
+        self.nudged = 0
         self.chunk = chunk
         self.one = f"INSERT OR REPLACE INTO messages {COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         if chunk:
@@ -135,6 +140,13 @@ class RawContender:
             conn.executemany(self.one, rows)
             conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in deletes])
         else:
+            if deletes and deletes[-1] - deletes[0] == len(deletes) - 1:  # sorted, unique: one run
+                conn.execute("DELETE FROM messages WHERE id BETWEEN ? AND ?", (deletes[0], deletes[-1]))
+            elif deletes:
+                n = len(deletes) - len(deletes) % 100
+                conn.executemany(self.in100, [deletes[i : i + 100] for i in range(0, n, 100)])
+                conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in deletes[n:]])
+            # after the deletes, so the inserts reuse the pages they free (measured faster than the other order)
             chunk = self.chunk
             full = len(rows) - len(rows) % chunk
             flat = list(itertools.chain.from_iterable(rows))
@@ -142,24 +154,21 @@ class RawContender:
             conn.executemany(self.many, [flat[i : i + width] for i in range(0, 8 * full, width)])
             if full != len(rows):
                 conn.executemany(self.one, rows[full:])
-            if deletes and deletes[-1] - deletes[0] == len(deletes) - 1:  # sorted, unique: one run
-                conn.execute("DELETE FROM messages WHERE id BETWEEN ? AND ?", (deletes[0], deletes[-1]))
-            elif deletes:
-                n = len(deletes) - len(deletes) % 100
-                conn.executemany(self.in100, [deletes[i : i + 100] for i in range(0, n, 100)])
-                conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in deletes[n:]])
         conn.execute("COMMIT")
 
     def after(self) -> None:
-        """Checkpoint, untimed, as the store's checkpointer would (see the module's docstring)."""
+        """Nudge the checkpointer as the store does (``SqliteStore.write``), untimed."""
         try:
             wal = os.path.getsize(str(self.path) + "-wal")
         except OSError:
             return
-        if wal > RAW_CHECKPOINT_BYTES:
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.nudged = min(self.nudged, wal)
+        if wal > RAW_CHECKPOINT_BYTES and wal > self.nudged:
+            self.nudged = wal
+            self.checkpointer.nudge()
 
     def close(self) -> None:
+        self.checkpointer.stop()
         self.conn.close()
 
 

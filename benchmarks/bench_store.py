@@ -113,8 +113,7 @@ class RawContender:
         self.path = directory / "raw.sqlite3"
         self.conn = conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        for pragma in ("synchronous = NORMAL", "secure_delete = FAST", "cache_size = -32768",
-                       "wal_autocheckpoint = 0"):
+        for pragma in ("synchronous = NORMAL", "secure_delete = FAST", "cache_size = -32768", "wal_autocheckpoint = 0"):
             conn.execute(f"PRAGMA {pragma}")
         for sql in SCHEMA:
             conn.execute(sql)
@@ -197,7 +196,8 @@ def run_one(name: str, make: Callable[[Path], Any], batches: list[Batch], warmup
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
     p.add_argument("--rows", type=int, default=1000, help="rows inserted per batch (default 1,000)")
@@ -230,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown contender {unknown[0]!r}; choose from {', '.join(contenders)}")
         contenders = {c: contenders[c] for c in wanted}
 
-    print(f"SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]}; {args.rows:,} rows of {args.size} B a"
-          f" batch, {args.batches} timed (+{args.warmup} warm-up) batches a run, deletes"
-          f" {'scattered' if args.scatter else 'contiguous'}", flush=True)
+    print(
+        f"SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]}; {args.rows:,} rows of {args.size} B a"
+        f" batch, {args.batches} timed (+{args.warmup} warm-up) batches a run, deletes"
+        f" {'scattered' if args.scatter else 'contiguous'}",
+        flush=True,
+    )
     batches = stream(args.rows, args.batches + args.warmup, args.size, args.scatter)
     names = list(contenders)
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
@@ -243,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 result = run_one(name, contenders[name], batches, args.warmup, Path(tmp))
                 runs[name].append(result)
-                print(f"    .. round {r + 1}/{args.rounds} {name}: {result['cpu_us_per_row']:.3f} us/row CPU,"
-                      f" {result['wall_us_per_row']:.3f} wall", file=sys.stderr, flush=True)
+                print(
+                    f"    .. round {r + 1}/{args.rounds} {name}: {result['cpu_us_per_row']:.3f} us/row CPU,"
+                    f" {result['wall_us_per_row']:.3f} wall",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if time.monotonic() - start > args.max_seconds and r + 1 < args.rounds:
                 print(f"stopping after {r + 1} rounds: --max-seconds {args.max_seconds:g} passed", flush=True)
                 break
@@ -259,8 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         table.append([n, f"{cpu[n]:.3f}", f"{wall[n]:.3f}", ratio, "floor" if n == floor else ""])
     print()
     print_table(["contender", "cpu us/row (insert+delete)", "wall us/row", "/ raw floor (cpu)", ""], table)
-    path = write_results("store", {"settings": vars(args), "sqlite": sqlite3.sqlite_version, "runs": runs,
-                                   "median_cpu_us_per_row": cpu, "median_wall_us_per_row": wall, "floor": floor})
+    path = write_results(
+        "store",
+        {
+            "settings": vars(args),
+            "sqlite": sqlite3.sqlite_version,
+            "runs": runs,
+            "median_cpu_us_per_row": cpu,
+            "median_wall_us_per_row": wall,
+            "floor": floor,
+        },
+    )
     print(f"\nresults: {path}")
     return 0
 

@@ -10,10 +10,9 @@ the write path against raw ``sqlite3`` doing the same rows.
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 from collections.abc import Iterator
-from itertools import chain, compress
+from itertools import chain
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -55,12 +54,13 @@ _MESSAGE_COLUMNS: Final = {
 }
 
 #: Rows per multi-row INSERT, largest first: a batch goes in statements of 100 rows, the rest in ones of 25, 5, 1.
-#: Measured (bench_store.py, 1,000-row batches of 128 B): a row costs ~0.74 us to insert in a statement of 50 to
-#: 1,000 rows, 0.81 in one of 10, and 1.16 by ``executemany`` of a one-row INSERT, which steps and resets the
-#: statement once a row. 100 rows of 9 columns bind 900 variables, under the 999 of SQLite builds before 3.32
-#: (32,766 since), so no build refuses the statement. The few sizes keep the distinct statements few, so all stay
-#: in sqlite3's statement cache (128 by default; a statement of 100 rows takes tens of microseconds to prepare)
-#: while a remainder of up to 99 rows takes at most 3 statements of 25 rows, 4 of 5 and 4 of one.
+#: Measured (raw sqlite3, 1,000-row batches of 128 B, the inserts alone): a row costs ~0.74 us to insert in a
+#: statement of 50 to 1,000 rows, 0.81 in one of 10, and 1.16 by ``executemany`` of a one-row INSERT, which steps
+#: and resets the statement once a row. 100 rows of 9 columns bind 900 variables, under the 999 of SQLite builds
+#: before 3.32 (32,766 since), so no build refuses the statement. The few sizes keep the distinct statements few
+#: (about 20 in all), so all stay in sqlite3's statement cache (128 by default, so its size does not matter; but
+#: without it, a statement of 100 rows takes ~120 us to prepare, as long as inserting 160 rows) while a remainder
+#: of up to 99 rows takes at most 3 statements of 25 rows, 4 of 5 and 4 of one.
 INSERT_SIZES: Final = (100, 25, 5, 1)
 #: ``{(columns, rows): sql}``: the multi-row INSERT OR REPLACE for rows of that many columns.
 _PUT_MESSAGES: Final = {
@@ -128,34 +128,35 @@ def statements(batch: WriteBatch) -> list[tuple[str, Any]]:
     messages = batch.messages
     if messages:
         # The hot path. Rows are plain tuples in column order already; their fields are bound as they are, flattened
-        # into one list per kind of row (a C-level chain, ~0.03 us a row) and sliced per statement. The rows and
-        # deletes are sorted out by C-level passes (filter, map, compress: ~0.01-0.02 us an item), not Python
-        # comprehensions (~0.04 us an item each, three of them: measured 0.14 us a row for the whole function).
+        # into one list (a C-level chain) and sliced per statement. Measured per batch of 1,000 rows and 1,000
+        # deletes: filter 11 us (a comprehension testing ``is not None`` 15), the deletes' comprehension and sort
+        # 25 (itertools.compress 37), the flattening 50 and its slices 8.
         rows = list(filter(None, messages.values()))  # a row is a non-empty tuple; None deletes
         if len(rows) != len(messages):
-            # Deletes first: a coalesced batch holds each id once, so the order is free, and the pages the deletes
-            # free are reused by the inserts in the same transaction. Measured, 1,000 rows inserted and 1,000
-            # deleted a batch: 1.19 us a row deleting first, 1.36 inserting first (fewer pages written to the log).
-            _delete_messages(out, sorted(compress(messages, map(operator.not_, messages.values()))))
+            # Deletes first: a coalesced batch holds each id once, so the order is free, and the inserts reuse the
+            # pages the deletes free in the same transaction. Measured, 1,000 rows inserted and 1,000 deleted a
+            # batch: 1.19 us a row deleting first, 1.36 inserting first (more pages written to the log).
+            _delete_messages(out, sorted([key for key, row in messages.items() if row is None]))
         if rows:
-            if max(map(len, rows)) == 8:
-                _insert_messages(out, 8, rows)
+            flat = list(chain.from_iterable(rows))
+            if len(flat) == 8 * len(rows):  # no row with trace context (rows have eight fields or nine)
+                _insert_messages(out, 8, rows, flat)
             else:  # rows with trace context (rare) go to the nine-column INSERT
                 plain = [row for row in rows if len(row) == 8]
+                traced = [row for row in rows if len(row) != 8]
                 if plain:
-                    _insert_messages(out, 8, plain)
-                _insert_messages(out, 9, [row for row in rows if len(row) != 8])
+                    _insert_messages(out, 8, plain, list(chain.from_iterable(plain)))
+                _insert_messages(out, 9, traced, list(chain.from_iterable(traced)))
     return out
 
 
-def _insert_messages(out: list[tuple[str, Any]], width: int, rows: list[Any]) -> None:
-    """Multi-row INSERTs of ``rows`` (all ``width`` fields), INSERT_SIZES rows a statement, largest first.
+def _insert_messages(out: list[tuple[str, Any]], width: int, rows: list[Any], flat: list[Any]) -> None:
+    """Multi-row INSERTs of ``rows`` (all ``width`` fields; ``flat``: their fields in one list), largest first.
 
-    One ``executemany`` per size, each parameter set a slice of the flattened rows: the statement is prepared once
-    and stepped once per chunk. Measured against one big ``execute`` per chunk: the same (the work is the binding
-    and the b-tree; see INSERT_SIZES for the sizes).
+    One ``executemany`` per size in INSERT_SIZES, each parameter set a slice of ``flat``: the statement is looked
+    up once and stepped once per chunk. Measured against an ``execute`` per chunk: the same (the work is the
+    binding and the b-tree).
     """
-    flat = list(chain.from_iterable(rows))
     done = 0  # rows already in a statement
     for size in INSERT_SIZES:
         count = (len(rows) - done) // size

@@ -4,7 +4,8 @@ Why SQLite: one file, transactions that survive a crash mid-write, and a write-a
 one sequential append, which is what group commit needs (many messages, one ``COMMIT``). The node already keeps
 all of its state in memory, so the store is write-mostly: it is read once, at start, and otherwise only appended
 to and deleted from. That shapes the schema (no secondary indexes to maintain; rows are looked up only by primary
-key) and the write path (``executemany`` over the batch's rows, no per-row Python work beyond building tuples).
+key) and the write path (a few statements per batch: multi-row INSERTs, deletes by ranges of ids, no per-row
+Python work beyond flattening the rows' tuples; ``sqlite_schema.py``).
 
 Files in the data directory:
 

@@ -56,8 +56,6 @@ COLUMNS = "(id, location, handle, seq, message_type, body, enqueued_at, state)"
 
 #: one batch of the stream: the rows to insert, the ids to delete (in commit order)
 Batch = tuple[list[MessageRow], list[int]]
-#: writes one batch
-Writer = Callable[[list[MessageRow], list[int]], None]
 
 
 def stream(rows_per_batch: int, batches: int, size: int, scatter: bool) -> list[Batch]:

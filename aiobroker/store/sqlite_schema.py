@@ -75,6 +75,10 @@ _PUT_MESSAGES: Final = {
 }
 
 #: A run of at least this many adjacent ids is deleted by one ``BETWEEN``; shorter runs go with the scattered ids.
+#: Measured, 2,000 runs separated by kept ids, us an id by ``BETWEEN`` against ``IN (...)`` of 100: runs of 1 id
+#: 0.58 against 0.38, of 4 ids 0.28 against 0.34, of 8 0.27 against 0.35, of 64 0.25 against 0.39. So a range
+#: pays from about 4 ids; 8 rather than 4 makes the search for runs visit about half as many slices when the ids
+#: are scattered (``_find_runs``), for a few hundredths of a microsecond an id lost on runs of 4 to 7.
 MIN_RUN: Final = 8
 _DELETE_RANGE: Final = "DELETE FROM messages WHERE id BETWEEN ? AND ?"
 #: Ids per ``DELETE ... IN``, largest first, as INSERT_SIZES. Measured: a deleted id costs ~0.48 us by single-row

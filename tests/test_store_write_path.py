@@ -133,6 +133,25 @@ def test_a_batch_of_any_size_is_stored_whole(tmp_path: Path, count: int) -> None
     assert read_back(store.data_dir) == rows
 
 
+def test_a_few_rows_and_deletes_as_at_a_low_rate_are_stored_exactly(store: SqliteStore) -> None:
+    # Fewer rows than the smallest multi-row INSERT and fewer ids than the smallest range: one-row statements.
+    written(store, range(1, 11))
+    store.write(
+        WriteBatch(messages={2: None, 5: None, 6: None, 7: row(7, state=1), 11: row(11, trace=TRACE), 12: row(12)})
+    )
+    store.write(WriteBatch(messages={13: row(13, trace=TRACE)}))
+    store.write(WriteBatch(messages={1: None}))
+    store.close()
+    assert read_back(store.data_dir) == [
+        *(row(i) for i in (3, 4)),
+        row(7, state=1),
+        *(row(i) for i in (8, 9, 10)),
+        row(11, trace=TRACE),
+        row(12),
+        row(13, trace=TRACE),
+    ]
+
+
 def test_a_batch_that_fails_in_a_later_statement_leaves_nothing_of_itself(store: SqliteStore) -> None:
     written(store, range(1, 301))
     batch = WriteBatch(messages=dict.fromkeys(range(1, 201)))  # deleted first, in their own statement
@@ -154,7 +173,11 @@ def test_the_chunk_sizes_fit_every_sqlite_build() -> None:
 # --- against a model -----------------------------------------------------------------------------------------
 
 #: (what, first id, how many): a block of adjacent ids put plainly, put with trace context, or deleted
-blocks = st.tuples(st.sampled_from(["put", "traced", "delete"]), st.integers(1, 600), st.integers(1, 260))
+blocks = st.tuples(
+    st.sampled_from(["put", "traced", "delete"]),
+    st.integers(1, 400),
+    st.one_of(st.integers(1, 9), st.integers(1, 260)),  # a few ids (one-row statements) or many
+)
 
 
 @given(st.lists(st.lists(blocks, min_size=1, max_size=6), min_size=1, max_size=6))

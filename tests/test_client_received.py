@@ -127,6 +127,8 @@ async def test_batch_messages_is_a_sequence_that_can_be_read_twice_sliced_and_in
         assert first[0] != first[1]
         assert [m.body for m in messages[1:4]] == [b"1", b"2", b"3"] and messages[1:4] == first[1:4]
         assert messages[-1].body == b"4" and messages[2] == first[2] and first[3] in messages
+        by_index = [attributes(messages[i]) for i in range(5)]
+        assert by_index == [attributes(m) for m in messages[:]] == [attributes(m) for m in first], "index = iteration"
         with pytest.raises(IndexError):
             messages[5]
         a, b, c, d, e = messages

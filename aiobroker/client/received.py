@@ -2,17 +2,21 @@
 :class:`ReceivedMessages`, the lazy sequence of a batch's messages (``ReceivedBatch.messages``).
 
 A receive reply carries the node's stored rows as they are (``[id, location, handle, seq, type, body,
-enqueued_at, state(, trace)]``, aiobroker/core/records.py) and the facts of each conversation once. Building an
-object with eight fields for each of a thousand messages cost the consumer more than decoding them (and, kept
-alive together, set off the garbage collector); so the rows are kept as decoded, and a message is a two-slot view
-made when it is asked for (by iteration or index), whose attributes read the row. A view holds its row and the
-batch's shared facts, not the batch: it stays valid after commit, rollback, or the batch being dropped.
+enqueued_at, state(, trace)]``, aiobroker/core/records.py) and the facts of each conversation once. Building a
+``Message`` (a Python ``__init__``, a dictionary lookup for its conversation) for each of a thousand messages, all
+kept alive together, cost the consumer more than decoding them, and set off the garbage collector. So the rows
+are kept as decoded, and a message is a view made when it is asked for (by iteration or index), inline, without
+an ``__init__``: the row's plain fields copied into slots (a slot reads faster than a property, and
+nearly every consumer reads ``body`` and ``sequence_number``), the rest (conversation facts, trace context, error)
+read from the row or the batch's shared facts when asked for. A view is dropped as soon as the consumer moves on,
+so a batch leaves no thousand objects for the collector. It holds its row and the batch's facts, not the batch:
+it stays valid after commit, rollback, or the batch being dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from ..core.catalog import DIALOG_TIMER, END_DIALOG, ERROR
 from ..core.dialog_errors import parse_error_body
@@ -29,8 +33,11 @@ from ..core.records import (
 )
 from ..tracecontext import TRACEPARENT_LENGTH, split_trace
 
+#: a conversation's facts as a receive reply carries them (a list once decoded, with these fields): service,
+#: far service, contract, group id, is_initiator, conversation id
+ConversationFacts = tuple[str, str, str, str, bool, str]
 #: the facts of a conversation that ended while its batch was on its way (the node had none to send)
-UNKNOWN_CONVERSATION: tuple[str, str, str, str, bool, str] = ("", "", "", "", False, "")
+UNKNOWN_CONVERSATION: ConversationFacts = ("", "", "", "", False, "")
 
 
 class BatchFacts:
@@ -39,7 +46,7 @@ class BatchFacts:
 
     __slots__ = ("queue", "conversations", "traced")
 
-    def __init__(self, queue: str, conversations: Mapping[str, Sequence[Any]], traced: bool) -> None:
+    def __init__(self, queue: str, conversations: Mapping[str, ConversationFacts], traced: bool) -> None:
         self.queue = queue
         #: handle -> [service, far_service, contract, group_id, is_initiator, conversation_id]
         self.conversations = conversations
@@ -49,13 +56,26 @@ class BatchFacts:
 class Message:
     """A received message and the facts of its conversation.
 
-    A view over its row of the receive reply (see the module's docstring): reading an attribute reads the row, so
-    its attributes are read-only. Two views of the same received message are equal; a message received again
-    (after a rollback) is a new one. ``Message(...)`` with the fields builds one by hand (for tests and fakes).
+    A view over its row of the receive reply (see the module's docstring): the row's plain fields are slots,
+    filled when the view is made; the conversation's facts, the trace context and the error are read from the row
+    or the batch's facts when asked for. Two views of the same received message are equal; a message
+    received again (after a rollback) is a new one. ``Message(...)`` with the fields builds one by hand (for tests
+    and fakes).
     """
 
-    __slots__ = ("_row", "_batch")
+    __slots__ = ("body", "sequence_number", "message_type", "conversation_handle", "message_id", "enqueued_at",
+                 "queue", "_row", "_batch")
 
+    body: bytes
+    #: in order per conversation and direction; -1 for messages the broker makes locally (DialogTimer, a lifetime
+    #: Error)
+    sequence_number: int
+    message_type: str
+    conversation_handle: str
+    #: unique on its node; increases in arrival order
+    message_id: int
+    enqueued_at: float
+    queue: str
     _row: MessageRow  # as the node stored it; a list once decoded, with the same fields
     _batch: BatchFacts
 
@@ -68,43 +88,20 @@ class Message:
         message_type: str,
         body: bytes,
         enqueued_at: float,
-        conversation: Sequence[Any],
+        conversation: ConversationFacts | Sequence[Any],
         trace: str | None = None,
     ) -> None:
         self._row = message_row(message_id, f"q:{queue}", conversation_handle, sequence_number, message_type, body,
                                 enqueued_at, 0, trace)
-        self._batch = BatchFacts(queue, {conversation_handle: conversation}, trace is not None)
-
-    @property
-    def queue(self) -> str:
-        return self._batch.queue
-
-    @property
-    def message_id(self) -> int:
-        """Unique on its node; increases in arrival order."""
-        return self._row[ROW_ID]
-
-    @property
-    def conversation_handle(self) -> str:
-        return self._row[ROW_HANDLE]
-
-    @property
-    def sequence_number(self) -> int:
-        """In order per conversation and direction; -1 for messages the broker makes locally (DialogTimer, a
-        lifetime Error)."""
-        return self._row[ROW_SEQ]
-
-    @property
-    def message_type(self) -> str:
-        return self._row[ROW_TYPE]
-
-    @property
-    def body(self) -> bytes:
-        return self._row[ROW_BODY]
-
-    @property
-    def enqueued_at(self) -> float:
-        return self._row[ROW_ENQUEUED_AT]
+        facts = cast(ConversationFacts, tuple(conversation))
+        self._batch = BatchFacts(queue, {conversation_handle: facts}, trace is not None)
+        self.body = body
+        self.sequence_number = sequence_number
+        self.message_type = message_type
+        self.conversation_handle = conversation_handle
+        self.message_id = message_id
+        self.enqueued_at = enqueued_at
+        self.queue = queue
 
     @property
     def trace(self) -> str | None:
@@ -112,22 +109,50 @@ class Message:
         row = self._row
         return row[ROW_TRACE] if self._batch.traced and len(row) > ROW_TRACE else None
 
-    @property
-    def _conversation(self) -> Sequence[Any]:
-        return self._batch.conversations.get(self._row[ROW_HANDLE], UNKNOWN_CONVERSATION)
+    # The conversation's facts, shared by the batch's messages: [service, far_service, contract, group_id,
+    # is_initiator, conversation_id] (looked up inline in each: a property calling another costs a second call).
 
-    service_name = property(lambda self: self._conversation[0], doc="the local service (whose queue it is)")
-    far_service_name = property(lambda self: self._conversation[1], doc="the service at the other end")
-    contract = property(lambda self: self._conversation[2], doc="the conversation's contract")
-    conversation_group_id = property(lambda self: self._conversation[3], doc="the group this side's conversation is in")
-    is_initiator = property(lambda self: self._conversation[4], doc="whether this side began the conversation")
-    conversation_id = property(lambda self: self._conversation[5], doc="the same on both sides")
+    @property
+    def service_name(self) -> str:
+        """The local service (whose queue it is)."""
+        facts = self._batch.conversations.get(self.conversation_handle, UNKNOWN_CONVERSATION)
+        return facts[0]
+
+    @property
+    def far_service_name(self) -> str:
+        """The service at the other end."""
+        facts = self._batch.conversations.get(self.conversation_handle, UNKNOWN_CONVERSATION)
+        return facts[1]
+
+    @property
+    def contract(self) -> str:
+        """The conversation's contract."""
+        facts = self._batch.conversations.get(self.conversation_handle, UNKNOWN_CONVERSATION)
+        return facts[2]
+
+    @property
+    def conversation_group_id(self) -> str:
+        """The group this side's conversation is in."""
+        facts = self._batch.conversations.get(self.conversation_handle, UNKNOWN_CONVERSATION)
+        return facts[3]
+
+    @property
+    def is_initiator(self) -> bool:
+        """Whether this side began the conversation."""
+        facts = self._batch.conversations.get(self.conversation_handle, UNKNOWN_CONVERSATION)
+        return facts[4]
+
+    @property
+    def conversation_id(self) -> str:
+        """The same on both sides."""
+        facts = self._batch.conversations.get(self.conversation_handle, UNKNOWN_CONVERSATION)
+        return facts[5]
 
     @property
     def traceparent(self) -> str | None:
         """The W3C ``traceparent`` the message was sent with, as sent (None: it carries no trace context)."""
-        trace = self.trace
-        return trace[:TRACEPARENT_LENGTH] if trace is not None else None
+        row = self._row
+        return row[ROW_TRACE][:TRACEPARENT_LENGTH] if self._batch.traced and len(row) > ROW_TRACE else None
 
     @property
     def tracestate(self) -> str | None:
@@ -137,22 +162,22 @@ class Message:
     @property
     def is_end_dialog(self) -> bool:
         """The far side ended the conversation (EndDialog)."""
-        return self._row[ROW_TYPE] == END_DIALOG
+        return self.message_type == END_DIALOG
 
     @property
     def is_error(self) -> bool:
         """An Error message (see :attr:`error`)."""
-        return self._row[ROW_TYPE] == ERROR
+        return self.message_type == ERROR
 
     @property
     def is_timer(self) -> bool:
         """A DialogTimer message (a timer set with ``begin_timer`` ran out)."""
-        return self._row[ROW_TYPE] == DIALOG_TIMER
+        return self.message_type == DIALOG_TIMER
 
     @property
     def error(self) -> tuple[int, str] | None:
         """(code, description) of an Error message (codes < 0 are the broker's), else None."""
-        return parse_error_body(self._row[ROW_BODY]) if self._row[ROW_TYPE] == ERROR else None
+        return parse_error_body(self.body) if self.message_type == ERROR else None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -177,6 +202,13 @@ def message_view(row: MessageRow, batch: BatchFacts) -> Message:
     m: Message = _new(Message)
     m._row = row
     m._batch = batch
+    m.body = row[ROW_BODY]
+    m.sequence_number = row[ROW_SEQ]
+    m.message_type = row[ROW_TYPE]
+    m.conversation_handle = row[ROW_HANDLE]
+    m.message_id = row[ROW_ID]
+    m.enqueued_at = row[ROW_ENQUEUED_AT]
+    m.queue = batch.queue
     return m
 
 
@@ -206,13 +238,21 @@ class ReceivedMessages(Sequence[Message]):
         return message_view(self._rows[index], self._batch)
 
     def __iter__(self) -> Iterator[Message]:
-        # the hot path of a consumer: one two-slot object a message, nothing else, and none kept
+        # the hot path of a consumer: one object a message, nothing else, and none kept (message_view, inline)
         batch = self._batch
+        queue = batch.queue
         new = _new
         for row in self._rows:
             m: Message = new(Message)
             m._row = row
             m._batch = batch
+            m.body = row[ROW_BODY]
+            m.sequence_number = row[ROW_SEQ]
+            m.message_type = row[ROW_TYPE]
+            m.conversation_handle = row[ROW_HANDLE]
+            m.message_id = row[ROW_ID]
+            m.enqueued_at = row[ROW_ENQUEUED_AT]
+            m.queue = queue
             yield m
 
     def __eq__(self, other: object) -> bool:

@@ -8,7 +8,9 @@ one run, each in a fresh process:
   (stored rows as they are, plus the conversation facts); then, timed, for each of ``--batches`` batches: the
   client's frame decoder turns the wire bytes into a reply, ``Client._receive`` turns the reply into a
   ``ReceivedBatch`` (its request answered at once, no socket), and every message's ``body`` and
-  ``sequence_number`` are read. Printed: microseconds per message, split into decode, batch and read.
+  ``sequence_number`` are read. Printed: microseconds per message, split into decode, batch and read; and "all":
+  batch + reading every public attribute of every message (a second receive of the same reply), for consumers
+  that read more than two.
 * e2e (``--e2e``): through a real node (memory store, its own process): a producer process fills the queue with
   ``--messages`` messages, then a consumer process receives them in batches of ``--batch`` and commits each
   (``start_commit``, overlapping the next receive), checking every sequence number once and in order. Printed:
@@ -37,6 +39,10 @@ from common import LOOPBACK, REPO, BenchError, Deadline, Progress, SequenceCheck
 
 BENCH_CLIENT_PY = Path(__file__).resolve()
 QUEUE, SERVICE, INIT_QUEUE, INIT_SERVICE = "bench_in", "bench_target", "bench_init_q", "bench_init"
+#: every public attribute of a received message (the "all" column reads each of them)
+ATTRIBUTES = ("queue", "message_id", "conversation_handle", "sequence_number", "message_type", "body", "enqueued_at",
+              "service_name", "far_service_name", "contract", "conversation_group_id", "is_initiator",
+              "conversation_id", "traceparent", "tracestate", "is_end_dialog", "is_error", "is_timer", "error")
 
 
 def use_tree(tree: str) -> None:
@@ -77,7 +83,8 @@ def micro(args: argparse.Namespace) -> dict[str, Any]:
     client.request = request  # type: ignore[method-assign]
     decoder = FrameDecoder()
     clock = time.perf_counter_ns
-    t_decode = t_batch = t_read = 0
+    t_decode = t_batch = t_read = t_all = 0
+    read_all = eval("lambda m: (" + ", ".join(f"m.{a}" for a in ATTRIBUTES) + ")")  # noqa: S307 - names above
     seqs = 0
     deadline = Deadline(args.max_seconds)
     done = 0
@@ -88,27 +95,39 @@ def micro(args: argparse.Namespace) -> dict[str, Any]:
         (frame,) = [parse_frame(obj) for obj in decoder.feed(wire)]
         t1 = clock()
         answer["result"] = frame.result  # type: ignore[union-attr]
-        coro = client._receive(QUEUE, n, 0.0, None)
-        try:
-            coro.send(None)
-            raise BenchError("Client._receive waited for something")
-        except StopIteration as stop:
-            batch = stop.value
+        batch = receive_now(client)
         t2 = clock()
         for m in batch:
             m.body  # noqa: B018 - read, as a consumer does
             seqs += m.sequence_number
         t3 = clock()
-        del batch, frame
+        del batch
+        t4 = clock()
+        for m in receive_now(client):
+            read_all(m)
+        t5 = clock()
+        del frame
         t_decode += t1 - t0
         t_batch += t2 - t1
         t_read += t3 - t2
+        t_all += t5 - t4
         done += 1
     if seqs != done * n * (n - 1) // 2:
         raise BenchError("sequence numbers read back wrong")
     per = 1e-3 / max(1, done * n)  # ns total -> us per message
     return {"batches": done, "decode_us": t_decode * per, "batch_us": t_batch * per, "read_us": t_read * per,
-            "total_us": (t_decode + t_batch + t_read) * per}
+            "total_us": (t_decode + t_batch + t_read) * per, "all_us": t_all * per}
+
+
+def receive_now(client: Any) -> Any:
+    """``Client._receive``, whose one request is answered without waiting: the batch it makes."""
+    coro = client._receive(QUEUE, 1, 0.0, None)
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise BenchError("Client._receive waited for something")
 
 
 # --- e2e: a real node, a producer, then the consumer alone -------------------------------------------------------------
@@ -190,7 +209,8 @@ def run_micro(trees: dict[str, str], args: argparse.Namespace) -> dict[str, list
             res = worker("micro", tree, ["--batches", str(args.batches)], args, f"micro {name}")
             runs[name].append(res)
             print(f"  micro round {r + 1}/{args.rounds} {name:8}: {res['total_us']:.3f} us/msg (decode"
-                  f" {res['decode_us']:.3f}, batch {res['batch_us']:.3f}, read {res['read_us']:.3f})", flush=True)
+                  f" {res['decode_us']:.3f}, batch {res['batch_us']:.3f}, read {res['read_us']:.3f}); batch + all"
+                  f" attributes {res['all_us']:.3f}", flush=True)
     return runs
 
 
@@ -276,12 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    headers = ["tree", "micro us/msg", "decode", "batch", "read"] + (["e2e consumer cpu us/msg", "e2e msg/s"]
+    headers = ["tree", "micro us/msg", "decode", "batch", "read", "all"] + (["e2e consumer cpu us/msg", "e2e msg/s"]
                                                                         if e2e_runs else [])
     rows = []
     for name in trees:
         m = micro_runs[name]
-        row = [name, *(f"{median([r[k] for r in m]):.3f}" for k in ("total_us", "decode_us", "batch_us", "read_us"))]
+        row = [name, *(f"{median([r[k] for r in m]):.3f}" for k in ("total_us", "decode_us", "batch_us", "read_us", "all_us"))]
         if e2e_runs:
             e = e2e_runs[name]
             row += [f"{median([r['us_per_msg'] for r in e]):.3f}", f"{median([r['rate'] for r in e]):,.0f}"]

@@ -113,6 +113,25 @@ async def test_end_dialog_and_error_messages_read_as_such(node: aiobroker.Node) 
         assert not by_type["Error"]["is_end_dialog"]
 
 
+async def test_a_batch_of_two_conversations_gives_each_message_its_own_conversation(node: aiobroker.Node) -> None:
+    async with aiobroker.connect(node.url) as client:
+        one = await setup_pair(client)
+        two = await client.begin_dialog("init", "target", related_group=one.group_id)  # one group on this side
+        for dialog, text in ((one, b"to one"), (two, b"to two")):
+            await dialog.send("DEFAULT", text)
+            async with await client.receive("qt", max_messages=100, timeout=5) as batch:
+                for m in batch:
+                    await batch.dialog(m).send("DEFAULT", b"re: " + m.body)
+        batch = await client.receive("qi", max_messages=100, timeout=5)
+        seen = [attributes(m) for m in batch]
+        await batch.rollback()
+        assert seen == from_raw(await receive_raw(client, "qi"))
+        assert [(a["body"], a["conversation_id"], a["is_initiator"]) for a in seen] == [
+            (b"re: to one", one.conversation_id, True), (b"re: to two", two.conversation_id, True)
+        ]
+        assert one.conversation_id != two.conversation_id
+
+
 async def test_batch_messages_is_a_sequence_that_can_be_read_twice_sliced_and_indexed(node: aiobroker.Node) -> None:
     async with aiobroker.connect(node.url) as client:
         dialog = await setup_pair(client)

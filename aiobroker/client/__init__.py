@@ -31,7 +31,8 @@ from .connection import DEFAULT_PORT as DEFAULT_PORT
 from .connection import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from .connection import SCHEMES as SCHEMES
 from .connection import PendingReply, parse_url, split_url
-from .conversations import Dialog, Message, ReceivedBatch
+from .conversations import Dialog, ReceivedBatch
+from .received import Message, ReceivedMessages
 
 __all__ = [
     "Client",
@@ -39,6 +40,7 @@ __all__ = [
     "Message",
     "PendingReply",
     "ReceivedBatch",
+    "ReceivedMessages",
     "connect",
     "parse_url",
     "split_url",

@@ -29,7 +29,8 @@ from .connection import (
     split_url,
     ssl_context_for,
 )
-from .conversations import Dialog, Message, ReceivedBatch, TracedMessage
+from .conversations import Dialog, ReceivedBatch
+from .received import BatchFacts, ReceivedMessages
 from .objects import AdminCalls
 
 
@@ -246,18 +247,9 @@ class Client(AdminCalls):
             "receive",
             {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds},
         )
-        convs = r["conversations"]
-        qname = r["queue"] or queue
-        unknown = ["", "", "", "", False, ""]  # a conversation that ended while the batch was on its way
-        rows = r["messages"]
-        messages = [
-            Message(qname, row[0], row[2], row[3], row[4], row[5], row[6], convs.get(row[2], unknown)) for row in rows
-        ]
-        if r.get("traced"):  # the node says some rows may carry trace context (a ninth field)
-            for i, row in enumerate(rows):
-                if len(row) > 8:
-                    messages[i] = TracedMessage(messages[i], row[8])
-        return ReceivedBatch(self, r["lease"], messages, r.get("lease_expires_at"))
+        # the rows stay as decoded; a message is a view made when the batch is iterated or indexed (received.py)
+        facts = BatchFacts(r["queue"] or queue, r["conversations"], bool(r.get("traced")))
+        return ReceivedBatch(self, r["lease"], ReceivedMessages(r["messages"], facts), r.get("lease_expires_at"))
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None and not self._conn.closed else "closed"

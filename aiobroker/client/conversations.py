@@ -1,6 +1,7 @@
 """What a conversation looks like to the client: :class:`Dialog` (one side of a conversation, to send on or end),
-:class:`Message` (one received) and :class:`ReceivedBatch` (messages received together, locked until commit or
-rollback). :class:`~aiobroker.client.Client` makes them (``begin_dialog``, ``dialog``, ``receive``)."""
+:class:`Message` (one received; aiobroker/client/received.py) and :class:`ReceivedBatch` (messages received
+together, locked until commit or rollback). :class:`~aiobroker.client.Client` makes them (``begin_dialog``,
+``dialog``, ``receive``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from typing import Any, Protocol
 
 import anyio
 
-from ..core.catalog import DEFAULT, DIALOG_TIMER, END_DIALOG, ERROR
-from ..core.dialog_errors import parse_error_body
+from ..core.catalog import DEFAULT
 from .. import tracing
 from ..errors import BrokerError
-from ..tracecontext import TRACEPARENT_LENGTH, make_trace, split_trace
+from ..tracecontext import make_trace
 from .connection import PendingReply
+from .received import Message
 
 
 class Requester(Protocol):
@@ -26,106 +27,6 @@ class Requester(Protocol):
     def start_request(self, op: str, args: dict[str, Any]) -> PendingReply: ...
 
     async def request(self, op: str, args: dict[str, Any]) -> Any: ...
-
-
-class Message:
-    """A received message and the facts of its conversation.
-
-    Built for every message received, so it is a plain slotted object whose conversation facts are shared by all
-    messages of the conversation in a batch (hence the properties).
-    """
-
-    __slots__ = ("queue", "message_id", "conversation_handle", "sequence_number", "message_type", "body",
-                 "enqueued_at", "_conversation")
-
-    #: the W3C trace context the sender gave, in its carried form (see :attr:`traceparent`), or None. A class
-    #: attribute here, a slot in :class:`TracedMessage`: a message without one costs nothing for it.
-    trace: str | None = None
-
-    def __init__(
-        self,
-        queue: str,
-        message_id: int,
-        conversation_handle: str,
-        sequence_number: int,
-        message_type: str,
-        body: bytes,
-        enqueued_at: float,
-        conversation: Sequence[Any],
-    ) -> None:
-        self.queue = queue
-        self.message_id = message_id  #: unique on its node; increases in arrival order
-        self.conversation_handle = conversation_handle
-        #: in order per conversation and direction; -1 for messages the broker makes locally (DialogTimer, a
-        #: lifetime Error)
-        self.sequence_number = sequence_number
-        self.message_type = message_type
-        self.body = body
-        self.enqueued_at = enqueued_at
-        #: [service, far_service, contract, group_id, is_initiator, conversation_id]
-        self._conversation = conversation
-
-    service_name = property(lambda self: self._conversation[0], doc="the local service (whose queue it is)")
-    far_service_name = property(lambda self: self._conversation[1], doc="the service at the other end")
-    contract = property(lambda self: self._conversation[2], doc="the conversation's contract")
-    conversation_group_id = property(lambda self: self._conversation[3], doc="the group this side's conversation is in")
-    is_initiator = property(lambda self: self._conversation[4], doc="whether this side began the conversation")
-    conversation_id = property(lambda self: self._conversation[5], doc="the same on both sides")
-
-    @property
-    def traceparent(self) -> str | None:
-        """The W3C ``traceparent`` the message was sent with, as sent (None: it carries no trace context)."""
-        return self.trace[:TRACEPARENT_LENGTH] if self.trace is not None else None
-
-    @property
-    def tracestate(self) -> str | None:
-        """The W3C ``tracestate`` the message was sent with, if any."""
-        return split_trace(self.trace)[1]
-
-    @property
-    def is_end_dialog(self) -> bool:
-        """The far side ended the conversation (EndDialog)."""
-        return self.message_type == END_DIALOG
-
-    @property
-    def is_error(self) -> bool:
-        """An Error message (see :attr:`error`)."""
-        return self.message_type == ERROR
-
-    @property
-    def is_timer(self) -> bool:
-        """A DialogTimer message (a timer set with ``begin_timer`` ran out)."""
-        return self.message_type == DIALOG_TIMER
-
-    @property
-    def error(self) -> tuple[int, str] | None:
-        """(code, description) of an Error message (codes < 0 are the broker's), else None."""
-        return parse_error_body(self.body) if self.message_type == ERROR else None
-
-    def __repr__(self) -> str:
-        return (
-            f"<Message {self.message_type!r} seq={self.sequence_number} conversation={self.conversation_handle}"
-            f" {len(self.body)} bytes>"
-        )
-
-
-class TracedMessage(Message):
-    """A received message that carries W3C trace context (the client makes these; use :class:`Message`)."""
-
-    __slots__ = ("trace",)
-
-    def __init__(self, message: Message, trace: str) -> None:
-        super().__init__(
-            message.queue,
-            message.message_id,
-            message.conversation_handle,
-            message.sequence_number,
-            message.message_type,
-            message.body,
-            message.enqueued_at,
-            message._conversation,
-        )
-        self.trace = trace
 
 
 class Dialog:
@@ -231,11 +132,15 @@ class ReceivedBatch:
     """Messages of one conversation group, locked for this client until :meth:`commit` or :meth:`rollback`.
 
     As an async context manager it commits when the block ends normally and rolls back if it raises.
+    ``messages`` is a sequence (from a receive, a :class:`~aiobroker.client.received.ReceivedMessages`: its
+    messages are made as they are iterated or indexed, and stay valid after commit or rollback).
     """
 
     __slots__ = ("client", "lease", "messages", "lease_expires_at", "_settled")
 
-    def __init__(self, client: Requester, lease: int | None, messages: list[Message], lease_expires_at: float | None):
+    def __init__(
+        self, client: Requester, lease: int | None, messages: Sequence[Message], lease_expires_at: float | None
+    ):
         self.client = client
         self.lease = lease
         self.messages = messages

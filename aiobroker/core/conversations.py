@@ -174,4 +174,4 @@ class Conversations:
         ledger.tx.detach(ep.handle)
         if ledger.persist:
             ledger.dirty[ep.handle] = None
-        ledger.closed(ep.handle)
+        ledger.remember_closed(ep.handle)

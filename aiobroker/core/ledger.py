@@ -120,7 +120,7 @@ class Ledger:
         self.by_conversation[(ep.conversation_id, ep.is_initiator)] = ep.handle
         self.touch(ep)
 
-    def closed(self, handle: str) -> None:
+    def remember_closed(self, handle: str) -> None:
         """Remember a handle that has just gone (bounded)."""
         recent = self.recently_closed
         recent[handle] = None

@@ -125,3 +125,19 @@ def test_the_checker_counts_a_message_out_of_order_one_twice_and_those_never_arr
     assert (s["out_of_order"], s["duplicates"], s["missing"]) == (1, 1, 2)
     assert s["received"] == 7  # each message counted once, the second 3 not
     assert struct.calcsize(HEADER.format) == 32
+
+
+def test_consumers_cut_off_by_the_drain_bound_are_said_to_be_slow_not_lossy(
+    node: NodeProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # no time at all to drain after the last send: what is still queued then is not a lost message, and the
+    # command must not blame the node's delivery for it
+    from aiobroker.cli import app, bench_run
+
+    monkeypatch.setattr(bench_run, "DRAIN_SECONDS", 0.0)
+    status = app.main(["--address", node.url, "bench", "--count", "20000", "--batch", "100", "--json"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    s = json.loads(out)
+    assert s["drain_timed_out"] is True and s["missing"] > 0
+    assert "not a lost message" in err and "broke exactly-once" not in err

@@ -13,6 +13,7 @@ import pytest
 import aiobroker
 from aiobroker import NodeConfig
 from aiobroker.client import Message, ReceivedMessages
+from test_node import setup_pair  # queues qi and qt, services init and target, one dialog between them
 
 pytestmark = pytest.mark.anyio
 
@@ -27,14 +28,6 @@ FIELDS = ("queue", "message_id", "conversation_handle", "sequence_number", "mess
 async def node() -> AsyncIterator[aiobroker.Node]:
     async with aiobroker.Node(NodeConfig(store="memory", listen_port=0)) as n:
         yield n
-
-
-async def setup_pair(client: aiobroker.Client) -> aiobroker.Dialog:
-    await client.create_queue("qi")
-    await client.create_queue("qt")
-    await client.create_service("init", "qi")
-    await client.create_service("target", "qt", ["DEFAULT"])
-    return await client.begin_dialog("init", "target")
 
 
 def attributes(m: Message) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import anyio
 from ..client import Client
 from . import arguments
 from .arguments import add_command
-from .bench_run import MIN_SIZE, Plan, Tally, run
+from .bench_run import DRAIN_SECONDS, MIN_SIZE, Plan, Tally, run
 from .common import EXIT_ERROR, TOKEN_ENV, CommandError
 from .render import echo, note
 
@@ -66,6 +66,13 @@ async def cmd_bench(client: Client, args: argparse.Namespace) -> int | None:
 
         plot(args.plot, summary, tally)
         note(f"bench: drew {args.plot}")
+    if tally.drain_timed_out:
+        note(
+            f"bench: the consumers were still receiving {DRAIN_SECONDS:.0f}s after the last send, and were stopped:"
+            f" {summary['missing']} message(s) not yet received (a node slower than the producers, not a lost"
+            " message); try a smaller --count or a --rate the node keeps up with"
+        )
+        return EXIT_ERROR
     if summary["missing"] or summary["duplicates"] or summary["out_of_order"]:
         note(
             f"bench: {summary['missing']} message(s) never arrived, {summary['duplicates']} arrived twice,"
@@ -121,6 +128,7 @@ def summarize(plan: Plan, tally: Tally) -> dict[str, Any]:
         "missing": tally.sent - tally.distinct,
         "duplicates": tally.duplicates,
         "out_of_order": tally.out_of_order,
+        "drain_timed_out": tally.drain_timed_out,
         "per_second": tally.per_second,
     }
 

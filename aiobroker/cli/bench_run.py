@@ -21,6 +21,7 @@ busy. Run several ``aiobroker bench`` at once to load a node from more cores.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 import uuid
@@ -37,6 +38,8 @@ from ..errors import BrokerError
 #: what each body starts with: producer, conversation, sequence number, send time, due time (ns; 0: unpaced)
 HEADER = struct.Struct("<IIQqq")
 MIN_SIZE = HEADER.size
+#: how long the consumers may take, after the producers are done, to receive what is left and the EndDialogs
+DRAIN_SECONDS = 60.0
 
 
 @dataclass
@@ -75,6 +78,10 @@ class Tally:
     started_ns: int = 0
     finished_ns: int = 0
     ends_seen: int = 0
+    #: when the consumers stop, received or not (set once the producers are done)
+    drain_deadline: float = math.inf
+    #: the consumers had not drained DRAIN_SECONDS after the last send (a slow node, not a lost message)
+    drain_timed_out: bool = False
 
 
 def body_for(size: int, producer: int, conversation: int, seq: int, due_ns: int) -> bytes:
@@ -123,7 +130,9 @@ async def _load(make_client: Callable[[], Client], plan: Plan, tally: Tally, nam
             for p in range(plan.producers):
                 producers.start_soon(_producer, make_client, plan, tally, names, p, stop_sending)
         stop_sending.set()  # every producer is done (count reached): the timer has nothing left to stop
-        tg.cancel_scope.deadline = anyio.current_time() + 60  # the consumers drain, then the EndDialogs; bounded
+        # the consumers drain what is left, then the EndDialogs, within a bound; they stop themselves at it (not a
+        # cancellation, so that each closes its connection as usual)
+        tally.drain_deadline = anyio.current_time() + DRAIN_SECONDS
     tally.finished_ns = time.monotonic_ns()
 
 
@@ -169,6 +178,9 @@ async def _consumer(
 ) -> None:
     async with make_client() as client:
         while tally.ends_seen < dialogs_total:
+            if anyio.current_time() > tally.drain_deadline:
+                tally.drain_timed_out = True
+                return
             batch = await client.receive(names["queue_to"], max_messages=max(plan.batch, 100), timeout=0.5)
             if not batch:
                 continue

@@ -14,6 +14,7 @@ The records a store reads and writes (:class:`~aiobroker.core.records.WriteBatch
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from ..core.records import Snapshot, WriteBatch
@@ -21,8 +22,22 @@ from ..errors import StoreError
 
 
 class StoreInUse(StoreError):
-    """Another node has the store open (its data directory is locked): it may be free again soon, unlike a store
-    that is damaged or unreadable. A node with ``[node] store_wait`` waits for it."""
+    """Another node has the store open (its data directory is locked, or it holds the database's lock): it may be
+    free again soon, unlike a store that is damaged or unreadable. A node with ``[node] store_wait`` waits for it,
+    as a standby.
+
+    ``owner`` is the address the holder announced to clients (:meth:`Store.announce`), when the store knows it: a
+    standby tells clients to go there."""
+
+    def __init__(self, message: str, owner: str | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+class StoreFenced(StoreError):
+    """Another node has taken this store over (this one was paused, or cut off from the database, for long enough
+    that a standby took the lock): this node must not write again. Nothing of the refused batch is applied; the
+    node steps down."""
 
 
 class Store(ABC):
@@ -51,6 +66,15 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release files and locks. Safe to call twice."""
+
+    def announce(self, url: str) -> None:
+        """Record where clients reach the node that owns the store (``tcp://host:port``), once it listens, so that a
+        node waiting for the store can send clients there. A store that cannot be shared need not keep it."""
+
+    def watch(self, lost: Callable[[str], None]) -> None:
+        """Call ``lost(reason)``, once, from any thread, if the store finds that this node no longer owns it (the
+        database's lock was lost, another node took over). A store that cannot lose its owner never calls it; one
+        that can also refuses every later batch with :class:`StoreFenced`."""
 
     def abandon(self) -> None:
         """Close after a start that failed before anything was written: undo what :meth:`open` created (a new

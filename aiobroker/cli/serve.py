@@ -84,8 +84,9 @@ def add_serve(commands: Any) -> None:
     )
     p.add_argument(
         "--store",
-        choices=("sqlite", "memory"),
-        help="sqlite (durable) or memory (keeps nothing; default sqlite)",
+        metavar="sqlite|memory|postgresql://USER@HOST/DB",
+        help="sqlite (durable, in --data-dir; default sqlite), memory (keeps nothing), or a PostgreSQL database's URL"
+        " (durable, shared with a standby; see docs/stores.md), or a plug-in store's name",
     )
     p.add_argument(
         "--durability",

@@ -19,11 +19,12 @@ from .objects import check_objects
 from ..core.transmission import ENVELOPE_OVERHEAD
 from ..errors import ConfigError, SecurityError
 from ..security.certs import read_pem_file
+from ..store import store_kind, store_kinds
 from ..store.sqlite import DURABILITIES as SQLITE_DURABILITIES
 
 MIB: Final = 1024 * 1024
 
-STORES: Final = ("sqlite", "memory")
+STORES: Final = ("sqlite", "memory", "postgresql")
 DURABILITIES: Final = tuple(SQLITE_DURABILITIES)  # the store owns them (each is a PRAGMA synchronous)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")  # words (the default), or one JSON object a line
@@ -134,6 +135,33 @@ def _check_resolver(value: Any) -> dict[str, Any] | None:
     return value
 
 
+def _check_store(value: Any) -> str:
+    """A store's name (``sqlite``, ``memory``, ``postgresql`` or a plug-in's), or a URL naming it by its scheme
+    (``postgresql://user@host/db``); whether the name is registered is decided when the node builds the store."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(
+            f'must be "sqlite", "memory", "postgresql", a plug-in store\'s name, or a postgresql:// URL; got'
+            f" {describe(value)}"
+        )
+    try:
+        kind, _ = store_kind(value)
+    except ConfigError as exc:
+        raise Invalid(exc.message) from None
+    known = store_kinds()
+    if kind not in known:
+        hint = did_you_mean(kind, tuple(known), '"{}"')
+        raise Invalid(f"must be {quoted(tuple(known))} or a postgresql:// URL; got {value!r}{hint}")
+    return value
+
+
+def _check_store_options(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise Invalid(f"must be a table of the store's options (dsn = \"...\", ...); got {describe(value)}")
+    return value
+
+
 def _check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"must be true or false; got {describe(value)}")
@@ -189,7 +217,8 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "listen_host": _check_host,
     "listen_port": _check_port,
     "data_dir": _check_data_dir,
-    "store": _choice(STORES),
+    "store": _check_store,
+    "store_options": _check_store_options,
     "durability": _choice(DURABILITIES),
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),

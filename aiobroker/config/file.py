@@ -82,6 +82,8 @@ def from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dict
                 raise ConfigError(f"{path}: [resolver] must be a table with kind = \"NAME\" (static_file, dns_srv, http,"
                                   f" chain, or a plug-in's name); got {describe(value)}")
             values["resolver"], where["resolver"] = _resolve_paths(value, path.parent.absolute()), f"{path}: [resolver]"
+        elif key == "store" and isinstance(value, dict):
+            _read_store_table(value, path, values, where)
         elif key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(
@@ -105,6 +107,23 @@ def from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dict
         values["objects"] = objects_from_file(arrays, text, path)
         where["objects"] = f"{path}: objects"
     return values, where
+
+
+def _read_store_table(table: dict[str, Any], path: Path, values: dict[str, Any], where: dict[str, str]) -> None:
+    """``[store]``: ``kind`` (or a ``dsn`` URL that names it) and the store's options (docs/stores.md)."""
+    options = {k: v for k, v in table.items() if k != "kind"}
+    kind = table.get("kind")
+    dsn = options.get("dsn")
+    if kind is None and isinstance(dsn, str) and "://" in dsn:
+        kind = dsn.split("://", 1)[0]
+        kind = "postgresql" if kind in ("postgres", "postgresql") else kind
+    if not isinstance(kind, str) or not kind:
+        raise ConfigError(
+            f'{path}: [store] needs kind = "NAME" (sqlite, memory, postgresql or a plug-in\'s name), or a dsn ='
+            f' "postgresql://..." that names it; got {describe(table)}'
+        )
+    values["store"], where["store"] = kind, f"{path}: [store] kind"
+    values["store_options"], where["store_options"] = options, f"{path}: [store]"
 
 
 def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:

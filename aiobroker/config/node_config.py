@@ -41,7 +41,10 @@ class NodeConfig:
     listen_host: str = DEFAULT_LISTEN_HOST
     listen_port: int = DEFAULT_LISTEN_PORT  #: 0..65535; 0 picks a free port
     data_dir: Path = Path("aiobroker-data")
-    store: str = "sqlite"  #: "sqlite" or "memory"
+    #: "sqlite", "memory", "postgresql" (or a plug-in store's name), or a postgresql:// URL (the store's dsn)
+    store: str = "sqlite"
+    #: the ``[store]`` table's options (the postgresql store's ``dsn``, ``schema``, ...; docs/stores.md)
+    store_options: dict[str, Any] | None = None
     durability: str = "normal"  #: "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level: str = "info"  #: "debug", "info", "warning" or "error"
     log_format: str = "text"  #: "text" (a line of words) or "json" (one object a line, with fields)

@@ -73,7 +73,9 @@ class Node:
     ) -> None:
         self.config = config or NodeConfig()
         self.clock = clock
-        self.store = store or open_store(self.config.store, self.config.data_dir, self.config.durability)
+        self.store = store or open_store(
+            self.config.store, self.config.data_dir, self.config.durability, self.config.store_options
+        )
         self.core: BrokerCore = None  # type: ignore[assignment]  # made in start()
         #: this node's broker instance, once start() has read the store (None before)
         self.broker_instance: str | None = None

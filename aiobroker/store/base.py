@@ -70,11 +70,13 @@ class Store(ABC):
     def announce(self, url: str) -> None:
         """Record where clients reach the node that owns the store (``tcp://host:port``), once it listens, so that a
         node waiting for the store can send clients there. A store that cannot be shared need not keep it."""
+        return None
 
     def watch(self, lost: Callable[[str], None]) -> None:
         """Call ``lost(reason)``, once, from any thread, if the store finds that this node no longer owns it (the
         database's lock was lost, another node took over). A store that cannot lose its owner never calls it; one
         that can also refuses every later batch with :class:`StoreFenced`."""
+        return None
 
     def abandon(self) -> None:
         """Close after a start that failed before anything was written: undo what :meth:`open` created (a new

@@ -35,9 +35,15 @@ ensure_venv() {
 # containers with a policy-rc.d) and takes port 53 on the machine; dnsmasq-base has no service to start or stop.
 # chromium and chromium-driver: `chromium` and `chromedriver`, the headless browser and its WebDriver that the web
 # console's tests click through (tests/test_console_browser.py); Debian builds both from one source, so they match.
-TEST_SYSTEM_PACKAGES=(iproute2:ip dnsmasq-base:dnsmasq chromium:chromium chromium-driver:chromedriver)
+# postgresql: `initdb` and `postgres` (under /usr/lib/postgresql/VERSION/bin), the real server the PostgreSQL store's
+# tests start in a temporary directory of their own (tests/postgres.py); installed without the system cluster Debian
+# would otherwise create and start (create_main_cluster = false), so nothing listens on the machine's port 5432.
+TEST_SYSTEM_PACKAGES=(iproute2:ip dnsmasq-base:dnsmasq chromium:chromium chromium-driver:chromedriver postgresql:initdb)
 
-have_command() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have_command() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] \
+        || compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
+}
 
 ensure_system_packages() {
     local entry missing=()
@@ -51,6 +57,10 @@ ensure_system_packages() {
         return 0
     fi
     step "installing system packages for the tests: ${missing[*]}"
+    if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/aiobroker-tests.conf
+    fi
     # Could install but did not: fail rather than let the namespace and browser tests quietly turn into skips.
     DEBIAN_FRONTEND=noninteractive apt-get update -q \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \

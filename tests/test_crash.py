@@ -77,15 +77,21 @@ async def _drain(url: str) -> dict[str, list[int]]:
     return {handles[cid]: numbers for cid, numbers in got.items()}
 
 
-async def test_sigkill_mid_stream_loses_no_acknowledged_send_and_duplicates_none(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "data").start()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> str:
+    """What ``--store`` says: the sqlite store in the data directory, or a fresh database on a real PostgreSQL."""
+    return str(request.getfixturevalue("pg_dsn")) if request.param == "postgresql" else "sqlite"
+
+
+async def test_sigkill_mid_stream_loses_no_acknowledged_send_and_duplicates_none(tmp_path: Path, store: str) -> None:
+    node = NodeProcess(tmp_path / "data", store=store).start()
     try:
         handles = await _setup(node.url)
         acked, sent = await _stream_until_killed(node, handles)
         assert sum(acked) >= KILL_AFTER
         assert sum(sent) > sum(acked), "the kill must land while sends are in flight"
 
-        node = NodeProcess(tmp_path / "data", port=node.port).start()
+        node = NodeProcess(tmp_path / "data", port=node.port, store=store).start()
         received = await _drain(node.url)
         for i, handle in enumerate(handles):
             numbers = received.get(handle, [])

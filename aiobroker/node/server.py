@@ -224,7 +224,7 @@ class Node:
             instance,
             self.url,
             self.store.name,
-            f" at {cfg.data_dir.resolve()}" if self.store.durable else ", nothing kept across restarts",
+            f" at {self.store.location}" if self.store.location else ", nothing kept across restarts",
             f"monitoring on {self.http_url}" if self.http is not None else "no HTTP monitoring",
             stats["conversations"],
             waiting,

@@ -52,6 +52,12 @@ class Store(ABC):
     #: transaction that does not fsync), the hop is the slow part. 0: every batch goes to the thread.
     inline_rows: int = 0
 
+    @property
+    def location(self) -> str | None:
+        """Where the store keeps the state, as an operator would find it (a directory, a database), for the node's
+        log lines; None for a store that keeps nothing."""
+        return None
+
     @abstractmethod
     def open(self) -> Snapshot:
         """Open (creating if needed) and read everything back. Raises :class:`~aiobroker.errors.StoreError` with

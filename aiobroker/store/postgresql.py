@@ -38,7 +38,7 @@ import psycopg
 
 from ..core.records import MessageRow, Snapshot, WriteBatch
 from ..errors import ConfigError, ProtocolError, StoreError
-from ..wire.codec import unpackb
+from ..wire.codec import packb, unpackb
 from .base import Store, StoreFenced, StoreInUse
 from .postgresql_schema import (
     COPY_ROWS,
@@ -111,6 +111,10 @@ class PostgresStore(Store):
         port = info.get("port") or "5432"
         return f"PostgreSQL {host}:{port}/{info.get('dbname') or info.get('user') or ''} (schema {self.sql.schema})"
 
+    @property
+    def location(self) -> str:
+        return self.where
+
     def _connect(self, purpose: str) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(self.dsn, autocommit=True, application_name=f"{APPLICATION} {purpose}")
@@ -155,7 +159,7 @@ class PostgresStore(Store):
                 conn.execute(statement)
             found = conn.execute(f"SELECT value FROM {self.sql.schema}.meta WHERE key = %s", (SCHEMA_KEY,)).fetchone()
             if found is None:
-                conn.execute(self.sql.put_meta, (SCHEMA_KEY, _pack(SCHEMA_VERSION)))
+                conn.execute(self.sql.put_meta, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
             elif (version := unpackb(bytes(found[0]))) > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.where} was written by a newer aiobroker (store schema {version}, this one reads up to"
@@ -272,7 +276,7 @@ class PostgresStore(Store):
                 raise StoreFenced(f"{self._fenced}: this node writes nothing more to {self.where}") from exc
             raise StoreError(f"cannot write a batch to {self.where}: {_first_line(exc)}") from exc
         if new:
-            self._max_id = max(self._max_id, new[-1][0], max(row[0] for row in new))
+            self._max_id = max(self._max_id, max(row[0] for row in new))
 
     def _statements(
         self,
@@ -319,12 +323,6 @@ class PostgresStore(Store):
             "epoch": self._epoch,
             "owner": self._fenced is None and self._conn is not None,
         }
-
-
-def _pack(value: Any) -> bytes:
-    from ..wire.codec import packb
-
-    return packb(value)
 
 
 def _first_line(exc: BaseException) -> str:

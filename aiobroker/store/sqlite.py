@@ -125,6 +125,10 @@ class SqliteStore(Store):
         #: what open() made that was not there before (files, then the directory), for abandon() to remove
         self._created: list[Path] = []
 
+    @property
+    def location(self) -> str:
+        return str(self.data_dir)
+
     # --- the Store interface ------------------------------------------------------------------------------
 
     def open(self) -> Snapshot:

@@ -192,6 +192,8 @@ def received(stdout: str) -> list[dict[str, object]]:
 HELP = {
     (): "message broker",
     ("serve",): "run a node",
+    ("store",): "work on a stopped node's store",
+    ("store", "migrate"): "copy a stopped node's state",
     ("create",): "create a message type",
     ("create", "message-type"): "create a message type",
     ("create", "contract"): "create a contract",

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_usage(parser, args)
     try:
-        if args.command in ("serve", "cert"):  # the commands that talk to no node
+        if args.command in ("serve", "cert", "store"):  # the commands that talk to no node
             args.run(args)
         else:
             if args.command == "send":

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from ..version import __version__
 from ..core.catalog import DEFAULT
-from . import bench, cert, conversations, create, listing, objects, receive, serve, status
+from . import bench, cert, conversations, create, listing, objects, receive, serve, status, store
 from .arguments import Formatter
 from .common import ADDRESS_ENV, CA_ENV, CERT_ENV, DEFAULT_ADDRESS, KEY_ENV, PROG, TOKEN_ENV
 
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     serve.add_serve(commands)
     cert.add_cert(commands)
+    store.add_store(commands)
     create.add_create(commands, client, address_only)
     objects.add_alter(commands, client)
     listing.add_list(commands, client, as_json)

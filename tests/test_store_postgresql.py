@@ -144,23 +144,52 @@ def test_the_fence_refuses_a_batch_once_another_node_raised_the_epoch(pg_dsn: st
         assert conn.execute("SELECT count(*) FROM aiobroker.meta WHERE key <> 'schema_version'").fetchone() == (0,)
 
 
-def test_an_owner_that_loses_its_lock_connection_is_told_and_refuses_to_write(
-    pg_dsn: str, postgres: PostgresServer
+def _cut_lock_connection(postgres: PostgresServer, dsn: str) -> None:
+    database = dsn.rsplit("/", 1)[1].split("?")[0]
+    postgres.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'aiobroker lock'"
+        f" AND datname = '{database}'"
+    )
+
+
+def test_an_owner_whose_lock_connection_is_cut_takes_the_lock_again_and_carries_on(
+    pg_dsn: str, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = PostgresStore(pg_dsn, heartbeat=0.1, takeover_after=1.0)
     store.open()
     lost: list[str] = []
     store.watch(lost.append)
     try:
-        postgres.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'aiobroker lock'"
-            f" AND datname = '{pg_dsn.rsplit('/', 1)[1].split('?')[0]}'"
-        )
-        wait_for(lambda: lost, 10, "the store to notice its lock connection was cut")
-        assert "lost the connection that holds the store's lock" in lost[0]
+        with caplog.at_level("INFO", logger="aiobroker.store"):
+            _cut_lock_connection(postgres, pg_dsn)
+            wait_for(lambda: "took the lock on" in caplog.text, 10, "the owner to take its lock again")
+        assert lost == [] and "still the owner" in caplog.text
+        store.write(WriteBatch(meta={"after": 1}))
+        second = PostgresStore(pg_dsn)
+        with pytest.raises(StoreInUse):  # it holds the lock again: no one else can take the store
+            second.open()
+    finally:
+        store.close()
+
+
+def test_an_owner_that_finds_its_lock_taken_when_it_reconnects_has_lost_the_store(
+    pg_dsn: str, postgres: PostgresServer
+) -> None:
+    store = PostgresStore(pg_dsn, heartbeat=0.5, takeover_after=1.1)
+    store.open()
+    lost: list[str] = []
+    store.watch(lost.append)
+    other = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        # cut the owner's lock session, and take the lock before it can: what a standby quicker than it does
+        _cut_lock_connection(postgres, pg_dsn)
+        wait_for(lambda: other.execute(store.sql.try_lock).fetchone()[0], 5, "the lock to be free")  # type: ignore[index]
+        wait_for(lambda: lost, 10, "the owner to find that it lost the store")
+        assert "another node holds the store's lock now" in lost[0]
         with pytest.raises(StoreError, match="writes nothing more"):
             store.write(WriteBatch(meta={"after": 1}))
     finally:
+        other.close()
         store.close()
 
 

@@ -51,6 +51,7 @@ POSTGRESQL_OPTIONS = {
     "schema": "the PostgreSQL schema holding the node's tables (default aiobroker)",
     "heartbeat": "seconds between the owner's heartbeats (default 1)",
     "takeover_after": "seconds without a heartbeat after which a standby takes over (default 10)",
+    "reconnect_for": "seconds to try reaching the database again after a connection broke (default 30)",
 }
 
 
@@ -66,7 +67,7 @@ def postgresql(settings: StoreSettings) -> Store:
             "[store] the postgresql store needs a dsn: --store postgresql://USER@HOST/DBNAME, or dsn = \"...\" in"
             " the [store] table"
         )
-    for key in ("heartbeat", "takeover_after"):
+    for key in ("heartbeat", "takeover_after", "reconnect_for"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise ConfigError(f"[store] {key} must be a number of seconds > 0, not {value!r}")

@@ -22,15 +22,21 @@ once). A process that is paused, or a machine that vanished with its connection 
 PostgreSQL notices; so the owner also **beats a heart** (``owner.heartbeat``, every ``heartbeat`` seconds, on the
 lock connection), and a standby that finds the heartbeat older than ``takeover_after`` seconds ends the owner's
 lock session (``pg_terminate_backend``: the standby's role must be the owner's, or have ``pg_signal_backend``)
-and takes the lock.
+and takes the lock (``postgresql_owner.py``).
+
+**The database failing over.** When a connection breaks (the primary died and a replica was promoted, as Patroni
+or a cloud service does), the store connects again through the DSN for up to ``reconnect_for`` seconds (with
+several hosts and ``target_session_attrs=read-write``, libpq finds the new primary), takes its lock again, and
+finds out whether the batch it was writing when the connection broke was committed (the fence records every
+batch's number in the ``owner`` row): if so it is done, if not it is written again. So a batch is applied exactly
+once across a fail-over. If the new primary lacks batches this node was told were committed (an asynchronous
+replica was promoted), the store says so and the node stops rather than go on from a state that lost messages.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -38,14 +44,13 @@ import psycopg
 
 from ..core.records import MessageRow, Snapshot, WriteBatch
 from ..errors import ConfigError, ProtocolError, StoreError
-from ..wire.codec import packb, unpackb
+from ..wire.codec import unpackb
 from .base import Store, StoreFenced, StoreInUse
+from .postgresql_owner import Ownership
 from .postgresql_schema import (
     COPY_ROWS,
     FENCED_SQLSTATE,
-    MESSAGE_COLUMNS,
     SCHEMA_KEY,
-    SCHEMA_VERSION,
     Sql,
     as_columns,
     keyed,
@@ -59,6 +64,9 @@ log = logging.getLogger("aiobroker.store")
 HEARTBEAT: Final = 1.0
 #: a standby takes the store from an owner whose heartbeat is this many seconds old (paused, or cut off)
 TAKEOVER_AFTER: Final = 10.0
+#: how long a node tries to reach the database again after its connection broke (a fail-over to a replica takes
+#: seconds), before it gives up and stops
+RECONNECT_FOR: Final = 30.0
 #: what the store's connections call themselves in ``pg_stat_activity``
 APPLICATION: Final = "aiobroker"
 
@@ -77,6 +85,7 @@ class PostgresStore(Store):
         schema: str = "aiobroker",
         heartbeat: float = HEARTBEAT,
         takeover_after: float = TAKEOVER_AFTER,
+        reconnect_for: float = RECONNECT_FOR,
     ) -> None:
         if takeover_after <= 2 * heartbeat:
             raise ConfigError(
@@ -85,31 +94,29 @@ class PostgresStore(Store):
             )
         self.dsn = dsn
         self.sql = Sql(schema)
-        self.heartbeat = heartbeat
-        self.takeover_after = takeover_after
-        self._lock_conn: psycopg.Connection[Any] | None = None
+        self.reconnect_for = reconnect_for
+        self.owner = Ownership(self.sql, self.where, self._connect, heartbeat, takeover_after, reconnect_for)
         self._conn: psycopg.Connection[Any] | None = None
-        self._epoch = 0
         self._batch_no = 0
         self._max_id = 0
-        self._fenced: str | None = None
-        self._lost: Callable[[str], None] | None = None
-        self._stop_beating = threading.Event()
-        self._beating: threading.Thread | None = None
-        self._closed = False
+        #: the database was reached at least once: later failures to reach it are a fail-over to wait out
+        self._reached = False
 
     # --------------------------------------------------------------------------------------------- naming
 
     @property
     def where(self) -> str:
-        """The database as an operator would name it: ``host:port/dbname, schema aiobroker`` (no password)."""
+        """The database as an operator would name it: ``PostgreSQL host:port/dbname (schema aiobroker)``, every
+        host of a multi-host DSN, never the password."""
         try:
             info = psycopg.conninfo.conninfo_to_dict(self.dsn)
         except psycopg.ProgrammingError:
-            return f"schema {self.sql.schema}"
-        host = info.get("host") or "localhost"
-        port = info.get("port") or "5432"
-        return f"PostgreSQL {host}:{port}/{info.get('dbname') or info.get('user') or ''} (schema {self.sql.schema})"
+            return f"PostgreSQL (schema {self.sql.schema})"
+        hosts = str(info.get("host") or "localhost").split(",")
+        ports = str(info.get("port") or "5432").split(",")
+        ports += [ports[-1]] * (len(hosts) - len(ports))
+        servers = ",".join(f"{h}:{p}" for h, p in zip(hosts, ports, strict=False))
+        return f"PostgreSQL {servers}/{info.get('dbname') or info.get('user') or ''} (schema {self.sql.schema})"
 
     @property
     def location(self) -> str:
@@ -117,26 +124,26 @@ class PostgresStore(Store):
 
     def _connect(self, purpose: str) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.dsn, autocommit=True, application_name=f"{APPLICATION} {purpose}")
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"{APPLICATION} {purpose}")
         except psycopg.Error as exc:
             raise StoreError(
                 f"cannot connect to {self.where}: {_first_line(exc)}; check the DSN ([store] dsn or --store) and that"
                 " the server runs and accepts this user"
             ) from exc
+        self._reached = True
+        return conn
 
     # --------------------------------------------------------------------------------------------- open
 
     def open(self) -> Snapshot:
-        self._closed = False
-        if self._lock_conn is None or self._lock_conn.closed:
-            self._lock_conn = self._connect("lock")
-        lock = self._lock_conn
         try:
-            self._create_schema(lock)
-            if not lock.execute(self.sql.try_lock).fetchone()[0]:  # type: ignore[index]
-                self._take_from_stale_owner(lock)
-            epoch, batch_no = lock.execute(self.sql.take, (os.getpid(), socket.gethostname())).fetchone()  # type: ignore[misc]
-            self._epoch, self._batch_no = int(epoch), int(batch_no)
+            try:
+                self._batch_no = self.owner.take()
+            except StoreError as exc:
+                if not self._reached or isinstance(exc, StoreInUse):
+                    raise
+                # reached before (a node waiting for the store): the database failing over, to be waited out
+                raise StoreInUse(f"{exc.message}; trying again") from exc
             self._conn = self._connect("writer")
             snapshot = self._read(self._conn)
         except StoreError:
@@ -145,47 +152,9 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"cannot open the store in {self.where}: {_first_line(exc)}") from exc
-        self._fenced = None
-        log.info("took the store %s (epoch %d)", self.where, self._epoch)
-        self._stop_beating.clear()
-        self._beating = threading.Thread(target=self._beat, name="aiobroker-store-heartbeat", daemon=True)
-        self._beating.start()
+        log.info("took the store %s (epoch %d)", self.where, self.owner.epoch)
+        self.owner.start()
         return snapshot
-
-    def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            conn.execute(self.sql.create_lock)
-            for statement in self.sql.create:
-                conn.execute(statement)
-            found = conn.execute(f"SELECT value FROM {self.sql.schema}.meta WHERE key = %s", (SCHEMA_KEY,)).fetchone()
-            if found is None:
-                conn.execute(self.sql.put_meta, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
-            elif (version := unpackb(bytes(found[0]))) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.where} was written by a newer aiobroker (store schema {version}, this one reads up to"
-                    f" {SCHEMA_VERSION}); upgrade aiobroker on this node"
-                )
-
-    def _take_from_stale_owner(self, lock: psycopg.Connection[Any]) -> None:
-        """The lock is held: wait (raise StoreInUse), unless the holder stopped beating ``takeover_after`` ago."""
-        epoch, url, pid, host, age, _ = lock.execute(self.sql.owner).fetchone()  # type: ignore[misc]
-        who = f"the node at {url}" if url else f"pid {pid} on {host}" if pid else "another node"
-        if age is None or float(age) < self.takeover_after:
-            raise StoreInUse(
-                f"the store in {self.where} is owned by {who} (epoch {epoch}"
-                + (f", alive {float(age):.1f}s ago)" if age is not None else ")"),
-                owner=url,
-            )
-        holders = [row[0] for row in lock.execute(self.sql.lock_holder).fetchall()]
-        log.warning(
-            "the owner of %s (%s, epoch %s) has not beaten its heart for %.1fs (takeover_after %.1fs): ending its"
-            " lock session (PostgreSQL backend %s) and taking the store over",
-            self.where, who, epoch, float(age), self.takeover_after, ", ".join(map(str, holders)) or "none",
-        )
-        for backend in holders:
-            lock.execute("SELECT pg_terminate_backend(%s, 5000)", (backend,))
-        if not lock.execute(self.sql.try_lock).fetchone()[0]:  # type: ignore[index]
-            raise StoreInUse(f"the store in {self.where} is owned by {who}; its lock was not released yet", owner=url)
 
     def _read(self, conn: psycopg.Connection[Any]) -> Snapshot:
         sql = self.sql
@@ -207,49 +176,18 @@ class PostgresStore(Store):
 
     # --------------------------------------------------------------------------------------------- ownership
 
-    def _beat(self) -> None:
-        """The heartbeat thread: say every ``heartbeat`` seconds that this node still owns the store; when it does
-        not (another node raised the epoch) or cannot say (the lock connection is gone), tell the node, once."""
-        lock = self._lock_conn
-        while not self._stop_beating.wait(self.heartbeat):
-            try:
-                assert lock is not None
-                owned = lock.execute(self.sql.heartbeat, (self._epoch,)).rowcount == 1
-            except psycopg.Error as exc:
-                if self._stop_beating.is_set():
-                    return
-                self._lose(f"lost the connection that holds the store's lock ({_first_line(exc)}); another node may"
-                           " take the store over")
-                return
-            if not owned:
-                self._lose("another node took the store over (its epoch is newer than this node's)")
-                return
-
-    def _lose(self, reason: str) -> None:
-        if self._fenced is None:
-            self._fenced = reason
-            if self._lost is not None:
-                self._lost(reason)
-
     def watch(self, lost: Callable[[str], None]) -> None:
-        self._lost = lost
-        if self._fenced is not None:
-            lost(self._fenced)
+        self.owner.watch(lost)
 
     def announce(self, url: str) -> None:
-        if self._lock_conn is not None and self._fenced is None:
-            try:
-                self._lock_conn.execute(self.sql.announce, (url, self._epoch))
-            except psycopg.Error as exc:
-                log.warning("could not record this node's address in %s: %s", self.where, _first_line(exc))
+        self.owner.announce(url)
 
     # --------------------------------------------------------------------------------------------- write
 
     def write(self, batch: WriteBatch) -> None:
-        if self._fenced is not None:
-            raise StoreFenced(f"{self._fenced}: this node writes nothing more to {self.where}")
-        conn = self._conn
-        if conn is None or self._closed:
+        if self.owner.lost is not None:
+            raise StoreFenced(f"{self.owner.lost}: this node writes nothing more to {self.where}")
+        if self._conn is None:
             raise StoreError(f"the store in {self.where} is not open")
         if SCHEMA_KEY in batch.meta:
             raise StoreError(f"meta key {SCHEMA_KEY!r} is reserved for the store itself")
@@ -259,24 +197,77 @@ class PostgresStore(Store):
             raise StoreError(f"cannot store the batch: {exc}") from exc
         deleted, new, old = split_messages(batch.messages, self._max_id)
         self._batch_no += 1
-        try:
-            if len(new) >= COPY_ROWS:
-                with conn.transaction():
-                    with conn.pipeline():
-                        self._statements(conn, deleted, tables, old, [])
-                    with conn.cursor().copy(self.sql.copy_messages) as copy:
-                        for row in new:
-                            copy.write_row(row if len(row) == 9 else (*row, None))
-            else:
-                with conn.pipeline(), conn.transaction():  # one round trip: the statements and the COMMIT
-                    self._statements(conn, deleted, tables, old, new)
-        except psycopg.Error as exc:
-            if exc.sqlstate == FENCED_SQLSTATE:
-                self._lose(_first_line(exc))
-                raise StoreFenced(f"{self._fenced}: this node writes nothing more to {self.where}") from exc
-            raise StoreError(f"cannot write a batch to {self.where}: {_first_line(exc)}") from exc
+        deadline: float | None = None
+        while True:
+            try:
+                self._apply(self._conn, deleted, tables, old, new)
+                break
+            except psycopg.Error as exc:
+                if exc.sqlstate == FENCED_SQLSTATE:
+                    self.owner.lose(_first_line(exc))
+                    raise StoreFenced(f"{self.owner.lost}: this node writes nothing more to {self.where}") from exc
+                if not self._conn.broken and not self._conn.closed:
+                    raise StoreError(f"cannot write a batch to {self.where}: {_first_line(exc)}") from exc
+                if deadline is None:
+                    deadline = time.monotonic() + self.reconnect_for
+                    log.warning("lost the connection to %s while writing a batch (%s); connecting again for up to"
+                                " %.0fs (a fail-over?)", self.where, _first_line(exc), self.reconnect_for)
+                if self._written_after_reconnect(deadline):
+                    break
         if new:
             self._max_id = max(self._max_id, max(row[0] for row in new))
+
+    def _written_after_reconnect(self, deadline: float) -> bool:
+        """Connect again (until ``deadline``) and say whether the batch being written was committed before the
+        connection broke (its number is the last the fence recorded) or must be written again."""
+        while True:
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = self._connect("writer")
+                last, epoch = self._conn.execute(self.sql.batch_no).fetchone()  # type: ignore[misc]
+                break
+            except (psycopg.Error, StoreError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"lost the connection to {self.where} and could not connect again within"
+                        f" {self.reconnect_for:.0f}s ({_first_line(exc)}); the last batch may or may not be written:"
+                        " the node stops, and a restart reads back what the database has"
+                    ) from exc
+                time.sleep(0.25)
+        if epoch != self.owner.epoch:
+            self.owner.lose("another node took the store over while this one was reconnecting")
+            raise StoreFenced(f"{self.owner.lost}: this node writes nothing more to {self.where}")
+        if last < self._batch_no - 1:
+            raise StoreError(
+                f"{self.where} is missing {self._batch_no - 1 - last} batch(es) this node was told were committed"
+                " (was an asynchronous replica promoted? make the replica synchronous: docs/stores.md); the node"
+                " stops rather than go on from a state that lost acknowledged messages"
+            )
+        log.info("connected to %s again; the interrupted batch %s", self.where,
+                 "was committed" if last == self._batch_no else "was not, and is written again")
+        return bool(last == self._batch_no)
+
+    def _apply(
+        self,
+        conn: psycopg.Connection[Any],
+        deleted: list[int],
+        tables: list[tuple[str, list[tuple[Any, ...]]]],
+        old: list[MessageRow],
+        new: list[MessageRow],
+    ) -> None:
+        """One transaction: the fence, then the batch; new rows by COPY when there are many (two round trips),
+        else everything and the COMMIT in one pipeline (one round trip)."""
+        if len(new) >= COPY_ROWS:
+            with conn.transaction():
+                with conn.pipeline():
+                    self._statements(conn, deleted, tables, old, [])
+                with conn.cursor().copy(self.sql.copy_messages) as copy:
+                    for row in new:
+                        copy.write_row(row if len(row) == 9 else (*row, None))
+        else:
+            with conn.pipeline(), conn.transaction():
+                self._statements(conn, deleted, tables, old, new)
 
     def _statements(
         self,
@@ -288,7 +279,7 @@ class PostgresStore(Store):
     ) -> None:
         cur = conn.cursor()
         sql = self.sql
-        cur.execute(sql.fence, (self._epoch, self._batch_no))
+        cur.execute(sql.fence, (self.owner.epoch, self._batch_no))
         if deleted:
             cur.execute(sql.delete_messages, (deleted,))
         for statement, params in tables:
@@ -301,27 +292,21 @@ class PostgresStore(Store):
     # --------------------------------------------------------------------------------------------- close
 
     def close(self) -> None:
-        self._closed = True
-        self._stop_beating.set()
-        beating, self._beating = self._beating, None
-        if beating is not None and beating is not threading.current_thread():
-            beating.join(timeout=self.heartbeat + 5)
-        for attr in ("_conn", "_lock_conn"):
-            conn = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                try:
-                    conn.close()  # the lock connection's end frees the advisory lock
-                except psycopg.Error:
-                    pass
+        self.owner.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
 
     def describe(self) -> dict[str, Any]:
         return {
             "store": self.name,
             "durable": True,
             "database": self.where,
-            "epoch": self._epoch,
-            "owner": self._fenced is None and self._conn is not None,
+            "epoch": self.owner.epoch,
+            "owner": self.owner.lost is None and self._conn is not None,
         }
 
 
@@ -329,4 +314,4 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-__all__ = ["MESSAGE_COLUMNS", "PostgresStore"]
+__all__ = ["PostgresStore"]

@@ -166,6 +166,27 @@ class PostgresServer:
             stop_by_pid(self.proc, signum=signal.SIGINT)
         self.proc = None
 
+    def replica(self, root: Path, name: str) -> PostgresServer:
+        """A streaming replica of this (running) server in ``root``, made by ``pg_basebackup -R``, naming itself
+        ``name`` to the primary (for ``synchronous_standby_names``). Not started."""
+        replica = PostgresServer(root, bindir=self.bindir)
+        root.mkdir(parents=True, exist_ok=True)
+        replica.socket_dir.mkdir(exist_ok=True)
+        self._own(root, replica.socket_dir)
+        done = self._run_as_server(
+            self.bindir / "pg_basebackup", "-h", LOOPBACK, "-p", str(self.port), "-U", USER, "-D", replica.data,
+            "-R", "-X", "stream", "--no-sync", "-d", f"application_name={name}",
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {done.stderr.decode(errors='replace')}")
+        return replica
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would (SIGQUIT: PostgreSQL's immediate shutdown; every connection drops)."""
+        if self.proc is not None and self.proc.poll() is None:
+            stop_by_pid(self.proc, signum=signal.SIGQUIT)
+        self.proc = None
+
     # ------------------------------------------------------------------------------------------------ use
 
     def dsn(self, dbname: str = "postgres", **params: str) -> str:

@@ -223,3 +223,21 @@ def test_the_store_table_is_checked(tmp_path: Path) -> None:
         open_store("postgresql://h/db", tmp_path, options={"schema": "Bad-Name"})
     with pytest.raises(ConfigError, match="no store is reached by mysql:// URLs"):
         open_store("mysql://u:pw@h/db", tmp_path)
+
+
+def test_a_config_file_names_the_store_in_a_table(tmp_path: Path) -> None:
+    from aiobroker.config import load_config
+
+    path = tmp_path / "node.toml"
+    path.write_text('[store]\ndsn = "postgresql://u@db.example/x"\nschema = "node_a"\ntakeover_after = 20\n')
+    config = load_config(path)
+    assert config.store == "postgresql"
+    assert config.store_options == {"dsn": "postgresql://u@db.example/x", "schema": "node_a", "takeover_after": 20}
+    store = open_store(config.store, config.data_dir, config.durability, config.store_options)
+    assert isinstance(store, PostgresStore) and store.sql.schema == "node_a" and store.owner.takeover_after == 20
+    path.write_text('[node]\nstore = "sqlite"\n[store]\ndsn = "postgresql://u@db.example/x"\n')
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config(path)
+    path.write_text('[store]\nschema = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[store\] needs kind"):
+        load_config(path)

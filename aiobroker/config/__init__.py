@@ -22,11 +22,15 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     [node]
     listen = "127.0.0.1:4022"     # host:port; "[::1]:4022" for IPv6; a bare ":4022" keeps the default host
     data_dir = "aiobroker-data"   # relative to this file's directory
-    store = "sqlite"              # "sqlite" or "memory"
+    store = "sqlite"              # "sqlite", "memory", or "postgresql://USER@HOST/DB" (docs/stores.md)
     durability = "normal"         # "normal" (WAL, survives a process crash) or "full" (fsync per commit)
     log_level = "info"            # "debug", "info", "warning" or "error"
     log_format = "text"           # "text" (words) or "json" (one object a line: time, level, message, fields)
     store_wait = 0                # seconds to wait at start for a data directory another node still holds
+
+    # [store]                     # instead of [node] store: the store and its options (docs/stores.md)
+    # dsn = "postgresql://aiobroker@db.example/aiobroker"   # kind = "postgresql" follows from the URL
+    # schema = "aiobroker"        # heartbeat = 1, takeover_after = 10, reconnect_for = 30 (seconds)
 
     [limits]
     max_message_size = 4194304    # bytes, 1 .. max_frame_size - 4096

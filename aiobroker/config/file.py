@@ -103,6 +103,8 @@ def from_document(document: dict[str, Any], text: str, path: Path) -> tuple[dict
             arrays[key] = value
         else:
             raise ConfigError(f"{path}: {_unknown_top_level(key, value)}")
+    if isinstance(document.get("store"), dict) and isinstance(document.get("node"), dict) and "store" in document["node"]:
+        raise ConfigError(f"{path}: the store is given twice, by [node] store and by a [store] table; keep one")
     if arrays:
         values["objects"] = objects_from_file(arrays, text, path)
         where["objects"] = f"{path}: objects"

@@ -114,7 +114,7 @@ def test_serve_log_format_json_writes_one_object_a_line_with_the_node_and_the_fi
     assert UUID.match(handle), handle
     lines = json_lines(stderr)  # every line, the stop's too
     nodes = {line.get("node") for line in lines}
-    assert len(nodes) == 1 and UUID.match(str(*nodes)), [l for l in lines if not l.get("node")]  # every line names the one node
+    assert len(nodes) == 1 and UUID.match(str(*nodes)), [line for line in lines if not line.get("node")]  # every line names the one node
     for line in lines:
         assert RFC3339_MS_UTC.match(line["time"]), line
         assert line["level"] in ("debug", "info", "warning", "error"), line

@@ -67,11 +67,11 @@ class Store(ABC):
     def close(self) -> None:
         """Release files and locks. Safe to call twice."""
 
-    def announce(self, url: str) -> None:
+    def announce(self, url: str) -> None:  # noqa: B027 - optional: a store that cannot be shared keeps nothing
         """Record where clients reach the node that owns the store (``tcp://host:port``), once it listens, so that a
         node waiting for the store can send clients there. A store that cannot be shared need not keep it."""
 
-    def watch(self, lost: Callable[[str], None]) -> None:
+    def watch(self, lost: Callable[[str], None]) -> None:  # noqa: B027 - optional: most stores cannot lose their owner
         """Call ``lost(reason)``, once, from any thread, if the store finds that this node no longer owns it (the
         database's lock was lost, another node took over). A store that cannot lose its owner never calls it; one
         that can also refuses every later batch with :class:`StoreFenced`."""

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -118,6 +118,16 @@ async def test_the_standby_takes_over_on_its_port_when_the_owner_goes(pair: tupl
 
 
 @pytest.mark.slow
+def test_sigterm_stops_a_waiting_standby_at_once(pair: tuple[NodeProcess, NodeProcess]) -> None:
+    owner, standby = pair
+    assert standby.stop(timeout=5) == 0, standby.output()  # not killed after the time-out: stopped by the signal
+    assert "received SIGTERM; stopping" in standby.output()
+    assert "stopped while waiting for the store (sqlite)" in standby.output()
+    shown = aiobroker_cli("status", "--address", owner.url)  # and the owner serves on, untouched
+    assert shown.returncode == 0 and "role       owner" in shown.stdout, shown.stderr
+
+
+@pytest.mark.slow
 async def test_a_client_given_both_addresses_reaches_the_owner(pair: tuple[NodeProcess, NodeProcess]) -> None:
     owner, standby = pair
     # the standby first: its refusal sends the client to the owner
@@ -203,11 +213,6 @@ class LosableStore(Store):
         self.lost = lost
 
 
-async def _no_signals() -> AsyncIterator[int]:
-    await anyio.sleep_forever()
-    yield 0  # pragma: no cover - never reached
-
-
 async def _serving(
     store: LosableStore, result: list[int | None], *, task_status: anyio.abc.TaskStatus[aiobroker.Node]
 ) -> None:
@@ -216,7 +221,7 @@ async def _serving(
     node = aiobroker.Node(NodeConfig(store="memory", listen_port=0), store=store)
     await node.start()
     task_status.started(node)
-    result.append(await run_until_stopped(node, _no_signals()))
+    result.append(await run_until_stopped(node, anyio.Event()))  # no signal comes
 
 
 async def _returned(result: list[int | None]) -> int | None:
@@ -250,7 +255,7 @@ async def test_a_node_told_it_lost_its_store_steps_down_writing_nothing_more(cap
                 thread.start()  # from another thread, as a store's watcher calls it
                 thread.join()
                 with anyio.fail_after(10):
-                    while node.step_down is None or node.step_down.reason is None:
+                    while node.ownership.step_down is None or node.ownership.step_down.reason is None:
                         await anyio.sleep(0.01)  # polling for the loop to have run the call, under a deadline
                 store.release.set()
                 assert await _returned(result) == EXIT_STEPPED_DOWN

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
 
 import anyio
 
@@ -19,6 +18,7 @@ from ..config import NodeConfig
 from .collector import apply_node_policy
 from .logs import JsonFormatter, NodeName
 from .server import Node
+from .standby import WaitStopped
 
 log = logging.getLogger("aiobroker.node")
 
@@ -45,30 +45,48 @@ async def serve(config: NodeConfig, names: NodeName | None = None) -> int | None
     if names is not None:
         names.instance = lambda: node.broker_instance
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        await node.start()
-        frozen, thresholds = apply_node_policy()  # once everything start-up makes exists (collector.py says why)
-        log.info("garbage collector: %d start-up object(s) frozen; collection thresholds %s", frozen, thresholds)
-        return await run_until_stopped(node, signals)
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s; stopping", signal.Signals(signum).name)
+                    stopping.set()
+                    node.ownership.stop_waiting()  # a standby (or store_wait) still waiting for the store gives up
+                    return
+
+            tg.start_soon(on_signal)
+            try:
+                await node.start()
+            except WaitStopped as exc:
+                log.info("%s", exc.message)
+                tg.cancel_scope.cancel()
+                return None
+            frozen, thresholds = apply_node_policy()  # once everything start-up makes exists (collector.py says why)
+            log.info("garbage collector: %d start-up object(s) frozen; collection thresholds %s", frozen, thresholds)
+            status = await run_until_stopped(node, stopping)
+            tg.cancel_scope.cancel()
+        return status
 
 
-async def run_until_stopped(node: Node, signals: AsyncIterator[int]) -> int | None:
-    """Serve until a signal arrives (then None) or the node steps down (then :data:`EXIT_STEPPED_DOWN`); either
-    way the node is stopped when this returns (without writing anything more, if it stepped down)."""
+async def run_until_stopped(node: Node, stopping: anyio.Event) -> int | None:
+    """Serve until ``stopping`` is set (a signal: then None) or the node steps down (then
+    :data:`EXIT_STEPPED_DOWN`); either way the node is stopped when this returns (without writing anything more,
+    if it stepped down)."""
     stepped_down = False
     try:
         async with anyio.create_task_group() as tg:
 
             async def on_step_down() -> None:
                 nonlocal stepped_down
-                assert node.step_down is not None  # made by start()
-                await node.step_down.event.wait()  # the node logged why
+                step_down = node.ownership.step_down
+                assert step_down is not None  # made by start()
+                await step_down.event.wait()  # the node logged why
                 stepped_down = True
                 tg.cancel_scope.cancel()
 
             tg.start_soon(on_step_down)
-            async for signum in signals:
-                log.info("received %s; stopping", signal.Signals(signum).name)
-                break
+            await stopping.wait()
             tg.cancel_scope.cancel()
     finally:
         await node.stop()

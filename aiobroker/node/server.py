@@ -18,7 +18,6 @@ or run it with ``aiobroker serve``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
@@ -40,7 +39,6 @@ from ..core.effects import LeaseExpired, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
-from ..durations import duration
 from ..store import Store, open_store
 from ..transport.connection import FramedConnection
 from ..transport.tls import RefusingTLSListener, client_context, server_context
@@ -52,7 +50,7 @@ from .handlers import OPS
 from .links import PeerLinks
 from .rights import guarded_ops
 from .sessions import Session, handshake, peer_certificate
-from .standby import StepDown, take_store
+from .standby import Ownership
 from .startup import broker_instance, restore
 from .waiters import Waiters
 from .writer import StoreWriter
@@ -102,8 +100,8 @@ class Node:
         self.http: MonitorListener | None = None
         #: why the node cannot serve clients now, for /readyz (None: it can)
         self._not_ready: str | None = "not started"
-        #: how the node stops when another node takes its store over (made at start; ``serve`` waits for it)
-        self.step_down: StepDown | None = None
+        #: its hold on the store: the wait for it (``stop_waiting``), then stepping down if it is lost (standby.py)
+        self.ownership = Ownership()
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -181,7 +179,7 @@ class Node:
         # one decides everything else before it binds the address
         listener = await self._listen(server_tls) if cfg.standby else None
         try:
-            snapshot, took_over = await take_store(self.store, cfg, listener, self.url, self._set_not_ready)
+            snapshot, took_over = await self.ownership.take(self.store, cfg, listener, self.url, self._set_not_ready)
         except BaseException:
             if listener is not None:
                 with anyio.CancelScope(shield=True):
@@ -221,12 +219,7 @@ class Node:
             self._store_failed = True  # nothing more to write: the store refused the first batch
             await self.stop()
             raise
-        # Tell the store where clients reach its owner (a standby sends them here), and hear from it if another
-        # node takes it over: then this one steps down
-        await anyio.to_thread.run_sync(self.store.announce, self.url)
-        self.step_down = StepDown(self._stepped_down, asyncio.get_running_loop())
-        self.store.watch(self.step_down.lost)
-        self._tg.start_soon(self.step_down.run_writer, self.writer)
+        await self.ownership.hold(self.store, self.url, self._stepped_down, self._tg, self.writer)
         self._tg.start_soon(self.waiters.run_ticker, self._after_tick)
         self._tg.start_soon(listener.serve, self._handle_connection)
         # After any start everything stored moves on by itself, with no new send to wake it: every link with
@@ -249,11 +242,7 @@ class Node:
             sum(stats["objects"].values()),
             time.perf_counter() - started,
         )
-        if took_over is not None:
-            log.info(
-                "took over the store (%s) after waiting %s as a standby; loading it and starting to serve took %.2fs",
-                self.store.name, duration(took_over[0]), time.perf_counter() - took_over[1],
-            )
+        self.ownership.log_take_over(self.store, took_over)
 
     def _set_not_ready(self, why: str | None) -> None:
         self._not_ready = why

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.abc import Listener
+from anyio.abc import Listener, TaskGroup
 
 from ..config import NodeConfig
 from ..core.records import Snapshot
@@ -89,14 +89,67 @@ class Refuser:
 STORE_RETRY = 0.25
 
 
+class WaitStopped(BrokerError):
+    """The node was told to stop (a signal to ``aiobroker serve``) while it waited for its store: it never
+    started, and wrote nothing."""
+
+    code = "stopped"
+
+
+class Ownership:
+    """A node's hold on its store: taking it (waiting while another node holds it, which :meth:`stop_waiting` gives
+    up), then holding it (announcing the node's address, and stepping down if the store says it is lost)."""
+
+    def __init__(self) -> None:
+        self._waiting: anyio.CancelScope | None = None
+        self._stop_waiting = False
+        #: how the node stops when another node takes its store over (made once it holds it; ``serve`` waits on it)
+        self.step_down: StepDown | None = None
+
+    def stop_waiting(self) -> None:
+        """Give up waiting for a store another node holds (a standby's wait, ``store_wait``): the node's start
+        raises :class:`WaitStopped`. No effect once the store is open."""
+        self._stop_waiting = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def take(
+        self, store: Store, config: NodeConfig, listener: Listener[Any] | None, url: str,
+        not_ready: Callable[[str], None],
+    ) -> tuple[Snapshot, tuple[float, float] | None]:
+        """Open the store (:func:`take_store`); :class:`WaitStopped`, with the store closed again, if the wait was
+        given up."""
+        with anyio.CancelScope() as self._waiting:
+            if self._stop_waiting:
+                self._waiting.cancel()
+            return await take_store(store, config, listener, url, not_ready)
+        with anyio.CancelScope(shield=True):  # an open that finished as the wait was given up must not keep it
+            await anyio.to_thread.run_sync(store.close)
+        raise WaitStopped(f"stopped while waiting for the store ({store.name}); it was never opened for writing")
+
+    async def hold(
+        self, store: Store, url: str, on_down: Callable[[str], None], tg: TaskGroup, writer: StoreWriter
+    ) -> None:
+        """Once the node listens: tell the store where clients reach its owner (a standby sends them there), hear
+        from it if another node takes it over, and run the store writer in ``tg``, stopped when the node steps
+        down."""
+        await anyio.to_thread.run_sync(store.announce, url)
+        self.step_down = StepDown(on_down, asyncio.get_running_loop())
+        store.watch(self.step_down.lost)
+        tg.start_soon(self.step_down.run_writer, writer)
+
+    @staticmethod
+    def log_take_over(store: Store, took_over: tuple[float, float] | None) -> None:
+        if took_over is not None:
+            log.info(
+                "took over the store (%s) after waiting %s as a standby; loading it and starting to serve took %.2fs",
+                store.name, duration(took_over[0]), time.perf_counter() - took_over[1],
+            )
+
+
 async def take_store(
     store: Store, config: NodeConfig, listener: Listener[Any] | None, url: str, not_ready: Callable[[str], None]
 ) -> tuple[Snapshot, tuple[float, float] | None]:
-    """Open the node's store. One that another node holds is tried again for ``store_wait`` seconds (``/readyz``
-    says so meanwhile), so that a restart overlapping the old process's last moments does not fail; a standby
-    (which has its ``listener`` already) waits without end, refusing connections meanwhile. Returns the snapshot
-    and, for a standby that waited, how long it waited and when (``time.perf_counter``) the open that succeeded
-    began."""
     if listener is not None:
         refuser = Refuser(store, url, config.max_frame_size)
         return await wait_for_store(store, listener, refuser, not_ready, STORE_RETRY)
@@ -132,9 +185,11 @@ async def wait_for_store(
                 break
             except StoreInUse as exc:
                 if waited_from is None or exc.owner != refuser.owner:
+                    # the store's words say what holds it, then (after "; ") what a node that cannot wait should do:
+                    # a standby waits, so only the first part applies
                     log.warning(
                         "standby: %s; waiting to take over, refusing clients and peers meanwhile%s",
-                        exc.message,
+                        exc.message.split("; ")[0],
                         f" (sending them to {exc.owner})" if exc.owner else "",
                     )
                 refuser.owner = exc.owner

@@ -27,7 +27,8 @@ import aiobroker
 from aiobroker import NodeConfig
 from aiobroker.client import split_urls
 from aiobroker.core.records import Snapshot, WriteBatch
-from aiobroker.errors import ConnectionLost, InvalidArgument, Standby
+from aiobroker.config import load_config
+from aiobroker.errors import ConfigError, ConnectionLost, InvalidArgument, Standby
 from aiobroker.names import parse_tcp_addresses
 from aiobroker.node.serve import EXIT_STEPPED_DOWN, run_until_stopped
 from aiobroker.store.base import Store, StoreFenced
@@ -47,7 +48,9 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess]]:
     """An owner, and a standby on its data directory (with HTTP monitoring), refusing by the time this yields."""
     data = tmp_path / "data"
     owner = NodeProcess(data).start()
-    standby = NodeProcess(data, http=f"127.0.0.1:{free_port()}", extra=["--standby"])
+    config = tmp_path / "standby.toml"  # the config file's form (tests/test_takeover.py uses --standby)
+    config.write_text("[node]\nstandby = true\n")
+    standby = NodeProcess(data, http=f"127.0.0.1:{free_port()}", extra=["--config", str(config)])
     try:
         standby.start()  # it accepts connections while it waits
         wait_for(lambda: "waiting to take over" in standby.output(), 20, "the standby to say it waits")
@@ -148,6 +151,16 @@ async def test_when_no_address_serves_the_error_lists_what_each_said(tmp_path: P
     message = caught.value.message
     assert message.startswith(f"none of {dead[0]}, {dead[1]} serves (tried for 0.5s): ")
     assert f"{dead[0]}: cannot connect to {dead[0]}" in message and f"{dead[1]}: cannot connect to {dead[1]}" in message
+
+
+def test_standby_in_the_config_file_must_be_a_boolean(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nstandby = "yes"\n')
+    with pytest.raises(ConfigError, match=r"\[node\] standby"):
+        load_config(config)
+    config.write_text("[node]\nstandby = true\n")
+    assert load_config(config).standby is True
+    assert load_config(None).standby is False
 
 
 def test_client_and_route_addresses_may_list_several_nodes() -> None:

@@ -136,7 +136,7 @@ class Client(AdminCalls):
         pending, self._pending = self._pending, {}
         for p in pending.values():
             p.error = ConnectionLost(
-                f"connection to {self.url} closed ({self._closed_reason}) while a request was in flight;"
+                f"connection to {self.node_url} closed ({self._closed_reason}) while a request was in flight;"
                 " it may or may not have taken effect"
             )
             p.event.set()
@@ -184,7 +184,7 @@ class Client(AdminCalls):
         conn = self._conn
         if conn is None or conn.closed:
             raise ConnectionLost(
-                f"not connected to {self.url}" + (f" ({self._closed_reason})" if self._closed_reason else "")
+                f"not connected to {self.node_url}" + (f" ({self._closed_reason})" if self._closed_reason else "")
             )
         rid = next(self._ids)
         p = PendingReply()
@@ -269,7 +269,7 @@ class Client(AdminCalls):
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None and not self._conn.closed else "closed"
-        return f"<Client {self.url} {state} in_flight={len(self._pending)}>"
+        return f"<Client {self.node_url} {state} in_flight={len(self._pending)}>"
 
 
 def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", *, token: str | None = None, **options: Any) -> Client:

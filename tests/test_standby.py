@@ -28,11 +28,12 @@ from aiobroker import NodeConfig
 from aiobroker.client import split_urls
 from aiobroker.core.records import Snapshot, WriteBatch
 from aiobroker.config import load_config
-from aiobroker.errors import ConfigError, ConnectionLost, InvalidArgument, Standby
+from aiobroker.errors import ConfigError, ConnectionLost, InvalidArgument, ProtocolError, Standby
 from aiobroker.names import parse_tcp_addresses
 from aiobroker.node.serve import EXIT_STEPPED_DOWN, run_until_stopped
 from aiobroker.store.base import Store, StoreFenced
 from aiobroker.wire.codec import encode_frame
+from aiobroker.wire.frames import Refused, parse_frame
 
 pytestmark = pytest.mark.anyio
 
@@ -151,6 +152,15 @@ async def test_when_no_address_serves_the_error_lists_what_each_said(tmp_path: P
     message = caught.value.message
     assert message.startswith(f"none of {dead[0]}, {dead[1]} serves (tried for 0.5s): ")
     assert f"{dead[0]}: cannot connect to {dead[0]}" in message and f"{dead[1]}: cannot connect to {dead[1]}" in message
+
+
+def test_refused_carries_info_when_there_is_some() -> None:
+    plain = Refused(code="idle", message="idle for 600 s")
+    assert plain.to_wire() == [3, "idle", "idle for 600 s"]  # as before: a client that reads three elements works
+    standby = Refused(code="standby", message="a standby", info={"owner": "tcp://a:1", "since": 1.5})
+    assert parse_frame(standby.to_wire()) == standby
+    with pytest.raises(ProtocolError, match=r"REFUSED is \[3, code \(str\), message \(str\)\] or"):
+        parse_frame([3, "standby", "a standby", "tcp://a:1"])
 
 
 def test_standby_in_the_config_file_must_be_a_boolean(tmp_path: Path) -> None:

@@ -125,6 +125,20 @@ class LeaseExpired(BrokerError):
     code = "lease_expired"
 
 
+class Standby(BrokerError):
+    """The node reached is a standby: it waits to take over the store from the node that owns it, and serves
+    nothing until then. ``owner`` is the owner's address (``tcp://host:port``) when the standby knows it: connect
+    there (a client or a route given several addresses moves on by itself). ``since`` is when the standby began to
+    wait (Unix time), when known."""
+
+    code = "standby"
+
+    def __init__(self, message: str, owner: str | None = None, since: float | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.since = since
+
+
 class Overloaded(BrokerError):
     """A bound was reached (messages waiting, connections); try again later or raise the limit."""
 

@@ -41,3 +41,24 @@ def parse_tcp_address(address: str) -> tuple[str, int]:
     if not ok or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InvalidArgument(f"address {address!r} must be {address[:3]}://host:port with a port from 1 to 65535")
     return host, int(port_text)
+
+
+def parse_tcp_addresses(address: str) -> list[tuple[str, str, int]]:
+    """A route's address: one node's ``tcp://host:port``, or several nodes' with commas, an owner and its standbys
+    (``tcp://a:4022,b:4022``; each may repeat the scheme, which must be the first one's) → ``[(url, host, port)]``
+    in the order given. Anything else is InvalidArgument."""
+    if not isinstance(address, str) or "," not in address:
+        host, port = parse_tcp_address(address)
+        return [(address, host, port)]
+    scheme = address[: len("tcp://")]
+    parts = [part.strip() for part in address.split(",")]
+    found = []
+    for part in parts:
+        url = part if "://" in part else scheme + part
+        if not part or not url.startswith(scheme):
+            raise InvalidArgument(
+                f"address {address!r}: each of several addresses is host:port or {scheme}host:port, with commas"
+                f" between them and one scheme for all (got {part!r})"
+            )
+        found.append((url, *parse_tcp_address(url)))
+    return found

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ..client import Client, connect, split_url
-from ..errors import BrokerError
+from ..client import Client, connect, split_url, split_urls
+from ..errors import BrokerError, Standby
 from .common import (
     ADDRESS_ENV,
     DEFAULT_ADDRESS,
@@ -31,8 +31,15 @@ ClientAction = Callable[[Client, argparse.Namespace], Awaitable[int | None]]
 async def _with_client(
     address: str, token: str | None, tls_files: dict[str, str], action: ClientAction, args: argparse.Namespace
 ) -> int | None:
-    async with connect(address, token=token, **tls_files) as client:
-        return await action(client, args)
+    # A command that can say something of a standby (status) asks the address given, not the owner it names
+    on_standby: Callable[[Standby, argparse.Namespace], int | None] | None = getattr(args, "on_standby", None)
+    try:
+        async with connect(address, token=token, follow_owner=on_standby is None, **tls_files) as client:
+            return await action(client, args)
+    except Standby as exc:
+        if on_standby is None:
+            raise
+        return on_standby(exc, args)
 
 
 def _tls_files(args: argparse.Namespace, address: str) -> dict[str, str]:
@@ -40,7 +47,7 @@ def _tls_files(args: argparse.Namespace, address: str) -> dict[str, str]:
 
     Only a tls:// address uses them: with a tcp:// one a flag is a mistake worth saying, while the environment
     (set once for a shell, maybe for another node) is left unused."""
-    scheme, host, port = split_url(address)
+    scheme, host, port = split_url(split_urls(address)[0])  # several nodes' addresses share one scheme
     flags = {flag[2:]: (flag, getattr(args, flag[2:], None)) for flag, _, _ in TLS_OPTIONS}
     if scheme != "tls":
         given = [flag for flag, value in flags.values() if value]
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     check_usage(parser, args)
     try:
         if args.command in ("serve", "cert", "store"):  # the commands that talk to no node
-            args.run(args)
+            status = args.run(args)
         else:
             if args.command == "send":
                 args.body_bytes = read_body(args)

@@ -32,7 +32,7 @@ EXIT_STATUS_RECEIVE = (
 )
 EXIT_STATUS_SERVE = (
     "exit status:\n  0 stopped cleanly by SIGINT or SIGTERM, 1 could not start (a bad config file, the port in use,"
-    "\n  another node on the data directory), 2 usage error"
+    "\n  another node on the data directory), 2 usage error, 3 stepped down (another node took the store over)"
 )
 EXIT_STATUS_LOCAL = "exit status:\n  0 done, 1 failed (one line on stderr: aiobroker: error: ...), 2 usage error"
 

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     address_help = (
-        f"the node to talk to: tcp://host:port, or tls://host:port for a node with [tls] (default: ${ADDRESS_ENV},"
-        f" else {DEFAULT_ADDRESS})"
+        f"the node to talk to: tcp://host:port, or tls://host:port for a node with [tls]; several, an owner and its"
+        f" standbys, with commas: tcp://a:4022,b:4022 (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})"
     )
     parser.add_argument("--address", metavar="URL", help=address_help)
     token_help = (

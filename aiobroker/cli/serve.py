@@ -13,7 +13,7 @@ from .arguments import add_command
 from .common import EXIT_STATUS_SERVE
 
 
-def run_serve(args: argparse.Namespace) -> None:
+def run_serve(args: argparse.Namespace) -> int | None:
     from ..node import serve
     from ..config import DEFAULT_HTTP_PORT, load_config, parse_http, parse_listen
 
@@ -23,6 +23,7 @@ def run_serve(args: argparse.Namespace) -> None:
         "durability": args.durability,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "standby": True if args.standby else None,  # not given: the file's, else False
     }
     if args.listen is not None:
         try:
@@ -50,7 +51,7 @@ def run_serve(args: argparse.Namespace) -> None:
     if http_off:  # an override of None means "not given", so "off" is applied here, over the file too
         config = dataclasses.replace(config, http_port=None)
     tracing.export_from_env()  # AIOBROKER_OTEL_SPANS_FILE: the node's spans as JSON lines (the otel extra)
-    serve.run(config)
+    return serve.run(config)
 
 
 def add_serve(commands: Any) -> None:
@@ -63,6 +64,7 @@ def add_serve(commands: Any) -> None:
             "aiobroker serve --listen 0.0.0.0:4022 --data-dir /var/lib/aiobroker --durability full",
             "aiobroker serve --config aiobroker.toml",
             "aiobroker serve --log-format json 2>> aiobroker.log",
+            "aiobroker serve --standby --listen 127.0.0.1:4023   # on the data directory of a running node",
         ],
         details="Flags override the config file, which overrides the built-in defaults.",
         exit_status=EXIT_STATUS_SERVE,
@@ -92,6 +94,12 @@ def add_serve(commands: Any) -> None:
         "--durability",
         choices=("normal", "full"),
         help="normal (survives a process crash) or full (fsync per commit; survives power loss); default normal",
+    )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="wait for the store for as long as another node holds it, listening meanwhile and sending clients and"
+        " peers to that node; take over when it goes ([node] standby; docs/high-availability.md)",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     p.add_argument(

@@ -7,9 +7,22 @@ import time
 from typing import Any
 
 from ..client import Client
+from ..errors import Standby
 from ..durations import duration, until
 from .arguments import add_command
 from .render import STATE_NAMES, echo, size, table, to_json
+
+
+def standby_status(exc: Standby, args: argparse.Namespace) -> None:
+    """A standby answers no request, but its refusal says what ``status`` would: its role, its owner, since when."""
+    node = {"role": "standby", "owner": exc.owner, "since": exc.since, "message": exc.message}
+    if args.json:
+        echo(to_json({"node": node}))
+        return
+    since = f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(exc.since))}" if exc.since else ""
+    echo(f"role       standby {since} ({duration(time.time() - exc.since)})" if exc.since else "role       standby")
+    echo(f"owner      {exc.owner or 'unknown (the store does not say where its owner listens)'}")
+    echo(f"           {exc.message}")
 
 
 async def cmd_status(client: Client, args: argparse.Namespace) -> None:
@@ -22,6 +35,8 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
     echo(
         f"node       {node.get('listen', client.url)}  (aiobroker {node.get('version', '?')}, pid {node.get('pid', '?')})"
     )
+    if node.get("role"):
+        echo(f"role       {node['role']}")
     uptime = node.get("uptime_seconds")
     echo(f"uptime     {duration(float(uptime)) if isinstance(uptime, int | float) else '?'}")
     echo(
@@ -242,7 +257,7 @@ def add_status(commands: Any, client: argparse.ArgumentParser, as_json: argparse
         commands,
         "status",
         "show the node, its queues' depth, conversations by state, delayed messages and the transmission queue",
-        ["aiobroker status", "aiobroker status --json"],
+        ["aiobroker status", "aiobroker status --json", "aiobroker status --address tcp://a:4022,b:4022"],
         parents=[client, as_json],
     )
-    p.set_defaults(run=cmd_status)
+    p.set_defaults(run=cmd_status, on_standby=standby_status)

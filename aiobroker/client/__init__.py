@@ -12,7 +12,9 @@
 Requests made concurrently (from several tasks, or one task's ``send_many``) share frames and writes. Every call
 raises a :class:`~aiobroker.errors.BrokerError` subclass named by the node's answer; a connection that drops
 fails every request in flight with :class:`~aiobroker.errors.ConnectionLost` (it may or may not have taken
-effect: a send that was not acknowledged is not promised).
+effect: a send that was not acknowledged is not promised). The client does not reconnect by itself: connect
+again (with several addresses, ``tcp://a:4022,b:4022``, to whichever node owns the store now) and send again
+what was not acknowledged, knowing that it may have been stored already (docs/high-availability.md).
 
 A node closes a connection that has had nothing sent, received or in flight for its ``[limits] idle_timeout``
 (600 s by default; a waiting receive, even with ``timeout=None``, and a held lease are in flight), and says why:
@@ -30,7 +32,8 @@ from .connection import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from .connection import DEFAULT_PORT as DEFAULT_PORT
 from .connection import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from .connection import SCHEMES as SCHEMES
-from .connection import PendingReply, parse_url, split_url
+from .connection import FAILOVER_TIMEOUT as FAILOVER_TIMEOUT
+from .connection import PendingReply, parse_url, split_url, split_urls
 from .conversations import Dialog, ReceivedBatch
 from .received import Message, ReceivedMessages
 
@@ -44,5 +47,6 @@ __all__ = [
     "connect",
     "parse_url",
     "split_url",
+    "split_urls",
     "MessageTooLarge",
 ]

@@ -23,10 +23,12 @@ from ..wire.frames import Failed, Refused, Reply, request_wire
 from .connection import (
     CONNECT_TIMEOUT,
     DEFAULT_PORT,
+    FAILOVER_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     PendingReply,
-    dial,
+    dial_any,
     split_url,
+    split_urls,
     ssl_context_for,
 )
 from .conversations import Dialog, ReceivedBatch
@@ -51,8 +53,13 @@ class Client(AdminCalls):
         key: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         token: str | None = None,
+        failover_timeout: float = FAILOVER_TIMEOUT,
+        follow_owner: bool = True,
     ) -> None:
-        """``url``: ``tcp://host:port`` for plain TCP, ``tls://host:port`` for a node with ``[tls]``.
+        """``url``: ``tcp://host:port`` for plain TCP, ``tls://host:port`` for a node with ``[tls]``. It may list
+        several nodes, an owner and its standbys, with commas (``tcp://a:4022,b:4022``): the client connects to the
+        one that serves, going round the list for up to ``failover_timeout`` seconds while none does (a standby
+        is taking over); a standby's refusal sends it to the owner first, unless ``follow_owner`` is false.
 
         For ``tls://``: ``ca`` is the PEM file of the CA (or the node's self-signed certificate) to trust; without
         it the system's trust store is used, as any TLS client does. ``cert`` and ``key`` (together) are this
@@ -63,8 +70,13 @@ class Client(AdminCalls):
         if token is not None and (not isinstance(token, str) or not token):
             raise InvalidArgument("token must be a non-empty string (an identity's bearer token), or None")
         self.url = url
-        _, self.host, self.port = split_url(url)
-        self.ssl_context = ssl_context_for(url, ca, cert, key, ssl_context)
+        self.urls = split_urls(url)
+        #: the node this client is connected to (one of ``urls``, or an owner a standby named)
+        self.node_url = self.urls[0]
+        _, self.host, self.port = split_url(self.node_url)
+        self.ssl_context = ssl_context_for(self.node_url, ca, cert, key, ssl_context)
+        self.failover_timeout = failover_timeout
+        self.follow_owner = follow_owner
         self._token = token
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
@@ -92,7 +104,11 @@ class Client(AdminCalls):
         return self.__aenter__().__await__()
 
     async def _open(self) -> None:
-        conn, frame = await dial(self.url, self.ssl_context, self._token, self.connect_timeout, self.handshake_timeout)
+        timeouts = (self.connect_timeout, self.handshake_timeout, self.failover_timeout)
+        conn, frame, self.node_url = await dial_any(
+            self.urls, self.ssl_context, self._token, timeouts, self.follow_owner
+        )
+        _, self.host, self.port = split_url(self.node_url)
         self.broker_instance = frame.broker_instance
         self.server_info = frame.info
         identity = frame.info.get("identity")
@@ -120,7 +136,7 @@ class Client(AdminCalls):
         pending, self._pending = self._pending, {}
         for p in pending.values():
             p.error = ConnectionLost(
-                f"connection to {self.url} closed ({self._closed_reason}) while a request was in flight;"
+                f"connection to {self.node_url} closed ({self._closed_reason}) while a request was in flight;"
                 " it may or may not have taken effect"
             )
             p.event.set()
@@ -168,7 +184,7 @@ class Client(AdminCalls):
         conn = self._conn
         if conn is None or conn.closed:
             raise ConnectionLost(
-                f"not connected to {self.url}" + (f" ({self._closed_reason})" if self._closed_reason else "")
+                f"not connected to {self.node_url}" + (f" ({self._closed_reason})" if self._closed_reason else "")
             )
         rid = next(self._ids)
         p = PendingReply()
@@ -253,13 +269,13 @@ class Client(AdminCalls):
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None and not self._conn.closed else "closed"
-        return f"<Client {self.url} {state} in_flight={len(self._pending)}>"
+        return f"<Client {self.node_url} {state} in_flight={len(self._pending)}>"
 
 
 def connect(url: str = f"tcp://127.0.0.1:{DEFAULT_PORT}", *, token: str | None = None, **options: Any) -> Client:
     """A client for the node at ``url``: ``async with connect(url) as client`` (or ``client = await connect(url)``,
     then ``await client.aclose()``). ``url`` is ``tcp://host:port``, or ``tls://host:port`` for a node with
-    ``[tls]``. ``token`` authenticates it as the identity holding that token; other options are
+    ``[tls]``; several nodes' addresses with commas (an owner and its standbys) connect to the one that serves. ``token`` authenticates it as the identity holding that token; other options are
     :class:`Client`'s (``ca``, ``cert``, ``key`` or ``ssl_context`` for TLS; ``connect_timeout``,
     ``handshake_timeout``)."""
     return Client(url, token=token, **options)

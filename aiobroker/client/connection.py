@@ -1,10 +1,17 @@
 """The client's connection: node addresses, TLS options, dialling and the HELLO/WELCOME handshake, and the
-reply a request waits on. :class:`~aiobroker.client.Client` holds what this makes."""
+reply a request waits on. :class:`~aiobroker.client.Client` holds what this makes.
+
+An address may list several nodes, an owner and its standbys (``tcp://a:4022,b:4022``): :func:`dial_any` tries them
+in order and connects to the one that serves. A standby refuses with the owner's address, which is tried next.
+While none serves (the owner just died and a standby is taking over) it goes round the list again, with a short
+back-off, for at most ``failover_timeout`` seconds; then it fails with every address's answer.
+"""
 
 from __future__ import annotations
 
 import os
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,7 @@ from ..errors import (
     ConnectionLost,
     InvalidArgument,
     ProtocolError,
+    Standby,
     Timeout,
     TLSError,
     error_from_code,
@@ -35,6 +43,33 @@ _WHO = {
 SCHEMES = ("tcp", "tls")
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
+#: seconds a client given several addresses keeps going round them while none serves: long enough for a standby
+#: to take over from an owner that died (a few seconds), short enough that a client of a federation that is down
+#: hears about it
+FAILOVER_TIMEOUT = 30.0
+#: the pause between rounds of the addresses, doubling up to a second
+FAILOVER_BACKOFF = (0.05, 1.0)
+
+
+def split_urls(url: str) -> list[str]:
+    """A client's address, one node's or several separated by commas (``tcp://a:4022,b:4022``), as one full URL
+    each. The first address's scheme goes for all; one that names another is refused (every node of a group
+    speaks TLS, or none does)."""
+    parts = [part.strip() for part in url.split(",")]
+    if not all(parts):
+        raise InvalidArgument(f"node address {url!r}: an empty address between commas; write tcp://a:4022,b:4022")
+    first, sep, _ = parts[0].partition("://")
+    scheme = first if sep else "tcp"
+    urls = []
+    for part in parts:
+        full = part if "://" in part else f"{scheme}://{part}"
+        if split_url(full)[0] != scheme:
+            raise InvalidArgument(
+                f"node address {url!r}: {part!r} does not speak {scheme}:// as the first address does; the nodes"
+                " of one address all speak TLS or none does"
+            )
+        urls.append(full)
+    return urls
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -157,11 +192,75 @@ async def dial(
         raise
     if isinstance(frame, Refused):
         await conn.aclose()
+        if frame.code == Standby.code:
+            owner, since = frame.info.get("owner"), frame.info.get("since")
+            raise Standby(
+                frame.message,
+                owner=owner if isinstance(owner, str) else None,
+                since=float(since) if isinstance(since, int | float) else None,
+            )
         raise error_from_code(frame.code, f"{url} refused the connection: {frame.message}")
     if not isinstance(frame, Welcome):
         await conn.aclose()
         raise ProtocolError(f"{url} answered the handshake with {type(frame).__name__.upper()}")
     return conn, frame
+
+
+async def dial_any(
+    urls: list[str],
+    ssl_context: ssl.SSLContext | None,
+    token: str | None,
+    timeouts: tuple[float, float, float],
+    follow_owner: bool = True,
+) -> tuple[FramedConnection, Welcome, str]:
+    """Connect to the first node of ``urls`` that serves: the connection, its WELCOME and its address.
+
+    An address that cannot be reached (refused, timed out, closed during the handshake) or that is a standby is
+    passed over; a standby's owner is tried next (unless ``follow_owner`` is false). With several addresses, while
+    none serves, the list is tried again after a pause, for at most ``timeouts[2]`` seconds in all (``timeouts``:
+    connect, handshake, fail-over). Any other refusal (TLS, authorization, protocol) is raised at once: another
+    node of the group would say the same. What each address said is in the error: a :class:`Standby` if one was a
+    standby (its owner named), else :class:`ConnectionLost`."""
+    connect_timeout, handshake_timeout, failover_timeout = timeouts
+    deadline = time.monotonic() + failover_timeout
+    said: dict[str, BrokerError] = {}
+    standby: Standby | None = None
+    pause, longest = FAILOVER_BACKOFF
+    while True:
+        queue, tried = list(urls), set()
+        while queue:
+            url = queue.pop(0)
+            if url in tried:
+                continue
+            tried.add(url)
+            left = deadline - time.monotonic()
+            if len(urls) > 1 and left <= 0:
+                break
+            try:
+                conn, welcome = await dial(
+                    url, ssl_context, token, connect_timeout if len(urls) == 1 else min(connect_timeout, left),
+                    handshake_timeout,
+                )
+                return conn, welcome, url
+            except TLSError:
+                raise
+            except Standby as exc:
+                said[url], standby = exc, standby or exc
+                if follow_owner and exc.owner is not None and exc.owner not in tried:
+                    queue.insert(0, exc.owner)
+            except (ConnectionLost, Timeout) as exc:
+                said[url] = exc
+        if len(urls) == 1 or time.monotonic() + pause > deadline:
+            break
+        await anyio.sleep(pause)  # a back-off between rounds, bounded by the deadline
+        pause = min(pause * 2, longest)
+    if len(said) == 1:  # one address, one answer: as it was
+        raise next(iter(said.values()))
+    listing = "; ".join(f"{url}: {exc.message}" for url, exc in said.items())
+    where = f"none of {', '.join(urls)} serves" + (f" (tried for {failover_timeout:g}s)" if len(urls) > 1 else "")
+    if standby is not None:
+        raise Standby(f"{where}: {listing}", owner=standby.owner, since=standby.since)
+    raise ConnectionLost(f"{where}: {listing}")
 
 
 class PendingReply:

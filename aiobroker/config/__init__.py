@@ -27,6 +27,7 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     log_level = "info"            # "debug", "info", "warning" or "error"
     log_format = "text"           # "text" (words) or "json" (one object a line: time, level, message, fields)
     store_wait = 0                # seconds to wait at start for a data directory another node still holds
+    standby = false               # wait for the store without end, sending clients to its owner, then take over
 
     # [store]                     # instead of [node] store: the store and its options (docs/stores.md)
     # dsn = "postgresql://aiobroker@db.example/aiobroker"   # kind = "postgresql" follows from the URL

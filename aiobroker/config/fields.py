@@ -223,6 +223,7 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),
     "store_wait": _check_retention,  # >= 0 seconds
+    "standby": _check_bool,
     "max_message_size": _check_count,  # the upper bound depends on max_frame_size; see validate
     "max_frame_size": lambda v: _int(v, MIN_FRAME_SIZE, MAX_FRAME_SIZE, " (256 MiB)"),
     "max_connections": _check_count,

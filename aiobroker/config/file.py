@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 #: The keys each section allows, as written in the file.
 SECTIONS: Final[dict[str, tuple[str, ...]]] = {
-    "node": ("listen", "data_dir", "store", "durability", "log_level", "log_format", "store_wait"),
+    "node": ("listen", "data_dir", "store", "durability", "log_level", "log_format", "store_wait", "standby"),
     "limits": ("max_message_size", "max_frame_size", "max_connections", "reserved_connections",
                "max_connections_per_address", "idle_timeout"),
     "receive": ("lease_seconds", "poison_rollbacks"),

@@ -51,6 +51,9 @@ class NodeConfig:
     #: seconds to wait at start for a data directory another node holds (a restart that overlaps the old process);
     #: /readyz says why meanwhile. 0: fail at once
     store_wait: float = 0.0
+    #: wait for the store for as long as it takes, listening meanwhile and sending clients and peers to the owner
+    #: (docs/high-availability.md); the node takes over when the owner lets go of the store
+    standby: bool = False
     max_message_size: int = 4 * MIB  #: 1 .. max_frame_size - 4096 (room for the envelope)
     max_frame_size: int = 16 * MIB  #: 8 KiB .. 256 MiB
     max_connections: int = 1000  #: >= 1; established connections anyone may take

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..names import check_name, parse_tcp_address
+from ..names import check_name, parse_tcp_address, parse_tcp_addresses
 from .expiry import expiry_from_def
 
 LOCAL = "LOCAL"
@@ -68,7 +68,7 @@ class Route:
         name = check_name("route", d.get("name"))
         address = d.get("address")
         if address not in (LOCAL, TRANSPORT):
-            parse_tcp_address(address)  # type: ignore[arg-type]
+            parse_tcp_addresses(address)  # type: ignore[arg-type]
         service = d.get("service_name")
         if service is not None:
             check_name("service", service)

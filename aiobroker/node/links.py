@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,10 +30,10 @@ import anyio
 from .. import tracing
 from .admission import IDLE
 from ..config import MIN_FRAME_SIZE
-from ..names import parse_tcp_address
+from ..names import parse_tcp_address, parse_tcp_addresses
 from ..core.transmission import ENVELOPE_OVERHEAD
 from ..durations import duration, until
-from ..errors import BrokerError, ConnectionLost, ProtocolError
+from ..errors import BrokerError, ConnectionLost, ProtocolError, Standby
 from ..transport.connection import FramedConnection, describe_os_error
 from ..transport.tls import connect as connect_tls
 from ..wire.codec import batch_bytes
@@ -61,6 +62,14 @@ class LinkError(BrokerError):
 
 def _never() -> bool:
     return False
+
+
+class LinkStandby(LinkError):
+    """The far node is a standby (it waits to take over its store); ``owner`` is where it says the owner is."""
+
+    def __init__(self, message: str, owner: str | None) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class LinkIdle(LinkError):
@@ -211,39 +220,12 @@ class PeerLinks:
 
     async def _session(self, address: str) -> None:
         cfg = self.node.config
-        host, port = parse_tcp_address(address)
-        tls = self.node.link_tls
-        if tls is None and address.startswith("tls://"):
-            raise LinkError(
-                f"{address} speaks TLS and this node does not: give it a [tls] cert and key (the nodes of one"
-                " federation all use TLS or none do)"
-            )
+        conn, frame = await self._connect(address)
         try:
-            with anyio.fail_after(cfg.connect_timeout):
-                stream: Any = await connect_tls(host, port, tls) if tls is not None else await anyio.connect_tcp(host, port)
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            raise LinkError("TLS handshake failed: the far side closed the connection during it") from None
-        except TimeoutError:
-            raise LinkError(f"no connection within {duration(cfg.connect_timeout)} (connect_timeout)") from None
-        conn = FramedConnection(stream, max_frame_size=cfg.max_frame_size, peer=address)
-        try:
-            try:
-                with anyio.fail_after(cfg.handshake_timeout):
-                    info = {"broker_instance": self.node.core.broker_instance}
-                    if cfg.link_token is not None:
-                        info["token"] = cfg.link_token
-                    conn.send_frame(Hello(role="peer", info=info))
-                    await conn.flush()
-                    frame = await conn.receive_one()
-            except TimeoutError:
-                raise LinkError(f"no handshake within {duration(cfg.handshake_timeout)} (handshake_timeout)") from None
-            if isinstance(frame, Refused):
-                raise LinkError(f"refused by {address}: {frame.message}")
-            if not isinstance(frame, Welcome):
-                raise LinkError(f"{address} answered the handshake with {type(frame).__name__.upper()}")
             self.node.core.link_up(address, frame.broker_instance)
             log.info(
-                "link to %s up (broker instance %s)", address, frame.broker_instance,
+                "link to %s up%s (broker instance %s)", address,
+                f" at {conn.peer}" if conn.peer != address else "", frame.broker_instance,
                 extra={"peer": address, "peer_instance": frame.broker_instance},
             )
             # frames must fit the smaller of the two nodes' limits: the far node refuses a larger one
@@ -260,6 +242,70 @@ class PeerLinks:
                 raise _link_failure(group) from group
         finally:
             await conn.aclose()
+
+    async def _connect(self, address: str) -> tuple[FramedConnection, Welcome]:
+        """Connect to ``address`` and shake hands. A route's address may list several nodes, an owner and its
+        standbys (``tcp://a:4022,b:4022``): they are tried in order, a standby's owner next, and the first that
+        serves is the link's far side until the connection breaks; if none serves, the error lists what each said
+        (the link tries again after its back-off, from the first)."""
+        if self.node.link_tls is None and address.startswith("tls://"):
+            raise LinkError(
+                f"{address} speaks TLS and this node does not: give it a [tls] cert and key (the nodes of one"
+                " federation all use TLS or none do)"
+            )
+        targets = parse_tcp_addresses(address)
+        if len(targets) == 1:
+            return await self._dial(*targets[0])
+        said: dict[str, str] = {}
+        while targets:
+            url, host, port = targets.pop(0)
+            if url in said:
+                continue
+            try:
+                return await self._dial(url, host, port)
+            except LinkStandby as exc:
+                said[url] = exc.message
+                if exc.owner is not None and exc.owner not in said:
+                    with suppress(BrokerError):  # an owner's address that does not parse is not tried
+                        targets.insert(0, (exc.owner, *parse_tcp_address(exc.owner)))
+            except _LINK_FAILURES as exc:
+                said[url] = exc.message if isinstance(exc, BrokerError) else describe_os_error(exc)
+        raise LinkError(f"no node of {address} serves: " + "; ".join(f"{url}: {why}" for url, why in said.items()))
+
+    async def _dial(self, url: str, host: str, port: int) -> tuple[FramedConnection, Welcome]:
+        """Connect to one node and shake hands as a peer: the connection and the node's WELCOME."""
+        cfg = self.node.config
+        tls = self.node.link_tls
+        try:
+            with anyio.fail_after(cfg.connect_timeout):
+                stream: Any = await connect_tls(host, port, tls) if tls is not None else await anyio.connect_tcp(host, port)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            raise LinkError("TLS handshake failed: the far side closed the connection during it") from None
+        except TimeoutError:
+            raise LinkError(f"no connection within {duration(cfg.connect_timeout)} (connect_timeout)") from None
+        conn = FramedConnection(stream, max_frame_size=cfg.max_frame_size, peer=url)
+        try:
+            try:
+                with anyio.fail_after(cfg.handshake_timeout):
+                    info = {"broker_instance": self.node.core.broker_instance}
+                    if cfg.link_token is not None:
+                        info["token"] = cfg.link_token
+                    conn.send_frame(Hello(role="peer", info=info))
+                    await conn.flush()
+                    frame = await conn.receive_one()
+            except TimeoutError:
+                raise LinkError(f"no handshake within {duration(cfg.handshake_timeout)} (handshake_timeout)") from None
+            if isinstance(frame, Refused):
+                if frame.code == Standby.code:
+                    owner = frame.info.get("owner")
+                    raise LinkStandby(f"refused by {url}: {frame.message}", owner if isinstance(owner, str) else None)
+                raise LinkError(f"refused by {url}: {frame.message}")
+            if not isinstance(frame, Welcome):
+                raise LinkError(f"{url} answered the handshake with {type(frame).__name__.upper()}")
+        except BaseException:
+            await conn.aclose()
+            raise
+        return conn, frame
 
     async def _send_loop(self, conn: FramedConnection, address: str, max_bytes: int) -> None:
         """Send what is ready for ``address`` (its own messages, then forwarded ones), each frame at most

@@ -18,6 +18,7 @@ from ..config import NodeConfig
 from .collector import apply_node_policy
 from .logs import JsonFormatter, NodeName
 from .server import Node
+from .standby import WaitStopped
 
 log = logging.getLogger("aiobroker.node")
 
@@ -35,24 +36,65 @@ def setup_logging(level: str, log_format: str = "text") -> NodeName:
     return names
 
 
-async def serve(config: NodeConfig, names: NodeName | None = None) -> None:
+#: ``aiobroker serve``'s exit status when the node stepped down (another node took its store over)
+EXIT_STEPPED_DOWN = 3
+
+
+async def serve(config: NodeConfig, names: NodeName | None = None) -> int | None:
     node = Node(config)
     if names is not None:
         names.instance = lambda: node.broker_instance
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        await node.start()
-        frozen, thresholds = apply_node_policy()  # once everything start-up makes exists (collector.py says why)
-        log.info("garbage collector: %d start-up object(s) frozen; collection thresholds %s", frozen, thresholds)
-        try:
-            async for signum in signals:
-                log.info("received %s; stopping", signal.Signals(signum).name)
-                break
-        finally:
-            await node.stop()
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s; stopping", signal.Signals(signum).name)
+                    stopping.set()
+                    node.ownership.stop_waiting()  # a standby (or store_wait) still waiting for the store gives up
+                    return
+
+            tg.start_soon(on_signal)
+            try:
+                await node.start()
+            except WaitStopped as exc:
+                log.info("%s", exc.message)
+                tg.cancel_scope.cancel()
+                return None
+            frozen, thresholds = apply_node_policy()  # once everything start-up makes exists (collector.py says why)
+            log.info("garbage collector: %d start-up object(s) frozen; collection thresholds %s", frozen, thresholds)
+            status = await run_until_stopped(node, stopping)
+            tg.cancel_scope.cancel()
+        return status
 
 
-def run(config: NodeConfig) -> None:
-    """Run a node on uvloop (when installed) until a signal stops it."""
+async def run_until_stopped(node: Node, stopping: anyio.Event) -> int | None:
+    """Serve until ``stopping`` is set (a signal: then None) or the node steps down (then
+    :data:`EXIT_STEPPED_DOWN`); either way the node is stopped when this returns (without writing anything more,
+    if it stepped down)."""
+    stepped_down = False
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def on_step_down() -> None:
+                nonlocal stepped_down
+                step_down = node.ownership.step_down
+                assert step_down is not None  # made by start()
+                await step_down.event.wait()  # the node logged why
+                stepped_down = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_step_down)
+            await stopping.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        await node.stop()
+    return EXIT_STEPPED_DOWN if stepped_down else None
+
+
+def run(config: NodeConfig) -> int | None:
+    """Run a node on uvloop (when installed) until a signal stops it (None) or it steps down (its exit status)."""
     names = setup_logging(config.log_level, config.log_format)
     try:
         import uvloop  # noqa: F401
@@ -60,4 +102,4 @@ def run(config: NodeConfig) -> None:
         options = {"use_uvloop": True}
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we test
         options = {}
-    anyio.run(serve, config, names, backend="asyncio", backend_options=options)
+    return anyio.run(serve, config, names, backend="asyncio", backend_options=options)

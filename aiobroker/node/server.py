@@ -39,10 +39,7 @@ from ..core.effects import LeaseExpired, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
-from ..core.records import Snapshot
-from ..durations import duration
 from ..store import Store, open_store
-from ..store.base import StoreInUse
 from ..transport.connection import FramedConnection
 from ..transport.tls import RefusingTLSListener, client_context, server_context
 from ..wire.frames import Refused, Request
@@ -53,15 +50,12 @@ from .handlers import OPS
 from .links import PeerLinks
 from .rights import guarded_ops
 from .sessions import Session, handshake, peer_certificate
+from .standby import Ownership
 from .startup import broker_instance, restore
 from .waiters import Waiters
 from .writer import StoreWriter
 
 log = logging.getLogger("aiobroker.node")
-
-#: seconds between tries to open a store another node holds ([node] store_wait)
-STORE_RETRY = 0.25
-
 
 class Node:
     def __init__(
@@ -108,6 +102,8 @@ class Node:
         self.http: MonitorListener | None = None
         #: why the node cannot serve clients now, for /readyz (None: it can)
         self._not_ready: str | None = "not started"
+        #: its hold on the store: the wait for it (``stop_waiting``), then stepping down if it is lost (standby.py)
+        self.ownership = Ownership()
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -161,6 +157,10 @@ class Node:
             raise
         self._not_ready = None
 
+    def _stepped_down(self, reason: str) -> None:
+        self._store_failed = True  # stop() must not write what is pending
+        self._not_ready = f"stepped down: another node took over the store ({reason})"
+
     async def _stop_http(self) -> None:
         if self.http is not None:
             await self.http.stop()
@@ -177,14 +177,27 @@ class Node:
         if cfg.resolver is not None:
             options = {k: v for k, v in cfg.resolver.items() if k != "kind"}
             self.resolver = load_resolver(str(cfg.resolver["kind"]), options)
-        snapshot = await self._open_store()
+        # A standby listens first, to send clients to the owner while it waits (standby.py); a node that is not
+        # one decides everything else before it binds the address
+        listener = await self._listen(server_tls) if cfg.standby else None
+        try:
+            snapshot, took_over = await self.ownership.take(self.store, cfg, listener, self.url, self._set_not_ready)
+        except BaseException:
+            if listener is not None:
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
+            raise
+        if took_over is not None:  # a standby's start counts from the take-over
+            started = took_over[1]
         self._not_ready = "restoring the store's state"
         self.broker_instance = instance = broker_instance(snapshot)  # from here on the log lines name the node
         try:
             self.core = restore(snapshot, instance, cfg, self.store.durable, self.resolver, self.clock)
-            listener = await self._listen(server_tls)
+            listener = listener or await self._listen(server_tls)
         except BaseException:
             with anyio.CancelScope(shield=True):
+                if listener is not None:
+                    await listener.aclose()
                 await anyio.to_thread.run_sync(self.store.abandon)
                 if self.resolver is not None:
                     await self.resolver.aclose()
@@ -208,7 +221,7 @@ class Node:
             self._store_failed = True  # nothing more to write: the store refused the first batch
             await self.stop()
             raise
-        self._tg.start_soon(self.writer.run)
+        await self.ownership.hold(self.store, self.url, self._stepped_down, self._tg, self.writer)
         self._tg.start_soon(self.waiters.run_ticker, self._after_tick)
         self._tg.start_soon(listener.serve, self._handle_connection)
         # After any start everything stored moves on by itself, with no new send to wake it: every link with
@@ -231,25 +244,10 @@ class Node:
             sum(stats["objects"].values()),
             time.perf_counter() - started,
         )
+        self.ownership.log_take_over(self.store, took_over)
 
-    async def _open_store(self) -> Snapshot:
-        """Open the store; one that another node holds is tried again for ``store_wait`` seconds (``/readyz`` says
-        so meanwhile), so that a restart overlapping the old process's last moments does not fail."""
-        deadline = time.monotonic() + self.config.store_wait
-        waiting = False
-        while True:
-            self._not_ready = f"opening the store ({self.store.name})"
-            try:
-                return await anyio.to_thread.run_sync(self.store.open)
-            except StoreInUse as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-                self._not_ready = f"waiting for the store: {exc.message}"
-                if not waiting:
-                    log.warning("%s; waiting up to %s for it ([node] store_wait)", exc.message, duration(left))
-                    waiting = True
-                await anyio.sleep(min(STORE_RETRY, left))
+    def _set_not_ready(self, why: str | None) -> None:
+        self._not_ready = why
 
     async def _listen(self, server_tls: ssl.SSLContext | None) -> Listener[Any]:
         """Bind the listening address (TLS when ``server_tls``); sets ``host``/``port`` to what was bound."""
@@ -433,6 +431,7 @@ class Node:
         stats = self.core.statistics(self.clock())
         stats["node"] = {
             "version": __version__,
+            "role": "owner",  # of its store; a standby answers no request, its refusal says "standby" (standby.py)
             "listen": self.url,
             "http": self.http_url,  # the monitoring listener (docs/monitoring.md), or None
             "pid": os.getpid(),

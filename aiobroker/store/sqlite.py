@@ -12,7 +12,8 @@ Files in the data directory:
 ``aiobroker.sqlite3`` (plus SQLite's ``-wal`` and ``-shm``)
     the database.
 ``aiobroker.lock``
-    holds an exclusive ``flock`` while a node has the store open, and that node's pid. SQLite's own locking only
+    holds an exclusive ``flock`` while a node has the store open, and that node's pid and, once it listens, the
+    address it announced (:meth:`SqliteStore.announce`: a standby sends clients there). SQLite's own locking only
     serializes transactions; it would let two nodes interleave batches in one file, each believing it owns the
     state. The kernel drops the lock when the process dies, however it dies, so a crashed node never leaves a
     stale lock behind.
@@ -190,6 +191,17 @@ class SqliteStore(Store):
             if fd is not None:
                 os.close(fd)  # closing the only descriptor releases the flock
 
+    def announce(self, url: str) -> None:
+        """Write ``url`` into the lock file under the pid, for a standby on this directory to read
+        (:class:`StoreInUse` ``owner``). One ``pwrite`` of both lines: a reader sees the old pid alone or both."""
+        fd = self._lock_fd
+        if fd is None:
+            raise StoreError(f"the store in {self.data_dir} is not open; call open() first")
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n{url}\n".encode(), 0)
+        except OSError as exc:
+            raise _os_error(f"cannot write lock file {self.lock_path}", self.data_dir, exc) from exc
+
     def abandon(self) -> None:
         self.close()
         created, self._created = self._created, []
@@ -243,11 +255,12 @@ class SqliteStore(Store):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            pid = _read_pid(fd)
+            pid, url = _read_holder(fd)
             os.close(fd)
             raise StoreInUse(
-                f"data directory {self.data_dir} is in use by another aiobroker node (pid {pid});"
-                " stop it or choose another --data-dir"
+                f"data directory {self.data_dir} is in use by another aiobroker node (pid {pid}"
+                f"{', listening on ' + url if url else ''}); stop it or choose another --data-dir",
+                owner=url,
             ) from exc
         except OSError as exc:  # e.g. ENOLCK: a file system without locks
             os.close(fd)
@@ -417,13 +430,16 @@ def _os_error(what: str, data_dir: Path, exc: OSError) -> StoreError:
     return StoreError(f"{what}: {why}")
 
 
-def _read_pid(fd: int) -> str:
-    """The pid the lock holder wrote, or "unknown" (it may not have written it yet)."""
+def _read_holder(fd: int) -> tuple[str, str | None]:
+    """The pid the lock holder wrote, or "unknown" (it may not have written it yet), and the address it announced
+    (None: not yet, or an older aiobroker's file)."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        lines = os.pread(fd, 1024, 0).decode("utf-8", "replace").splitlines()
     except OSError:
-        return "unknown"
-    return text if text.isdigit() else "unknown"
+        return "unknown", None
+    pid = lines[0].strip() if lines and lines[0].strip().isdigit() else "unknown"
+    url = lines[1].strip() if len(lines) > 1 and "://" in lines[1] else None
+    return pid, url
 
 
 def _file_size(path: Path) -> int:

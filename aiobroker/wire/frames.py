@@ -7,7 +7,7 @@ opcode     array                                                          meanin
 =========  =============================================================  =========================================
 1 HELLO    ``[1, "aiobroker", version, role, info]``                       first frame from the side that connects
 2 WELCOME  ``[2, version, broker_instance, info]``                         the listener accepts
-3 REFUSED  ``[3, code, message]``                                          the listener refuses, then closes
+3 REFUSED  ``[3, code, message]`` or ``[3, code, message, info]``         the listener refuses, then closes
 10 REQUEST ``[10, request_id, op, args]``                                  a client asks (``args`` is a map)
 11 REPLY   ``[11, request_id, result]``                                    the request succeeded
 12 FAILED  ``[12, request_id, code, message]``                             the request failed; ``code`` is an
@@ -59,8 +59,12 @@ class Welcome:
 class Refused:
     code: str
     message: str
+    #: facts a program acts on (a standby's ``owner`` and ``since``); sent only when there are any
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
+        if self.info:
+            return [REFUSED, self.code, self.message, self.info]
         return [REFUSED, self.code, self.message]
 
 
@@ -163,9 +167,10 @@ def parse_frame(obj: Any) -> Frame:
         _need(isinstance(obj[3], dict), shape, obj)
         return Welcome(version=obj[1], broker_instance=obj[2], info=obj[3])
     if op == REFUSED:
-        shape = "REFUSED is [3, code (str), message (str)]"
-        _need(n == 3 and isinstance(obj[1], str) and isinstance(obj[2], str), shape, obj)
-        return Refused(code=obj[1], message=obj[2])
+        shape = "REFUSED is [3, code (str), message (str)] or [3, code, message, info (map)]"
+        _need(n in (3, 4) and isinstance(obj[1], str) and isinstance(obj[2], str), shape, obj)
+        _need(n == 3 or isinstance(obj[3], dict), shape, obj)
+        return Refused(code=obj[1], message=obj[2], info=obj[3] if n == 4 else {})
     if op == ENVELOPES:
         shape = "ENVELOPES is [20, messages (array), acks (array)]"
         _need(n == 3 and isinstance(obj[1], list) and isinstance(obj[2], list), shape, obj)

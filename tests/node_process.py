@@ -94,7 +94,7 @@ class NodeProcess:
         cmd = [
             sys.executable, "-m", "aiobroker", "serve",
             "--listen", f"127.0.0.1:{self.port}",
-            "--store", self.store,
+            *(["--store", self.store] if self.store else []),  # "": the store the config file names
             "--data-dir", str(self.data_dir),
             *(["--http", self.http] if self.http else []),  # "": no flag, serve's default
             *self.extra,

@@ -185,7 +185,7 @@ def test_an_owner_that_finds_its_lock_taken_when_it_reconnects_has_lost_the_stor
         _cut_lock_connection(postgres, pg_dsn)
         wait_for(lambda: other.execute(store.sql.try_lock).fetchone()[0], 5, "the lock to be free")  # type: ignore[index]
         wait_for(lambda: lost, 10, "the owner to find that it lost the store")
-        assert "another node holds the store's lock now" in lost[0]
+        assert "its lock is held by another node now" in lost[0]
         with pytest.raises(StoreError, match="writes nothing more"):
             store.write(WriteBatch(meta={"after": 1}))
     finally:

@@ -36,13 +36,15 @@ SEND_BATCH = 10
 NodeMaker = Callable[[Path, int, bool], NodeProcess]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def ha_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeMaker]:
-    """How to start an owner or a standby on one shared store. SQLite: one data directory on this machine."""
+    """How to start an owner or a standby on one shared store. SQLite: one data directory on this machine.
+    PostgreSQL: one database on a real server (tests/postgres.py), which nodes on other machines could share."""
     data = tmp_path / "data"
+    store = str(request.getfixturevalue("pg_dsn")) if request.param == "postgresql" else "sqlite"
 
     def make(logs: Path, port: int, standby: bool) -> NodeProcess:
-        node = NodeProcess(data, port=port, store=request.param, extra=["--standby"] if standby else [])
+        node = NodeProcess(data, port=port, store=store, extra=["--standby"] if standby else [])
         node.log_path = logs / f"node-{port}-{time.monotonic_ns()}.log"  # a log per process, kept for failures
         return node
 
@@ -254,3 +256,49 @@ async def test_a_peer_whose_route_lists_both_keeps_delivering_across_a_take_over
     finally:
         for node in everyone:
             node.stop()
+
+
+async def test_a_paused_owner_is_fenced_the_standby_serves_and_the_owner_steps_down(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """PostgreSQL (SQLite's lock cannot outlive its process): the owner paused with SIGSTOP keeps its database
+    connections and its lock; the standby finds its heartbeat stale, ends its lock session and takes over. Resumed,
+    the old owner writes nothing (its next batch meets the fence, or its heartbeat finds the lock taken), says so
+    and exits 3; everything the new owner was sent is there, nothing the paused one held is lost."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[store]\ndsn = "{pg_dsn}"\nheartbeat = 0.2\ntakeover_after = 1.5\n')
+    ports = [free_port(), free_port()]
+    addresses = f"tcp://127.0.0.1:{ports[0]},tcp://127.0.0.1:{ports[1]}"
+    owner = NodeProcess(tmp_path / "data", port=ports[0], store="", extra=["--config", str(config)])
+    standby = NodeProcess(tmp_path / "data", port=ports[1], store="", extra=["--config", str(config), "--standby"])
+    try:
+        await anyio.to_thread.run_sync(owner.start)
+        handle = await _setup(owner.url)
+        async with aiobroker.connect(owner.url) as client:
+            await client.dialog(handle).send_many([("DEFAULT", b"%d" % n) for n in range(100)])
+        await anyio.to_thread.run_sync(standby.start)
+        await anyio.to_thread.run_sync(_waits, standby)
+        assert owner.proc is not None
+        owner.proc.send_signal(signal.SIGSTOP)
+        paused_at = time.monotonic()
+        took_over = await _serving(standby.url, paused_at + 30) - paused_at
+        # the new owner serves; the paused one still accepts connections and never answers: a short handshake
+        # time-out moves the client on
+        async with aiobroker.connect(addresses, failover_timeout=10, handshake_timeout=1) as client:
+            await client.dialog(handle).send_many([("DEFAULT", b"%d" % n) for n in range(100, 200)])
+        owner.proc.send_signal(signal.SIGCONT)
+        code = await anyio.to_thread.run_sync(lambda: owner.proc.wait(timeout=30))  # type: ignore[union-attr]
+        assert code == 3, owner.output()
+        assert "stepping down" in owner.output() and "nothing more is written" in owner.output(), owner.output()
+        async with aiobroker.connect(standby.url) as client:
+            got: list[int] = []
+            while batch := await client.receive("qt", max_messages=500, timeout=0):
+                got += [int(m.body) for m in batch]
+                await batch.commit()
+        assert got == list(range(200))
+        print(f"\npaused owner -> standby serving: {took_over:.2f}s (takeover_after 1.5s)")
+    finally:
+        if owner.proc is not None and owner.proc.poll() is None:
+            owner.proc.send_signal(signal.SIGCONT)
+        owner.stop()
+        standby.stop()

@@ -237,9 +237,12 @@ async def dial_any(
             if len(urls) > 1 and left <= 0:
                 break
             try:
+                # with several addresses, no one address may take longer than the whole fail-over's time (a paused
+                # node accepts the connection and never answers the handshake)
+                single = len(urls) == 1
                 conn, welcome = await dial(
-                    url, ssl_context, token, connect_timeout if len(urls) == 1 else min(connect_timeout, left),
-                    handshake_timeout,
+                    url, ssl_context, token, connect_timeout if single else min(connect_timeout, left),
+                    handshake_timeout if single else min(handshake_timeout, left),
                 )
                 return conn, welcome, url
             except TLSError:

@@ -126,7 +126,7 @@ class Ownership:
                 self.lose(why)
                 return
             if not owned:
-                self.lose("another node took the store over (its epoch is newer than this node's)")
+                self.lose("its epoch moved on: another node took it")
                 return
 
     def _regain(self, cause: psycopg.Error) -> str | None:
@@ -143,9 +143,9 @@ class Ownership:
                     self._conn.close()
                 self._conn = self._connect("lock")
                 if not self._conn.execute(self.sql.try_lock).fetchone()[0]:  # type: ignore[index]
-                    return "another node holds the store's lock now (it took the store over)"
+                    return "its lock is held by another node now"
                 if self._conn.execute(self.sql.heartbeat, (self.epoch,)).rowcount != 1:
-                    return "another node took the store over (its epoch is newer than this node's)"
+                    return "its epoch moved on: another node took it"
                 if self._url is not None:
                     self._conn.execute(self.sql.announce, (self._url, self.epoch))
                 log.info("took the lock on %s again (epoch %d): still the owner", self.where, self.epoch)

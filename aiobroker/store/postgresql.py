@@ -46,7 +46,7 @@ from ..core.records import MessageRow, Snapshot, WriteBatch
 from ..errors import ConfigError, ProtocolError, StoreError
 from ..wire.codec import unpackb
 from .base import Store, StoreFenced, StoreInUse
-from .postgresql_owner import Ownership
+from .postgresql_owner import DatabaseLock
 from .postgresql_schema import (
     COPY_ROWS,
     FENCED_SQLSTATE,
@@ -95,7 +95,7 @@ class PostgresStore(Store):
         self.dsn = dsn
         self.sql = Sql(schema)
         self.reconnect_for = reconnect_for
-        self.owner = Ownership(self.sql, self.where, self._connect, heartbeat, takeover_after, reconnect_for)
+        self.owner = DatabaseLock(self.sql, self.where, self._connect, heartbeat, takeover_after, reconnect_for)
         self._conn: psycopg.Connection[Any] | None = None
         self._batch_no = 0
         self._max_id = 0

@@ -34,7 +34,7 @@ log = logging.getLogger("aiobroker.store")
 Connect = Callable[[str], "psycopg.Connection[Any]"]
 
 
-class Ownership:
+class DatabaseLock:
     """The lock connection and what it holds. ``take`` makes this node the owner (or raises StoreInUse);
     ``lost`` is set, and the ``watch`` callback called, once this node no longer owns the store."""
 

@@ -177,6 +177,22 @@ def test_delete_then_put_in_one_batch_leaves_the_new_value(store: Store, place: 
     )
 
 
+def test_a_large_batch_and_rows_written_again_come_back_whole(store: Store, place: Place) -> None:
+    """Many rows at once (a store may write them another way: PostgreSQL by COPY), some with trace context and
+    every byte value in their bodies; then some of them written again with a new state, and some deleted."""
+    body = bytes(range(256))
+    rows = [
+        message_row(i, "q:orders" if i % 3 else "tx", f"h{i % 7}", i, "order", body * (i % 5), 1.5 * i, 0,
+                    TRACE if i % 4 == 0 else None)
+        for i in range(1, 301)
+    ]
+    store.write(WriteBatch(messages={r[ROW_ID]: r for r in rows}))
+    again = {i: message_row(i, "q:orders", "h1", i, "order", b"again", 2.0, 1) for i in range(10, 60)}
+    store.write(WriteBatch(messages={**again, **{i: None for i in range(200, 250)}}))
+    expected = [again.get(r[ROW_ID], r) for r in rows if not 200 <= r[ROW_ID] < 250]
+    assert read_back_while_closed(store, place) == place.expect(Snapshot(messages=expected))
+
+
 def test_messages_come_back_ordered_by_id(store: Store, place: Place) -> None:
     ids = [50, 3, 1000, 7, 2, 999, 1]
     for chunk in (ids[:3], ids[3:5], ids[5:]):

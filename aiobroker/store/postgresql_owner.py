@@ -31,6 +31,9 @@ from .postgresql_schema import SCHEMA_KEY, SCHEMA_VERSION, Sql
 
 log = logging.getLogger("aiobroker.store")
 
+#: tries (0.1 s apart) to take the lock after ending a stale owner's session
+_LOCK_TRIES = 50
+
 Connect = Callable[[str], "psycopg.Connection[Any]"]
 
 
@@ -99,9 +102,13 @@ class DatabaseLock:
             self.where, who, epoch, float(age), self.takeover_after, ", ".join(map(str, holders)) or "none",
         )
         for backend in holders:
-            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (backend,))
-        if not conn.execute(self.sql.try_lock).fetchone()[0]:  # type: ignore[index]
-            raise StoreInUse(f"the store in {self.where} is owned by {who}; its lock was not released yet", owner=url)
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        # the session ends (and its lock goes) a moment after it is told to: ask for the lock a few times
+        for _ in range(_LOCK_TRIES):
+            if conn.execute(self.sql.try_lock).fetchone()[0]:  # type: ignore[index]
+                return
+            time.sleep(0.1)
+        raise StoreInUse(f"the store in {self.where} is owned by {who}; its lock was not released yet", owner=url)
 
     # ------------------------------------------------------------------------------------------------- keeping
 

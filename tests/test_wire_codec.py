@@ -283,6 +283,21 @@ def test_frames_are_the_same_however_the_stream_is_split(objs: list[Any], data: 
         assert decoder.bytes_decoded == len(stream)
 
 
+@given(st.lists(st.integers(min_value=0, max_value=70_000), min_size=1, max_size=6), st.data())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_large_frames_split_anywhere_come_out_whole(sizes: list[int], data: st.DataObject) -> None:
+    """Frames on both sides of the size from which the decoder reads a view of the bytes rather than a copy
+    (16 KiB), and ones spanning many reads (kept in pieces until whole), with small frames between them."""
+    objs: list[Any] = []
+    for i, size in enumerate(sizes):
+        objs += [[i, bytes([i % 256]) * size, "x" * (size % 97)], i]
+    stream = encode_frames(objs)
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(stream)), max_size=40), label="cuts")
+    decoder = FrameDecoder(max_frame_size=1 << 20)
+    assert same_all(feed_all(decoder, split_at(stream, cuts)), objs)
+    assert decoder.buffered == 0 and decoder.bytes_decoded == len(stream)
+
+
 def test_one_byte_at_a_time_yields_each_frame_on_its_last_byte() -> None:
     objs = [None, "two", {"three": [3, 3, 3]}, b"\x04" * 300]
     frames = [encode_frame(o) for o in objs]
@@ -337,12 +352,13 @@ def test_feed_takes_any_bytes_like(wrap: Any) -> None:
     assert decoder.feed(wrap(stream[7:])) == [b"b", [1]]
 
 
-def test_decoded_frames_do_not_share_the_decoders_buffer() -> None:
-    source = bytearray(encode_frames([b"first", b"second"]))
+@pytest.mark.parametrize("size", [5, 40_000], ids=["small", "viewed"])
+def test_decoded_frames_do_not_share_the_decoders_buffer(size: int) -> None:
+    source = bytearray(encode_frames([b"first" * size, b"second"]))
     decoder = FrameDecoder()
     got = decoder.feed(source)
     source[:] = b"\x00" * len(source)
-    assert got == [b"first", b"second"]
+    assert got == [b"first" * size, b"second"]
     assert decoder.feed(encode_frame(b"third")) == [b"third"]
 
 

@@ -24,6 +24,9 @@ class Requester(Protocol):
     its connection. :class:`~aiobroker.client.Client` is the one there is; a protocol, so that this module need
     not import the client's (which imports this one)."""
 
+    #: what the node said of itself in its WELCOME (``send_bodies``: it takes a batch as one type and its bodies)
+    server_info: dict[str, Any]
+
     def start_request(self, op: str, args: dict[str, Any]) -> PendingReply: ...
 
     async def request(self, op: str, args: dict[str, Any]) -> Any: ...
@@ -97,6 +100,15 @@ class Dialog:
         return self._start_send(messages, trace)
 
     def _start_send(self, messages: Sequence[tuple[str, bytes]], trace: str | None) -> PendingReply:
+        if trace is None and self.client.server_info.get("send_bodies") and messages:
+            # one type for the whole batch (what most producers send): its bodies alone, no list per message
+            first = messages[0][0]
+            try:
+                bodies = [body for message_type, body in messages if message_type == first]
+            except (TypeError, ValueError):  # not all pairs: sent as given, and the node says what is wrong
+                bodies = []
+            if len(bodies) == len(messages) and isinstance(first, str):
+                return self.client.start_request("send", {"handle": self.handle, "type": first, "bodies": bodies})
         if trace is None:
             batch = messages if isinstance(messages, list) else list(messages)  # tuples travel as msgpack arrays
         else:  # each message carries the context as its third element (docs/protocol.md)

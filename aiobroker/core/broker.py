@@ -130,6 +130,7 @@ class BrokerCore:
         self.begin_dialog = conversations.begin_dialog
         self.begin_timer = conversations.begin_timer
         self.send = delivery.send
+        self.send_bodies = delivery.send_bodies
         self.end = endings.end
         self.queue = receiving.queue
         self.check_receivable = receiving.check_receivable

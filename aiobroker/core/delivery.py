@@ -98,8 +98,12 @@ class Delivery:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             self.conversations.transition(ep, Event.SEND_FIRST)
+        self._dispatch(ep, self.outbound.route(ep, now), messages, types, now)
+        return len(messages)
+
+    def _dispatch(self, ep: Endpoint, target: Any, messages: list[Any], types: set[str], now: float) -> None:
+        """Where a checked batch goes once routed: this node's queue, a link, DELAYED, or nowhere."""
         outbound = self.outbound
-        target = outbound.route(ep, now)
         if isinstance(target, Endpoint):
             if target.state is State.CLOSED:
                 ep.send_seq += len(messages)  # its side ended; it said so with EndDialog or Error
@@ -113,11 +117,41 @@ class Delivery:
             outbound.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
         elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
             # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once
-            raise SecurityError(f"nothing was sent; conversation {handle} failed: {ep.error[1]}")
+            raise SecurityError(f"nothing was sent; conversation {ep.handle} failed: {ep.error[1]}")
         else:
             ep.send_seq += len(messages)  # no reader: the conversation failed or the far side is gone
         self.ledger.touch(ep)
-        return len(messages)
+
+    def send_bodies(self, handle: str, message_type: str, bodies: list[Any], now: float) -> int:
+        """Send ``bodies``, all of ``message_type``, on one conversation, in order: :meth:`send` for the batch
+        most producers send (one type, no trace context), which the wire carries as one type and a list of bodies
+        (docs/protocol.md) so that no message costs a list of its own, to decode or to read. A batch for this
+        node's own queue is delivered from the bodies as they are; any other way it goes as [type, body] pairs."""
+        ep = self.conversations.endpoint(handle)
+        why = ep.why_not_send()
+        if why:
+            raise ConversationError(f"cannot send on conversation {handle}: {why}")
+        if not isinstance(bodies, list) or not bodies:
+            raise InvalidArgument("send needs a non-empty list of bodies")
+        limit = self.max_message_size
+        for body in bodies:
+            if type(body) is not bytes or len(body) > limit:
+                if type(body) is not bytes:
+                    raise InvalidArgument("each body is bytes")
+                raise MessageTooLarge(
+                    f"message body of {len(body)} bytes is over the node's max_message_size of {limit} bytes"
+                )
+        if message_type not in self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator):
+            self._refuse_type(ep, message_type)
+        if ep.state is State.STARTED_OUTBOUND:
+            self.conversations.transition(ep, Event.SEND_FIRST)
+        target = self.outbound.route(ep, now)
+        if isinstance(target, Endpoint) and target.state is not State.CLOSED:
+            self._deliver_bodies(ep, target, message_type, bodies, now)
+            self.ledger.touch(ep)
+        else:
+            self._dispatch(ep, target, [[message_type, body] for body in bodies], {message_type}, now)
+        return len(bodies)
 
     def _check_traced(self, messages: list[Any]) -> set[str]:
         """The checks of :meth:`send` for a batch where some messages carry trace context as a third element
@@ -216,6 +250,40 @@ class Delivery:
             far.recv_seq = seq + count
             ledger.touch(far)
         src.send_seq = seq + len(messages)
+        if reason is not None:
+            self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
+
+    def _deliver_bodies(self, src: Endpoint, far: Endpoint, message_type: str, bodies: list[bytes], now: float) -> None:
+        """:meth:`_deliver_user_messages` for a batch of one message type given as its bodies."""
+        catalog = self.ledger.catalog
+        mt = catalog.message_types.get(message_type)
+        count = len(bodies)
+        reason: str | None = None
+        if mt is None or mt.validation != "none":
+            validate = VALIDATORS[mt.validation] if mt is not None else None
+            for i, body in enumerate(bodies):
+                why = validate(body) if validate is not None else (
+                    f"message type {message_type!r} does not exist at the receiving service {far.service!r}"
+                )
+                if why is not None:
+                    count, reason = i, why
+                    break
+        seq = src.send_seq
+        if count:
+            ledger = self.ledger
+            queue_name = catalog.services[far.service].queue
+            location = "q:" + queue_name
+            mid = ledger.next_message_id
+            fh = far.handle
+            batch = bodies[:count] if count < len(bodies) else bodies
+            rows: list[MessageRow] = [
+                (mid + i, location, fh, seq + i, message_type, body, now, 0) for i, body in enumerate(batch)
+            ]
+            ledger.next_message_id = mid + count
+            ledger.enqueue_run(queue_name, far.group_id, rows)
+            far.recv_seq = seq + count
+            ledger.touch(far)
+        src.send_seq = seq + len(bodies)
         if reason is not None:
             self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
 

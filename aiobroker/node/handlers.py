@@ -15,6 +15,7 @@ list               kind                                                        l
 begin_dialog       from_service, to_service, contract, [broker_instance,       handle, conversation_id, group_id
                    lifetime, encryption, related_group]
 send               handle, messages: [[message_type, body(, trace)], ...]      count
+                   or handle, type, bodies: [body, ...] (one type, no trace)
 end                handle, [error: [code, description]], [cleanup]             null
 begin_timer        handle, seconds                                             null
 get_conversation   handle                                                      the endpoint's description
@@ -156,7 +157,13 @@ def begin_dialog(node: Shell, session: Session, rid: int, args: dict[str, Any]) 
 
 @op("send")
 def send(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
-    handle, messages = arg(args, "handle", str), arg(args, "messages", list)
+    handle = arg(args, "handle", str)
+    if "bodies" in args:  # one message type for the whole batch, no trace context: no list per message
+        count = node.core.send_bodies(handle, arg(args, "type", str), arg(args, "bodies", list), node.clock())
+        node.counters.sent += count
+        session.reply_durable(rid, count)
+        return
+    messages = arg(args, "messages", list)
     count = node.core.send(handle, messages, node.clock())
     node.counters.sent += count
     session.reply_durable(rid, count)

@@ -124,6 +124,9 @@ admission: Admission,
                     "max_message_size": config.max_message_size,
                     "max_frame_size": config.max_frame_size,
                     "identity": session.identity,
+                    # this node takes a send as one type and its bodies (docs/protocol.md); a client that does
+                    # not see this sends [type, body] pairs, which every node takes
+                    "send_bodies": True,
                 },
             )
         )

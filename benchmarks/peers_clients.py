@@ -294,7 +294,7 @@ class JetStreamConsumer:
         await js.add_stream(StreamConfig(name=JS_STREAM, subjects=[JS_SUBJECT], storage=StorageType.FILE))
         await js.add_consumer(JS_STREAM, ConsumerConfig(
             durable_name=JS_CONSUMER, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=4 * RECEIVE_BATCH, max_waiting=16))
+            max_ack_pending=4 * RECEIVE_BATCH))
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{JS_STREAM}.{JS_CONSUMER}"
         self.inbox = self.nc.new_inbox()
 

@@ -24,7 +24,9 @@ Exit status: 0 all ran; 2 an exactly-once check failed or a run could not run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import queue
@@ -209,6 +211,7 @@ def worker_cli(role: str, argv: list[str]) -> int:
     p.add_argument("--rate", type=float, default=5000.0)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--retry-busy", type=int, default=0, metavar="K", help=common.RETRY_BUSY_HELP)
     p.add_argument("--max-seconds", type=float, default=120.0)
     p.add_argument("--samples-out")
     args = p.parse_args(argv)
@@ -396,14 +399,14 @@ def run_case(system: str, mode: str, size: int, opts: argparse.Namespace) -> dic
     result.update(common.latency_report(samples, start_ns=made["pacing"]["start_ns"], warmup=opts.warmup,
                                         rate=opts.rate))
     if samples:
-        result["pauses"] = pauses.summarize(pauses_seen, samples[0][1], samples[-1][2], floor_ms=1.0)
+        seen = pauses.summarize(pauses_seen, samples[0][1], samples[-1][2], floor_ms=1.0)
+        result["pauses"] = seen
+        result["disturbed"] = seen["total_ms"] / 1e3 > common.DISTURBED_SHARE * seen["window_s"]
     return result
 
 
 def _run_processes(system: str, mode: str, size: int, opts: argparse.Namespace, workdir: Path,
                    samples_path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    import contextlib
-
     import pauses
 
     port = common.free_port()
@@ -590,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-install", action="store_true", help="do not install anything; fail if something is missing")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S s for other processes to leave the CPUs idle")
+    p.add_argument("--retry-busy", type=int, default=0, metavar="K", help=common.RETRY_BUSY_HELP)
     p.add_argument("--max-seconds", type=float, default=120.0, help="bound on each run (default 120)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the table as a chart (needs matplotlib: the plot extra)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -640,6 +644,8 @@ def describe(res: dict[str, Any]) -> str:
         res["check"]["first_problems"][:2])
     busy = common.CpuMeter.contention(res["cpu"])
     note = f", others took {busy:.2f} cores" if busy > common.BUSY_THRESHOLD else ""
+    if res.get("disturbed"):
+        note += f", the platform paused {res['pauses']['total_ms']:.0f} ms"
     if res["mode"] == "throughput":
         return (f"{fmt_rate(res['throughput'])} msg/s ({res['received']:,} in {res['elapsed_s']:.2f} s, server "
                 f"{res['server_us_per_msg']:.2f} us/msg); {once}{note}")
@@ -648,9 +654,9 @@ def describe(res: dict[str, Any]) -> str:
             f"{fmt_ms(due['p99_ms'])} ms ({lat['samples']:,} samples); {once}{note}")
 
 
-def bench(args: argparse.Namespace) -> int:
+def bench(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     def say(text: str) -> None:
-        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+        print(text, flush=True)
 
     if not args.no_install:
         ensure_installed(args.system_list, say)
@@ -669,7 +675,7 @@ def bench(args: argparse.Namespace) -> int:
         label = f"[{i + 1}/{len(todo)} round {r + 1}, {time.monotonic() - started:.0f} s] {system} " \
                 f"{fmt_size(size)} {mode}"
         try:
-            res = run_case(system, mode, size, args)
+            res = common.run_unless_busy(functools.partial(run_case, system, mode, size, args), args.retry_busy, label)
         except BenchError as exc:
             say(f"{label}: ERROR: {exc}")
             errors.append(f"{system} {fmt_size(size)} {mode}: {exc}")
@@ -679,7 +685,7 @@ def bench(args: argparse.Namespace) -> int:
         say(f"{label}: {describe(res)}")
     summary = summarize(runs)
     rows = table_rows(summary, args.system_list, args.size_list)
-    out = sys.stderr if args.json else sys.stdout
+    out = sys.stdout
     print(file=out)
     if args.markdown:
         print(markdown(HEADERS, rows), file=out)
@@ -698,14 +704,10 @@ def bench(args: argparse.Namespace) -> int:
             "summary": {k: {str(s): v for s, v in per.items()} for k, per in summary.items()}, "runs": runs}
     path = common.write_results("peers", data)
     print(f"results: {common._rel(path)}", file=out)
-    if args.json:
-        json.dump({**data, "results_file": str(path)}, sys.stdout, default=str)
-        sys.stdout.write("\n")
+    data["results_file"] = str(path)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    if errors or not all(r["check"]["exactly_once"] for r in runs):
-        return 2
-    return 0
+    return (2 if errors or not all(r["check"]["exactly_once"] for r in runs) else 0), data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,7 +717,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.sigterm_as_interrupt()
     try:
-        return bench(args)
+        if not args.json:
+            return bench(args)[0]
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON alone
+            status, data = bench(args)
+        json.dump(data, sys.stdout, default=str)
+        sys.stdout.write("\n")
+        return status
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -73,26 +73,25 @@ PIP_PACKAGES = ("nats-py>=2.6",)
 class System:
     key: str
     label: str
-    stored: str  # where a message is when the producer's send is done
+    stored: str  # where a message is when the producer is told (or, when it is told nothing, once sent)
     confirmed: str  # what the producer is told
     acked: str  # what the consumer tells the system
-
-    @property
-    def promise(self) -> str:
-        return f"{self.stored}; {self.confirmed}; {self.acked}"
+    tag: str  # the three in a few words, under the system's name in the chart
 
 
 SYSTEMS: tuple[System, ...] = (
-    System("relay", "bare relay (Python limit)", "not stored", "not confirmed", "not acknowledged"),
+    System("relay", "bare relay (Python limit)", "not stored", "not confirmed", "not acknowledged",
+           "nothing stored or confirmed"),
     System("memory", "aiobroker, memory store", "in the node's memory", "confirmed when queued",
-           "committed per batch"),
-    System("sqlite", "aiobroker, SQLite (normal)", "on disk (WAL, survives a process crash)",
-           "confirmed when stored", "committed per batch"),
-    System("nats", "NATS core (nats-py)", "not stored", "not confirmed", "not acknowledged"),
-    System("jetstream", "NATS JetStream, file", "on disk (no fsync per message)", "confirmed when stored",
-           "acked per batch"),
+           "commits per batch (answered)", "memory, confirmed, committed"),
+    System("sqlite", "aiobroker, SQLite (normal)", "on disk, survives a process crash", "confirmed when stored",
+           "commits per batch (answered)", "disk, confirmed, committed"),
+    System("nats", "NATS core (nats-py)", "not stored (at most once)", "not confirmed", "not acknowledged",
+           "nothing stored or confirmed"),
+    System("jetstream", "NATS JetStream, file", "on disk, survives a process crash (fsync every 2 min)",
+           "confirmed when stored (PubAck)", "acks per batch (not answered)", "disk, confirmed, acked"),
     System("mosquitto", "mosquitto QoS 1", "in the broker's memory", "confirmed (PUBACK)",
-           "acked per message"),
+           "acks each message (PUBACK)", "memory, confirmed, acked"),
 )
 BY_KEY = {s.key: s for s in SYSTEMS}
 
@@ -538,7 +537,7 @@ def plot(summary: dict[str, dict[int, dict[str, Any]]], systems: list[str], size
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{BY_KEY[k].label}\n{BY_KEY[k].stored.split(' (')[0]}, {BY_KEY[k].confirmed}" for k in systems]
+    labels = [f"{BY_KEY[k].label}\n{BY_KEY[k].tag}" for k in systems]
     width = 0.8 / max(1, len(sizes))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 2]})
     colors = ["#3b6ea5", "#e08a2c", "#5a9e4b", "#9b59b6"]
@@ -598,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw the table as a chart (needs matplotlib: the plot extra)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout (progress on stderr)")
+    p.add_argument("--from-json", metavar="RESULTS.json", help="run nothing: print the table (and draw --plot) of "
+                   "an earlier run from its results file")
     return p
 
 
@@ -654,6 +655,39 @@ def describe(res: dict[str, Any]) -> str:
             f"{fmt_ms(due['p99_ms'])} ms ({lat['samples']:,} samples); {once}{note}")
 
 
+def report(args: argparse.Namespace, runs: list[dict[str, Any]], when: str,
+           note: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """The table (and the chart, with --plot) of ``runs``; returns their summary."""
+    summary = summarize(runs)
+    rows = table_rows(summary, args.system_list, args.size_list)
+    print()
+    if args.markdown:
+        print(markdown(HEADERS, rows))
+    else:
+        common.print_table(HEADERS, rows)
+    print(f"(medians of {args.rounds} round(s); vs = msg/s ratio in the same run; p99 at {args.rate:,.0f} msg/s"
+          f"{note})")
+    if args.plot:
+        plot(summary, args.system_list, args.size_list, Path(args.plot),
+             f"one producer and one consumer process on 127.0.0.1, {os.cpu_count()} cores, {when}; medians of "
+             f"{args.rounds} round(s)")
+        print(f"chart: {args.plot}")
+    return summary
+
+
+def from_json(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(Path(args.from_json).read_text())
+        runs, settings = data["runs"], data["settings"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BenchError(f"{args.from_json} is not a bench_peers.py results file ({type(exc).__name__}: {exc})"
+                         ) from None
+    for name in ("system_list", "size_list", "rounds", "rate"):
+        setattr(args, name, settings[name])
+    report(args, runs, str(data.get("when", "?"))[:10], f"; from {args.from_json}")
+    return 0
+
+
 def bench(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     def say(text: str) -> None:
         print(text, flush=True)
@@ -683,27 +717,13 @@ def bench(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         res["round"] = r + 1
         runs.append(res)
         say(f"{label}: {describe(res)}")
-    summary = summarize(runs)
-    rows = table_rows(summary, args.system_list, args.size_list)
-    out = sys.stdout
-    print(file=out)
-    if args.markdown:
-        print(markdown(HEADERS, rows), file=out)
-    else:
-        common.print_table(HEADERS, rows, file=out)
-    print(f"(medians of {args.rounds} round(s); vs = msg/s ratio in the same run; p99 at {args.rate:,.0f} msg/s; "
-          f"all runs took {time.monotonic() - started:.0f} s)", file=out)
-    if args.plot:
-        when = time.strftime("%Y-%m-%d")
-        plot(summary, args.system_list, args.size_list, Path(args.plot),
-             f"one producer and one consumer process on 127.0.0.1, {os.cpu_count()} cores, {when}; medians of "
-             f"{args.rounds} round(s)")
-        print(f"chart: {args.plot}", file=out)
+    summary = report(args, runs, time.strftime("%Y-%m-%d"),
+                     f"; all runs took {time.monotonic() - started:.0f} s")
     data = {"settings": {k: v for k, v in vars(args).items()}, "errors": errors,
             "systems": {s.key: dataclasses.asdict(s) for s in SYSTEMS if s.key in args.system_list},
             "summary": {k: {str(s): v for s, v in per.items()} for k, per in summary.items()}, "runs": runs}
     path = common.write_results("peers", data)
-    print(f"results: {common._rel(path)}", file=out)
+    print(f"results: {common._rel(path)}")
     data["results_file"] = str(path)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
@@ -717,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.sigterm_as_interrupt()
     try:
+        if args.from_json:
+            return from_json(args)
         if not args.json:
             return bench(args)[0]
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON alone

@@ -5,6 +5,7 @@ servers."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,9 +105,9 @@ def test_medians_ratios_and_the_table() -> None:
     assert memory["vs relay"] == "0.43x"  # 300k / 700k
     assert memory["p99 ms"] == "1.100" and memory["p99 from due ms"] == "2.100"
     assert (memory["stored"], memory["producer told"], memory["consumer"]) == (
-        "in the node's memory", "confirmed when queued", "committed per batch")
+        "in the node's memory", "confirmed when queued", "commits per batch (answered)")
     assert by_system["NATS core (nats-py)"]["vs NATS core"] == "1.00x"
-    assert by_system["NATS core (nats-py)"]["stored"] == "not stored"
+    assert by_system["NATS core (nats-py)"]["stored"] == "not stored (at most once)"
     assert by_system["NATS JetStream, file"]["exactly-once"] == "FAILED"
     assert by_system["NATS JetStream, file"]["p99 ms"] == "-"  # no latency run
     assert by_system["mosquitto QoS 1"]["msg/s"] == "not run"
@@ -125,7 +126,7 @@ def test_ratio_and_short_rate() -> None:
 
 def test_every_system_states_its_promises() -> None:
     for system in bench_peers.SYSTEMS:
-        assert system.stored and system.confirmed and system.acked
+        assert system.stored and system.confirmed and system.acked and system.tag
         assert system.key in peers_clients.CLIENTS
 
 
@@ -160,3 +161,26 @@ def test_the_mqtt_framing_survives_any_split() -> None:
 def test_a_malformed_mqtt_length_is_refused() -> None:
     with pytest.raises(ValueError, match="remaining length"):
         peers_clients.MqttReader().feed(b"\x30\xff\xff\xff\xff\x01")
+
+
+def test_from_json_reprints_an_earlier_run_without_running_anything(tmp_path: Path) -> None:
+    args = bench_peers.parse_args(["--systems", "nats,memory", "--sizes", "128", "--rounds", "2"])
+    runs = [fake_run("nats", "throughput", 128, v) for v in (100_000.0, 120_000.0)]
+    runs += [fake_run("memory", "throughput", 128, v) for v in (250_000.0, 230_000.0)]
+    results = tmp_path / "peers-old.json"
+    results.write_text(json.dumps({"when": "2026-12-05T02:00:00", "settings": vars(args), "runs": runs}))
+    done = run_script("--from-json", str(results), "--markdown", "--plot", str(tmp_path / "old.png"))
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| aiobroker, memory store"))
+    assert "| 240,000 | 2.18x |" in row  # medians 240k and 110k
+    assert "medians of 2 round(s)" in done.stdout
+    assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG"
+    assert "bench_peers:" not in done.stdout  # nothing was run
+
+
+def test_from_json_refuses_a_file_that_is_not_a_results_file(tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "node"}))
+    done = run_script("--from-json", str(other))
+    assert done.returncode == 2
+    assert "is not a bench_peers.py results file" in done.stderr and "KeyError" in done.stderr

@@ -554,9 +554,11 @@ def plot(summary: dict[str, dict[int, dict[str, Any]]], systems: list[str], size
         ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
+    left.margins(y=0.08)
+    right.set_yscale("log")  # one slow tail must not flatten every other bar
     left.set_ylabel("thousand msg/s (median)")
     left.set_title("throughput, one producer and one consumer", fontsize=10)
-    right.set_ylabel("ms")
+    right.set_ylabel("ms (log scale)")
     right.set_title("p99 latency at 5,000 msg/s", fontsize=10)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

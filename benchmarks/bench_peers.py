@@ -426,7 +426,8 @@ def _run_processes(system: str, mode: str, size: int, opts: argparse.Namespace, 
         creader = Reader(consumer.stdout)
         creader.start()
         if not creader.wait_for("READY", 30.0):
-            creader.result(consumer, 5.0, f"{system} consumer")  # raises with its error, if it printed one
+            if consumer.poll() is not None:  # it failed: its one-line error, or its exit code
+                creader.result(consumer, 5.0, f"{system} consumer")
             raise BenchError(f"the {system} consumer did not get ready within 30 s")
         # the platform's own pauses, measured beside a latency run (benchmarks/pauses.py)
         meter = pauses.PauseMeter(max_seconds=opts.max_seconds + 60) if mode == "latency" else None

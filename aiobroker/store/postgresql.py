@@ -197,6 +197,23 @@ class PostgresStore(Store):
             raise StoreError(f"cannot store the batch: {exc}") from exc
         deleted, new, old = split_messages(batch.messages, self._max_id)
         self._batch_no += 1
+        try:
+            self._write(deleted, tables, old, new)
+        except BaseException:
+            self._batch_no -= 1  # not written: the next batch takes its number (the fence records the last one)
+            raise
+        if new:
+            self._max_id = max(self._max_id, max(row[0] for row in new))
+
+    def _write(
+        self,
+        deleted: list[int],
+        tables: list[tuple[str, list[tuple[Any, ...]]]],
+        old: list[MessageRow],
+        new: list[MessageRow],
+    ) -> None:
+        """Apply the batch, connecting again and finding out what became of it if the connection breaks."""
+        assert self._conn is not None
         deadline: float | None = None
         while True:
             try:
@@ -214,8 +231,6 @@ class PostgresStore(Store):
                                 " %.0fs (a fail-over?)", self.where, _first_line(exc), self.reconnect_for)
                 if self._written_after_reconnect(deadline):
                     break
-        if new:
-            self._max_id = max(self._max_id, max(row[0] for row in new))
 
     def _written_after_reconnect(self, deadline: float) -> bool:
         """Connect again (until ``deadline``) and say whether the batch being written was committed before the

@@ -238,39 +238,71 @@ def test_routes_from_an_answer_expire_and_are_asked_for_again_while_the_service_
     assert {r.service_name for r in h.core.catalog.routes.values() if r.origin == "test" and r.live(h.now + 20)} == {"busy"}
 
 
-def test_the_bcn_service_is_asked_with_a_real_conversation_and_its_end_releases_the_messages() -> None:
+MISSING_BINDING = MISSING_ROUTE.replace("MissingRoute", "MissingRemoteServiceBinding")
+
+
+def bcn_node() -> Harness:
     h = Harness()
     h.service("init", "qi", [])
     h.core.create_object("queue", {"name": "bcn-q"})
     h.core.create_object("service", {"name": BCN_SERVICE, "queue": "bcn-q", "contracts": [BCN_CONTRACT]})
     h.flush()
+    return h
+
+
+@pytest.mark.parametrize("first", ["route", "binding"])
+def test_the_bcn_service_gets_both_requests_at_once_and_plain_messages_go_when_both_have_ended(first: str) -> None:
+    h = bcn_node()
     conversations = [begin(h, "far") for _ in range(20)]
     for i, handle in enumerate(conversations):
         h.send(handle, b"m%d" % i)
-    # the BCN application's view: one MissingRoute, however many conversations wait
-    requests = h.drain("bcn-q")
-    assert len(requests) == 1
-    bcn_handle, _, mtype, body = requests[0]
-    assert mtype == MISSING_ROUTE
-    root = ElementTree.fromstring(body)
+    # the BCN application's view: one MissingRoute and one MissingRemoteServiceBinding, at once, however many
+    # conversations wait: the service waits for the slower of the two answers, not for one after the other
+    requests = {mtype: (handle, body) for handle, _, mtype, body in h.drain("bcn-q")}
+    assert sorted(requests) == sorted([MISSING_ROUTE, MISSING_BINDING]), requests
+    root = ElementTree.fromstring(requests[MISSING_ROUTE][1])
     assert root.tag == "{http://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice/MissingRoute}MissingRoute"
     assert root.findtext("{http://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice/MissingRoute}SERVICE_NAME") == "far"
-    # it creates the route and ends the conversation
-    h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
-    h.core.end(bcn_handle, h.now)
-    h.flush()
-    assert h.core.outgoing(B, 100, NO_BYTE_LIMIT) == [], "routed now, and waiting for the binding request (the seeds' order)"
-    # the seeds: then one MissingRemoteServiceBinding; the application has no binding and ends it
-    (binding_request,) = h.drain("bcn-q")
-    assert binding_request[2] == MISSING_ROUTE.replace("MissingRoute", "MissingRemoteServiceBinding")
-    h.core.end(binding_request[0], h.now)
+    assert h.core.statistics(h.now)["dynamic_routing"]["requests_by_kind"] == {"route": 1, "binding": 1}
+    # the application ends one request (the route created first, if it is the route's), then the other
+    if first == "route":
+        h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
+        h.core.end(requests[MISSING_ROUTE][0], h.now)
+        h.flush()
+        assert h.core.outgoing(B, 100, NO_BYTE_LIMIT) == [], "routed, but the binding request has not ended yet"
+        h.core.end(requests[MISSING_BINDING][0], h.now)  # no binding to be had
+    else:
+        h.core.end(requests[MISSING_BINDING][0], h.now)
+        h.flush()
+        assert h.core.outgoing(B, 100, NO_BYTE_LIMIT) == [], "the binding request ended, but there is no route yet"
+        h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
+        h.core.end(requests[MISSING_ROUTE][0], h.now)
     h.flush()
     sent = h.core.outgoing(B, 100, NO_BYTE_LIMIT)
     assert sorted(e[10] for e in sent) == sorted(b"m%d" % i for i in range(20)), "encryption=False goes on, plain"
     assert all(e[13] is False for e in sent)
+    assert h.drain("bcn-q") == [], "nothing asked twice"
     (far,) = h.core.statistics(h.now)["dynamic_routing"]["services"].values()
     assert far["delayed_conversations"] == 0 and far["in_flight"] is None
     assert far["binding_request"]["last"]["ok"] is False, "a binding request that made no binding counts as failed"
+
+
+def test_with_both_requests_asked_at_once_secure_messages_wait_for_a_binding_and_plain_ones_do_not() -> None:
+    h = bcn_node()
+    secure = h.core.begin_dialog(from_service="init", to_service="far", contract="DEFAULT", now=h.now,
+                                 encryption=True).handle
+    plain = begin(h, "far")
+    h.send(secure, b"secret")
+    h.send(plain, b"open")
+    requests = {mtype: handle for handle, _, mtype, _ in h.drain("bcn-q")}
+    assert sorted(requests) == sorted([MISSING_ROUTE, MISSING_BINDING])
+    h.core.create_object("route", {"name": "to-far", "service_name": "far", "address": B}, h.now)
+    h.core.end(requests[MISSING_ROUTE], h.now)
+    h.core.end(requests[MISSING_BINDING], h.now)  # ended without a binding
+    h.flush()
+    assert [e[10] for e in h.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"open"], "only the plain one goes"
+    waiting = h.core.statistics(h.now)["dynamic_routing"]["services"]["far"]
+    assert waiting["delayed_conversations"] == 1 and waiting["delayed_messages"] == 1, waiting
 
 
 def test_a_bcn_error_keeps_the_messages_delayed_and_asks_again_later() -> None:
@@ -280,15 +312,15 @@ def test_a_bcn_error_keeps_the_messages_delayed_and_asks_again_later() -> None:
     h.core.create_object("service", {"name": BCN_SERVICE, "queue": "bcn-q", "contracts": [BCN_CONTRACT]})
     h.flush()
     h.send(begin(h, "far"), b"waiting")
-    (bcn_handle, _, _, _), = h.drain("bcn-q")
-    h.core.end(bcn_handle, h.now, error=(404, "no such service in the inventory"))
+    requests = {mtype: handle for handle, _, mtype, _ in h.drain("bcn-q")}
+    h.core.end(requests[MISSING_ROUTE], h.now, error=(404, "no such service in the inventory"))
     h.flush()
     status = h.core.statistics(h.now)["dynamic_routing"]["services"]["far"]
     assert "no such service in the inventory" in status["last"]["text"]
     assert status["delayed_messages"] == 1
     assert h.drain("bcn-q") == [], "no new request before the retry interval"
     h.advance(status["next_retry_in"] + 0.01)
-    assert len(h.drain("bcn-q")) == 1, "asked again"
+    assert [r[2] for r in h.drain("bcn-q")] == [MISSING_ROUTE], "asked again (the binding request is still open)"
 
 
 def test_messages_acknowledged_after_their_conversation_went_back_to_delayed_leave_the_delayed_counts() -> None:

@@ -46,6 +46,7 @@ from netns import Topology
 from node_process import NodeProcess, free_port, wait_for
 
 import aiobroker
+from aiobroker.security.certs import create_self_signed
 
 pytestmark = pytest.mark.slow
 
@@ -316,12 +317,93 @@ async def test_one_request_per_service_while_200_conversations_wait(tmp_path: Pa
                 received = await receive(cb, "qb", LOAD_CONVERSATIONS * LOAD_MESSAGES, RELEASE_TIMEOUT)
                 assert_exactly_once_in_order(received, {cid(d): LOAD_MESSAGES for d in dialogs})
                 await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
-                asked = registry.requests("svcB")
-                routes = [r for r in asked if not r["path"].endswith("/binding")]
-                assert len(routes) == 1, f"{len(routes)} route requests for svcB: {asked}"
-                # then, the route known, one binding request (the registry has none: the plain dialogs go on)
-                assert len(asked) - len(routes) == 1, f"binding requests for svcB: {asked}"
-                assert (await ca.status())["dynamic_routing"]["requests_made"] == 2
+                # one round trip for the service: the route and the binding asked in one request, answered in one
+                # (the registry has no binding: "binding": null, and the plain dialogs go on)
+                asked = registry.questions("svcB")
+                assert asked == {"route": 1, "binding": 1, "round_trips": 1}, registry.requests("svcB")
+                dyn = (await ca.status())["dynamic_routing"]
+                assert dyn["requests_by_kind"] == {"route": 1, "binding": 1}, dyn
+
+
+# ------------------------------------------------------------------------- 4b. route and binding in one round trip
+
+
+def binding_answer(certificate: str) -> dict[str, Any]:
+    return {"body": {"certificate": certificate, "anonymous": True, "lifetime": 60}}
+
+
+@pytest.mark.anyio
+async def test_one_round_trip_brings_route_and_binding_and_secures_the_encrypted_dialog(tmp_path: Path) -> None:
+    cert, key = create_self_signed("svcS owner", key_type="ec")
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url()}) as pair:
+            registry.serve({"svcS": registry_answer("svcS", pair.b_address)}, {"svcS": binding_answer(cert)})
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                await cb.create("identity", {"name": "owner", "certificate": cert, "private_key": key})
+                await cb.create_queue("qs")
+                await cb.create("service", {"name": "svcS", "queue": "qs", "contracts": ["DEFAULT"], "owner": "owner"})
+                secure = await ca.begin_dialog("svcA", "svcS", encryption=True)
+                plain = await ca.begin_dialog("svcA", "svcS", encryption=False)
+                await send_numbered(secure, 0, 10)
+                await send_numbered(plain, 0, 10)
+                received = await receive(cb, "qs", 20, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(secure): 10, cid(plain): 10})
+                secured = {c["handle"]: c["secured"] for c in await ca.list_conversations() if c["far_service"] == "svcS"}
+                assert secured == {secure.handle: True, plain.handle: True}, secured  # the binding applies to both
+                assert registry.questions("svcS") == {"route": 1, "binding": 1, "round_trips": 1}, \
+                    registry.requests("svcS")
+                (binding,) = await ca.list("binding")
+                assert (binding["to_service"], binding["origin"], binding["anonymous"]) == ("svcS", "http", True)
+
+
+@pytest.mark.anyio
+async def test_with_no_binding_in_the_answer_encrypted_waits_and_plain_goes_on(tmp_path: Path) -> None:
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url()}) as pair:
+            registry.serve({"svcB": registry_answer("svcB", pair.b_address)})  # "binding": null
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                secure = await ca.begin_dialog("svcA", "svcB", encryption=True)
+                plain = await ca.begin_dialog("svcA", "svcB", encryption=False)
+                await send_numbered(secure, 0, 5)
+                await send_numbered(plain, 0, 5)
+                received = await receive(cb, "qb", 5, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(plain): 5})
+                status = await ca.status()
+                assert status["delayed"]["svcB"]["messages"] == 5, status["delayed"]
+                (waiting,) = [c for c in await ca.list_conversations() if c["handle"] == secure.handle]
+                assert "remote service binding" in (waiting["delayed"] or ""), waiting
+                assert registry.questions("svcB") == {"route": 1, "binding": 1, "round_trips": 1}, \
+                    registry.requests("svcB")
+
+
+ROUTE_DELAY = 1.5
+
+
+@pytest.mark.anyio
+async def test_an_older_registry_answering_routes_only_still_works_and_then_is_asked_both_at_once(
+    tmp_path: Path,
+) -> None:
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url()}) as pair:
+            services = {"svcB": registry_answer("svcB", pair.b_address),
+                        "svcC": {**registry_answer("svcC", pair.b_address), "delay": ROUTE_DELAY}}
+            registry.serve(services, route_only=True)  # ignores Aiobroker-Ask; no bindings (404)
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                await cb.create_service("svcC", "qb", ["DEFAULT"])
+                first = await ca.begin_dialog("svcA", "svcB")
+                await send_numbered(first, 0, 5)
+                assert_exactly_once_in_order(await receive(cb, "qb", 5, RELEASE_TIMEOUT), {cid(first): 5})
+                # the first answer had no "binding" member: the binding was asked on its own, the route known
+                paths = [r["path"] for r in registry.requests("svcB")]
+                assert paths == ["/v1/services/svcB", "/v1/services/svcB/binding"], paths
+                # from then on both URLs are asked at once: the binding question does not wait for the slow route
+                later = await ca.begin_dialog("svcA", "svcC")
+                await send_numbered(later, 0, 5)
+                assert_exactly_once_in_order(await receive(cb, "qb", 5, RELEASE_TIMEOUT), {cid(later): 5})
+                asked = {r["path"]: r["t"] for r in registry.requests("svcC")}
+                assert sorted(asked) == ["/v1/services/svcC", "/v1/services/svcC/binding"], asked
+                gap = asked["/v1/services/svcC/binding"] - asked["/v1/services/svcC"]
+                assert gap < ROUTE_DELAY / 2, f"the binding was asked {gap:.2f}s after the route: one after the other"
 
 
 # --------------------------------------------------------------------------------------------- 5. end while DELAYED
@@ -599,12 +681,13 @@ async def test_the_log_counts_the_delayed_messages_the_resolver_answers_released
         async with aiobroker.connect(node.url) as client:
             dialog = await client.begin_dialog("svcA", "svcX")
             await dialog.send_many(numbered(0, 5))  # stored DELAYED, then released by the answers
-            # the route answer moves them on to wait for a binding; the file has none, so (encryption=False)
-            # they go on unsecured
+            # the route and the binding are asked in one look at the file; the binding's answer (none) is taken
+            # first, so the route's answer releases them, unsecured (encryption=False)
             line = wait_for(
-                lambda: next((x for x in node.output().splitlines() if "binding for service 'svcX'" in x), None),
-                10, "the log line of the binding answer for svcX",
+                lambda: next((x for x in node.output().splitlines() if "resolved service 'svcX'" in x), None),
+                10, "the log line of the route answer for svcX",
             )  # fmt: skip
             status = await client.status()
             assert status["delayed"] == {} and status["transmission"]["messages"] == 5, status["transmission"]
-            assert "; 5 delayed message(s) go on unsecured" in line, line
+            assert "; 5 delayed message(s) released" in line, line
+            assert "no remote service binding for service 'svcX'" in node.output(), node.output()

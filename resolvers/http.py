@@ -7,6 +7,7 @@ Config (the node's ``[resolver]`` table, ``kind = "http"``)::
     format = "consul"            # "aiobroker" (default) or "consul"
     consul_include_warning = true   # consul format only: route to instances whose checks warn (default true)
     binding_url = "http://127.0.0.1:8080/v1/bindings/{service}"   # aiobroker format only; default: see below
+    max_open_questions = 16      # questions open at once, each on a connection kept alive for the next
     connect_timeout = 2          # seconds to get a TCP (and TLS) connection
     read_timeout = 5             # seconds the registry may stay silent while answering
     default_lifetime = 60        # seconds an answer holds when it says nothing about it
@@ -132,7 +133,7 @@ from aiobroker.resolver import (
     load_certificate,
 )
 
-from .http_config import _config_headers, _config_seconds, _config_url
+from .http_config import Clients, _config_count, _config_headers, _config_seconds, _config_url
 from .http_config import default_binding_url as default_binding_url  # tests and docs name it here
 from .http_formats import (
     MIN_LIFETIME as MIN_LIFETIME,  # the shortest lifetime a header can give (tests and docs name it here)
@@ -171,11 +172,17 @@ ASK_BOTH = "route, binding"
 BINDING_MEMBER = "binding"
 
 _OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
+            "max_open_questions",
             "consul_include_warning"}
 
 
-#: questions a resolver keeps open at once, each on a connection of its own kept alive for the next
-MAX_OPEN_QUESTIONS = 64
+#: questions a resolver keeps open at once by default (``max_open_questions``), each on a connection of its own kept
+#: alive for the next. Few: httpx's pool walks its connections on every request and response, so its cost per
+#: question grows with them (the storm benchmark: a plain httpx client gets ~1,400 answers/s from one registry with
+#: 4-16 open, ~600 with 64); 16 open still give 1,600 answers/s from a registry that takes 10 ms to answer.
+MAX_OPEN_QUESTIONS = 16
+#: the most ``max_open_questions`` may be
+MAX_OPEN_QUESTIONS_LIMIT = 1000
 
 log = logging.getLogger("aiobroker.resolvers.http")
 
@@ -218,6 +225,7 @@ def create(options: Mapping[str, Any]) -> HttpResolver:
         default_lifetime=_config_seconds(options, "default_lifetime", DEFAULT_LIFETIME),
         headers=_config_headers(options),
         consul_include_warning=include_warning,
+        max_open_questions=_config_count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT),
     )
 
 
@@ -229,7 +237,7 @@ class HttpResolver(Resolver):
 
     def __init__(self, *, url: str, format: str, connect_timeout: float, read_timeout: float,
                  default_lifetime: float, headers: Mapping[str, str], binding_url: str | None = None,
-                 consul_include_warning: bool = True) -> None:
+                 consul_include_warning: bool = True, max_open_questions: int = MAX_OPEN_QUESTIONS) -> None:
         self.url_template = url
         self.format = format
         #: the consul format: whether an instance whose worst check is ``warning`` is a target
@@ -244,23 +252,11 @@ class HttpResolver(Resolver):
         self.default_lifetime = default_lifetime
         self._header_names = sorted(headers)
         self._closed = False
-        # At most this many questions open at once. httpx's pool keeps 100 connections; questions beyond that wait
-        # in its queue, which it re-scans on every request and response (quadratic: with 1,000 services waiting
-        # it took most of the node's time, measured in the storm benchmark). They wait here instead, cheaply,
-        # and the wait does not count against a question's own time-outs.
-        self._slots = anyio.Semaphore(MAX_OPEN_QUESTIONS)
+        self.max_open_questions = max_open_questions
+        self._clients = Clients(max_open_questions, {"Accept": "application/json", **headers},
+                                connect_timeout=connect_timeout, read_timeout=read_timeout)
         #: whether the registry answers a route question with the binding in it (None: not known yet)
         self.answers_together: bool | None = None
-        self._client = httpx.AsyncClient(
-            headers={"Accept": "application/json", **headers},
-            # every open question keeps its connection for the next (httpx keeps only 20 alive by default: with 64
-            # questions open, most answers would close their connection and the next question open a new one)
-            limits=httpx.Limits(max_connections=MAX_OPEN_QUESTIONS, max_keepalive_connections=MAX_OPEN_QUESTIONS),
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
-                                  pool=connect_timeout),
-            follow_redirects=False,
-            trust_env=False,
-        )
 
     def describe(self) -> dict[str, Any]:
         """Header values are left out: they are often credentials."""
@@ -271,6 +267,7 @@ class HttpResolver(Resolver):
             "format": self.format,
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
+            "max_open_questions": self.max_open_questions,
             "default_lifetime": self.default_lifetime,
             "headers": list(self._header_names),
             **({"consul_include_warning": self.consul_include_warning} if self.format == "consul" else {}),
@@ -285,7 +282,7 @@ class HttpResolver(Resolver):
 
     async def aclose(self) -> None:
         self._closed = True
-        await self._client.aclose()
+        await self._clients.aclose()
 
     async def resolve_route(self, service_name: str) -> RouteAnswer:
         shown, status, headers, body = await self._ask(service_name, self.url_template)
@@ -366,22 +363,23 @@ class HttpResolver(Resolver):
                                 f"{exc}") from exc
         shown = redact(url)
         overall = self.connect_timeout + self.read_timeout
-        async with self._slots:
+        async with self._clients.take() as client:
             try:
                 with anyio.fail_after(overall):
-                    status, headers, body = await self._fetch(url, shown, ask)
+                    status, headers, body = await self._fetch(client, url, shown, ask)
             except TimeoutError as exc:
                 raise ResolverError(
                     f"read time-out: {shown} did not answer in full within connect_timeout + read_timeout = "
                     f"{duration(overall)}") from exc
         return shown, status, headers, body
 
-    async def _fetch(self, url: httpx.URL, shown: str, ask: str) -> tuple[int, httpx.Headers, bytes]:
+    async def _fetch(self, client: httpx.AsyncClient, url: httpx.URL, shown: str, ask: str
+                     ) -> tuple[int, httpx.Headers, bytes]:
         """GET ``url``; every httpx and socket error becomes a ResolverError here, chained."""
         where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         try:
             headers = {ASK_HEADER: ask} if self.format == "aiobroker" else None
-            async with self._client.stream("GET", url, headers=headers) as response:
+            async with client.stream("GET", url, headers=headers) as response:
                 if response.is_success:
                     body = await read_body(response, MAX_BODY_BYTES, shown, truncate=False)
                 else:

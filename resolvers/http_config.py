@@ -1,12 +1,15 @@
-"""Reading the ``http`` resolver's ``[resolver]`` table: seconds, URL templates, headers (``http.py`` documents the
-options and builds the resolver from them)."""
+"""The ``http`` resolver's settings: reading its ``[resolver]`` table (seconds, URL templates, headers, counts;
+``http.py`` documents the options and builds the resolver from them), and the HTTP clients they configure."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
+
+import anyio
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -57,3 +60,52 @@ def _config_headers(options: Mapping[str, Any]) -> dict[str, str]:
             raise ConfigError(f"[resolver] headers.{k} must be a string of printable Latin-1 characters (no line "
                               f"breaks), got {v!r}")
     return dict(headers)
+
+
+def _config_count(options: Mapping[str, Any], key: str, default: int, most: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigError(f"[resolver] {key} must be a whole number from 1 to {most}, got {value!r}")
+    return value
+
+
+class Clients:
+    """At most ``size`` questions open at once; those beyond wait here, cheaply, and the wait does not count against
+    a question's own time-outs. Each open question has an httpx client of its own with one connection, kept alive for
+    the next question that takes that client. Not one client with a pool of ``size``: httpx's pool walks all its
+    connections (and their sockets' attributes) on every request and response, which with 16 took more of the node's
+    time than the rest of a question (the storm benchmark, py-spy); and its queue, re-scanned likewise, grew
+    quadratic with 1,000 services waiting."""
+
+    def __init__(self, size: int, headers: dict[str, str], *, connect_timeout: float, read_timeout: float) -> None:
+        self._slots = anyio.Semaphore(size)
+        self._headers = headers
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
+                                      pool=connect_timeout)
+        self.made: list[httpx.AsyncClient] = []  #: every client made (closed by aclose)
+        self._idle: list[httpx.AsyncClient] = []  #: those no question is using
+        self._tls: Any = None  #: one TLS context for all of them, made with the first (building one takes ~20 ms)
+
+    @asynccontextmanager
+    async def take(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A slot and its client: an idle one (its connection kept from an earlier question), or a new one while
+        fewer than ``size`` exist (the slots mean no more are ever needed)."""
+        async with self._slots:
+            if self._idle:
+                client = self._idle.pop()
+            else:
+                if self._tls is None:
+                    self._tls = httpx.create_ssl_context(trust_env=False)
+                client = httpx.AsyncClient(
+                    headers=self._headers, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    timeout=self._timeout, verify=self._tls, follow_redirects=False, trust_env=False,
+                )
+                self.made.append(client)
+            try:
+                yield client
+            finally:
+                self._idle.append(client)
+
+    async def aclose(self) -> None:
+        for client in self.made:
+            await client.aclose()

@@ -362,3 +362,29 @@ def test_hurry_asks_again_now_instead_of_at_the_retry_and_keeps_the_back_off() -
     h.flush()
     assert h.core.endpoints[handle].delayed is None
     assert not h.core.dispatcher.hurry("route", "svc"), "nothing scheduled: nothing to hurry"
+
+
+def test_a_link_takes_only_from_conversations_with_rows_unsent_and_sends_everything_again_in_a_new_epoch() -> None:
+    """After a storm a link carries 100,000 conversations whose rows were sent long ago; a take must not walk
+    them (it did, once per take: quadratic), yet a new epoch sends every unacknowledged row again, in order."""
+    tx = TransmissionQueue()
+    handles = [f"h{i}" for i in range(1000)]
+    for i, handle in enumerate(handles):
+        tx.add_many(handle, [message_row(i, "tx", handle, 0, "DEFAULT", b"m", 0.0, 0)])
+        tx.attach(handle, B)
+    link = tx.links[B]
+    first = tx.take_unsent(B, 2000, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT)
+    assert [h for h, _ in first] == handles
+    assert link.unsent == {}, "every conversation's rows sent: none left to walk"
+    tx.add_many("h500", [message_row(1000, "tx", "h500", 1, "DEFAULT", b"n", 0.0, 0)])
+    assert list(link.unsent) == ["h500"]
+    assert [(h, row[ROW_SEQ]) for h, row in tx.take_unsent(B, 10, 10_000, NO_BYTE_LIMIT)] == [("h500", 1)]
+    tx.acknowledge("h0", 1)
+    link.new_epoch()  # a reconnect: everything unacknowledged goes again, in order per conversation
+    again = tx.take_unsent(B, 5000, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT)
+    assert [(h, row[ROW_SEQ]) for h, row in again][:3] == [("h1", 0), ("h2", 0), ("h3", 0)]
+    assert [row[ROW_SEQ] for h, row in again if h == "h500"] == [0, 1] and len(again) == 1000
+    # a row not yet stored holds its conversation back (and only it) until a later take
+    tx.add_many("h7", [message_row(20_000, "tx", "h7", 1, "DEFAULT", b"late", 0.0, 0)])
+    assert tx.take_unsent(B, 10, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT) == []
+    assert [(h, row[ROW_SEQ]) for h, row in tx.take_unsent(B, 10, 20_000, NO_BYTE_LIMIT)] == [("h7", 1)]

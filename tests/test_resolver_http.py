@@ -576,6 +576,9 @@ async def test_a_closed_resolver_raises_resolver_error(registry: RegistryProcess
      "consul_include_warning is for the consul format (format = \"consul\"); this resolver's format is 'aiobroker'"),
     ({"url": "http://127.0.0.1:1/{service}", "format": "consul", "consul_include_warning": "no"},
      "consul_include_warning must be true or false, got 'no'"),
+    ({"url": "http://127.0.0.1:1/{service}", "max_open_questions": 0},
+     "max_open_questions must be a whole number from 1 to 1000, got 0"),
+    ({"url": "http://127.0.0.1:1/{service}", "max_open_questions": 2.5}, "max_open_questions must be a whole"),
 ])
 def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -591,8 +594,8 @@ async def test_loaded_through_the_entry_point(registry: RegistryProcess) -> None
         assert resolver.describe() == {
             "resolver": "http", "url": registry.url(), "binding_url": registry.url().replace("{service}",
                                                                                           "{service}/binding"),
-            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "default_lifetime": 60.0,
-            "headers": []}
+            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "max_open_questions": 16,
+            "default_lifetime": 60.0, "headers": []}
         answer = await resolver.resolve_route(ORDERS)
     finally:
         await resolver.aclose()
@@ -863,15 +866,27 @@ async def test_together_an_older_registry_is_told_by_the_missing_member_then_ask
         assert [r["path"] for r in registry.requests()[before:]] == ["/v1/services/%2F%2Fshop%2FOrders"]
 
 
-async def test_together_keeps_connections_alive_for_the_next_questions(registry: RegistryProcess) -> None:
-    """64 questions at once, three times: the registry sees no more connections than questions open at once."""
+def connections(resolver: HttpResolver) -> list[Any]:
+    """The resolver's connections to the registry, open or kept alive (httpcore's, through httpx's transports)."""
+    return [c for client in resolver._clients.made for c in client._transport._pool.connections]  # type: ignore[attr-defined]
+
+
+async def test_open_questions_are_bounded_and_their_connections_kept_for_the_next(registry: RegistryProcess) -> None:
+    """64 questions at once, three times, with room for 8 open: 8 connections, every one kept alive and reused."""
     registry.serve({f"//svc/{i}": {"body": {"service": f"//svc/{i}", "targets": [{"address": "tcp://10.0.0.2:4022"}]}}
                     for i in range(64)})
-    async with opened(url=registry.url()) as resolver:
+    async with opened(url=registry.url(), max_open_questions=8) as resolver:
+        opened_most = [0]
+
+        async def ask(name: str) -> None:
+            await resolver.resolve_together(name)
+            opened_most[0] = max(opened_most[0], len(connections(resolver)))
+
         for _ in range(3):
             async with anyio.create_task_group() as tg:
                 for i in range(64):
-                    tg.start_soon(resolver.resolve_together, f"//svc/{i}")
-        pool = resolver._client._transport._pool  # type: ignore[attr-defined]
-        assert len(pool.connections) <= http_resolver.MAX_OPEN_QUESTIONS
-        assert sum(c.is_idle() for c in pool.connections) == len(pool.connections) > 20, pool.connections
+                    tg.start_soon(ask, f"//svc/{i}")
+        kept = connections(resolver)
+        assert opened_most[0] <= 8, opened_most
+        assert len(kept) == 8 and all(c.is_idle() for c in kept), kept
+        assert sum(c._connection._request_count for c in kept) == 192  # every question on one of the 8

@@ -315,9 +315,10 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
 
     def profile_start(phase: str) -> None:
         if args.profile:
+            pid = args.pid_profile or args.pid_a
             path = LOGS_DIR / f"storm-py-spy-{args.profile}-{phase}.txt"
             profiler["proc"] = common.start_process(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(args.pid_a), "-f", "raw", "-o",
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f", "raw", "-o",
                  str(path), "-r", "200"], log_path=LOGS_DIR / f"storm-py-spy-{phase}.log")
             out.setdefault("profiles", []).append(str(path))
 
@@ -668,7 +669,8 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
              "--receive-batch", str(args.receive_batch), "--stall-seconds", str(args.stall_seconds),
              "--poke-ms", str(args.poke_ms), "--max-seconds", str(args.max_seconds),
              "--registry-port", str(reg_port if mode == "storm" else 0)]
-            + (["--profile", args.store, "--registry-log", str(reg_log)] if args.profile and mode == "storm" else []),
+            + (["--profile", f"{args.store}{'-b' if args.profile == 'b' else ''}", "--registry-log", str(reg_log),
+                "--pid-profile", str(nodes[args.profile].pid)] if args.profile and mode == "storm" else []),
             timeout=args.max_seconds + 120, what=f"storm load ({mode})")
         result["cpu"] = meter.stop()
         result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services)
@@ -759,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--poke-ms", type=float, default=0)
         p.add_argument("--profile", default=None, help="py-spy node A per phase; files named after this label")
         p.add_argument("--registry-log", type=Path, default=None, help="with --profile: starts the tail profile")
+        p.add_argument("--pid-profile", type=int, default=0, help="with --profile: the node to profile (default A)")
         p.add_argument("--max-seconds", type=float, default=600)
         p.add_argument("--registry-port", type=int, default=0, help="storm: measure the plain-client rate after")
         p.add_argument("--plain-concurrency", type=int, default=0,
@@ -786,10 +789,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poke-ms", type=float, default=0.0,
                    help="a workaround, off by default: after the release, send A a durable request (begin_timer on a"
                    " local dialog) every N ms, so its store writer runs and wakes the links (see the README)")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy record node A in the storm run, one file per phase (send: begin to release;"
-                   " release: release to the last answer served; tail: from there to the end), collapsed stacks:"
-                   " results/logs/storm-py-spy-<store>-<phase>.txt")
+    p.add_argument("--profile", nargs="?", const="a", choices=("a", "b"), default=None,
+                   help="py-spy record node A (or B: --profile b) in the storm run, one file per phase (send: begin to"
+                   " release; release: release to the last answer served; tail: from there to the end), collapsed"
+                   " stacks: results/logs/storm-py-spy-<store>[-b]-<phase>.txt")
     p.add_argument("--max-seconds", type=float, default=600.0, help="bound on each run's load process")
     p.add_argument("--route-only", action="store_true",
                    help="the registry answers routes only, as an older one does (the resolver then asks both URLs)")

@@ -388,3 +388,19 @@ def test_a_link_takes_only_from_conversations_with_rows_unsent_and_sends_everyth
     tx.add_many("h7", [message_row(20_000, "tx", "h7", 1, "DEFAULT", b"late", 0.0, 0)])
     assert tx.take_unsent(B, 10, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT) == []
     assert [(h, row[ROW_SEQ]) for h, row in tx.take_unsent(B, 10, 20_000, NO_BYTE_LIMIT)] == [("h7", 1)]
+
+
+def test_delayed_conversations_share_one_string_per_far_service_contract_and_message_type() -> None:
+    """A storm holds 100,000 DELAYED conversations; names decoded from each request are new strings every time, so
+    each conversation and row keeps the one the node already has (where the memory per delayed message goes:
+    benchmarks/README.md)."""
+    h = resolver_node()
+    handles = [h.core.begin_dialog(from_service="init", to_service="".join(["far", "-svc"]),
+                                   contract="".join(["DEF", "AULT"]), now=h.now).handle for _ in range(3)]
+    for handle in handles:
+        h.core.send(handle, [["".join(["DEF", "AULT"]), b"m"]], h.now)
+    eps = [h.core.endpoints[x] for x in handles]
+    assert eps[0].far_service is eps[1].far_service is eps[2].far_service
+    assert all(ep.contract is h.core.catalog.contracts["DEFAULT"].name for ep in eps)
+    kinds = {id(rows[0][4]) for handle, rows in h.core.tx.rows.items() if handle in handles}
+    assert kinds == {id(h.core.catalog.message_types["DEFAULT"].name)}

@@ -25,6 +25,10 @@ from typing import Any
 from common import LOOPBACK, REPO
 
 DNS_ZONE = "storm.test"
+#: the relay's queries to dnsmasq at once, how long it waits for each reply, and how many times it tries
+UPSTREAM_AT_ONCE = 64
+UPSTREAM_WAIT = 1.0
+UPSTREAM_TRIES = 5
 DNS_TARGET = f"b.{DNS_ZONE}"
 
 
@@ -117,16 +121,29 @@ def dnsgate_main(argv: list[str]) -> int:
             prefix = "" if kind == "SRV" else "address_"
             log(prefix + "request", name=name, type=kind)
             await gate.wait()
-            transport, upstream = await loop.create_datagram_endpoint(Upstream, remote_addr=(LOOPBACK, args.upstream))
-            try:
-                transport.sendto(data)
-                reply = await asyncio.wait_for(upstream.reply, 10)
-            finally:
-                transport.close()
+            # a bounded number at once, each tried again if dnsmasq's reply does not come: a thousand datagrams
+            # sent to it in one burst overflow its socket's buffer, and a query lost here would hold a question
+            # for the whole of the resolver's (long, for the gate) time-out
+            async with upstream_slots:
+                for _ in range(UPSTREAM_TRIES):
+                    transport, upstream = await loop.create_datagram_endpoint(
+                        Upstream, remote_addr=(LOOPBACK, args.upstream))
+                    try:
+                        transport.sendto(data)
+                        reply = await asyncio.wait_for(upstream.reply, UPSTREAM_WAIT)
+                        break
+                    except TimeoutError:
+                        continue
+                    finally:
+                        transport.close()
+                else:
+                    log(prefix + "lost", name=name, type=kind)
+                    return
             front.sendto(reply, client)
             log(prefix + "served", name=name, type=kind)
 
         tasks: set[asyncio.Task[None]] = set()
+        upstream_slots = asyncio.Semaphore(UPSTREAM_AT_ONCE)
 
         class Front(asyncio.DatagramProtocol):
             def connection_made(self, transport: Any) -> None:

@@ -404,3 +404,19 @@ def test_delayed_conversations_share_one_string_per_far_service_contract_and_mes
     assert all(ep.contract is h.core.catalog.contracts["DEFAULT"].name for ep in eps)
     kinds = {id(rows[0][4]) for handle, rows in h.core.tx.rows.items() if handle in handles}
     assert kinds == {id(h.core.catalog.message_types["DEFAULT"].name)}
+
+
+def test_a_route_made_for_one_service_leaves_conversations_delayed_on_others_alone() -> None:
+    """The BCN service makes one route per answer: each must not re-decide every DELAYED conversation (100,000 in a
+    storm, a walk per route: quadratic), only those to its service and those on links."""
+    h = resolver_node()
+    x, y = begin(h, "x"), begin(h, "y")
+    h.send(x, b"to x")
+    h.send(y, b"to y")
+    take_requests(h)
+    reason_y = h.core.endpoints[y].delayed
+    h.core.create_object("route", {"name": "to-x", "service_name": "x", "address": B}, h.now)
+    assert y not in h.core.ledger.dirty, "y's conversation was re-decided (and so written again) for a route to x"
+    assert h.core.endpoints[y].delayed is reason_y and h.core.tx.delayed_service.get(y) == "y"
+    h.flush()
+    assert [e[10] for e in h.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"to x"]

@@ -216,3 +216,13 @@ def test_taking_a_hundred_thousand_one_message_groups_leaves_nothing_behind() ->
     taken = [queue.take(10, 1 << 20) for _ in range(100_000)]
     assert [group.id for group, _ in taken[:3]] == ["g0", "g1", "g2"] and taken[-1][0].id == "g99999"
     assert not queue.ready and queue.take(10, 1 << 20) is None
+
+
+def test_an_ended_endpoint_s_messages_leave_its_own_group_only() -> None:
+    queue = MessageQueue(QueueDef(name="q"))
+    for i, (handle, group) in enumerate([("h1", "g1"), ("h2", "g1"), ("h3", "g2"), ("h1", "g1")]):
+        queue.push(message_row(i, "q", handle, i, "DEFAULT", b"m%d" % i, 0.0, 0), group, urgent=False)
+    removed = queue.remove_handle("h1", "g1")
+    assert [r[ROW_BODY] for r in removed] == [b"m0", b"m3"]
+    assert [r[ROW_BODY] for r in queue.groups["g1"].normal] == [b"m1"] and len(queue.groups["g2"]) == 1
+    assert queue.waiting == 2 and queue.remove_handle("h9", "g9") == []

@@ -406,6 +406,56 @@ async def test_an_older_registry_answering_routes_only_still_works_and_then_is_a
                 assert gap < ROUTE_DELAY / 2, f"the binding was asked {gap:.2f}s after the route: one after the other"
 
 
+KILL_CONVERSATIONS = 200
+KILL_MESSAGES = 50
+
+
+@pytest.mark.anyio
+async def test_a_kill_9_of_a_during_the_release_loses_nothing_acknowledged_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Every message A acknowledged while DELAYED is stored: killed (SIGKILL) while the answer's release is on its
+    way to B, A restarts on its data and what B has not stored goes again; B drops what it has (exactly once)."""
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url(), "read_timeout": 10}) as pair:
+            registry.serve({"svcB": {"status": 503, "raw": "not yet"}})  # asked again after 2 s, 4 s, ...
+            async with aiobroker.connect(pair.a.url) as ca:
+                dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(KILL_CONVERSATIONS)]
+                async with anyio.create_task_group() as tg:
+                    for d in dialogs:
+                        tg.start_soon(send_numbered, d, 0, KILL_MESSAGES)  # acknowledged: stored, DELAYED
+                total = KILL_CONVERSATIONS * KILL_MESSAGES
+                status = await ca.status()
+                assert status["dynamic_routing"]["delayed_messages"] == total, status["dynamic_routing"]
+            registry.serve({"svcB": registry_answer("svcB", pair.b_address, lifetime=600)})
+            got: dict[str, list[tuple[int, str, bytes]]] = {}
+            counted = [0]
+            async with aiobroker.connect(pair.b.url) as cb:
+
+                async def consume(until_count: int, timeout: float) -> None:
+                    with anyio.fail_after(timeout):
+                        while counted[0] < until_count:
+                            batch = await cb.receive("qb", max_messages=1000, timeout=0.5)
+                            for m in batch:
+                                got.setdefault(m.conversation_id, []).append(
+                                    (m.sequence_number, m.message_type, m.body))
+                                counted[0] += 1
+                            if batch:
+                                await batch.commit()
+
+                await consume(1, 20)  # the release has begun: the first messages are at B
+                pair.a.kill()
+                at_kill = counted[0]
+                pair.a.start()  # the same data, port and config
+                await consume(total, RELEASE_TIMEOUT)
+                await anyio.sleep(0.5)  # a duplicate, if any, would arrive now
+                batch = await cb.receive("qb", max_messages=1000, timeout=0)
+                assert not batch, f"{len(batch)} message(s) beyond the {total} sent: duplicates"
+            assert at_kill < total, "the kill came after the release was over: nothing was tested"
+            assert_exactly_once_in_order(got, {cid(d): KILL_MESSAGES for d in dialogs})
+            assert "restored" in pair.a.output(), pair.a.output()
+
+
 # --------------------------------------------------------------------------------------------- 5. end while DELAYED
 
 

@@ -210,10 +210,17 @@ class MessageQueue:
         else:
             del self.groups[group.id]
 
-    def remove_handle(self, handle: str) -> list[MessageRow]:
-        """Take out every waiting message of one conversation endpoint (its side has ended)."""
+    def remove_handle(self, handle: str, group_id: str | None = None) -> list[MessageRow]:
+        """Take out every waiting message of one conversation endpoint (its side has ended). ``group_id``: the
+        endpoint's conversation group, the only one its messages are ever in: then only that group is looked at,
+        not every group of the queue (ending each of 2,000 requests waiting in one queue walked them all)."""
         removed: list[MessageRow] = []
-        for group in list(self.groups.values()):
+        if group_id is None:
+            groups = list(self.groups.values())
+        else:
+            one = self.groups.get(group_id)
+            groups = [] if one is None else [one]
+        for group in groups:
             for dq in (group.urgent, group.normal):
                 keep = [r for r in dq if r[ROW_HANDLE] != handle]
                 if len(keep) != len(dq):

@@ -223,6 +223,19 @@ class TransmissionQueue:
                 link.unsent.pop(handle, None)
                 link.sent.pop(handle, None)
 
+    def on_links(self) -> list[str]:
+        """The sending endpoints on a link with messages not yet acknowledged, found from what each link has in
+        flight or still to send (``sent``, ``unsent``): in proportion to the messages moving, not to every
+        conversation that ever used a link."""
+        rows = self.rows
+        found: dict[str, None] = {}
+        for link in self.links.values():
+            for group in (link.sent, link.unsent):
+                for handle in group:
+                    if handle in rows:
+                        found[handle] = None
+        return list(found)
+
     def drop(self, handle: str) -> list[MessageRow]:
         """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
         self.detach(handle)

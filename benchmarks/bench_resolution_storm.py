@@ -715,7 +715,8 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                 "--pid-profile", str(nodes[args.profile].pid)] if args.profile and mode == "storm" else []),
             timeout=args.max_seconds + 120, what=f"storm load ({mode})")
         result["cpu"] = meter.stop()
-        result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services, kind)
+        result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services, kind,
+                                              args.route_only)
         for name, proc in nodes.items():
             result[f"node_{name}_exit"] = proc.poll()
         return result
@@ -724,8 +725,8 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             common.stop_process(proc)
 
 
-def registry_figures(events: list[dict[str, Any]], result: dict[str, Any], n_services: int, kind: str
-                     ) -> dict[str, Any]:
+def registry_figures(events: list[dict[str, Any]], result: dict[str, Any], n_services: int, kind: str,
+                     route_only: bool = False) -> dict[str, Any]:
     """What the source saw of the node's questions (the plain client's requests are logged apart): round trips, and
     the questions they carried by kind. http: a route GET saying ``Aiobroker-Ask: route, binding`` carries both;
     dns_srv: one SRV query per route question (its address look-ups are logged apart); bcn: one request per
@@ -746,7 +747,7 @@ def registry_figures(events: list[dict[str, Any]], result: dict[str, Any], n_ser
             kinds["binding"] += 1
         else:
             kinds["route"] += 1
-            kinds["binding"] += "binding" in e.get("ask", "")
+            kinds["binding"] += "binding" in e.get("ask", "") and not route_only  # an older registry ignores it
     t_release = result.get("t_release_ns")
     return {
         "requests": len(requests),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ DNS_ZONE = "storm.test"
 UPSTREAM_AT_ONCE = 64
 UPSTREAM_WAIT = 1.0
 UPSTREAM_TRIES = 5
+#: the relay's receive buffer, bytes
+RECEIVE_BUFFER = 16 * 1024 * 1024
 DNS_TARGET = f"b.{DNS_ZONE}"
 
 
@@ -155,6 +158,14 @@ def dnsgate_main(argv: list[str]) -> int:
                 task.add_done_callback(tasks.discard)
 
         front, _ = await loop.create_datagram_endpoint(Front, local_addr=(LOOPBACK, args.port))
+        # the node's questions come in bursts (1,000 SRV questions, then 2,000 address look-ups at once): the
+        # default receive buffer holds ~200 such datagrams and the kernel drops the rest, which would then wait for
+        # the resolver's (long, for the gate) time-out
+        sock = front.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), RECEIVE_BUFFER)
+        except OSError:  # not root: as much as net.core.rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
         async def open_gate() -> None:
             for _ in range(int(args.max_hold * 1000) + 10):

@@ -420,3 +420,35 @@ def test_a_route_made_for_one_service_leaves_conversations_delayed_on_others_alo
     assert h.core.endpoints[y].delayed is reason_y and h.core.tx.delayed_service.get(y) == "y"
     h.flush()
     assert [e[10] for e in h.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"to x"]
+
+
+def test_a_binding_asked_with_the_route_that_times_out_is_left_unanswered_not_failed_for_ten_minutes() -> None:
+    """resolve_timeout on a round trip that asked both: the route's question failed and is asked again after the
+    retry; the binding's went unanswered, so it is asked on its own once the route is known, not held for
+    binding_failure_cache (which would keep encrypted conversations waiting ten minutes)."""
+    h = resolver_node(resolve_timeout=10.0, resolver_answers_bindings=True)
+    h.send(begin(h, "svc"), b"1")
+    assert h.resolve_requests() == [("route", "svc"), ("binding", "svc")]
+    h.advance(10.5)
+    d = h.core.dispatcher
+    assert d.last_error("route", "svc") == "no answer within resolve_timeout"
+    assert ("binding", "svc") not in d.in_flight and ("binding", "svc") not in d.last
+    assert ("binding", "svc") not in d.retry_at, "no failure remembered for the binding"
+    h.advance(60)
+    assert h.resolve_requests() == [("route", "svc"), ("binding", "svc")], "both asked again, together"
+    h.core.resolved("svc", answer("svc"), h.now)
+    h.flush()
+    assert h.resolve_requests() == [], "the binding is still in flight with the new round trip"
+
+
+def test_a_binding_left_unanswered_by_the_round_trip_is_asked_on_its_own_once_the_route_is_known() -> None:
+    h = resolver_node(resolver_answers_bindings=True)
+    handle = begin(h, "svc")
+    h.send(handle, b"1")
+    assert h.resolve_requests() == [("route", "svc"), ("binding", "svc")]
+    h.core.binding_unanswered("svc", h.now)  # an older registry: its answer said nothing about the binding
+    h.core.resolved("svc", answer("svc"), h.now)
+    h.flush()
+    assert h.resolve_requests() == [("binding", "svc")], "the route known, the binding asked on its own"
+    assert "binding" in (h.core.endpoints[handle].delayed or "")
+    assert ("binding", "svc") not in h.core.dispatcher.last, "unanswered is neither a success nor a failure"

@@ -40,6 +40,7 @@ class InFlight:
     via: str  #: "resolver NAME" or "BCN conversation HANDLE"
     handle: str | None = None  #: the BCN conversation's handle, when asked that way
     deadline: float | None = None  #: resolve_timeout
+    with_route: bool = False  #: a binding request asked together with the route (one round trip)
 
 
 @dataclass(slots=True)
@@ -82,10 +83,12 @@ class Dispatcher:
         when = self.retry_at.get(key)
         return when is None or when <= now
 
-    def started(self, kind: str, service: str, now: float, via: str, handle: str | None = None) -> InFlight:
+    def started(
+        self, kind: str, service: str, now: float, via: str, handle: str | None = None, *, with_route: bool = False
+    ) -> InFlight:
         key = (kind, service)
         deadline = now + self.resolve_timeout if self.resolve_timeout is not None else None
-        request = InFlight(kind, service, now, via, handle, deadline)
+        request = InFlight(kind, service, now, via, handle, deadline, with_route)
         self.in_flight[key] = request
         self.retry_at.pop(key, None)
         self.requests_made += 1

@@ -122,12 +122,13 @@ class DynamicRouting:
             if self.resolver_name is not None:
                 d.started(kind, service, now, via=f"resolver {self.resolver_name}")
                 if both:
-                    d.started(BINDING, service, now, via=f"resolver {self.resolver_name} (with the route)")
+                    d.started(BINDING, service, now, via=f"resolver {self.resolver_name} (with the route)",
+                              with_route=True)
                 self.ledger.outbox.append(ResolveRequest(kind, service, binding_too=both))
             else:
                 self._ask_bcn(kind, service, now)
                 if both:
-                    self._ask_bcn(BINDING, service, now)
+                    self._ask_bcn(BINDING, service, now, with_route=True)
             for asked in (kind, BINDING) if both else (kind,):
                 request = d.in_flight.get((asked, service))
                 if request is not None and request.deadline is not None:
@@ -197,14 +198,15 @@ class DynamicRouting:
                 ep.delayed = reason
                 self.ledger.touch(ep)
 
-    def _ask_bcn(self, kind: str, service: str, now: float) -> None:
+    def _ask_bcn(self, kind: str, service: str, now: float, *, with_route: bool = False) -> None:
         contract = BCN_CONTRACT
         bcn = self.ledger.catalog.services.get(BCN_SERVICE)
         if bcn is not None and BCN_CONTRACT not in bcn.contracts and BCN_CONTRACT_HTTPS in bcn.contracts:
             contract = BCN_CONTRACT_HTTPS  # a local BCN service declared with the seeds' other spelling
         message_type = BCN_MESSAGE_TYPES[contract][0 if kind == ROUTE else 1]
         ep = self.conversations.begin_dialog(from_service=DISPATCHER_SERVICE, to_service=BCN_SERVICE, contract=contract, now=now)
-        self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})", handle=ep.handle)
+        self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})",
+                                handle=ep.handle, with_route=with_route)
         self.delivery.send(ep.handle, [[message_type, missing_route_body(service, message_type)]], now)
 
     def bcn_reply(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
@@ -355,6 +357,9 @@ class DynamicRouting:
             if (request.kind, request.service) == (kind, service):
                 if request.handle is not None and request.handle in self.ledger.endpoints:
                     self.endings.end(request.handle, now, cleanup=True)
+                if request.with_route:  # asked with the route: unanswered, asked on its own once the route is known
+                    self.binding_unanswered(service, now)
+                    return
                 self.request_done(kind, service, now, ok=False, text="no answer within resolve_timeout")
                 return
         when = d.retry_at.get((kind, service))

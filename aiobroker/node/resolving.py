@@ -71,9 +71,11 @@ class Resolving:
                 else:
                     results = {ROUTE: await self.resolver.resolve_route(service)}
         except TimeoutError:
-            results = dict.fromkeys(kinds, _TIMED_OUT)
+            # the binding asked with the route is left unanswered, not failed: a failed binding question is
+            # remembered for binding_failure_cache (10 minutes), and a slow registry said nothing about it
+            results = {ROUTE: _TIMED_OUT, BINDING: None} if binding_too else {kind: _TIMED_OUT}
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
-            results = dict.fromkeys(kinds, exc)
+            results = {ROUTE: exc, BINDING: None} if binding_too else {kind: exc}
         for asked in kinds:
             self._settle(service, asked, results[asked], started)
         self.after()

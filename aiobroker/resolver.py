@@ -21,6 +21,11 @@ turns the answer into routes (``origin`` = the resolver's name, ``expires_at`` =
 - :meth:`Resolver.resolve_binding` answers a binding request (MissingRemoteServiceBinding) the same way with a
   :class:`BindingAnswer` (the remote service owner's certificate in PEM); resolvers that know only routes leave
   the default, which says so with :class:`NotFound`.
+- :meth:`Resolver.resolve_together` answers both questions about one service in one go, as :class:`Answers`: the
+  node asks it when a service's route and binding are both unknown, so that the service waits for one round trip
+  rather than two in a row. The default asks :meth:`~Resolver.resolve_route` and :meth:`~Resolver.resolve_binding`
+  at the same time; a resolver whose source can answer both in one request (the ``http`` and ``static_file``
+  resolvers) overrides it.
 - A resolver is built by a factory registered in the entry point group ``aiobroker.resolvers`` (the built-in ones
   in aiobroker's ``pyproject.toml``), called with the resolver's table from the node's config file; a bad table
   raises :class:`ConfigError` naming the key.
@@ -36,6 +41,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from aiobroker.names import check_name, parse_tcp_address
 from aiobroker.durations import duration
 from aiobroker.errors import BrokerError, ConfigError, InvalidArgument, SecurityError, register_error
@@ -44,6 +51,7 @@ from aiobroker.security.certs import load_certificate
 __all__ = [
     "DEFAULT_LIFETIME",
     "ENTRY_POINT_GROUP",
+    "Answers",
     "BindingAnswer",
     "BrokerError",
     "ConfigError",
@@ -153,6 +161,18 @@ class BindingAnswer:
             raise InvalidArgument(f"an answer's lifetime must be a number of seconds > 0, got {self.lifetime!r}")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answers:
+    """Both answers about one service from one round trip (:meth:`Resolver.resolve_together`). Each is the answer,
+    or the error that stands for it (:class:`NotFound`, :class:`ResolverError`; anything else is a bug in the
+    resolver, which the node logs and counts as a failed question). ``binding`` is None when the round trip did not
+    answer it (the source answers routes only, or the route question failed before the binding could be read): the
+    node then asks for the binding on its own, once the route is known, as it would have without this call."""
+
+    route: RouteAnswer | Exception
+    binding: BindingAnswer | Exception | None
+
+
 class Resolver(ABC):
     """Answers where a service is. One instance per node; ``resolve_route`` may be called concurrently for
     different services. A factory should not hold resources (connections, files) until the first call, so that
@@ -172,6 +192,25 @@ class Resolver(ABC):
         """How to secure conversations to ``service_name`` (MissingRemoteServiceBinding). Raises
         :class:`NotFound` or :class:`ResolverError`, nothing else. By default a resolver answers routes only."""
         raise NotFound(f"the {self.name} resolver answers route requests only, not remote service bindings")
+
+    async def resolve_together(self, service_name: str) -> Answers:
+        """Both questions about ``service_name`` at once (the node asks this when neither its route nor its binding
+        is known, and this resolver answers bindings). The default asks :meth:`resolve_route` and
+        :meth:`resolve_binding` at the same time, so the service waits for the slower of the two rather than their
+        sum; a resolver whose source answers both in one request overrides it. Never raises: each error is in its
+        place in the :class:`Answers`."""
+        results: dict[str, Any] = {}
+
+        async def ask(key: str, question: Callable[[str], Any]) -> None:
+            try:
+                results[key] = await question(service_name)
+            except Exception as exc:  # kept as the answer: the node reports it per question  # noqa: BLE001
+                results[key] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, "route", self.resolve_route)
+            tg.start_soon(ask, "binding", self.resolve_binding)
+        return Answers(route=results["route"], binding=results["binding"])
 
     async def aclose(self) -> None:  # noqa: B027 - optional
         """Release connections, watches, files."""

@@ -32,7 +32,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -41,10 +40,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import storm_sources  # noqa: E402
 from common import LOGS_DIR, LOOPBACK, REPO, BenchError, body_seq, fmt_size, make_body  # noqa: E402
 
-FLOOR_RELEASE_S = 2.0
-FLOOR_BYTES_PER_DELAYED = 2048
+#: what a user waits, gate opened -> last message received at B, by A's store
+FLOOR_WAIT_S = {"memory": 2.0, "sqlite": 3.0}
+#: last answer served -> last message received at B
+FLOOR_RELEASE_S = 1.0
+#: A's raw RSS growth per delayed 128 B message
+FLOOR_BYTES_PER_DELAYED = 1024
+#: the resolver's answers per second, as a share of what the registry gives a plain concurrent client
+FLOOR_RATE_SHARE = 0.8
 SERVICE_FMT = "//storm/svc-{:05d}"
 INITIATOR = "//storm/initiator"
 POKE_SERVICE = "//storm/poke"  # a local service on A, only for --poke-ms
@@ -83,6 +89,22 @@ connect_timeout = {hold}
 read_timeout = {hold}
 default_lifetime = {lifetime}
 """
+DNS_RESOLVER = """
+[resolver]
+kind = "dns_srv"
+domain = "{zone}"
+nameservers = ["127.0.0.1:{port}"]
+timeout = {hold}
+"""
+BCN_SERVICE = """
+[[queue]]
+name = "bcn-requests"
+[[service]]
+name = "SQL/ServiceBroker/BrokerConfiguration"
+queue = "bcn-requests"
+contracts = ["http://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice",
+             "https://schemas.microsoft.com/SQL/ServiceBroker/BrokerConfigurationNotice"]
+"""
 WILDCARD = """
 [[route]]
 name = "everything-to-b"
@@ -117,98 +139,113 @@ def rss_bytes(pid: int) -> int | None:
 def registry_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="bench_resolution_storm.py registry",
-        description="The HTTP registry of tests/http_registry.py (same routes file, same /v1/services/<quoted name>"
-        " paths, same answers), with three changes for the storm: every answer waits until the --gate file"
-        " exists (one watcher thread polls it every millisecond; each answer waits at most --max-hold seconds, then"
-        " gets a 503); the routes file is parsed once (again only when its mtime changes) instead of on every"
-        " request; and --log gets timed JSON lines: request (arrived), served (answer written), released (the gate"
-        " opened), each with t_ns (CLOCK_MONOTONIC, shared by all processes) and wall (time.time()).",
+        description="A fast HTTP registry for the storm: an ASGI app on Hypercorn (uvloop), answering in the http"
+        " resolver's aiobroker format from the same routes file as tests/http_registry.py (parsed once), at the same"
+        " paths (/v1/services/<quoted name>, and .../binding). A route question with 'Aiobroker-Ask: route, binding'"
+        " gets the binding as the answer's 'binding' member (the routes file's 'bindings' entry, else null), unless"
+        " --route-only (an older registry). Every answer waits until the --gate file exists (a watcher task polls it"
+        " every millisecond; at most --max-hold seconds, then a 503). --log gets timed JSON lines: request"
+        " (arrived, with the questions it asked), served (answer written), released (the gate opened), each with"
+        " t_ns (CLOCK_MONOTONIC, shared by all processes) and wall (time.time()); a request with 'Bench-Plain: 1'"
+        " (the plain client's) is logged as plain_request / plain_served.",
     )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--routes", type=Path, required=True, help="JSON routes file (tests/http_registry.py format)")
     p.add_argument("--log", type=Path, required=True, help="timed JSON-lines log")
     p.add_argument("--gate", type=Path, required=True, help="answers wait until this file exists")
     p.add_argument("--max-hold", type=float, default=900.0, help="longest an answer waits for the gate (s)")
+    p.add_argument("--route-only", action="store_true", help="ignore Aiobroker-Ask: answer the route alone")
     args = p.parse_args(argv)
 
+    import asyncio
     import signal
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import unquote
 
-    sys.path.insert(0, str(REPO / "tests"))
-    import http_registry as hr  # the tests' registry: its server class and its _send
+    import uvloop
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
 
-    gate = threading.Event()
-    log_lock = threading.Lock()
+    data = json.loads(args.routes.read_text())
+    services, bindings = data["services"], data.get("bindings", {})
     log_file = args.log.open("a", buffering=1)
 
     def log_event(event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, "t_ns": time.monotonic_ns(), "wall": time.time(), **fields})
-        with log_lock:
-            log_file.write(line + "\n")
+        log_file.write(json.dumps({"event": event, "t_ns": time.monotonic_ns(), "wall": time.time(), **fields})
+                       + "\n")
 
-    routes_cache: dict[str, Any] = {"mtime": None, "services": {}}
+    async def main() -> None:
+        gate = asyncio.Event()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
 
-    def services() -> dict[str, Any]:
-        mtime = args.routes.stat().st_mtime_ns
-        if routes_cache["mtime"] != mtime:
-            with log_lock:  # one parse at a time; the others use the result
-                if routes_cache["mtime"] != mtime:
-                    routes_cache["services"] = json.loads(args.routes.read_text())["services"]
-                    routes_cache["mtime"] = mtime
-        return routes_cache["services"]  # type: ignore[no-any-return]
+        async def watch_gate() -> None:
+            for _ in range(int(args.max_hold * 1000) + 10):
+                if args.gate.exists():
+                    gate.set()
+                    log_event("released")
+                    return
+                await asyncio.sleep(0.001)
 
-    class GatedHandler(hr.RegistryHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            log_event("request", path=self.path)
-            if not gate.wait(args.max_hold):
-                self._send(503, b'{"error": "the gate never opened"}', {"Content-Type": "application/json"})
-                log_event("served", path=self.path, status=503)
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
                 return
-            path = urlsplit(self.path).path
-            name = next((unquote(path[len(x):]) for x in hr.PREFIXES if path.startswith(x)), None)
-            try:
-                spec = services().get(name) if name is not None else None
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self._send(500, f"the routes file is unreadable: {exc}".encode(), {"Content-Type": "text/plain"})
-                log_event("served", path=self.path, status=500)
-                return
-            if spec is None:
-                self._send(404, b'{"error": "no such service"}', {"Content-Type": "application/json"})
-                log_event("served", path=self.path, status=404)
-                return
-            status = int(spec.get("status", 200))
-            self._send(status, json.dumps(spec.get("body")).encode(),
-                       {"Content-Type": "application/json", **spec.get("headers", {})})
-            log_event("served", path=self.path, status=status)
+            raw = scope.get("raw_path") or scope["path"].encode()
+            path = raw.decode("ascii").split("?", 1)[0]
+            headers = dict(scope["headers"])
+            plain = headers.get(b"bench-plain") == b"1"
+            asked = headers.get(b"aiobroker-ask", b"").decode()
+            prefix = "plain_" if plain else ""
+            log_event(prefix + "request", path=path, ask=asked)
+            status, body = 404, {"error": "no such service"}
+            if not gate.is_set():
+                try:
+                    await asyncio.wait_for(gate.wait(), args.max_hold)
+                except TimeoutError:
+                    status, body = 503, {"error": "the gate never opened"}
+            if status == 404 and path.startswith(SERVICES_PATH):
+                quoted = path[len(SERVICES_PATH):]
+                if quoted.endswith(BINDING_SUFFIX):  # the quoted name has no "/": this is the binding URL
+                    spec = bindings.get(unquote(quoted[: -len(BINDING_SUFFIX)]))
+                    if spec is not None:
+                        status, body = 200, spec["body"]
+                    else:
+                        body = {"error": "no such binding"}
+                elif (name := unquote(quoted)) in services:
+                    status, body = 200, services[name]["body"]
+                    if "binding" in asked and not args.route_only:
+                        binding = bindings.get(name)
+                        body = {**body, "binding": binding["body"] if binding else None}
+            payload = json.dumps(body).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            log_event(prefix + "served", path=path, status=status)
 
-    class GatedRegistry(hr.Registry):
-        request_queue_size = 1024  # socketserver's default listen backlog of 5 would drop a storm's SYNs
+        config = Config()
+        config.bind = [f"{LOOPBACK}:{args.port}"]
+        config.backlog = 1024
+        config.keep_alive_timeout = 3600
+        config.accesslog = None
+        config.errorlog = "-"
+        watcher = asyncio.create_task(watch_gate())
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        watcher.cancel()
 
-    def watch_gate() -> None:
-        end = time.monotonic() + args.max_hold
-        for _ in range(int(args.max_hold * 1000) + 10):
-            if args.gate.exists():
-                gate.set()
-                log_event("released")
-                return
-            if time.monotonic() >= end:
-                return
-            time.sleep(0.001)
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    threading.Thread(target=watch_gate, daemon=True, name="gate").start()
-    server = GatedRegistry(args.port, args.routes, None)
-    server.RequestHandlerClass = GatedHandler
-    with server:
-        try:
-            server.serve_forever(poll_interval=0.1)
-        except SystemExit:
-            pass
-    log_file.close()
+    try:
+        uvloop.run(main())
+    finally:
+        log_file.close()
     return 0
+
+
+SERVICES_PATH = "/v1/services/"
+BINDING_SUFFIX = "/binding"
 
 
 def read_registry_log(path: Path) -> list[dict[str, Any]]:
@@ -295,9 +332,10 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
 
     def profile_start(phase: str) -> None:
         if args.profile:
+            pid = args.pid_profile or args.pid_a
             path = LOGS_DIR / f"storm-py-spy-{args.profile}-{phase}.txt"
             profiler["proc"] = common.start_process(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(args.pid_a), "-f", "raw", "-o",
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f", "raw", "-o",
                  str(path), "-r", "200"], log_path=LOGS_DIR / f"storm-py-spy-{phase}.log")
             out.setdefault("profiles", []).append(str(path))
 
@@ -445,7 +483,7 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
                 out["rss_loaded"] = rss_bytes(pid)
                 out["before_release"] = {
                     "delayed_messages": dyn["delayed_messages"], "requests_made": dyn["requests_made"],
-                    "in_flight": dyn["in_flight"], "delayed_services": len(status["delayed"]),
+                    "requests_by_kind": dyn.get("requests_by_kind"), "in_flight": dyn["in_flight"], "delayed_services": len(status["delayed"]),
                     "received_at_b": checker.received, "conversations": status["conversations"],
                 }
                 say(f"before release: {dyn['delayed_messages']:,} delayed messages on {len(status['delayed']):,}"
@@ -505,6 +543,7 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
             status = await ca.status()
             after = {"delayed_messages": status["dynamic_routing"]["delayed_messages"],
                      "requests_made": status["dynamic_routing"]["requests_made"],
+                     "requests_by_kind": status["dynamic_routing"].get("requests_by_kind"),
                      "in_flight": status["dynamic_routing"]["in_flight"],
                      "transmission_messages": status["transmission"]["messages"]}
             if after["transmission_messages"] == 0 or deadline.passed:
@@ -512,9 +551,47 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
             await anyio.sleep(0.05)
         out["after"] = after
         out["rss_end"] = rss_bytes(pid)
+        if storm and args.registry_port:
+            say("the registry's plain-client rate: the same questions from a concurrent httpx client")
+            from resolvers.http import MAX_OPEN_QUESTIONS
+
+            out["plain_client"] = await plain_client_rate(args.registry_port, services,
+                                                          args.plain_concurrency or MAX_OPEN_QUESTIONS)
         if not storm:
             out["rss_loaded"] = out["rss_end"]  # delivered and acknowledged: what the conversations alone hold
     return out
+
+
+async def plain_client_rate(port: int, services: list[str], concurrency: int, rounds: int = 3) -> dict[str, Any]:
+    """What the registry gives a plain client: ``concurrency`` tasks on one keep-alive httpx client ask the storm's
+    questions (route and binding, one GET each, as the resolver does), ``rounds`` times; the best round's rate.
+    The requests say ``Bench-Plain: 1`` so the registry logs them apart from the resolver's."""
+    import anyio
+    import httpx
+    from urllib.parse import quote
+
+    urls = [f"http://{LOOPBACK}:{port}/v1/services/{quote(name, safe='')}" for name in services]
+    headers = {"Accept": "application/json", "Aiobroker-Ask": "route, binding", "Bench-Plain": "1"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    rates, failures = [], 0
+    async with httpx.AsyncClient(limits=limits, timeout=30.0, trust_env=False) as client:
+        async def worker(todo: Any, bad: list[int]) -> None:
+            for url in todo:
+                response = await client.get(url, headers=headers)
+                json.loads(response.content)
+                if response.status_code != 200:
+                    bad[0] += 1
+
+        for _ in range(rounds):
+            todo, bad = iter(urls), [0]
+            t0 = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                for _ in range(concurrency):
+                    tg.start_soon(worker, todo, bad)
+            rates.append(len(urls) / (time.monotonic() - t0))
+            failures += bad[0]
+    return {"rate": max(rates), "rates": rates, "concurrency": concurrency, "questions": len(urls),
+            "failures": failures}
 
 
 async def stall_report(client: Any, received: int, idle_s: float) -> dict[str, Any]:
@@ -551,8 +628,14 @@ async def stall_report(client: Any, received: int, idle_s: float) -> dict[str, A
 def write_configs(workdir: Path, args: argparse.Namespace, mode: str, reg_port: int, port_b: int) -> tuple[Path, Path]:
     total = args.services * args.conversations * args.per_conversation
     hold = int(args.max_seconds) + 120
-    routing = RESOLVER.format(port=reg_port, hold=hold, lifetime=ANSWER_LIFETIME) if mode == "storm" else \
-        WILDCARD.format(port_b=port_b)
+    if mode != "storm":
+        routing = WILDCARD.format(port_b=port_b)
+    elif args.resolver == "http":
+        routing = RESOLVER.format(port=reg_port, hold=hold, lifetime=ANSWER_LIFETIME)
+    elif args.resolver == "dns_srv":
+        routing = DNS_RESOLVER.format(zone=storm_sources.DNS_ZONE, port=reg_port, hold=hold)
+    else:
+        routing = BCN_SERVICE
     a = workdir / f"a-{mode}.toml"
     a.write_text(NODE_A.format(store=args.store, data_dir=workdir / f"data-a-{mode}", initiator=INITIATOR, poke=POKE_SERVICE,
                                max_per_service=max(100_000, 2 * args.conversations * args.per_conversation),
@@ -583,13 +666,26 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         gate.write_text("open\n")  # the baseline's A has no resolver; if it asked anyway, the answer comes at once
     conf_a, conf_b = write_configs(workdir, args, mode, reg_port, port_b)
     procs: list[Any] = []
+    kind = args.resolver if mode == "storm" else "http"
+    hold = ["--log", str(reg_log), "--gate", str(gate), "--max-hold", str(args.max_seconds + 60)]
     try:
         log = LOGS_DIR / f"storm-registry-{mode}.log"
-        reg = common.start_process([sys.executable, __file__, "registry", "--port", str(reg_port), "--routes",
-                                    str(routes), "--log", str(reg_log), "--gate", str(gate), "--max-hold",
-                                    str(args.max_seconds + 60)], log_path=log)
-        procs.append(reg)
-        common.wait_for_port(reg_port, proc=reg, what="registry", log_path=log, timeout=30)
+        if kind == "http":
+            reg = common.start_process([sys.executable, __file__, "registry", "--port", str(reg_port), "--routes",
+                                        str(routes), *hold] + (["--route-only"] if args.route_only else []),
+                                       log_path=log)
+            procs.append(reg)
+            common.wait_for_port(reg_port, proc=reg, what="registry", log_path=log, timeout=30)
+        elif kind == "dns_srv":
+            binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+            conf, dns_port = workdir / "dnsmasq.conf", common.free_port()
+            storm_sources.dnsmasq_conf(conf, [SERVICE_FMT.format(i) for i in range(args.services)], port_b,
+                                       ANSWER_LIFETIME)
+            procs.append(common.start_process(storm_sources.dnsmasq_argv(binary, dns_port, conf, ANSWER_LIFETIME),
+                                              log_path=LOGS_DIR / "storm-dnsmasq.log"))
+            procs.append(common.start_process([sys.executable, __file__, "dnsgate", "--port", str(reg_port),
+                                               "--upstream", str(dns_port), *hold], log_path=log))
+            time.sleep(1.0)  # UDP: nothing to connect to; the relay binds within this (its log says if not)
         nodes = {}
         for name, conf, port in (("b", conf_b, port_b), ("a", conf_a, port_a)):
             log = LOGS_DIR / f"storm-node-{name}-{mode}.log"
@@ -599,6 +695,13 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             nodes[name] = proc
             store = args.store if name == "a" else "memory"
             common.wait_for_port(port, proc=proc, what=f"node {name.upper()} ({store})", log_path=log, timeout=60)
+        if kind == "bcn":  # answers once the gate opens, connecting to A then
+            directory = workdir / "bcn-directory.json"
+            directory.write_text(json.dumps({SERVICE_FMT.format(i): f"tcp://{LOOPBACK}:{port_b}"
+                                             for i in range(args.services)}))
+            procs.append(common.start_process([sys.executable, __file__, "bcngate", "--address",
+                                               f"tcp://{LOOPBACK}:{port_a}", "--directory", str(directory), *hold],
+                                              log_path=log))
         meter = common.CpuMeter([p.pid for p in procs])
         result = common.run_worker(
             [sys.executable, __file__, "load", "--mode", mode, "--port-a", str(port_a), "--port-b", str(port_b),
@@ -606,11 +709,14 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
              "--conversations", str(args.conversations), "--per-conversation", str(args.per_conversation),
              "--size", str(args.size), "--window", str(args.window), "--receivers", str(args.receivers),
              "--receive-batch", str(args.receive_batch), "--stall-seconds", str(args.stall_seconds),
-             "--poke-ms", str(args.poke_ms), "--max-seconds", str(args.max_seconds)]
-            + (["--profile", args.store, "--registry-log", str(reg_log)] if args.profile and mode == "storm" else []),
+             "--poke-ms", str(args.poke_ms), "--max-seconds", str(args.max_seconds),
+             "--registry-port", str(reg_port if mode == "storm" and kind == "http" else 0)]
+            + (["--profile", f"{args.store}{'-b' if args.profile == 'b' else ''}", "--registry-log", str(reg_log),
+                "--pid-profile", str(nodes[args.profile].pid)] if args.profile and mode == "storm" else []),
             timeout=args.max_seconds + 120, what=f"storm load ({mode})")
         result["cpu"] = meter.stop()
-        result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services)
+        result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services, kind,
+                                              args.route_only)
         for name, proc in nodes.items():
             result[f"node_{name}_exit"] = proc.poll()
         return result
@@ -619,17 +725,35 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             common.stop_process(proc)
 
 
-def registry_figures(events: list[dict[str, Any]], result: dict[str, Any], n_services: int) -> dict[str, Any]:
+def registry_figures(events: list[dict[str, Any]], result: dict[str, Any], n_services: int, kind: str,
+                     route_only: bool = False) -> dict[str, Any]:
+    """What the source saw of the node's questions (the plain client's requests are logged apart): round trips, and
+    the questions they carried by kind. http: a route GET saying ``Aiobroker-Ask: route, binding`` carries both;
+    dns_srv: one SRV query per route question (its address look-ups are logged apart); bcn: one request per
+    MissingRoute or MissingRemoteServiceBinding."""
     requests = [e for e in events if e.get("event") == "request"]
-    served = [e for e in events if e.get("event") == "served"]
+    served = [e for e in events if e.get("event") in ("served", "address_served")]
     released = [e for e in events if e.get("event") == "released"]
     paths: dict[str, int] = {}
+    kinds = {"route": 0, "binding": 0}
     for e in requests:
-        paths[e["path"]] = paths.get(e["path"], 0) + 1
+        key = e.get("path") or f"{e.get('kind', 'route')} {e.get('name')}"
+        paths[key] = paths.get(key, 0) + 1
+        if kind == "bcn":
+            kinds[e["kind"]] += 1
+        elif kind == "dns_srv":
+            kinds["route"] += 1
+        elif e["path"].endswith("/binding"):
+            kinds["binding"] += 1
+        else:
+            kinds["route"] += 1
+            kinds["binding"] += "binding" in e.get("ask", "") and not route_only  # an older registry ignores it
     t_release = result.get("t_release_ns")
     return {
         "requests": len(requests),
-        "distinct_services": len(paths),
+        "route_questions": kinds["route"],
+        "binding_questions": kinds["binding"],
+        "distinct_paths": len(paths),
         "asked_more_than_once": sum(1 for v in paths.values() if v > 1),
         "requests_before_release": sum(1 for e in requests if t_release is not None and e["t_ns"] < t_release),
         "served": len(served),
@@ -648,7 +772,7 @@ def source_version() -> dict[str, Any]:
 
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -669,6 +793,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["registry"]:
         return registry_main(argv[1:])
+    if argv[:1] == ["dnsgate"]:
+        return storm_sources.dnsgate_main(argv[1:])
+    if argv[:1] == ["bcngate"]:
+        return storm_sources.bcngate_main(argv[1:])
     if argv[:1] == ["load"]:
         p = argparse.ArgumentParser(prog="bench_resolution_storm.py load", description="the load process (internal)")
         p.add_argument("--mode", choices=("storm", "baseline"), required=True)
@@ -688,7 +816,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--poke-ms", type=float, default=0)
         p.add_argument("--profile", default=None, help="py-spy node A per phase; files named after this label")
         p.add_argument("--registry-log", type=Path, default=None, help="with --profile: starts the tail profile")
+        p.add_argument("--pid-profile", type=int, default=0, help="with --profile: the node to profile (default A)")
         p.add_argument("--max-seconds", type=float, default=600)
+        p.add_argument("--registry-port", type=int, default=0, help="storm: measure the plain-client rate after")
+        p.add_argument("--plain-concurrency", type=int, default=0,
+                       help="the plain client's requests at once (default: the http resolver's max_open_questions)")
         args = p.parse_args(argv[1:])
         return common.worker_main("storm load", lambda: common.run_async(load, args))
 
@@ -712,11 +844,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poke-ms", type=float, default=0.0,
                    help="a workaround, off by default: after the release, send A a durable request (begin_timer on a"
                    " local dialog) every N ms, so its store writer runs and wakes the links (see the README)")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy record node A in the storm run, one file per phase (send: begin to release;"
-                   " release: release to the last answer served; tail: from there to the end), collapsed stacks:"
-                   " results/logs/storm-py-spy-<store>-<phase>.txt")
+    p.add_argument("--profile", nargs="?", const="a", choices=("a", "b"), default=None,
+                   help="py-spy record node A (or B: --profile b) in the storm run, one file per phase (send: begin to"
+                   " release; release: release to the last answer served; tail: from there to the end), collapsed"
+                   " stacks: results/logs/storm-py-spy-<store>[-b]-<phase>.txt")
     p.add_argument("--max-seconds", type=float, default=600.0, help="bound on each run's load process")
+    p.add_argument("--resolver", choices=("http", "dns_srv", "bcn"), default="http",
+                   help="what answers: the http resolver and a registry (default), the dns_srv resolver and dnsmasq,"
+                   " or no resolver and the BCN service of examples/bcn_service.py on A")
+    p.add_argument("--route-only", action="store_true",
+                   help="the registry answers routes only, as an older one does (the resolver then asks both URLs)")
     args = p.parse_args(argv)
     args.services = args.services or (100 if args.quick else 1000)
     args.conversations = args.conversations or (20 if args.quick else 100)
@@ -726,7 +863,8 @@ def main(argv: list[str] | None = None) -> int:
     total = args.services * args.conversations * args.per_conversation
     version = source_version()
     print(f"== resolution storm: {args.services:,} services x {args.conversations:,} conversations x "
-          f"{args.per_conversation} message(s) of {fmt_size(args.size)} = {total:,} messages; A: {args.store} store;"
+          f"{args.per_conversation} message(s) of {fmt_size(args.size)} = {total:,} messages; A: {args.store} store,"
+          f" resolver {args.resolver};"
           f" aiobroker at {version['commit']}" + (f" + changes in {', '.join(version['changed'])}"
                                                   if version["changed"] else ""), flush=True)
     runs: dict[str, dict[str, Any]] = {}
@@ -764,12 +902,27 @@ def main(argv: list[str] | None = None) -> int:
         reg["last_served_wall"] else None
     marks = {k: (v - t_last_served) / 1e9 for k, v in s.get("recv_marks_ns", {}).items()} if t_last_served else {}
 
-    req_ok = reg["requests"] == args.services and after.get("requests_made") == args.services and \
-        before.get("requests_made") == args.services and reg["asked_more_than_once"] == 0
+    n = args.services
+    # http: one round trip per service, route and binding in it (two GETs at once with an older registry); bcn:
+    # one request per service and kind; dns_srv answers routes only: one SRV question per service
+    binding_n = 0 if args.resolver == "dns_srv" else n
+    both = {"route": n, "binding": binding_n}
+    trips = {"http": 2 * n if args.route_only else n, "dns_srv": n, "bcn": 2 * n}[args.resolver]
+    round_trips_ok = reg["requests"] == trips and reg["asked_more_than_once"] == 0
+    req_ok = round_trips_ok and reg["route_questions"] == n and reg["binding_questions"] == binding_n and \
+        after.get("requests_by_kind") == both and before.get("requests_by_kind") == both
     delayed_ok = before.get("delayed_messages") == total and before.get("received_at_b") == 0
     release_ok = release_s is not None and release_s <= FLOOR_RELEASE_S
-    per_floor = per_net if per_net is not None else per_raw
-    mem_ok = per_floor < FLOOR_BYTES_PER_DELAYED
+    wait_floor = FLOOR_WAIT_S[args.store]
+    wait_ok = from_release_s is not None and from_release_s <= wait_floor
+    floored = args.resolver == "http"  # the floors on waiting and rate are the http resolver's; others: figures
+    mem_ok = per_raw <= FLOOR_BYTES_PER_DELAYED
+    plain = s.get("plain_client") or {}
+    resolver_rate = n / answers_s if answers_s else None
+    rate_share = resolver_rate / plain["rate"] if resolver_rate and plain.get("rate") else None
+    rate_ok = rate_share is not None and rate_share >= FLOOR_RATE_SHARE
+    what = {"http": "registry: round trips (GETs)", "dns_srv": "dnsmasq: SRV queries",
+            "bcn": "BCN service: requests"}[args.resolver]
     once_ok = s["check"]["exactly_once_in_order"] and (b is None or b["check"]["exactly_once_in_order"])
 
     def verdict(ok: bool) -> str:
@@ -777,17 +930,24 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     rows = [
-        ["resolver requests (registry log)", f"{reg['requests']:,} ({reg['distinct_services']:,} services, "
-         f"{reg['asked_more_than_once']} asked twice)", f"{verdict(req_ok)} (== {args.services:,} services)"],
-        ["resolver requests (A: requests_made)", f"{before.get('requests_made', '-')} before release, "
-         f"{after.get('requests_made', '-')} after", ""],
+        [what, f"{reg['requests']:,} ({reg['asked_more_than_once']} asked twice)",
+         f"{verdict(round_trips_ok)} (== {trips:,})"],
+        ["  route / binding questions", f"{reg['route_questions']:,} / {reg['binding_questions']:,}",
+         f"{verdict(req_ok)} (== {n:,} / {binding_n:,})"],
+        ["A: requests by kind, before / after release", f"{before.get('requests_by_kind')} / "
+         f"{after.get('requests_by_kind')}", ""],
         ["delayed before release (A status)", f"{before.get('delayed_messages', 0):,} on "
          f"{before.get('delayed_services', 0):,} services", f"{verdict(delayed_ok)} (== {total:,})"],
         ["release: last answer -> last received at B", ("STALLED" if s.get("stall") else "-") if release_s is None
          else f"{release_s:.3f} s", f"{verdict(release_ok)} (<= {FLOOR_RELEASE_S:g} s)"],
         ["  last answer -> last enqueued at B", "-" if enqueue_s is None else f"{enqueue_s:.3f} s", ""],
+        ["gate opened -> last received at B (what a user waits)", "-" if from_release_s is None else
+         f"{from_release_s:.3f} s", f"{verdict(wait_ok)} (<= {wait_floor:g} s, {args.store})" if floored else
+         "(floor: http only)"],
         ["  gate opened -> last answer served", "-" if answers_s is None else f"{answers_s:.3f} s", ""],
-        ["  gate opened -> last received at B", "-" if from_release_s is None else f"{from_release_s:.3f} s", ""],
+        ["answers/s (services / gate -> last answer)", "-" if resolver_rate is None else
+         f"{resolver_rate:,.0f}", f"{verdict(rate_ok)} (>= {FLOOR_RATE_SHARE:.0%} of the plain client)" if floored
+         else ""],
         ["  last answer -> 50/90/99% received", (" / ".join(f"{marks[k]:.3f}" for k in ("0.5", "0.9", "0.99")
                                                             if k in marks) + " s") if marks else "-", ""],
         ["A RSS: start -> loaded (storm)", f"{mib(s['rss_start'])} -> {mib(s['rss_loaded'])} MiB "
@@ -796,11 +956,14 @@ def main(argv: list[str] | None = None) -> int:
     if b is not None:
         rows.append(["A RSS: start -> delivered (baseline)", f"{mib(b['rss_start'])} -> {mib(b['rss_loaded'])} MiB "
                      f"(+{mib(base_growth)})", ""])
-    rows.append(["A memory per delayed message, raw", f"{per_raw:,.0f} B", "" if per_net is not None else
-                 f"{verdict(mem_ok)} (< {FLOOR_BYTES_PER_DELAYED:,} B)"])
+    if plain:
+        rows.insert(next(i for i, r in enumerate(rows) if r[0].startswith("answers/s")) + 1,
+                    ["  registry's plain-client rate (GETs/s, best of 3)",
+                     f"{plain['rate']:,.0f} ({plain['concurrency']} at once; share {rate_share or 0:.2f})", ""])
+    rows.append(["A memory per delayed message, raw", f"{per_raw:,.0f} B",
+                 f"{verdict(mem_ok)} (<= {FLOOR_BYTES_PER_DELAYED:,} B)"])
     if per_net is not None:
-        rows.append(["A memory per delayed message, net of baseline", f"{per_net:,.0f} B",
-                     f"{verdict(mem_ok)} (< {FLOOR_BYTES_PER_DELAYED:,} B)"])
+        rows.append(["A memory per delayed message, net of baseline", f"{per_net:,.0f} B", ""])
     rows.append(["exactly once, in order per conversation", f"storm {s['check']['received']:,}/{total:,}" +
                  (f", baseline {b['check']['received']:,}/{total:,}" if b else ""), "yes" if once_ok else "NO"])
     rows.append(["load phases (storm)", f"begin {s['begin_s']:.1f} s, send {s['send_s']:.1f} s", ""])
@@ -819,8 +982,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "settings": {k: v for k, v in vars(args).items()},
         "source": version,
-        "floors": {"requests_eq_services": req_ok, "all_delayed": delayed_ok, "release_s": release_s,
-                   "release_ok": release_ok, "bytes_per_delayed_raw": per_raw, "bytes_per_delayed_net": per_net,
+        "floors": {"resolver": args.resolver, "round_trips_ok": round_trips_ok, "requests_by_kind_ok": req_ok, "all_delayed": delayed_ok,
+                   "release_s": release_s, "release_ok": release_ok, "wait_s": from_release_s, "wait_ok": wait_ok,
+                   "resolver_rate": resolver_rate, "plain_rate": plain.get("rate"), "rate_share": rate_share,
+                   "rate_ok": rate_ok, "bytes_per_delayed_raw": per_raw, "bytes_per_delayed_net": per_net,
                    "memory_ok": mem_ok, "exactly_once": once_ok},
         "derived": {"last_answer_to_last_enqueued_s": enqueue_s, "gate_to_last_answer_s": answers_s,
                     "gate_to_last_received_s": from_release_s, "last_answer_to_marks_s": marks},
@@ -830,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {path}")
     if not once_ok:
         return 2
-    return 0 if (req_ok and delayed_ok and release_ok and mem_ok) else 1
+    passed = req_ok and delayed_ok and release_ok and mem_ok and (not floored or (wait_ok and rate_ok))
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

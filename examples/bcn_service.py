@@ -4,7 +4,9 @@ When a node has no route for a service and this service exists (on the node, or 
 begins a conversation with ``SQL/ServiceBroker/BrokerConfiguration`` and sends a ``MissingRoute`` message naming
 the service. This program receives it, looks the service up in a directory file, creates the route through the
 admin API and ends the conversation; if it knows no address, it ends the conversation with an error, and the node
-asks again later. One request arrives per service however many conversations wait.
+asks again later. One request arrives per service however many conversations wait. A MissingRemoteServiceBinding (asked at the same
+time as the MissingRoute, for conversations to another node with no binding) is ended with an error: this directory
+knows no certificates, so conversations that do not require encryption go on unsecured.
 
 The directory is a JSON file, read again on every request so that edits count at once::
 
@@ -74,6 +76,11 @@ async def answer(client: aiobroker.Client, message: aiobroker.Message, dialog: a
     if message.is_end_dialog or message.is_error:
         await dialog.end()
         return
+    if message.message_type.endswith("/MissingRemoteServiceBinding"):
+        # the node asks for the binding together with the route; this directory knows addresses only: the
+        # request ends without a binding, and conversations that do not require encryption go on unsecured
+        await dialog.end(error=(2, "this BCN service knows no remote service bindings (addresses only)"))
+        return
     if not message.message_type.endswith("/MissingRoute"):
         await dialog.end(error=(2, f"this BCN service answers MissingRoute only, not {message.message_type}"))
         return
@@ -87,9 +94,11 @@ async def answer(client: aiobroker.Client, message: aiobroker.Message, dialog: a
         await dialog.end(error=(1, f"no address known for {service!r} in {directory}"))
         return
     name = f"bcn:{service}"
-    if name in {r["name"] for r in await client.list("route")}:
-        await client.drop("route", name)  # an old answer: replace it
-    await client.create_route(name, address, service_name=service)
+    try:
+        await client.create_route(name, address, service_name=service)
+    except aiobroker.DuplicateObject:  # an old answer: replace it (not a list of every route per request)
+        await client.drop("route", name)
+        await client.create_route(name, address, service_name=service)
     log.info("route for %r -> %s created; ending the request", service, address)
     await dialog.end()
 

@@ -7,6 +7,7 @@ Config (the node's ``[resolver]`` table, ``kind = "http"``)::
     format = "consul"            # "aiobroker" (default) or "consul"
     consul_include_warning = true   # consul format only: route to instances whose checks warn (default true)
     binding_url = "http://127.0.0.1:8080/v1/bindings/{service}"   # aiobroker format only; default: see below
+    max_open_questions = 16      # questions open at once, each on a connection kept alive for the next
     connect_timeout = 2          # seconds to get a TCP (and TLS) connection
     read_timeout = 5             # seconds the registry may stay silent while answering
     default_lifetime = 60        # seconds an answer holds when it says nothing about it
@@ -49,6 +50,19 @@ refuses (it does not parse, or its key is not one dialog security can use): the 
 service. The answer carries the certificate alone, written out again as PEM. Keys not listed are ignored. The
 answer's lifetime is found as for routes (below). The ``consul`` format answers routes only: a binding question
 gets NotFound saying so, and ``binding_url`` is a configuration error with it.
+
+Route and binding in one round trip (aiobroker format)
+------------------------------------------------------
+When a service's route and binding are both unknown, the node asks both at once (``resolve_together``): one GET of
+``url`` with the header ``Aiobroker-Ask: route, binding`` (a route question alone says ``Aiobroker-Ask: route``). A
+registry that knows the header adds a ``binding`` member to its route answer: the binding answer's object (as
+above; its ``lifetime``, else the route answer's, else the headers') or ``null`` for "no binding" (NotFound). The
+member is read independently of the targets: a bad binding fails the binding question alone. A route answer
+without the member is how the resolver tells an older registry, which answers routes only: that service's binding
+is asked on its own once its route is known, and from then on the binding URL is asked at the same time as the
+route's (two GETs, one wait); the route's GET keeps the header, so an upgraded registry is noticed at its first
+answer with the member. When the route question fails (a non-2xx status, a time-out), the binding is left
+unanswered, not failed: the node asks for it once the route is known.
 
 The ``consul`` format
 ---------------------
@@ -96,19 +110,18 @@ talks to what its config names, wherever it was started from.
 
 from __future__ import annotations
 
-import errno
 import json
+import logging
 import math
-import re
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aiobroker.resolver import (
+    Answers,
     BindingAnswer,
     ConfigError,
     NotFound,
@@ -120,6 +133,8 @@ from aiobroker.resolver import (
     load_certificate,
 )
 
+from .http_config import Clients, _config_count, _config_headers, _config_seconds, _config_url
+from .http_config import default_binding_url as default_binding_url  # tests and docs name it here
 from .http_formats import (
     MIN_LIFETIME as MIN_LIFETIME,  # the shortest lifetime a header can give (tests and docs name it here)
     Shape,
@@ -129,6 +144,11 @@ from .http_formats import (
     json_reason,
     max_age,
     no_constant,
+    read_body,
+    redact,
+    redact_template,
+    refused,
+    url_for,
     retry_after,
     snippet,
 )
@@ -143,56 +163,32 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 #: How much of an error answer's body is read: enough for the snippet quoted in the message.
 ERROR_BODY_BYTES = 4096
 
+#: the request header that names the questions a GET asks (an aiobroker-format registry that knows it answers the
+#: binding in the route's answer; any other ignores it)
+ASK_HEADER = "Aiobroker-Ask"
+ASK_ROUTE = "route"
+ASK_BOTH = "route, binding"
+#: the route answer's member that carries the binding (an object, or null: no binding)
+BINDING_MEMBER = "binding"
+
 _OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
+            "max_open_questions",
             "consul_include_warning"}
-_DIGITS = re.compile(r"[0-9]+")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
-#: questions a resolver keeps open at once (below httpx's 100 pooled connections, so its queue stays empty)
-MAX_OPEN_QUESTIONS = 64
+#: questions a resolver keeps open at once by default (``max_open_questions``), each on a connection of its own kept
+#: alive for the next. Few: httpx's pool walks its connections on every request and response, so its cost per
+#: question grows with them (the storm benchmark: a plain httpx client gets ~1,400 answers/s from one registry with
+#: 4-16 open, ~600 with 64); 16 open still give 1,600 answers/s from a registry that takes 10 ms to answer.
+MAX_OPEN_QUESTIONS = 16
+#: the most ``max_open_questions`` may be
+MAX_OPEN_QUESTIONS_LIMIT = 1000
 
-def _config_seconds(options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"[resolver] {key} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _config_url(options: Mapping[str, Any], key: str = "url") -> str:
-    if key not in options:
-        raise ConfigError(f"[resolver] {key} is required for kind 'http' (a template with {{service}}, e.g. "
-                          "'http://127.0.0.1:8500/v1/health/service/{service}?passing=true')")
-    url = options[key]
-    if not isinstance(url, str) or "{service}" not in url:
-        raise ConfigError(f"[resolver] {key} must be a string containing {{service}}, got {url!r}")
-    try:
-        sample = httpx.URL(url.replace("{service}", "x"))
-    except httpx.InvalidURL as exc:
-        raise ConfigError(f"[resolver] {key} {url!r} is not a valid URL: {exc}") from exc
-    if sample.scheme not in ("http", "https") or not sample.host:
-        raise ConfigError(f"[resolver] {key} {url!r} must be http:// or https:// with a host")
-    return url
+log = logging.getLogger("aiobroker.resolvers.http")
 
 
-def default_binding_url(url: str) -> str:
-    """``url`` with ``/binding`` appended to its path (the query and fragment kept)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/binding"))
-
-
-def _config_headers(options: Mapping[str, Any]) -> dict[str, str]:
-    headers = options.get("headers", {})
-    if not isinstance(headers, Mapping):
-        raise ConfigError(f"[resolver] headers must be a table of header names to strings, got {headers!r}")
-    for k, v in headers.items():
-        if not isinstance(k, str) or not _TOKEN.fullmatch(k):
-            raise ConfigError(f"[resolver] headers: {k!r} is not a valid header name")
-        if not isinstance(v, str) or not _HEADER_VALUE.fullmatch(v):
-            raise ConfigError(f"[resolver] headers.{k} must be a string of printable Latin-1 characters (no line "
-                              f"breaks), got {v!r}")
-    return dict(headers)
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def create(options: Mapping[str, Any]) -> HttpResolver:
@@ -229,6 +225,7 @@ def create(options: Mapping[str, Any]) -> HttpResolver:
         default_lifetime=_config_seconds(options, "default_lifetime", DEFAULT_LIFETIME),
         headers=_config_headers(options),
         consul_include_warning=include_warning,
+        max_open_questions=_config_count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT),
     )
 
 
@@ -240,7 +237,7 @@ class HttpResolver(Resolver):
 
     def __init__(self, *, url: str, format: str, connect_timeout: float, read_timeout: float,
                  default_lifetime: float, headers: Mapping[str, str], binding_url: str | None = None,
-                 consul_include_warning: bool = True) -> None:
+                 consul_include_warning: bool = True, max_open_questions: int = MAX_OPEN_QUESTIONS) -> None:
         self.url_template = url
         self.format = format
         #: the consul format: whether an instance whose worst check is ``warning`` is a target
@@ -255,28 +252,22 @@ class HttpResolver(Resolver):
         self.default_lifetime = default_lifetime
         self._header_names = sorted(headers)
         self._closed = False
-        # At most this many questions open at once. httpx's pool keeps 100 connections; questions beyond that wait
-        # in its queue, which it re-scans on every request and response (quadratic: with 1,000 services waiting
-        # it took most of the node's time, measured in the storm benchmark). They wait here instead, cheaply,
-        # and the wait does not count against a question's own time-outs.
-        self._slots = anyio.Semaphore(MAX_OPEN_QUESTIONS)
-        self._client = httpx.AsyncClient(
-            headers={"Accept": "application/json", **headers},
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
-                                  pool=connect_timeout),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.max_open_questions = max_open_questions
+        self._clients = Clients(max_open_questions, {"Accept": "application/json", **headers},
+                                connect_timeout=connect_timeout, read_timeout=read_timeout)
+        #: whether the registry answers a route question with the binding in it (None: not known yet)
+        self.answers_together: bool | None = None
 
     def describe(self) -> dict[str, Any]:
         """Header values are left out: they are often credentials."""
         return {
             "resolver": self.name,
-            "url": _redact_template(self.url_template),
-            "binding_url": None if self.binding_url_template is None else _redact_template(self.binding_url_template),
+            "url": redact_template(self.url_template),
+            "binding_url": None if self.binding_url_template is None else redact_template(self.binding_url_template),
             "format": self.format,
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
+            "max_open_questions": self.max_open_questions,
             "default_lifetime": self.default_lifetime,
             "headers": list(self._header_names),
             **({"consul_include_warning": self.consul_include_warning} if self.format == "consul" else {}),
@@ -284,18 +275,72 @@ class HttpResolver(Resolver):
 
     def asks(self, service_name: str) -> str:
         try:
-            url = _redact(_url_for(self.url_template, service_name))
+            url = redact(url_for(self.url_template, service_name))
         except httpx.InvalidURL:
-            url = _redact_template(self.url_template)
+            url = redact_template(self.url_template)
         return f"the {self.name} resolver at {url} ({self.format} format)"
 
     async def aclose(self) -> None:
         self._closed = True
-        await self._client.aclose()
+        await self._clients.aclose()
 
     async def resolve_route(self, service_name: str) -> RouteAnswer:
         shown, status, headers, body = await self._ask(service_name, self.url_template)
         return self._answer(service_name, shown, status, headers, body)
+
+    async def resolve_together(self, service_name: str) -> Answers:
+        """The route and the binding in one GET of ``url``: the request says ``Aiobroker-Ask: route, binding`` and
+        the aiobroker format's answer carries the binding as its ``binding`` member. A registry whose answer lacks
+        that member answers routes only (an older one): this answer's binding is left to the node (asked on its
+        own once the route is known), and from then on the binding URL is asked at the same time as the route's,
+        so a service still waits for the slower of the two answers; the route's GET keeps asking for both, and the
+        first answer that carries the member again makes one GET do for both once more."""
+        if self.binding_url_template is None:
+            return await super().resolve_together(service_name)  # routes only: the default says so
+        if self.answers_together is not False:
+            return await self._together(service_name)
+        separate: dict[str, BindingAnswer | Exception] = {}
+
+        async def binding() -> None:
+            try:
+                separate["binding"] = await self.resolve_binding(service_name)
+            except Exception as exc:  # kept as the answer, as Resolver.resolve_together does  # noqa: BLE001
+                separate["binding"] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(binding)
+            answers = await self._together(service_name)
+        if answers.binding is not None:
+            return answers
+        return Answers(route=answers.route, binding=separate["binding"])
+
+    async def _together(self, service_name: str) -> Answers:
+        """One GET asking both questions; the binding None if the answer does not say (see resolve_together)."""
+        assert self.binding_url_template is not None
+        try:
+            shown, status, headers, body = await self._ask(service_name, self.url_template, ASK_BOTH)
+            doc = self._document(shown, status, headers, body, f"the registry knows no service {service_name!r}")
+        except ResolverError as exc:
+            return Answers(route=exc, binding=None)  # nothing said about the binding: the node asks it later
+        route: RouteAnswer | Exception
+        try:
+            route = self._route_answer(service_name, shown, headers, body, doc)
+        except ResolverError as exc:
+            route = exc
+        if not isinstance(doc, dict) or BINDING_MEMBER not in doc:
+            if self.answers_together is not False:
+                log.info("%s answers routes only (no %r member in its answer): binding questions go to %s, at the "
+                         "same time as the route's", redact_template(self.url_template), BINDING_MEMBER,
+                         redact_template(self.binding_url_template))
+            self.answers_together = False
+            return Answers(route=route, binding=None)
+        self.answers_together = True
+        binding: BindingAnswer | Exception
+        try:
+            binding = self._inline_binding(service_name, shown, headers, body, doc)
+        except ResolverError as exc:
+            binding = exc
+        return Answers(route=route, binding=binding)
 
     async def resolve_binding(self, service_name: str) -> BindingAnswer:
         if self.binding_url_template is None:
@@ -304,37 +349,41 @@ class HttpResolver(Resolver):
         shown, status, headers, body = await self._ask(service_name, self.binding_url_template)
         return self._binding_answer(service_name, shown, status, headers, body)
 
-    async def _ask(self, service_name: str, template: str) -> tuple[str, int, httpx.Headers, bytes]:
-        """GET ``template`` for ``service_name``, in one of the resolver's question slots, within the overall
-        bound: (the URL as shown in messages, status, headers, body)."""
+    async def _ask(self, service_name: str, template: str, ask: str = ASK_ROUTE
+                   ) -> tuple[str, int, httpx.Headers, bytes]:
+        """GET ``template`` for ``service_name`` (``ask``: the questions, in the ``Aiobroker-Ask`` header), in one of
+        the resolver's question slots, within the overall bound: (the URL as shown in messages, status, headers,
+        body)."""
         if self._closed:
             raise ResolverError("the http resolver is closed")
         try:
-            url = _url_for(template, service_name)
+            url = url_for(template, service_name)
         except httpx.InvalidURL as exc:
-            raise ResolverError(f"no valid URL for {service_name!r} from {_redact_template(template)}: "
+            raise ResolverError(f"no valid URL for {service_name!r} from {redact_template(template)}: "
                                 f"{exc}") from exc
-        shown = _redact(url)
+        shown = redact(url)
         overall = self.connect_timeout + self.read_timeout
-        async with self._slots:
+        async with self._clients.take() as client:
             try:
                 with anyio.fail_after(overall):
-                    status, headers, body = await self._fetch(url, shown)
+                    status, headers, body = await self._fetch(client, url, shown, ask)
             except TimeoutError as exc:
                 raise ResolverError(
                     f"read time-out: {shown} did not answer in full within connect_timeout + read_timeout = "
                     f"{duration(overall)}") from exc
         return shown, status, headers, body
 
-    async def _fetch(self, url: httpx.URL, shown: str) -> tuple[int, httpx.Headers, bytes]:
+    async def _fetch(self, client: httpx.AsyncClient, url: httpx.URL, shown: str, ask: str
+                     ) -> tuple[int, httpx.Headers, bytes]:
         """GET ``url``; every httpx and socket error becomes a ResolverError here, chained."""
         where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         try:
-            async with self._client.stream("GET", url) as response:
+            headers = {ASK_HEADER: ask} if self.format == "aiobroker" else None
+            async with client.stream("GET", url, headers=headers) as response:
                 if response.is_success:
-                    body = await _read_body(response, MAX_BODY_BYTES, shown, truncate=False)
+                    body = await read_body(response, MAX_BODY_BYTES, shown, truncate=False)
                 else:
-                    body = await _read_body(response, ERROR_BODY_BYTES, shown, truncate=True)
+                    body = await read_body(response, ERROR_BODY_BYTES, shown, truncate=True)
                 return response.status_code, response.headers, body
         except httpx.ConnectTimeout as exc:
             raise ResolverError(f"connect time-out: no connection to {where} within connect_timeout = "
@@ -349,7 +398,7 @@ class HttpResolver(Resolver):
             raise ResolverError(f"pool time-out: no free connection to {where} within connect_timeout = "
                                 f"{duration(self.connect_timeout)} (too many questions at once?)") from exc
         except httpx.ConnectError as exc:
-            if _refused(exc):
+            if refused(exc):
                 raise ResolverError(f"connection refused by {where}: nothing listens there (is the registry "
                                     f"running?) (GET {shown})") from exc
             raise ResolverError(f"cannot connect to {where}: {exc} (GET {shown})") from exc
@@ -389,6 +438,10 @@ class HttpResolver(Resolver):
     def _answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
                 ) -> RouteAnswer:
         doc = self._document(shown, status, headers, body, f"the registry knows no service {service_name!r}")
+        return self._route_answer(service_name, shown, headers, body, doc)
+
+    def _route_answer(self, service_name: str, shown: str, headers: httpx.Headers, body: bytes, doc: Any
+                      ) -> RouteAnswer:
         excluded: list[str] = []
         try:
             if self.format == "consul":
@@ -414,14 +467,32 @@ class HttpResolver(Resolver):
     def _binding_answer(self, service_name: str, shown: str, status: int, headers: httpx.Headers, body: bytes
                         ) -> BindingAnswer:
         doc = self._document(shown, status, headers, body, f"the registry has no binding for service {service_name!r}")
+        return self._binding_from(service_name, shown, headers, body, doc, "the binding answer", None)
+
+    def _inline_binding(self, service_name: str, shown: str, headers: httpx.Headers, body: bytes,
+                        doc: dict[str, Any]) -> BindingAnswer:
+        """The ``binding`` member of a route answer: null is NotFound, an object is read as a binding answer."""
+        member = doc[BINDING_MEMBER]
+        if member is None:
+            raise NotFound(f"{shown} answered: the registry has no binding for service {service_name!r}",
+                           retry_after=self.default_lifetime)
+        lifetime: Any = doc.get("lifetime")
+        fallback = float(lifetime) if _seconds(lifetime) else None
+        return self._binding_from(service_name, shown, headers, body, member, f"the {BINDING_MEMBER!r} member",
+                                  fallback)
+
+    def _binding_from(self, service_name: str, shown: str, headers: httpx.Headers, body: bytes, doc: Any,
+                      what: str, fallback_lifetime: float | None) -> BindingAnswer:
         try:
             pem, anonymous, identity, body_lifetime = aiobroker_binding(doc, service_name)
         except Shape as exc:
-            raise ResolverError(f"{shown}: the binding answer for {service_name!r} is not in the aiobroker format: "
+            raise ResolverError(f"{shown}: {what} for {service_name!r} is not in the aiobroker format: "
                                 f"{exc}; body: {snippet(body)}") from None
+        if body_lifetime is None:
+            body_lifetime = fallback_lifetime
         try:
             # checked as an identity's certificate is: it parses, and its key is one dialog security can use
-            certificate = load_certificate(pem, what=f"{shown}: the binding answer for service {service_name!r}")
+            certificate = load_certificate(pem, what=f"{shown}: {what} for service {service_name!r}")
         except SecurityError as exc:
             raise ResolverError(exc.message) from None
         lifetime, _ = self._lifetime(body_lifetime, headers)
@@ -430,66 +501,3 @@ class HttpResolver(Resolver):
                              lifetime=lifetime, source=shown)
 
 
-# --- reading the answer ---------------------------------------------------------------------------------------
-
-
-async def _read_body(response: httpx.Response, limit: int, shown: str, *, truncate: bool) -> bytes:
-    """At most ``limit`` bytes (decoded): beyond it, an error answer is cut (only a snippet is wanted) and a
-    success answer is refused. The iterator is closed explicitly so an early exit leaves nothing for the GC."""
-    declared = response.headers.get("content-length", "")
-    if not truncate and _DIGITS.fullmatch(declared) and int(declared) > limit:
-        raise ResolverError(f"{shown}: the answer is {declared} bytes, over the limit of {limit}")
-    chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in chunks:
-            parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                if truncate:
-                    break
-                raise ResolverError(f"{shown}: the answer is over the limit of {limit} bytes")
-    finally:
-        await chunks.aclose()
-    return b"".join(parts)[:limit]
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a ConnectionRefusedError is anywhere in the chain (httpx → httpcore → anyio's OSError → the
-    attempts, possibly an ExceptionGroup of them)."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED):
-            return True
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    return False
-
-
-def _url_for(template: str, service_name: str) -> httpx.URL:
-    """``template`` with ``{service}`` replaced by the name, quoted with nothing left safe."""
-    return httpx.URL(template.replace("{service}", quote(service_name, safe="")))
-
-
-def _redact(url: httpx.URL) -> str:
-    """The URL for messages, without a password in it."""
-    return _redact_template(str(url))
-
-
-def _redact_template(template: str) -> str:
-    """The template for messages and status, without a password, ``{service}`` left as written."""
-    parts = urlsplit(template)
-    if not parts.password:
-        return template
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-# --- the formats ----------------------------------------------------------------------------------------------

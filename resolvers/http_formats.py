@@ -2,22 +2,26 @@
 ``Age``, ``Retry-After``), the JSON and the words an error quotes of it, and its two formats, read from the decoded
 document: aiobroker's own (routes and bindings) and Consul's health endpoint (routes). A format's function returns
 targets (or a binding's parts), or raises :class:`Shape` saying where the document departs from the format;
-``http.py`` fetches, decodes, and turns a ``Shape`` into the resolver's error with the registry's address.
+``http.py`` fetches, decodes, and turns a ``Shape`` into the resolver's error with the registry's address. Below the
+formats: reading a body within a limit, telling a refused connection, and the URLs a question asks and shows.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import math
 import re
 import time
+from collections.abc import AsyncGenerator
 from datetime import UTC
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from aiobroker.resolver import InvalidArgument, Target, check_name
+from aiobroker.resolver import InvalidArgument, ResolverError, Target, check_name
 
 
 #: The shortest lifetime a header can give: below it, routes would expire before they are used.
@@ -229,3 +233,65 @@ def target(where: str, address: Any, weight: Any, priority: Any, instance: str |
         return Target(address=address, weight=weight, priority=priority, broker_instance=instance)
     except InvalidArgument as exc:
         raise Shape(f"{where}: {exc.message}") from None
+
+
+# --- reading the answer ---------------------------------------------------------------------------------------
+
+
+async def read_body(response: httpx.Response, limit: int, shown: str, *, truncate: bool) -> bytes:
+    """At most ``limit`` bytes (decoded): beyond it, an error answer is cut (only a snippet is wanted) and a
+    success answer is refused. The iterator is closed explicitly so an early exit leaves nothing for the GC."""
+    declared = response.headers.get("content-length", "")
+    if not truncate and DIGITS.fullmatch(declared) and int(declared) > limit:
+        raise ResolverError(f"{shown}: the answer is {declared} bytes, over the limit of {limit}")
+    chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in chunks:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                if truncate:
+                    break
+                raise ResolverError(f"{shown}: the answer is over the limit of {limit} bytes")
+    finally:
+        await chunks.aclose()
+    return b"".join(parts)[:limit]
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a ConnectionRefusedError is anywhere in the chain (httpx → httpcore → anyio's OSError → the
+    attempts, possibly an ExceptionGroup of them)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED):
+            return True
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return False
+
+
+def url_for(template: str, service_name: str) -> httpx.URL:
+    """``template`` with ``{service}`` replaced by the name, quoted with nothing left safe."""
+    return httpx.URL(template.replace("{service}", quote(service_name, safe="")))
+
+
+def redact(url: httpx.URL) -> str:
+    """The URL for messages, without a password in it."""
+    return redact_template(str(url))
+
+
+def redact_template(template: str) -> str:
+    """The template for messages and status, without a password, ``{service}`` left as written."""
+    parts = urlsplit(template)
+    if not parts.password:
+        return template
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -106,6 +106,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aiobroker.resolver import (
+    Answers,
     BindingAnswer,
     ConfigError,
     InvalidArgument,
@@ -316,7 +317,9 @@ class StaticFileResolver(Resolver):
         self._error: str | None = None
 
     async def resolve_route(self, service_name: str) -> RouteAnswer:
-        entries = self._current()
+        return self._route(self._current(), service_name)
+
+    def _route(self, entries: dict[str, _Entry], service_name: str) -> RouteAnswer:
         entry = entries.get(service_name)
         if entry is None:
             raise NotFound(f"{self.path} has no entry for service {service_name!r}", retry_after=self.default_lifetime)
@@ -331,7 +334,9 @@ class StaticFileResolver(Resolver):
         )
 
     async def resolve_binding(self, service_name: str) -> BindingAnswer:
-        entries = self._current()
+        return self._binding(self._current(), service_name)
+
+    def _binding(self, entries: dict[str, _Entry], service_name: str) -> BindingAnswer:
         entry = entries.get(service_name)
         if entry is None or entry.binding is None:
             raise NotFound(f"{self.path} has no binding for service {service_name!r}",
@@ -351,6 +356,27 @@ class StaticFileResolver(Resolver):
             lifetime=self._lifetime(entry),
             source=source,
         )
+
+    async def resolve_together(self, service_name: str) -> Answers:
+        """The route and the binding from one look at the file: both come from the same version of it, so an edit
+        made meanwhile cannot pair one version's targets with another's binding."""
+        try:
+            entries = self._current()
+        except ResolverError as exc:
+            # never a good version: no answer to either; the binding is left to be asked once the route is known
+            # (a failed binding question would be remembered for binding_failure_cache, past the file's repair)
+            return Answers(route=exc, binding=None)
+        route: RouteAnswer | Exception
+        binding: BindingAnswer | Exception
+        try:
+            route = self._route(entries, service_name)
+        except ResolverError as exc:
+            route = exc
+        try:
+            binding = self._binding(entries, service_name)
+        except ResolverError as exc:
+            binding = exc
+        return Answers(route=route, binding=binding)
 
     def _lifetime(self, entry: _Entry) -> float:
         return entry.lifetime if entry.lifetime is not None else self.default_lifetime

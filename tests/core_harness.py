@@ -87,8 +87,14 @@ class Harness:
         return taken
 
     def resolve_requests(self) -> list[tuple[str, str]]:
-        """The resolves the core asked for since the last look, as (kind, service)."""
-        return [(effect.kind, effect.service) for effect in self.effects(ResolveRequest)]
+        """The resolves the core asked for since the last look, as (kind, service); a route request that asks for
+        the binding too (one round trip) is both ("route", service) and ("binding", service), in that order."""
+        asked: list[tuple[str, str]] = []
+        for effect in self.effects(ResolveRequest):
+            asked.append((effect.kind, effect.service))
+            if effect.binding_too:
+                asked.append(("binding", effect.service))
+        return asked
 
     def reports(self) -> list[str]:
         """What the core reported since the last look."""

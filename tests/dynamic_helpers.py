@@ -269,10 +269,12 @@ class Registry:
         """The resolver's url option: the aiobroker format's path."""
         return f"http://{self.host}:{self.port}/v1/services/{{service}}"
 
-    def serve(self, services: Mapping[str, Mapping[str, Any]]) -> None:
-        """Replace every answer, atomically."""
+    def serve(self, services: Mapping[str, Mapping[str, Any]], bindings: Mapping[str, Mapping[str, Any]] | None = None,
+              *, route_only: bool = False) -> None:
+        """Replace every answer, atomically. ``route_only``: an older registry, which answers a route question
+        without the binding however it is asked."""
         tmp = self.routes_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"services": services}))
+        tmp.write_text(json.dumps({"services": services, "bindings": bindings or {}, "route_only": route_only}))
         os.replace(tmp, self.routes_file)
 
     def requests(self, service: str | None = None) -> list[dict[str, Any]]:
@@ -286,6 +288,21 @@ class Registry:
 
         path = "/v1/services/" + quote(service, safe="")
         return [r for r in lines if r["path"].split("?")[0] in (path, path + "/binding")]
+
+    def questions(self, service: str) -> dict[str, int]:
+        """How many times the registry was asked about ``service``, by kind: a route request that asked for the
+        binding too (``Aiobroker-Ask: route, binding``) counts once under each kind, and under ``round_trips``."""
+        counts = {"route": 0, "binding": 0, "round_trips": 0}
+        for r in self.requests(service):
+            counts["round_trips"] += 1
+            if r["path"].split("?")[0].endswith("/binding"):
+                counts["binding"] += 1
+                continue
+            counts["route"] += 1
+            header = next((v for k, v in r["headers"].items() if k.lower() == "aiobroker-ask"), "")
+            if "binding" in {q.strip() for q in header.split(",")}:
+                counts["binding"] += 1
+        return counts
 
     def start(self, timeout: float = 10.0) -> Registry:
         self._stderr = self.stderr_path.open("wb")

@@ -24,12 +24,17 @@ Every request re-reads ``FILE`` (JSON), so a test changes the answer while the s
         "body": {"certificate": "-----BEGIN CERTIFICATE-----\\n...", "anonymous": false, "lifetime": 60}
     }}}
 
+A route question sent with ``Aiobroker-Ask: route, binding`` (the http resolver asking both questions in one round
+trip) gets the service's 200 body with a ``binding`` member added: the ``body`` of the service's entry in
+``bindings`` when that entry is a plain 200 answer, else null (no binding). ``"route_only": true`` at the top of
+the file makes the registry an older one that ignores the header and answers the route alone.
+
 Both ``/v1/services/<quoted name>`` (the aiobroker format's path in these tests) and ``/v1/health/service/<name>``
 (Consul's) look the name up in the same table; which body a test puts there decides the format. Binding requests,
 ``/v1/services/<quoted name>/binding`` (the http resolver's default binding URL for the first path) and
 ``/v1/bindings/<quoted name>`` (for a test that sets its own ``binding_url``), look the name up in ``bindings``. An
-unknown name is a plain 404. ``--log`` appends one JSON line per request (path, headers) so a test can check what
-was sent.
+unknown name is a plain 404. ``--log`` appends one JSON line per request (path, headers, and ``t``: when it arrived,
+``time.monotonic()``) so a test can check what was sent, and when.
 
 SIGTERM stops it: the handler raises SystemExit in the main thread, out of ``serve_forever``; answers still
 sleeping in their threads are daemon threads and are not waited for.
@@ -54,6 +59,18 @@ BINDING_PREFIX = "/v1/bindings/"
 BINDING_SUFFIX = "/binding"  # after /v1/services/<quoted name>: the quoted name has no "/", so this is unambiguous
 
 
+ASK_HEADER = "Aiobroker-Ask"
+
+
+def with_binding(spec: dict[str, Any], binding: dict[str, Any] | None) -> dict[str, Any]:
+    """A route answer's spec with the binding's body as its ``binding`` member (a plain 200 object answer only)."""
+    body = spec.get("body")
+    if int(spec.get("status", 200)) != 200 or not isinstance(body, dict) or "raw" in spec:
+        return spec
+    plain = binding is not None and int(binding.get("status", 200)) == 200 and isinstance(binding.get("body"), dict)
+    return {**spec, "body": {**body, "binding": binding["body"] if plain and binding else None}}
+
+
 def lookup(path: str) -> tuple[str, str | None]:
     """Which table of the routes file a request path asks (``services`` or ``bindings``), and the name in it."""
     if path.startswith(BINDING_PREFIX):
@@ -75,6 +92,9 @@ class RegistryHandler(BaseHTTPRequestHandler):
             data = json.loads(self.server.routes_file.read_text())
             answers = data["services"] if table == "services" else data.get("bindings", {})
             spec: dict[str, Any] | None = answers.get(name) if name is not None else None
+            both = {q.strip() for q in self.headers.get(ASK_HEADER, "").split(",")} >= {"route", "binding"}
+            if table == "services" and spec is not None and both and not data.get("route_only"):
+                spec = with_binding(spec, data.get("bindings", {}).get(name))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._send(500, f"the routes file is unreadable: {exc}".encode(), {"Content-Type": "text/plain"})
             return
@@ -132,7 +152,7 @@ class Registry(ThreadingHTTPServer):
         if self.log_file is None:
             return
         with self._log_lock, self.log_file.open("a") as f:
-            f.write(json.dumps({"path": path, "headers": headers}) + "\n")
+            f.write(json.dumps({"path": path, "headers": headers, "t": time.monotonic()}) + "\n")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from core_harness import Harness
 
-from aiobroker.core.records import ROW_BODY, ROW_LOCATION, ROW_SEQ, ROW_STATE
+from aiobroker.core.catalog import QueueDef
+from aiobroker.core.queues import MessageQueue
+from aiobroker.core.records import ROW_BODY, ROW_LOCATION, ROW_SEQ, ROW_STATE, message_row
 from aiobroker.errors import LeaseExpired, QueueDisabled
 
 
@@ -191,3 +193,24 @@ def test_a_receive_batch_stays_within_its_byte_budget_and_always_takes_one() -> 
     h.send(a, b"y" * 10_000)  # larger than the whole budget: still handed out, alone
     lease = h.receive("qt", n=100)
     assert lease is not None and len(lease.messages) == 1
+
+
+def test_taking_a_hundred_thousand_one_message_groups_leaves_nothing_behind() -> None:
+    """The storm's receiving side: one group per conversation, each taken once, in arrival order."""
+    queue = MessageQueue(QueueDef(name="q"))
+    for i in range(100_000):
+        queue.push(message_row(i, "q", f"h{i}", 0, "DEFAULT", b"m", 0.0, 0), f"g{i}", urgent=False)
+    taken = [queue.take(10, 1 << 20) for _ in range(100_000)]
+    assert [t[0].id for t in taken if t is not None] == [f"g{i}" for i in range(100_000)], "in arrival order"
+    assert not queue.ready and queue.take(10, 1 << 20) is None
+    assert queue.taken <= 64, "the ready set was built afresh as groups were taken (else each take walks the gone)"
+
+
+def test_an_ended_endpoint_s_messages_leave_its_own_group_only() -> None:
+    queue = MessageQueue(QueueDef(name="q"))
+    for i, (handle, group) in enumerate([("h1", "g1"), ("h2", "g1"), ("h3", "g2"), ("h1", "g1")]):
+        queue.push(message_row(i, "q", handle, i, "DEFAULT", b"m%d" % i, 0.0, 0), group, urgent=False)
+    removed = queue.remove_handle("h1", "g1")
+    assert [r[ROW_BODY] for r in removed] == [b"m0", b"m3"]
+    assert [r[ROW_BODY] for r in queue.groups["g1"].normal] == [b"m1"] and len(queue.groups["g2"]) == 1
+    assert queue.waiting == 2 and queue.remove_handle("h9", "g9") == []

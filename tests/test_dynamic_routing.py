@@ -46,6 +46,7 @@ from netns import Topology
 from node_process import NodeProcess, free_port, wait_for
 
 import aiobroker
+from aiobroker.security.certs import create_self_signed
 
 pytestmark = pytest.mark.slow
 
@@ -316,12 +317,143 @@ async def test_one_request_per_service_while_200_conversations_wait(tmp_path: Pa
                 received = await receive(cb, "qb", LOAD_CONVERSATIONS * LOAD_MESSAGES, RELEASE_TIMEOUT)
                 assert_exactly_once_in_order(received, {cid(d): LOAD_MESSAGES for d in dialogs})
                 await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
-                asked = registry.requests("svcB")
-                routes = [r for r in asked if not r["path"].endswith("/binding")]
-                assert len(routes) == 1, f"{len(routes)} route requests for svcB: {asked}"
-                # then, the route known, one binding request (the registry has none: the plain dialogs go on)
-                assert len(asked) - len(routes) == 1, f"binding requests for svcB: {asked}"
-                assert (await ca.status())["dynamic_routing"]["requests_made"] == 2
+                # one round trip for the service: the route and the binding asked in one request, answered in one
+                # (the registry has no binding: "binding": null, and the plain dialogs go on)
+                asked = registry.questions("svcB")
+                assert asked == {"route": 1, "binding": 1, "round_trips": 1}, registry.requests("svcB")
+                dyn = (await ca.status())["dynamic_routing"]
+                assert dyn["requests_by_kind"] == {"route": 1, "binding": 1}, dyn
+
+
+# ------------------------------------------------------------------------- 4b. route and binding in one round trip
+
+
+def binding_answer(certificate: str) -> dict[str, Any]:
+    return {"body": {"certificate": certificate, "anonymous": True, "lifetime": 60}}
+
+
+@pytest.mark.anyio
+async def test_one_round_trip_brings_route_and_binding_and_secures_the_encrypted_dialog(tmp_path: Path) -> None:
+    cert, key = create_self_signed("svcS owner", key_type="ec")
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url()}) as pair:
+            registry.serve({"svcS": registry_answer("svcS", pair.b_address)}, {"svcS": binding_answer(cert)})
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                await cb.create("identity", {"name": "owner", "certificate": cert, "private_key": key})
+                await cb.create_queue("qs")
+                await cb.create("service", {"name": "svcS", "queue": "qs", "contracts": ["DEFAULT"], "owner": "owner"})
+                secure = await ca.begin_dialog("svcA", "svcS", encryption=True)
+                plain = await ca.begin_dialog("svcA", "svcS", encryption=False)
+                await send_numbered(secure, 0, 10)
+                await send_numbered(plain, 0, 10)
+                received = await receive(cb, "qs", 20, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(secure): 10, cid(plain): 10})
+                secured = {c["handle"]: c["secured"] for c in await ca.list_conversations() if c["far_service"] == "svcS"}
+                assert secured == {secure.handle: True, plain.handle: True}, secured  # the binding applies to both
+                assert registry.questions("svcS") == {"route": 1, "binding": 1, "round_trips": 1}, \
+                    registry.requests("svcS")
+                (binding,) = await ca.list("binding")
+                assert (binding["to_service"], binding["origin"], binding["anonymous"]) == ("svcS", "http", True)
+
+
+@pytest.mark.anyio
+async def test_with_no_binding_in_the_answer_encrypted_waits_and_plain_goes_on(tmp_path: Path) -> None:
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url()}) as pair:
+            registry.serve({"svcB": registry_answer("svcB", pair.b_address)})  # "binding": null
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                secure = await ca.begin_dialog("svcA", "svcB", encryption=True)
+                plain = await ca.begin_dialog("svcA", "svcB", encryption=False)
+                await send_numbered(secure, 0, 5)
+                await send_numbered(plain, 0, 5)
+                received = await receive(cb, "qb", 5, RELEASE_TIMEOUT)
+                assert_exactly_once_in_order(received, {cid(plain): 5})
+                status = await ca.status()
+                assert status["delayed"]["svcB"]["messages"] == 5, status["delayed"]
+                (waiting,) = [c for c in await ca.list_conversations() if c["handle"] == secure.handle]
+                assert "remote service binding" in (waiting["delayed"] or ""), waiting
+                assert registry.questions("svcB") == {"route": 1, "binding": 1, "round_trips": 1}, \
+                    registry.requests("svcB")
+
+
+ROUTE_DELAY = 1.5
+
+
+@pytest.mark.anyio
+async def test_an_older_registry_answering_routes_only_still_works_and_then_is_asked_both_at_once(
+    tmp_path: Path,
+) -> None:
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url()}) as pair:
+            services = {"svcB": registry_answer("svcB", pair.b_address),
+                        "svcC": {**registry_answer("svcC", pair.b_address), "delay": ROUTE_DELAY}}
+            registry.serve(services, route_only=True)  # ignores Aiobroker-Ask; no bindings (404)
+            async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+                await cb.create_service("svcC", "qb", ["DEFAULT"])
+                first = await ca.begin_dialog("svcA", "svcB")
+                await send_numbered(first, 0, 5)
+                assert_exactly_once_in_order(await receive(cb, "qb", 5, RELEASE_TIMEOUT), {cid(first): 5})
+                # the first answer had no "binding" member: the binding was asked on its own, the route known
+                paths = [r["path"] for r in registry.requests("svcB")]
+                assert paths == ["/v1/services/svcB", "/v1/services/svcB/binding"], paths
+                # from then on both URLs are asked at once: the binding question does not wait for the slow route
+                later = await ca.begin_dialog("svcA", "svcC")
+                await send_numbered(later, 0, 5)
+                assert_exactly_once_in_order(await receive(cb, "qb", 5, RELEASE_TIMEOUT), {cid(later): 5})
+                asked = {r["path"]: r["t"] for r in registry.requests("svcC")}
+                assert sorted(asked) == ["/v1/services/svcC", "/v1/services/svcC/binding"], asked
+                gap = asked["/v1/services/svcC/binding"] - asked["/v1/services/svcC"]
+                assert gap < ROUTE_DELAY / 2, f"the binding was asked {gap:.2f}s after the route: one after the other"
+
+
+KILL_CONVERSATIONS = 200
+KILL_MESSAGES = 50
+
+
+@pytest.mark.anyio
+async def test_a_kill_9_of_a_during_the_release_loses_nothing_acknowledged_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Every message A acknowledged while DELAYED is stored: killed (SIGKILL) while the answer's release is on its
+    way to B, A restarts on its data and what B has not stored goes again; B drops what it has (exactly once)."""
+    with Registry(tmp_path) as registry:
+        with node_pair(tmp_path, {"kind": "http", "url": registry.url(), "read_timeout": 10}) as pair:
+            registry.serve({"svcB": {"status": 503, "raw": "not yet"}})  # asked again after 2 s, 4 s, ...
+            async with aiobroker.connect(pair.a.url) as ca:
+                dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(KILL_CONVERSATIONS)]
+                async with anyio.create_task_group() as tg:
+                    for d in dialogs:
+                        tg.start_soon(send_numbered, d, 0, KILL_MESSAGES)  # acknowledged: stored, DELAYED
+                total = KILL_CONVERSATIONS * KILL_MESSAGES
+                status = await ca.status()
+                assert status["dynamic_routing"]["delayed_messages"] == total, status["dynamic_routing"]
+            registry.serve({"svcB": registry_answer("svcB", pair.b_address, lifetime=600)})
+            got: dict[str, list[tuple[int, str, bytes]]] = {}
+            counted = [0]
+            async with aiobroker.connect(pair.b.url) as cb:
+
+                async def consume(until_count: int, timeout: float) -> None:
+                    with anyio.fail_after(timeout):
+                        while counted[0] < until_count:
+                            batch = await cb.receive("qb", max_messages=1000, timeout=0.5)
+                            for m in batch:
+                                got.setdefault(m.conversation_id, []).append(
+                                    (m.sequence_number, m.message_type, m.body))
+                                counted[0] += 1
+                            if batch:
+                                await batch.commit()
+
+                await consume(1, 20)  # the release has begun: the first messages are at B
+                pair.a.kill()
+                at_kill = counted[0]
+                pair.a.start()  # the same data, port and config
+                await consume(total, RELEASE_TIMEOUT)
+                await anyio.sleep(0.5)  # a duplicate, if any, would arrive now
+                batch = await cb.receive("qb", max_messages=1000, timeout=0)
+                assert not batch, f"{len(batch)} message(s) beyond the {total} sent: duplicates"
+            assert at_kill < total, "the kill came after the release was over: nothing was tested"
+            assert_exactly_once_in_order(got, {cid(d): KILL_MESSAGES for d in dialogs})
+            assert "restored" in pair.a.output(), pair.a.output()
 
 
 # --------------------------------------------------------------------------------------------- 5. end while DELAYED
@@ -599,12 +731,13 @@ async def test_the_log_counts_the_delayed_messages_the_resolver_answers_released
         async with aiobroker.connect(node.url) as client:
             dialog = await client.begin_dialog("svcA", "svcX")
             await dialog.send_many(numbered(0, 5))  # stored DELAYED, then released by the answers
-            # the route answer moves them on to wait for a binding; the file has none, so (encryption=False)
-            # they go on unsecured
+            # the route and the binding are asked in one look at the file; the binding's answer (none) is taken
+            # first, so the route's answer releases them, unsecured (encryption=False)
             line = wait_for(
-                lambda: next((x for x in node.output().splitlines() if "binding for service 'svcX'" in x), None),
-                10, "the log line of the binding answer for svcX",
+                lambda: next((x for x in node.output().splitlines() if "resolved service 'svcX'" in x), None),
+                10, "the log line of the route answer for svcX",
             )  # fmt: skip
             status = await client.status()
             assert status["delayed"] == {} and status["transmission"]["messages"] == 5, status["transmission"]
-            assert "; 5 delayed message(s) go on unsecured" in line, line
+            assert "; 5 delayed message(s) released" in line, line
+            assert "no remote service binding for service 'svcX'" in node.output(), node.output()

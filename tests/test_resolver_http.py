@@ -25,7 +25,7 @@ from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers import http as http_resolver
-from aiobroker.resolver import BindingAnswer, NotFound, ResolverError, Target, load_resolver
+from aiobroker.resolver import BindingAnswer, NotFound, ResolverError, RouteAnswer, Target, load_resolver
 from resolvers.http import HttpResolver, create
 from node_process import free_port, wait_for
 
@@ -79,10 +79,12 @@ class RegistryProcess:
                 self.proc.wait(timeout=timeout)
         self.stderr.close()
 
-    def serve(self, services: dict[str, dict[str, Any]], bindings: dict[str, dict[str, Any]] | None = None) -> None:
-        """Replace every answer, atomically: the registry reads the file on each request."""
+    def serve(self, services: dict[str, dict[str, Any]], bindings: dict[str, dict[str, Any]] | None = None,
+              *, route_only: bool = False) -> None:
+        """Replace every answer, atomically: the registry reads the file on each request. ``route_only``: an older
+        registry, which answers a route question without the binding however it is asked."""
         tmp = self.routes_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"services": services, "bindings": bindings or {}}))
+        tmp.write_text(json.dumps({"services": services, "bindings": bindings or {}, "route_only": route_only}))
         os.replace(tmp, self.routes_file)
 
     def requests(self) -> list[dict[str, Any]]:
@@ -574,6 +576,9 @@ async def test_a_closed_resolver_raises_resolver_error(registry: RegistryProcess
      "consul_include_warning is for the consul format (format = \"consul\"); this resolver's format is 'aiobroker'"),
     ({"url": "http://127.0.0.1:1/{service}", "format": "consul", "consul_include_warning": "no"},
      "consul_include_warning must be true or false, got 'no'"),
+    ({"url": "http://127.0.0.1:1/{service}", "max_open_questions": 0},
+     "max_open_questions must be a whole number from 1 to 1000, got 0"),
+    ({"url": "http://127.0.0.1:1/{service}", "max_open_questions": 2.5}, "max_open_questions must be a whole"),
 ])
 def test_bad_options_are_config_errors_naming_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -589,8 +594,8 @@ async def test_loaded_through_the_entry_point(registry: RegistryProcess) -> None
         assert resolver.describe() == {
             "resolver": "http", "url": registry.url(), "binding_url": registry.url().replace("{service}",
                                                                                           "{service}/binding"),
-            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "default_lifetime": 60.0,
-            "headers": []}
+            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "max_open_questions": 16,
+            "default_lifetime": 60.0, "headers": []}
         answer = await resolver.resolve_route(ORDERS)
     finally:
         await resolver.aclose()
@@ -791,3 +796,97 @@ async def test_a_closed_resolver_refuses_binding_questions(registry: RegistryPro
     await resolver.aclose()
     with pytest.raises(ResolverError, match="closed"):
         await resolver.resolve_binding(ORDERS)
+
+
+# --- both questions in one round trip ------------------------------------------------------------------------------
+
+
+def ask_header(request: dict[str, Any]) -> str | None:
+    return next((v for k, v in request["headers"].items() if k.lower() == "aiobroker-ask"), None)
+
+
+async def test_together_one_get_carries_both_questions_and_its_answer_both_results(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"body": orders_answer(lifetime=40)}},
+                   {ORDERS: {"body": binding_answer(anonymous=True, identity="shop-frontend")}})
+    before = len(registry.requests())
+    async with opened(url=registry.url(), default_lifetime=60) as resolver:
+        answers = await resolver.resolve_together(ORDERS)
+        assert resolver.answers_together is True
+    asked = registry.requests()[before:]
+    assert [(r["path"], ask_header(r)) for r in asked] == [("/v1/services/%2F%2Fshop%2FOrders", "route, binding")]
+    assert isinstance(answers.route, RouteAnswer) and answers.route.targets == (Target(address="tcp://10.0.0.2:4022"),)
+    assert answers.binding == BindingAnswer(service_name=ORDERS, certificate=rsa_certificate(), anonymous=True,
+                                            identity="shop-frontend", lifetime=40, source=answers.route.source)
+
+
+async def test_together_a_null_binding_is_not_found_and_a_bad_one_an_error_beside_a_good_route(
+    registry: RegistryProcess,
+) -> None:
+    registry.serve({ORDERS: {"body": orders_answer()}})  # no binding: the registry answers "binding": null
+    async with opened(url=registry.url()) as resolver:
+        answers = await resolver.resolve_together(ORDERS)
+        assert isinstance(answers.route, RouteAnswer)
+        assert isinstance(answers.binding, NotFound) and "no binding for service" in answers.binding.message
+        registry.serve({ORDERS: {"body": orders_answer()}}, {ORDERS: {"body": {"certificate": "not a PEM"}}})
+        answers = await resolver.resolve_together(ORDERS)
+        assert isinstance(answers.route, RouteAnswer)
+        assert type(answers.binding) is ResolverError and "'binding' member" in answers.binding.message
+
+
+async def test_together_a_failed_route_question_leaves_the_binding_unanswered(registry: RegistryProcess) -> None:
+    registry.serve({ORDERS: {"status": 503, "raw": "overloaded"}})
+    async with opened(url=registry.url()) as resolver:
+        answers = await resolver.resolve_together(ORDERS)
+    assert type(answers.route) is ResolverError and "503" in answers.route.message
+    assert answers.binding is None, "no word about the binding: the node asks for it once the route is known"
+
+
+async def test_together_an_older_registry_is_told_by_the_missing_member_then_asked_both_urls_at_once(
+    registry: RegistryProcess,
+) -> None:
+    registry.serve({ORDERS: {"body": orders_answer()}}, {ORDERS: {"body": binding_answer()}}, route_only=True)
+    async with opened(url=registry.url()) as resolver:
+        before = len(registry.requests())
+        first = await resolver.resolve_together(ORDERS)
+        assert isinstance(first.route, RouteAnswer) and first.binding is None, first
+        assert resolver.answers_together is False
+        assert [r["path"] for r in registry.requests()[before:]] == ["/v1/services/%2F%2Fshop%2FOrders"]
+        before = len(registry.requests())
+        second = await resolver.resolve_together(ORDERS)
+        assert isinstance(second.route, RouteAnswer) and isinstance(second.binding, BindingAnswer), second
+        assert sorted(r["path"] for r in registry.requests()[before:]) == [
+            "/v1/services/%2F%2Fshop%2FOrders", "/v1/services/%2F%2Fshop%2FOrders/binding"]
+        # upgraded meanwhile: its answers carry the member again, and one GET does for both once more
+        registry.serve({ORDERS: {"body": orders_answer()}}, {ORDERS: {"body": binding_answer()}})
+        await resolver.resolve_together(ORDERS)
+        assert resolver.answers_together is True
+        before = len(registry.requests())
+        third = await resolver.resolve_together(ORDERS)
+        assert isinstance(third.binding, BindingAnswer)
+        assert [r["path"] for r in registry.requests()[before:]] == ["/v1/services/%2F%2Fshop%2FOrders"]
+
+
+def connections(resolver: HttpResolver) -> list[Any]:
+    """The resolver's connections to the registry, open or kept alive (httpcore's, through httpx's transports)."""
+    return [c for client in resolver._clients.made for c in client._transport._pool.connections]  # type: ignore[attr-defined]
+
+
+async def test_open_questions_are_bounded_and_their_connections_kept_for_the_next(registry: RegistryProcess) -> None:
+    """64 questions at once, three times, with room for 8 open: 8 connections, every one kept alive and reused."""
+    registry.serve({f"//svc/{i}": {"body": {"service": f"//svc/{i}", "targets": [{"address": "tcp://10.0.0.2:4022"}]}}
+                    for i in range(64)})
+    async with opened(url=registry.url(), max_open_questions=8) as resolver:
+        opened_most = [0]
+
+        async def ask(name: str) -> None:
+            await resolver.resolve_together(name)
+            opened_most[0] = max(opened_most[0], len(connections(resolver)))
+
+        for _ in range(3):
+            async with anyio.create_task_group() as tg:
+                for i in range(64):
+                    tg.start_soon(ask, f"//svc/{i}")
+        kept = connections(resolver)
+        assert opened_most[0] <= 8, opened_most
+        assert len(kept) == 8 and all(c.is_idle() for c in kept), kept
+        assert sum(c._connection._request_count for c in kept) == 192  # every question on one of the 8

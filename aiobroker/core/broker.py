@@ -120,6 +120,7 @@ class BrokerCore:
         inbound.delivery, inbound.endings, inbound.security = delivery, endings, security
         dynamic.outbound, dynamic.delivery, dynamic.endings = outbound, delivery, endings
         security.dynamic, security.endings = dynamic, endings
+        dynamic.security = security
         objects.outbound = outbound
         status.outbound, status.dynamic, status.security, status.receiving = outbound, dynamic, security, receiving
 
@@ -149,6 +150,7 @@ class BrokerCore:
         self.acknowledged = inbound.acknowledged
         self.resolved = dynamic.resolved
         self.resolve_failed = dynamic.resolve_failed
+        self.binding_unanswered = dynamic.binding_unanswered
         self.ask_again = dynamic.ask_again
         self.delayed_words = dynamic.delayed_words
         self.dynamic_statistics = dynamic.dynamic_statistics

@@ -114,6 +114,10 @@ class Delivery:
             self.dynamic.route_traffic.add(ep.far_service)  # a live service: a resolver's routes are refreshed in time
         elif ep.delayed is not None:
             self._check_delay_bounds(ep, len(messages), now)
+            # DELAYED rows may wait long, by the hundred thousand: their type is the catalog's one string, not the
+            # copy each request decoded
+            kinds = self.ledger.catalog.message_types
+            messages = [[kinds[m[0]].name, *m[1:]] for m in messages]
             outbound.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
         elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
             # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once

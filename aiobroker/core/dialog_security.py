@@ -103,6 +103,15 @@ class DialogSecurity:
             return False
         return self._go_plain(ep)
 
+    def binding_wanted(self, service: str, now: float) -> bool:
+        """Whether a conversation to ``service`` whose route is unknown will need a binding request once the route
+        comes: there is no binding for the service, one can be asked for, and none is in flight or remembered as
+        failed. Dynamic routing then asks for both at once (``DynamicRouting.ask``); the choice table still applies
+        when the route comes (``secure``), to whatever the binding request gave by then."""
+        if not self.binding_requests or self.ledger.catalog.binding_for(service, now) is not None:
+            return False
+        return self.dynamic.dispatcher.should_ask(BINDING, service, now)
+
     @property
     def binding_requests(self) -> bool:
         """Whether a missing binding can be asked for: the configured resolver answers binding requests, or (with

@@ -40,6 +40,7 @@ class InFlight:
     via: str  #: "resolver NAME" or "BCN conversation HANDLE"
     handle: str | None = None  #: the BCN conversation's handle, when asked that way
     deadline: float | None = None  #: resolve_timeout
+    with_route: bool = False  #: a binding request asked together with the route (one round trip)
 
 
 @dataclass(slots=True)
@@ -69,6 +70,8 @@ class Dispatcher:
         self.failures: dict[Key, int] = {}
         self.last: dict[Key, Outcome] = {}
         self.requests_made = 0
+        #: the same, by kind (a route and a binding asked in one round trip count one each)
+        self.made_by_kind: dict[str, int] = {ROUTE: 0, BINDING: 0}
         #: BCN conversation handle → the request it carries
         self.by_handle: dict[str, Key] = {}
 
@@ -80,13 +83,16 @@ class Dispatcher:
         when = self.retry_at.get(key)
         return when is None or when <= now
 
-    def started(self, kind: str, service: str, now: float, via: str, handle: str | None = None) -> InFlight:
+    def started(
+        self, kind: str, service: str, now: float, via: str, handle: str | None = None, *, with_route: bool = False
+    ) -> InFlight:
         key = (kind, service)
         deadline = now + self.resolve_timeout if self.resolve_timeout is not None else None
-        request = InFlight(kind, service, now, via, handle, deadline)
+        request = InFlight(kind, service, now, via, handle, deadline, with_route)
         self.in_flight[key] = request
         self.retry_at.pop(key, None)
         self.requests_made += 1
+        self.made_by_kind[kind] = self.made_by_kind.get(kind, 0) + 1
         if handle is not None:
             self.by_handle[handle] = key
         return request
@@ -136,6 +142,17 @@ class Dispatcher:
         when = self.finished(kind, service, now, ok=False, text=text, exact=exact)
         assert when is not None
         return when
+
+    def withdraw(self, kind: str, service: str) -> bool:
+        """The request in flight ended without an outcome (asked together with the route, it went unanswered: the
+        source answers routes only, or the route question failed first): forget it as if it had not been made, so
+        that :meth:`should_ask` says yes when it is wanted again. False if none was in flight."""
+        request = self.in_flight.pop((kind, service), None)
+        if request is None:
+            return False
+        if request.handle is not None:
+            self.by_handle.pop(request.handle, None)
+        return True
 
     def hurry(self, kind: str, service: str) -> bool:
         """An operator asks for the next request now rather than at its retry time (the console's "ask again"):
@@ -193,6 +210,7 @@ class Dispatcher:
     def statistics(self) -> dict[str, Any]:
         return {
             "requests_made": self.requests_made,
+            "requests_by_kind": dict(self.made_by_kind),
             "in_flight": len(self.in_flight),
             "retries_scheduled": len(self.retry_at),
         }

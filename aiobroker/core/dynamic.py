@@ -42,7 +42,7 @@ from .dialog_errors import parse_error_body
 from .dispatcher import BINDING, ROUTE, Dispatcher
 from .effects import Report, ResolveRequest
 from .ledger import Ledger
-from .parts import DeliveryPart, EndingsPart, OutboundPart
+from .parts import DeliveryPart, EndingsPart, OutboundPart, SecurityPart
 from .routing import ASKS_BCN, Route
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class DynamicRouting:
     outbound: OutboundPart
     delivery: DeliveryPart
     endings: EndingsPart
+    security: SecurityPart
 
     def __init__(
         self,
@@ -106,19 +107,32 @@ class DynamicRouting:
             or any(r.service_name == BCN_SERVICE for r in self.ledger.catalog.routes_for(BCN_SERVICE))
         )
 
-    def ask(self, kind: str, service: str, now: float) -> str:
+    def ask(self, kind: str, service: str, now: float, *, binding_too: bool = False) -> str:
         """A conversation waits on ``service``: make the request if none is in flight or pending. Returns the
-        reason the conversation waits, in words."""
+        reason the conversation waits, in words.
+
+        ``binding_too`` (a route request for a conversation whose dialog security is not decided yet): when the
+        service will need a binding request as well (``DialogSecurity.binding_wanted``), both are made now, so the
+        service waits for the slower of the two answers, not for one after the other: a resolver is asked both
+        questions in one call (``ResolveRequest.binding_too``, ``Resolver.resolve_together``); the BCN service gets
+        its two messages (``MissingRoute``, ``MissingRemoteServiceBinding``) at once, one conversation each."""
         d = self.dispatcher
         if d.should_ask(kind, service, now):
+            both = binding_too and kind == ROUTE and self.security.binding_wanted(service, now)
             if self.resolver_name is not None:
                 d.started(kind, service, now, via=f"resolver {self.resolver_name}")
-                self.ledger.outbox.append(ResolveRequest(kind, service))
+                if both:
+                    d.started(BINDING, service, now, via=f"resolver {self.resolver_name} (with the route)",
+                              with_route=True)
+                self.ledger.outbox.append(ResolveRequest(kind, service, binding_too=both))
             else:
                 self._ask_bcn(kind, service, now)
-            request = d.in_flight.get((kind, service))
-            if request is not None and request.deadline is not None:
-                self._schedule_request(request.deadline, kind, service)
+                if both:
+                    self._ask_bcn(BINDING, service, now, with_route=True)
+            for asked in (kind, BINDING) if both else (kind,):
+                request = d.in_flight.get((asked, service))
+                if request is not None and request.deadline is not None:
+                    self._schedule_request(request.deadline, asked, service)
         return self.waiting_reason(kind, service, now)
 
     def waiting_reason(self, kind: str, service: str, now: float) -> str:
@@ -184,14 +198,15 @@ class DynamicRouting:
                 ep.delayed = reason
                 self.ledger.touch(ep)
 
-    def _ask_bcn(self, kind: str, service: str, now: float) -> None:
+    def _ask_bcn(self, kind: str, service: str, now: float, *, with_route: bool = False) -> None:
         contract = BCN_CONTRACT
         bcn = self.ledger.catalog.services.get(BCN_SERVICE)
         if bcn is not None and BCN_CONTRACT not in bcn.contracts and BCN_CONTRACT_HTTPS in bcn.contracts:
             contract = BCN_CONTRACT_HTTPS  # a local BCN service declared with the seeds' other spelling
         message_type = BCN_MESSAGE_TYPES[contract][0 if kind == ROUTE else 1]
         ep = self.conversations.begin_dialog(from_service=DISPATCHER_SERVICE, to_service=BCN_SERVICE, contract=contract, now=now)
-        self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})", handle=ep.handle)
+        self.dispatcher.started(kind, service, now, via=f"Broker Configuration Notice service (conversation {ep.handle})",
+                                handle=ep.handle, with_route=with_route)
         self.delivery.send(ep.handle, [[message_type, missing_route_body(service, message_type)]], now)
 
     def bcn_reply(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
@@ -272,6 +287,18 @@ class DynamicRouting:
         conversations that do not require encryption go on unsecured)."""
         return self.request_done(kind, service, now, ok=False, text=text, retry_after=retry_after)
 
+    def binding_unanswered(self, service: str, now: float) -> int:
+        """The binding request asked with the route went unanswered (``Answers.binding`` is None: the source
+        answers routes only, or the route question failed first). It is withdrawn, neither a success nor a failure
+        (nothing is remembered for ``binding_failure_cache``): once the route is known, the binding is asked for
+        on its own, as it would have been without the combined question. Returns how many messages moved on."""
+        if not self.dispatcher.withdraw(BINDING, service):
+            return 0
+        self._reasons.pop((BINDING, service), None)
+        if self.waiting_on(BINDING, service):  # the route came meanwhile: ask for the binding on its own now
+            return self.outbound.reroute(now, {service}, binding_waiters_only=True)
+        return 0
+
     def request_done(
         self, kind: str, service: str, now: float, *, ok: bool, text: str, retry_after: float | None = None
     ) -> int:
@@ -285,14 +312,15 @@ class DynamicRouting:
             exact, retry_after = self.binding_failure_cache, None
         if not ok:
             when = d.finished(kind, service, now, ok=False, text=text, retry_after=retry_after, exact=exact)
-            moved = self.outbound.reroute(now, {service}) if kind == BINDING else 0
+            moved = self.outbound.reroute(now, {service}, binding_waiters_only=True) if kind == BINDING else 0
             if when is not None and self.waiting_on(kind, service):
                 self._schedule_request(when, kind, service)
             self._refresh_reasons(kind, service, now)
             return moved
         missing = "the service still has no route" if kind == ROUTE else "there is still no binding for the service"
         when = d.still_no_route(kind, service, now, f"{text}, but {missing}", exact=exact)
-        moved = self.outbound.reroute(now, {service})
+        # a binding's outcome matters only to those waiting for one: the rest still wait for their route
+        moved = self.outbound.reroute(now, {service}, binding_waiters_only=kind == BINDING)
         if kind == BINDING and self.ledger.catalog.binding_for(service, now) is None:
             # no binding came of it: a failure, remembered (no new request meanwhile) whether or not anyone waits
             if self.waiting_on(kind, service):
@@ -329,6 +357,9 @@ class DynamicRouting:
             if (request.kind, request.service) == (kind, service):
                 if request.handle is not None and request.handle in self.ledger.endpoints:
                     self.endings.end(request.handle, now, cleanup=True)
+                if request.with_route:  # asked with the route: unanswered, asked on its own once the route is known
+                    self.binding_unanswered(service, now)
+                    return
                 self.request_done(kind, service, now, ok=False, text="no answer within resolve_timeout")
                 return
         when = d.retry_at.get((kind, service))

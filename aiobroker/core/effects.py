@@ -37,10 +37,13 @@ __all__ = ["Effect", "LeaseExpired", "Report", "ResolveRequest"]
 
 @dataclass(frozen=True, slots=True)
 class ResolveRequest:
-    """Ask the resolver where ``service`` is: ``kind`` is ``"route"`` or ``"binding"`` (``dispatcher.py``)."""
+    """Ask the resolver where ``service`` is: ``kind`` is ``"route"`` or ``"binding"`` (``dispatcher.py``).
+    ``binding_too``: a route request that also asks for the service's binding, in one round trip
+    (``Resolver.resolve_together``); both requests are in flight in the dispatcher."""
 
     kind: str
     service: str
+    binding_too: bool = False
 
 
 @dataclass(frozen=True, slots=True)

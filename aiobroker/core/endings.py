@@ -85,7 +85,7 @@ class Endings:
         services = ledger.catalog.services
         queue = ledger.queues.get(services[ep.service].queue) if ep.service in services else None
         if queue is not None:
-            for row in queue.remove_handle(handle):
+            for row in queue.remove_handle(handle, ep.group_id):
                 ledger.forget_row(row[ROW_ID])
         ledger.touch(ep)
         if handle not in ledger.tx:

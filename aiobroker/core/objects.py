@@ -40,6 +40,11 @@ class Objects:
             ledger.queues[obj.name] = MessageQueue(obj)
         elif isinstance(obj, Service):
             self.outbound.reroute(now, {obj.name})
+        elif isinstance(obj, Route) and obj.service_name is not None:
+            # a route that names a service changes only where conversations to it go: those DELAYED on it, and those
+            # on a link (a better route may move them), not the ones DELAYED on other services: the BCN service
+            # creating a route per answer cost a walk over every DELAYED conversation (quadratic in a storm)
+            self.outbound.reroute(now, {obj.service_name}, with_links=True)
         elif kind == "route":
             self.outbound.reroute(now)
         elif isinstance(obj, Binding):

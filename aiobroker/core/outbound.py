@@ -93,7 +93,8 @@ class Outbound:
             return decision.address
         tx.delay(ep.handle, ep.far_service)
         if decision.kind == "resolve":
-            ep.delayed = self.dynamic.ask(ROUTE, ep.far_service, now)
+            # dialog security not decided yet: the binding it may need is asked for with the route (one round trip)
+            ep.delayed = self.dynamic.ask(ROUTE, ep.far_service, now, binding_too=ep.secured is None)
         else:
             ep.delayed = decision.reason
         ledger.touch(ep)
@@ -129,10 +130,16 @@ class Outbound:
         self.dynamic.binding_waiters.discard(ep.handle)
         return len(rows)
 
-    def reroute(self, now: float, services: set[str] | None = None) -> int:
+    def reroute(
+        self, now: float, services: set[str] | None = None, *, binding_waiters_only: bool = False,
+        with_links: bool = False,
+    ) -> int:
         """Routes or services changed: decide again for every conversation with messages waiting (only those to
-        ``services`` when given). Messages whose far side is now on this node are delivered at once, in order;
-        those routed to another node join its link. Returns how many messages moved on either way."""
+        ``services`` when given; only those that wait for a binding with ``binding_waiters_only``: a binding
+        request's outcome changes nothing for a conversation whose route is still unknown; with ``with_links``,
+        those DELAYED on ``services`` and every conversation on a link). Messages whose far side is now on this node
+        are delivered at once, in order; those routed to another node join its link. Returns how many messages
+        moved on either way."""
         ledger = self.ledger
         tx = ledger.tx
         binding_waiters = self.dynamic.binding_waiters
@@ -142,6 +149,10 @@ class Outbound:
             handles = list(tx.rows)
         else:  # only those DELAYED on these services: a conversation already on a link keeps it
             handles = [h for s in services for h in tx.delayed.get(s, ())]
+            if with_links:
+                handles += tx.on_links()
+        if binding_waiters_only:
+            handles = [h for h in handles if h in binding_waiters]
         for handle in handles:
             ep = ledger.endpoints.get(handle)
             if ep is None or ep.far_handle is not None or handle not in tx.rows:

@@ -43,6 +43,7 @@ class Link:
     __slots__ = (
         "address",
         "handles",
+        "unsent",
         "sent",
         "epoch",
         "connected",
@@ -58,6 +59,10 @@ class Link:
         self.address = address
         #: sending endpoints routed here (an ordered set)
         self.handles: dict[str, None] = {}
+        #: those of them that may have rows not yet sent in this epoch (an ordered set): what ``take_unsent`` walks,
+        #: so that a take costs what it takes, not a walk over every conversation on the link (100,000 after a
+        #: resolution storm, most of them sent long ago and waiting for their acknowledgement)
+        self.unsent: dict[str, None] = {}
         #: handle → how many of its rows (from the front) were sent in this epoch; only handles with rows in flight
         self.sent: dict[str, int] = {}
         self.epoch = 0
@@ -75,6 +80,7 @@ class Link:
         """Forget what was sent: after a reconnect or a time-out everything unacknowledged goes again."""
         self.epoch += 1
         self.sent.clear()
+        self.unsent = dict.fromkeys(self.handles)  # everything unacknowledged goes again, in the links' order
         self.waiting_since = None
 
     def failed(self, error: str, now: float) -> float:
@@ -160,6 +166,7 @@ class TransmissionQueue:
         self.message_count += len(rows)
         address = self.route_of.get(handle)
         if address is not None:
+            self.links[address].unsent[handle] = None
             self.ready_links.add(address)
         service = self.delayed_service.get(handle)
         if service is not None:
@@ -203,6 +210,7 @@ class TransmissionQueue:
             link = self.links[address] = Link(address)
         link.handles[handle] = None
         if self.rows.get(handle):
+            link.unsent[handle] = None
             self.ready_links.add(address)
         return link
 
@@ -212,7 +220,21 @@ class TransmissionQueue:
             link = self.links.get(address)
             if link is not None:
                 link.handles.pop(handle, None)
+                link.unsent.pop(handle, None)
                 link.sent.pop(handle, None)
+
+    def on_links(self) -> list[str]:
+        """The sending endpoints on a link with messages not yet acknowledged, found from what each link has in
+        flight or still to send (``sent``, ``unsent``): in proportion to the messages moving, not to every
+        conversation that ever used a link."""
+        rows = self.rows
+        found: dict[str, None] = {}
+        for link in self.links.values():
+            for group in (link.sent, link.unsent):
+                for handle in group:
+                    if handle in rows:
+                        found[handle] = None
+        return list(found)
 
     def drop(self, handle: str) -> list[MessageRow]:
         """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
@@ -237,12 +259,15 @@ class TransmissionQueue:
         out: list[tuple[str, MessageRow]] = []
         size = 0
         full = False
-        for handle in link.handles:
+        done: list[str] = []  # all their rows sent: out of ``unsent`` (until new rows or a new epoch)
+        for handle in link.unsent:
             rows = self.rows.get(handle)
             if not rows:
+                done.append(handle)
                 continue
             start = link.sent.get(handle, 0)
             if start >= len(rows):
+                done.append(handle)
                 continue
             end = min(len(rows), start + max_messages - len(out))
             i = start
@@ -255,12 +280,17 @@ class TransmissionQueue:
                 i += 1
             if i:
                 link.sent[handle] = i  # only conversations with rows in flight: "any awaiting ack?" is bool(sent)
+            if i == len(rows):
+                done.append(handle)
             if i < end:
                 # stopped at a row not yet stored: the write that stores it must wake this link again
                 self.ready_links.add(address)
             if full or len(out) >= max_messages:
                 self.ready_links.add(address)  # more to go
                 break
+        unsent = link.unsent
+        for handle in done:
+            del unsent[handle]
         return out
 
     def acknowledge(self, handle: str, next_seq: int) -> list[MessageRow]:

@@ -27,6 +27,9 @@ from .counters import Counters
 
 log = logging.getLogger("aiobroker.node")
 
+#: stands for "no answer within resolve_timeout" among a question's outcomes
+_TIMED_OUT = object()
+
 
 class Resolving:
     """Runs the questions of one node's resolver."""
@@ -48,69 +51,96 @@ class Resolving:
         #: this resolver's questions, answers, failures and latency, for ``/metrics``
         self.counts = (counters or Counters()).resolver(resolver.name)
 
-    async def run(self, service: str, kind: str = ROUTE) -> None:
-        """Ask the resolver once, and give the core its answer (or why there is none)."""
+    async def run(self, service: str, kind: str = ROUTE, binding_too: bool = False) -> None:
+        """Ask the resolver once, and give the core its answer (or why there is none). ``binding_too``: a route
+        question that carries the binding question as well (``Resolver.resolve_together``): one call, and each
+        answer handed to the core in turn, the binding's first, so that the choice table sees it when the route's
+        answer routes the waiting conversations."""
         timeout = self.timeout
         started = time.monotonic()
+        kinds = (BINDING, ROUTE) if binding_too else (kind,)
+        self.counts.requests += len(kinds)
+        results: dict[str, Any]
+        try:
+            with anyio.fail_after(timeout if timeout is not None else math.inf):
+                if binding_too:
+                    answers = await self.resolver.resolve_together(service)
+                    results = {ROUTE: answers.route, BINDING: answers.binding}
+                elif kind == BINDING:
+                    results = {BINDING: await self.resolver.resolve_binding(service)}
+                else:
+                    results = {ROUTE: await self.resolver.resolve_route(service)}
+        except TimeoutError:
+            # the binding asked with the route is left unanswered, not failed: a failed binding question is
+            # remembered for binding_failure_cache (10 minutes), and a slow registry said nothing about it
+            results = {ROUTE: _TIMED_OUT, BINDING: None} if binding_too else {kind: _TIMED_OUT}
+        except Exception as exc:  # a resolver that breaks its contract must not take the node down
+            results = {ROUTE: exc, BINDING: None} if binding_too else {kind: exc}
+        for asked in kinds:
+            self._settle(service, asked, results[asked], started)
+        self.after()
+
+    def _settle(self, service: str, kind: str, result: Any, started: float) -> None:
+        """One question's outcome to the core, the log and the counters."""
         what = "route" if kind == ROUTE else "remote service binding"
         fields = {"service": service, "resolver": self.resolver.name}
         counts = self.counts
-        counts.requests += 1
         failure = None
-        try:
-            with anyio.fail_after(timeout if timeout is not None else math.inf):
-                if kind == BINDING:
-                    binding = await self.resolver.resolve_binding(service)
-                else:
-                    answer = await self.resolver.resolve_route(service)
-        except NotFound as exc:
+        if result is None:  # asked with the route, not answered by its round trip: asked on its own later
+            self.core.binding_unanswered(service, self.clock())
+            log.debug("%s did not answer the binding of %r with its route; it is asked on its own once the route is"
+                      " known", self.resolver.name, service, extra=fields)
+            return
+        if isinstance(result, NotFound):
             failure = "not_found"
-            moved = self.core.resolve_failed(service, f"not found: {exc.message}", self.clock(), exc.retry_after, kind)
+            moved = self.core.resolve_failed(service, f"not found: {result.message}", self.clock(), result.retry_after,
+                                             kind)
             log.info(
-                "%s: no %s for service %r (%s)%s", self.resolver.name, what, service, exc.message, _plain(moved),
+                "%s: no %s for service %r (%s)%s", self.resolver.name, what, service, result.message, _plain(moved),
                 extra=fields,
             )
-        except ResolverError as exc:
+        elif isinstance(result, ResolverError):
             failure = "error"
-            moved = self.core.resolve_failed(service, exc.message, self.clock(), exc.retry_after, kind)
+            moved = self.core.resolve_failed(service, result.message, self.clock(), result.retry_after, kind)
             log.warning(
-                "%s could not resolve the %s of service %r: %s%s", self.resolver.name, what, service, exc.message,
+                "%s could not resolve the %s of service %r: %s%s", self.resolver.name, what, service, result.message,
                 _plain(moved), extra=fields,
             )
-        except TimeoutError:
+        elif result is _TIMED_OUT:
             failure = "timeout"
-            text = f"no answer within resolve_timeout ({duration(timeout or math.inf)})"
+            text = f"no answer within resolve_timeout ({duration(self.timeout or math.inf)})"
             log.warning("%s gave no %s for service %r: %s", self.resolver.name, what, service, text, extra=fields)
             self.core.resolve_failed(service, text, self.clock(), None, kind)
-        except Exception as exc:  # a resolver that breaks its contract must not take the node down
+        elif isinstance(result, BaseException):  # a resolver that breaks its contract must not take the node down
             failure = "broken"
-            log.exception("resolver %s failed on the %s of service %r", self.resolver.name, what, service, extra=fields)
-            self.core.resolve_failed(service, f"the resolver failed: {type(exc).__name__}: {exc}", self.clock(), None, kind)
+            log.error("resolver %s failed on the %s of service %r", self.resolver.name, what, service, extra=fields,
+                      exc_info=result)
+            self.core.resolve_failed(service, f"the resolver failed: {type(result).__name__}: {result}", self.clock(),
+                                     None, kind)
+        elif kind == BINDING:
+            counts.answers += 1
+            counts.latency.observe(time.monotonic() - started)
+            moved = self.core.binding_resolved(service, result, self.clock())
+            log.info(
+                "%s gave a remote service binding for %r in %.0f ms; %d delayed message(s) released",
+                self.resolver.name, service, (time.monotonic() - started) * 1000, moved, extra=fields,
+            )
         else:
             counts.answers += 1
             counts.latency.observe(time.monotonic() - started)
-            if kind == BINDING:
-                moved = self.core.binding_resolved(service, binding, self.clock())
-                log.info(
-                    "%s gave a remote service binding for %r in %.0f ms; %d delayed message(s) released",
-                    self.resolver.name, service, (time.monotonic() - started) * 1000, moved, extra=fields,
-                )
-                self.after()
-                return
-            moved = self.core.resolved(service, answer, self.clock())
+            moved = self.core.resolved(service, result, self.clock())
             log.info(
                 "%s resolved service %r in %.0f ms: %s; %d delayed message(s) released",
                 self.resolver.name,
                 service,
                 (time.monotonic() - started) * 1000,
-                ", ".join(t.address for t in answer.preferred()),
+                ", ".join(t.address for t in result.preferred()),
                 moved,
                 extra=fields,
             )
         if failure is not None:
             counts.failures[failure] = counts.failures.get(failure, 0) + 1
             counts.latency.observe(time.monotonic() - started)
-        self.after()
 
 
 def diagnose(

@@ -404,10 +404,10 @@ class Node:
         expired: list[Lease] = []
         for effect in self.core.drain_effects():
             match effect:
-                case ResolveRequest(kind=kind, service=service):
+                case ResolveRequest(kind=kind, service=service, binding_too=both):
                     # one per service at most: the dispatcher asks again only once this one is answered
                     if self.resolving is not None:
-                        tg.start_soon(self.resolving.run, service, kind, name=f"resolve {kind} {service}")
+                        tg.start_soon(self.resolving.run, service, kind, both, name=f"resolve {kind} {service}")
                 case LeaseExpired(lease=lease):
                     expired.append(lease)
                 case Report(text=text):

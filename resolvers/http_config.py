@@ -1,0 +1,111 @@
+"""The ``http`` resolver's settings: reading its ``[resolver]`` table (seconds, URL templates, headers, counts;
+``http.py`` documents the options and builds the resolver from them), and the HTTP clients they configure."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from aiobroker.resolver import ConfigError
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _config_seconds(options: Mapping[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"[resolver] {key} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _config_url(options: Mapping[str, Any], key: str = "url") -> str:
+    if key not in options:
+        raise ConfigError(f"[resolver] {key} is required for kind 'http' (a template with {{service}}, e.g. "
+                          "'http://127.0.0.1:8500/v1/health/service/{service}?passing=true')")
+    url = options[key]
+    if not isinstance(url, str) or "{service}" not in url:
+        raise ConfigError(f"[resolver] {key} must be a string containing {{service}}, got {url!r}")
+    try:
+        sample = httpx.URL(url.replace("{service}", "x"))
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"[resolver] {key} {url!r} is not a valid URL: {exc}") from exc
+    if sample.scheme not in ("http", "https") or not sample.host:
+        raise ConfigError(f"[resolver] {key} {url!r} must be http:// or https:// with a host")
+    return url
+
+
+def default_binding_url(url: str) -> str:
+    """``url`` with ``/binding`` appended to its path (the query and fragment kept)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/binding"))
+
+
+def _config_headers(options: Mapping[str, Any]) -> dict[str, str]:
+    headers = options.get("headers", {})
+    if not isinstance(headers, Mapping):
+        raise ConfigError(f"[resolver] headers must be a table of header names to strings, got {headers!r}")
+    for k, v in headers.items():
+        if not isinstance(k, str) or not _TOKEN.fullmatch(k):
+            raise ConfigError(f"[resolver] headers: {k!r} is not a valid header name")
+        if not isinstance(v, str) or not _HEADER_VALUE.fullmatch(v):
+            raise ConfigError(f"[resolver] headers.{k} must be a string of printable Latin-1 characters (no line "
+                              f"breaks), got {v!r}")
+    return dict(headers)
+
+
+def _config_count(options: Mapping[str, Any], key: str, default: int, most: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigError(f"[resolver] {key} must be a whole number from 1 to {most}, got {value!r}")
+    return value
+
+
+class Clients:
+    """At most ``size`` questions open at once; those beyond wait here, cheaply, and the wait does not count against
+    a question's own time-outs. Each open question has an httpx client of its own with one connection, kept alive for
+    the next question that takes that client. Not one client with a pool of ``size``: httpx's pool walks all its
+    connections (and their sockets' attributes) on every request and response, which with 16 took more of the node's
+    time than the rest of a question (the storm benchmark, py-spy); and its queue, re-scanned likewise, grew
+    quadratic with 1,000 services waiting."""
+
+    def __init__(self, size: int, headers: dict[str, str], *, connect_timeout: float, read_timeout: float) -> None:
+        self._slots = anyio.Semaphore(size)
+        self._headers = headers
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
+                                      pool=connect_timeout)
+        self.made: list[httpx.AsyncClient] = []  #: every client made (closed by aclose)
+        self._idle: list[httpx.AsyncClient] = []  #: those no question is using
+        self._tls: Any = None  #: one TLS context for all of them, made with the first (building one takes ~20 ms)
+
+    @asynccontextmanager
+    async def take(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A slot and its client: an idle one (its connection kept from an earlier question), or a new one while
+        fewer than ``size`` exist (the slots mean no more are ever needed)."""
+        async with self._slots:
+            if self._idle:
+                client = self._idle.pop()
+            else:
+                if self._tls is None:
+                    self._tls = httpx.create_ssl_context(trust_env=False)
+                client = httpx.AsyncClient(
+                    headers=self._headers, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    timeout=self._timeout, verify=self._tls, follow_redirects=False, trust_env=False,
+                )
+                self.made.append(client)
+            try:
+                yield client
+            finally:
+                self._idle.append(client)
+
+    async def aclose(self) -> None:
+        for client in self.made:
+            await client.aclose()

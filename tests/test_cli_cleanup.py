@@ -74,8 +74,14 @@ def test_a_request_whose_bcn_side_is_cleaned_up_stops_being_waited_on(node: Node
     cli(node, "send", "--from", "svcA", "--to", "svcNowhere", "--body", "waits")
     assert "asked the Broker Configuration Notice service" in delayed(node)["svcNowhere"]["reason"]
 
-    [request] = wait_for(lambda: handles_of(node, BCN_SERVICE), 10, "the MissingRoute request at the BCN service")
-    cli(node, "end", request, "--cleanup")
+    # the node asks for the route and the binding at once: two requests at the BCN service, both removed
+    def both() -> list[str] | None:
+        handles = handles_of(node, BCN_SERVICE)
+        return handles if len(handles) == 2 else None
+
+    requests = wait_for(both, 10, "the MissingRoute and MissingRemoteServiceBinding requests at the BCN service")
+    for request in requests:
+        cli(node, "end", request, "--cleanup")
     reason = delayed(node)["svcNowhere"]["reason"]
     assert "asked the Broker Configuration Notice service" not in reason
     assert "side of the request was removed (end --cleanup)" in reason

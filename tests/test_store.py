@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -60,21 +59,6 @@ def child_env() -> dict[str, str]:
 
 
 # --- what is written comes back -----------------------------------------------------------------------------
-
-VALUES: dict[str, Any] = {
-    "str": "héllo wörld ✓",
-    "empty str": "",
-    "int": 42,
-    "big int": 2**64 - 1,
-    "negative int": -(2**63),
-    "float": 3.141592653589793,
-    "bytes": b"\x00\xff binary",
-    "true": True,
-    "false": False,
-    "list": [1, "two", b"three", None, [4.5]],
-    "dict": {"nested": {"deeper": [None, True, {"k": b"v"}]}, "n": 0},
-}
-
 
 def read_back_while_closed(store: SqliteStore) -> Snapshot:
     store.close()

@@ -232,10 +232,7 @@ class Delivery:
                     break
         seq = src.send_seq
         if count:
-            queue_name = catalog.services[far.service].queue
-            location = "q:" + queue_name
-            mid = ledger.next_message_id
-            fh = far.handle
+            queue_name, location, mid, fh = self._run_start(far)
             batch = messages[:count] if count < len(messages) else messages
             rows: list[MessageRow] = (
                 [(mid + i, location, fh, seq + i, m[0], m[1], now, 0) for i, m in enumerate(batch)]
@@ -249,13 +246,8 @@ class Delivery:
             )
             if len(batch[0]) > 2:
                 ledger.traced_queues.add(queue_name)
-            ledger.next_message_id = mid + count
-            ledger.enqueue_run(queue_name, far.group_id, rows)
-            far.recv_seq = seq + count
-            ledger.touch(far)
-        src.send_seq = seq + len(messages)
-        if reason is not None:
-            self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
+            self._run_end(far, queue_name, rows, seq)
+        self._sent(src, len(messages), count, reason, now)
 
     def _deliver_bodies(self, src: Endpoint, far: Endpoint, message_type: str, bodies: list[bytes], now: float) -> None:
         """:meth:`_deliver_user_messages` for a batch of one message type given as its bodies."""
@@ -274,22 +266,36 @@ class Delivery:
                     break
         seq = src.send_seq
         if count:
-            ledger = self.ledger
-            queue_name = catalog.services[far.service].queue
-            location = "q:" + queue_name
-            mid = ledger.next_message_id
-            fh = far.handle
+            queue_name, location, mid, fh = self._run_start(far)
             batch = bodies[:count] if count < len(bodies) else bodies
             rows: list[MessageRow] = [
                 (mid + i, location, fh, seq + i, message_type, body, now, 0) for i, body in enumerate(batch)
             ]
-            ledger.next_message_id = mid + count
-            ledger.enqueue_run(queue_name, far.group_id, rows)
-            far.recv_seq = seq + count
-            ledger.touch(far)
-        src.send_seq = seq + len(bodies)
+            self._run_end(far, queue_name, rows, seq)
+        self._sent(src, len(bodies), count, reason, now)
+
+    def _run_start(self, far: Endpoint) -> tuple[str, str, int, str]:
+        """What every row of a run into ``far``'s queue shares: (queue name, location, first id, far handle)."""
+        queue_name = self.ledger.catalog.services[far.service].queue
+        return queue_name, "q:" + queue_name, self.ledger.next_message_id, far.handle
+
+    def _run_end(self, far: Endpoint, queue_name: str, rows: list[MessageRow], seq: int) -> None:
+        """The run (sequence numbers from ``seq``) into ``far``'s queue, its ids taken, ``far``'s receive sequence
+        past it."""
+        ledger = self.ledger
+        ledger.next_message_id += len(rows)
+        ledger.enqueue_run(queue_name, far.group_id, rows)
+        far.recv_seq = seq + len(rows)
+        ledger.touch(far)
+
+    def _sent(self, src: Endpoint, sent: int, delivered: int, reason: str | None, now: float) -> None:
+        """``src``'s send sequence past the ``sent`` messages; the conversation failed if the ``delivered`` first
+        were all that passed validation (``reason`` says why the next did not)."""
+        seq = src.send_seq
+        src.send_seq = seq + sent
         if reason is not None:
-            self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, f"message {seq + count} was not delivered: {reason}", now)
+            message = f"message {seq + delivered} was not delivered: {reason}"
+            self.endings.fail(src, BrokerErrorCode.VALIDATION_FAILED, message, now)
 
     def emit(self, ep: Endpoint, message_type: str, body: bytes, now: float) -> None:
         """Send one message the broker makes (EndDialog, Error) after what this side has sent already."""

@@ -28,9 +28,11 @@ from ..errors import (
     InvalidArgument,
     MessageTooLarge,
     Overloaded,
+    QueueFull,
     SecurityError,
     UnknownObject,
 )
+from .catalog import QueueDef
 from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, URGENT_TYPES
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
@@ -39,7 +41,7 @@ from .dialog_errors import BrokerErrorCode, parse_error_body
 from .envelopes import Envelope
 from .ledger import Ledger, Pending
 from .parts import DynamicPart, EndingsPart, OutboundPart
-from .records import ROW_HANDLE, ROW_ID, MessageRow
+from .records import ROW_HANDLE, MessageRow
 from ..tracecontext import check_trace
 from .validation import VALIDATORS
 
@@ -75,6 +77,8 @@ class Delivery:
         the validators) is decided once, and the rows are built in one loop.
         """
         ep = self.conversations.endpoint(handle)
+        if self.ledger.budget.over:
+            self._refuse_overloaded()
         why = ep.why_not_send()
         if why:
             raise ConversationError(f"cannot send on conversation {handle}: {why}")
@@ -142,6 +146,40 @@ class Delivery:
             types.add(m[0])
         return types
 
+    def _refuse_overloaded(self) -> None:
+        budget = self.ledger.budget
+        budget.refused += 1
+        raise Overloaded(
+            f"nothing was sent: {budget.words()}; it accepts sends again once receivers have taken messages"
+            f" (below {budget.low} bytes): receive from the queues that hold them, or raise max_memory"
+        )
+
+    def _check_queue_bounds(self, queue: QueueDef, count: int, size: int) -> None:
+        """A send of ``count`` messages (``size`` body bytes) to a queue with bounds: refused, whole, if it would
+        take the queue past either (the policy "refuse new")."""
+        held, held_bytes = self.ledger.budget.in_queue(queue.name)
+        if queue.max_messages is not None and held + count > queue.max_messages:
+            raise QueueFull(
+                f"queue {queue.name!r} is full: it holds {held} message(s) and its max_messages is"
+                f" {queue.max_messages}; nothing was sent. Receive from it, or raise the bound with:"
+                f" aiobroker alter queue {queue.name} --max-messages N"
+            )
+        if queue.max_bytes is not None and held_bytes + size > queue.max_bytes:
+            raise QueueFull(
+                f"queue {queue.name!r} is full: it holds {held_bytes} bytes of message bodies and its max_bytes is"
+                f" {queue.max_bytes}; nothing was sent. Receive from it, or raise the bound with:"
+                f" aiobroker alter queue {queue.name} --max-bytes N"
+            )
+
+    def queue_room(self, queue: QueueDef, count: int, size: int) -> bool:
+        """Whether ``count`` more messages of ``size`` bytes fit in a queue's bounds (a peer's delivery)."""
+        if queue.max_messages is None and queue.max_bytes is None:
+            return True
+        held, held_bytes = self.ledger.budget.in_queue(queue.name)
+        return (queue.max_messages is None or held + count <= queue.max_messages) and (
+            queue.max_bytes is None or held_bytes + size <= queue.max_bytes
+        )
+
     def _check_delay_bounds(self, ep: Endpoint, n: int, now: float) -> None:
         tx = self.ledger.tx
         waiting = tx.delayed_count.get(ep.far_service, 0)
@@ -195,6 +233,9 @@ class Delivery:
         seq = src.send_seq
         if count:
             queue_name = catalog.services[far.service].queue
+            qdef = catalog.queues[queue_name]
+            if qdef.bounded:
+                self._check_queue_bounds(qdef, len(messages), sum(len(m[1]) for m in messages))
             location = "q:" + queue_name
             mid = ledger.next_message_id
             fh = far.handle
@@ -361,8 +402,7 @@ class Delivery:
             ep = endpoints.get(rows[0][ROW_HANDLE])  # a run of rows always belongs to one endpoint
             queue = queues.get(queue_name)
             if ep is None or ep.state is State.CLOSED or queue is None:
-                for row in rows:
-                    ledger.forget_row(row[ROW_ID])  # its conversation ended while the messages were being stored
+                ledger.forget_rows(rows)  # its conversation ended while the messages were being stored
                 continue
             queue.push_many(rows, group_id, urgent)
             touched.add(queue_name)

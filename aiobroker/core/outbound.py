@@ -27,7 +27,7 @@ from .dispatcher import ROUTE
 from .envelopes import MESSAGE, Envelope
 from .ledger import TX, Ledger
 from .parts import DeliveryPart, DynamicPart, SecurityPart
-from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, row_trace
+from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_SEQ, ROW_TYPE, MessageRow, row_trace
 from .routing import Decision, choose
 
 
@@ -123,8 +123,7 @@ class Outbound:
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
         rows = self.ledger.tx.drop(ep.handle)
-        for row in rows:
-            self.ledger.forget_row(row[ROW_ID])
+        self.ledger.forget_rows(rows)
         ep.delayed = None
         self.dynamic.binding_waiters.discard(ep.handle)
         return len(rows)
@@ -162,8 +161,7 @@ class Outbound:
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:
         ledger = self.ledger
         rows = ledger.tx.drop(ep.handle)
-        for row in rows:
-            ledger.forget_row(row[ROW_ID])
+        ledger.forget_rows(rows)
         moved = 0
         deliver = self.delivery.deliver
         for row in rows:

@@ -33,7 +33,7 @@ from ..config import MIN_FRAME_SIZE
 from ..names import parse_tcp_address, parse_tcp_addresses
 from ..core.transmission import ENVELOPE_OVERHEAD
 from ..durations import duration, until
-from ..errors import BrokerError, ConnectionLost, ProtocolError, Standby
+from ..errors import BrokerError, ConnectionLost, Overloaded, ProtocolError, Standby
 from ..transport.connection import FramedConnection, describe_os_error
 from ..transport.tls import connect as connect_tls
 from ..wire.codec import batch_bytes
@@ -370,6 +370,12 @@ class PeerLinks:
                 link = core.tx.links.get(address)
                 if link is not None and link.waiting_since is not None:
                     link.waiting_since = time.monotonic()  # progress: the time-out counts from here
+        if frame.messages and core.budget.over:
+            # over the memory budget: take nothing new; the sender keeps its messages and sends them again
+            self.node.counters.peer_frames_refused += 1
+            if address is None:
+                raise Overloaded(f"{conn.peer}'s messages were not taken: {core.budget.words()}; send them again later")
+            return  # on a link of ours a peer sends acknowledgements only; anything else waits for its resend
         if frame.messages:
             acks, forwards = core.accept(frame.messages, now)
             if acks:
@@ -407,7 +413,7 @@ class PeerLinks:
             self.node.counters.inbound_peers -= 1
 
     async def _serve_inbound(self, conn: FramedConnection) -> None:
-        refusal: ProtocolError | None = None
+        refusal: ProtocolError | Overloaded | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.writer)
             # nothing is in flight on it when it has been quiet: acknowledgements leave as soon as they are stored,
@@ -417,11 +423,13 @@ class PeerLinks:
                 await self._read(conn, None)
             except ConnectionLost:
                 pass  # the peer went away; it reconnects when it has more to send
-            except ProtocolError as exc:
+            except (ProtocolError, Overloaded) as exc:
                 refusal = exc
             finally:
                 tg.cancel_scope.cancel()
-        if refusal is not None:
+        if isinstance(refusal, Overloaded):
+            log.info("peer %s: %s; its connection is closed", conn.peer, refusal.message, extra={"peer": conn.peer})
+        elif refusal is not None:
             log.warning(
                 "peer %s sent a malformed frame; closing its connection: %s", conn.peer, refusal.message,
                 extra={"peer": conn.peer},

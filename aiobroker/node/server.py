@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
-from ..core.effects import LeaseExpired, Report, ResolveRequest
+from ..core.effects import LeaseExpired, MemoryPressure, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
@@ -410,6 +410,8 @@ class Node:
                         tg.start_soon(self.resolving.run, service, kind, name=f"resolve {kind} {service}")
                 case LeaseExpired(lease=lease):
                     expired.append(lease)
+                case MemoryPressure(over=over, held=held, max_memory=max_memory):
+                    self._memory_pressure(over, held, max_memory)
                 case Report(text=text):
                     if peer is None:
                         log.warning("%s", text)
@@ -417,6 +419,22 @@ class Node:
                         log.warning("from %s: %s", peer, text, extra={"peer": str(peer)})
         if expired:
             self.waiters.leases_expired(expired)
+
+    def _memory_pressure(self, over: bool, held: int, max_memory: int) -> None:
+        """What the node holds for messages crossed a watermark of its budget (``core/budget.py``): said once a
+        crossing, not per refused send; peer links refuse new envelopes while over (``links.py``)."""
+        mib = 1024 * 1024
+        if over:
+            log.warning(
+                "memory budget reached: the node holds %.1f MiB for messages, max_memory is %.1f MiB; sends are"
+                " refused (Overloaded) and peer links take no new messages until receivers bring it below %.1f MiB",
+                held / mib, max_memory / mib, self.core.budget.low / mib,
+            )
+        else:
+            log.info(
+                "memory budget: back below %.1f MiB (holds %.1f MiB); sends and peer links are accepted again",
+                self.core.budget.low / mib, held / mib,
+            )
 
     def diagnose(self, service: str, broker_instance: str | None) -> dict[str, Any]:
         """Why messages to a service go where they go, or wait: the routing steps in words, and dynamic routing."""

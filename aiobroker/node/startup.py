@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 
 from ..config import NodeConfig
+from ..config.memory import default_max_memory
 from ..core.broker import BrokerCore
 from ..core.catalog import QueueDef
 from ..core.identities import require_signer
@@ -56,6 +57,7 @@ def restore(
         resolve_timeout=cfg.resolve_timeout,
         max_delayed_per_service=cfg.max_delayed_per_service,
         max_delayed_messages=cfg.max_delayed_messages,
+        max_memory=cfg.max_memory if cfg.max_memory is not None else default_max_memory(),
         node_identity=cfg.node_identity,
         authorization=cfg.authorization,
         binding_failure_cache=cfg.binding_failure_cache,

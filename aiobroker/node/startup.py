@@ -96,6 +96,12 @@ def apply_config_objects(core: BrokerCore, config: NodeConfig, clock: Callable[[
                     _onoff(existing.status), name, _onoff(wanted.status), extra={"queue": name},
                 )
                 wanted = dataclasses.replace(wanted, status=existing.status)
+            if isinstance(existing, QueueDef) and isinstance(wanted, QueueDef) and existing != wanted:
+                bounds = {"max_messages": wanted.max_messages, "max_bytes": wanted.max_bytes}
+                if dataclasses.replace(existing, max_messages=wanted.max_messages, max_bytes=wanted.max_bytes) == wanted:
+                    # a queue's bounds follow the config file: raising one is how an operator makes room
+                    existing = core.alter_queue(name, bounds)
+                    log.info("queue %r: bounds from the config file: %s", name, bounds, extra={"queue": name})
             if existing != wanted:
                 shown = existing.public_def() if hasattr(existing, "public_def") else existing.to_def()
                 raise ConfigError(

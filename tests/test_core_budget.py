@@ -3,12 +3,17 @@ sends refused past the bounds (a fake clock and a dict store; the processes' tes
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from core_harness import B_ADDR, Harness, carry, route_both_ways
 
+from aiobroker.config import load_config
+from aiobroker.config.memory import available_memory, default_max_memory
 from aiobroker.core.budget import ROW_MEMORY
 from aiobroker.core.effects import MemoryPressure
-from aiobroker.errors import InvalidArgument, Overloaded, QueueFull
+from aiobroker.errors import ConfigError, InvalidArgument, Overloaded, QueueFull
 
 
 def held(h: Harness) -> int:
@@ -145,3 +150,24 @@ def test_a_message_from_a_peer_to_a_full_queue_is_not_taken_and_comes_again() ->
     carry(a, b, B_ADDR)
     assert [m[3] for m in b.drain("qb")] == [b"3"]
     assert a.core.tx.message_count == 0
+
+
+def test_the_default_budget_is_a_quarter_of_the_memory_the_cgroup_allows(tmp_path: Path) -> None:
+    limited = tmp_path / "memory.max"
+    limited.write_text("1073741824\n")
+    assert available_memory(limited) == min(1 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    unlimited = tmp_path / "unlimited"
+    unlimited.write_text("max\n")
+    assert available_memory(unlimited) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert default_max_memory(1 << 30) == 256 * 1024 * 1024
+    assert default_max_memory(100 * 1024 * 1024) == 64 * 1024 * 1024, "never below the floor"
+
+
+def test_max_memory_in_a_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[limits]\nmax_memory = 268435456\n")
+    assert load_config(path).max_memory == 256 * 1024 * 1024
+    path.write_text("[limits]\nmax_memory = 1000\n")
+    with pytest.raises(ConfigError, match=r"max_memory: must be an integer >= 1048576 \(bytes, at least 1 MiB"):
+        load_config(path)
+    assert load_config(None).max_memory is None, "the default: derived from the machine at start"

@@ -205,7 +205,12 @@ def _check_link_token(value: Any) -> str | None:
 def _check_max_memory(value: Any) -> int | None:
     if value is None:
         return None
-    return _int(value, MIN_MAX_MEMORY, None, " (bytes, at least 1 MiB; leave it out for the default)")
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_MEMORY:
+        raise Invalid(
+            f"must be an integer >= {MIN_MAX_MEMORY} (bytes, at least 1 MiB; leave it out for the default, a quarter"
+            f" of the machine's memory); got {describe(value) if not isinstance(value, int) else value}"
+        )
+    return value
 
 
 def _check_identity_name(value: Any) -> str | None:

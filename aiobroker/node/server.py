@@ -57,6 +57,23 @@ from .writer import StoreWriter
 
 log = logging.getLogger("aiobroker.node")
 
+def log_memory_pressure(over: bool, held: int, max_memory: int, low: int) -> None:
+    """What the node holds for messages crossed a watermark of its budget (``core/budget.py``): said once a
+    crossing, not per refused send; peer links refuse new envelopes while over (``links.py``)."""
+    mib = 1024 * 1024
+    if over:
+        log.warning(
+            "memory budget reached: the node holds %.1f MiB for messages, max_memory is %.1f MiB; sends are"
+            " refused (Overloaded) and peer links take no new messages until receivers bring it below %.1f MiB",
+            held / mib, max_memory / mib, low / mib,
+        )
+    else:
+        log.info(
+            "memory budget: back below %.1f MiB (holds %.1f MiB); sends and peer links are accepted again",
+            low / mib, held / mib,
+        )
+
+
 class Node:
     def __init__(
         self,
@@ -411,7 +428,7 @@ class Node:
                 case LeaseExpired(lease=lease):
                     expired.append(lease)
                 case MemoryPressure(over=over, held=held, max_memory=max_memory):
-                    self._memory_pressure(over, held, max_memory)
+                    log_memory_pressure(over, held, max_memory, self.core.budget.low)
                 case Report(text=text):
                     if peer is None:
                         log.warning("%s", text)
@@ -419,22 +436,6 @@ class Node:
                         log.warning("from %s: %s", peer, text, extra={"peer": str(peer)})
         if expired:
             self.waiters.leases_expired(expired)
-
-    def _memory_pressure(self, over: bool, held: int, max_memory: int) -> None:
-        """What the node holds for messages crossed a watermark of its budget (``core/budget.py``): said once a
-        crossing, not per refused send; peer links refuse new envelopes while over (``links.py``)."""
-        mib = 1024 * 1024
-        if over:
-            log.warning(
-                "memory budget reached: the node holds %.1f MiB for messages, max_memory is %.1f MiB; sends are"
-                " refused (Overloaded) and peer links take no new messages until receivers bring it below %.1f MiB",
-                held / mib, max_memory / mib, self.core.budget.low / mib,
-            )
-        else:
-            log.info(
-                "memory budget: back below %.1f MiB (holds %.1f MiB); sends and peer links are accepted again",
-                self.core.budget.low / mib, held / mib,
-            )
 
     def diagnose(self, service: str, broker_instance: str | None) -> dict[str, Any]:
         """Why messages to a service go where they go, or wait: the routing steps in words, and dynamic routing."""

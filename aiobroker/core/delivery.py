@@ -85,19 +85,18 @@ class Delivery:
         if not isinstance(messages, list) or not messages:
             raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
         allowed = self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator)
-        limit = self.max_message_size
         types: set[str] = set()
+        size = 0  # the bodies' bytes, for the memory budget: summed in the loop that checks each message anyway
         try:
             for message_type, body in messages:
-                if type(body) is not bytes or len(body) > limit:
-                    if type(body) is not bytes:
-                        raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
-                    raise MessageTooLarge(
-                        f"message body of {len(body)} bytes is over the node's max_message_size of {limit} bytes"
-                    )
+                if type(body) is not bytes:
+                    raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
+                size += len(body)
                 types.add(message_type)
         except (TypeError, ValueError):
-            types = self._check_traced(messages)  # [message_type, body, trace]: off the hot path
+            types, size = self._check_traced(messages)  # [message_type, body, trace]: off the hot path
+        if size > self.max_message_size:  # only then can one body be over it: look for it
+            self._check_sizes(messages)
         for message_type in types - allowed:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
@@ -108,13 +107,13 @@ class Delivery:
             if target.state is State.CLOSED:
                 ep.send_seq += len(messages)  # its side ended; it said so with EndDialog or Error
             else:
-                self._deliver_user_messages(ep, target, messages, types, now)
+                self._deliver_user_messages(ep, target, messages, types, size, now)
         elif target is not None:
-            outbound.queue_outgoing(ep, messages, now)  # remote: stored until acknowledged
+            outbound.queue_outgoing(ep, messages, now, size)  # remote: stored until acknowledged
             self.dynamic.route_traffic.add(ep.far_service)  # a live service: a resolver's routes are refreshed in time
         elif ep.delayed is not None:
             self._check_delay_bounds(ep, len(messages), now)
-            outbound.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
+            outbound.queue_outgoing(ep, messages, now, size)  # DELAYED: stored until a route appears
         elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
             # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once
             raise SecurityError(f"nothing was sent; conversation {handle} failed: {ep.error[1]}")
@@ -123,12 +122,22 @@ class Delivery:
         self.ledger.touch(ep)
         return len(messages)
 
-    def _check_traced(self, messages: list[Any]) -> set[str]:
+    def _check_sizes(self, messages: list[Any]) -> None:
+        limit = self.max_message_size
+        for m in messages:
+            if len(m[1]) > limit:
+                raise MessageTooLarge(
+                    f"message body of {len(m[1])} bytes is over the node's max_message_size of {limit} bytes"
+                )
+
+    def _check_traced(self, messages: list[Any]) -> tuple[set[str], int]:
         """The checks of :meth:`send` for a batch where some messages carry trace context as a third element
         (``aiobroker/tracecontext.py``); such a batch is made all triples in place (None where a message has
-        none), so the row builders and the shell tell it by its first message. Returns the message types."""
+        none), so the row builders and the shell tell it by its first message. Returns the message types and the
+        bodies' bytes."""
         limit = self.max_message_size
         types: set[str] = set()
+        size = 0
         for i, m in enumerate(messages):
             if type(m) is not list or not 2 <= len(m) <= 3 or type(m[0]) is not str or type(m[1]) is not bytes:
                 raise InvalidArgument(
@@ -144,7 +153,8 @@ class Delivery:
             else:
                 messages[i] = [m[0], m[1], None]
             types.add(m[0])
-        return types
+            size += len(m[1])
+        return types, size
 
     def _refuse_overloaded(self) -> None:
         budget = self.ledger.budget
@@ -207,7 +217,7 @@ class Delivery:
         raise ContractViolation(f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}")
 
     def _deliver_user_messages(
-        self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], now: float
+        self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], size: int, now: float
     ) -> None:
         """The receiving side's checks for a batch, then the batch into the far endpoint's queue as one run."""
         ledger = self.ledger
@@ -235,7 +245,7 @@ class Delivery:
             queue_name = catalog.services[far.service].queue
             qdef = catalog.queues[queue_name]
             if qdef.bounded:
-                self._check_queue_bounds(qdef, len(messages), sum(len(m[1]) for m in messages))
+                self._check_queue_bounds(qdef, len(messages), size)
             location = "q:" + queue_name
             mid = ledger.next_message_id
             fh = far.handle
@@ -253,7 +263,7 @@ class Delivery:
             if len(batch[0]) > 2:
                 ledger.traced_queues.add(queue_name)
             ledger.next_message_id = mid + count
-            ledger.enqueue_run(queue_name, far.group_id, rows)
+            ledger.enqueue_run(queue_name, far.group_id, rows, size if count == len(messages) else None)
             far.recv_seq = seq + count
             ledger.touch(far)
         src.send_seq = seq + len(messages)

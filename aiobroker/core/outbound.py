@@ -99,7 +99,7 @@ class Outbound:
         ledger.touch(ep)
         return None
 
-    def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float) -> None:
+    def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float, size: int | None = None) -> None:
         """Number messages and keep them in the transmission queue (remote or DELAYED), stored, in order."""
         ledger = self.ledger
         seq = ep.send_seq
@@ -118,7 +118,7 @@ class Outbound:
         ledger.next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
         ledger.tx.add_many(handle, rows)
-        ledger.save_rows(rows)
+        ledger.save_rows(rows, size)
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""

@@ -32,6 +32,7 @@ RSS_OVERHEAD = 48 * MIB
 CONVERSATIONS = 8
 BATCH = 100
 MAX_BATCHES = 10_000  # bound on the fill, far beyond what the budget takes
+WAITED = 99_999_999  # the number of the message a producer waits to send
 
 
 def rss(pid: int) -> int:
@@ -177,8 +178,25 @@ async def test_a_full_node_refuses_sends_stays_within_its_budget_and_a_peer_keep
             assert (await client.status())["transmission"]["messages"] == 300, "held back, not lost"
             b_ids = {c["handle"]: c["conversation_id"] for c in await client.list_conversations() if c["is_initiator"]}
 
-        # a consumer drains everything exactly once and in order: the producer's, then the peer's as it retries
-        got = await drain(a.url, stored + 300, timeout=120)
+        # a producer that asked to wait is refused, and waits; a consumer drains everything exactly once and in
+        # order: the producer's, the peer's as it retries, and the waiting producer's once there is room
+        waited = anyio.Event()
+
+        async def wait_for_room() -> None:
+            async with aiobroker.connect(a.url) as client:
+                await client.dialog(handles[0]).send("DEFAULT", body(WAITED), wait=120)
+            waited.set()
+
+        got: dict[str, list[int]] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_room)
+            with anyio.fail_after(30):
+                while (await memory(a.url))["refused_sends"] == 4:
+                    await anyio.sleep(0.02)  # polling the node's count of refusals under a deadline
+            assert not waited.is_set(), "refused, so it waits"
+            got = await drain(a.url, stored + 300 + 1, timeout=120)
+        assert waited.is_set()
+        acked[handles[0]].append(WAITED)
         for cid, numbers in (await by_conversation_id(a.url, acked)).items():
             assert got[cid] == numbers, "the producer's messages exactly once and in order"
         for i, h in enumerate(b_handles):
@@ -190,7 +208,7 @@ async def test_a_full_node_refuses_sends_stays_within_its_budget_and_a_peer_keep
         mem = await memory(a.url)
         assert mem["over"] is False
         async with aiobroker.connect(a.url) as client:
-            await client.dialog(handles[0]).send("DEFAULT", body(0))
+            await client.dialog(handles[1]).send("DEFAULT", body(0))
         assert a.output().count("back below") == 1
     finally:
         a.stop()

@@ -305,3 +305,37 @@ def test_a_config_files_queue_bounds_apply_at_each_start(tmp_path: Path) -> None
         wait_for(lambda: "bounds from the config file" in a.output(), 10, "the log line for the new bounds")
     finally:
         a.stop()
+
+
+async def test_a_peers_messages_to_a_full_queue_wait_at_the_peer_and_all_arrive_in_order(tmp_path: Path) -> None:
+    a = NodeProcess(tmp_path / "a", store="memory").start()
+    b_config = tmp_path / "b.toml"
+    b_config.write_text("[federation]\nack_timeout = 1\n")  # how soon it sends again what was not acknowledged
+    b = NodeProcess(tmp_path / "b", store="memory", extra=["--config", str(b_config)]).start()
+    try:
+        async with aiobroker.connect(a.url) as client:
+            await client.create_queue("q", max_messages=2)
+            await client.create_service("t", "q", ["DEFAULT"])
+        async with aiobroker.connect(b.url) as client:
+            await client.create_queue("qb")
+            await client.create_service("init_b", "qb")
+            await client.create_route("to-a", a.url, service_name="t")
+            dialog = await client.begin_dialog("init_b", "t")
+            await dialog.send_many([("DEFAULT", body(k)) for k in range(5)])
+
+            async def held_back() -> int:
+                return int((await client.status())["transmission"]["messages"])
+
+            with anyio.fail_after(30):
+                while await held_back() != 3:
+                    await anyio.sleep(0.05)  # polling the peer's status under a deadline
+        wait_for(lambda: "queue 'q' is full" in a.output(), 10, "the receiving node's word on the full queue")
+        got = await drain(a.url, 5, timeout=60)
+        assert list(got.values()) == [list(range(5))], "every message once, in order, as room was made"
+        async with aiobroker.connect(b.url) as client:
+            with anyio.fail_after(30):
+                while (await client.status())["transmission"]["messages"]:
+                    await anyio.sleep(0.05)  # the last acknowledgement on its way back
+    finally:
+        a.stop()
+        b.stop()

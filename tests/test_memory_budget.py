@@ -158,6 +158,9 @@ async def test_a_full_node_refuses_sends_stays_within_its_budget_and_a_peer_keep
         assert sample(metrics, "aiobroker_memory_budget_bytes") == BUDGET
         assert sample(metrics, "aiobroker_memory_held_bytes") >= BUDGET
         assert a.output().count("memory budget reached") == 1, "one log line for the crossing, not per refusal"
+        shown = cli(a.url, "status").stdout
+        assert re.search(r"memory +\S+ MiB held for messages of a budget of 32\.0 MiB \(max_memory\); OVER: sends are"
+                         r" refused .*; 4 send\(s\) refused for it", shown), shown
 
         # a second node sends to the full one: it keeps its messages (stored, unacknowledged) and retries
         async with aiobroker.connect(b.url) as client:

@@ -77,11 +77,11 @@ class Delivery:
         the validators) is decided once, and the rows are built in one loop.
         """
         ep = self.conversations.endpoint(handle)
-        if self.ledger.budget.over:
-            self._refuse_overloaded()
         why = ep.why_not_send()
         if why:
             raise ConversationError(f"cannot send on conversation {handle}: {why}")
+        if self.ledger.budget.over:
+            self._refuse_overloaded()
         if not isinstance(messages, list) or not messages:
             raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
         allowed = self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator)

@@ -145,6 +145,13 @@ class Overloaded(BrokerError):
     code = "overloaded"
 
 
+class QueueFull(Overloaded):
+    """A send would take a queue past its own bound (``max_messages`` or ``max_bytes``); nothing of it was sent.
+    Receive from the queue, or raise its bound."""
+
+    code = "queue_full"
+
+
 class InternalError(BrokerError):
     """A bug in aiobroker, found by a check of its own (a change of a conversation's state its table does not
     have): nothing the caller did wrong. The message says what was found; report it with the node's log."""

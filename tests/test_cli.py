@@ -292,7 +292,7 @@ def test_create_each_kind_and_list_them(node: RunningNode) -> None:
     text = ok(node, "list", "contracts")
     assert [contract, mt, "initiator"] in [line.split() for line in text.splitlines()]
     text = ok(node, "list", "queues")
-    assert [queue, "on", "on", "off"] in [line.split() for line in text.splitlines()]
+    assert [queue, "on", "on", "off", "-", "-"] in [line.split() for line in text.splitlines()]
     text = ok(node, "list", "services")
     assert [service, queue, contract, "-"] in [line.split() for line in text.splitlines()]  # no owner
 
@@ -315,7 +315,7 @@ def test_create_each_kind_and_list_them(node: RunningNode) -> None:
     assert queue_status(node, queue)["status"] == "off"
     (listed,) = [q for q in json.loads(ok(node, "list", "queues", "--json")) if q["name"] == queue]
     assert listed["status"] == "off"
-    assert [queue, "off", "on", "off"] in [line.split() for line in ok(node, "list", "queues").splitlines()]
+    assert [queue, "off", "on", "off", "-", "-"] in [line.split() for line in ok(node, "list", "queues").splitlines()]
     ok(node, "alter", "queue", queue, "--status", "true")  # the other spelling is accepted on input
     assert queue_status(node, queue)["status"] == "on"
     ok(node, "drop", "service", service)

@@ -49,6 +49,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def bound(text: str) -> int | str:
+    """A queue's bound: a whole number >= 1, or "none" (no bound; the node takes the word)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, or "none" for no bound; got {text!r}') from None
+
+
 def message_rule(text: str) -> tuple[str, str]:
     name, sep, sent_by = text.rpartition("=")
     if not sep or not name:

@@ -43,10 +43,12 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> None:
                 onoff(d.get("status")),
                 onoff(d.get("retention")),
                 onoff(d.get("poison_message_handling")),
+                d.get("max_messages") or "-",
+                d.get("max_bytes") or "-",
             ]
             for d in items
         ]
-        echo(table(["NAME", "STATUS", "RETENTION", "POISON MESSAGE HANDLING"], rows))
+        echo(table(["NAME", "STATUS", "RETENTION", "POISON MESSAGE HANDLING", "MAX MESSAGES", "MAX BYTES"], rows))
     elif what == "services":
         rows = [
             [d.get("name"), d.get("queue"), ", ".join(d.get("contracts") or []) or "-", d.get("owner") or "-"]

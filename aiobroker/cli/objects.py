@@ -37,7 +37,8 @@ def describe_object(kind: str, d: dict[str, Any]) -> str:
     if kind == "queue":
         return (
             f"status {onoff(d.get('status'))}, retention {onoff(d.get('retention'))},"
-            f" poison message handling {onoff(d.get('poison_message_handling'))}"
+            f" poison message handling {onoff(d.get('poison_message_handling'))},"
+            f" max messages {d.get('max_messages') or 'none'}, max bytes {d.get('max_bytes') or 'none'}"
         )
     if kind == "service":
         contracts = d.get("contracts") or []
@@ -125,6 +126,18 @@ def queue_options(parser: argparse.ArgumentParser) -> None:
         help="turn the queue off when one conversation group is rolled back too often in a row"
         " (the node's poison_rollbacks, 5 by default); default on",
     )
+    parser.add_argument(
+        "--max-messages",
+        type=arguments.bound,
+        metavar="N|none",
+        help="the most messages the queue holds (waiting, locked, retained); a send past it is refused (default none)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=arguments.bound,
+        metavar="N|none",
+        help="the most bytes of message bodies the queue holds; a send past it is refused (default none)",
+    )
 
 
 def queue_switches(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,6 +146,8 @@ def queue_switches(args: argparse.Namespace) -> dict[str, Any]:
         "status": args.status,
         "retention": args.retention,
         "poison_message_handling": args.poison_message_handling,
+        "max_messages": args.max_messages,
+        "max_bytes": args.max_bytes,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -150,9 +165,10 @@ def add_alter(commands: Any, client: argparse.ArgumentParser) -> None:
     k = add_command(
         kinds,
         "queue",
-        "change a queue's status, retention or poison-message handling",
+        "change a queue's status, retention, poison-message handling or bounds",
         [
-            "aiobroker alter queue orders --status on   # re-enable after poison-message handling turned it off"
+            "aiobroker alter queue orders --status on   # re-enable after poison-message handling turned it off",
+            "aiobroker alter queue orders --max-messages 100000   # refuse sends once it holds that many",
         ],
         parents=[client],
     )

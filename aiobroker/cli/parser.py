@@ -108,7 +108,10 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     elif args.command == "alter":
         args.changes = objects.queue_switches(args)
         if not args.changes:
-            fail("alter queue", "nothing to change: give --status, --retention or --poison-message-handling")
+            fail(
+                "alter queue",
+                "nothing to change: give --status, --retention, --poison-message-handling, --max-messages or --max-bytes",
+            )
     elif args.command == "send":
         if args.handle is not None:
             extra = [

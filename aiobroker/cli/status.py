@@ -69,6 +69,9 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
     if objects:
         echo("objects    " + ", ".join(f"{n} {k.replace('_', ' ')}(s)" for k, n in objects.items()))
     echo(f"leases     {st.get('leases', 0)} receive lease(s) held")
+    memory = st.get("memory")
+    if memory:
+        echo(f"memory     {_memory_words(memory)}")
 
     echo()
     queues = st.get("queues", [])
@@ -117,6 +120,21 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
     _dynamic(st.get("dynamic_routing", {}))
     echo()
     _security(st.get("security", {}))
+
+
+def _memory_words(memory: dict[str, Any]) -> str:
+    """What the node holds for messages against its budget, and whether it refuses sends (docs/semantics.md)."""
+    held = f"{size(memory.get('held_bytes'))} held for messages"
+    if memory.get("max_memory") is None:
+        return held + " (no budget)"
+    words = f"{held} of a budget of {size(memory.get('max_memory'))} (max_memory)"
+    if memory.get("over"):
+        words += (
+            f"; OVER: sends are refused and peers' messages wait at the peers until it is below"
+            f" {size(memory.get('accepts_again_below'))}"
+        )
+    refused = memory.get("refused_sends") or 0
+    return words + (f"; {refused} send(s) refused for it" if refused else "")
 
 
 def _security(sec: dict[str, Any]) -> None:

@@ -13,10 +13,15 @@ import anyio
 
 from ..core.catalog import DEFAULT
 from .. import tracing
-from ..errors import BrokerError
+from ..errors import BrokerError, Overloaded
 from ..tracecontext import make_trace
 from .connection import PendingReply
 from .received import Message
+
+
+#: a send that waits for room (``wait=``) tries again after this many seconds, doubling up to WAIT_CAP
+WAIT_FIRST = 0.01
+WAIT_CAP = 1.0
 
 
 class Requester(Protocol):
@@ -59,14 +64,16 @@ class Dialog:
         *,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        wait: float | None = 0.0,
     ) -> None:
         """Send one message; returns once the node has stored it.
 
         ``traceparent`` (and ``tracestate``): W3C trace context the message carries to its receiver, checked here
         (:class:`~aiobroker.errors.InvalidArgument` says the expected format). Without one, and with the ``otel``
         extra installed and a TracerProvider set, the context of this send's span is carried instead.
+        ``wait``: as for :meth:`send_many`.
         """
-        await self.send_many([(message_type, body)], traceparent=traceparent, tracestate=tracestate)
+        await self.send_many([(message_type, body)], traceparent=traceparent, tracestate=tracestate, wait=wait)
 
     async def send_many(
         self,
@@ -74,9 +81,35 @@ class Dialog:
         *,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        wait: float | None = 0.0,
     ) -> None:
         """Send several messages in order, in one frame; returns once the node has stored all of them. A trace
-        context given here is carried by each of them (one send, one creation context)."""
+        context given here is carried by each of them (one send, one creation context).
+
+        ``wait``: seconds to wait for room when the node refuses the batch with
+        :class:`~aiobroker.errors.Overloaded` (over its memory budget, a full queue, too many DELAYED messages):
+        the batch is sent again, after 10 ms, doubling up to 1 s, until the node takes it or the time is up
+        (then the last ``Overloaded`` is raised). A refused batch was not stored at all, so sending it again
+        never stores it twice. 0 (the default) raises at once; None waits as long as it takes."""
+        if wait == 0:
+            await self._send_many(messages, traceparent, tracestate)
+            return
+        deadline = None if wait is None else anyio.current_time() + wait
+        delay = WAIT_FIRST
+        while True:
+            try:
+                await self._send_many(messages, traceparent, tracestate)
+                return
+            except Overloaded:
+                left = None if deadline is None else deadline - anyio.current_time()
+                if left is not None and left <= 0:
+                    raise
+                await anyio.sleep(delay if left is None else min(delay, left))  # back-off before asking again
+                delay = min(delay * 2, WAIT_CAP)
+
+    async def _send_many(
+        self, messages: Sequence[tuple[str, bytes]], traceparent: str | None, tracestate: str | None
+    ) -> None:
         trace = make_trace(traceparent, tracestate)
         if tracing.recording():  # OpenTelemetry with a TracerProvider: a send span until the batch is stored
             with tracing.client_send(self.far_service, self.conversation_id, len(messages), trace) as carried:

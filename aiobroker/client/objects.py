@@ -45,18 +45,26 @@ class AdminCalls:
         status: bool | str = True,
         retention: bool | str = False,
         poison_message_handling: bool | str = True,
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
         """A queue: ``status`` off refuses receives; ``retention`` keeps received messages until their
         conversation ends; ``poison_message_handling`` turns the queue off after repeated rollbacks. Each switch
         is ``"on"`` or ``"off"`` (or True or False); the node's answers (here, ``list``, ``status``) spell them
-        ``"on"`` and ``"off"``."""
-        return await self.create(
-            "queue",
-            {"name": name, "status": status, "retention": retention, "poison_message_handling": poison_message_handling},
-        )
+        ``"on"`` and ``"off"``. ``max_messages`` and ``max_bytes`` bound what the queue holds (messages, and
+        their bodies' bytes): a send past either is refused with :class:`~aiobroker.errors.QueueFull`."""
+        definition: dict[str, Any] = {
+            "name": name, "status": status, "retention": retention, "poison_message_handling": poison_message_handling
+        }
+        if max_messages is not None:
+            definition["max_messages"] = max_messages
+        if max_bytes is not None:
+            definition["max_bytes"] = max_bytes
+        return await self.create("queue", definition)
 
     async def alter_queue(self, name: str, **changes: Any) -> dict[str, Any]:
-        """Change status, retention or poison_message_handling (e.g. ``status="on"`` re-enables a queue)."""
+        """Change status, retention, poison_message_handling, max_messages or max_bytes (e.g. ``status="on"``
+        re-enables a queue; ``max_messages=None`` removes that bound)."""
         result: dict[str, Any] = await self.request("alter_queue", {"name": name, "changes": changes})
         return result
 

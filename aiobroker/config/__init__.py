@@ -43,6 +43,10 @@ Every section and key is optional; a key left out keeps its default. An unknown 
                                   # so one host cannot take every slot; >= 1
     idle_timeout = 600            # seconds a connection with nothing sent, received or in flight (a waiting receive,
                                   # a held lease) stays open; frees abandoned connections' slots; 0: never closed
+    # max_memory = 1073741824     # bytes the node may hold for messages (queues, transmission queue, DELAYED); at
+                                  # it sends are refused (Overloaded) and peers' messages wait at the peers, until
+                                  # receivers bring it below 90%. Default: a quarter of the machine's memory (or of
+                                  # its cgroup's memory.max), at least 64 MiB; >= 1048576
 
     [receive]
     lease_seconds = 30            # a received batch stays locked this long without commit/rollback; > 0
@@ -98,6 +102,8 @@ Every section and key is optional; a key left out keeps its default. An unknown 
     status = "on"                 # "on" or "off", as `alter queue --status` (true and false are accepted too)
     retention = "off"
     poison_message_handling = "on"
+    # max_messages = 100000       # refuse sends once the queue holds this many messages (default: no bound)
+    # max_bytes = 104857600       # ... or this many bytes of message bodies; the file's bounds apply at each start
 
     [[identity]]                  # who a client is (by token or TLS certificate) and what it may do
     name = "operator"

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from .memory import MIN_MAX_MEMORY
 from .messages import Invalid, describe, describe_or_empty, did_you_mean, quoted
 from .objects import check_objects
 from ..core.transmission import ENVELOPE_OVERHEAD
@@ -201,6 +202,17 @@ def _check_link_token(value: Any) -> str | None:
     return value
 
 
+def _check_max_memory(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_MEMORY:
+        raise Invalid(
+            f"must be an integer >= {MIN_MAX_MEMORY} (bytes, at least 1 MiB; leave it out for the default, a quarter"
+            f" of the machine's memory); got {describe(value) if not isinstance(value, int) else value}"
+        )
+    return value
+
+
 def _check_identity_name(value: Any) -> str | None:
     if value is None:
         return None
@@ -247,6 +259,7 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "resolve_timeout": _check_optional_seconds,
     "max_delayed_per_service": _check_count,
     "max_delayed_messages": _check_count,
+    "max_memory": _check_max_memory,
     "node_identity": _check_identity_name,
     "authorization": _check_bool,
     "binding_failure_cache": _check_seconds,

@@ -85,6 +85,9 @@ class NodeConfig:
     resolve_timeout: float | None = None  #: give up on a request after this many seconds (None: never, as the seeds)
     max_delayed_per_service: int = 100_000  #: DELAYED messages per service before a send fails
     max_delayed_messages: int = 1_000_000  #: DELAYED messages per node before a send fails
+    #: bytes the node may hold for messages (queues, transmission queue, DELAYED) before it refuses sends and
+    #: peers' messages; None: a quarter of the machine's (or its cgroup's) memory, at least 64 MiB (memory.py)
+    max_memory: int | None = None
     #: the identity that owns services naming no owner and signs bindings naming no identity (docs/security.md)
     node_identity: str | None = None
     authorization: bool = False  #: check each client's rights (off: every client may do everything)

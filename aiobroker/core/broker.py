@@ -29,6 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
+from .budget import UNBOUNDED, Budget
 from .catalog import Catalog
 from .conversation import Endpoint, State
 from .conversations import DEFAULT_CLOSED_RETENTION, Conversations
@@ -76,6 +77,7 @@ class BrokerCore:
         resolve_timeout: float | None = None,
         max_delayed_per_service: int = 100_000,
         max_delayed_messages: int = 1_000_000,
+        max_memory: int = UNBOUNDED,
         node_identity: str | None = None,
         authorization: bool = False,
         resolver_answers_bindings: bool = False,
@@ -83,7 +85,9 @@ class BrokerCore:
         new_id: Callable[[], str] = _uuid,
     ) -> None:
         # the parts (parts.py says what each owns)
-        self.ledger = ledger = Ledger(broker_instance=broker_instance, persist=persist, new_id=new_id)
+        self.ledger = ledger = Ledger(
+            broker_instance=broker_instance, persist=persist, new_id=new_id, max_memory=max_memory
+        )
         ledger.catalog.node_identity = node_identity
         self.conversations = conversations = Conversations(ledger, closed_retention=closed_retention)
         self.delivery = delivery = Delivery(
@@ -251,6 +255,10 @@ class BrokerCore:
     @property
     def tx(self) -> TransmissionQueue:
         return self.ledger.tx
+
+    @property
+    def budget(self) -> Budget:
+        return self.ledger.budget
 
     @property
     def outbox(self) -> deque[Effect]:

@@ -67,6 +67,15 @@ def _on_off(kind: str, name: str, key: str, value: Any) -> bool:
     raise InvalidArgument(f'{kind} {name!r}: {key} must be "on" or "off" (true and false are accepted too), got {value!r}')
 
 
+def _bound(name: str, key: str, value: Any) -> int | None:
+    """A queue's bound: a whole number >= 1, or None (or "none") for no bound."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InvalidArgument(f'queue {name!r}: {key} must be a whole number >= 1, or "none" for no bound; got {value!r}')
+
+
 def on_off_word(value: bool) -> str:
     return "on" if value else "off"
 
@@ -133,10 +142,18 @@ class QueueDef:
     status: bool = True
     retention: bool = False
     poison_message_handling: bool = True
+    #: the queue's bounds (None: none): messages it holds (waiting, locked, retained), and their bodies' bytes;
+    #: a send that would go past either is refused whole (the policy "refuse new")
+    max_messages: int | None = None
+    max_bytes: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_messages is not None or self.max_bytes is not None
 
     @classmethod
     def from_def(cls, d: dict[str, Any]) -> QueueDef:
-        _only_keys("queue", d, {"name", "status", "retention", "poison_message_handling"})
+        _only_keys("queue", d, {"name", "status", "retention", "poison_message_handling", "max_messages", "max_bytes"})
         name = check_name("queue", d.get("name"))
         return cls(
             name=name,
@@ -145,26 +162,38 @@ class QueueDef:
             poison_message_handling=_on_off(
                 "queue", name, "poison_message_handling", d.get("poison_message_handling", True)
             ),
+            max_messages=_bound(name, "max_messages", d.get("max_messages")),
+            max_bytes=_bound(name, "max_bytes", d.get("max_bytes")),
         )
 
     def to_def(self) -> dict[str, Any]:
-        """As stored (booleans)."""
-        return {
+        """As stored (booleans; a bound only when there is one)."""
+        d: dict[str, Any] = {
             "name": self.name,
             "status": self.status,
             "retention": self.retention,
             "poison_message_handling": self.poison_message_handling,
         }
+        if self.max_messages is not None:
+            d["max_messages"] = self.max_messages
+        if self.max_bytes is not None:
+            d["max_bytes"] = self.max_bytes
+        return d
 
     def public_def(self) -> dict[str, Any]:
         """As the node answers clients (``list``, ``create``, ``alter``): the switches spelled "on" or "off", as
         ``status`` reports a queue, the CLI's flags take them and a config file writes them."""
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "status": on_off_word(self.status),
             "retention": on_off_word(self.retention),
             "poison_message_handling": on_off_word(self.poison_message_handling),
         }
+        if self.max_messages is not None:
+            d["max_messages"] = self.max_messages
+        if self.max_bytes is not None:
+            d["max_bytes"] = self.max_bytes
+        return d
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

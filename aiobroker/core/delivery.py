@@ -28,9 +28,11 @@ from ..errors import (
     InvalidArgument,
     MessageTooLarge,
     Overloaded,
+    QueueFull,
     SecurityError,
     UnknownObject,
 )
+from .catalog import QueueDef
 from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, URGENT_TYPES
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
@@ -39,7 +41,7 @@ from .dialog_errors import BrokerErrorCode, parse_error_body
 from .envelopes import Envelope
 from .ledger import Ledger, Pending
 from .parts import DynamicPart, EndingsPart, OutboundPart
-from .records import ROW_HANDLE, ROW_ID, MessageRow
+from .records import ROW_HANDLE, MessageRow
 from ..tracecontext import check_trace
 from .validation import VALIDATORS
 
@@ -78,39 +80,43 @@ class Delivery:
         why = ep.why_not_send()
         if why:
             raise ConversationError(f"cannot send on conversation {handle}: {why}")
+        if self.ledger.budget.over:
+            self._refuse_overloaded()
         if not isinstance(messages, list) or not messages:
             raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
         allowed = self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator)
-        limit = self.max_message_size
         types: set[str] = set()
+        size = 0  # the bodies' bytes, for the memory budget: summed in the loop that checks each message anyway
         try:
             for message_type, body in messages:
-                if type(body) is not bytes or len(body) > limit:
-                    if type(body) is not bytes:
-                        raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
-                    raise MessageTooLarge(
-                        f"message body of {len(body)} bytes is over the node's max_message_size of {limit} bytes"
-                    )
+                if type(body) is not bytes:
+                    raise InvalidArgument("each message is a [message_type, body] pair with a bytes body")
+                size += len(body)
                 types.add(message_type)
         except (TypeError, ValueError):
-            types = self._check_traced(messages)  # [message_type, body, trace]: off the hot path
+            types, size = self._check_traced(messages)  # [message_type, body, trace]: off the hot path
+        if size > self.max_message_size:  # only then can one body be over it: look for it
+            self._check_sizes(messages)
         for message_type in types - allowed:
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             self.conversations.transition(ep, Event.SEND_FIRST)
-        self._dispatch(ep, self.outbound.route(ep, now), messages, types, now)
+        self._dispatch(ep, self.outbound.route(ep, now), messages, types, size, now)
         return len(messages)
 
-    def _dispatch(self, ep: Endpoint, target: Any, messages: list[Any], types: set[str], now: float) -> None:
-        """Where a checked batch goes once routed: this node's queue, a link, DELAYED, or nowhere."""
+    def _dispatch(
+        self, ep: Endpoint, target: Any, messages: list[Any], types: set[str], size: int, now: float
+    ) -> None:
+        """Where a checked batch (``size``: its bodies' bytes) goes once routed: this node's queue, a link,
+        DELAYED, or nowhere."""
         outbound = self.outbound
         if isinstance(target, Endpoint):
             if target.state is State.CLOSED:
                 ep.send_seq += len(messages)  # its side ended; it said so with EndDialog or Error
             else:
-                self._deliver_user_messages(ep, target, messages, types, now)
+                self._deliver_user_messages(ep, target, messages, types, size, now)
         elif target is not None:
-            outbound.queue_outgoing(ep, messages, now)  # remote: stored until acknowledged
+            outbound.queue_outgoing(ep, messages, now, size)  # remote: stored until acknowledged
             self.dynamic.route_traffic.add(ep.far_service)  # a live service: a resolver's routes are refreshed in time
         elif ep.delayed is not None:
             self._check_delay_bounds(ep, len(messages), now)
@@ -118,7 +124,7 @@ class Delivery:
             # copy each request decoded
             kinds = self.ledger.catalog.message_types
             messages = [[kinds[m[0]].name, *m[1:]] for m in messages]
-            outbound.queue_outgoing(ep, messages, now)  # DELAYED: stored until a route appears
+            outbound.queue_outgoing(ep, messages, now, size)  # DELAYED: stored until a route appears
         elif ep.state is State.ERROR and ep.error is not None and ep.error[0] == BrokerErrorCode.SECURITY:
             # the choice table: encryption required, no binding, nobody to ask: the dialog failed at once
             raise SecurityError(f"nothing was sent; conversation {ep.handle} failed: {ep.error[1]}")
@@ -135,34 +141,45 @@ class Delivery:
         why = ep.why_not_send()
         if why:
             raise ConversationError(f"cannot send on conversation {handle}: {why}")
+        if self.ledger.budget.over:
+            self._refuse_overloaded()
         if not isinstance(bodies, list) or not bodies:
             raise InvalidArgument("send needs a non-empty list of bodies")
-        limit = self.max_message_size
+        size = 0  # the bodies' bytes, for the memory budget
         for body in bodies:
-            if type(body) is not bytes or len(body) > limit:
-                if type(body) is not bytes:
-                    raise InvalidArgument("each body is bytes")
-                raise MessageTooLarge(
-                    f"message body of {len(body)} bytes is over the node's max_message_size of {limit} bytes"
-                )
+            if type(body) is not bytes:
+                raise InvalidArgument("each body is bytes")
+            size += len(body)
+        if size > self.max_message_size:  # only then can one body be over it: look for it
+            self._check_sizes([(message_type, body) for body in bodies])
         if message_type not in self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator):
             self._refuse_type(ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             self.conversations.transition(ep, Event.SEND_FIRST)
         target = self.outbound.route(ep, now)
         if isinstance(target, Endpoint) and target.state is not State.CLOSED:
-            self._deliver_bodies(ep, target, message_type, bodies, now)
+            self._deliver_bodies(ep, target, message_type, bodies, size, now)
             self.ledger.touch(ep)
         else:
-            self._dispatch(ep, target, [[message_type, body] for body in bodies], {message_type}, now)
+            self._dispatch(ep, target, [[message_type, body] for body in bodies], {message_type}, size, now)
         return len(bodies)
 
-    def _check_traced(self, messages: list[Any]) -> set[str]:
+    def _check_sizes(self, messages: list[Any]) -> None:
+        limit = self.max_message_size
+        for m in messages:
+            if len(m[1]) > limit:
+                raise MessageTooLarge(
+                    f"message body of {len(m[1])} bytes is over the node's max_message_size of {limit} bytes"
+                )
+
+    def _check_traced(self, messages: list[Any]) -> tuple[set[str], int]:
         """The checks of :meth:`send` for a batch where some messages carry trace context as a third element
         (``aiobroker/tracecontext.py``); such a batch is made all triples in place (None where a message has
-        none), so the row builders and the shell tell it by its first message. Returns the message types."""
+        none), so the row builders and the shell tell it by its first message. Returns the message types and the
+        bodies' bytes."""
         limit = self.max_message_size
         types: set[str] = set()
+        size = 0
         for i, m in enumerate(messages):
             if type(m) is not list or not 2 <= len(m) <= 3 or type(m[0]) is not str or type(m[1]) is not bytes:
                 raise InvalidArgument(
@@ -178,7 +195,42 @@ class Delivery:
             else:
                 messages[i] = [m[0], m[1], None]
             types.add(m[0])
-        return types
+            size += len(m[1])
+        return types, size
+
+    def _refuse_overloaded(self) -> None:
+        budget = self.ledger.budget
+        budget.refused += 1
+        raise Overloaded(
+            f"nothing was sent: {budget.words()}; it accepts sends again once receivers have taken messages"
+            f" (below {budget.low} bytes): receive from the queues that hold them, or raise max_memory"
+        )
+
+    def _check_queue_bounds(self, queue: QueueDef, count: int, size: int) -> None:
+        """A send of ``count`` messages (``size`` body bytes) to a queue with bounds: refused, whole, if it would
+        take the queue past either (the policy "refuse new")."""
+        held, held_bytes = self.ledger.budget.in_queue(queue.name)
+        if queue.max_messages is not None and held + count > queue.max_messages:
+            raise QueueFull(
+                f"queue {queue.name!r} is full: it holds {held} message(s) and its max_messages is"
+                f" {queue.max_messages}; nothing was sent. Receive from it, or raise the bound with:"
+                f" aiobroker alter queue {queue.name} --max-messages N"
+            )
+        if queue.max_bytes is not None and held_bytes + size > queue.max_bytes:
+            raise QueueFull(
+                f"queue {queue.name!r} is full: it holds {held_bytes} bytes of message bodies and its max_bytes is"
+                f" {queue.max_bytes}; nothing was sent. Receive from it, or raise the bound with:"
+                f" aiobroker alter queue {queue.name} --max-bytes N"
+            )
+
+    def queue_room(self, queue: QueueDef, count: int, size: int) -> bool:
+        """Whether ``count`` more messages of ``size`` bytes fit in a queue's bounds (a peer's delivery)."""
+        if queue.max_messages is None and queue.max_bytes is None:
+            return True
+        held, held_bytes = self.ledger.budget.in_queue(queue.name)
+        return (queue.max_messages is None or held + count <= queue.max_messages) and (
+            queue.max_bytes is None or held_bytes + size <= queue.max_bytes
+        )
 
     def _check_delay_bounds(self, ep: Endpoint, n: int, now: float) -> None:
         tx = self.ledger.tx
@@ -207,7 +259,7 @@ class Delivery:
         raise ContractViolation(f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}")
 
     def _deliver_user_messages(
-        self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], now: float
+        self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], size: int, now: float
     ) -> None:
         """The receiving side's checks for a batch, then the batch into the far endpoint's queue as one run."""
         ledger = self.ledger
@@ -232,7 +284,7 @@ class Delivery:
                     break
         seq = src.send_seq
         if count:
-            queue_name, location, mid, fh = self._run_start(far)
+            queue_name, location, mid, fh = self._run_start(far, len(messages), size)
             batch = messages[:count] if count < len(messages) else messages
             rows: list[MessageRow] = (
                 [(mid + i, location, fh, seq + i, m[0], m[1], now, 0) for i, m in enumerate(batch)]
@@ -246,10 +298,12 @@ class Delivery:
             )
             if len(batch[0]) > 2:
                 ledger.traced_queues.add(queue_name)
-            self._run_end(far, queue_name, rows, seq)
+            self._run_end(far, queue_name, rows, seq, size if count == len(messages) else None)
         self._sent(src, len(messages), count, reason, now)
 
-    def _deliver_bodies(self, src: Endpoint, far: Endpoint, message_type: str, bodies: list[bytes], now: float) -> None:
+    def _deliver_bodies(
+        self, src: Endpoint, far: Endpoint, message_type: str, bodies: list[bytes], size: int, now: float
+    ) -> None:
         """:meth:`_deliver_user_messages` for a batch of one message type given as its bodies."""
         catalog = self.ledger.catalog
         mt = catalog.message_types.get(message_type)
@@ -266,25 +320,30 @@ class Delivery:
                     break
         seq = src.send_seq
         if count:
-            queue_name, location, mid, fh = self._run_start(far)
+            queue_name, location, mid, fh = self._run_start(far, len(bodies), size)
             batch = bodies[:count] if count < len(bodies) else bodies
             rows: list[MessageRow] = [
                 (mid + i, location, fh, seq + i, message_type, body, now, 0) for i, body in enumerate(batch)
             ]
-            self._run_end(far, queue_name, rows, seq)
+            self._run_end(far, queue_name, rows, seq, size if count == len(bodies) else None)
         self._sent(src, len(bodies), count, reason, now)
 
-    def _run_start(self, far: Endpoint) -> tuple[str, str, int, str]:
-        """What every row of a run into ``far``'s queue shares: (queue name, location, first id, far handle)."""
-        queue_name = self.ledger.catalog.services[far.service].queue
+    def _run_start(self, far: Endpoint, count: int, size: int) -> tuple[str, str, int, str]:
+        """What every row of a run into ``far``'s queue shares: (queue name, location, first id, far handle); a
+        queue with bounds refuses the whole batch (``count`` messages, ``size`` bytes) first."""
+        catalog = self.ledger.catalog
+        queue_name = catalog.services[far.service].queue
+        qdef = catalog.queues[queue_name]
+        if qdef.bounded:
+            self._check_queue_bounds(qdef, count, size)
         return queue_name, "q:" + queue_name, self.ledger.next_message_id, far.handle
 
-    def _run_end(self, far: Endpoint, queue_name: str, rows: list[MessageRow], seq: int) -> None:
-        """The run (sequence numbers from ``seq``) into ``far``'s queue, its ids taken, ``far``'s receive sequence
-        past it."""
+    def _run_end(self, far: Endpoint, queue_name: str, rows: list[MessageRow], seq: int, size: int | None) -> None:
+        """The run (sequence numbers from ``seq``; ``size``: its bodies' bytes, None if not known) into ``far``'s
+        queue, its ids taken, ``far``'s receive sequence past it."""
         ledger = self.ledger
         ledger.next_message_id += len(rows)
-        ledger.enqueue_run(queue_name, far.group_id, rows)
+        ledger.enqueue_run(queue_name, far.group_id, rows, size)
         far.recv_seq = seq + len(rows)
         ledger.touch(far)
 
@@ -439,8 +498,7 @@ class Delivery:
             ep = endpoints.get(rows[0][ROW_HANDLE])  # a run of rows always belongs to one endpoint
             queue = queues.get(queue_name)
             if ep is None or ep.state is State.CLOSED or queue is None:
-                for row in rows:
-                    ledger.forget_row(row[ROW_ID])  # its conversation ended while the messages were being stored
+                ledger.forget_rows(rows)  # its conversation ended while the messages were being stored
                 continue
             queue.push_many(rows, group_id, urgent)
             touched.add(queue_name)

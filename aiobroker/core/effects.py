@@ -11,6 +11,8 @@ at a time, or ``BrokerCore.drain_effects``) and handles each by its type with a 
   so there is never more than one per service waiting).
 - :class:`LeaseExpired`: a receive lease ran out and was rolled back; tell its owner, serve its queue again.
 - :class:`Report`: something a peer sent was malformed, refused or undeliverable; log it.
+- :class:`MemoryPressure`: what the node holds for messages crossed a watermark of its memory budget
+  (``budget.py``); log it, and let peer links take envelopes again when it fell below.
 
 Nothing here is per message: an effect is per service, per lease or per report, so the hot path (send, receive,
 commit) appends none.
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 
 from .queues import Lease
 
-__all__ = ["Effect", "LeaseExpired", "Report", "ResolveRequest"]
+__all__ = ["Effect", "LeaseExpired", "MemoryPressure", "Report", "ResolveRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,4 +62,13 @@ class Report:
     text: str
 
 
-Effect = ResolveRequest | LeaseExpired | Report
+@dataclass(frozen=True, slots=True)
+class MemoryPressure:
+    """The node went over its memory budget (``over``), or came back below the low watermark."""
+
+    over: bool
+    held: int
+    max_memory: int
+
+
+Effect = ResolveRequest | LeaseExpired | Report | MemoryPressure

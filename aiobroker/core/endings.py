@@ -24,7 +24,6 @@ from .dialog_errors import BrokerErrorCode, error_body
 from .dispatcher import BINDING, ROUTE
 from .ledger import Ledger
 from .parts import DeliveryPart, DynamicPart, OutboundPart
-from .records import ROW_ID
 
 
 class Endings:
@@ -85,8 +84,7 @@ class Endings:
         services = ledger.catalog.services
         queue = ledger.queues.get(services[ep.service].queue) if ep.service in services else None
         if queue is not None:
-            for row in queue.remove_handle(handle, ep.group_id):
-                ledger.forget_row(row[ROW_ID])
+            ledger.forget_rows(queue.remove_handle(handle, ep.group_id))
         ledger.touch(ep)
         if handle not in ledger.tx:
             self.conversations.retire(ep, now)

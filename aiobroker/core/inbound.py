@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SecurityError
-from .catalog import ERROR
+from .catalog import END_DIALOG, ERROR
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
 from .conversations import Conversations
@@ -32,7 +32,7 @@ from .envelopes import ACK, Envelope, same_run, well_formed, well_formed_ack
 from .identities import PUBLIC
 from .ledger import Ledger
 from .parts import DeliveryPart, EndingsPart, SecurityPart
-from .records import ROW_ID, MessageRow
+from .records import MessageRow
 from .routing import choose
 
 #: A forwarded message that has crossed this many nodes is dropped and reported: it is in a routing loop.
@@ -129,12 +129,43 @@ class Inbound:
                 # what was not yet acknowledged, so the gap will never fill. The Error is the last message the
                 # conversation carries this way: deliver it now, and what it skipped is acknowledged with it.
                 ep.recv_seq = seq
-            taken = self._deliver_stretch(ep, envelopes, k, stop, now)
+            room = self._room(ep, envelopes, k, stop)
+            if room == 0:
+                queue = ledger.catalog.services[ep.service].queue
+                self._report(
+                    f"message {seq} of conversation {conv_id} for {ep.service!r} was not taken: queue {queue!r} is"
+                    " full (its max_messages or max_bytes); not acknowledged, so the sender keeps it and sends it"
+                    " again; receive from the queue, or raise its bound"
+                )
+                break
+            taken = self._deliver_stretch(ep, envelopes, k, min(stop, k + room), now)
             if taken == 0:
                 self.delivery.deliver_remote(ep, env, now)
                 taken = 1
             k += taken
         acks[key] = ep.recv_seq
+
+    def _room(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int) -> int:
+        """How many of ``envelopes[start:stop]`` fit in the bounds of ``ep``'s queue (all, for a queue without
+        any). ``EndDialog`` and ``Error`` always fit: they end the conversation, which frees its messages."""
+        catalog = self.ledger.catalog
+        service = catalog.services.get(ep.service)
+        qdef = catalog.queues.get(service.queue) if service is not None else None
+        if qdef is None or not qdef.bounded:
+            return stop - start
+        held, held_bytes = self.ledger.budget.in_queue(qdef.name)
+        k = start
+        while k < stop:
+            env = envelopes[k]
+            if env[9] not in (END_DIALOG, ERROR):
+                held += 1
+                held_bytes += len(env[10])
+                if (qdef.max_messages is not None and held > qdef.max_messages) or (
+                    qdef.max_bytes is not None and held_bytes > qdef.max_bytes
+                ):
+                    break
+            k += 1
+        return k - start
 
     def _deliver_stretch(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int, now: float) -> int:
         """Deliver the longest in-order stretch from ``start`` of messages that need no check beyond their type
@@ -276,9 +307,7 @@ class Inbound:
             if ep is None:
                 foreign.append(ack)
                 continue
-            done = ledger.tx.acknowledge(ep.handle, next_seq)
-            for row in done:
-                ledger.forget_row(row[ROW_ID])
+            ledger.forget_rows(ledger.tx.acknowledge(ep.handle, next_seq))
             if ep.far_broker_instance is None and isinstance(acker, str):
                 ep.far_broker_instance = acker  # sticky from the first acknowledgement on
                 ledger.touch(ep)

@@ -13,23 +13,28 @@ of them reads or writes lives here, in one :class:`Ledger`, so that no part reac
   the shell, and the message ids (``next_message_id``, ``sealed_upto``, ``durable_upto``).
 
 Every change a part makes that the store must keep goes through :meth:`touch`, :meth:`save_row`,
-:meth:`forget_row` or :meth:`save_object`, which do nothing when the store is not durable (``persist=False``).
-The hot paths (send, delivery from a peer) save a run of rows at a time (:meth:`save_rows`, :meth:`enqueue_run`);
-a commit forgets its rows in one loop of its own.
+:meth:`forget_row` or :meth:`save_object`, which do nothing for the store when it is not durable
+(``persist=False``). The hot paths (send, delivery from a peer) save a run of rows at a time (:meth:`save_rows`,
+:meth:`enqueue_run`); a commit, an acknowledgement or an ending forgets a run at a time (:meth:`forget_rows`).
+A new message row and a forgotten one are also counted in the memory budget (``budget.py``), whatever the store:
+every path that makes or forgets a message row goes through these methods (a retained row, rewritten in place,
+is saved with :meth:`resave_row`, which does not count it again).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
+from .budget import UNBOUNDED, Budget
 from .catalog import Catalog, CatalogObject
 from .conversation import Endpoint
 from .deadlines import Deadlines
 from .effects import Effect
 from .queues import MessageQueue
-from .records import ROW_ID, MessageRow, WriteBatch
+from .records import ROW_BODY, ROW_ID, ROW_LOCATION, MessageRow, WriteBatch
 from .transmission import TransmissionQueue
 
 #: messages bound for a queue, waiting for their batch to be stored: (queue name, group id, urgent, rows), the
@@ -39,6 +44,9 @@ Pending = tuple[str, str, bool, list[MessageRow]]
 #: a row's location while it waits in the transmission queue (``q:NAME`` in a queue)
 TX = "tx"
 
+#: a row's body (C-level: the budget sums a run's bodies without a Python loop per message)
+_body = itemgetter(ROW_BODY)
+
 #: how many recently closed handles are remembered, so a late call says "ended" rather than "unknown"
 RECENTLY_CLOSED = 10_000
 
@@ -46,7 +54,9 @@ RECENTLY_CLOSED = 10_000
 class Ledger:
     """The records the core's parts share. Single-threaded, like the core."""
 
-    def __init__(self, *, broker_instance: str, persist: bool, new_id: Callable[[], str]) -> None:
+    def __init__(
+        self, *, broker_instance: str, persist: bool, new_id: Callable[[], str], max_memory: int = UNBOUNDED
+    ) -> None:
         self.broker_instance = broker_instance
         #: whether changes are gathered for a durable store
         self.persist = persist
@@ -68,6 +78,8 @@ class Ledger:
         self.deadlines = Deadlines()
         #: what the core asks the shell to do, oldest first
         self.outbox: deque[Effect] = deque()
+        #: what the node holds for messages, against its memory budget (``budget.py``)
+        self.budget = Budget(max_memory, self.outbox)
 
         self.changes = WriteBatch()
         self.dirty: dict[str, Endpoint | None] = {}
@@ -82,25 +94,60 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------------- store bookkeeping
 
-    def forget_row(self, message_id: int) -> None:
+    def forget_row(self, row: MessageRow) -> None:
+        """A message row leaves the node (and the store)."""
         if self.persist:
-            self.changes.messages[message_id] = None
+            self.changes.messages[row[ROW_ID]] = None
+        self.budget.let_go(row[ROW_LOCATION], 1, len(row[ROW_BODY]))
+
+    def forget_rows(self, rows: list[MessageRow], size: int | None = None) -> None:
+        """A run of message rows, all of one location, leaves the node (and the store); ``size``: their bodies'
+        bytes, when the caller knows them."""
+        if not rows:
+            return
+        if self.persist:
+            stored = self.changes.messages
+            for row in rows:
+                stored[row[ROW_ID]] = None
+        if size is None:
+            size = sum(map(len, map(_body, rows)))
+        self.budget.let_go(rows[0][ROW_LOCATION], len(rows), size)
 
     def save_row(self, row: MessageRow) -> None:
+        """A new message row."""
+        if self.persist:
+            self.changes.messages[row[ROW_ID]] = row
+        self.budget.hold(row[ROW_LOCATION], 1, len(row[ROW_BODY]))
+
+    def resave_row(self, row: MessageRow) -> None:
+        """A row already held, changed (a received message kept by its queue's retention)."""
         if self.persist:
             self.changes.messages[row[ROW_ID]] = row
 
-    def save_rows(self, rows: list[MessageRow]) -> None:
-        """Save a run of new rows (the hot paths' one loop, instead of a call per row)."""
+    def save_rows(self, rows: list[MessageRow], size: int | None = None) -> None:
+        """Save a run of new rows, all of one location (the hot paths' one loop, instead of a call per row);
+        ``size``: their bodies' bytes, when the caller knows them."""
         if self.persist:
             stored = self.changes.messages
             for row in rows:
                 stored[row[ROW_ID]] = row
+        if size is None:
+            size = sum(map(len, map(_body, rows)))
+        self.budget.hold(rows[0][ROW_LOCATION], len(rows), size)
 
-    def enqueue_run(self, queue_name: str, group_id: str, rows: list[MessageRow]) -> None:
+    def unstore(self, message_id: int) -> None:
+        """Delete a stored row that was never held (found unusable while loading)."""
+        if self.persist:
+            self.changes.messages[message_id] = None
+
+    def hold_loaded(self, row: MessageRow) -> None:
+        """A stored row read back at start: counted, not written."""
+        self.budget.hold(row[ROW_LOCATION], 1, len(row[ROW_BODY]))
+
+    def enqueue_run(self, queue_name: str, group_id: str, rows: list[MessageRow], size: int | None = None) -> None:
         """A run of new rows, all of one receiving endpoint and in order, bound for ``queue_name``: saved, and
-        published to the queue once the batch holding them is stored."""
-        self.save_rows(rows)
+        published to the queue once the batch holding them is stored (``size``: as for :meth:`save_rows`)."""
+        self.save_rows(rows, size)
         self.pending.append((queue_name, group_id, False, rows))
 
     def touch(self, ep: Endpoint) -> None:

@@ -46,16 +46,18 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
         owner = ledger.endpoints.get(row[ROW_HANDLE])
         if owner is None:
             warnings.append(f"message {row[ROW_ID]} belongs to no conversation endpoint; dropped")
-            ledger.forget_row(row[ROW_ID])
+            ledger.unstore(row[ROW_ID])
             continue
         if row[ROW_LOCATION] == TX:
             ledger.tx.load(row)
+            ledger.hold_loaded(row)
             continue
         queue = ledger.queues.get(row[ROW_LOCATION][2:])
         if queue is None:
             warnings.append(f"message {row[ROW_ID]} is in unknown queue {row[ROW_LOCATION][2:]!r}; dropped")
-            ledger.forget_row(row[ROW_ID])
+            ledger.unstore(row[ROW_ID])
             continue
+        ledger.hold_loaded(row)
         if row[ROW_STATE] == 1:
             queue.retain(row)
         else:

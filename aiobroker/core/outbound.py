@@ -27,7 +27,7 @@ from .dispatcher import ROUTE
 from .envelopes import MESSAGE, Envelope
 from .ledger import TX, Ledger
 from .parts import DeliveryPart, DynamicPart, SecurityPart
-from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_ID, ROW_SEQ, ROW_TYPE, MessageRow, row_trace
+from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_SEQ, ROW_TYPE, MessageRow, row_trace
 from .routing import Decision, choose
 
 
@@ -100,7 +100,7 @@ class Outbound:
         ledger.touch(ep)
         return None
 
-    def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float) -> None:
+    def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float, size: int | None = None) -> None:
         """Number messages and keep them in the transmission queue (remote or DELAYED), stored, in order."""
         ledger = self.ledger
         seq = ep.send_seq
@@ -119,13 +119,12 @@ class Outbound:
         ledger.next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
         ledger.tx.add_many(handle, rows)
-        ledger.save_rows(rows)
+        ledger.save_rows(rows, size)
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
         rows = self.ledger.tx.drop(ep.handle)
-        for row in rows:
-            self.ledger.forget_row(row[ROW_ID])
+        self.ledger.forget_rows(rows)
         ep.delayed = None
         self.dynamic.binding_waiters.discard(ep.handle)
         return len(rows)
@@ -173,8 +172,7 @@ class Outbound:
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:
         ledger = self.ledger
         rows = ledger.tx.drop(ep.handle)
-        for row in rows:
-            ledger.forget_row(row[ROW_ID])
+        ledger.forget_rows(rows)
         moved = 0
         deliver = self.delivery.deliver
         for row in rows:

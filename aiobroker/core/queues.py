@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container
+from operator import itemgetter
 from typing import Any
 
 from .catalog import QueueDef, on_off_word
@@ -23,6 +24,8 @@ from .records import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
 #: of at most 256 bytes, plus a few numbers, plus a trace context of at most 312 characters (``tracecontext.py``).
 #: Used to keep a receive batch within one frame.
 ROW_OVERHEAD = 960
+
+_body = itemgetter(ROW_BODY)
 
 
 class Group:
@@ -45,10 +48,17 @@ class Group:
 class Lease:
     """A receiver's lock on one group and the messages it was handed."""
 
-    __slots__ = ("id", "queue", "group", "messages", "owner", "expires_at")
+    __slots__ = ("id", "queue", "group", "messages", "owner", "expires_at", "size")
 
     def __init__(
-        self, lease_id: int, queue: MessageQueue, group: Group, messages: list[MessageRow], owner: Any, expires_at: float
+        self,
+        lease_id: int,
+        queue: MessageQueue,
+        group: Group,
+        messages: list[MessageRow],
+        owner: Any,
+        expires_at: float,
+        size: int = 0,
     ) -> None:
         self.id = lease_id
         self.queue = queue
@@ -56,6 +66,8 @@ class Lease:
         self.messages = messages
         self.owner = owner
         self.expires_at = expires_at
+        #: the messages' bodies' bytes (the memory budget lets them go at commit without a walk)
+        self.size = size
 
 
 class MessageQueue:
@@ -102,10 +114,10 @@ class MessageQueue:
         if group.lease is None and group_id not in self.ready:
             self.ready[group_id] = None
 
-    def take(self, max_messages: int, max_bytes: int) -> tuple[Group, list[MessageRow]] | None:
+    def take(self, max_messages: int, max_bytes: int) -> tuple[Group, list[MessageRow], int] | None:
         """Lock the oldest ready group and hand out up to ``max_messages`` of it, within ``max_bytes`` of wire size
         (estimated as body + :data:`ROW_OVERHEAD` each; at least one message always goes, since a message never
-        exceeds a frame). The caller makes the lease."""
+        exceeds a frame); also returns their bodies' bytes. The caller makes the lease."""
         if not self.ready:
             return None
         ready = self.ready
@@ -121,11 +133,10 @@ class MessageQueue:
             self.taken = 0
         group = self.groups[group_id]
         normal = group.normal
-        if (
-            not group.urgent
-            and len(normal) <= max_messages
-            and sum(len(r[ROW_BODY]) for r in normal) + ROW_OVERHEAD * len(normal) <= max_bytes
-        ):
+        body = 0
+        if not group.urgent and len(normal) <= max_messages:
+            body = sum(map(len, map(_body, normal)))
+        if not group.urgent and len(normal) <= max_messages and body + ROW_OVERHEAD * len(normal) <= max_bytes:
             out = list(normal)  # the common case: the whole group at once
             normal.clear()
         else:
@@ -137,9 +148,10 @@ class MessageQueue:
                     if out and size > max_bytes:
                         break
                     out.append(dq.popleft())
+            body = sum(map(len, map(_body, out)))
         self.waiting -= len(out)
         self.locked += len(out)
-        return group, out
+        return group, out, body
 
     def _settle(self, group: Group) -> None:
         group.lease = None

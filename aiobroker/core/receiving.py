@@ -27,7 +27,7 @@ from .deadlines import LEASE
 from .ledger import Ledger
 from .parts import ObjectsPart
 from .queues import Lease, MessageQueue
-from .records import ROW_HANDLE, ROW_ID, ROW_STATE, MessageRow
+from .records import ROW_BODY, ROW_HANDLE, ROW_STATE, MessageRow
 
 
 class Receiving:
@@ -75,11 +75,11 @@ class Receiving:
         taken = queue.take(max_messages, self.max_batch_bytes)
         if taken is None:
             return None
-        group, rows = taken
+        group, rows, size = taken
         lease_id = self._next_lease_id
         self._next_lease_id = lease_id + 1
         expires = now + (lease_seconds if lease_seconds is not None else self.receive_lease)
-        lease = Lease(lease_id, queue, group, rows, owner, expires)
+        lease = Lease(lease_id, queue, group, rows, owner, expires, size)
         group.lease = lease
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
@@ -114,11 +114,11 @@ class Receiving:
                 if row[ROW_HANDLE] in self.ledger.endpoints:
                     kept: MessageRow = (*row[:ROW_STATE], 1, *row[ROW_STATE + 1 :])  # type: ignore[assignment]
                     queue.retain(kept)
-                    self.ledger.save_row(kept)
-        elif self.ledger.persist:  # the per-row forget_row, inlined: a commit forgets a whole batch at a time
-            forgotten = self.ledger.changes.messages
-            for row in lease.messages:
-                forgotten[row[ROW_ID]] = None
+                    self.ledger.resave_row(kept)
+                else:
+                    self.ledger.forget_row(row)  # its conversation ended while it was locked
+        elif lease.messages:
+            self.ledger.forget_rows(lease.messages, lease.size)
         queue.commit(lease)
         return len(lease.messages)
 
@@ -138,6 +138,11 @@ class Receiving:
         count it against the group for poison-message handling."""
         self._forget_lease(lease)
         queue = lease.queue
+        endpoints = self.ledger.endpoints
+        gone = [row for row in lease.messages if row[ROW_HANDLE] not in endpoints]
+        if gone:  # their conversation ended while they were locked: they do not come back
+            self.ledger.forget_rows(gone)
+            lease.size -= sum(len(row[ROW_BODY]) for row in gone)
         queue.rollback(lease, urgent_types=URGENT_TYPES, alive=self.ledger.endpoints)
         if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
             if queue.definition.status:

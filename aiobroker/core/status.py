@@ -102,6 +102,7 @@ class Status:
             "delayed": delayed,
             "transmission": {**self.ledger.tx.statistics(), "entries": self.transmission_entries(now)},
             "leases": len(self.receiving.leases),
+            "memory": self.ledger.budget.statistics(),
             "objects": self.ledger.catalog.statistics(),
             "dynamic_routing": self.dynamic.dynamic_statistics(now),
             "security": self.security.statistics(),

@@ -67,7 +67,7 @@ class Counters:
     __slots__ = (
         "sent", "received", "committed", "rolled_back", "acknowledged", "retransmitted", "link_failures",
         "link_ack_seconds", "inbound_peers", "resolvers", "store_write_seconds", "store_batch_rows",
-        "loop_lag_seconds", "loop_lag_max_seconds",
+        "loop_lag_seconds", "loop_lag_max_seconds", "peer_frames_refused",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -82,6 +82,8 @@ class Counters:
         #: per next-hop address: the last wait from a send to the acknowledgement that answered it
         self.link_ack_seconds: dict[str, float] = {}
         self.inbound_peers = 0  #: peer nodes connected to this one now
+        #: frames of envelopes a peer sent while the node was over its memory budget: refused, the peer resends
+        self.peer_frames_refused = 0
         self.resolvers: dict[str, ResolverCounts] = {}
         self.store_write_seconds = Histogram(LATENCY_BUCKETS)
         self.store_batch_rows = Histogram(BATCH_BUCKETS)

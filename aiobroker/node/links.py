@@ -33,7 +33,7 @@ from ..config import MIN_FRAME_SIZE
 from ..names import parse_tcp_address, parse_tcp_addresses
 from ..core.transmission import ENVELOPE_OVERHEAD
 from ..durations import duration, until
-from ..errors import BrokerError, ConnectionLost, ProtocolError, Standby
+from ..errors import BrokerError, ConnectionLost, Overloaded, ProtocolError, Standby
 from ..transport.connection import FramedConnection, describe_os_error
 from ..transport.tls import connect as connect_tls
 from ..wire.codec import batch_bytes
@@ -50,6 +50,8 @@ SEND_BATCH = 1000
 #: bound the oldest go (their senders resend them, as nothing acknowledged them)
 MAX_FORWARD_BACKLOG = 100_000
 MAX_FORWARD_BACKLOG_BYTES = 256 * 1024 * 1024
+#: seconds a refused peer connection is read (and dropped) before it is closed, so that the refusal reaches it
+LINGER = 5.0
 #: conversations whose acknowledgements this node relays back when forwarding (least recently used go first)
 MAX_REVERSE_PATHS = 100_000
 
@@ -81,7 +83,8 @@ _LINK_FAILURES = (LinkError, ConnectionLost, ProtocolError, OSError)
 
 def _link_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     """The error that ended a link's session (its reader or its sender), out of the task group's wrapping. The far
-    node's word that it closed an idle connection wins over the broken stream that follows it."""
+    node's word that it closed an idle connection wins over the broken stream that follows it, and so do its
+    other words (a refusal: over its memory budget), which say more than the close they come with."""
     stack: list[BaseException] = [group]
     found: BaseException | None = None
     while stack:
@@ -90,7 +93,7 @@ def _link_failure(group: BaseExceptionGroup[Any]) -> BaseException:
             stack.extend(reversed(exc.exceptions))
         elif isinstance(exc, LinkIdle):
             return exc
-        elif found is None and isinstance(exc, _LINK_FAILURES):
+        elif isinstance(exc, _LINK_FAILURES) and (found is None or (isinstance(exc, LinkError) and not isinstance(found, LinkError))):
             found = exc
     return found or group  # something unexpected: let it propagate as it is
 
@@ -370,6 +373,14 @@ class PeerLinks:
                 link = core.tx.links.get(address)
                 if link is not None and link.waiting_since is not None:
                     link.waiting_since = time.monotonic()  # progress: the time-out counts from here
+        if frame.messages and core.budget.over:
+            # over the memory budget: take nothing new; the sender keeps its messages and sends them again
+            self.node.counters.peer_frames_refused += 1
+            if address is None:
+                raise Overloaded(
+                    f"messages not taken: {core.budget.words()}; the sender keeps them and sends them again"
+                )
+            return  # on a link of ours a peer sends acknowledgements only; anything else waits for its resend
         if frame.messages:
             acks, forwards = core.accept(frame.messages, now)
             if acks:
@@ -407,7 +418,7 @@ class PeerLinks:
             self.node.counters.inbound_peers -= 1
 
     async def _serve_inbound(self, conn: FramedConnection) -> None:
-        refusal: ProtocolError | None = None
+        refusal: ProtocolError | Overloaded | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.writer)
             # nothing is in flight on it when it has been quiet: acknowledgements leave as soon as they are stored,
@@ -417,10 +428,21 @@ class PeerLinks:
                 await self._read(conn, None)
             except ConnectionLost:
                 pass  # the peer went away; it reconnects when it has more to send
-            except ProtocolError as exc:
+            except (ProtocolError, Overloaded) as exc:
                 refusal = exc
             finally:
                 tg.cancel_scope.cancel()
+        if isinstance(refusal, Overloaded):
+            # debug only: the peer tries again each second or so; the crossing itself was logged, once
+            log.debug("peer %s: %s; its connection is closed", conn.peer, refusal.message, extra={"peer": conn.peer})
+            await conn.send_last(Refused(code=refusal.code, message=refusal.message))
+            # Closing now, with the peer's next frames unread, would reset the connection, and a reset can
+            # overtake the refusal: the peer would see a broken stream, not why. Read and drop what it still sends
+            # until it closes, as it does on reading the refusal (bounded in time).
+            with anyio.move_on_after(LINGER), suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while True:
+                    await conn.stream.receive()
+            return
         if refusal is not None:
             log.warning(
                 "peer %s sent a malformed frame; closing its connection: %s", conn.peer, refusal.message,

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
-from ..core.effects import LeaseExpired, Report, ResolveRequest
+from ..core.effects import LeaseExpired, MemoryPressure, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
@@ -56,6 +56,23 @@ from .waiters import Waiters
 from .writer import StoreWriter
 
 log = logging.getLogger("aiobroker.node")
+
+def log_memory_pressure(over: bool, held: int, max_memory: int, low: int) -> None:
+    """What the node holds for messages crossed a watermark of its budget (``core/budget.py``): said once a
+    crossing, not per refused send; peer links refuse new envelopes while over (``links.py``)."""
+    mib = 1024 * 1024
+    if over:
+        log.warning(
+            "memory budget reached: the node holds %.1f MiB for messages, max_memory is %.1f MiB; sends are"
+            " refused (Overloaded) and peer links take no new messages until receivers bring it below %.1f MiB",
+            held / mib, max_memory / mib, low / mib,
+        )
+    else:
+        log.info(
+            "memory budget: back below %.1f MiB (holds %.1f MiB); sends and peer links are accepted again",
+            low / mib, held / mib,
+        )
+
 
 class Node:
     def __init__(
@@ -410,6 +427,8 @@ class Node:
                         tg.start_soon(self.resolving.run, service, kind, both, name=f"resolve {kind} {service}")
                 case LeaseExpired(lease=lease):
                     expired.append(lease)
+                case MemoryPressure(over=over, held=held, max_memory=max_memory):
+                    log_memory_pressure(over, held, max_memory, self.core.budget.low)
                 case Report(text=text):
                     if peer is None:
                         log.warning("%s", text)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 
 from ..config import NodeConfig
+from ..config.memory import default_max_memory
 from ..core.broker import BrokerCore
 from ..core.catalog import QueueDef
 from ..core.identities import require_signer
@@ -56,6 +57,7 @@ def restore(
         resolve_timeout=cfg.resolve_timeout,
         max_delayed_per_service=cfg.max_delayed_per_service,
         max_delayed_messages=cfg.max_delayed_messages,
+        max_memory=cfg.max_memory if cfg.max_memory is not None else default_max_memory(),
         node_identity=cfg.node_identity,
         authorization=cfg.authorization,
         binding_failure_cache=cfg.binding_failure_cache,
@@ -94,6 +96,12 @@ def apply_config_objects(core: BrokerCore, config: NodeConfig, clock: Callable[[
                     _onoff(existing.status), name, _onoff(wanted.status), extra={"queue": name},
                 )
                 wanted = dataclasses.replace(wanted, status=existing.status)
+            if isinstance(existing, QueueDef) and isinstance(wanted, QueueDef) and existing != wanted:
+                bounds = {"max_messages": wanted.max_messages, "max_bytes": wanted.max_bytes}
+                if dataclasses.replace(existing, max_messages=wanted.max_messages, max_bytes=wanted.max_bytes) == wanted:
+                    # a queue's bounds follow the config file: raising one is how an operator makes room
+                    existing = core.alter_queue(name, bounds)
+                    log.info("queue %r: bounds from the config file: %s", name, bounds, extra={"queue": name})
             if existing != wanted:
                 shown = existing.public_def() if hasattr(existing, "public_def") else existing.to_def()
                 raise ConfigError(

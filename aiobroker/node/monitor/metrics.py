@@ -57,6 +57,7 @@ class NodeCollector(Collector):
             return
         yield from self._messages()
         yield from self._queues()
+        yield from self._memory()
         yield from self._routing()
         yield from self._links()
         yield from self._store()
@@ -114,6 +115,22 @@ class NodeCollector(Collector):
                      "Messages waiting to be acknowledged by (or sent to) another node", tx_messages)
         yield _gauge("aiobroker_transmission_queue_conversations",
                      "Conversations with messages in the transmission queue", tx_conversations)
+
+    def _memory(self) -> Iterator[Metric]:
+        budget = self.node.core.budget
+        yield _gauge("aiobroker_memory_held_bytes",
+                     "What the node holds for messages (bodies and a fixed cost per message) in queues and the"
+                     " transmission queue, as counted against max_memory", budget.held)
+        yield _gauge("aiobroker_memory_budget_bytes", "The node's memory budget for messages ([limits] max_memory)",
+                     budget.max_memory)
+        yield _gauge("aiobroker_memory_overloaded",
+                     "1 while the node is over its memory budget: sends are refused and peer links take nothing new",
+                     budget.over)
+        yield _counter("aiobroker_memory_refused_sends_total",
+                       "Client sends refused (Overloaded) because the node was over its memory budget", budget.refused)
+        yield _counter("aiobroker_memory_refused_peer_frames_total",
+                       "Frames of messages from peer nodes refused (resent later) because the node was over its"
+                       " memory budget", self.node.counters.peer_frames_refused)
 
     def _routing(self) -> Iterator[Metric]:
         node = self.node

@@ -23,17 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import (
-    ContractViolation,
     ConversationError,
     InvalidArgument,
-    MessageTooLarge,
     Overloaded,
-    QueueFull,
     SecurityError,
-    UnknownObject,
 )
-from .catalog import QueueDef
-from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR, SYSTEM_MESSAGE_TYPES, URGENT_TYPES
+from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR, URGENT_TYPES
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
 from .conversations import Conversations
@@ -42,7 +37,7 @@ from .envelopes import Envelope
 from .ledger import Ledger, Pending
 from .parts import DynamicPart, EndingsPart, OutboundPart
 from .records import ROW_HANDLE, MessageRow
-from ..tracecontext import check_trace
+from .send_checks import check_queue_bounds, check_sizes, check_traced, refuse_overloaded, refuse_type
 from .validation import VALIDATORS
 
 class Delivery:
@@ -81,7 +76,7 @@ class Delivery:
         if why:
             raise ConversationError(f"cannot send on conversation {handle}: {why}")
         if self.ledger.budget.over:
-            self._refuse_overloaded()
+            refuse_overloaded(self.ledger.budget)
         if not isinstance(messages, list) or not messages:
             raise InvalidArgument("send needs a non-empty list of [message_type, body] pairs")
         allowed = self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator)
@@ -94,11 +89,11 @@ class Delivery:
                 size += len(body)
                 types.add(message_type)
         except (TypeError, ValueError):
-            types, size = self._check_traced(messages)  # [message_type, body, trace]: off the hot path
+            types, size = check_traced(messages, self.max_message_size)  # [message_type, body, trace]: off the hot path
         if size > self.max_message_size:  # only then can one body be over it: look for it
-            self._check_sizes(messages)
+            check_sizes(messages, self.max_message_size)
         for message_type in types - allowed:
-            self._refuse_type(ep, message_type)
+            refuse_type(self.ledger.catalog, ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             self.conversations.transition(ep, Event.SEND_FIRST)
         self._dispatch(ep, self.outbound.route(ep, now), messages, types, size, now)
@@ -142,7 +137,7 @@ class Delivery:
         if why:
             raise ConversationError(f"cannot send on conversation {handle}: {why}")
         if self.ledger.budget.over:
-            self._refuse_overloaded()
+            refuse_overloaded(self.ledger.budget)
         if not isinstance(bodies, list) or not bodies:
             raise InvalidArgument("send needs a non-empty list of bodies")
         size = 0  # the bodies' bytes, for the memory budget
@@ -151,9 +146,9 @@ class Delivery:
                 raise InvalidArgument("each body is bytes")
             size += len(body)
         if size > self.max_message_size:  # only then can one body be over it: look for it
-            self._check_sizes([(message_type, body) for body in bodies])
+            check_sizes([(message_type, body) for body in bodies], self.max_message_size)
         if message_type not in self.ledger.catalog.contracts[ep.contract].may_send(ep.is_initiator):
-            self._refuse_type(ep, message_type)
+            refuse_type(self.ledger.catalog, ep, message_type)
         if ep.state is State.STARTED_OUTBOUND:
             self.conversations.transition(ep, Event.SEND_FIRST)
         target = self.outbound.route(ep, now)
@@ -163,74 +158,6 @@ class Delivery:
         else:
             self._dispatch(ep, target, [[message_type, body] for body in bodies], {message_type}, size, now)
         return len(bodies)
-
-    def _check_sizes(self, messages: list[Any]) -> None:
-        limit = self.max_message_size
-        for m in messages:
-            if len(m[1]) > limit:
-                raise MessageTooLarge(
-                    f"message body of {len(m[1])} bytes is over the node's max_message_size of {limit} bytes"
-                )
-
-    def _check_traced(self, messages: list[Any]) -> tuple[set[str], int]:
-        """The checks of :meth:`send` for a batch where some messages carry trace context as a third element
-        (``aiobroker/tracecontext.py``); such a batch is made all triples in place (None where a message has
-        none), so the row builders and the shell tell it by its first message. Returns the message types and the
-        bodies' bytes."""
-        limit = self.max_message_size
-        types: set[str] = set()
-        size = 0
-        for i, m in enumerate(messages):
-            if type(m) is not list or not 2 <= len(m) <= 3 or type(m[0]) is not str or type(m[1]) is not bytes:
-                raise InvalidArgument(
-                    "each message is a [message_type, body] pair with a bytes body, or a"
-                    " [message_type, body, trace_context] triple"
-                )
-            if len(m[1]) > limit:
-                raise MessageTooLarge(
-                    f"message body of {len(m[1])} bytes is over the node's max_message_size of {limit} bytes"
-                )
-            if len(m) == 3 and m[2] is not None:
-                check_trace(m[2])
-            else:
-                messages[i] = [m[0], m[1], None]
-            types.add(m[0])
-            size += len(m[1])
-        return types, size
-
-    def _refuse_overloaded(self) -> None:
-        budget = self.ledger.budget
-        budget.refused += 1
-        raise Overloaded(
-            f"nothing was sent: {budget.words()}; it accepts sends again once receivers have taken messages"
-            f" (below {budget.low} bytes): receive from the queues that hold them, or raise max_memory"
-        )
-
-    def _check_queue_bounds(self, queue: QueueDef, count: int, size: int) -> None:
-        """A send of ``count`` messages (``size`` body bytes) to a queue with bounds: refused, whole, if it would
-        take the queue past either (the policy "refuse new")."""
-        held, held_bytes = self.ledger.budget.in_queue(queue.name)
-        if queue.max_messages is not None and held + count > queue.max_messages:
-            raise QueueFull(
-                f"queue {queue.name!r} is full: it holds {held} message(s) and its max_messages is"
-                f" {queue.max_messages}; nothing was sent. Receive from it, or raise the bound with:"
-                f" aiobroker alter queue {queue.name} --max-messages N"
-            )
-        if queue.max_bytes is not None and held_bytes + size > queue.max_bytes:
-            raise QueueFull(
-                f"queue {queue.name!r} is full: it holds {held_bytes} bytes of message bodies and its max_bytes is"
-                f" {queue.max_bytes}; nothing was sent. Receive from it, or raise the bound with:"
-                f" aiobroker alter queue {queue.name} --max-bytes N"
-            )
-
-    def queue_room(self, queue: QueueDef, count: int, size: int) -> bool:
-        """Whether ``count`` more messages of ``size`` bytes fit in a queue's bounds (a peer's delivery)."""
-        if queue.max_messages is None and queue.max_bytes is None:
-            return True
-        held, held_bytes = self.ledger.budget.in_queue(queue.name)
-        return (queue.max_messages is None or held + count <= queue.max_messages) and (
-            queue.max_bytes is None or held_bytes + size <= queue.max_bytes
-        )
 
     def _check_delay_bounds(self, ep: Endpoint, n: int, now: float) -> None:
         tx = self.ledger.tx
@@ -246,17 +173,6 @@ class Delivery:
                 f"{tx.delayed_total} message(s) already wait for routes on this node (max_delayed_messages is"
                 f" {self.max_delayed_messages}); nothing was sent"
             )
-
-    def _refuse_type(self, ep: Endpoint, message_type: Any) -> None:
-        if message_type in SYSTEM_MESSAGE_TYPES:
-            raise InvalidArgument(
-                f"{message_type!r} is a system message type: end() sends EndDialog and Error,"
-                " begin_timer() makes DialogTimer"
-            )
-        if message_type not in self.ledger.catalog.message_types:
-            raise UnknownObject(f"message type {message_type!r} does not exist")
-        side = "initiator" if ep.is_initiator else "target"
-        raise ContractViolation(f"contract {ep.contract!r} does not let the {side} send message type {message_type!r}")
 
     def _deliver_user_messages(
         self, src: Endpoint, far: Endpoint, messages: list[Any], types: set[str], size: int, now: float
@@ -288,7 +204,7 @@ class Delivery:
             batch = messages[:count] if count < len(messages) else messages
             rows: list[MessageRow] = (
                 [(mid + i, location, fh, seq + i, m[0], m[1], now, 0) for i, m in enumerate(batch)]
-                if len(batch[0]) == 2  # no trace context (a traced batch is all triples: _check_traced)
+                if len(batch[0]) == 2  # no trace context (a traced batch is all triples: check_traced)
                 else [
                     (mid + i, location, fh, seq + i, m[0], m[1], now, 0, m[2])
                     if m[2] is not None
@@ -335,7 +251,7 @@ class Delivery:
         queue_name = catalog.services[far.service].queue
         qdef = catalog.queues[queue_name]
         if qdef.bounded:
-            self._check_queue_bounds(qdef, count, size)
+            check_queue_bounds(self.ledger.budget, qdef, count, size)
         return queue_name, "q:" + queue_name, self.ledger.next_message_id, far.handle
 
     def _run_end(self, far: Endpoint, queue_name: str, rows: list[MessageRow], seq: int, size: int | None) -> None:

@@ -168,6 +168,7 @@ def test_an_owner_whose_lock_connection_is_cut_takes_the_lock_again_and_carries_
         second = PostgresStore(pg_dsn)
         with pytest.raises(StoreInUse):  # it holds the lock again: no one else can take the store
             second.open()
+        second.close()
     finally:
         store.close()
 
@@ -199,8 +200,9 @@ def test_a_store_from_a_newer_aiobroker_is_refused(pg_dsn: str) -> None:
     first.close()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("UPDATE aiobroker.meta SET value = %s WHERE key = 'schema_version'", (packb(SCHEMA_VERSION + 1),))
-    with pytest.raises(StoreError, match=f"newer aiobroker \\(store schema {SCHEMA_VERSION + 1}"):
+    with pytest.raises(StoreError, match=f"newer aiobroker \\(store schema {SCHEMA_VERSION + 1}") as info:
         PostgresStore(pg_dsn).open()
+    assert not isinstance(info.value, StoreInUse), "a standby must not wait for a store it can never read"
 
 
 def test_a_server_that_is_not_there_is_named_without_the_password() -> None:

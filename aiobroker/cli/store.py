@@ -23,6 +23,7 @@ def _open(kind: str, data_dir: Path, what: str) -> tuple[Any, Any]:
     try:
         return store, store.open()
     except StoreInUse as exc:
+        store.close()
         raise CommandError(f"the {what} store is in use: {exc.message}; stop that node first (a store is moved"
                            " while no node runs on it)") from exc
     except StoreError as exc:

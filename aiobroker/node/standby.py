@@ -150,6 +150,20 @@ class Ownership:
 async def take_store(
     store: Store, config: NodeConfig, listener: Listener[Any] | None, url: str, not_ready: Callable[[str], None]
 ) -> tuple[Snapshot, tuple[float, float] | None]:
+    """Open ``store``: as a standby (``listener``) for as long as it takes, else for up to ``[node] store_wait``.
+    A node that gives up, or is stopped while it waits, closes the store (a database store keeps a connection
+    open between its tries)."""
+    try:
+        return await _take_store(store, config, listener, url, not_ready)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(store.close)
+        raise
+
+
+async def _take_store(
+    store: Store, config: NodeConfig, listener: Listener[Any] | None, url: str, not_ready: Callable[[str], None]
+) -> tuple[Snapshot, tuple[float, float] | None]:
     if listener is not None:
         refuser = Refuser(store, url, config.max_frame_size)
         return await wait_for_store(store, listener, refuser, not_ready, STORE_RETRY)

@@ -71,6 +71,10 @@ RECONNECT_FOR: Final = 30.0
 APPLICATION: Final = "aiobroker"
 
 
+class Unreachable(StoreError):
+    """The database cannot be reached (a wrong DSN, a server down, a fail-over under way)."""
+
+
 class PostgresStore(Store):
     """A node's state in one PostgreSQL schema (``aiobroker`` unless told otherwise) of the database ``dsn``."""
 
@@ -126,7 +130,7 @@ class PostgresStore(Store):
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"{APPLICATION} {purpose}")
         except psycopg.Error as exc:
-            raise StoreError(
+            raise Unreachable(
                 f"cannot connect to {self.where}: {_first_line(exc)}; check the DSN ([store] dsn or --store) and that"
                 " the server runs and accepts this user"
             ) from exc
@@ -136,16 +140,19 @@ class PostgresStore(Store):
     # --------------------------------------------------------------------------------------------- open
 
     def open(self) -> Snapshot:
+        reached_before = self._reached
         try:
             try:
                 self._batch_no = self.owner.take()
-            except StoreError as exc:
-                if not self._reached or isinstance(exc, StoreInUse):
+            except Unreachable as exc:
+                if not reached_before:
                     raise
                 # reached before (a node waiting for the store): the database failing over, to be waited out
                 raise StoreInUse(f"{exc.message}; trying again") from exc
             self._conn = self._connect("writer")
             snapshot = self._read(self._conn)
+        except StoreInUse:
+            raise  # waiting (a standby): the lock connection stays, to ask again without connecting again
         except StoreError:
             self.close()
             raise

@@ -64,7 +64,7 @@ class DatabaseLock:
     def take(self) -> int:
         """Create the schema if needed, take the lock (or raise StoreInUse naming the owner), raise the epoch.
         Returns the number of the last batch written (by whichever node), so batches go on counting from it."""
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = self._connect("lock")
         conn = self._conn
         self._create_schema(conn)

@@ -20,6 +20,7 @@ send it) run here for local far sides (:meth:`deliver`) and for messages from ot
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import (
@@ -179,25 +180,15 @@ class Delivery:
     ) -> None:
         """The receiving side's checks for a batch, then the batch into the far endpoint's queue as one run."""
         ledger = self.ledger
-        catalog = ledger.catalog
         count = len(messages)
         reason: str | None = None
-        for message_type in types:
-            mt = catalog.message_types.get(message_type)
-            if mt is not None and mt.validation == "none":
-                continue
-            validate = VALIDATORS[mt.validation] if mt is not None else None
-            for i in range(count):  # count only shrinks, so the earliest failure of all types wins
-                m = messages[i]
-                t, body = m[0], m[1]
-                if t != message_type:
-                    continue
-                why = validate(body) if validate is not None else (
-                    f"message type {t!r} does not exist at the receiving service {far.service!r}"
-                )
-                if why is not None:
-                    count, reason = i, why
-                    break
+        for message_type in types:  # count only shrinks, so the earliest failure of all types wins
+            at = (
+                (i, messages[i][1]) for i in range(count) if messages[i][0] == message_type
+            )  # lazy: a type without validation never walks the batch
+            failed, why = self._first_invalid(far, message_type, at)
+            if why is not None:
+                count, reason = failed, why
         seq = src.send_seq
         if count:
             queue_name, location, mid, fh = self._run_start(far, len(messages), size)
@@ -221,19 +212,10 @@ class Delivery:
         self, src: Endpoint, far: Endpoint, message_type: str, bodies: list[bytes], size: int, now: float
     ) -> None:
         """:meth:`_deliver_user_messages` for a batch of one message type given as its bodies."""
-        catalog = self.ledger.catalog
-        mt = catalog.message_types.get(message_type)
         count = len(bodies)
-        reason: str | None = None
-        if mt is None or mt.validation != "none":
-            validate = VALIDATORS[mt.validation] if mt is not None else None
-            for i, body in enumerate(bodies):
-                why = validate(body) if validate is not None else (
-                    f"message type {message_type!r} does not exist at the receiving service {far.service!r}"
-                )
-                if why is not None:
-                    count, reason = i, why
-                    break
+        failed, reason = self._first_invalid(far, message_type, enumerate(bodies))
+        if reason is not None:
+            count = failed
         seq = src.send_seq
         if count:
             queue_name, location, mid, fh = self._run_start(far, len(bodies), size)
@@ -243,6 +225,23 @@ class Delivery:
             ]
             self._run_end(far, queue_name, rows, seq, size if count == len(bodies) else None)
         self._sent(src, len(bodies), count, reason, now)
+
+    def _first_invalid(
+        self, far: Endpoint, message_type: str, bodies: Iterable[tuple[int, bytes]]
+    ) -> tuple[int, str | None]:
+        """The receiving side's check of ``message_type``'s ``bodies`` (``(index, body)``): the index of the first
+        that fails and why, or ``(0, None)``. A type without validation is not walked at all."""
+        mt = self.ledger.catalog.message_types.get(message_type)
+        if mt is not None and mt.validation == "none":
+            return 0, None
+        validate = VALIDATORS[mt.validation] if mt is not None else None
+        for i, body in bodies:
+            why = validate(body) if validate is not None else (
+                f"message type {message_type!r} does not exist at the receiving service {far.service!r}"
+            )
+            if why is not None:
+                return i, why
+        return 0, None
 
     def _run_start(self, far: Endpoint, count: int, size: int) -> tuple[str, str, int, str]:
         """What every row of a run into ``far``'s queue shares: (queue name, location, first id, far handle); a

@@ -9,9 +9,21 @@ import itertools
 from typing import Any, TypeVar
 
 from aiobroker.core.broker import BrokerCore
-from aiobroker.core.effects import Effect, LeaseExpired, Report, ResolveRequest
+from aiobroker.core.effects import Effect, LeaseExpired, PageWanted, Report, ResolveRequest
 from aiobroker.core.queues import Lease
-from aiobroker.core.records import ROW_BODY, ROW_HANDLE, ROW_SEQ, ROW_TYPE, Snapshot, WriteBatch
+from aiobroker.core.records import (
+    ROW_BODY,
+    ROW_HANDLE,
+    ROW_ID,
+    ROW_LOCATION,
+    ROW_SEQ,
+    ROW_STATE,
+    ROW_TYPE,
+    MessageRow,
+    Snapshot,
+    StoredRun,
+    WriteBatch,
+)
 
 E = TypeVar("E", bound=Effect)
 
@@ -46,6 +58,33 @@ class DictStore:
             messages=[self.messages[i] for i in sorted(self.messages)],
         )
 
+    def paged_snapshot(self, window: int) -> Snapshot:
+        """What a store that pages reads at start (``Store.open_paged``): each queue's first ``window`` ready rows,
+        and what it left, counted."""
+        snap = self.snapshot()
+        kept: list[MessageRow] = []
+        seen: dict[str, list[MessageRow]] = {}
+        for row in snap.messages:
+            location = row[ROW_LOCATION]
+            if location == "tx" or row[ROW_STATE] != 0 or len(seen.setdefault(location, [])) < window:
+                kept.append(row)
+                if location != "tx" and row[ROW_STATE] == 0:
+                    seen[location].append(row)
+        stored: dict[str, StoredRun] = {}
+        for location, first in seen.items():
+            left = [r for r in snap.messages if r[ROW_LOCATION] == location and r[ROW_STATE] == 0][len(first):]
+            if left:
+                stored[location] = (len(left), sum(len(r[ROW_BODY]) for r in left), first[-1][ROW_ID], left[-1][ROW_ID])
+        snap.messages, snap.stored = kept, stored
+        return snap
+
+    def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
+        rows = [
+            self.messages[i] for i in sorted(self.messages)
+            if after_id < i <= upto_id and self.messages[i][ROW_LOCATION] == location and self.messages[i][ROW_STATE] == 0
+        ]
+        return rows[:limit]
+
 
 class Harness:
     """A core, its clock and its store. ``flush()`` is the shell's group commit: seal, write, publish."""
@@ -56,7 +95,8 @@ class Harness:
         self.now = now
         self.store = store or DictStore()
         self.core = BrokerCore(broker_instance="node-a", new_id=lambda: f"id-{next(counter):04d}", **options)
-        self.core.load(self.store.snapshot(), now)
+        window = options.get("page_window")
+        self.core.load(self.store.snapshot() if window is None else self.store.paged_snapshot(window), now)
         self.owner = object()
 
     def flush(self) -> set[str]:
@@ -96,6 +136,17 @@ class Harness:
                 asked.append(("binding", effect.service))
         return asked
 
+    def serve_pages(self) -> int:
+        """Read every page the core asked for from the store and hand it over, as the shell does, until it asks
+        for none; returns how many pages."""
+        served = 0
+        while pages := self.effects(PageWanted):
+            for page in pages:
+                self.core.paged_in(page, self.store.read_rows("q:" + page.queue, page.after_id, page.upto_id, page.limit))
+                served += 1
+            self.flush()
+        return served
+
     def reports(self) -> list[str]:
         """What the core reported since the last look."""
         return [effect.text for effect in self.effects(Report)]
@@ -131,7 +182,9 @@ class Harness:
     def drain(self, queue: str) -> list[tuple[str, int, str, bytes]]:
         """Receive and commit everything ready; returns (handle, seq, type, body) in order."""
         out = []
-        while (lease := self.receive(queue)) is not None:
+        while (lease := self.receive(queue)) is not None or self.serve_pages():
+            if lease is None:
+                continue  # the queue's next messages were in the store only: read back now
             out.extend((r[ROW_HANDLE], r[ROW_SEQ], r[ROW_TYPE], r[ROW_BODY]) for r in lease.messages)
             self.core.commit(lease.id, self.owner)
             self.flush()

@@ -81,6 +81,7 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
             [
                 "  " + str(q.get("name")),
                 q.get("waiting"),
+                q.get("in_store_only", 0),
                 q.get("locked"),
                 q.get("retained"),
                 q.get("status"),
@@ -88,7 +89,7 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> None:
             ]
             for q in queues
         ]
-        echo(table(["  NAME", "WAITING", "LOCKED", "RETAINED", "STATUS", "DISABLED BECAUSE"], rows))
+        echo(table(["  NAME", "WAITING", "IN STORE ONLY", "LOCKED", "RETAINED", "STATUS", "DISABLED BECAUSE"], rows))
     else:
         echo("queues: none")
 
@@ -134,7 +135,11 @@ def _memory_words(memory: dict[str, Any]) -> str:
             f" {size(memory.get('accepts_again_below'))}"
         )
     refused = memory.get("refused_sends") or 0
-    return words + (f"; {refused} send(s) refused for it" if refused else "")
+    words += f"; {refused} send(s) refused for it" if refused else ""
+    stored = memory.get("in_store_only") or 0
+    if stored:
+        words += f"; {stored} waiting message(s) ({size(memory.get('in_store_only_bytes'))}) in the store only"
+    return words
 
 
 def _security(sec: dict[str, Any]) -> None:

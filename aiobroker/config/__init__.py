@@ -47,6 +47,9 @@ Every section and key is optional; a key left out keeps its default. An unknown 
                                   # it sends are refused (Overloaded) and peers' messages wait at the peers, until
                                   # receivers bring it below 90%. Default: a quarter of the machine's memory (or of
                                   # its cgroup's memory.max), at least 64 MiB; >= 1048576
+    queue_window = 10000          # waiting messages a queue keeps in memory, bodies and all, on the SQLite store;
+                                  # the rest wait in the store only (not in max_memory), read back in pages as
+                                  # receivers drain the queue; >= 1
 
     [receive]
     lease_seconds = 30            # a received batch stays locked this long without commit/rollback; > 0

@@ -260,6 +260,7 @@ CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "max_delayed_per_service": _check_count,
     "max_delayed_messages": _check_count,
     "max_memory": _check_max_memory,
+    "queue_window": _check_count,
     "node_identity": _check_identity_name,
     "authorization": _check_bool,
     "binding_failure_cache": _check_seconds,

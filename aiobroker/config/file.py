@@ -22,7 +22,7 @@ from ..errors import ConfigError
 SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "node": ("listen", "data_dir", "store", "durability", "log_level", "log_format", "store_wait", "standby"),
     "limits": ("max_message_size", "max_frame_size", "max_connections", "reserved_connections",
-               "max_connections_per_address", "idle_timeout", "max_memory"),
+               "max_connections_per_address", "idle_timeout", "max_memory", "queue_window"),
     "receive": ("lease_seconds", "poison_rollbacks"),
     "federation": ("forwarding", "max_hops", "connect_timeout", "handshake_timeout", "ack_timeout", "closed_retention",
                    "link_token"),

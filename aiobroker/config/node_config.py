@@ -19,6 +19,7 @@ from .file import from_document, read_toml
 from .messages import Invalid, did_you_mean
 from .objects import ObjectDef
 from ..core.broker import DEFAULT_BINDING_FAILURE_CACHE  # the engine owns its defaults
+from ..core.paging import DEFAULT_WINDOW
 from ..errors import ConfigError
 
 __all__ = [
@@ -88,6 +89,9 @@ class NodeConfig:
     #: bytes the node may hold for messages (queues, transmission queue, DELAYED) before it refuses sends and
     #: peers' messages; None: a quarter of the machine's (or its cgroup's) memory, at least 64 MiB (memory.py)
     max_memory: int | None = None
+    #: waiting messages a queue keeps in memory on a store that pages (SQLite); the rest wait in the store only,
+    #: read back as receivers drain the queue (core/paging.py)
+    queue_window: int = DEFAULT_WINDOW
     #: the identity that owns services naming no owner and signs bindings naming no identity (docs/security.md)
     node_identity: str | None = None
     authorization: bool = False  #: check each client's rights (off: every client may do everything)

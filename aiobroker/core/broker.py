@@ -38,7 +38,8 @@ from .delivery import Delivery
 from .dialog_security import DialogSecurity
 from .dispatcher import Dispatcher
 from .dynamic import DEFAULT_BINDING_FAILURE_CACHE, DynamicRouting
-from .effects import Effect, LeaseExpired
+from . import paging
+from .effects import Effect, LeaseExpired, PageWanted
 from .endings import Endings
 from .inbound import DEFAULT_MAX_HOPS, Inbound
 from .ledger import Ledger, Pending
@@ -47,7 +48,7 @@ from .objects import Objects
 from .outbound import Outbound
 from .queues import Lease, MessageQueue
 from .receiving import Receiving
-from .records import Snapshot, WriteBatch
+from .records import MessageRow, Snapshot, WriteBatch
 from .status import Status
 from .transmission import TransmissionQueue
 
@@ -78,6 +79,7 @@ class BrokerCore:
         max_delayed_per_service: int = 100_000,
         max_delayed_messages: int = 1_000_000,
         max_memory: int = UNBOUNDED,
+        page_window: int | None = None,
         node_identity: str | None = None,
         authorization: bool = False,
         resolver_answers_bindings: bool = False,
@@ -86,7 +88,11 @@ class BrokerCore:
     ) -> None:
         # the parts (parts.py says what each owns)
         self.ledger = ledger = Ledger(
-            broker_instance=broker_instance, persist=persist, new_id=new_id, max_memory=max_memory
+            broker_instance=broker_instance,
+            persist=persist,
+            new_id=new_id,
+            max_memory=max_memory,
+            page_window=page_window if persist else None,
         )
         ledger.catalog.node_identity = node_identity
         self.conversations = conversations = Conversations(ledger, closed_retention=closed_retention)
@@ -168,6 +174,14 @@ class BrokerCore:
         self.conversations_of = status.conversations_of
         self.transmission_entries = status.transmission_entries
         self.statistics = status.statistics
+
+    def paged_in(self, page: PageWanted, rows: list[MessageRow]) -> bool:
+        """A page of a queue's messages read back from the store (``paging.py``); whether any is now ready."""
+        return paging.paged_in(self.ledger, page, rows)
+
+    def page_failed(self, page: PageWanted) -> None:
+        """Reading a page failed; the queue's next receive asks again."""
+        paging.page_failed(self.ledger, page)
 
     def load(self, snap: Snapshot, now: float) -> list[str]:
         """Rebuild state from a store snapshot; returns warnings about anything inconsistent that was skipped."""

@@ -42,7 +42,7 @@ UNBOUNDED: Final = 1 << 62
 class Budget:
     """What the node holds for messages, per location and in all, against ``max_memory``."""
 
-    __slots__ = ("max_memory", "low", "held", "over", "refused", "by_location", "outbox")
+    __slots__ = ("max_memory", "low", "held", "over", "refused", "by_location", "in_store", "in_store_bytes", "outbox")
 
     def __init__(self, max_memory: int, outbox: deque[Effect]) -> None:
         self.max_memory = max_memory
@@ -55,6 +55,9 @@ class Budget:
         self.refused = 0
         #: location -> [messages, body bytes]
         self.by_location: dict[str, list[int]] = {}
+        #: of those, the messages (and their bodies' bytes) in the store only, not in memory (``queues.py``)
+        self.in_store = 0
+        self.in_store_bytes = 0
         self.outbox = outbox
 
     def hold(self, location: str, count: int, size: int) -> None:
@@ -64,20 +67,58 @@ class Budget:
             held = self.by_location[location] = [0, 0]
         held[0] += count
         held[1] += size
-        self.held += size + count * ROW_MEMORY
-        if self.held >= self.max_memory and not self.over:
-            self.over = True
-            self.outbox.append(MemoryPressure(True, self.held, self.max_memory))
+        self._grow(size + count * ROW_MEMORY)
 
     def let_go(self, location: str, count: int, size: int) -> None:
         """``count`` rows of ``size`` body bytes in all left ``location`` (and memory)."""
+        self._uncount(location, count, size)
+        self._shrink(size + count * ROW_MEMORY)
+
+    # A queue's rows past its window live in the store only (``queues.py``): still counted at their location (the
+    # queue's bounds count them), not in ``held``.
+
+    def page_out(self, count: int, size: int) -> None:
+        """``count`` rows held (``size`` body bytes) left memory for the store; they stay where they are counted."""
+        self.in_store += count
+        self.in_store_bytes += size
+        self._shrink(size + count * ROW_MEMORY)
+
+    def page_in(self, count: int, size: int) -> None:
+        """``count`` rows read back from the store into memory."""
+        self.in_store -= count
+        self.in_store_bytes -= size
+        self._grow(size + count * ROW_MEMORY)
+
+    def count_stored(self, location: str, count: int, size: int) -> None:
+        """Rows a paged start left in the store (``Snapshot.stored``): counted at ``location``, not in memory."""
+        held = self.by_location.setdefault(location, [0, 0])
+        held[0] += count
+        held[1] += size
+        self.in_store += count
+        self.in_store_bytes += size
+
+    def drop_stored(self, location: str, count: int, size: int) -> None:
+        """Rows read back from the store that were no longer wanted (their conversation ended meanwhile)."""
+        self._uncount(location, count, size)
+        self.in_store -= count
+        self.in_store_bytes -= size
+
+    def _uncount(self, location: str, count: int, size: int) -> None:
         held = self.by_location.get(location)
         if held is not None:
             held[0] -= count
             held[1] -= size
             if not held[0]:
                 del self.by_location[location]
-        self.held -= size + count * ROW_MEMORY
+
+    def _grow(self, n: int) -> None:
+        self.held += n
+        if self.held >= self.max_memory and not self.over:
+            self.over = True
+            self.outbox.append(MemoryPressure(True, self.held, self.max_memory))
+
+    def _shrink(self, n: int) -> None:
+        self.held -= n
         if self.over and self.held < self.low:
             self.over = False
             self.outbox.append(MemoryPressure(False, self.held, self.max_memory))
@@ -93,7 +134,8 @@ class Budget:
         queued = sum(v[0] for k, v in self.by_location.items() if k != "tx")
         return (
             f"the node holds {_mib(self.held)} for messages ({queued} in queues, {tx[0]} in the transmission queue"
-            f" for other nodes or waiting for routes) against its memory budget of {_mib(self.max_memory)}"
+            f" for other nodes or waiting for routes; {self.in_store} of them in the store only) against its memory"
+            f" budget of {_mib(self.max_memory)}"
             " ([limits] max_memory)"
         )
 
@@ -104,6 +146,8 @@ class Budget:
             "over": self.over,
             "accepts_again_below": self.low if self.max_memory != UNBOUNDED else None,
             "refused_sends": self.refused,
+            "in_store_only": self.in_store,
+            "in_store_only_bytes": self.in_store_bytes,
         }
 
     def __repr__(self) -> str:

@@ -37,7 +37,8 @@ from .dialog_errors import BrokerErrorCode, parse_error_body
 from .envelopes import Envelope
 from .ledger import Ledger, Pending
 from .parts import DynamicPart, EndingsPart, OutboundPart
-from .records import ROW_HANDLE, MessageRow
+from .queues import MessageQueue
+from .records import ROW_BODY, ROW_HANDLE, MessageRow
 from .send_checks import check_queue_bounds, check_sizes, check_traced, refuse_overloaded, refuse_type
 from .validation import VALIDATORS
 
@@ -415,6 +416,20 @@ class Delivery:
             if ep is None or ep.state is State.CLOSED or queue is None:
                 ledger.forget_rows(rows)  # its conversation ended while the messages were being stored
                 continue
+            if queue.window is not None and not queue.keeps(len(rows)):
+                rows = self._page_out(queue, rows)  # past the queue's window on a store that pages (paging.py)
+                if not rows:
+                    continue
             queue.push_many(rows, group_id, urgent)
             touched.add(queue_name)
         return touched
+
+    def _page_out(self, queue: MessageQueue, rows: list[MessageRow]) -> list[MessageRow]:
+        """Leave in the store (counted, not held) the rows of a run that do not fit in ``queue``'s window; returns
+        those that do, which go in memory first."""
+        room = queue.room()
+        fits, rest = rows[:room], rows[room:]
+        size = sum(len(row[ROW_BODY]) for row in rest)
+        queue.leave_in_store(rest, size)
+        self.ledger.budget.page_out(len(rest), size)
+        return fits

@@ -13,6 +13,8 @@ at a time, or ``BrokerCore.drain_effects``) and handles each by its type with a 
 - :class:`Report`: something a peer sent was malformed, refused or undeliverable; log it.
 - :class:`MemoryPressure`: what the node holds for messages crossed a watermark of its memory budget
   (``budget.py``); log it, and let peer links take envelopes again when it fell below.
+- :class:`PageWanted`: read a page of a queue's messages back from the store (``paging.py``); one per queue at a
+  time, and only when its receivers have drained what it holds in memory.
 
 Nothing here is per message: an effect is per service, per lease or per report, so the hot path (send, receive,
 commit) appends none.
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 
 from .queues import Lease
 
-__all__ = ["Effect", "LeaseExpired", "MemoryPressure", "Report", "ResolveRequest"]
+__all__ = ["Effect", "LeaseExpired", "MemoryPressure", "PageWanted", "Report", "ResolveRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,4 +73,15 @@ class MemoryPressure:
     max_memory: int
 
 
-Effect = ResolveRequest | LeaseExpired | Report | MemoryPressure
+@dataclass(frozen=True, slots=True)
+class PageWanted:
+    """Read back up to ``limit`` of a queue's messages left in the store, those with ids in ``(after_id,
+    upto_id]`` (``Store.read_rows``), and hand them to ``BrokerCore.paged_in`` (``paging.py``)."""
+
+    queue: str
+    after_id: int
+    upto_id: int
+    limit: int
+
+
+Effect = ResolveRequest | LeaseExpired | Report | MemoryPressure | PageWanted

@@ -23,6 +23,7 @@ from .conversations import Conversations
 from .dialog_errors import BrokerErrorCode, error_body
 from .dispatcher import BINDING, ROUTE
 from .ledger import Ledger
+from .paging import want_page
 from .parts import DeliveryPart, DynamicPart, OutboundPart
 
 
@@ -85,6 +86,8 @@ class Endings:
         queue = ledger.queues.get(services[ep.service].queue) if ep.service in services else None
         if queue is not None:
             ledger.forget_rows(queue.remove_handle(handle, ep.group_id))
+            if queue.in_store:  # those of its messages in the store only go as the queue reads them back
+                want_page(ledger, queue)
         ledger.touch(ep)
         if handle not in ledger.tx:
             self.conversations.retire(ep, now)

@@ -55,7 +55,13 @@ class Ledger:
     """The records the core's parts share. Single-threaded, like the core."""
 
     def __init__(
-        self, *, broker_instance: str, persist: bool, new_id: Callable[[], str], max_memory: int = UNBOUNDED
+        self,
+        *,
+        broker_instance: str,
+        persist: bool,
+        new_id: Callable[[], str],
+        max_memory: int = UNBOUNDED,
+        page_window: int | None = None,
     ) -> None:
         self.broker_instance = broker_instance
         #: whether changes are gathered for a durable store
@@ -67,6 +73,8 @@ class Ledger:
         #: (conversation id, is_initiator) → the handle of this node's endpoint on that side
         self.by_conversation: dict[tuple[str, bool], str] = {}
         self.queues: dict[str, MessageQueue] = {}
+        #: each queue's window on a store that pages (``paging.py``); None: queues keep every message in memory
+        self.page_window = page_window
         #: outgoing messages not yet acknowledged (remote) or waiting for a route (DELAYED)
         self.tx = TransmissionQueue()
         #: conversation handle → its body cipher (made from the stored session key on first use; goes with the

@@ -2,7 +2,7 @@
 
 The store hands over a :class:`~aiobroker.core.records.Snapshot` (objects, endpoints, messages); this rebuilds the
 catalog, the queues, the endpoints (each through ``Conversations.watch``, so its deadlines and counts are set as
-for a new one) and the transmission queue, then decides afresh where every waiting message goes: a route may have
+for a new one) and the transmission queue (with what a paging store left in itself counted: ``paging.py``), then decides afresh where every waiting message goes: a route may have
 come or gone while the node was down, and a conversation restored DELAYED is asked for again.
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from .catalog import URGENT_TYPES
 from .conversation import Endpoint
+from .conversation_states import State
 from .conversations import Conversations
 from .ledger import TX, Ledger
+from .paging import count_stored
 from .parts import OutboundPart
 from .queues import MessageQueue
 from .records import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, Snapshot
@@ -34,7 +36,7 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
         if kind in LOAD_ORDER:
             catalog.load(kind, definition)
     for qdef in catalog.queues.values():
-        ledger.queues[qdef.name] = MessageQueue(qdef)
+        ledger.queues[qdef.name] = MessageQueue(qdef, ledger.page_window)
     for handle, state in snap.endpoints:
         ep = Endpoint.from_state(handle, state)
         ledger.endpoints[handle] = ep
@@ -44,6 +46,9 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
     for row in snap.messages:
         last_id = max(last_id, row[ROW_ID])
         owner = ledger.endpoints.get(row[ROW_HANDLE])
+        if owner is None and ledger.page_window is not None and row[ROW_LOCATION] != TX:
+            ledger.unstore(row[ROW_ID])  # of a conversation that ended while it was in the store only (paging.py)
+            continue
         if owner is None:
             warnings.append(f"message {row[ROW_ID]} belongs to no conversation endpoint; dropped")
             ledger.unstore(row[ROW_ID])
@@ -57,6 +62,10 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
             warnings.append(f"message {row[ROW_ID]} is in unknown queue {row[ROW_LOCATION][2:]!r}; dropped")
             ledger.unstore(row[ROW_ID])
             continue
+        if owner.state is State.CLOSED:
+            # ended while the message was in the store only (``paging.py``): it goes now
+            ledger.unstore(row[ROW_ID])
+            continue
         ledger.hold_loaded(row)
         if row[ROW_STATE] == 1:
             queue.retain(row)
@@ -64,6 +73,9 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
             queue.push(row, owner.group_id, row[ROW_TYPE] in URGENT_TYPES)
             if len(row) > 8:
                 ledger.traced_queues.add(queue.name)  # it holds a message with trace context
+    for _count, _size, _after, upto in snap.stored.values():
+        last_id = max(last_id, upto)
+    count_stored(ledger, snap.stored)
     ledger.next_message_id = last_id + 1
     ledger.durable_upto = last_id
     outbound.reroute(now)  # decide afresh where every waiting message goes

@@ -37,7 +37,7 @@ class Objects:
         obj = ledger.catalog.create(kind, definition, now)
         ledger.save_object(kind, obj, obj.name)
         if isinstance(obj, QueueDef):
-            ledger.queues[obj.name] = MessageQueue(obj)
+            ledger.queues[obj.name] = MessageQueue(obj, ledger.page_window)
         elif isinstance(obj, Service):
             self.outbound.reroute(now, {obj.name})
         elif isinstance(obj, Route) and obj.service_name is not None:

@@ -6,7 +6,13 @@ others in arrival order. The group stays locked until the receiver commits or ro
 or the receiver disconnects; so two receivers never work on one conversation group at once, which is what lets an
 application keep per-conversation state without locks of its own.
 
-Everything here is in memory; the core records store changes beside it.
+Everything here is in memory; the core records store changes beside it, with one exception. On a store that pages
+(``Store.pages``: SQLite), a queue keeps at most ``window`` waiting messages in memory: once it holds that many, the
+messages published to it next stay in the store only (:meth:`MessageQueue.leave_in_store`), counted but not held,
+and every later one too until the store's are read back (``paging.py``) as receivers drain the queue. So the
+messages in memory are always the queue's oldest ones: every ready row with an id up to ``stored_after`` is in
+memory (or gone), and the ``in_store`` others have ids in ``(stored_after, stored_upto]``. A queue whose receivers
+keep up never reaches its window, and its messages never leave memory between send and receive.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from .catalog import QueueDef, on_off_word
-from .records import ROW_BODY, ROW_HANDLE, ROW_TYPE, MessageRow
+from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_TYPE, MessageRow
 
 
 #: Bytes a stored row takes on the wire besides its body, at most: the handle, location and message type are names
@@ -75,16 +81,27 @@ class MessageQueue:
 
     __slots__ = (
         "definition", "groups", "ready", "taken", "waiting", "locked", "retained", "retained_count", "disabled_reason",
+        "window", "in_store", "in_store_bytes", "stored_after", "stored_upto", "reading",
     )
 
-    def __init__(self, definition: QueueDef) -> None:
+    def __init__(self, definition: QueueDef, window: int | None = None) -> None:
         self.definition = definition
+        #: the most waiting messages kept in memory before the next ones are left in the store (None: every
+        #: message stays in memory, as on a store that does not page); see the module's header
+        self.window = window
+        #: waiting messages in the store only (counted in ``waiting``), their bodies' bytes, and their ids' bounds
+        self.in_store = 0
+        self.in_store_bytes = 0
+        self.stored_after = 0
+        self.stored_upto = 0
+        #: a page of them is being read back
+        self.reading = False
         self.groups: dict[str, Group] = {}
         #: groups with messages and no lease, oldest first (a dict used as an ordered set)
         self.ready: dict[str, None] = {}
         #: groups taken from the front of ``ready`` since it was last built afresh (see :meth:`take`)
         self.taken = 0
-        self.waiting = 0  #: messages not handed out
+        self.waiting = 0  #: messages not handed out (``in_store`` of them in the store only)
         self.locked = 0  #: messages handed out under a lease, not yet committed or rolled back
         #: received messages kept by ``retention`` until their conversation ends: handle → rows; and how many
         self.retained: dict[str, list[MessageRow]] = {}
@@ -113,6 +130,46 @@ class MessageQueue:
         self.waiting += len(rows)
         if group.lease is None and group_id not in self.ready:
             self.ready[group_id] = None
+
+    # ------------------------------------------------------------------------------------------------ paging
+
+    def keeps(self, count: int) -> bool:
+        """Whether ``count`` messages published now stay in memory (else :meth:`leave_in_store`)."""
+        return self.window is None or (not self.in_store and self.waiting + count <= self.window)
+
+    def room(self) -> int:
+        """How many more waiting messages fit in memory (see :meth:`keeps`)."""
+        if self.window is None:
+            return 1 << 62
+        return 0 if self.in_store else max(0, self.window - self.waiting)
+
+    def leave_in_store(self, rows: list[MessageRow], size: int) -> None:
+        """A run of stored messages (``size``: their bodies' bytes) counted here but left in the store."""
+        if not self.in_store and not self.reading:
+            self.stored_after = rows[0][ROW_ID] - 1
+        self.in_store += len(rows)
+        self.in_store_bytes += size
+        self.stored_upto = rows[-1][ROW_ID]
+        self.waiting += len(rows)
+
+    def page_wanted(self, nothing_ready: bool) -> bool:
+        """Whether to read a page of the store's messages back now: when those in memory fall to half the window,
+        or a receiver found none ready among them (all their groups locked) while the store has others (up to
+        twice the window, so that a few locked groups cannot fill memory)."""
+        if not self.in_store or self.reading or self.window is None:
+            return False
+        resident = self.waiting - self.in_store
+        return resident <= self.window // 2 or (nothing_ready and resident < 2 * self.window)
+
+    def read_back(self, count: int, size: int, after: int) -> None:
+        """``count`` of the store's messages (``size`` bytes) were read back: they are no longer in the store only
+        (those still wanted are pushed again, those not are dropped: :meth:`push` counts them again); every ready
+        row with an id up to ``after`` is in memory now."""
+        self.in_store -= count
+        self.in_store_bytes -= size
+        self.waiting -= count
+        self.stored_after = after
+        self.reading = False
 
     def take(self, max_messages: int, max_bytes: int) -> tuple[Group, list[MessageRow], int] | None:
         """Lock the oldest ready group and hand out up to ``max_messages`` of it, within ``max_bytes`` of wire size
@@ -226,6 +283,7 @@ class MessageQueue:
             "groups": len(self.groups),
             "ready_groups": len(self.ready),
             "retained": self.retained_count,
+            "in_store_only": self.in_store,
         }
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ from ..errors import InvalidArgument, LeaseExpired, QueueDisabled, UnknownObject
 from .catalog import URGENT_TYPES
 from .deadlines import LEASE
 from .ledger import Ledger
+from .paging import want_page
 from .parts import ObjectsPart
 from .queues import Lease, MessageQueue
 from .records import ROW_BODY, ROW_HANDLE, ROW_STATE, MessageRow
@@ -73,6 +74,8 @@ class Receiving:
         if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
             raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
         taken = queue.take(max_messages, self.max_batch_bytes)
+        if queue.in_store:
+            want_page(self.ledger, queue, nothing_ready=taken is None)
         if taken is None:
             return None
         group, rows, size = taken

@@ -86,6 +86,10 @@ class WriteBatch:
         return len(self.meta) + len(self.objects) + len(self.endpoints) + len(self.messages)
 
 
+#: ready rows of one location left in a paging store: (messages, bodies' bytes, after_id, upto_id)
+StoredRun = tuple[int, int, int, int]
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Everything a store holds, as read back at start."""
@@ -94,3 +98,7 @@ class Snapshot:
     objects: list[tuple[str, str, Any]] = field(default_factory=list)  #: (kind, name, definition)
     endpoints: list[tuple[str, Any]] = field(default_factory=list)  #: (handle, state)
     messages: list[MessageRow] = field(default_factory=list)  #: ordered by id
+    #: what a paging store left in it (:meth:`~aiobroker.store.base.Store.open` with a window), by location:
+    #: ``(messages, their bodies' bytes, after_id, upto_id)``: that many ready rows of the location, every one with
+    #: an id in ``(after_id, upto_id]``, are not in ``messages``; the node reads them with ``Store.read_rows``
+    stored: dict[str, StoredRun] = field(default_factory=dict)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
-from ..core.effects import LeaseExpired, MemoryPressure, Report, ResolveRequest
+from ..core.effects import LeaseExpired, MemoryPressure, PageWanted, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
@@ -52,6 +52,7 @@ from .rights import guarded_ops
 from .sessions import Session, handshake, peer_certificate
 from .standby import Ownership
 from .startup import broker_instance, restore
+from .pages import read_page
 from .waiters import Waiters
 from .writer import StoreWriter
 
@@ -209,7 +210,9 @@ class Node:
         self._not_ready = "restoring the store's state"
         self.broker_instance = instance = broker_instance(snapshot)  # from here on the log lines name the node
         try:
-            self.core = restore(snapshot, instance, cfg, self.store.durable, self.resolver, self.clock)
+            self.core = restore(
+                snapshot, instance, cfg, self.store.durable, self.resolver, self.store.pages, self.clock
+            )
             listener = listener or await self._listen(server_tls)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -429,6 +432,8 @@ class Node:
                     expired.append(lease)
                 case MemoryPressure(over=over, held=held, max_memory=max_memory):
                     log_memory_pressure(over, held, max_memory, self.core.budget.low)
+                case PageWanted():  # node/pages.py
+                    tg.start_soon(read_page, self.store, self.core, effect, self.after_core, self.waiters.serve)
                 case Report(text=text):
                     if peer is None:
                         log.warning("%s", text)

@@ -17,6 +17,7 @@ new owner, never refused by the old standby.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -166,13 +167,13 @@ async def _take_store(
 ) -> tuple[Snapshot, tuple[float, float] | None]:
     if listener is not None:
         refuser = Refuser(store, url, config.max_frame_size)
-        return await wait_for_store(store, listener, refuser, not_ready, STORE_RETRY)
+        return await wait_for_store(store, listener, refuser, not_ready, STORE_RETRY, config.queue_window)
     deadline = time.monotonic() + config.store_wait
     waiting = False
     while True:
         not_ready(f"opening the store ({store.name})")
         try:
-            return await anyio.to_thread.run_sync(store.open), None
+            return await anyio.to_thread.run_sync(opener(store, config.queue_window)), None
         except StoreInUse as exc:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -184,8 +185,15 @@ async def _take_store(
             await anyio.sleep(min(STORE_RETRY, left))
 
 
+def opener(store: Store, window: int) -> Callable[[], Snapshot]:
+    """How to open ``store``: a store that pages reads each queue's first ``window`` messages only
+    (``core/paging.py``), any other everything."""
+    return functools.partial(store.open_paged, window) if store.pages else store.open
+
+
 async def wait_for_store(
-    store: Store, listener: Listener[Any], refuser: Refuser, not_ready: Callable[[str], None], retry: float
+    store: Store, listener: Listener[Any], refuser: Refuser, not_ready: Callable[[str], None], retry: float,
+    window: int,
 ) -> tuple[Snapshot, tuple[float, float] | None]:
     """Open ``store``, trying again every ``retry`` seconds for as long as another node holds it; meanwhile refuse
     every connection on ``listener``. Returns the snapshot and, if the node waited, how long it waited and when
@@ -195,7 +203,7 @@ async def wait_for_store(
         while True:
             began = time.perf_counter()
             try:
-                snapshot = await anyio.to_thread.run_sync(store.open)
+                snapshot = await anyio.to_thread.run_sync(opener(store, window))
                 break
             except StoreInUse as exc:
                 if waited_from is None or exc.owner != refuser.owner:

@@ -37,6 +37,7 @@ def restore(
     config: NodeConfig,
     durable: bool,
     resolver: Resolver | None,
+    pages: bool,
     clock: Callable[[], float],
 ) -> BrokerCore:
     """Build the core of the node ``instance`` from the store's snapshot and apply the config's objects, in memory
@@ -58,6 +59,7 @@ def restore(
         max_delayed_per_service=cfg.max_delayed_per_service,
         max_delayed_messages=cfg.max_delayed_messages,
         max_memory=cfg.max_memory if cfg.max_memory is not None else default_max_memory(),
+        page_window=cfg.queue_window if pages else None,
         node_identity=cfg.node_identity,
         authorization=cfg.authorization,
         binding_failure_cache=cfg.binding_failure_cache,

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from ..core.records import Snapshot, WriteBatch
+from ..core.records import MessageRow, Snapshot, WriteBatch
 from ..errors import StoreError
 
 
@@ -52,6 +52,11 @@ class Store(ABC):
     #: transaction that does not fsync), the hop is the slow part. 0: every batch goes to the thread.
     inline_rows: int = 0
 
+    #: whether the store can leave a queue's rows in itself and hand them back in pages (:meth:`open` with a
+    #: ``window``, :meth:`read_rows`): then the node keeps only each queue's first rows in memory, bodies and all,
+    #: and reads the rest as receivers drain it. A store that cannot (False) is read back whole at start.
+    pages: bool = False
+
     @property
     def location(self) -> str | None:
         """Where the store keeps the state, as an operator would find it (a directory, a database), for the node's
@@ -63,6 +68,19 @@ class Store(ABC):
         """Open (creating if needed) and read everything back. Raises :class:`~aiobroker.errors.StoreError` with
         a message naming the path and what to do when the store is corrupt, locked by another node, or not
         writable."""
+
+    def open_paged(self, window: int) -> Snapshot:
+        """Open as :meth:`open` does, but read back of each queue (a location ``q:NAME``) only its first
+        ``window`` ready rows (state 0, by id) besides all its retained ones (state 1), and every row of the
+        transmission queue; say in ``Snapshot.stored`` what was left, per location. Only for a store that
+        ``pages``."""
+        raise NotImplementedError(f"the {self.name} store does not page")
+
+    def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
+        """Up to ``limit`` ready rows (state 0) of ``location`` with ids in ``(after_id, upto_id]``, by id. Called
+        from a thread of its own while batches are written: it must not wait for a write to finish, nor see one
+        half done. Only for a store that ``pages``."""
+        raise NotImplementedError(f"the {self.name} store does not page")
 
     @abstractmethod
     def write(self, batch: WriteBatch) -> None:

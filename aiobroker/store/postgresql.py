@@ -36,6 +36,7 @@ replica was promoted), the store says so and the node stops rather than go on fr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -47,6 +48,7 @@ from ..errors import ConfigError, ProtocolError, StoreError
 from ..wire.codec import unpackb
 from .base import Store, StoreFenced, StoreInUse
 from .postgresql_owner import DatabaseLock
+from .postgresql_pages import read_paged, read_rows
 from .postgresql_schema import (
     COPY_ROWS,
     FENCED_SQLSTATE,
@@ -79,6 +81,7 @@ class PostgresStore(Store):
     """A node's state in one PostgreSQL schema (``aiobroker`` unless told otherwise) of the database ``dsn``."""
 
     name = "postgresql"
+    pages = True
     durable = True
     inline_rows = 0  # a round trip to a server costs more than handing the batch to the writer thread
 
@@ -101,6 +104,12 @@ class PostgresStore(Store):
         self.reconnect_for = reconnect_for
         self.owner = DatabaseLock(self.sql, self.where, self._connect, heartbeat, takeover_after, reconnect_for)
         self._conn: psycopg.Connection[Any] | None = None
+        #: the connection pages are read on (``read_rows``, in a thread of its own while the writer writes), made on
+        #: the first page
+        self._reader: psycopg.Connection[Any] | None = None
+        self._reading = threading.Lock()
+        #: each queue's rows read at start (``open_paged``); None: every row
+        self._window: int | None = None
         self._batch_no = 0
         self._max_id = 0
         #: the database was reached at least once: later failures to reach it are a fail-over to wait out
@@ -139,6 +148,24 @@ class PostgresStore(Store):
 
     # --------------------------------------------------------------------------------------------- open
 
+    def open_paged(self, window: int) -> Snapshot:
+        self._window = window
+        return self.open()
+
+    def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
+        with self._reading:
+            try:
+                if self._reader is None:
+                    if self._conn is None:
+                        raise StoreError(f"the store in {self.where} is not open")
+                    self._reader = self._connect("reader")
+                return read_rows(self._reader, self.sql.schema, location, after_id, upto_id, limit)
+            except psycopg.Error as exc:
+                reader, self._reader = self._reader, None  # a new connection next time: this one may be broken
+                if reader is not None:
+                    reader.close()
+                raise StoreError(f"cannot read messages from {self.where}: {_first_line(exc)}") from exc
+
     def open(self) -> Snapshot:
         reached_before = self._reached
         try:
@@ -175,6 +202,10 @@ class PostgresStore(Store):
         except ProtocolError as exc:
             raise StoreError(f"{self.where} holds a value that does not decode ({exc}); it was not written by"
                              " aiobroker, or is damaged: restore it from a backup") from exc
+        if self._window is not None:
+            queues = [name for kind, name, _ in snap.objects if kind == "queue"]
+            snap.messages, snap.stored, self._max_id = read_paged(conn, sql.schema, self._window, queues)
+            return snap
         with conn.cursor(binary=True) as cur:
             cur.execute(sql.get_messages)
             snap.messages = [row_from_db(record) for record in cur]
@@ -315,6 +346,10 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self.owner.close()
+        with self._reading:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:

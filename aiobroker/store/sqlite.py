@@ -1,10 +1,11 @@
 """The SQLite store: a node's durable copy in one database file, one transaction per batch.
 
 Why SQLite: one file, transactions that survive a crash mid-write, and a write-ahead log that turns a commit into
-one sequential append, which is what group commit needs (many messages, one ``COMMIT``). The node already keeps
-all of its state in memory, so the store is write-mostly: it is read once, at start, and otherwise only appended
-to and deleted from. That shapes the schema (no secondary indexes to maintain; rows are looked up only by primary
-key) and the write path (a few statements per batch: multi-row INSERTs, deletes by ranges of ids, no per-row
+one sequential append, which is what group commit needs (many messages, one ``COMMIT``). The node keeps its state
+in memory, except a queue's messages past its window (``core/paging.py``), so the store is write-mostly: it is read
+at start (a queue's window only: ``sqlite_pages.py``), for pages of a backlog, and otherwise only appended to and
+deleted from. That shapes the schema (no secondary indexes to maintain; rows are found by primary key, or by
+walking it) and the write path (a few statements per batch: multi-row INSERTs, deletes by ranges of ids, no per-row
 Python work beyond flattening the rows' tuples; ``sqlite_schema.py``).
 
 Files in the data directory:
@@ -29,6 +30,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +41,8 @@ from .base import StoreInUse
 from ..wire.codec import packb, unpackb
 from .base import Store
 from .checkpointer import Checkpointer
+from .sqlite_pages import read_paged, rows_of
+from .sqlite_pages import read_rows as read_page
 from .sqlite_schema import MIGRATIONS, PUT_META, SCHEMA, SCHEMA_KEY, SELECT_MESSAGES, TABLES, statements, transaction
 
 log = logging.getLogger("aiobroker.store")
@@ -60,6 +64,8 @@ DURABILITIES: Final = {"normal": "NORMAL", "full": "FULL"}
 #: recently deleted rows and the endpoints; 32 MiB holds that with room to spare and is small next to the node's
 #: in-memory state.
 _CACHE_KIB: Final = 32 * 1024
+#: The page reader's cache: a page of rows is read once, in id order, so a small cache does
+_READER_CACHE_KIB: Final = 4 * 1024
 
 #: Nudge the checkpointer (``checkpointer.py``) when the WAL passes this many bytes, and checkpoint inline when it
 #: passes the hard limit. Large rather than SQLite's 1000 pages: the write path rewrites the same few pages over
@@ -105,6 +111,7 @@ class SqliteStore(Store):
 
     name = "sqlite"
     durable = True
+    pages = True
 
     def __init__(self, data_dir: Path, durability: str = "normal") -> None:
         check_durability(durability)
@@ -118,6 +125,10 @@ class SqliteStore(Store):
         self.db_path = self.data_dir / DB_FILE
         self.lock_path = self.data_dir / LOCK_FILE
         self._conn: sqlite3.Connection | None = None
+        #: the connection pages are read on (``read_rows``, in a thread of its own while the writer writes: the
+        #: write-ahead log lets it read the last committed state without waiting), made on the first page
+        self._reader: sqlite3.Connection | None = None
+        self._reading = threading.Lock()
         self._lock_fd: int | None = None
         self.wal_path = self.db_path.with_name(DB_FILE + "-wal")
         self._checkpointer: Checkpointer | None = None
@@ -133,13 +144,32 @@ class SqliteStore(Store):
     # --- the Store interface ------------------------------------------------------------------------------
 
     def open(self) -> Snapshot:
+        return self._open(None)
+
+    def open_paged(self, window: int) -> Snapshot:
+        return self._open(window)
+
+    def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
+        with self._reading:
+            try:
+                if self._reader is None:
+                    if self._conn is None:
+                        raise StoreError(f"the store in {self.data_dir} is not open; call open() first")
+                    self._reader = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+                    self._reader.execute(f"PRAGMA cache_size = {-_READER_CACHE_KIB}")
+                    self._reader.execute("PRAGMA query_only = ON")
+                return read_page(self._reader, location, after_id, upto_id, limit)
+            except sqlite3.Error as exc:
+                raise self._sqlite_error("reading messages from", exc) from exc
+
+    def _open(self, window: int | None) -> Snapshot:
         if self._lock_fd is not None:
             raise StoreError(f"the store in {self.data_dir} is already open")
         self._created = [p for p in self._own_paths() if not p.exists()]
         self._make_data_dir()
         self._lock_data_dir()
         try:
-            return self._open_database()
+            return self._open_database(window)
         except BaseException:
             # Release the lock: a node that failed to start must not keep the directory. The error that made
             # the open fail is the one to report, not one from closing a half-open connection.
@@ -180,6 +210,11 @@ class SqliteStore(Store):
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.stop()
+        with self._reading:  # a page being read finishes first
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            with suppress(sqlite3.Error):
+                reader.close()
         conn, self._conn = self._conn, None
         fd, self._lock_fd = self._lock_fd, None
         try:
@@ -274,7 +309,7 @@ class SqliteStore(Store):
             raise _os_error(f"cannot write lock file {self.lock_path}", self.data_dir, exc) from exc
         self._lock_fd = fd
 
-    def _open_database(self) -> Snapshot:
+    def _open_database(self, window: int | None) -> Snapshot:
         try:
             self._conn = conn = sqlite3.connect(
                 self.db_path,
@@ -283,7 +318,7 @@ class SqliteStore(Store):
             )
             self._configure(conn)
             self._prepare_schema(conn)
-            snapshot = self._read_snapshot(conn)
+            snapshot = self._read_snapshot(conn, window)
             self._checkpointer = Checkpointer(self.db_path)
             self._checkpointer.start()
             return snapshot
@@ -336,7 +371,7 @@ class SqliteStore(Store):
                 conn.execute(PUT_META, (SCHEMA_KEY, packb(SCHEMA_VERSION)))
                 log.info("store %s: schema version %d brought up to %d", self.data_dir, version, SCHEMA_VERSION)
 
-    def _read_snapshot(self, conn: sqlite3.Connection) -> Snapshot:
+    def _read_snapshot(self, conn: sqlite3.Connection, window: int | None) -> Snapshot:
         decode = self._decode
         meta = {key: decode(value) for key, value in conn.execute("SELECT key, value FROM meta") if key != SCHEMA_KEY}
         objects = [
@@ -347,10 +382,11 @@ class SqliteStore(Store):
             (handle, decode(data))
             for handle, data in conn.execute("SELECT handle, data FROM endpoints ORDER BY handle")
         ]
-        messages: list[MessageRow] = [  # tuples, as rows are: eight fields without trace context, nine with
-            row if row[8] is not None else row[:8] for row in conn.execute(SELECT_MESSAGES).fetchall()
-        ]
-        return Snapshot(meta=meta, objects=objects, endpoints=endpoints, messages=messages)
+        if window is None:
+            return Snapshot(meta, objects, endpoints, rows_of(conn.execute(SELECT_MESSAGES)))
+        queues = [name for kind, name, _ in objects if kind == "queue"]
+        messages, stored = read_paged(conn, window, queues)
+        return Snapshot(meta, objects, endpoints, messages, stored)
 
     def _decode(self, blob: Any) -> Any:
         if not isinstance(blob, bytes):

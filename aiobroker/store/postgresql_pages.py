@@ -1,0 +1,77 @@
+"""The PostgreSQL store's paged reads: a start that reads each queue's first rows only, and pages of a queue's
+rows read back while batches are written (``Store.pages``; ``core/paging.py`` says why).
+
+As with SQLite (``sqlite_pages.py``) there is no index on ``location``, which every insert and delete would write:
+a location's rows are found by walking the primary key from an id on. The counts at start are one hash aggregate
+over the table, whatever the number of queues.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import psycopg
+
+from ..core.records import MessageRow, StoredRun
+from .postgresql_schema import MESSAGE_COLUMNS, row_from_db
+
+_COLUMNS: Final = ", ".join(MESSAGE_COLUMNS)
+TX: Final = "tx"
+
+
+def _rows(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> list[MessageRow]:
+    with conn.cursor(binary=True) as cur:
+        cur.execute(sql, params)
+        return [row_from_db(record) for record in cur]
+
+
+def read_paged(
+    conn: psycopg.Connection[Any], schema: str, window: int, queues: list[str]
+) -> tuple[list[MessageRow], dict[str, StoredRun], int]:
+    """The rows a paged start reads (by id), what each queue left in the store, and the largest id stored."""
+    table = f"{schema}.messages"
+    counts = conn.execute(
+        f"SELECT location, count(*), sum(octet_length(body)), min(id), max(id), count(*) FILTER (WHERE state <> 0)"
+        f" FROM {table} GROUP BY location"
+    ).fetchall()
+    known = {TX, *(f"q:{name}" for name in queues)}
+    out: list[MessageRow] = []
+    stored: dict[str, StoredRun] = {}
+    last_id = 0
+    for location, count, size, first, last, retained in counts:
+        last_id = max(last_id, int(last))
+        if location not in known or location == TX:
+            out += _rows(conn, f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s ORDER BY id", (first, location))
+            continue
+        kept: list[MessageRow] = []
+        if retained:
+            kept = _rows(
+                conn,
+                f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s AND state <> 0 ORDER BY id",
+                (first, location),
+            )
+        ready = _rows(
+            conn,
+            f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s AND state = 0 ORDER BY id LIMIT %s",
+            (first, location, window),
+        )
+        out += kept
+        out += ready
+        left = int(count) - len(kept) - len(ready)
+        if left > 0:
+            size = int(size) - sum(len(row[5]) for row in kept) - sum(len(row[5]) for row in ready)
+            stored[location] = (left, size, ready[-1][0], int(last))
+    out.sort()
+    return out, stored, last_id
+
+
+def read_rows(
+    conn: psycopg.Connection[Any], schema: str, location: str, after_id: int, upto_id: int, limit: int
+) -> list[MessageRow]:
+    """Up to ``limit`` ready rows of ``location`` with ids in ``(after_id, upto_id]``, by id."""
+    return _rows(
+        conn,
+        f"SELECT {_COLUMNS} FROM {schema}.messages WHERE id > %s AND id <= %s AND location = %s AND state = 0"
+        " ORDER BY id LIMIT %s",
+        (after_id, upto_id, location, limit),
+    )

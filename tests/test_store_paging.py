@@ -1,0 +1,97 @@
+"""The paging part of the store contract (``Store.pages``): a start that reads each queue's first rows only and
+counts the rest, and pages read back while batches are written. Against each store that pages, in a fresh place
+(a data directory, or a fresh database on the session's real PostgreSQL: tests/postgres.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aiobroker.core.records import ROW_ID, MessageRow, WriteBatch, message_row
+from aiobroker.store import SqliteStore, Store
+
+
+def row(id: int, location: str, *, state: int = 0, body: bytes = b"0123456789", trace: str | None = None) -> MessageRow:
+    return message_row(id, location, f"h{id % 3}", id, "order", body, 1_700_000_000.5, state, trace)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "data")
+    dsn = request.getfixturevalue("pg_dsn")
+    from aiobroker.store.postgresql import PostgresStore
+
+    return lambda: PostgresStore(dsn)
+
+
+def write(make: Callable[[], Store], rows: list[MessageRow]) -> None:
+    store = make()
+    store.open()
+    try:
+        queues = {("queue", name): {"name": name} for name in ("a", "b")}  # the store pages the queues it knows
+        store.write(WriteBatch(meta={"k": 1}, objects=queues, messages={r[ROW_ID]: r for r in rows}))
+    finally:
+        store.close()
+
+
+def test_a_paged_open_reads_each_queues_first_rows_and_counts_the_rest(make: Callable[[], Store]) -> None:
+    rows = []
+    for i in range(1, 201):  # three locations interleaved, as a node's ids are
+        location = ("q:a", "q:b", "tx")[i % 3]
+        rows.append(row(i, location, state=1 if location == "q:b" and i < 30 else 0, trace="t" if i == 5 else None))
+    rows.append(row(500, "q:gone"))  # a queue dropped under a crash: read whole, for the node to drop it
+    write(make, rows)
+    store = make()
+    assert store.pages
+    try:
+        snap = store.open_paged(10)
+        assert snap.meta == {"k": 1}
+        got = {r[ROW_ID] for r in snap.messages}
+        a = [r for r in rows if r[1] == "q:a"]
+        b_ready = [r for r in rows if r[1] == "q:b" and r[7] == 0]
+        b_retained = [r for r in rows if r[1] == "q:b" and r[7] == 1]
+        tx = [r for r in rows if r[1] == "tx"]
+        want = {r[ROW_ID] for r in a[:10] + b_ready[:10] + b_retained + tx} | {500}
+        assert got == want, "the first 10 ready rows of each queue, every retained and tx row, the unknown one"
+        assert [r[ROW_ID] for r in snap.messages] == sorted(got), "by id"
+        assert next(r for r in snap.messages if r[ROW_ID] == 5) == rows[4], "rows as written, trace and all"
+        assert next(r for r in snap.messages if r[ROW_ID] == 1) == rows[0]
+        assert snap.stored == {
+            "q:a": (len(a) - 10, 10 * (len(a) - 10), a[9][ROW_ID], a[-1][ROW_ID]),
+            "q:b": (len(b_ready) - 10, 10 * (len(b_ready) - 10), b_ready[9][ROW_ID], b_ready[-1][ROW_ID]),
+        }
+
+        # the rest, page by page, while the node writes (another thread, another batch)
+        after, upto = snap.stored["q:a"][2], snap.stored["q:a"][3]
+        page = store.read_rows("q:a", after, upto, 25)
+        assert page == a[10:35]
+        done = threading.Event()
+
+        def writer() -> None:
+            store.write(WriteBatch(messages={r[ROW_ID]: None for r in a[35:40]} | {1000: row(1000, "q:a")}))
+            done.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join(10)
+        assert done.is_set()
+        page = store.read_rows("q:a", page[-1][ROW_ID], upto, 1000)
+        assert page == a[40:], "deleted rows are gone, ids past upto not read"
+        assert store.read_rows("q:a", upto, upto, 10) == []
+        assert store.read_rows("q:nothing", 0, 10_000, 10) == []
+    finally:
+        store.close()
+
+
+def test_a_paged_open_of_a_store_holding_no_more_than_the_window_leaves_nothing(make: Callable[[], Store]) -> None:
+    write(make, [row(i, "q:a") for i in range(1, 6)])
+    store = make()
+    try:
+        snap = store.open_paged(5)
+        assert len(snap.messages) == 5 and snap.stored == {}
+    finally:
+        store.close()

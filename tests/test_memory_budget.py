@@ -236,13 +236,21 @@ async def fill_past(url: str, handles: list[str], total: int, pid: int) -> tuple
     return acked, max(peak, rss(pid))
 
 
-async def test_a_backlog_bigger_than_the_budget_waits_in_the_store_through_a_kill_and_a_restart(tmp_path: Path) -> None:
-    # SQLite pages: a queue keeps its window in memory (1,000 messages here) and the rest in the store only, so a
+@pytest.fixture(params=["sqlite", "postgresql"])
+def paging_store(request: pytest.FixtureRequest) -> str:
+    """A store that pages: SQLite, or a fresh database on the session's real PostgreSQL (tests/postgres.py)."""
+    return str(request.getfixturevalue("pg_dsn")) if request.param == "postgresql" else "sqlite"
+
+
+async def test_a_backlog_bigger_than_the_budget_waits_in_the_store_through_a_kill_and_a_restart(
+    tmp_path: Path, paging_store: str
+) -> None:
+    # SQLite and PostgreSQL page: a queue keeps its window in memory (1,000 messages here) and the rest in the store only, so a
     # backlog three times the budget is taken, not refused, and the node stays within its budget while it fills,
     # after a kill -9 and a restart, and while a consumer drains it
     path = config(tmp_path, "a", BUDGET)
     path.write_text(path.read_text() + "queue_window = 1000\n")
-    a = NodeProcess(tmp_path / "a", extra=["--config", str(path)]).start()
+    a = NodeProcess(tmp_path / "a", store=paging_store, http="127.0.0.1:0", extra=["--config", str(path)]).start()
     try:
         assert a.proc is not None
         async with aiobroker.connect(a.url) as client:
@@ -266,6 +274,9 @@ async def test_a_backlog_bigger_than_the_budget_waits_in_the_store_through_a_kil
         shown = cli(a.url, "status").stdout
         assert re.search(rf"^\s+q\s+{total}\s+{total - 1000}\s", shown, re.M), f"waiting, and in the store only:\n{shown}"
         assert f"; {total - 1000} waiting message(s) (" in shown and ") in the store only" in shown
+        async with httpx.AsyncClient(base_url=a.http_url(), timeout=10) as http:
+            metrics = (await http.get("/metrics")).text
+        assert f'aiobroker_queue_in_store_only_messages{{queue="q"}} {float(total - 1000)}' in metrics
         got = await drain(a.url, total, timeout=120)
         assert got == ids, "every acknowledged message, exactly once and in order"
         assert rss(a.proc.pid) <= baseline + BUDGET + RSS_OVERHEAD

@@ -102,7 +102,11 @@ class NodeCollector(Collector):
         age = GaugeMetricFamily("aiobroker_queue_oldest_message_age_seconds",
                                 "How long the oldest waiting message of a queue has waited", labels=["queue"])
         enabled = GaugeMetricFamily("aiobroker_queue_enabled", "1 when a queue's status is on", labels=["queue"])
+        stored = GaugeMetricFamily("aiobroker_queue_in_store_only_messages",
+                                   "Of a queue's waiting messages, those past its window, in the store only (read back"
+                                   " as receivers drain it)", labels=["queue"])
         for q in readings.queues(node.core, node.clock()):
+            stored.add_metric([q.name], q.statistics.get("in_store_only", 0))
             depth.add_metric([q.name, "waiting"], q.waiting)
             depth.add_metric([q.name, "locked"], q.locked)
             age.add_metric([q.name], q.oldest_age)
@@ -110,6 +114,7 @@ class NodeCollector(Collector):
         yield depth
         yield age
         yield enabled
+        yield stored
         tx_messages, tx_conversations = readings.transmission_length(node.core)
         yield _gauge("aiobroker_transmission_queue_messages",
                      "Messages waiting to be acknowledged by (or sent to) another node", tx_messages)

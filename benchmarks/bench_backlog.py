@@ -158,9 +158,16 @@ async def connect_when_serving(url: str, deadline: Deadline, pid: int) -> tuple[
     import anyio
 
     last: BaseException | None = None
+    start = time.monotonic()
+    next_say = start + 5.0
     for _ in range(100_000):
-        if rss(pid) is None:
+        resident = rss(pid)
+        if resident is None:
             raise BenchError("the node exited before it served")
+        if time.monotonic() >= next_say:
+            next_say += 5.0
+            print(f"    .. waiting for the node to serve: {time.monotonic() - start:.0f} s, resident "
+                  f"{resident / MIB:,.0f} MiB", file=sys.stderr, flush=True)
         try:
             client = await aiobroker.connect(url)
         except (OSError, aiobroker.BrokerError) as exc:
@@ -293,6 +300,8 @@ async def load_drain(args: argparse.Namespace) -> dict[str, Any]:
     t_serving = time.monotonic_ns()
     rss_serving = rss(pid)
     await client.aclose()
+    print(f"    .. the node serves {(t_serving - t0) / 1e9:.2f} s after its start, resident "
+          f"{(rss_serving or 0) / MIB:,.0f} MiB; draining", file=sys.stderr, flush=True)
     state: dict[str, Any] = {"t_first": None, "t_last": None, "receives": 0, "empty": 0, "peak_rss": rss_serving,
                              "last_progress": time.monotonic()}
     problems: list[str] = []

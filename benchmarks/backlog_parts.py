@@ -191,15 +191,16 @@ def floors(case: dict[str, Any], *, max_memory: int | None) -> list[Floor]:
     out: list[Floor] = []
     refused = case.get("refused")
     out.append(Floor(f"{fmt_size(size)}: all {n:,} messages stored",
-                     f"{stored:,} stored" + (f", then refused: {refused.split(';')[0]}" if refused else ""), stored >= n))
+                     f"{stored:,} stored" + (f", then refused: {refused.split(' (')[0].split(';')[0]}" if refused else ""), stored >= n))
     per_msg = case.get("rss_per_message")
     if size == FLOOR_BYTES_SIZE:
         ok = per_msg is not None and per_msg <= FLOOR_BYTES_PER_MESSAGE
         out.append(Floor(f"{fmt_size(size)}: resident memory <= {FLOOR_BYTES_PER_MESSAGE:.0f} B a stored message",
                          "not measured" if per_msg is None else f"{per_msg:,.0f} B", ok))
     restart = case.get("restart_s")
+    partial = f" (only {stored:,} of {n:,} were stored)" if stored < n else ""
     out.append(Floor(f"{fmt_size(size)}: restart to serving < {FLOOR_RESTART_S:.0f} s ({stored:,} stored)",
-                     "not measured" if restart is None else f"{restart:.2f} s",
+                     ("not measured" if restart is None else f"{restart:.2f} s") + partial,
                      restart is not None and restart < FLOOR_RESTART_S))
     drain, base = case.get("drain_rate"), case.get("baseline_rate")
     ratio = drain / base if drain and base else None

@@ -441,6 +441,9 @@ def run_case(args: argparse.Namespace, n: int, size: int, store: str, baseline_n
         case["rss_per_message"] = (growth - cache) / stored if stored else None
         case["peak_growth"] = fill["peak_rss"] - fill["rss_before"]
         case["disk_bytes"] = disk_usage(node.data_dir)
+        page_cache = sqlite_page_cache() if args.store == "sqlite" else None
+        # the page cache holds pages of the database file: never more than the file has
+        case["page_cache_bytes"] = min(page_cache, case["disk_bytes"]) if page_cache else None
         print(f"  {label}: {describe_fill(fill, case)}", flush=True)
         if fill["timed_out"]:
             raise BenchError(f"the fill did not finish within --max-seconds {args.max_seconds:.0f}"
@@ -475,6 +478,16 @@ def run_case(args: argparse.Namespace, n: int, size: int, store: str, baseline_n
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def sqlite_page_cache() -> int | None:
+    """The SQLite store's page cache bound in bytes (its ``cache_size``), or None if the store no longer says."""
+    try:
+        from aiobroker.store import sqlite
+    except ImportError:
+        return None
+    kib = getattr(sqlite, "_CACHE_KIB", None)
+    return int(kib) * 1024 if isinstance(kib, int) else None
+
+
 def describe_fill(fill: dict[str, Any], case: dict[str, Any]) -> str:
     stored = fill["stored"]
     text = (f"stored {stored:,} in {fill['elapsed_s']:.1f} s ({fill['rate']:,.0f} msg/s); resident "
@@ -482,6 +495,12 @@ def describe_fill(fill: dict[str, Any], case: dict[str, Any]) -> str:
     if case["rss_per_message"] is not None:
         text += f" = {case['rss_per_message']:,.0f} B a stored message"
     text += f"; on disk {case['disk_bytes'] / MIB:,.0f} MiB"
+    if stored and case.get("page_cache_bytes"):
+        cache = fill.get("memory", {}).get("body_cache_bytes")
+        text += (f" (SQLite's page cache, at most {case['page_cache_bytes'] / MIB:,.0f} MiB, is at most "
+                 f"{case['page_cache_bytes'] / stored:,.1f} B of it; "
+                 + (f"the node's body cache {cache / MIB:,.0f} MiB, left out)" if cache else "the node reports no"
+                    " body cache)"))
     if stored and fill.get("cpu"):
         text += (f"; node cpu {fill['cpu']['server_cpu_s'] / stored * 1e6:.1f} us a message, others' cores "
                  f"{common.CpuMeter.contention(fill['cpu']):.2f}")

@@ -440,10 +440,10 @@ def run_case(args: argparse.Namespace, n: int, size: int, store: str, baseline_n
         cache = int((fill.get("memory") or {}).get("body_cache_bytes") or 0)
         case["rss_per_message"] = (growth - cache) / stored if stored else None
         case["peak_growth"] = fill["peak_rss"] - fill["rss_before"]
-        case["disk_bytes"] = disk_usage(node.data_dir)
+        case["disk_bytes"] = disk_usage(node.data_dir) if args.store == "sqlite" else None  # PostgreSQL's: its own
         page_cache = sqlite_page_cache() if args.store == "sqlite" else None
         # the page cache holds pages of the database file: never more than the file has
-        case["page_cache_bytes"] = min(page_cache, case["disk_bytes"]) if page_cache else None
+        case["page_cache_bytes"] = min(page_cache, case["disk_bytes"]) if page_cache and case["disk_bytes"] else None
         print(f"  {label}: {describe_fill(fill, case)}", flush=True)
         if fill["timed_out"]:
             raise BenchError(f"the fill did not finish within --max-seconds {args.max_seconds:.0f}"
@@ -494,7 +494,8 @@ def describe_fill(fill: dict[str, Any], case: dict[str, Any]) -> str:
             f"{fill['rss_before'] / MIB:,.0f} -> {fill['rss_after'] / MIB:,.0f} MiB (peak {fill['peak_rss'] / MIB:,.0f})")
     if case["rss_per_message"] is not None:
         text += f" = {case['rss_per_message']:,.0f} B a stored message"
-    text += f"; on disk {case['disk_bytes'] / MIB:,.0f} MiB"
+    if case["disk_bytes"] is not None:
+        text += f"; on disk {case['disk_bytes'] / MIB:,.0f} MiB"
     if stored and case.get("page_cache_bytes"):
         cache = fill.get("memory", {}).get("body_cache_bytes")
         text += (f" (SQLite's page cache, at most {case['page_cache_bytes'] / MIB:,.0f} MiB, is at most "

@@ -1,6 +1,6 @@
 """A backlog bigger than memory (issue 17): fill a node's queue with no receiver, kill it, restart it, drain it.
 
-For each case (by default 10,000,000 messages of 128 B and 1,000,000 of 4 KiB; ``--quick`` 200,000 and 20,000),
+For each case (by default 10,000,000 messages of 128 B and 1,000,000 of 4 KiB; ``--quick`` 500,000 and 50,000),
 on the SQLite store (``--store postgresql``: a PostgreSQL server of its own, tests/postgres.py):
 
 1. baseline: bench_node.py's throughput run (one producer, one consumer, a fresh node) of the same size and store:
@@ -52,7 +52,7 @@ MESSAGE_TYPE = "DEFAULT"
 
 #: the cases of a run: (messages, size)
 FULL = ((10_000_000, 128), (1_000_000, 4096))
-QUICK = ((200_000, 128), (20_000, 4096))
+QUICK = ((500_000, 128), (50_000, 4096))
 #: the baseline's messages (bench_node.py's throughput run) per size, full and quick
 BASELINE = {128: 200_000, 4096: 50_000}
 BASELINE_QUICK = {128: 50_000, 4096: 10_000}
@@ -79,6 +79,29 @@ def rss(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             found = int(line.split()[1]) * 1024
     return found
+
+
+class Resident:
+    """The node's resident size, read every ``every`` calls of :meth:`see` (a batch each): the last reading and
+    the largest."""
+
+    __slots__ = ("pid", "every", "calls", "last", "peak")
+
+    def __init__(self, pid: int, every: int = 20) -> None:
+        self.pid, self.every, self.calls = pid, every, 0
+        self.last = self.peak = rss(pid) or 0
+
+    def see(self) -> None:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            self.read()
+
+    def read(self) -> int:
+        now = rss(self.pid)
+        if now is not None:
+            self.last = now
+            self.peak = max(self.peak, now)
+        return self.last
 
 
 def disk_usage(path: Path) -> int:
@@ -152,8 +175,10 @@ class Node:
 # --- the load processes (fill, drain) -------------------------------------------------------------------------
 
 
-async def connect_when_serving(url: str, deadline: Deadline, pid: int) -> tuple[Any, dict[str, Any]]:
-    """A client of the node at ``url`` and its first ``status``, once it answers (polled until ``deadline``)."""
+async def connect_when_serving(url: str, deadline: Deadline, pid: int,
+                               resident: Resident | None = None) -> tuple[Any, dict[str, Any]]:
+    """A client of the node at ``url`` and its first ``status``, once it answers (polled until ``deadline``);
+    ``resident`` is read at each try."""
     import aiobroker
     import anyio
 
@@ -161,13 +186,15 @@ async def connect_when_serving(url: str, deadline: Deadline, pid: int) -> tuple[
     start = time.monotonic()
     next_say = start + 5.0
     for _ in range(100_000):
-        resident = rss(pid)
-        if resident is None:
+        now = rss(pid)
+        if now is None:
             raise BenchError("the node exited before it served")
+        if resident is not None:
+            resident.read()
         if time.monotonic() >= next_say:
             next_say += 5.0
             print(f"    .. waiting for the node to serve: {time.monotonic() - start:.0f} s, resident "
-                  f"{resident / MIB:,.0f} MiB", file=sys.stderr, flush=True)
+                  f"{now / MIB:,.0f} MiB", file=sys.stderr, flush=True)
         try:
             client = await aiobroker.connect(url)
         except (OSError, aiobroker.BrokerError) as exc:
@@ -193,7 +220,7 @@ async def load_fill(args: argparse.Namespace) -> dict[str, Any]:
     deadline = Deadline(args.max_seconds)
     counts = parts.per_conversation(n, args.conversations)
     acked = Acked(args.conversations)
-    state: dict[str, Any] = {"acked": 0, "sent": 0, "refused": None, "peak_rss": 0}
+    state: dict[str, Any] = {"acked": 0, "sent": 0, "refused": None}
     progress = Progress(f"fill {fmt_size(size)}", n, every=5.0)
 
     client, _ = await connect_when_serving(url, deadline, pid)
@@ -204,8 +231,8 @@ async def load_fill(args: argparse.Namespace) -> dict[str, Any]:
         await client.create_service(SERVICE_INIT, queue=QUEUE_INIT, contracts=[MESSAGE_TYPE])
         handles = [(await client.begin_dialog(SERVICE_INIT, SERVICE, MESSAGE_TYPE)).handle
                    for _ in range(args.conversations)]
-    rss_before = settled_rss(pid)
-    state["peak_rss"] = rss_before
+    rss_before = await settled_rss(pid)
+    resident = Resident(pid)
 
     async def produce(p: int) -> None:
         mine = range(p, args.conversations, args.producers)
@@ -223,11 +250,9 @@ async def load_fill(args: argparse.Namespace) -> dict[str, Any]:
                     return
                 acked.add(c, first, k)
                 state["acked"] += k
-                now_rss = rss(pid) if state["acked"] % (50 * args.batch) < k else None
-                if now_rss:
-                    state["peak_rss"] = max(state["peak_rss"], now_rss)
+                resident.see()
                 progress.tick(state["acked"], f"stored, {rate(state['acked'], t0):,.0f} msg/s; node resident "
-                              f"{(rss(pid) or 0) / MIB:,.0f} MiB")
+                              f"{resident.last / MIB:,.0f} MiB")
 
             t0 = time.monotonic()
             for c, first, k in parts.fill_batches(counts, args.batch, mine):
@@ -246,7 +271,7 @@ async def load_fill(args: argparse.Namespace) -> dict[str, Any]:
         for p in range(args.producers):
             tg.start_soon(produce, p)
     elapsed = time.monotonic() - t_start
-    rss_after = settled_rss(pid)
+    rss_after = await settled_rss(pid)
     async with aiobroker.connect(url) as client:
         status = await client.status()
     Path(args.acked_out).write_text(json.dumps(acked.to_json()))
@@ -255,7 +280,7 @@ async def load_fill(args: argparse.Namespace) -> dict[str, Any]:
         "stored": acked.total, "sent": state["sent"], "refused": state["refused"], "gaps": acked.gaps,
         "timed_out": deadline.passed and acked.total < n and state["refused"] is None,
         "elapsed_s": elapsed, "rate": acked.total / elapsed if elapsed > 0 else 0.0,
-        "rss_before": rss_before, "rss_after": rss_after, "peak_rss": max(state["peak_rss"], rss_after or 0),
+        "rss_before": rss_before, "rss_after": rss_after, "peak_rss": max(resident.peak, rss_after),
         "memory": status.get("memory"), "queue": queue_status(status),
         "store": {k: status.get("store", {}).get(k) for k in ("size", "wal_size", "rows_written", "write_seconds")},
     }
@@ -266,12 +291,14 @@ def rate(count: int, since: float) -> float:
     return count / elapsed if elapsed > 0 else 0.0
 
 
-def settled_rss(pid: int, max_wait: float = 5.0) -> int:
+async def settled_rss(pid: int, max_wait: float = 5.0) -> int:
     """The node's resident size once it stops moving (two readings 0.5 s apart within 1 MiB), at most ``max_wait``
     seconds: the store may still be settling its last batch, the allocator giving pages back."""
+    import anyio
+
     last = rss(pid) or 0
     for _ in range(int(max_wait / 0.5)):
-        time.sleep(0.5)  # between two readings of a value that has no event to wait on
+        await anyio.sleep(0.5)  # between two readings of a value that has no event to wait on
         now = rss(pid) or 0
         if abs(now - last) < MIB:
             return now
@@ -296,13 +323,14 @@ async def load_drain(args: argparse.Namespace) -> dict[str, Any]:
     acked = Acked.from_json(json.loads(Path(args.acked).read_text()))
     checker = DrainChecker(acked)
     deadline = Deadline(args.max_seconds)
-    client, status = await connect_when_serving(url, Deadline(args.start_timeout), pid)
+    resident = Resident(pid)
+    client, status = await connect_when_serving(url, Deadline(args.start_timeout), pid, resident)
     t_serving = time.monotonic_ns()
-    rss_serving = rss(pid)
+    rss_serving = resident.read()
     await client.aclose()
     print(f"    .. the node serves {(t_serving - t0) / 1e9:.2f} s after its start, resident "
           f"{(rss_serving or 0) / MIB:,.0f} MiB; draining", file=sys.stderr, flush=True)
-    state: dict[str, Any] = {"t_first": None, "t_last": None, "receives": 0, "empty": 0, "peak_rss": rss_serving,
+    state: dict[str, Any] = {"t_first": None, "t_last": None, "receives": 0, "empty": 0,
                              "last_progress": time.monotonic()}
     problems: list[str] = []
     progress = Progress(f"drain {fmt_size(args.size)}", checker.expected, every=5.0)
@@ -338,8 +366,7 @@ async def load_drain(args: argparse.Namespace) -> dict[str, Any]:
                 commits.append(batch.start_commit())  # overlaps the next receive, which follows it in order
                 while commits and commits[0].done:
                     await commits.popleft().wait()
-                if state["receives"] % 50 == 0:
-                    state["peak_rss"] = max(state["peak_rss"] or 0, rss(pid) or 0)
+                resident.see()
                 progress.tick(checker.received, f"received, {rate(checker.received, t_first_s()):,.0f} msg/s")
             for pending in commits:
                 await pending.wait()
@@ -363,7 +390,7 @@ async def load_drain(args: argparse.Namespace) -> dict[str, Any]:
         "rss_serving": rss_serving, "memory_serving": status.get("memory"), "queue_serving": queue_status(status),
         "received": checker.received, "receives": state["receives"], "empty_receives": state["empty"],
         "elapsed_s": elapsed, "rate": checker.received / elapsed if elapsed > 0 else 0.0,
-        "peak_rss": state["peak_rss"], "rss_end": rss(pid), "consumers": args.consumers,
+        "peak_rss": resident.peak, "rss_end": resident.read(), "consumers": args.consumers,
         "timed_out": deadline.passed and not checker.complete, "check": summary,
     }
 
@@ -518,6 +545,7 @@ def describe_restart(drain: dict[str, Any], case: dict[str, Any]) -> str:
         text += f"; resident {drain['rss_serving'] / MIB:,.0f} MiB"
         if case["rss_restart_per_message"] is not None:
             text += f" = {case['rss_restart_per_message']:,.0f} B a stored message"
+        text += f" (the most while loading and draining: {drain['peak_rss'] / MIB:,.0f} MiB)"
     if drain.get("node_says"):
         text += f"\n    the node: {drain['node_says']}"
     return text
@@ -545,10 +573,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "one-node throughput; all N stored; with a budget, resident growth within it. Exit status 0 = all met, "
         "1 = a floor failed, 2 = exactly-once failed or could not run. Results: benchmarks/results/backlog-<time>.json",
     )
-    p.add_argument("--quick", action="store_true", help="200,000 x 128 B and 20,000 x 4 KiB (about a minute)")
+    p.add_argument("--quick", action="store_true", help="500,000 x 128 B and 50,000 x 4 KiB (under a minute)")
     p.add_argument("--messages", type=int, help="messages to store in each case (default: 10,000,000 for 128 B and "
-                   "1,000,000 for 4 KiB; --quick 200,000 and 20,000)")
-    p.add_argument("--size", help="only this body size, in bytes (128, 4096 or 4k; at least 16); default both")
+                   "1,000,000 for 4 KiB; --quick 500,000 and 50,000)")
+    p.add_argument("--size", help="only this body size, in bytes (128, 4096 or 4k; at least 16; its count is the "
+                   "128 B case's up to 128 B, the 4 KiB case's above); default both")
     p.add_argument("--conversations", type=int, default=1000, help="conversations the messages are spread over "
                    "(default 1,000)")
     p.add_argument("--max-memory", default="512MiB", help="the node's [limits] max_memory, bytes or N MiB/GiB; "
@@ -584,8 +613,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.data_root and not Path(args.data_root).is_dir():
         p.error(f"--data-root {args.data_root}: no such directory")
     args.cases = plan(args.quick, args.messages, sizes[0] if sizes else None)
-    if args.messages is not None and args.conversations > args.messages:
-        p.error(f"--conversations {args.conversations:,} is more than --messages {args.messages:,}")
+    fewest = min(n for n, _ in args.cases)
+    if args.conversations > fewest:
+        p.error(f"--conversations {args.conversations:,} is more than the {fewest:,} messages of a case")
     return args
 
 

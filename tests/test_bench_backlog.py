@@ -174,8 +174,8 @@ def test_defaults_quick_and_sizes() -> None:
     args = bench_backlog.parse_args([])
     assert args.cases == [(10_000_000, 128), (1_000_000, 4096)]
     assert (args.max_memory, args.conversations, args.store) == (512 * parts.MIB, 1000, "sqlite")
-    assert bench_backlog.parse_args(["--quick"]).cases == [(200_000, 128), (20_000, 4096)]
-    assert bench_backlog.parse_args(["--quick", "--size", "4k"]).cases == [(20_000, 4096)]
+    assert bench_backlog.parse_args(["--quick"]).cases == [(500_000, 128), (50_000, 4096)]
+    assert bench_backlog.parse_args(["--quick", "--size", "4k"]).cases == [(50_000, 4096)]
     assert bench_backlog.parse_args(["--size", "128", "--messages", "5000"]).cases == [(5000, 128)]
     assert bench_backlog.parse_args(["--max-memory", "0"]).max_memory is None
     assert bench_backlog.parse_args(["--max-memory", "unbounded"]).max_memory is None
@@ -189,7 +189,7 @@ def test_defaults_quick_and_sizes() -> None:
     (["--max-memory", "lots"], "give bytes or N MiB/GiB"),
     (["--max-memory", "1000"], "under the node's minimum of 1 MiB"),
     (["--conversations", "0"], "--conversations must be at least 1"),
-    (["--messages", "10", "--conversations", "20"], "more than --messages"),
+    (["--messages", "10", "--conversations", "20"], "more than the 10 messages of a case"),
     (["--max-seconds", "0"], "must be positive"),
     (["--data-root", "/nonexistent/backlog"], "no such directory"),
 ])

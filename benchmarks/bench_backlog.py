@@ -251,10 +251,9 @@ async def load_fill(args: argparse.Namespace) -> dict[str, Any]:
                 acked.add(c, first, k)
                 state["acked"] += k
                 resident.see()
-                progress.tick(state["acked"], f"stored, {rate(state['acked'], t0):,.0f} msg/s; node resident "
+                progress.tick(state["acked"], f"stored, {rate(state['acked'], t_start):,.0f} msg/s; node resident "
                               f"{resident.last / MIB:,.0f} MiB")
 
-            t0 = time.monotonic()
             for c, first, k in parts.fill_batches(counts, args.batch, mine):
                 if state["refused"] is not None or deadline.passed:
                     break
@@ -421,11 +420,12 @@ def load_cli(argv: list[str]) -> int:
 # --- orchestration --------------------------------------------------------------------------------------------
 
 
-def run_case(args: argparse.Namespace, n: int, size: int, store: str, baseline_n: int) -> dict[str, Any]:
-    """One size: the baseline, then fill, kill -9, restart and drain one node. Figures as far as they got."""
+def run_case(args: argparse.Namespace, case: dict[str, Any], store: str, baseline_n: int) -> None:
+    """One size (``case["size"]``, ``case["messages"]``): the baseline, then fill, kill -9, restart and drain one
+    node. The figures go into ``case`` as they come, so a phase that fails leaves those before it."""
     import bench_node
 
-    case: dict[str, Any] = {"messages": n, "size": size, "store": args.store}
+    n, size = case["messages"], case["size"]
     label = f"{fmt_size(size)} x {n:,}"
 
     print(f"  {label}: baseline (bench_node.py throughput, {baseline_n:,} messages, a fresh node)", flush=True)
@@ -499,7 +499,6 @@ def run_case(args: argparse.Namespace, n: int, size: int, store: str, baseline_n
         print(f"  {label}: {describe_drain(drain, case)}", flush=True)
         if drain["timed_out"]:
             raise BenchError(f"the drain did not finish within --max-seconds {args.max_seconds:.0f}")
-        return case
     finally:
         node.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -672,9 +671,9 @@ def main_bench(argv: list[str]) -> int:
             defaults = BASELINE_QUICK if args.quick else BASELINE
             baseline_n = args.baseline_messages or defaults.get(size, 50_000)
             store = bench_node.store_argument(args.store)
-            case: dict[str, Any] = {"messages": n, "size": size}
+            case: dict[str, Any] = {"messages": n, "size": size, "store": args.store}
             try:
-                case = run_case(args, n, size, store, baseline_n)
+                run_case(args, case, store, baseline_n)
             except BenchError as exc:
                 print(f"  {fmt_size(size)} x {n:,}: ERROR: {exc}", flush=True)
                 errors.append(f"{fmt_size(size)}: {exc}")

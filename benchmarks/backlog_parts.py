@@ -17,7 +17,7 @@ HEADER = struct.Struct(">QQ")  # conversation index, number within the conversat
 HEADER_SIZE = HEADER.size
 MIB = 1024 * 1024
 
-#: resident bytes a stored 128-byte message may cost the node (issue 17), besides what it reports as its body cache
+#: resident bytes a stored 128-byte message may cost the node (issue 17), its queue's window included
 FLOOR_BYTES_PER_MESSAGE = 120.0
 FLOOR_BYTES_SIZE = 128
 #: seconds from a restarted node's process start to serving, with 10,000,000 stored messages (issue 17)

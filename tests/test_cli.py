@@ -396,7 +396,7 @@ def test_status_shows_queue_depth_before_and_after_receiving(node: RunningNode) 
 
     assert queue_status(node, sq)["waiting"] == 2
     text = ok(node, "status")
-    assert [sq, "2", "0", "0", "on", "-"] in [line.split() for line in text.splitlines()]
+    assert [sq, "2", "0", "0", "0", "on", "-"] in [line.split() for line in text.splitlines()]
     for words in (
         "SO",
         "started outbound",
@@ -414,7 +414,7 @@ def test_status_shows_queue_depth_before_and_after_receiving(node: RunningNode) 
     out = ok(node, "receive", sq, "--max", "10")
     assert len(out.splitlines()) == 2
     assert queue_status(node, sq)["waiting"] == 0
-    assert [sq, "0", "0", "0", "on", "-"] in [line.split() for line in ok(node, "status").splitlines()]
+    assert [sq, "0", "0", "0", "0", "on", "-"] in [line.split() for line in ok(node, "status").splitlines()]
 
 
 def test_receive_rollback_leaves_the_message_in_the_queue(node: RunningNode) -> None:

@@ -140,3 +140,17 @@ def test_a_store_that_does_not_page_keeps_every_message_in_memory() -> None:
     fill(h, [handle], 30, runs=1)
     q = h.core.queues["qt"]
     assert q.window is None and q.in_store == 0 and q.waiting == 30
+
+
+def test_a_page_that_could_not_be_read_is_asked_for_again_by_the_next_receive() -> None:
+    h = paging()
+    handle = h.pair()
+    fill(h, [handle], 30, runs=1)
+    while (lease := h.receive("qt")) is not None:
+        h.core.commit(lease.id, h.owner)
+        h.flush()
+    (page,) = h.effects(PageWanted)
+    h.core.page_failed(page)  # the store could not be read (the shell logged why)
+    assert h.effects(PageWanted) == []
+    assert h.receive("qt") is None
+    assert h.effects(PageWanted) == [page], "asked again, for the same messages"

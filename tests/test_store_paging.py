@@ -95,3 +95,29 @@ def test_a_paged_open_of_a_store_holding_no_more_than_the_window_leaves_nothing(
         assert len(snap.messages) == 5 and snap.stored == {}
     finally:
         store.close()
+
+
+def test_a_page_is_read_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
+    # the node reads pages in a thread of its own while its writer writes: with SQLite's write-ahead log a read sees
+    # the last committed state at once, never waiting for a transaction in progress, nor seeing half of it
+    import sqlite3
+    import time
+
+    store = SqliteStore(tmp_path / "data")
+    store.open()
+    try:
+        store.write(WriteBatch(objects={("queue", "a"): {"name": "a"}}, messages={i: row(i, "q:a") for i in range(1, 11)}))
+        writer = sqlite3.connect(store.db_path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM messages WHERE id <= 5")
+        writer.execute("INSERT INTO messages (id, location, handle, seq, message_type, body, enqueued_at, state)"
+                       " VALUES (11, 'q:a', 'h', 11, 'order', x'00', 0, 0)")
+        began = time.monotonic()
+        page = store.read_rows("q:a", 0, 11, 100)
+        assert time.monotonic() - began < 1.0, "the read did not wait for the write"
+        assert [r[ROW_ID] for r in page] == list(range(1, 11)), "the committed state: none of the write in progress"
+        writer.execute("COMMIT")
+        writer.close()
+        assert [r[ROW_ID] for r in store.read_rows("q:a", 0, 11, 100)] == [6, 7, 8, 9, 10, 11]
+    finally:
+        store.close()

@@ -74,9 +74,9 @@ class Receiving:
         if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
             raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
         taken = queue.take(max_messages, self.max_batch_bytes)
-        if queue.in_store:
-            want_page(self.ledger, queue, nothing_ready=taken is None)
         if taken is None:
+            if queue.in_store:  # nothing ready in memory: the store's messages may be (paging.py)
+                want_page(self.ledger, queue, nothing_ready=True)
             return None
         group, rows, size = taken
         lease_id = self._next_lease_id
@@ -87,6 +87,8 @@ class Receiving:
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
         self.ledger.deadlines.push(expires, LEASE, str(lease_id))
+        if queue.in_store:
+            want_page(self.ledger, queue)  # the next page, once what is in memory runs low
         return lease
 
     def _take_lease(self, lease_id: Any, owner: Any) -> Lease:

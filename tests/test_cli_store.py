@@ -43,9 +43,10 @@ async def test_a_node_moves_from_sqlite_to_postgresql_and_keeps_everything(tmp_p
     finally:
         assert node.stop() == 0, node.output()
 
-    moved = migrate("--from", "sqlite", "--data-dir", str(data), "--to", pg_dsn)
+    moved = migrate("--from", "sqlite", "--data-dir", str(data), "--to", pg_dsn, "--batch", "100")
     assert moved.returncode == 0, moved.stderr
     assert "500 message(s)" in moved.stdout and "read it back" in moved.stdout, moved.stdout
+    assert "100 message(s) a transaction" in moved.stdout, moved.stdout
 
     again = migrate("--from", "sqlite", "--data-dir", str(data), "--to", pg_dsn)
     assert again.returncode == 1 and "already holds a node's state" in again.stderr, again.stderr
@@ -61,6 +62,33 @@ async def test_a_node_moves_from_sqlite_to_postgresql_and_keeps_everything(tmp_p
         assert got == list(range(500))
     finally:
         assert node.stop() == 0, node.output()
+
+
+async def test_a_store_moves_a_page_at_a_time(tmp_path: Path) -> None:
+    data, moved_to = tmp_path / "data", tmp_path / "moved"
+    node = NodeProcess(data).start()
+    try:
+        _, instance = await _fill(node.url)
+    finally:
+        assert node.stop() == 0, node.output()
+    moved = migrate("--from", "sqlite", "--data-dir", str(data), "--to", "sqlite", "--to-data-dir", str(moved_to),
+                    "--batch", "7")
+    assert moved.returncode == 0, moved.stderr
+    assert "500 message(s)" in moved.stdout and "7 message(s) a transaction" in moved.stdout, moved.stdout
+    node = NodeProcess(moved_to).start()
+    try:
+        async with aiobroker.connect(node.url) as client:
+            assert (await client.status())["broker_instance"] == instance
+            got: list[int] = []
+            while batch := await client.receive("qt", max_messages=200, timeout=0):
+                got += [int(m.body) for m in batch]
+                await batch.commit()
+        assert got == list(range(500)), "every message, once, in order"
+    finally:
+        assert node.stop() == 0, node.output()
+    bad = migrate("--from", "sqlite", "--data-dir", str(data), "--to", "sqlite", "--to-data-dir", str(moved_to),
+                  "--batch", "0")
+    assert bad.returncode != 0 and "--batch must be at least 1" in bad.stderr, bad.stderr
 
 
 def test_migrate_says_what_is_missing(tmp_path: Path) -> None:

@@ -154,3 +154,17 @@ def test_a_page_that_could_not_be_read_is_asked_for_again_by_the_next_receive() 
     assert h.effects(PageWanted) == []
     assert h.receive("qt") is None
     assert h.effects(PageWanted) == [page], "asked again, for the same messages"
+
+
+def test_at_half_the_memory_budget_every_new_message_waits_in_the_store() -> None:
+    # a window far from full, but the node holds half its budget: what comes next is not held, so that many queues'
+    # windows cannot take the node to its budget (and to refusing sends) while the store could keep the messages
+    h = Harness(page_window=1000, max_memory=20 * (6 + ROW_MEMORY))
+    handles = [h.pair() for _ in range(2)]
+    sent = fill(h, handles, 30)
+    q = h.core.queues["qt"]
+    budget = h.core.budget
+    assert budget.page_above == 10 * (6 + ROW_MEMORY)
+    assert q.waiting == 60 and q.waiting - q.in_store < 20, "held no further than half the budget (a run's worth)"
+    assert budget.held < budget.max_memory and not budget.over, "so sends are never refused for it"
+    assert in_order(h, h.drain("qt")) == sent

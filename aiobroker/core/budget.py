@@ -35,6 +35,12 @@ ROW_MEMORY: Final = 400
 #: The node accepts again once what it holds falls below this fraction of ``max_memory``.
 LOW_WATERMARK: Final = 0.9
 
+#: From this fraction of ``max_memory`` on, a queue on a store that pages keeps no more messages in memory, however
+#: far it is from its window: many queues' windows must not take the node to its budget (and to refusing sends)
+#: while the store could hold the messages. Half, so that the windows leave the other half to what cannot page (the
+#: transmission queue, the memory store's queues, messages locked under leases).
+PAGE_WATERMARK: Final = 0.5
+
 #: ``max_memory`` of a node without a budget (core tests, benchmarks that build a core directly)
 UNBOUNDED: Final = 1 << 62
 
@@ -42,11 +48,16 @@ UNBOUNDED: Final = 1 << 62
 class Budget:
     """What the node holds for messages, per location and in all, against ``max_memory``."""
 
-    __slots__ = ("max_memory", "low", "held", "over", "refused", "by_location", "in_store", "in_store_bytes", "outbox")
+    __slots__ = (
+        "max_memory", "low", "page_above", "held", "over", "refused", "by_location", "in_store", "in_store_bytes",
+        "outbox",
+    )
 
     def __init__(self, max_memory: int, outbox: deque[Effect]) -> None:
         self.max_memory = max_memory
         self.low = int(max_memory * LOW_WATERMARK)
+        #: at or above this, queues on a store that pages leave every new message in the store (``paging.py``)
+        self.page_above = int(max_memory * PAGE_WATERMARK)
         #: bytes held: bodies plus ROW_MEMORY a message
         self.held = 0
         #: above the high watermark, and not yet back below the low one

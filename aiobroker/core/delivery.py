@@ -410,13 +410,14 @@ class Delivery:
         ledger = self.ledger
         queues = ledger.queues
         endpoints = ledger.endpoints
+        budget = ledger.budget
         for queue_name, group_id, urgent, rows in pending:
             ep = endpoints.get(rows[0][ROW_HANDLE])  # a run of rows always belongs to one endpoint
             queue = queues.get(queue_name)
             if ep is None or ep.state is State.CLOSED or queue is None:
                 ledger.forget_rows(rows)  # its conversation ended while the messages were being stored
                 continue
-            if queue.window is not None and not queue.keeps(len(rows)):
+            if queue.window is not None and (not queue.keeps(len(rows)) or budget.held >= budget.page_above):
                 rows = self._page_out(queue, rows)  # past the queue's window on a store that pages (paging.py)
                 if not rows:
                     continue
@@ -425,10 +426,13 @@ class Delivery:
         return touched
 
     def _page_out(self, queue: MessageQueue, rows: list[MessageRow]) -> list[MessageRow]:
-        """Leave in the store (counted, not held) the rows of a run that do not fit in ``queue``'s window; returns
-        those that do, which go in memory first."""
-        room = queue.room()
+        """Leave in the store (counted, not held) the rows of a run that do not fit in ``queue``'s window (none do
+        while the node holds half its memory budget); returns those that do, which go in memory first."""
+        budget = self.ledger.budget
+        room = queue.room() if budget.held < budget.page_above else 0
         fits, rest = rows[:room], rows[room:]
+        if not rest:
+            return fits
         size = sum(len(row[ROW_BODY]) for row in rest)
         queue.leave_in_store(rest, size)
         self.ledger.budget.page_out(len(rest), size)

@@ -1,9 +1,10 @@
 """Loading: the core's state rebuilt from what the store kept, at start-up.
 
 The store hands over a :class:`~aiobroker.core.records.Snapshot` (objects, endpoints, messages); this rebuilds the
-catalog, the queues, the endpoints (each through ``Conversations.watch``, so its deadlines and counts are set as
-for a new one) and the transmission queue (with what a paging store left in itself counted: ``paging.py``), then decides afresh where every waiting message goes: a route may have
-come or gone while the node was down, and a conversation restored DELAYED is asked for again.
+catalog, the queues (with what a store that pages left in itself counted: ``paging.py``), the endpoints (each
+through ``Conversations.watch``, so its deadlines and counts are set as for a new one) and the transmission queue,
+then decides afresh where every waiting message goes: a route may have come or gone while the node was down, and
+a conversation restored DELAYED is asked for again.
 """
 
 from __future__ import annotations

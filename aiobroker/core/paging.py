@@ -2,12 +2,13 @@
 
 Theory of operation
 -------------------
-A node on a store that pages (``Store.pages``: SQLite) gives each queue a *window* (``Ledger.page_window``): the
+A node on a store that pages (``Store.pages``: SQLite, PostgreSQL) gives each queue a *window* (``Ledger.page_window``): the
 most waiting messages it keeps in memory. What is published to a queue beyond it stays in the store only
 (``MessageQueue.leave_in_store``: counted in the queue and in the budget's count of that queue, not in the memory
 the budget holds), and so does everything published to it after, until the store's are read back: the messages in
 memory are always the queue's oldest, so each conversation's stay in order. A start reads each queue's first
-window only (``Store.open_paged``) and counts the rest (:func:`count_stored`).
+window only (``Store.open_paged``) and counts the rest (:func:`count_stored`). Once the node holds half its memory
+budget (``budget.PAGE_WATERMARK``) every queue leaves what comes next in the store, however far from its window.
 
 When a receive leaves a queue with half its window or less in memory, or finds nothing ready there while the store
 has more (:meth:`MessageQueue.page_wanted`), :func:`want_page` asks the shell for the next page
@@ -17,8 +18,8 @@ group as publishing would. A message whose conversation ended while it was in th
 closed: ending a conversation takes out only the messages in memory, ``MessageQueue.remove_handle``) is dropped
 then, from the store too.
 
-Nothing here runs on the hot path: a queue whose receivers keep up never reaches its window, and publishing costs
-one comparison more (``MessageQueue.keeps``).
+Nothing here runs on the hot path: a queue whose receivers keep up never reaches its window, and publishing a run
+of messages costs a comparison or two more (``Delivery.publish``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_TYPE, MessageRow, StoredR
 
 #: the waiting messages a queue keeps in memory on a store that pages, unless the node says otherwise
 #: (``[limits] queue_window``): about 1.3 MiB of rows besides the bodies; enough that receivers taking a thousand
-#: at a time never wait for a page while the next one is read (a page is half the window, 5,000 rows: ~10 ms from
-#: SQLite)
+#: at a time never wait for a page while the next one is read (a page is half the window: 5,000 rows of 128 B read
+#: from SQLite in about 6 ms)
 DEFAULT_WINDOW = 10_000
 
 

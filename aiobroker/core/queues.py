@@ -7,7 +7,7 @@ or the receiver disconnects; so two receivers never work on one conversation gro
 application keep per-conversation state without locks of its own.
 
 Everything here is in memory; the core records store changes beside it, with one exception. On a store that pages
-(``Store.pages``: SQLite), a queue keeps at most ``window`` waiting messages in memory: once it holds that many, the
+(``Store.pages``: SQLite, PostgreSQL), a queue keeps at most ``window`` waiting messages in memory: once it holds that many, the
 messages published to it next stay in the store only (:meth:`MessageQueue.leave_in_store`), counted but not held,
 and every later one too until the store's are read back (``paging.py``) as receivers drain the queue. So the
 messages in memory are always the queue's oldest ones: every ready row with an id up to ``stored_after`` is in

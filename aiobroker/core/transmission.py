@@ -19,6 +19,7 @@ This module holds the state and its bookkeeping only; the core decides routes, t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_SEQ, MessageRow
@@ -61,8 +62,10 @@ class Link:
         self.handles: dict[str, None] = {}
         #: those of them that may have rows not yet sent in this epoch (an ordered set): what ``take_unsent`` walks,
         #: so that a take costs what it takes, not a walk over every conversation on the link (100,000 after a
-        #: resolution storm, most of them sent long ago and waiting for their acknowledgement)
-        self.unsent: dict[str, None] = {}
+        #: resolution storm, most of them sent long ago and waiting for their acknowledgement). An OrderedDict: a
+        #: take removes handles from its front, and a dict's iteration walks the slots of keys removed from its
+        #: front again on every take (quadratic in a storm's release); an OrderedDict's does not.
+        self.unsent: OrderedDict[str, None] = OrderedDict()
         #: handle → how many of its rows (from the front) were sent in this epoch; only handles with rows in flight
         self.sent: dict[str, int] = {}
         self.epoch = 0
@@ -80,7 +83,7 @@ class Link:
         """Forget what was sent: after a reconnect or a time-out everything unacknowledged goes again."""
         self.epoch += 1
         self.sent.clear()
-        self.unsent = dict.fromkeys(self.handles)  # everything unacknowledged goes again, in the links' order
+        self.unsent = OrderedDict.fromkeys(self.handles)  # everything unacknowledged goes again, in the link's order
         self.waiting_since = None
 
     def failed(self, error: str, now: float) -> float:

@@ -44,3 +44,17 @@ def test_a_forked_child_does_not_repeat_its_parent_s_ids() -> None:
     os.waitpid(pid, 0)
     parent = {ids.new_id() for _ in range(50)}
     assert len(child) == 50 and not child & parent
+
+
+def test_a_conversation_of_its_own_group_is_named_by_its_handle_one_string_for_both() -> None:
+    core = BrokerCore(broker_instance="node-a")
+    core.create_object("queue", {"name": "q"})
+    core.create_object("service", {"name": "s", "queue": "q", "contracts": ["DEFAULT"]})
+    first = core.begin_dialog(from_service="s", to_service="s", contract="DEFAULT", now=0.0)
+    assert first.group_id is first.handle, "no third string per conversation (a DELAYED storm holds 100,000)"
+    related = core.begin_dialog(from_service="s", to_service="s", contract="DEFAULT", now=0.0,
+                                related_group=first.group_id)
+    assert related.group_id == first.handle and related.handle != first.handle
+    core.send(first.handle, [["DEFAULT", b"x"]], 0.0)
+    far = core.endpoints[first.far_handle]  # made on this node as the first message was delivered
+    assert far.group_id is far.handle and far.group_id != first.group_id

@@ -51,3 +51,29 @@ async def test_a_release_wakes_the_links_before_its_endpoint_records_are_written
         assert woken == [1] and [env[10] for env in core.outgoing(B, 10, 1 << 20)] == [b"new"]
     finally:
         store.close()
+
+
+async def test_with_a_secured_conversation_the_links_wait_for_the_write(tmp_path: Path) -> None:
+    """A session key must be stored before the first message sealed with it leaves: while the node holds a secured
+    conversation, a release waits for its write as before."""
+    store = SqliteStore(tmp_path)
+    core = BrokerCore(broker_instance="node-a", resolver_name="test")
+    core.load(store.open(), NOW)
+    woken: list[int] = []
+    writer = StoreWriter(core, store, on_published=lambda queues: None, on_durable=lambda: woken.append(1))
+    try:
+        core.create_object("queue", {"name": "qi"})
+        core.create_object("service", {"name": "init", "queue": "qi", "contracts": []})
+        handle = core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=NOW).handle
+        core.send(handle, [["DEFAULT", b"waited"]], NOW)
+        other = core.begin_dialog(from_service="init", to_service="elsewhere", contract="DEFAULT", now=NOW)
+        core.conversations.set_secured(other, True)  # as dialog security does when it starts a session
+        await writer.drain()
+        core.resolved("svc", RouteAnswer(service_name="svc", targets=(Target(address=B),), lifetime=60, source="t"),
+                      NOW)
+        writer.kick()
+        assert woken == [], "not woken before the write"
+        await writer.drain()
+        assert woken == [1], "woken once it is written"
+    finally:
+        store.close()

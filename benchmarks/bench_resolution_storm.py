@@ -382,7 +382,8 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
             for _ in range(10 * total + 100_000):
                 if checker.received >= total or deadline.passed:
                     break
-                batch = await cb.receive(TARGET_QUEUE, max_messages=args.receive_batch, timeout=0.5)
+                batch = await cb.receive(TARGET_QUEUE, max_messages=args.receive_batch, timeout=0.5,
+                                         max_groups=args.receive_groups)
                 if not batch.messages:
                     continue
                 now = time.monotonic_ns()
@@ -708,7 +709,8 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
              "--pid-a", str(nodes["a"].pid), "--gate", str(gate), "--services", str(args.services),
              "--conversations", str(args.conversations), "--per-conversation", str(args.per_conversation),
              "--size", str(args.size), "--window", str(args.window), "--receivers", str(args.receivers),
-             "--receive-batch", str(args.receive_batch), "--stall-seconds", str(args.stall_seconds),
+             "--receive-batch", str(args.receive_batch), "--receive-groups", str(args.receive_groups),
+             "--stall-seconds", str(args.stall_seconds),
              "--poke-ms", str(args.poke_ms), "--max-seconds", str(args.max_seconds),
              "--registry-port", str(reg_port if mode == "storm" and kind == "http" else 0)]
             + (["--profile", f"{args.store}{'-b' if args.profile == 'b' else ''}", "--registry-log", str(reg_log),
@@ -811,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--window", type=int, default=1000)
         p.add_argument("--receivers", type=int, default=64)
         p.add_argument("--receive-batch", type=int, default=1000)
+        p.add_argument("--receive-groups", type=int, default=1000)
         p.add_argument("--settle", type=float, default=0.5)
         p.add_argument("--stall-seconds", type=float, default=20)
         p.add_argument("--poke-ms", type=float, default=0)
@@ -837,6 +840,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=1000, help="begin_dialog / send requests in flight (default 1000)")
     p.add_argument("--receivers", type=int, default=64, help="receives in flight at B (default 64)")
     p.add_argument("--receive-batch", type=int, default=1000, help="max_messages per receive (default 1000)")
+    p.add_argument("--receive-groups", type=int, default=1000,
+                   help="max_groups per receive: conversation groups one receive may lock (default 1000; each"
+                        " conversation is its own group at B, so 1 is a receive and a commit per message)")
     p.add_argument("--stall-seconds", type=float, default=20.0,
                    help="after the release, when nothing new arrives at B for this long, look at A's status; when"
                    " two such looks in a row find the same figures (delayed, in flight, transmission queue, links),"

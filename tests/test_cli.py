@@ -431,6 +431,18 @@ def test_receive_rollback_leaves_the_message_in_the_queue(node: RunningNode) -> 
     assert queue_status(node, sq)["waiting"] == 0
 
 
+def test_receive_max_groups_takes_several_conversations_at_once(node: RunningNode) -> None:
+    _, sq, client, server = setup_pair(node)
+    handles = [ok(node, "send", "--from", client, "--to", server, "--body", f"c{i}").strip() for i in range(3)]
+    assert len(set(handles)) == 3, "three conversations: three groups at the target"
+    out = ok(node, "receive", sq, "--max", "10", "--max-groups", "2")
+    assert [line.rsplit("body: ", 1)[1] for line in out.splitlines()] == ["c0", "c1"]
+    assert queue_status(node, sq)["waiting"] == 1
+    assert ok(node, "receive", sq, "--max-groups", "5").strip().endswith("body: c2")
+    r = run("receive", sq, "--max-groups", "0", address=node.address)
+    assert r.returncode == 2 and "--max-groups" in r.stderr, r
+
+
 def test_receive_of_nothing_exits_3_with_a_note(node: RunningNode) -> None:
     """Nothing received is not an error (1) nor a success (0): a loop in a script can tell the three apart."""
     queue = unique("empty")

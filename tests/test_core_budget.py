@@ -179,7 +179,7 @@ def recount(h: Harness) -> int:
     rows = [r for q in h.core.queues.values() for g in q.groups.values() for dq in (g.urgent, g.normal) for r in dq]
     rows += [r for lease in h.core.leases.values() for r in lease.messages]
     rows += [r for q in h.core.queues.values() for kept in q.retained.values() for r in kept]
-    rows += [r for tx_rows in h.core.tx.rows.values() for r in tx_rows]
+    rows += [r for handle in h.core.tx.rows for r in h.core.tx.rows_of(handle)]
     rows += [r for pending in h.core.pending for r in pending[3]]
     return sum(len(r[5]) + ROW_MEMORY for r in rows)
 

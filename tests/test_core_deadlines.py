@@ -125,7 +125,7 @@ def test_a_lease_runs_out_at_its_time_and_a_committed_one_wakes_nobody() -> None
     due = h.now + 30
     assert advance_to(h, due - 0.001) == []
     assert advance_to(h, due) == [lease]
-    assert h.core.next_deadline() is not None and h.core.next_deadline() > due  # only the lifetimes are left
+    assert h.core.next_deadline() is None, "nothing left: a conversation begun without a lifetime has no deadline"
 
 
 def test_a_closed_remote_endpoint_retires_at_its_time() -> None:
@@ -207,3 +207,20 @@ def test_next_deadline_is_the_earliest_of_all_kinds_as_they_fire() -> None:
     assert h.core.next_deadline() == start + 8
     advance_to(h, start + 8)
     assert h.core.endpoints[target].error is not None
+
+
+def test_only_a_lifetime_within_the_horizon_is_scheduled_and_a_restart_schedules_every_one() -> None:
+    """A conversation begun without a lifetime (68 years) holds no deadline while the node runs; one with a lifetime
+    does; after a restart, loading schedules both."""
+    h = Harness()
+    h.pair()
+    endless = h.pair()
+    timed = h.core.begin_dialog(from_service="init", to_service="target", contract="DEFAULT", now=h.now, lifetime=60)
+    h.flush()
+    assert h.core.next_deadline() == h.now + 60, "the timed conversation's lifetime, and nothing else"
+    advance_to(h, h.now + 60)
+    assert h.core.next_deadline() is None
+    assert h.core.endpoints[timed.handle].error is not None and h.core.endpoints[endless].error is None
+    h2 = h.restart()
+    advance_to(h2, h2.now)  # the stale lifetime of the conversation already in error goes
+    assert h2.core.next_deadline() == h2.core.endpoints[endless].expires_at, "scheduled again when loaded"

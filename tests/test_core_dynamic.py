@@ -402,7 +402,7 @@ def test_delayed_conversations_share_one_string_per_far_service_contract_and_mes
     eps = [h.core.endpoints[x] for x in handles]
     assert eps[0].far_service is eps[1].far_service is eps[2].far_service
     assert all(ep.contract is h.core.catalog.contracts["DEFAULT"].name for ep in eps)
-    kinds = {id(rows[0][4]) for handle, rows in h.core.tx.rows.items() if handle in handles}
+    kinds = {id(h.core.tx.rows_of(handle)[0][4]) for handle in h.core.tx.rows if handle in handles}
     assert kinds == {id(h.core.catalog.message_types["DEFAULT"].name)}
 
 

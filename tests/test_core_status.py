@@ -39,7 +39,7 @@ def message_counts(core: BrokerCore) -> dict[str, Any]:
 def message_walks(core: BrokerCore) -> dict[str, Any]:
     """The same by walking, as ``statistics`` used to."""
     return {
-        "transmission": sum(len(rows) for rows in core.tx.rows.values()),
+        "transmission": sum(core.tx.count(handle) for handle in core.tx.rows),
         "queues": {
             name: (
                 sum(len(g.lease.messages) for g in q.groups.values() if g.lease is not None),

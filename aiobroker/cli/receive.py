@@ -1,4 +1,4 @@
-"""The ``receive`` command: take messages of one conversation group off a queue, print them, commit."""
+"""The ``receive`` command: take messages of one conversation group (or several) off a queue, print them, commit."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .render import echo, message_json, message_line, note
 
 async def cmd_receive(client: Client, args: argparse.Namespace) -> int | None:
     """Print and commit one batch; nothing received is exit status 3 (a script's loop can tell it from an error)."""
-    batch = await client.receive(args.queue, max_messages=args.max, timeout=args.timeout)
+    batch = await client.receive(args.queue, max_messages=args.max, timeout=args.timeout, max_groups=args.max_groups)
     if not batch:
         note(f"no message arrived within {duration(args.timeout)} on queue {args.queue!r}")
         return EXIT_NOTHING_RECEIVED
@@ -47,7 +47,8 @@ def add_receive(commands: Any, client: argparse.ArgumentParser) -> None:
         commands,
         "receive",
         "receive messages of one conversation group, print them, and commit",
-        ["aiobroker receive orders --timeout 5", "aiobroker receive orders --max 100 --json"],
+        ["aiobroker receive orders --timeout 5", "aiobroker receive orders --max 100 --json",
+         "aiobroker receive orders --max 1000 --max-groups 100"],
         details="Text output is one line per message: handle, sequence number, message type, body. With"
         " --rollback the messages go back to the queue (this counts toward poison-message handling).",
         parents=[client],
@@ -56,6 +57,13 @@ def add_receive(commands: Any, client: argparse.ArgumentParser) -> None:
     p.add_argument("queue", metavar="QUEUE")
     p.add_argument(
         "--max", type=arguments.positive_int, default=100, metavar="N", help="at most N messages (default 100)"
+    )
+    p.add_argument(
+        "--max-groups",
+        type=arguments.positive_int,
+        default=1,
+        metavar="G",
+        help="take up to G ready conversation groups at once, committed or rolled back together (default 1)",
     )
     p.add_argument(
         "--timeout",

@@ -240,29 +240,35 @@ class Client(AdminCalls):
         timeout: float | None = 0.0,
         *,
         lease_seconds: float | None = None,
+        max_groups: int = 1,
     ) -> ReceivedBatch:
         """Up to ``max_messages`` of one conversation group, locked until commit or rollback.
 
         ``timeout``: seconds to wait for messages (0: do not wait; None: wait without limit). An empty batch means
         nothing arrived in time. ``lease_seconds``: how long the lock holds without commit or rollback (the
-        node's ``receive_lease`` by default); after that the messages go back to the queue.
+        node's ``receive_lease`` by default); after that the messages go back to the queue. ``max_groups`` > 1:
+        the batch may hold up to that many ready conversation groups (still ``max_messages`` in all), each
+        locked to this receiver until the batch's one commit or rollback; a group's messages come together, in
+        order (see ``Message.conversation_group_id``).
         """
         if timeout is not None and (timeout < 0 or math.isnan(timeout)):
             raise InvalidArgument("timeout must be >= 0, or None to wait without limit")
+        if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1:
+            raise InvalidArgument(f"max_groups must be a whole number >= 1, got {max_groups!r}")
         if tracing.recording():  # OpenTelemetry with a TracerProvider: a receive span linked to each message
             with tracing.client_receive(queue) as span:
-                batch = await self._receive(queue, max_messages, timeout, lease_seconds)
+                batch = await self._receive(queue, max_messages, timeout, lease_seconds, max_groups)
                 tracing.link_messages(span, batch.messages)
                 return batch
-        return await self._receive(queue, max_messages, timeout, lease_seconds)
+        return await self._receive(queue, max_messages, timeout, lease_seconds, max_groups)
 
     async def _receive(
-        self, queue: str, max_messages: int, timeout: float | None, lease_seconds: float | None
+        self, queue: str, max_messages: int, timeout: float | None, lease_seconds: float | None, max_groups: int
     ) -> ReceivedBatch:
-        r = await self.request(
-            "receive",
-            {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds},
-        )
+        args = {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds}
+        if max_groups != 1:  # only then: a node from before max_groups takes the request as it always did
+            args["max_groups"] = max_groups
+        r = await self.request("receive", args)
         # the rows stay as decoded; a message is a view made when the batch is iterated or indexed (received.py)
         facts = BatchFacts(r["queue"] or queue, r["conversations"], bool(r.get("traced")))
         return ReceivedBatch(self, r["lease"], ReceivedMessages(r["messages"], facts), r.get("lease_expires_at"))

@@ -174,7 +174,8 @@ class Dialog:
 
 
 class ReceivedBatch:
-    """Messages of one conversation group, locked for this client until :meth:`commit` or :meth:`rollback`.
+    """Messages of one conversation group (or several, received with ``max_groups``), locked for this client
+    until :meth:`commit` or :meth:`rollback`, which end the lock on all of them at once.
 
     As an async context manager it commits when the block ends normally and rolls back if it raises.
     ``messages`` is a sequence (from a receive, a :class:`~aiobroker.client.received.ReceivedMessages`: its

@@ -25,7 +25,6 @@ outbox (:meth:`next_effect`, :meth:`drain_effects`).
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from collections.abc import Callable
 
@@ -40,6 +39,7 @@ from .dispatcher import Dispatcher
 from .dynamic import DEFAULT_BINDING_FAILURE_CACHE, DynamicRouting
 from . import paging
 from .effects import Effect, LeaseExpired, PageWanted
+from .ids import new_id as random_id
 from .endings import Endings
 from .inbound import DEFAULT_MAX_HOPS, Inbound
 from .ledger import Ledger, Pending
@@ -53,10 +53,6 @@ from .status import Status
 from .transmission import TransmissionQueue
 
 __all__ = ["DEFAULT_BINDING_FAILURE_CACHE", "BrokerCore", "Pending"]
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class BrokerCore:
@@ -84,7 +80,7 @@ class BrokerCore:
         authorization: bool = False,
         resolver_answers_bindings: bool = False,
         binding_failure_cache: float = DEFAULT_BINDING_FAILURE_CACHE,
-        new_id: Callable[[], str] = _uuid,
+        new_id: Callable[[], str] = random_id,
     ) -> None:
         # the parts (parts.py says what each owns)
         self.ledger = ledger = Ledger(

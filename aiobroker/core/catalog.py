@@ -268,8 +268,10 @@ class Catalog:
         #: lookups by token digest, by certificate fingerprint, and bindings by service; rebuilt after a change
         self._identity_index: tuple[dict[str, Identity], dict[str, Identity]] | None = None
         self._binding_index: dict[str, Binding] | None = None
-        #: routes by the service they name (None: wildcards), rebuilt on first use after any change: routing
-        #: decides per conversation, and must not scan every route each time (a resolver makes one per service)
+        #: routes by the service they name (None: wildcards), in the order of ``routes``: routing decides per
+        #: conversation, and must not scan every route each time (a resolver makes one per service). Kept up to
+        #: date as a resolver adds or drops its routes (rebuilding it after each of 1,000 answers walked every
+        #: route each time); rebuilt on first use after any other change
         self._route_index: dict[str | None, list[Route]] | None = None
         #: (kind, name) of the objects every node has; they cannot be dropped (routes can, as in the seeds)
         self.builtins = {(k, n) for k in ("message_type", "contract", "queue", "service") for n in self.table(k)}
@@ -386,12 +388,27 @@ class Catalog:
         self._changed(kind)
 
     def put_route(self, route: Route) -> None:
+        old = self.routes.get(route.name)
         self.routes[route.name] = route
-        self._route_index = None
+        index = self._route_index
+        if index is None:
+            return
+        if old is None:  # a new name goes last in ``routes``, so last among its service's routes too
+            index.setdefault(route.service_name, []).append(route)
+        elif old.service_name == route.service_name:  # renewed: it keeps its place, as in ``routes``
+            same = index[route.service_name]
+            same[next(i for i, r in enumerate(same) if r is old)] = route
+        else:
+            self._route_index = None
 
     def remove_route(self, name: str) -> None:
-        if self.routes.pop(name, None) is not None:
-            self._route_index = None
+        old = self.routes.pop(name, None)
+        index = self._route_index
+        if old is not None and index is not None:
+            same = index[old.service_name]
+            del same[next(i for i, r in enumerate(same) if r is old)]
+            if not same:
+                del index[old.service_name]
 
     def clear_routes(self) -> None:
         self.routes.clear()

@@ -125,7 +125,7 @@ class Endpoint:
             self.expires_at,
             self.far_handle,
             self.far_broker_instance,
-            self.state.value,
+            self.state._value_,  # not .value: an enum's property costs 4x the attribute, on every endpoint written
             self.send_seq,
             self.recv_seq,
             self.timer_at,

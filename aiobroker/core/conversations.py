@@ -34,6 +34,10 @@ from .ledger import Ledger
 #: them for about half an hour).
 DEFAULT_CLOSED_RETENTION = 1800.0
 
+#: Lifetimes ending further away than this (50 years) get no deadline while the process runs (see
+#: :meth:`Conversations.watch`).
+LIFETIME_HORIZON = 50 * 365 * 86400.0
+
 
 #: how many far service names :class:`Conversations` keeps to share (a bound: names are whatever clients send)
 MAX_SHARED_NAMES = 100_000
@@ -93,30 +97,36 @@ class Conversations:
         group = related_group
         if group is not None and not isinstance(group, str):
             raise InvalidArgument("related_group must be a conversation group id (a string)")
+        handle = ledger.new_id()
         ep = Endpoint(
-            handle=ledger.new_id(),
+            handle=handle,
             conversation_id=ledger.new_id(),
             is_initiator=True,
             service=service.name,
             far_service=to_service,
             contract=contract,
-            group_id=group or ledger.new_id(),
+            group_id=group or handle,  # a group of its own: named by its handle (one string, see docs/semantics.md)
             expires_at=now + lifetime,
             far_broker_instance=broker_instance,
             state=STARTS[Event.BEGIN],
             encryption=bool(encryption),
         )
-        self.join(ep)
+        self.join(ep, now)
         return ep
 
-    def join(self, ep: Endpoint) -> None:
+    def join(self, ep: Endpoint, now: float | None = None) -> None:
         """A new endpoint joins: into ``endpoints``, saved, scheduled and counted."""
         self.ledger.add_endpoint(ep)
-        self.watch(ep)
+        self.watch(ep, now)
 
-    def watch(self, ep: Endpoint) -> None:
+    def watch(self, ep: Endpoint, now: float | None = None) -> None:
         """An endpoint has just joined ``endpoints`` (begun, made for a far side here, arrived from a peer, or
-        loaded): schedule its deadlines, and count it. Every place that adds an endpoint calls this, once."""
+        loaded): schedule its deadlines, and count it. Every place that adds an endpoint calls this, once.
+
+        Given ``now``, a lifetime ending more than :data:`LIFETIME_HORIZON` away is not scheduled: a conversation
+        begun without a lifetime ends in 68 years (the seeds' maximum), and a heap entry for it cost 73 bytes per
+        conversation (a DELAYED storm holds 100,000) for a deadline no node process lives to see. Loading
+        schedules every lifetime again at the next start."""
         self.state_counts[ep.state] += 1
         if ep.secured:
             self.secured_count += 1
@@ -125,7 +135,8 @@ class Conversations:
             if ep.timer_at is not None:  # a retired endpoint: the field holds when it goes for good
                 deadlines.push(ep.timer_at, DeadlineKind.RETIRE, ep.handle)
             return
-        deadlines.push(ep.expires_at, DeadlineKind.LIFETIME, ep.handle)
+        if now is None or ep.expires_at - now <= LIFETIME_HORIZON:
+            deadlines.push(ep.expires_at, DeadlineKind.LIFETIME, ep.handle)
         if ep.timer_at is not None:
             deadlines.push(ep.timer_at, DeadlineKind.TIMER, ep.handle)
 

@@ -299,14 +299,15 @@ class Delivery:
                 now,
             )
             return None
+        handle = ledger.new_id()
         far = Endpoint(
-            handle=ledger.new_id(),
+            handle=handle,
             conversation_id=ep.conversation_id,
             is_initiator=not ep.is_initiator,
             service=service.name,
             far_service=ep.service,
             contract=ep.contract,
-            group_id=ledger.new_id(),
+            group_id=handle,  # a group of its own, named by its handle
             expires_at=ep.expires_at,
             far_handle=ep.handle,
             far_broker_instance=ledger.broker_instance,
@@ -315,7 +316,7 @@ class Delivery:
         )
         ep.far_handle = far.handle
         ep.far_broker_instance = ledger.broker_instance
-        self.conversations.join(far)
+        self.conversations.join(far, now)
         return far
 
     def deliver(

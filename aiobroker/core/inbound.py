@@ -241,14 +241,15 @@ class Inbound:
             return None
         refusal = refusal or security.authorize_initiator(identity, to_service)
         ledger = self.ledger
+        handle = ledger.new_id()
         ep = Endpoint(
-            handle=ledger.new_id(),
+            handle=handle,
             conversation_id=conv_id,
             is_initiator=not from_initiator,
             service=to_service,
             far_service=from_service,
             contract=contract,
-            group_id=ledger.new_id(),
+            group_id=handle,  # a group of its own, named by its handle
             expires_at=float(expires_at),
             far_broker_instance=from_instance,
             state=STARTS[Event.RECEIVE_FIRST],
@@ -257,7 +258,7 @@ class Inbound:
             session_key=session_key,
             far_identity=identity,
         )
-        self.conversations.join(ep)
+        self.conversations.join(ep, now)
         if refusal is not None:
             security.count("refused")
             self._report(f"conversation {conv_id} from {from_service!r} to {to_service!r} refused: {refusal[1]}")

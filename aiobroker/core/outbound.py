@@ -166,7 +166,7 @@ class Outbound:
             if isinstance(target, Endpoint):
                 moved += self._move_to_local(ep, target)
             elif target is not None:
-                moved += len(tx.rows.get(handle, ()))  # on their way to another node now
+                moved += tx.count(handle)  # on their way to another node now
         return moved
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:

@@ -4,7 +4,11 @@ Theory of operation
 -------------------
 A receive locks the oldest ready conversation group of a queue (``queues.py`` keeps the groups) and hands out up to
 N of its messages, bounded by ``max_batch_bytes``, under a *lease*: the receiver's lock on that group, which only
-the receiver that took it (its *owner*, a connection) may end. Ending it unlocks the group:
+the receiver that took it (its *owner*, a connection) may end. With ``max_groups`` > 1 it goes on to the next
+ready groups, oldest first, while the batch has room (N messages and ``max_batch_bytes`` in all): one lease then
+locks them all (a :class:`GroupsLease`, one queue lease per group inside it), and its commit, rollback or expiry
+ends them together. A consumer of many one-message conversations thus pays one receive and one commit per batch,
+not per message. Ending a lease unlocks its groups:
 
 - **commit**: the messages leave the queue and the store, or stay as retained rows if the queue keeps them;
 - **rollback**, by the receiver, or because it went away (:meth:`Receiving.release_owner`), or because the lease
@@ -27,8 +31,35 @@ from .deadlines import LEASE
 from .ledger import Ledger
 from .paging import want_page
 from .parts import ObjectsPart
-from .queues import Lease, MessageQueue
+from .queues import ROW_OVERHEAD, Lease, MessageQueue
 from .records import ROW_BODY, ROW_HANDLE, ROW_STATE, MessageRow
+
+
+class GroupsLease(Lease):
+    """One receive's lock on several conversation groups (``max_groups`` > 1): ``parts`` holds the queue's lease
+    of each group, in the order they were taken; ``messages`` and ``size`` are theirs joined, so everything that
+    reads a lease (the batch sent to the receiver, the commit's store changes, the counters) reads it as one."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, lease_id: int, parts: list[Lease], owner: Any, expires_at: float) -> None:
+        messages = [row for part in parts for row in part.messages]
+        super().__init__(lease_id, parts[0].queue, parts[0].group, messages, owner, expires_at,
+                         sum(part.size for part in parts))
+        self.parts = parts
+
+
+def _parts(lease: Lease) -> list[Lease]:
+    """The queue leases a lease ends: its groups' (several), or itself (one group)."""
+    return lease.parts if type(lease) is GroupsLease else [lease]
+
+
+def _first_fits(queue: MessageQueue, max_bytes: int) -> bool:
+    """Whether the next ready group's first message fits in ``max_bytes`` of the batch (a take hands out at least
+    one message, so a further group is taken only when its first one fits: the batch stays within one frame)."""
+    group = queue.groups[next(iter(queue.ready))]
+    first = group.urgent[0] if group.urgent else group.normal[0]
+    return len(first[ROW_BODY]) + ROW_OVERHEAD <= max_bytes
 
 
 class Receiving:
@@ -65,31 +96,62 @@ class Receiving:
             )
 
     def receive(
-        self, queue_name: str, max_messages: int, owner: Any, now: float, lease_seconds: float | None = None
+        self,
+        queue_name: str,
+        max_messages: int,
+        owner: Any,
+        now: float,
+        lease_seconds: float | None = None,
+        max_groups: int = 1,
     ) -> Lease | None:
-        """Lock the oldest ready conversation group of a queue and hand out up to ``max_messages``; None if
-        nothing is ready."""
+        """Lock the oldest ready conversation group of a queue and hand out up to ``max_messages``; with
+        ``max_groups`` > 1, the next ready groups too, while the batch has room; None if nothing is ready."""
         queue = self.queue(queue_name)
         self.check_receivable(queue)
         if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
             raise InvalidArgument(f"max_messages must be a whole number >= 1, got {max_messages!r}")
+        if max_groups != 1 and (not isinstance(max_groups, int) or isinstance(max_groups, bool) or max_groups < 1):
+            raise InvalidArgument(f"max_groups must be a whole number >= 1, got {max_groups!r}")
         taken = queue.take(max_messages, self.max_batch_bytes)
         if taken is None:
             if queue.in_store:  # nothing ready in memory: the store's messages may be (paging.py)
                 want_page(self.ledger, queue, nothing_ready=True)
             return None
-        group, rows, size = taken
         lease_id = self._next_lease_id
         self._next_lease_id = lease_id + 1
         expires = now + (lease_seconds if lease_seconds is not None else self.receive_lease)
+        group, rows, size = taken
         lease = Lease(lease_id, queue, group, rows, owner, expires, size)
         group.lease = lease
+        if max_groups > 1 and queue.ready and len(rows) < max_messages:
+            lease = self._more_groups(queue, lease, max_messages, max_groups)
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
         self.ledger.deadlines.push(expires, LEASE, str(lease_id))
         if queue.in_store:
             want_page(self.ledger, queue)  # the next page, once what is in memory runs low
         return lease
+
+    def _more_groups(self, queue: MessageQueue, first: Lease, max_messages: int, max_groups: int) -> Lease:
+        """Go on from a receive's first group to the next ready ones, while the batch has room; one lease for all
+        (the first alone if no other fits)."""
+        parts = [first]
+        count = len(first.messages)
+        wire = first.size + ROW_OVERHEAD * count  # the batch's wire size as queue.take estimates it
+        while len(parts) < max_groups and count < max_messages and queue.ready:
+            room = self.max_batch_bytes - wire
+            if not _first_fits(queue, room):
+                break
+            taken = queue.take(max_messages - count, room)
+            if taken is None:
+                break
+            group, rows, size = taken
+            part = Lease(first.id, queue, group, rows, first.owner, first.expires_at, size)
+            group.lease = part
+            parts.append(part)
+            count += len(rows)
+            wire += size + ROW_OVERHEAD * len(rows)
+        return first if len(parts) == 1 else GroupsLease(first.id, parts, first.owner, first.expires_at)
 
     def _take_lease(self, lease_id: Any, owner: Any) -> Lease:
         """The lease, no longer held (the caller ends it); only its owner may end it."""
@@ -124,7 +186,8 @@ class Receiving:
                     self.ledger.forget_row(row)  # its conversation ended while it was locked
         elif lease.messages:
             self.ledger.forget_rows(lease.messages, lease.size)
-        queue.commit(lease)
+        for part in _parts(lease):
+            queue.commit(part)
         return len(lease.messages)
 
     def rollback(self, lease_id: int, owner: Any) -> None:
@@ -148,15 +211,20 @@ class Receiving:
         if gone:  # their conversation ended while they were locked: they do not come back
             self.ledger.forget_rows(gone)
             lease.size -= sum(len(row[ROW_BODY]) for row in gone)
-        queue.rollback(lease, urgent_types=URGENT_TYPES, alive=self.ledger.endpoints)
-        if lease.group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
-            if queue.definition.status:
-                reason = (
-                    f"poison message: conversation group {lease.group.id} was rolled back"
-                    f" {lease.group.rollbacks} times in a row"
-                )
-                self.objects.alter_queue(queue.name, {"status": False})
-                queue.disabled_reason = reason
+        parts = _parts(lease)
+        # the last group first: each goes back to the front of the line, so they end up in the order taken
+        for part in reversed(parts):
+            queue.rollback(part, urgent_types=URGENT_TYPES, alive=endpoints)
+        for part in parts:
+            group = part.group
+            if group.rollbacks >= self.poison_rollbacks and queue.definition.poison_message_handling:
+                if queue.definition.status:
+                    reason = (
+                        f"poison message: conversation group {group.id} was rolled back"
+                        f" {group.rollbacks} times in a row"
+                    )
+                    self.objects.alter_queue(queue.name, {"status": False})
+                    queue.disabled_reason = reason
 
     # ------------------------------------------------------------------------------------------------- time
 

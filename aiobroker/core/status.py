@@ -61,9 +61,11 @@ class Status:
     def transmission_entries(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
         """The transmission queue per conversation, oldest first, with its state in words (for ``status``)."""
         out: list[dict[str, Any]] = []
-        for handle, rows in self.ledger.tx.rows.items():
+        tx = self.ledger.tx
+        for handle in tx.rows:
             if len(out) >= limit:
                 break
+            rows = tx.rows_of(handle)
             ep = self.ledger.endpoints.get(handle)
             address = self.ledger.tx.route_of.get(handle)
             link = self.ledger.tx.links.get(address) if address else None

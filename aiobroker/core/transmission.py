@@ -19,7 +19,8 @@ This module holds the state and its bookkeeping only; the core decides routes, t
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from typing import Any, cast
 
 from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_SEQ, MessageRow
 
@@ -61,8 +62,10 @@ class Link:
         self.handles: dict[str, None] = {}
         #: those of them that may have rows not yet sent in this epoch (an ordered set): what ``take_unsent`` walks,
         #: so that a take costs what it takes, not a walk over every conversation on the link (100,000 after a
-        #: resolution storm, most of them sent long ago and waiting for their acknowledgement)
-        self.unsent: dict[str, None] = {}
+        #: resolution storm, most of them sent long ago and waiting for their acknowledgement). An OrderedDict: a
+        #: take removes handles from its front, and a dict's iteration walks the slots of keys removed from its
+        #: front again on every take (quadratic in a storm's release); an OrderedDict's does not.
+        self.unsent: OrderedDict[str, None] = OrderedDict()
         #: handle → how many of its rows (from the front) were sent in this epoch; only handles with rows in flight
         self.sent: dict[str, int] = {}
         self.epoch = 0
@@ -80,7 +83,7 @@ class Link:
         """Forget what was sent: after a reconnect or a time-out everything unacknowledged goes again."""
         self.epoch += 1
         self.sent.clear()
-        self.unsent = dict.fromkeys(self.handles)  # everything unacknowledged goes again, in the links' order
+        self.unsent = OrderedDict.fromkeys(self.handles)  # everything unacknowledged goes again, in the link's order
         self.waiting_since = None
 
     def failed(self, error: str, now: float) -> float:
@@ -109,8 +112,9 @@ class Link:
         self.idle = False
         self.new_epoch()
 
-    def describe(self, rows: dict[str, list[MessageRow]]) -> dict[str, Any]:
-        unacked = sum(len(rows.get(h, ())) for h in self.handles)
+    def describe(self, tx: TransmissionQueue) -> dict[str, Any]:
+        count = tx.count
+        unacked = sum(count(h) for h in self.handles)
         sent = sum(self.sent.values())
         if self.connected:
             state = f"connected to {self.peer_instance or '?'}"
@@ -135,10 +139,11 @@ class TransmissionQueue:
     """Unacknowledged outgoing messages per sending endpoint, and the links they are routed to."""
 
     def __init__(self) -> None:
-        #: sending endpoint → its unacknowledged messages, in sequence order
-        #: (a list, not a deque: a deque costs ~600 bytes even for one row, and a DELAYED storm holds one per
-        #: conversation; acknowledgements remove a prefix in one slice)
-        self.rows: dict[str, list[MessageRow]] = {}
+        #: sending endpoint → its unacknowledged messages, in sequence order: a list of rows, or the row itself
+        #: when there is one (a DELAYED storm holds 100,000 conversations of one message each, and a list for
+        #: each cost 93 bytes more); read them with :meth:`rows_of` and :meth:`count`. A list, not a deque: a deque
+        #: costs ~600 bytes even for one row; acknowledgements remove a prefix in one slice.
+        self.rows: dict[str, list[MessageRow] | MessageRow] = {}
         #: how many rows ``rows`` holds in all, kept as they come and go (``status`` reads it: no walk)
         self.message_count = 0
         #: far service name → sending endpoints DELAYED for want of a route (an ordered set)
@@ -156,13 +161,39 @@ class TransmissionQueue:
     def __contains__(self, handle: str) -> bool:
         return handle in self.rows
 
+    def rows_of(self, handle: str) -> list[MessageRow]:
+        """An endpoint's unacknowledged rows, in order (a new list when it holds one row; [] when none)."""
+        held = self.rows.get(handle)
+        if held is None:
+            return []
+        return held if isinstance(held, list) else [held]
+
+    def count(self, handle: str) -> int:
+        """How many unacknowledged rows an endpoint has."""
+        held = self.rows.get(handle)
+        if held is None:
+            return 0
+        return len(held) if isinstance(held, list) else 1
+
     def load(self, row: MessageRow) -> None:
         """A stored row read back at start (routes and delays are decided afterwards, for all at once)."""
-        self.rows.setdefault(row[ROW_HANDLE], []).append(row)
+        if not isinstance(row, tuple):  # a lone row is told from a list of rows by its type
+            row = cast(MessageRow, tuple(row))
+        self._put(row[ROW_HANDLE], [row])
         self.message_count += 1
 
+    def _put(self, handle: str, rows: list[MessageRow]) -> None:
+        """Append rows (at least one) to an endpoint's, keeping a lone row without a list."""
+        held = self.rows.get(handle)
+        if held is None:
+            self.rows[handle] = rows[0] if len(rows) == 1 else list(rows)
+        elif isinstance(held, list):
+            held.extend(rows)
+        else:
+            self.rows[handle] = [held, *rows]
+
     def add_many(self, handle: str, rows: list[MessageRow]) -> None:
-        self.rows.setdefault(handle, []).extend(rows)
+        self._put(handle, rows)
         self.message_count += len(rows)
         address = self.route_of.get(handle)
         if address is not None:
@@ -186,13 +217,13 @@ class TransmissionQueue:
             self.undelay(handle)
             self.delayed.setdefault(far_service, {})[handle] = None
             self.delayed_service[handle] = far_service
-            self._count(far_service, len(self.rows.get(handle, ())))
+            self._count(far_service, self.count(handle))
 
     def undelay(self, handle: str, far_service: str | None = None) -> None:
         service = self.delayed_service.pop(handle, None)
         if service is None:
             return
-        self._count(service, -len(self.rows.get(handle, ())))
+        self._count(service, -self.count(handle))
         waiting = self.delayed.get(service)
         if waiting is not None:
             waiting.pop(handle, None)
@@ -209,7 +240,7 @@ class TransmissionQueue:
         if link is None:
             link = self.links[address] = Link(address)
         link.handles[handle] = None
-        if self.rows.get(handle):
+        if handle in self.rows:
             link.unsent[handle] = None
             self.ready_links.add(address)
         return link
@@ -240,7 +271,8 @@ class TransmissionQueue:
         """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
         self.detach(handle)
         self.undelay(handle)
-        dropped = self.rows.pop(handle, [])
+        held = self.rows.pop(handle, None)
+        dropped = [] if held is None else held if isinstance(held, list) else [held]
         self.message_count -= len(dropped)
         return dropped
 
@@ -260,11 +292,13 @@ class TransmissionQueue:
         size = 0
         full = False
         done: list[str] = []  # all their rows sent: out of ``unsent`` (until new rows or a new epoch)
+        all_rows = self.rows
         for handle in link.unsent:
-            rows = self.rows.get(handle)
-            if not rows:
+            held = all_rows.get(handle)
+            if held is None:
                 done.append(handle)
                 continue
+            rows = held if isinstance(held, list) else [held]
             start = link.sent.get(handle, 0)
             if start >= len(rows):
                 done.append(handle)
@@ -295,14 +329,24 @@ class TransmissionQueue:
 
     def acknowledge(self, handle: str, next_seq: int) -> list[MessageRow]:
         """The far side has stored every message of this endpoint before ``next_seq``: drop them."""
-        rows = self.rows.get(handle)
-        if not rows:
+        held = self.rows.get(handle)
+        if held is None:
             return []
-        k = 0
-        while k < len(rows) and rows[k][ROW_SEQ] < next_seq:
-            k += 1
-        done = rows[:k]
-        del rows[:k]
+        if isinstance(held, list):
+            rows = held
+            k = 0
+            while k < len(rows) and rows[k][ROW_SEQ] < next_seq:
+                k += 1
+            done = rows[:k]
+            del rows[:k]
+            if len(rows) == 1:
+                self.rows[handle] = rows[0]  # back to a lone row
+        elif held[ROW_SEQ] < next_seq:
+            k = 1
+            done = [held]
+            rows = []
+        else:
+            return []
         self.message_count -= k
         if done:
             service = self.delayed_service.get(handle)
@@ -328,7 +372,7 @@ class TransmissionQueue:
         return {
             "messages": self.message_count,
             "conversations": len(self.rows),
-            "links": [link.describe(self.rows) for link in self.links.values()],
+            "links": [link.describe(self) for link in self.links.values()],
         }
 
     def __repr__(self) -> str:

@@ -20,7 +20,8 @@ end                handle, [error: [code, description]], [cleanup]             n
 begin_timer        handle, seconds                                             null
 get_conversation   handle                                                      the endpoint's description
 list_conversations [limit]                                                     list of endpoint descriptions
-receive            queue, [max_messages=1], [timeout=0], [lease_seconds]        lease, messages, conversations
+receive            queue, [max_messages=1], [timeout=0], [lease_seconds],       lease, messages, conversations
+                   [max_groups=1]
 commit             lease                                                       count
 rollback           lease                                                       null
 diagnose           service, [broker_instance]                                  the routing steps in words, dynamic routing
@@ -233,6 +234,7 @@ def _described(node: Shell, ep: Endpoint) -> dict[str, Any]:
 def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> None:
     queue = arg(args, "queue", str)
     max_messages = arg(args, "max_messages", int, 1)
+    max_groups = arg(args, "max_groups", int, 1)  # > 1: several conversation groups under one lease
     # absent: 0 (do not wait); null: wait without limit (number() with a default would read null as absent)
     timeout = number(args, "timeout") if "timeout" in args else 0.0
     lease_seconds = number(args, "lease_seconds", None)
@@ -240,7 +242,7 @@ def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> No
         raise InvalidArgument("argument 'timeout' must be >= 0 (or null to wait without limit)")
     if lease_seconds is not None and lease_seconds <= 0:
         raise InvalidArgument("argument 'lease_seconds' must be > 0")
-    node.waiters.receive(session, rid, queue, max_messages, timeout, lease_seconds)
+    node.waiters.receive(session, rid, queue, max_messages, timeout, lease_seconds, max_groups)
 
 
 @op("commit")

@@ -180,7 +180,7 @@ class PeerLinks:
             return True
         tx = self.node.core.tx
         link = tx.links.get(address)
-        return link is not None and any(tx.rows.get(h) for h in link.handles)
+        return link is not None and any(h in tx.rows for h in link.handles)
 
     async def _run(self, address: str) -> None:
         core = self.node.core

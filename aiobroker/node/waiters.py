@@ -44,15 +44,23 @@ EMPTY_BATCH: dict[str, Any] = {"lease": None, "queue": None, "messages": [], "co
 class Waiter:
     """A receive waiting for messages."""
 
-    __slots__ = ("session", "rid", "queue", "max_messages", "lease_seconds", "deadline", "done")
+    __slots__ = ("session", "rid", "queue", "max_messages", "lease_seconds", "deadline", "done", "max_groups")
 
     def __init__(
-        self, session: Session, rid: int, queue: str, max_messages: int, lease_seconds: float | None, deadline: float
+        self,
+        session: Session,
+        rid: int,
+        queue: str,
+        max_messages: int,
+        lease_seconds: float | None,
+        deadline: float,
+        max_groups: int = 1,
     ) -> None:
         self.session = session
         self.rid = rid
         self.queue = queue
         self.max_messages = max_messages
+        self.max_groups = max_groups
         self.lease_seconds = lease_seconds
         self.deadline = deadline
         self.done = False
@@ -85,9 +93,16 @@ class Waiters:
     # ------------------------------------------------------------------------------------------------- receive
 
     def receive(
-        self, session: Session, rid: int, queue: str, max_messages: int, timeout: float | None, lease_seconds: float | None
+        self,
+        session: Session,
+        rid: int,
+        queue: str,
+        max_messages: int,
+        timeout: float | None,
+        lease_seconds: float | None,
+        max_groups: int = 1,
     ) -> None:
-        lease = self.core.receive(queue, max_messages, session, self.clock(), lease_seconds)
+        lease = self.core.receive(queue, max_messages, session, self.clock(), lease_seconds, max_groups)
         if lease is not None:
             session.reply_now(rid, self._batch(lease))
             self.maybe_wake_ticker()
@@ -96,7 +111,7 @@ class Waiters:
             session.reply_now(rid, EMPTY_BATCH)
             return
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        waiter = Waiter(session, rid, queue, max_messages, lease_seconds, deadline)
+        waiter = Waiter(session, rid, queue, max_messages, lease_seconds, deadline, max_groups)
         self.by_queue.setdefault(queue, deque()).append(waiter)
         if deadline != math.inf:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
@@ -149,7 +164,7 @@ class Waiters:
             if w.done or w.session.closed:
                 continue
             w.done = True
-            lease = self.core.receive(queue_name, w.max_messages, w.session, now, w.lease_seconds)
+            lease = self.core.receive(queue_name, w.max_messages, w.session, now, w.lease_seconds, w.max_groups)
             if lease is not None:
                 w.session.reply_now(w.rid, self._batch(lease))
         if not waiting:

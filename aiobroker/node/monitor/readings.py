@@ -155,7 +155,7 @@ def link_details(core: BrokerCore) -> list[dict[str, Any]]:
     conversations for its unacknowledged messages, as ``status`` does."""
     tx = core.tx
     return [
-        {**link.describe(tx.rows), "state_kind": reading.state, "attempts": reading.attempts,
+        {**link.describe(tx), "state_kind": reading.state, "attempts": reading.attempts,
          "in_flight": reading.in_flight}
         for link, reading in zip(tx.links.values(), links(core), strict=True)
     ]

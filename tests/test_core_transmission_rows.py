@@ -1,0 +1,65 @@
+"""The transmission queue keeps a conversation's lone unacknowledged row without a list of its own (a DELAYED storm
+holds 100,000 conversations of one message each); every way in and out gives the same rows, counts and order as a
+list would."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from aiobroker.core.records import MessageRow, message_row
+from aiobroker.core.transmission import TransmissionQueue
+
+A = "tcp://10.0.0.2:4022"
+
+
+def row(seq: int, handle: str = "h") -> MessageRow:
+    return message_row(100 + seq, "tx", handle, seq, "DEFAULT", b"m%d" % seq, 0.0, 0)
+
+
+def test_a_lone_row_and_a_run_of_rows_read_alike() -> None:
+    tx = TransmissionQueue()
+    tx.add_many("h", [row(0)])
+    assert tx.rows["h"] == row(0), "one row is kept as itself"
+    assert tx.rows_of("h") == [row(0)] and tx.count("h") == 1 and "h" in tx
+    tx.add_many("h", [row(1), row(2)])
+    assert tx.rows_of("h") == [row(0), row(1), row(2)] and tx.count("h") == 3 and tx.message_count == 3
+    assert tx.rows_of("none") == [] and tx.count("none") == 0
+
+
+def test_acknowledgements_take_a_prefix_and_leave_a_lone_row_or_nothing() -> None:
+    tx = TransmissionQueue()
+    tx.add_many("h", [row(0), row(1), row(2)])
+    assert tx.acknowledge("h", 2) == [row(0), row(1)]
+    assert tx.rows["h"] == row(2) and tx.rows_of("h") == [row(2)]
+    assert tx.acknowledge("h", 2) == [], "a lone row not yet acknowledged stays"
+    assert tx.acknowledge("h", 3) == [row(2)]
+    assert "h" not in tx and tx.message_count == 0
+
+
+def test_a_link_sends_a_lone_row_once_per_epoch_and_again_after_a_new_one() -> None:
+    tx = TransmissionQueue()
+    tx.add_many("h", [row(0)])
+    tx.attach("h", A)
+    assert tx.take_unsent(A, 10, 10**9, 1 << 30) == [("h", row(0))]
+    assert tx.take_unsent(A, 10, 10**9, 1 << 30) == []
+    tx.add_many("h", [row(1)])
+    tx.attach("h", A)
+    assert tx.take_unsent(A, 10, 10**9, 1 << 30) == [("h", row(1))], "only the new one"
+    tx.links[A].new_epoch()
+    assert tx.take_unsent(A, 10, 10**9, 1 << 30) == [("h", row(0)), ("h", row(1))]
+    assert tx.statistics()["links"][0]["unacknowledged"] == 2
+    assert tx.drop("h") == [row(0), row(1)] and tx.message_count == 0
+
+
+def test_a_delayed_lone_row_counts_once_and_rows_loaded_as_lists_are_rows() -> None:
+    tx = TransmissionQueue()
+    tx.add_many("h", [row(0)])
+    tx.delay("h", "svc")
+    assert tx.delayed_total == 1 and tx.delayed_count == {"svc": 1}
+    tx.undelay("h")
+    assert tx.delayed_total == 0
+    loaded = TransmissionQueue()
+    loaded.load(cast(MessageRow, list(row(0))))  # a store may hand a row back as a list
+    assert loaded.rows_of("h") == [row(0)] and loaded.count("h") == 1
+    loaded.load(row(1))
+    assert loaded.rows_of("h") == [row(0), row(1)]

@@ -42,7 +42,7 @@ from .effects import Effect, LeaseExpired, PageWanted
 from .ids import new_id as random_id
 from .endings import Endings
 from .inbound import DEFAULT_MAX_HOPS, Inbound
-from .ledger import Ledger, Pending
+from .ledger import ConversationIndex, Ledger, Pending
 from .loading import load
 from .objects import Objects
 from .outbound import Outbound
@@ -255,7 +255,7 @@ class BrokerCore:
         return self.ledger.endpoints
 
     @property
-    def by_conversation(self) -> dict[tuple[str, bool], str]:
+    def by_conversation(self) -> ConversationIndex:
         return self.ledger.by_conversation
 
     @property

@@ -51,6 +51,37 @@ _body = itemgetter(ROW_BODY)
 RECENTLY_CLOSED = 10_000
 
 
+class ConversationIndex:
+    """(conversation id, is_initiator) → the handle of this node's endpoint on that side, kept as one dict per side
+    keyed by the conversation id alone: a tuple key would cost 64 bytes a conversation for as long as it lives (100,000
+    DELAYED conversations after a resolution storm), where a lookup's tuple lives only for the lookup. Read and
+    written as the dict it replaces (``index[(cid, side)]``, ``get``, ``pop``)."""
+
+    __slots__ = ("sides",)
+
+    def __init__(self) -> None:
+        #: indexed by is_initiator: the targets' handles, then the initiators'
+        self.sides: tuple[dict[str, str], dict[str, str]] = ({}, {})
+
+    def __getitem__(self, key: tuple[str, bool]) -> str:
+        return self.sides[1 if key[1] else 0][key[0]]
+
+    def __setitem__(self, key: tuple[str, bool], handle: str) -> None:
+        self.sides[1 if key[1] else 0][key[0]] = handle
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[0] in self.sides[1 if key[1] else 0]
+
+    def __len__(self) -> int:
+        return len(self.sides[0]) + len(self.sides[1])
+
+    def get(self, key: tuple[str, bool], default: str | None = None) -> str | None:
+        return self.sides[1 if key[1] else 0].get(key[0], default)
+
+    def pop(self, key: tuple[str, bool], default: str | None = None) -> str | None:
+        return self.sides[1 if key[1] else 0].pop(key[0], default)
+
+
 class Ledger:
     """The records the core's parts share. Single-threaded, like the core."""
 
@@ -71,7 +102,7 @@ class Ledger:
         self.catalog = Catalog()
         self.endpoints: dict[str, Endpoint] = {}
         #: (conversation id, is_initiator) → the handle of this node's endpoint on that side
-        self.by_conversation: dict[tuple[str, bool], str] = {}
+        self.by_conversation = ConversationIndex()
         self.queues: dict[str, MessageQueue] = {}
         #: each queue's window on a store that pages (``paging.py``); None: queues keep every message in memory
         self.page_window = page_window

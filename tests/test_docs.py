@@ -277,6 +277,42 @@ def test_docs_stand_alone_and_their_links_resolve() -> None:
             assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"
 
 
+def summary_commands(block: str) -> list[tuple[list[str], list[str]]]:
+    """The README's command summary as (command words, flags shown) per command it names: a line may name several
+    (``aiobroker end HANDLE   aiobroker timer ...``), and ``a|b|c`` names each of a, b and c."""
+    found = []
+    for segment in re.split(r"\s{2,}(?=aiobroker )", block):
+        for line in segment.splitlines():
+            words = line.split()
+            if not words or words[0] != "aiobroker":
+                continue
+            path: list[str] = []
+            for word in words[1:]:
+                if not re.fullmatch(r"[a-z][a-z-]*(\|[a-z][a-z-]*|\|\.\.\.)*", word):
+                    break
+                path.append(word)
+            flags = re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)
+            alternatives = [w for w in path[-1].split("|") if w != "..."] if path else []
+            for last in alternatives:
+                found.append(([*path[:-1], last], flags))
+    return found
+
+
+def test_the_readmes_command_summary_names_commands_and_flags_that_exist() -> None:
+    block = block_under(README, "The command line", "")
+    commands = summary_commands(block)
+    assert len(commands) >= 20, commands
+    for path, flags in commands:
+        r = subprocess.run([str(BIN / "aiobroker"), *path, "--help"], env=environment(None), capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, timeout=CALL_TIMEOUT, check=False)  # fmt: skip
+        shown = " ".join(["aiobroker", *path])
+        assert r.returncode == 0, f"README names {shown!r}, which has no --help: {r.stderr}"
+        for flag in flags:
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", r.stdout), (
+                f"README shows {shown} {flag}, which its --help does not know"
+            )
+
+
 def test_readme_layout_matches_the_tree() -> None:
     layout = block_under(README, "Layout", "")
     entries = re.findall(r"^( *)([\w.*-]+/?) ", layout, re.M)

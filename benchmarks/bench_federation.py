@@ -59,7 +59,7 @@ def start_node(name: str, store: str, port: int, far_port: int, service: str, fa
                                     far_port=far_port))
     log = LOGS_DIR / f"federation-node-{name}.log"
     proc = common.start_process([sys.executable, "-m", "aiobroker", "serve", "--config", str(config), "--listen",
-                                 f"{LOOPBACK}:{port}"], log_path=log)
+                                 f"{LOOPBACK}:{port}", "--http", "off"], log_path=log)
     common.wait_for_port(port, proc=proc, what=f"node {name} ({store})", log_path=log, timeout=30)
     return proc
 

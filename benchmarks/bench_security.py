@@ -72,7 +72,7 @@ def start_node(name: str, store: str, port: int, far_port: int, far_service: str
                                     far_port=far_port))  # fmt: skip
     log = LOGS_DIR / f"security-node-{name}.log"
     proc = common.start_process([sys.executable, "-m", "aiobroker", "serve", "--config", str(config), "--listen",
-                                 f"{LOOPBACK}:{port}"], log_path=log)  # fmt: skip
+                                 f"{LOOPBACK}:{port}", "--http", "off"], log_path=log)  # fmt: skip
     common.wait_for_port(port, proc=proc, what=f"node {name} ({store})", log_path=log, timeout=30)
     return proc
 

@@ -557,11 +557,17 @@ def test_serve_starts_without_http_when_its_default_port_is_taken(tmp_path: Path
     """The default address is the one optional: held here (or by anyone else) the node starts, and says how to give
     it a port of its own."""
     with socket.socket() as holder:
-        try:
-            holder.bind(("127.0.0.1", DEFAULT_HTTP_PORT))
-            holder.listen()
-        except OSError:
-            pass  # someone else holds it: the same situation
+        # Held by this test, not merely "held by someone": another process (a benchmark's node on the default
+        # port) may let it go between our look and the node's bind, and the node would then have it. Wait for it.
+        def bound() -> bool:
+            try:
+                holder.bind(("127.0.0.1", DEFAULT_HTTP_PORT))
+            except OSError:
+                return False
+            return True
+
+        wait_for(bound, 60, f"port {DEFAULT_HTTP_PORT}, held by another process, to be free for this test to hold")
+        holder.listen()
         node = NodeProcess(tmp_path / "data", http="").start()  # no --http flag at all: serve's default
         try:
             line = wait_for(lambda: [ln for ln in node.output().splitlines() if "no HTTP monitoring" in ln], 20,

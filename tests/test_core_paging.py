@@ -168,3 +168,25 @@ def test_at_half_the_memory_budget_every_new_message_waits_in_the_store() -> Non
     assert q.waiting == 60 and q.waiting - q.in_store < 20, "held no further than half the budget (a run's worth)"
     assert budget.held < budget.max_memory and not budget.over, "so sends are never refused for it"
     assert in_order(h, h.drain("qt")) == sent
+
+
+def test_a_receive_across_groups_drains_a_paged_queue_in_order() -> None:
+    h = paging()
+    handles = [h.pair() for _ in range(4)]
+    sent = fill(h, handles, 12)
+    q = h.core.queues["qt"]
+    assert q.in_store == 48 - WINDOW
+    far = {ep.handle: ep.far_handle for ep in h.core.endpoints.values()}
+    got: dict[str, list[bytes]] = {}
+    for _ in range(100):  # bounded: 48 messages, at least one a round once paged in
+        lease = h.core.receive("qt", 1000, h.owner, h.now, max_groups=4)
+        if lease is None:
+            if not h.serve_pages():
+                break
+            continue
+        for row in lease.messages:
+            got.setdefault(str(far[row[2]]), []).append(row[ROW_BODY])
+        h.core.commit(lease.id, h.owner)
+        h.flush()
+    assert got == sent, "every message once, in order per conversation, across groups and pages"
+    assert q.waiting == q.in_store == 0

@@ -69,7 +69,11 @@ class LeanClient:
             raise RuntimeError("the lean client is closed")
         peer = (url.host, url.port or 80)
         request = self._request(url, extra)
-        reused = self._stream is not None and self._peer == peer
+        # kept only if the last exchange ended cleanly (a question cancelled by the resolver's overall bound between
+        # two steps leaves h11 mid-exchange: that connection cannot carry another)
+        conn = self._h11
+        reused = (conn is not None and self._peer == peer and conn.our_state is h11.IDLE
+                  and conn.their_state is h11.IDLE)
         if not reused:
             await self.aclose_connection()
             await self._connect(peer)

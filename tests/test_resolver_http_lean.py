@@ -30,8 +30,8 @@ def ok(body: bytes = ANSWER, *extra: str) -> bytes:
 
 
 #: what the server does with a request: the bytes to answer (None: answer nothing and hang), and whether to close
-#: the connection after them
-Reply = tuple[bytes | None, bool]
+#: the connection after them (None: keep it open and send nothing more)
+Reply = tuple[bytes | None, bool | None]
 
 
 @dataclass
@@ -70,6 +70,8 @@ class ScriptedServer:
                 await anyio.sleep_forever()  # hung: until the test ends
             assert data is not None
             await stream.send(data)
+            if close is None:
+                await anyio.sleep_forever()  # hung mid-answer: until the test ends
             if close:
                 return
 
@@ -162,6 +164,16 @@ async def test_a_garbled_or_cut_answer_is_resolver_error_and_the_next_question_g
         with pytest.raises(ResolverError, match="the registry broke off or garbled the HTTP exchange") as caught:
             await resolver.resolve_route(ORDERS)
         assert "/v1/services/%2F%2Fshop%2FOrders" in caught.value.message
+        assert isinstance(await resolver.resolve_route(ORDERS), RouteAnswer)
+    assert [c for c, _ in server.requests] == [0, 1]
+
+
+async def test_a_registry_that_stops_mid_answer_is_a_read_timeout_and_its_connection_is_not_kept() -> None:
+    cut = ok()[:-10]
+    script: Callable[[int], Reply] = lambda n: (cut, None) if n == 0 else (ok(), False)  # noqa: E731
+    async with serving(script) as server, resolver_for(server, read_timeout=0.3) as resolver:
+        with pytest.raises(ResolverError, match="read time-out: .* sent nothing for read_timeout = 0.3s"):
+            await resolver.resolve_route(ORDERS)
         assert isinstance(await resolver.resolve_route(ORDERS), RouteAnswer)
     assert [c for c, _ in server.requests] == [0, 1]
 

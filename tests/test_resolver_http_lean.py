@@ -216,3 +216,21 @@ async def test_https_and_headers_the_lean_client_does_not_handle_stay_with_httpx
             assert isinstance(await resolver.resolve_route(ORDERS), RouteAnswer)
             assert lean_requests(resolver) == 0
         assert "Accept-Encoding: gzip" in server.requests[-1][1].decode()
+
+
+async def test_closing_the_resolver_ends_a_question_in_flight_saying_so() -> None:
+    async with serving(lambda n: (None, False)) as server:
+        resolver = create({"url": f"http://127.0.0.1:{server.port}/v1/services/{{service}}"})
+        said: list[str] = []
+
+        async def ask() -> None:
+            with pytest.raises(ResolverError) as caught:
+                await resolver.resolve_route(ORDERS)
+            said.append(caught.value.message)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await wait_until(lambda: len(server.requests) == 1)  # the question is at the hung registry
+            await resolver.aclose()
+    assert said == [f"the http resolver was closed while asking http://127.0.0.1:{server.port}"
+                    "/v1/services/%2F%2Fshop%2FOrders"]

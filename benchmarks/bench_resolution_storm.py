@@ -623,6 +623,80 @@ async def stall_report(client: Any, received: int, idle_s: float) -> dict[str, A
             "peers": status["peers"], "first_entry_state": entry}
 
 
+# --- the resolver's own cost per question ------------------------------------------------------------------------
+
+
+def resolver_cost_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bench_resolution_storm.py resolver-cost",
+        description="The http resolver's own CPU per question, in this process: the storm's registry (gate open)"
+        " asked --services route-and-binding questions (resolve_together), --concurrency at once, by the resolver"
+        " through its lean client (plain http) and through httpx (forced by a 'Connection: keep-alive' header, which"
+        " the lean client leaves to httpx), alternating, --rounds each. CPU is this process's (time.process_time):"
+        " the request, the answer's parsing and the resolver's reading of it; the registry runs apart.")
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="aiobroker-bench-cost-"))
+    reg_port = common.free_port()
+    gate, log = workdir / "gate", LOGS_DIR / "storm-registry-cost.log"
+    gate.write_text("open\n")
+    args.conversations = 1
+    write_routes(workdir / "routes.json", args, 1)
+    reg = common.start_process([sys.executable, __file__, "registry", "--port", str(reg_port), "--routes",
+                                str(workdir / "routes.json"), "--log", str(workdir / "registry.jsonl"),
+                                "--gate", str(gate)], log_path=log)
+    try:
+        common.wait_for_port(reg_port, proc=reg, what="registry", log_path=log, timeout=30)
+        rows = common.run_async(_resolver_cost, args, reg_port)
+    finally:
+        common.stop_process(reg)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'client':8} {'round':>5} {'questions/s':>12} {'CPU us/question':>16}")
+    for row in rows:
+        print(f"{row['client']:8} {row['round']:>5} {row['rate']:>12,.0f} {row['cpu_us']:>16,.0f}")
+    for client in ("lean", "httpx"):
+        cpu = sorted(r["cpu_us"] for r in rows if r["client"] == client)
+        print(f"{client}: median CPU {cpu[len(cpu) // 2]:,.0f} us/question")
+    return 0
+
+
+async def _ask_all(resolver: Any, todo: Any) -> None:
+    from aiobroker.resolver import RouteAnswer
+
+    for name in todo:
+        answers = await resolver.resolve_together(name)
+        if not isinstance(answers.route, RouteAnswer):
+            raise BenchError(f"{name}: {answers.route!r}")
+
+
+async def _resolver_cost(args: argparse.Namespace, port: int) -> list[dict[str, Any]]:
+    import anyio
+
+    from resolvers.http import create
+
+    names = [SERVICE_FMT.format(i) for i in range(args.services)]
+    rows = []
+    for n in range(args.rounds):
+        for client, headers in (("lean", {}), ("httpx", {"Connection": "keep-alive"})):
+            resolver = create({"url": f"http://{LOOPBACK}:{port}/v1/services/{{service}}", "headers": headers,
+                               "max_open_questions": args.concurrency})
+            try:
+                await resolver.resolve_together(names[0])  # connections and caches made before the clock starts
+                todo = iter(names)
+                cpu0, t0 = time.process_time(), time.monotonic()
+                async with anyio.create_task_group() as tg:
+                    for _ in range(args.concurrency):
+                        tg.start_soon(_ask_all, resolver, todo)
+                cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+            finally:
+                await resolver.aclose()
+            rows.append({"client": client, "round": n + 1, "rate": len(names) / wall,
+                         "cpu_us": cpu / len(names) * 1e6})
+    return rows
+
+
 # --- the orchestrator ----------------------------------------------------------------------------------------
 
 
@@ -795,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["registry"]:
         return registry_main(argv[1:])
+    if argv[:1] == ["resolver-cost"]:
+        return resolver_cost_main(argv[1:])
     if argv[:1] == ["dnsgate"]:
         return storm_sources.dnsgate_main(argv[1:])
     if argv[:1] == ["bcngate"]:

@@ -16,6 +16,8 @@ import httpx
 
 from aiobroker.resolver import ConfigError
 
+from .http_lean import LeanClient, lean_headers
+
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
@@ -69,43 +71,66 @@ def _config_count(options: Mapping[str, Any], key: str, default: int, most: int)
     return value
 
 
+class Slot:
+    """An open question's clients, kept from one question to the next: the lean one (plain http) and httpx's (for
+    the rest, made when first needed). Each keeps one connection alive."""
+
+    def __init__(self, lean: LeanClient) -> None:
+        self.lean = lean
+        self.httpx: httpx.AsyncClient | None = None
+
+
 class Clients:
     """At most ``size`` questions open at once; those beyond wait here, cheaply, and the wait does not count against
-    a question's own time-outs. Each open question has an httpx client of its own with one connection, kept alive for
-    the next question that takes that client. Not one client with a pool of ``size``: httpx's pool walks all its
+    a question's own time-outs. Each open question has a :class:`Slot` of its own, its connection kept alive for the
+    next question that takes that slot. Not one client with a pool of ``size``: httpx's pool walks all its
     connections (and their sockets' attributes) on every request and response, which with 16 took more of the node's
     time than the rest of a question (the storm benchmark, py-spy); and its queue, re-scanned likewise, grew
-    quadratic with 1,000 services waiting."""
+    quadratic with 1,000 services waiting. Plain ``http://`` questions take the slot's lean client
+    (``http_lean.py``), the rest httpx's, unless a user's header needs httpx's handling."""
 
     def __init__(self, size: int, headers: dict[str, str], *, connect_timeout: float, read_timeout: float) -> None:
         self._slots = anyio.Semaphore(size)
         self._headers = headers
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        #: whether plain http questions may go through the lean client (see http_lean.HTTPX_ONLY_HEADERS)
+        self.lean = lean_headers(headers)
         self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
                                       pool=connect_timeout)
-        self.made: list[httpx.AsyncClient] = []  #: every client made (closed by aclose)
-        self._idle: list[httpx.AsyncClient] = []  #: those no question is using
+        self.made: list[Slot] = []  #: every slot made (closed by aclose)
+        self._idle: list[Slot] = []  #: those no question is using
         self._tls: Any = None  #: one TLS context for all of them, made with the first (building one takes ~20 ms)
 
     @asynccontextmanager
-    async def take(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A slot and its client: an idle one (its connection kept from an earlier question), or a new one while
-        fewer than ``size`` exist (the slots mean no more are ever needed)."""
+    async def take(self) -> AsyncIterator[Slot]:
+        """A slot: an idle one (its connection kept from an earlier question), or a new one while fewer than
+        ``size`` exist (the slots mean no more are ever needed)."""
         async with self._slots:
             if self._idle:
-                client = self._idle.pop()
+                slot = self._idle.pop()
             else:
-                if self._tls is None:
-                    self._tls = httpx.create_ssl_context(trust_env=False)
-                client = httpx.AsyncClient(
-                    headers=self._headers, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                    timeout=self._timeout, verify=self._tls, follow_redirects=False, trust_env=False,
-                )
-                self.made.append(client)
+                slot = Slot(LeanClient(self._headers, connect_timeout=self.connect_timeout,
+                                       read_timeout=self.read_timeout))
+                self.made.append(slot)
             try:
-                yield client
+                yield slot
             finally:
-                self._idle.append(client)
+                self._idle.append(slot)
+
+    def httpx_client(self, slot: Slot) -> httpx.AsyncClient:
+        """The slot's httpx client, made on its first use."""
+        if slot.httpx is None:
+            if self._tls is None:
+                self._tls = httpx.create_ssl_context(trust_env=False)
+            slot.httpx = httpx.AsyncClient(
+                headers=self._headers, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                timeout=self._timeout, verify=self._tls, follow_redirects=False, trust_env=False,
+            )
+        return slot.httpx
 
     async def aclose(self) -> None:
-        for client in self.made:
-            await client.aclose()
+        for slot in self.made:
+            await slot.lean.aclose()
+            if slot.httpx is not None:
+                await slot.httpx.aclose()

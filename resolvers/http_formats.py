@@ -14,7 +14,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC
 from typing import Any, NoReturn, cast
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -239,16 +239,24 @@ def target(where: str, address: Any, weight: Any, priority: Any, instance: str |
 
 
 async def read_body(response: httpx.Response, limit: int, shown: str, *, truncate: bool) -> bytes:
-    """At most ``limit`` bytes (decoded): beyond it, an error answer is cut (only a snippet is wanted) and a
-    success answer is refused. The iterator is closed explicitly so an early exit leaves nothing for the GC."""
-    declared = response.headers.get("content-length", "")
+    """At most ``limit`` bytes of an httpx response, decoded (see :func:`read_limited`)."""
+    return await read_limited(response.headers, response.aiter_bytes(), limit, shown, truncate=truncate)
+
+
+async def read_limited(headers: httpx.Headers, chunks: AsyncIterator[bytes], limit: int, shown: str, *,
+                       truncate: bool) -> bytes:
+    """At most ``limit`` bytes of an answer's body from ``chunks``: beyond it, an error answer is cut (only a snippet
+    is wanted) and a success answer is refused. The iterator is closed explicitly so an early exit leaves nothing
+    for the GC (and the lean client closes a connection whose answer was not read to its end)."""
+    declared = headers.get("content-length", "")
     if not truncate and DIGITS.fullmatch(declared) and int(declared) > limit:
+        await cast(AsyncGenerator[bytes, None], chunks).aclose()
         raise ResolverError(f"{shown}: the answer is {declared} bytes, over the limit of {limit}")
-    chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+    generator = cast(AsyncGenerator[bytes, None], chunks)
     parts: list[bytes] = []
     size = 0
     try:
-        async for chunk in chunks:
+        async for chunk in generator:
             parts.append(chunk)
             size += len(chunk)
             if size > limit:
@@ -256,7 +264,7 @@ async def read_body(response: httpx.Response, limit: int, shown: str, *, truncat
                     break
                 raise ResolverError(f"{shown}: the answer is over the limit of {limit} bytes")
     finally:
-        await chunks.aclose()
+        await generator.aclose()
     return b"".join(parts)[:limit]
 
 

@@ -326,14 +326,14 @@ def test_a_bcn_error_keeps_the_messages_delayed_and_asks_again_later() -> None:
 def test_messages_acknowledged_after_their_conversation_went_back_to_delayed_leave_the_delayed_counts() -> None:
     tx = TransmissionQueue()
     rows = [message_row(i, "tx", "h1", i, "DEFAULT", b"m", 0.0, 0) for i in range(3)]
-    tx.add_many("h1", rows)
-    tx.attach("h1", B)
+    tx.add_many("h1", rows, "svc")
+    tx.attach("h1", B, "svc")
     assert [row[ROW_SEQ] for _, row in tx.take_unsent(B, 10, durable_upto=10, max_bytes=NO_BYTE_LIMIT)] == [0, 1, 2]
     tx.delay("h1", "svc")  # the route was dropped with the three in flight: they wait again, counted
     assert tx.delayed_count == {"svc": 3} and tx.delayed_total == 3
-    assert len(tx.acknowledge("h1", 2)) == 2  # the far side had stored two of them after all
+    assert len(tx.acknowledge("h1", 2, "svc")) == 2  # the far side had stored two of them after all
     assert tx.delayed_count == {"svc": 1} and tx.delayed_total == 1
-    tx.drop("h1")
+    tx.drop("h1", "svc")
     assert tx.delayed_count == {} and tx.delayed_total == 0
 
 
@@ -370,22 +370,22 @@ def test_a_link_takes_only_from_conversations_with_rows_unsent_and_sends_everyth
     tx = TransmissionQueue()
     handles = [f"h{i}" for i in range(1000)]
     for i, handle in enumerate(handles):
-        tx.add_many(handle, [message_row(i, "tx", handle, 0, "DEFAULT", b"m", 0.0, 0)])
-        tx.attach(handle, B)
+        tx.add_many(handle, [message_row(i, "tx", handle, 0, "DEFAULT", b"m", 0.0, 0)], "svc")
+        tx.attach(handle, B, "svc")
     link = tx.links[B]
     first = tx.take_unsent(B, 2000, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT)
     assert [h for h, _ in first] == handles
     assert link.unsent == {}, "every conversation's rows sent: none left to walk"
-    tx.add_many("h500", [message_row(1000, "tx", "h500", 1, "DEFAULT", b"n", 0.0, 0)])
+    tx.add_many("h500", [message_row(1000, "tx", "h500", 1, "DEFAULT", b"n", 0.0, 0)], "svc")
     assert list(link.unsent) == ["h500"]
     assert [(h, row[ROW_SEQ]) for h, row in tx.take_unsent(B, 10, 10_000, NO_BYTE_LIMIT)] == [("h500", 1)]
-    tx.acknowledge("h0", 1)
+    tx.acknowledge("h0", 1, "svc")
     link.new_epoch()  # a reconnect: everything unacknowledged goes again, in order per conversation
     again = tx.take_unsent(B, 5000, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT)
     assert [(h, row[ROW_SEQ]) for h, row in again][:3] == [("h1", 0), ("h2", 0), ("h3", 0)]
     assert [row[ROW_SEQ] for h, row in again if h == "h500"] == [0, 1] and len(again) == 1000
     # a row not yet stored holds its conversation back (and only it) until a later take
-    tx.add_many("h7", [message_row(20_000, "tx", "h7", 1, "DEFAULT", b"late", 0.0, 0)])
+    tx.add_many("h7", [message_row(20_000, "tx", "h7", 1, "DEFAULT", b"late", 0.0, 0)], "svc")
     assert tx.take_unsent(B, 10, durable_upto=10_000, max_bytes=NO_BYTE_LIMIT) == []
     assert [(h, row[ROW_SEQ]) for h, row in tx.take_unsent(B, 10, 20_000, NO_BYTE_LIMIT)] == [("h7", 1)]
 
@@ -417,7 +417,7 @@ def test_a_route_made_for_one_service_leaves_conversations_delayed_on_others_alo
     reason_y = h.core.endpoints[y].delayed
     h.core.create_object("route", {"name": "to-x", "service_name": "x", "address": B}, h.now)
     assert y not in h.core.ledger.dirty, "y's conversation was re-decided (and so written again) for a route to x"
-    assert h.core.endpoints[y].delayed is reason_y and h.core.tx.delayed_service.get(y) == "y"
+    assert h.core.endpoints[y].delayed is reason_y and h.core.tx.is_delayed(y, "y")
     h.flush()
     assert [e[10] for e in h.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"to x"]
 

@@ -18,45 +18,45 @@ def row(seq: int, handle: str = "h") -> MessageRow:
 
 def test_a_lone_row_and_a_run_of_rows_read_alike() -> None:
     tx = TransmissionQueue()
-    tx.add_many("h", [row(0)])
+    tx.add_many("h", [row(0)], "svc")
     assert tx.rows["h"] == row(0), "one row is kept as itself"
     assert tx.rows_of("h") == [row(0)] and tx.count("h") == 1 and "h" in tx
-    tx.add_many("h", [row(1), row(2)])
+    tx.add_many("h", [row(1), row(2)], "svc")
     assert tx.rows_of("h") == [row(0), row(1), row(2)] and tx.count("h") == 3 and tx.message_count == 3
     assert tx.rows_of("none") == [] and tx.count("none") == 0
 
 
 def test_acknowledgements_take_a_prefix_and_leave_a_lone_row_or_nothing() -> None:
     tx = TransmissionQueue()
-    tx.add_many("h", [row(0), row(1), row(2)])
-    assert tx.acknowledge("h", 2) == [row(0), row(1)]
+    tx.add_many("h", [row(0), row(1), row(2)], "svc")
+    assert tx.acknowledge("h", 2, "svc") == [row(0), row(1)]
     assert tx.rows["h"] == row(2) and tx.rows_of("h") == [row(2)]
-    assert tx.acknowledge("h", 2) == [], "a lone row not yet acknowledged stays"
-    assert tx.acknowledge("h", 3) == [row(2)]
+    assert tx.acknowledge("h", 2, "svc") == [], "a lone row not yet acknowledged stays"
+    assert tx.acknowledge("h", 3, "svc") == [row(2)]
     assert "h" not in tx and tx.message_count == 0
 
 
 def test_a_link_sends_a_lone_row_once_per_epoch_and_again_after_a_new_one() -> None:
     tx = TransmissionQueue()
-    tx.add_many("h", [row(0)])
-    tx.attach("h", A)
+    tx.add_many("h", [row(0)], "svc")
+    tx.attach("h", A, "svc")
     assert tx.take_unsent(A, 10, 10**9, 1 << 30) == [("h", row(0))]
     assert tx.take_unsent(A, 10, 10**9, 1 << 30) == []
-    tx.add_many("h", [row(1)])
-    tx.attach("h", A)
+    tx.add_many("h", [row(1)], "svc")
+    tx.attach("h", A, "svc")
     assert tx.take_unsent(A, 10, 10**9, 1 << 30) == [("h", row(1))], "only the new one"
     tx.links[A].new_epoch()
     assert tx.take_unsent(A, 10, 10**9, 1 << 30) == [("h", row(0)), ("h", row(1))]
     assert tx.statistics()["links"][0]["unacknowledged"] == 2
-    assert tx.drop("h") == [row(0), row(1)] and tx.message_count == 0
+    assert tx.drop("h", "svc") == [row(0), row(1)] and tx.message_count == 0
 
 
 def test_a_delayed_lone_row_counts_once_and_rows_loaded_as_lists_are_rows() -> None:
     tx = TransmissionQueue()
-    tx.add_many("h", [row(0)])
+    tx.add_many("h", [row(0)], "svc")
     tx.delay("h", "svc")
     assert tx.delayed_total == 1 and tx.delayed_count == {"svc": 1}
-    tx.undelay("h")
+    tx.undelay("h", "svc")
     assert tx.delayed_total == 0
     loaded = TransmissionQueue()
     loaded.load(cast(MessageRow, list(row(0))))  # a store may hand a row back as a list

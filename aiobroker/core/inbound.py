@@ -308,7 +308,7 @@ class Inbound:
             if ep is None:
                 foreign.append(ack)
                 continue
-            ledger.forget_rows(ledger.tx.acknowledge(ep.handle, next_seq))
+            ledger.forget_rows(ledger.tx.acknowledge(ep.handle, next_seq, ep.far_service))
             if ep.far_broker_instance is None and isinstance(acker, str):
                 ep.far_broker_instance = acker  # sticky from the first acknowledgement on
                 ledger.touch(ep)

@@ -87,7 +87,7 @@ class Outbound:
             assert decision.address is not None
             if ep.secured is None and not self.security.secure(ep, now):
                 return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
-            tx.attach(ep.handle, decision.address)
+            tx.attach(ep.handle, decision.address, ep.far_service)
             if decision.route is not None and decision.route.origin != "admin":
                 self.dynamic.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
             return decision.address
@@ -118,12 +118,12 @@ class Outbound:
         )
         ledger.next_message_id = mid + len(rows)
         ep.send_seq = seq + len(rows)
-        ledger.tx.add_many(handle, rows)
+        ledger.tx.add_many(handle, rows, ep.far_service)
         ledger.save_rows(rows, size)
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
-        rows = self.ledger.tx.drop(ep.handle)
+        rows = self.ledger.tx.drop(ep.handle, ep.far_service)
         self.ledger.forget_rows(rows)
         ep.delayed = None
         self.dynamic.binding_waiters.discard(ep.handle)
@@ -157,7 +157,7 @@ class Outbound:
             if ep is None or ep.far_handle is not None or handle not in tx.rows:
                 continue
             tx.detach(handle)
-            tx.undelay(handle)
+            tx.undelay(handle, ep.far_service)
             binding_waiters.discard(handle)
             if ep.delayed is not None:
                 ep.delayed = None
@@ -171,7 +171,7 @@ class Outbound:
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:
         ledger = self.ledger
-        rows = ledger.tx.drop(ep.handle)
+        rows = ledger.tx.drop(ep.handle, ep.far_service)
         ledger.forget_rows(rows)
         moved = 0
         deliver = self.delivery.deliver

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from ..core.broker import BrokerCore
 from ..core.catalog import BCN_SERVICE
@@ -76,6 +77,10 @@ class Resolving:
             results = {ROUTE: _TIMED_OUT, BINDING: None} if binding_too else {kind: _TIMED_OUT}
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
             results = {ROUTE: exc, BINDING: None} if binding_too else {kind: exc}
+        # Let the questions waiting for the connection this one freed go out before this answer's release work
+        # (up to 100s of conversations routed, on this event loop): the registry answers them meanwhile. Shielded:
+        # an answer in hand is always settled, or the dispatcher would wait for it for ever.
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         for asked in kinds:
             self._settle(service, asked, results[asked], started)
         self.after()

@@ -765,7 +765,7 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         for name, conf, port in (("b", conf_b, port_b), ("a", conf_a, port_a)):
             log = LOGS_DIR / f"storm-node-{name}-{mode}.log"
             proc = common.start_process([sys.executable, "-m", "aiobroker", "serve", "--config", str(conf),
-                                         "--listen", f"{LOOPBACK}:{port}"], log_path=log)
+                                         "--listen", f"{LOOPBACK}:{port}", "--http", "off"], log_path=log)
             procs.append(proc)
             nodes[name] = proc
             store = args.store if name == "a" else "memory"

@@ -21,6 +21,7 @@ from aiobroker.core.records import (
     ROW_TYPE,
     MessageRow,
     Snapshot,
+    URGENT_TYPES,
     StoredRun,
     WriteBatch,
 )
@@ -64,15 +65,18 @@ class DictStore:
         snap = self.snapshot()
         kept: list[MessageRow] = []
         seen: dict[str, list[MessageRow]] = {}
+        def pages(row: MessageRow) -> bool:  # may be left in the store: ready, in a queue, not Error or DialogTimer
+            return row[ROW_LOCATION] != "tx" and row[ROW_STATE] == 0 and row[ROW_TYPE] not in URGENT_TYPES
+
         for row in snap.messages:
             location = row[ROW_LOCATION]
-            if location == "tx" or row[ROW_STATE] != 0 or len(seen.setdefault(location, [])) < window:
+            if not pages(row) or len(seen.setdefault(location, [])) < window:
                 kept.append(row)
-                if location != "tx" and row[ROW_STATE] == 0:
+                if pages(row):
                     seen[location].append(row)
         stored: dict[str, StoredRun] = {}
         for location, first in seen.items():
-            left = [r for r in snap.messages if r[ROW_LOCATION] == location and r[ROW_STATE] == 0][len(first):]
+            left = [r for r in snap.messages if r[ROW_LOCATION] == location and pages(r)][len(first):]
             if left:
                 stored[location] = (len(left), sum(len(r[ROW_BODY]) for r in left), first[-1][ROW_ID], left[-1][ROW_ID])
         snap.messages, snap.stored = kept, stored
@@ -82,6 +86,7 @@ class DictStore:
         rows = [
             self.messages[i] for i in sorted(self.messages)
             if after_id < i <= upto_id and self.messages[i][ROW_LOCATION] == location and self.messages[i][ROW_STATE] == 0
+            and self.messages[i][ROW_TYPE] not in URGENT_TYPES
         ]
         return rows[:limit]
 

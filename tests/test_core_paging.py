@@ -8,7 +8,7 @@ from core_harness import Harness
 
 from aiobroker.core.budget import ROW_MEMORY
 from aiobroker.core.effects import PageWanted
-from aiobroker.core.records import ROW_BODY, ROW_LOCATION
+from aiobroker.core.records import ERROR, ROW_BODY, ROW_LOCATION
 
 WINDOW = 10
 
@@ -190,3 +190,23 @@ def test_a_receive_across_groups_drains_a_paged_queue_in_order() -> None:
         h.flush()
     assert got == sent, "every message once, in order per conversation, across groups and pages"
     assert q.waiting == q.in_store == 0
+
+
+def test_an_error_comes_ahead_of_its_conversations_messages_in_the_store_at_once_and_after_a_restart() -> None:
+    # SEMANTICS: Error and DialogTimer come ahead of the other messages of their conversation. A queue that pages
+    # never leaves them in the store only, so one that comes while the queue's window is full, or that waited in the
+    # store through a restart, is handed out before the messages of its conversation still in the store.
+    for restart in (False, True):
+        h = paging()
+        handle = h.pair()
+        fill(h, [handle], 30, runs=1)  # 10 in memory, 20 in the store only
+        target = h.core.endpoints[handle].far_handle
+        assert target is not None
+        h.core.end(handle, h.now, error=(7, "stop"))  # the initiator fails it: an Error to the target's queue
+        h.flush()
+        if restart:
+            h = h.restart()
+        got = [(r[2], r[3]) for r in (h.drain("qt"))]
+        types = [t for t, _ in got]
+        assert ERROR in types, got
+        assert types.index(ERROR) == 0, f"the Error first (restart={restart}): {types[:3]}"

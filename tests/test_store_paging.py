@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobroker.core.records import ROW_ID, MessageRow, WriteBatch, message_row
+from aiobroker.core.records import ERROR, ROW_ID, MessageRow, WriteBatch, message_row
 from aiobroker.store import SqliteStore, Store
 
 
@@ -44,6 +44,8 @@ def test_a_paged_open_reads_each_queues_first_rows_and_counts_the_rest(make: Cal
         location = ("q:a", "q:b", "tx")[i % 3]
         rows.append(row(i, location, state=1 if location == "q:b" and i < 30 else 0, trace="t" if i == 5 else None))
     rows.append(row(500, "q:gone"))  # a queue dropped under a crash: read whole, for the node to drop it
+    # an Error far past q:a's window: read at start whatever the window (a receive hands it out first), never paged
+    rows.append(message_row(600, "q:a", "h0", 600, ERROR, b"0123456789", 1_700_000_000.5, 0))
     write(make, rows)
     store = make()
     assert store.pages
@@ -55,13 +57,15 @@ def test_a_paged_open_reads_each_queues_first_rows_and_counts_the_rest(make: Cal
         b_ready = [r for r in rows if r[1] == "q:b" and r[7] == 0]
         b_retained = [r for r in rows if r[1] == "q:b" and r[7] == 1]
         tx = [r for r in rows if r[1] == "tx"]
-        want = {r[ROW_ID] for r in a[:10] + b_ready[:10] + b_retained + tx} | {500}
+        urgent = [r for r in a if r[4] == ERROR]
+        a = [r for r in a if r[4] != ERROR]
+        want = {r[ROW_ID] for r in a[:10] + b_ready[:10] + b_retained + tx + urgent} | {500}
         assert got == want, "the first 10 ready rows of each queue, every retained and tx row, the unknown one"
         assert [r[ROW_ID] for r in snap.messages] == sorted(got), "by id"
         assert next(r for r in snap.messages if r[ROW_ID] == 5) == rows[4], "rows as written, trace and all"
         assert next(r for r in snap.messages if r[ROW_ID] == 1) == rows[0]
         assert snap.stored == {
-            "q:a": (len(a) - 10, 10 * (len(a) - 10), a[9][ROW_ID], a[-1][ROW_ID]),
+            "q:a": (len(a) - 10, 10 * (len(a) - 10), a[9][ROW_ID], 600),  # up to the location's last id (the Error)
             "q:b": (len(b_ready) - 10, 10 * (len(b_ready) - 10), b_ready[9][ROW_ID], b_ready[-1][ROW_ID]),
         }
 

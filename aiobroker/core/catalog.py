@@ -13,16 +13,15 @@ from typing import Any
 from ..errors import DuplicateObject, InvalidArgument, ObjectInUse, UnknownObject
 from .identities import Binding, Identity, require_signer
 from ..names import MAX_NAME_BYTES, check_name  # noqa: F401 - check_name is part of this module's interface
+from .records import DIALOG_TIMER as DIALOG_TIMER, ERROR as ERROR, URGENT_TYPES as URGENT_TYPES  # re-exported
 from .routing import AUTO_CREATED_LOCAL, Route
 
 # System message types, allowed on every contract (SEMANTICS.md, Objects). Their names are the seeds' own.
+# ERROR and DIALOG_TIMER, the URGENT_TYPES (handed out before the rest of their group, and put back in front on a
+# rollback: they change what the application should do with the other messages), are named in records.py, since a
+# store that pages must know them too (it never leaves them in itself only).
 END_DIALOG = "http://schemas.microsoft.com/SQL/ServiceBroker/EndDialog"
-ERROR = "http://schemas.microsoft.com/SQL/ServiceBroker/Error"
-DIALOG_TIMER = "http://schemas.microsoft.com/SQL/ServiceBroker/DialogTimer"
 SYSTEM_MESSAGE_TYPES = frozenset({END_DIALOG, ERROR, DIALOG_TIMER})
-#: message types handed out before the rest of their group, and put back in front on a rollback: they change what
-#: the application should do with the other messages
-URGENT_TYPES = frozenset({ERROR, DIALOG_TIMER})
 
 #: Built in, as in the seeds' system: a message type with no validation and a contract that lets either side
 #: send it, so a first conversation needs no set-up beyond a queue and a service.

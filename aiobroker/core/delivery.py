@@ -418,8 +418,10 @@ class Delivery:
             if ep is None or ep.state is State.CLOSED or queue is None:
                 ledger.forget_rows(rows)  # its conversation ended while the messages were being stored
                 continue
-            if queue.window is not None and (not queue.keeps(len(rows)) or budget.held >= budget.page_above):
-                rows = self._page_out(queue, rows)  # past the queue's window on a store that pages (paging.py)
+            if queue.window is not None and not urgent and (
+                not queue.keeps(len(rows)) or budget.held >= budget.page_above
+            ):  # past the queue's window on a store that pages (paging.py); Error and DialogTimer always stay
+                rows = self._page_out(queue, rows)
                 if not rows:
                     continue
             queue.push_many(rows, group_id, urgent)

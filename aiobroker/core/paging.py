@@ -7,7 +7,9 @@ most waiting messages it keeps in memory. What is published to a queue beyond it
 (``MessageQueue.leave_in_store``: counted in the queue and in the budget's count of that queue, not in the memory
 the budget holds), and so does everything published to it after, until the store's are read back: the messages in
 memory are always the queue's oldest, so each conversation's stay in order. A start reads each queue's first
-window only (``Store.open_paged``) and counts the rest (:func:`count_stored`). Once the node holds half its memory
+window only (``Store.open_paged``) and counts the rest (:func:`count_stored`). ``Error`` and ``DialogTimer`` messages
+never stay in the store only (``Delivery.publish`` keeps them; the store reads them all at start and leaves them out
+of pages): a receive hands them out ahead of the rest of their conversation, whatever is in the store. Once the node holds half its memory
 budget (``budget.PAGE_WATERMARK``) every queue leaves what comes next in the store, however far from its window.
 
 When a receive leaves a queue with half its window or less in memory, or finds nothing ready there while the store

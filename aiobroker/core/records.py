@@ -16,6 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+#: The system's Error and DialogTimer message types (their names are the seeds' own), the *urgent* ones: a receive
+#: hands them out before the rest of their conversation group (``queues.py``), so a queue on a store that pages
+#: keeps every one in memory and the store never hands one back in a page (``Store.open_paged``, ``read_rows``).
+ERROR: Final = "http://schemas.microsoft.com/SQL/ServiceBroker/Error"
+DIALOG_TIMER: Final = "http://schemas.microsoft.com/SQL/ServiceBroker/DialogTimer"
+URGENT_TYPES: Final = frozenset({ERROR, DIALOG_TIMER})
+
 #: ``(kind, name)`` of a catalog object: kind is ``message_type``, ``contract``, ``queue``, ``service``
 #: (later ``route``, ``binding``).
 ObjectKey = tuple[str, str]

@@ -71,13 +71,15 @@ class Store(ABC):
 
     def open_paged(self, window: int) -> Snapshot:
         """Open as :meth:`open` does, but read back of each queue (a location ``q:NAME``) only its first
-        ``window`` ready rows (state 0, by id) besides all its retained ones (state 1), and every row of the
-        transmission queue; say in ``Snapshot.stored`` what was left, per location. Only for a store that
-        ``pages``."""
+        ``window`` ready rows (state 0, by id) besides all its retained ones (state 1) and all its Error and
+        DialogTimer messages (``records.URGENT_TYPES``: a receive hands them out first, so they are always in
+        memory), and every row of the transmission queue; say in ``Snapshot.stored`` what was left, per location.
+        Only for a store that ``pages``."""
         raise NotImplementedError(f"the {self.name} store does not page")
 
     def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
-        """Up to ``limit`` ready rows (state 0) of ``location`` with ids in ``(after_id, upto_id]``, by id. Called
+        """Up to ``limit`` ready rows (state 0) of ``location`` with ids in ``(after_id, upto_id]``, by id, Error
+        and DialogTimer left out (they are in memory). Called
         from a thread of its own while batches are written: it must not wait for a write to finish, nor see one
         half done. Only for a store that ``pages``."""
         raise NotImplementedError(f"the {self.name} store does not page")

@@ -12,11 +12,14 @@ from typing import Any, Final
 
 import psycopg
 
-from ..core.records import MessageRow, StoredRun
+from ..core.records import URGENT_TYPES, MessageRow, StoredRun
 from .postgresql_schema import MESSAGE_COLUMNS, row_from_db
 
 _COLUMNS: Final = ", ".join(MESSAGE_COLUMNS)
 TX: Final = "tx"
+#: Error and DialogTimer (``records.URGENT_TYPES``): kept in memory like retained rows, never in a page
+_URGENT: Final = sorted(URGENT_TYPES)
+_KEPT: Final = "(state <> 0 OR message_type = ANY(%s))"
 
 
 def _rows(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> list[MessageRow]:
@@ -31,29 +34,30 @@ def read_paged(
     """The rows a paged start reads (by id), what each queue left in the store, and the largest id stored."""
     table = f"{schema}.messages"
     counts = conn.execute(
-        f"SELECT location, count(*), sum(octet_length(body)), min(id), max(id), count(*) FILTER (WHERE state <> 0)"
-        f" FROM {table} GROUP BY location"
+        f"SELECT location, count(*), sum(octet_length(body)), min(id), max(id), count(*) FILTER (WHERE {_KEPT})"
+        f" FROM {table} GROUP BY location",
+        (_URGENT,),
     ).fetchall()
     known = {TX, *(f"q:{name}" for name in queues)}
     out: list[MessageRow] = []
     stored: dict[str, StoredRun] = {}
     last_id = 0
-    for location, count, size, first, last, retained in counts:
+    for location, count, size, first, last, in_memory in counts:
         last_id = max(last_id, int(last))
         if location not in known or location == TX:
             out += _rows(conn, f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s ORDER BY id", (first, location))
             continue
         kept: list[MessageRow] = []
-        if retained:
+        if in_memory:  # retained, Error and DialogTimer: all of them
             kept = _rows(
                 conn,
-                f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s AND state <> 0 ORDER BY id",
-                (first, location),
+                f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s AND {_KEPT} ORDER BY id",
+                (first, location, _URGENT),
             )
         ready = _rows(
             conn,
-            f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s AND state = 0 ORDER BY id LIMIT %s",
-            (first, location, window),
+            f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s AND NOT {_KEPT} ORDER BY id LIMIT %s",
+            (first, location, _URGENT, window),
         )
         out += kept
         out += ready
@@ -68,10 +72,11 @@ def read_paged(
 def read_rows(
     conn: psycopg.Connection[Any], schema: str, location: str, after_id: int, upto_id: int, limit: int
 ) -> list[MessageRow]:
-    """Up to ``limit`` ready rows of ``location`` with ids in ``(after_id, upto_id]``, by id."""
+    """Up to ``limit`` ready rows of ``location`` with ids in ``(after_id, upto_id]``, by id, Error and DialogTimer
+    left out (they are in memory)."""
     return _rows(
         conn,
-        f"SELECT {_COLUMNS} FROM {schema}.messages WHERE id > %s AND id <= %s AND location = %s AND state = 0"
+        f"SELECT {_COLUMNS} FROM {schema}.messages WHERE id > %s AND id <= %s AND location = %s AND NOT {_KEPT}"
         " ORDER BY id LIMIT %s",
-        (after_id, upto_id, location, limit),
+        (after_id, upto_id, location, _URGENT, limit),
     )

@@ -18,11 +18,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final
 
-from ..core.records import MessageRow, StoredRun
+from ..core.records import URGENT_TYPES, MessageRow, StoredRun
 
 #: the transmission queue's location (``core/ledger.py``); every row of it is read at start
 TX: Final = "tx"
 _COLUMNS: Final = "id, location, handle, seq, message_type, body, enqueued_at, state, trace"
+#: Error and DialogTimer (``records.URGENT_TYPES``): kept in memory like retained rows, never in a page
+_URGENT: Final = tuple(sorted(URGENT_TYPES))
+_IS_URGENT: Final = f"message_type IN ({', '.join('?' * len(_URGENT))})"
 
 
 def rows_of(cursor: Any) -> list[MessageRow]:
@@ -37,10 +40,13 @@ def read_paged(
     queues' names; rows of any other location (a queue dropped under a crash) are read whole, for the node to
     drop them and say so."""
     locations = [TX, *(f"q:{name}" for name in queues)]
-    counts, others, retained = _count(conn, locations)
+    counts, others, kept_rows = _count(conn, locations)
     out: list[MessageRow] = []
-    if retained:  # received messages a queue keeps (retention): all of them, wherever they are
-        out += rows_of(conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE state <> 0 ORDER BY id"))
+    if kept_rows:  # received messages a queue keeps (retention), Error and DialogTimer: all, wherever they are
+        out += rows_of(conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE (state <> 0 OR {_IS_URGENT}) AND location <> ? ORDER BY id",
+            (*_URGENT, TX),
+        ))
     kept: dict[str, list[int]] = {}
     for row in out:
         if row[1] != TX:
@@ -56,7 +62,9 @@ def read_paged(
             continue
         # by id from the start: a queue holding much of the table finds its window in its first pages
         ready = rows_of(conn.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE location = ? AND state = 0 ORDER BY id LIMIT ?", (location, window)
+            f"SELECT {_COLUMNS} FROM messages WHERE location = ? AND state = 0 AND NOT {_IS_URGENT} ORDER BY id"
+            " LIMIT ?",
+            (location, *_URGENT, window),
         ))
         out += ready
         n_kept, size_kept = kept.get(location, (0, 0))
@@ -67,15 +75,16 @@ def read_paged(
     if others:
         marks = ", ".join("?" * len(locations))
         out += rows_of(conn.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE location NOT IN ({marks}) AND state = 0", locations
+            f"SELECT {_COLUMNS} FROM messages WHERE location NOT IN ({marks}) AND state = 0 AND NOT {_IS_URGENT}",
+            (*locations, *_URGENT),
         ))
     out.sort()  # by id: the first field, unique
     return out, stored
 
 
 def _count(conn: sqlite3.Connection, locations: list[str]) -> tuple[list[tuple[int, int, int]], int, int]:
-    """Per location: (rows, bodies' bytes, last id); then the rows of no location named, and the retained rows of
-    all (state not 0). One pass, no row built in Python: each aggregate costs per row, so these are the fewest
+    """Per location: (rows, bodies' bytes, last id); then the rows of no location named, and the rows kept in memory
+    wherever they are (retained, or Error and DialogTimer: read whole, outside the transmission queue). One pass, no row built in Python: each aggregate costs per row, so these are the fewest
     that say what the start needs (measured, 10,000,000 rows of 128 B, two locations: 2.3 s; with the first id and
     the retained rows per location too, 3.1 s)."""
     parts = []
@@ -85,16 +94,23 @@ def _count(conn: sqlite3.Connection, locations: list[str]) -> tuple[list[tuple[i
             f"count(*) FILTER (WHERE {at}), sum(length(body)) FILTER (WHERE {at}), max(id) FILTER (WHERE {at})"
         )
     named = ", ".join(f"?{i}" for i in range(1, len(locations) + 1))
-    parts.append(f"count(*) FILTER (WHERE location NOT IN ({named})), count(*) FILTER (WHERE state <> 0)")
-    (found,) = conn.execute(f"SELECT {', '.join(parts)} FROM messages", locations).fetchall()
+    n = len(locations)
+    urgent = ", ".join(f"?{n + 1 + i}" for i in range(len(_URGENT)))
+    parts.append(
+        f"count(*) FILTER (WHERE location NOT IN ({named})),"
+        f" count(*) FILTER (WHERE state <> 0 OR message_type IN ({urgent}))"
+    )
+    (found,) = conn.execute(f"SELECT {', '.join(parts)} FROM messages", (*locations, *_URGENT)).fetchall()
     values = [int(v or 0) for v in found]
     counts = [(values[i], values[i + 1], values[i + 2]) for i in range(0, 3 * len(locations), 3)]
     return counts, values[-2], values[-1]
 
 
 def read_rows(conn: sqlite3.Connection, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
-    """Up to ``limit`` ready rows of ``location`` with ids in ``(after_id, upto_id]``, by id."""
+    """Up to ``limit`` ready rows of ``location`` with ids in ``(after_id, upto_id]``, by id, Error and DialogTimer
+    left out (they are in memory)."""
     return rows_of(conn.execute(
-        f"SELECT {_COLUMNS} FROM messages WHERE id > ? AND id <= ? AND location = ? AND state = 0 ORDER BY id LIMIT ?",
-        (after_id, upto_id, location, limit),
+        f"SELECT {_COLUMNS} FROM messages WHERE id > ? AND id <= ? AND location = ? AND state = 0 AND NOT {_IS_URGENT}"
+        " ORDER BY id LIMIT ?",
+        (after_id, upto_id, location, *_URGENT, limit),
     ))

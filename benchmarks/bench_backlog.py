@@ -745,15 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "load":
         return load_cli(argv[1:])
-    common.sigterm_as_interrupt()
-    try:
-        return main_bench(argv)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (the node and load processes were stopped)", file=sys.stderr)
-        return 130
+    return common.run_guarded(lambda: main_bench(argv), "the node and load processes")
 
 
 if __name__ == "__main__":

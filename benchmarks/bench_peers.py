@@ -738,23 +738,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("produce", "consume"):
         return worker_cli(argv[0], argv[1:])
     args = parse_args(argv)
-    common.sigterm_as_interrupt()
-    try:
-        if args.from_json:
-            return from_json(args)
-        if not args.json:
-            return bench(args)[0]
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON alone
-            status, data = bench(args)
-        json.dump(data, sys.stdout, default=str)
-        sys.stdout.write("\n")
-        return status
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (the servers and workers were stopped)", file=sys.stderr)
-        return 130
+    return common.run_guarded(lambda: run(args), "the servers and workers")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_json:
+        return from_json(args)
+    if not args.json:
+        return bench(args)[0]
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON alone
+        status, data = bench(args)
+    json.dump(data, sys.stdout, default=str)
+    sys.stdout.write("\n")
+    return status
 
 
 if __name__ == "__main__":

@@ -842,6 +842,21 @@ def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def run_guarded(bench: Callable[[], int], stopped: str) -> int:
+    """An orchestrator's run, as every benchmark's ``main`` has it: SIGTERM stops it as Ctrl-C does, a
+    :class:`BenchError` is one line and exit status 2, an interrupt says what was stopped (``stopped``) and exits
+    130; otherwise ``bench()``'s own status."""
+    sigterm_as_interrupt()
+    try:
+        return bench()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted ({stopped} were stopped)", file=sys.stderr)
+        return 130
+
+
 class Scraper:
     """Fetches a URL every ``every`` seconds in a thread, as Prometheus scrapes a target, until stopped; counts
     the answers (status 200) and the failures."""

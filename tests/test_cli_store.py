@@ -33,6 +33,17 @@ async def _fill(url: str) -> tuple[str, str]:
         return dialog.handle, (await client.status())["broker_instance"]
 
 
+async def _drain(url: str) -> tuple[str, list[int]]:
+    """The node's broker instance, and every message of queue qt received and committed, in order."""
+    async with aiobroker.connect(url) as client:
+        instance = (await client.status())["broker_instance"]
+        got: list[int] = []
+        while batch := await client.receive("qt", max_messages=200, timeout=0):
+            got += [int(m.body) for m in batch]
+            await batch.commit()
+    return instance, got
+
+
 async def test_a_node_moves_from_sqlite_to_postgresql_and_keeps_everything(tmp_path: Path, pg_dsn: str) -> None:
     data = tmp_path / "data"
     node = NodeProcess(data).start()
@@ -53,13 +64,7 @@ async def test_a_node_moves_from_sqlite_to_postgresql_and_keeps_everything(tmp_p
 
     node = NodeProcess(tmp_path / "unused", store=pg_dsn).start()
     try:
-        async with aiobroker.connect(node.url) as client:
-            assert (await client.status())["broker_instance"] == instance
-            got: list[int] = []
-            while batch := await client.receive("qt", max_messages=200, timeout=0):
-                got += [int(m.body) for m in batch]
-                await batch.commit()
-        assert got == list(range(500))
+        assert await _drain(node.url) == (instance, list(range(500))), "the same node, every message once, in order"
     finally:
         assert node.stop() == 0, node.output()
 
@@ -77,13 +82,7 @@ async def test_a_store_moves_a_page_at_a_time(tmp_path: Path) -> None:
     assert "500 message(s)" in moved.stdout and "7 message(s) a transaction" in moved.stdout, moved.stdout
     node = NodeProcess(moved_to).start()
     try:
-        async with aiobroker.connect(node.url) as client:
-            assert (await client.status())["broker_instance"] == instance
-            got: list[int] = []
-            while batch := await client.receive("qt", max_messages=200, timeout=0):
-                got += [int(m.body) for m in batch]
-                await batch.commit()
-        assert got == list(range(500)), "every message, once, in order"
+        assert await _drain(node.url) == (instance, list(range(500))), "the same node, every message once, in order"
     finally:
         assert node.stop() == 0, node.output()
     bad = migrate("--from", "sqlite", "--data-dir", str(data), "--to", "sqlite", "--to-data-dir", str(moved_to),

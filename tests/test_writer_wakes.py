@@ -5,6 +5,8 @@ store, real writer; the links are the callback it is given."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,10 @@ B = "tcp://10.0.0.2:4022"
 NOW = 1_000_000.0
 
 
-async def test_a_release_wakes_the_links_before_its_endpoint_records_are_written(tmp_path: Path) -> None:
+@contextmanager
+def delayed_send(tmp_path: Path) -> Iterator[tuple[BrokerCore, StoreWriter, list[int], str]]:
+    """A core on a real SQLite store with its writer (``woken`` records each wake of the links), and a conversation
+    whose first message waits DELAYED for service "svc"."""
     store = SqliteStore(tmp_path)
     core = BrokerCore(broker_instance="node-a", resolver_name="test")
     core.load(store.open(), NOW)
@@ -31,6 +36,13 @@ async def test_a_release_wakes_the_links_before_its_endpoint_records_are_written
         core.create_object("service", {"name": "init", "queue": "qi", "contracts": []})
         handle = core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=NOW).handle
         core.send(handle, [["DEFAULT", b"waited"]], NOW)
+        yield core, writer, woken, handle
+    finally:
+        store.close()
+
+
+async def test_a_release_wakes_the_links_before_its_endpoint_records_are_written(tmp_path: Path) -> None:
+    with delayed_send(tmp_path) as (core, writer, woken, handle):
         await writer.drain()
         assert core.tx.delayed_total == 1 and not core.tx.ready_links, "DELAYED, stored, no link yet"
 
@@ -49,23 +61,12 @@ async def test_a_release_wakes_the_links_before_its_endpoint_records_are_written
         assert woken == [], "a message not yet stored waits for its write"
         await writer.drain()
         assert woken == [1] and [env[10] for env in core.outgoing(B, 10, 1 << 20)] == [b"new"]
-    finally:
-        store.close()
 
 
 async def test_with_a_secured_conversation_the_links_wait_for_the_write(tmp_path: Path) -> None:
     """A session key must be stored before the first message sealed with it leaves: while the node holds a secured
     conversation, a release waits for its write as before."""
-    store = SqliteStore(tmp_path)
-    core = BrokerCore(broker_instance="node-a", resolver_name="test")
-    core.load(store.open(), NOW)
-    woken: list[int] = []
-    writer = StoreWriter(core, store, on_published=lambda queues: None, on_durable=lambda: woken.append(1))
-    try:
-        core.create_object("queue", {"name": "qi"})
-        core.create_object("service", {"name": "init", "queue": "qi", "contracts": []})
-        handle = core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=NOW).handle
-        core.send(handle, [["DEFAULT", b"waited"]], NOW)
+    with delayed_send(tmp_path) as (core, writer, woken, handle):
         other = core.begin_dialog(from_service="init", to_service="elsewhere", contract="DEFAULT", now=NOW)
         core.conversations.set_secured(other, True)  # as dialog security does when it starts a session
         await writer.drain()
@@ -75,5 +76,3 @@ async def test_with_a_secured_conversation_the_links_wait_for_the_write(tmp_path
         assert woken == [], "not woken before the write"
         await writer.drain()
         assert woken == [1], "woken once it is written"
-    finally:
-        store.close()

@@ -90,11 +90,18 @@ _FEW_IDS: Final = min(MIN_RUN, DELETE_SIZES[-2])
 _DELETE_MESSAGES: Final = {
     size: f"DELETE FROM messages WHERE id IN ({', '.join('?' * size)})" for size in DELETE_SIZES if size > 1
 } | {1: "DELETE FROM messages WHERE id = ?"}
-_PUT_OBJECT: Final = "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)"
+# Keyed puts are upserts, not ``INSERT OR REPLACE``: on these rowid tables with a TEXT key, REPLACE deletes the old
+# row and its index entry and inserts both again (under a new rowid), where an upsert finds the key in the index
+# and rewrites the row in place. Measured, 100,000 endpoint records rewritten in batches of 1,000 (WAL, normal):
+# 2.0 us a record against 12 (in the order they were written) and 3.9 against 13-28 (shuffled); a new key costs
+# the same either way. A released DELAYED conversation rewrites its record, so a resolution storm writes 100,000.
+_PUT_OBJECT: Final = (
+    "INSERT INTO objects VALUES (?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET data = excluded.data"
+)
 _DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
-_PUT_ENDPOINT: Final = "INSERT OR REPLACE INTO endpoints VALUES (?, ?)"
+_PUT_ENDPOINT: Final = "INSERT INTO endpoints VALUES (?, ?) ON CONFLICT (handle) DO UPDATE SET data = excluded.data"
 _DELETE_ENDPOINT: Final = "DELETE FROM endpoints WHERE handle = ?"
-PUT_META: Final = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+PUT_META: Final = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _DELETE_META: Final = "DELETE FROM meta WHERE key = ?"
 
 

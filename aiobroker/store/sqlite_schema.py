@@ -95,9 +95,7 @@ _DELETE_MESSAGES: Final = {
 # and rewrites the row in place. Measured, 100,000 endpoint records rewritten in batches of 1,000 (WAL, normal):
 # 2.0 us a record against 12 (in the order they were written) and 3.9 against 13-28 (shuffled); a new key costs
 # the same either way. A released DELAYED conversation rewrites its record, so a resolution storm writes 100,000.
-_PUT_OBJECT: Final = (
-    "INSERT INTO objects VALUES (?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET data = excluded.data"
-)
+_PUT_OBJECT: Final = "INSERT INTO objects VALUES (?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET data = excluded.data"
 _DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
 _PUT_ENDPOINT: Final = "INSERT INTO endpoints VALUES (?, ?) ON CONFLICT (handle) DO UPDATE SET data = excluded.data"
 _DELETE_ENDPOINT: Final = "DELETE FROM endpoints WHERE handle = ?"

@@ -30,6 +30,26 @@ _WHY_NOT_SEND = {
 MAX_LIFETIME = float(2**31 - 1)
 
 
+class _Rare:
+    """An endpoint's fields that most endpoints never set (see ``Endpoint``)."""
+
+    __slots__ = ("timer_at", "error", "session_key", "key_header", "far_identity")
+
+    def __init__(
+        self,
+        timer_at: float | None,
+        error: tuple[int, str] | None,
+        session_key: bytes | None,
+        key_header: list[Any] | None,
+        far_identity: str | None,
+    ) -> None:
+        self.timer_at = timer_at
+        self.error = error
+        self.session_key = session_key
+        self.key_header = key_header
+        self.far_identity = far_identity
+
+
 class Endpoint:
     """One side of a conversation. Mutable; the core owns it and marks it dirty for the store on every change."""
 
@@ -47,14 +67,10 @@ class Endpoint:
         "expires_at",
         "send_seq",
         "recv_seq",
-        "timer_at",
         "encryption",
-        "error",
         "delayed",
         "secured",
-        "session_key",
-        "key_header",
-        "far_identity",
+        "_rare",
     )
 
     def __init__(
@@ -95,19 +111,84 @@ class Endpoint:
         self.state = state
         self.send_seq = send_seq
         self.recv_seq = recv_seq
-        self.timer_at = timer_at
         self.encryption = encryption
-        self.error = error
         #: why this side's outgoing messages wait in the transmission queue (None: they do not)
         self.delayed = delayed
         #: dialog security (docs/security.md): None until decided (when the far side is first found on another
         #: node), then True (bodies sealed with ``session_key``) or False (plain), for the conversation's life
         self.secured = secured
-        self.session_key = session_key
-        #: the initiator's key header, sent with its message 0 (made once, so a resend is the same bytes)
-        self.key_header = key_header
-        #: the target side: who the initiator is (an identity name, or "public")
-        self.far_identity = far_identity
+        self._rare = (
+            None
+            if timer_at is None
+            and error is None
+            and session_key is None
+            and key_header is None
+            and far_identity is None
+            else _Rare(timer_at, error, session_key, key_header, far_identity)
+        )
+
+    # The fields most endpoints never set live in one object made when the first is set (``_Rare``): a DELAYED
+    # conversation of a resolution storm, like most, has none of them, and five slots cost it 40 bytes.
+
+    @property
+    def timer_at(self) -> float | None:
+        """When the conversation timer fires (a closed endpoint: when it is retired for good), or None."""
+        rare = self._rare
+        return None if rare is None else rare.timer_at
+
+    @timer_at.setter
+    def timer_at(self, value: float | None) -> None:
+        self._rare_for(value).timer_at = value
+
+    @property
+    def error(self) -> tuple[int, str] | None:
+        """(code, description) once the conversation is in error, else None."""
+        rare = self._rare
+        return None if rare is None else rare.error
+
+    @error.setter
+    def error(self, value: tuple[int, str] | None) -> None:
+        self._rare_for(value).error = value
+
+    @property
+    def session_key(self) -> bytes | None:
+        """The conversation's body key, once dialog security is decided for it."""
+        rare = self._rare
+        return None if rare is None else rare.session_key
+
+    @session_key.setter
+    def session_key(self, value: bytes | None) -> None:
+        self._rare_for(value).session_key = value
+
+    @property
+    def key_header(self) -> list[Any] | None:
+        """The initiator's key header, sent with its message 0 (made once, so a resend is the same bytes)."""
+        rare = self._rare
+        return None if rare is None else rare.key_header
+
+    @key_header.setter
+    def key_header(self, value: list[Any] | None) -> None:
+        self._rare_for(value).key_header = value
+
+    @property
+    def far_identity(self) -> str | None:
+        """The target side: who the initiator is (an identity name, or "public")."""
+        rare = self._rare
+        return None if rare is None else rare.far_identity
+
+    @far_identity.setter
+    def far_identity(self, value: str | None) -> None:
+        self._rare_for(value).far_identity = value
+
+    def _rare_for(self, value: object) -> _Rare:
+        """The rare fields' object to set ``value`` in: made on the first value that is not None (setting None
+        where there is none sets it on a throwaway, leaving the endpoint without one)."""
+        rare = self._rare
+        if rare is None:
+            rare = _Rare(None, None, None, None, None)
+            if value is not None:
+                self._rare = rare
+        return rare
 
     def why_not_send(self) -> str | None:
         """None if this side may send now, else the reason in words."""
@@ -115,6 +196,17 @@ class Endpoint:
 
     def to_state(self) -> list[Any]:
         """Plain data for the store; :meth:`from_state` reverses it."""
+        rare = self._rare
+        if rare is None:
+            timer_at = error = session_key = key_header = far_identity = None
+        else:
+            timer_at, session_key, key_header, far_identity = (
+                rare.timer_at,
+                rare.session_key,
+                rare.key_header,
+                rare.far_identity,
+            )
+            error = list(rare.error) if rare.error else None
         return [
             self.conversation_id,
             self.is_initiator,
@@ -128,14 +220,14 @@ class Endpoint:
             self.state._value_,  # not .value: an enum's property costs 4x the attribute, on every endpoint written
             self.send_seq,
             self.recv_seq,
-            self.timer_at,
+            timer_at,
             self.encryption,
-            list(self.error) if self.error else None,
+            error,
             self.delayed,
             self.secured,
-            self.session_key,
-            self.key_header,
-            self.far_identity,
+            session_key,
+            key_header,
+            far_identity,
         ]
 
     @classmethod

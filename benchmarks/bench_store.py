@@ -18,7 +18,7 @@ order rotating), medians reported:
     stream's shape, so it does the least it can.
 
 The raw floor is the fastest raw contender; the ratio is the store's figure over it. All use the same tables and
-pragmas as the store (WAL, synchronous NORMAL, secure_delete FAST, 32 MiB cache) and one transaction a batch, and
+pragmas as the store (WAL, synchronous NORMAL, secure_delete FAST, 8 MiB cache) and one transaction a batch, and
 all checkpoint alike: the store in its checkpointer thread, as in a node, and the raw contenders in one of the
 same (``aiobroker/store/checkpointer.py``), nudged by the same rule (the log grew past 16 MiB). The primary
 figure is the writing thread's CPU time (steadier than wall time on a shared machine; checkpoints are not in it);
@@ -111,7 +111,7 @@ class RawContender:
         self.path = directory / "raw.sqlite3"
         self.conn = conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        for pragma in ("synchronous = NORMAL", "secure_delete = FAST", "cache_size = -32768", "wal_autocheckpoint = 0"):
+        for pragma in ("synchronous = NORMAL", "secure_delete = FAST", "cache_size = -8192", "wal_autocheckpoint = 0"):
             conn.execute(f"PRAGMA {pragma}")
         for sql in SCHEMA:
             conn.execute(sql)

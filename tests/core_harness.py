@@ -9,7 +9,7 @@ import itertools
 from typing import Any, TypeVar
 
 from aiobroker.core.broker import BrokerCore
-from aiobroker.core.effects import Effect, LeaseExpired, PageWanted, Report, ResolveRequest
+from aiobroker.core.effects import BodiesWanted, Effect, LeaseExpired, PageWanted, Report, ResolveRequest
 from aiobroker.core.queues import Lease
 from aiobroker.core.records import (
     ROW_BODY,
@@ -91,6 +91,10 @@ class DictStore:
         return rows[:limit]
 
 
+    def read_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        return {i: self.messages[i][ROW_BODY] for i in ids if i in self.messages}
+
+
 class Harness:
     """A core, its clock and its store. ``flush()`` is the shell's group commit: seal, write, publish."""
 
@@ -148,6 +152,17 @@ class Harness:
         while pages := self.effects(PageWanted):
             for page in pages:
                 self.core.paged_in(page, self.store.read_rows("q:" + page.queue, page.after_id, page.upto_id, page.limit))
+                served += 1
+            self.flush()
+        return served
+
+    def serve_bodies(self) -> int:
+        """Read the bodies of DELAYED messages the core asked for (``tx_bodies.py``) from the store and hand them
+        over, as the shell does, until it asks for none; returns how many requests."""
+        served = 0
+        while requests := self.effects(BodiesWanted):
+            for request in requests:
+                self.core.bodies_read(request, self.store.read_bodies(request.ids), self.now)
                 served += 1
             self.flush()
         return served

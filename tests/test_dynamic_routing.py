@@ -303,13 +303,19 @@ async def test_one_request_per_service_while_200_conversations_wait(tmp_path: Pa
                         tg.start_soon(d.send_many, numbered(0, LOAD_MESSAGES))
                 sending = time.monotonic() - started
 
-                async def all_waiting_on_one_request() -> dict[str, Any] | None:
-                    state = service_state(await ca.status(), "svcB")
-                    if state and state["delayed_conversations"] == LOAD_CONVERSATIONS:
-                        return state
+                body_bytes = LOAD_CONVERSATIONS * sum(len(body) for _, body in numbered(0, LOAD_MESSAGES))
+
+                async def all_waiting_on_one_request() -> tuple[dict[str, Any], dict[str, Any]] | None:
+                    status = await ca.status()
+                    state = service_state(status, "svcB")
+                    # stored, their bodies wait in the store only (SQLite: core/tx_bodies.py), not in memory
+                    if (state and state["delayed_conversations"] == LOAD_CONVERSATIONS
+                            and status["memory"]["in_store_only_bytes"] == body_bytes):
+                        return state, status["memory"]
                     return None
 
-                state = await until(all_waiting_on_one_request, REGISTRY_DELAY, "200 conversations DELAYED")
+                state, memory = await until(all_waiting_on_one_request, REGISTRY_DELAY, "200 conversations DELAYED")
+                assert memory["in_store_only"] == 0, memory  # the rows stay in memory, in order: only their bodies go
                 assert state["in_flight"] is not None, (state, f"sending took {sending:.2f}s")
                 assert "resolver http" in state["in_flight"]["via"], state
                 assert state["delayed_messages"] == LOAD_CONVERSATIONS * LOAD_MESSAGES, state

@@ -25,11 +25,12 @@ MIB = 1024 * 1024
 BUDGET = 32 * MIB
 BODY = 1024
 #: What the node's resident size may grow beyond its budget while full. The budget counts each message's body and
-#: a fixed cost (core/budget.py); beside them the process fills the SQLite store's page cache (32 MiB, fixed:
+#: a fixed cost (core/budget.py); beside them the process fills the SQLite store's page cache (8 MiB, fixed:
 #: store/sqlite.py) as it writes, and has its connections' frames, the store's write batches in flight and the
-#: allocator's slack. Measured: 31 MiB beyond a 32 MiB budget (with 400,000 messages of 128 bytes the resident
-#: size grew less than the budget counted). The bound is the page cache and 16 MiB for the rest.
-RSS_OVERHEAD = 48 * MIB
+#: allocator's slack. Measured with the 32 MiB cache of before: 31 MiB beyond a 32 MiB budget (with 400,000
+#: messages of 128 bytes the resident size grew less than the budget counted). The bound is the page cache and
+#: 16 MiB for the rest.
+RSS_OVERHEAD = (8 + 16) * MIB
 CONVERSATIONS = 8
 BATCH = 100
 MAX_BATCHES = 10_000  # bound on the fill, far beyond what the budget takes

@@ -101,6 +101,21 @@ def test_a_paged_open_of_a_store_holding_no_more_than_the_window_leaves_nothing(
         store.close()
 
 
+def test_bodies_are_read_back_by_id_many_at_once_and_an_id_not_held_is_left_out(make: Callable[[], Store]) -> None:
+    # what the node reads when DELAYED conversations move on (core/tx_bodies.py): bodies of transmission-queue rows,
+    # by id, more of them than one statement takes
+    rows = [row(i, "tx", body=b"body-%d" % i) for i in range(1, 1201)]
+    write(make, rows)
+    store = make()
+    try:
+        store.open_paged(10)
+        wanted = [*range(1200, 0, -2), 99_999]
+        assert store.read_bodies(wanted) == {i: b"body-%d" % i for i in range(2, 1201, 2)}
+        assert store.read_bodies([]) == {}
+    finally:
+        store.close()
+
+
 def test_a_page_is_read_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
     # the node reads pages in a thread of its own while its writer writes: with SQLite's write-ahead log a read sees
     # the last committed state at once, never waiting for a transaction in progress, nor seeing half of it

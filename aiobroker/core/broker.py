@@ -37,8 +37,9 @@ from .delivery import Delivery
 from .dialog_security import DialogSecurity
 from .dispatcher import Dispatcher
 from .dynamic import DEFAULT_BINDING_FAILURE_CACHE, DynamicRouting
-from . import paging
-from .effects import Effect, LeaseExpired, PageWanted
+from . import paging, tx_bodies
+from .dialog_errors import BrokerErrorCode
+from .effects import BodiesWanted, Effect, LeaseExpired, PageWanted
 from .ids import new_id as random_id
 from .endings import Endings
 from .inbound import DEFAULT_MAX_HOPS, Inbound
@@ -179,6 +180,22 @@ class BrokerCore:
         """Reading a page failed; the queue's next receive asks again."""
         paging.page_failed(self.ledger, page)
 
+    def bodies_read(self, request: BodiesWanted, bodies: dict[int, bytes], now: float) -> int:
+        """Bodies a :class:`BodiesWanted` asked for, read back from the store (``tx_bodies.py``): the conversations
+        whole again are routed; one whose body the store no longer has fails, its application told why. Returns
+        how many messages moved on."""
+        moved, local, lost = tx_bodies.bodies_read(self.ledger, request.handles, bodies)
+        for handle in lost:
+            ep = self.ledger.endpoints.get(handle)
+            if ep is not None:
+                self.endings.fail(
+                    ep,
+                    BrokerErrorCode.DELAYED_MESSAGES_DROPPED,
+                    "its messages waiting for a route were no longer in the store when they were to be sent",
+                    now,
+                )
+        return moved + (self.outbound.reroute(now, handles=local) if local else 0)
+
     def load(self, snap: Snapshot, now: float) -> list[str]:
         """Rebuild state from a store snapshot; returns warnings about anything inconsistent that was skipped."""
         return load(self.ledger, self.conversations, self.outbound, snap, now)
@@ -238,6 +255,7 @@ class BrokerCore:
         outbox = self.ledger.outbox
         effects = list(outbox)
         outbox.clear()
+        self.ledger.bodies_request = None  # taken: bodies wanted from now on make a request of their own
         return effects
 
     # ---------------------------------------------------------------- the records, as the shell reads them
@@ -297,7 +315,10 @@ class BrokerCore:
 
     @durable_upto.setter
     def durable_upto(self, value: int) -> None:
-        self.ledger.durable_upto = value
+        ledger = self.ledger
+        ledger.durable_upto = value
+        if ledger.tx.to_strip and ledger.bodies_in_store:
+            tx_bodies.strip(ledger)  # DELAYED messages now stored leave their bodies in the store only
 
     @property
     def new_id(self) -> Callable[[], str]:

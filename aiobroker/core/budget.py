@@ -80,10 +80,13 @@ class Budget:
         held[1] += size
         self._grow(size + count * ROW_MEMORY)
 
-    def let_go(self, location: str, count: int, size: int) -> None:
-        """``count`` rows of ``size`` body bytes in all left ``location`` (and memory)."""
+    def let_go(self, location: str, count: int, size: int, stored: int = 0) -> None:
+        """``count`` rows of ``size`` body bytes in all left ``location`` (and memory); ``stored``: of those
+        bytes, the bodies that were in the store only (:meth:`bodies_out`), not in memory."""
         self._uncount(location, count, size)
-        self._shrink(size + count * ROW_MEMORY)
+        self._shrink(size - stored + count * ROW_MEMORY)
+        if stored:
+            self.in_store_bytes -= stored
 
     # A queue's rows past its window live in the store only (``queues.py``): still counted at their location (the
     # queue's bounds count them), not in ``held``.
@@ -99,6 +102,16 @@ class Budget:
         self.in_store -= count
         self.in_store_bytes -= size
         self._grow(size + count * ROW_MEMORY)
+
+    def bodies_out(self, size: int) -> None:
+        """Bodies of held rows (``size`` bytes) left memory for the store; the rows stay (``tx_bodies.py``)."""
+        self.in_store_bytes += size
+        self._shrink(size)
+
+    def bodies_in(self, size: int) -> None:
+        """Bodies of held rows read back from the store."""
+        self.in_store_bytes -= size
+        self._grow(size)
 
     def count_stored(self, location: str, count: int, size: int) -> None:
         """Rows a paged start left in the store (``Snapshot.stored``): counted at ``location``, not in memory."""

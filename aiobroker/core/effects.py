@@ -84,4 +84,15 @@ class PageWanted:
     limit: int
 
 
-Effect = ResolveRequest | LeaseExpired | Report | MemoryPressure | PageWanted
+@dataclass(slots=True)
+class BodiesWanted:
+    """Read back the bodies of these transmission-queue rows (``Store.read_bodies``), left in the store while their
+    conversations were DELAYED, and hand them to ``BrokerCore.bodies_read`` (``tx_bodies.py``); ``handles``: the
+    conversations that wait for them. One per call into the core: it gathers every conversation that call routed
+    (a resolver's answer releases a service's conversations at once), until the shell drains the outbox."""
+
+    handles: list[str]
+    ids: list[int]
+
+
+Effect = ResolveRequest | LeaseExpired | Report | MemoryPressure | PageWanted | BodiesWanted

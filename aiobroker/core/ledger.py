@@ -32,7 +32,7 @@ from .budget import UNBOUNDED, Budget
 from .catalog import Catalog, CatalogObject
 from .conversation import Endpoint
 from .deadlines import Deadlines
-from .effects import Effect
+from .effects import BodiesWanted, Effect
 from .queues import MessageQueue
 from .records import ROW_BODY, ROW_ID, ROW_LOCATION, MessageRow, WriteBatch
 from .transmission import TransmissionQueue
@@ -129,6 +129,10 @@ class Ledger:
         self.next_message_id = 1
         #: every message with an id up to this is stored (the shell sets it after each write, see ``seal``)
         self.durable_upto = 0
+        #: DELAYED conversations' bodies wait in the store only (``tx_bodies.py``): a store that pages
+        self.bodies_in_store = page_window is not None
+        #: the outbox's open request for bodies to read back (``tx_bodies.py``), until the shell drains it
+        self.bodies_request: BodiesWanted | None = None
         self.sealed_upto = 0
 
     # ---------------------------------------------------------------------------------------- store bookkeeping
@@ -139,9 +143,10 @@ class Ledger:
             self.changes.messages[row[ROW_ID]] = None
         self.budget.let_go(row[ROW_LOCATION], 1, len(row[ROW_BODY]))
 
-    def forget_rows(self, rows: list[MessageRow], size: int | None = None) -> None:
+    def forget_rows(self, rows: list[MessageRow], size: int | None = None, in_store: int = 0) -> None:
         """A run of message rows, all of one location, leaves the node (and the store); ``size``: their bodies'
-        bytes, when the caller knows them."""
+        bytes, when the caller knows them; ``in_store``: of those, the bytes of bodies in the store only
+        (``tx_bodies.py``)."""
         if not rows:
             return
         if self.persist:
@@ -150,7 +155,7 @@ class Ledger:
                 stored[row[ROW_ID]] = None
         if size is None:
             size = sum(map(len, map(_body, rows)))
-        self.budget.let_go(rows[0][ROW_LOCATION], len(rows), size)
+        self.budget.let_go(rows[0][ROW_LOCATION], len(rows), size, in_store)
 
     def save_row(self, row: MessageRow) -> None:
         """A new message row."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import tx_bodies
 from .catalog import BCN_SERVICE
 from .conversation import Endpoint, State
 from .conversations import Conversations
@@ -82,14 +83,20 @@ class Outbound:
             else:
                 decision = cached.again(ep.far_service)
         if decision.kind == "local":
+            if ep.handle in tx.stripped:
+                tx_bodies.wait_for_bodies(ledger, ep, None)  # routed again once its bodies are read back
+                return None
             return self.delivery.new_far_endpoint(ep, now)
         if decision.kind == "remote":
             assert decision.address is not None
             if ep.secured is None and not self.security.secure(ep, now):
                 return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
-            tx.attach(ep.handle, decision.address, ep.far_service)
             if decision.route is not None and decision.route.origin != "admin":
                 self.dynamic.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
+            if ep.handle in tx.stripped:
+                tx_bodies.wait_for_bodies(ledger, ep, decision.address)  # the link takes it once they are back
+                return None
+            tx.attach(ep.handle, decision.address, ep.far_service)
             return decision.address
         tx.delay(ep.handle, ep.far_service)
         if decision.kind == "resolve":
@@ -123,20 +130,24 @@ class Outbound:
 
     def drop_outgoing(self, ep: Endpoint) -> int:
         """Forget an endpoint's unacknowledged messages (ended with an error, lifetime over)."""
-        rows = self.ledger.tx.drop(ep.handle, ep.far_service)
-        self.ledger.forget_rows(rows)
+        tx = self.ledger.tx
+        stored = ep.handle in tx.stripped  # some bodies in the store only: not in memory, nor in the budget's count
+        rows = tx.drop(ep.handle, ep.far_service)
+        self.ledger.forget_rows(rows, in_store=tx_bodies.stored_size(rows) if stored else 0)
         ep.delayed = None
         self.dynamic.binding_waiters.discard(ep.handle)
         return len(rows)
 
     def reroute(
         self, now: float, services: set[str] | None = None, *, binding_waiters_only: bool = False,
-        with_links: bool = False,
+        with_links: bool = False, handles: list[str] | None = None,
     ) -> int:
         """Routes or services changed: decide again for every conversation with messages waiting (only those to
         ``services`` when given; only those that wait for a binding with ``binding_waiters_only``: a binding
         request's outcome changes nothing for a conversation whose route is still unknown; with ``with_links``,
-        those DELAYED on ``services`` and every conversation on a link). Messages whose far side is now on this node
+        those DELAYED on ``services`` and every conversation on a link; with ``handles``, those conversations: a
+        conversation whose bodies are in the store only waits for them first, ``tx_bodies.py``). Messages whose far
+        side is now on this node
         are delivered at once, in order; those routed to another node join its link. Returns how many messages
         moved on either way."""
         ledger = self.ledger
@@ -144,7 +155,9 @@ class Outbound:
         binding_waiters = self.dynamic.binding_waiters
         moved = 0
         decisions: dict[tuple[str, str | None], Decision] = {}
-        if services is None:
+        if handles is not None:
+            pass  # these, whatever they waited for (their bodies, read back: ``tx_bodies.py``)
+        elif services is None:
             handles = list(tx.rows)
         else:  # only those DELAYED on these services: a conversation already on a link keeps it
             handles = [h for s in services for h in tx.delayed.get(s, ())]
@@ -165,8 +178,8 @@ class Outbound:
             target = self.route(ep, now, decisions)
             if isinstance(target, Endpoint):
                 moved += self._move_to_local(ep, target)
-            elif target is not None:
-                moved += tx.count(handle)  # on their way to another node now
+            elif target is not None or handle in tx.reading:
+                moved += tx.count(handle)  # on their way to another node now (once their bodies are read back)
         return moved
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:

@@ -55,6 +55,22 @@ ROW_STATE: Final = 7  #: int: 0 ready, 1 received-and-retained (queues with rete
 ROW_TRACE: Final = 8  #: str, only in a row with trace context: "traceparent[ tracestate]" (aiobroker/tracecontext.py)
 
 
+class InStore(int):
+    """In a row of the transmission queue, in place of its body: the body is in the store only, and this says its
+    size (``len()`` gives it, so that every sum of a run's bodies stays right). Only rows of DELAYED conversations
+    on a store that pages hold one (``tx_bodies.py``); they are read back before they move."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return int(self)
+
+
+def in_store(body: object) -> bool:
+    """Whether a row's body is in the store only (an :class:`InStore` in its place)."""
+    return type(body) is InStore
+
+
 def message_row(
     id: int,
     location: str,

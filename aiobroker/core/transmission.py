@@ -158,6 +158,15 @@ class TransmissionQueue:
         self.route_of: dict[str, str] = {}
         #: links with something new to send (the shell drains this after each call into the core)
         self.ready_links: set[str] = set()
+        # A DELAYED conversation's bodies may wait in the store only (``tx_bodies.py``; stores that page): these
+        # three ordered sets say where each such conversation is in that cycle, so that a pass costs what changed.
+        #: DELAYED conversations whose rows may still hold bodies to leave in the store
+        self.to_strip: dict[str, None] = {}
+        #: conversations with rows whose bodies are in the store only (``records.InStore``)
+        self.stripped: dict[str, None] = {}
+        #: of those, the ones routed and waiting for their bodies to be read back before they move: the link
+        #: address they go to then (None: routing decides again, as for a far side on this node)
+        self.reading: dict[str, str | None] = {}
 
     def __contains__(self, handle: str) -> bool:
         return handle in self.rows
@@ -206,6 +215,7 @@ class TransmissionQueue:
             self.ready_links.add(address)
         elif self.is_delayed(handle, far_service):
             self._count(far_service, len(rows))
+            self.to_strip[handle] = None
 
     def _count(self, service: str, n: int) -> None:
         left = self.delayed_count.get(service, 0) + n
@@ -221,6 +231,8 @@ class TransmissionQueue:
         if handle not in waiting:
             waiting[handle] = None
             self._count(far_service, self.count(handle))
+            if handle in self.rows:
+                self.to_strip[handle] = None
 
     def undelay(self, handle: str, far_service: str) -> None:
         waiting = self.delayed.get(far_service)
@@ -230,6 +242,7 @@ class TransmissionQueue:
         del waiting[handle]
         if not waiting:
             del self.delayed[far_service]
+        self.to_strip.pop(handle, None)
 
     def attach(self, handle: str, address: str, far_service: str) -> Link:
         """Route a sending endpoint to a link (made on first use)."""
@@ -272,6 +285,8 @@ class TransmissionQueue:
         """Forget an endpoint's messages (its conversation ended with an error, or its lifetime ran out)."""
         self.detach(handle)
         self.undelay(handle, far_service)
+        self.stripped.pop(handle, None)
+        self.reading.pop(handle, None)
         held = self.rows.pop(handle, None)
         dropped = [] if held is None else held if isinstance(held, list) else [held]
         self.message_count -= len(dropped)
@@ -367,6 +382,11 @@ class TransmissionQueue:
         if not rows:
             del self.rows[handle]
         return done
+
+    def replace(self, handle: str, rows: list[MessageRow]) -> None:
+        """Put ``rows`` in place of an endpoint's rows (the same messages, their bodies left in the store or read
+        back: ``tx_bodies.py``)."""
+        self.rows[handle] = rows[0] if len(rows) == 1 else rows
 
     def statistics(self) -> dict[str, Any]:
         return {

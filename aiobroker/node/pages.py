@@ -1,8 +1,10 @@
-"""Reading a page of a queue's messages back from the store, for the core (``core/paging.py``).
+"""Reading messages back from the store, for the core: a page of a queue's (``core/paging.py``), and the bodies
+of DELAYED messages whose conversation moves on (``core/tx_bodies.py``).
 
-The core asks (:class:`~aiobroker.core.effects.PageWanted`, at most one per queue at a time); the read runs in a
-worker thread, beside the writer's (the store reads the last committed state without waiting for a write), so
-the event loop serves on meanwhile; the page goes to the core, and the queue's waiting receivers are served with it.
+The core asks (:class:`~aiobroker.core.effects.PageWanted`, at most one per queue at a time;
+:class:`~aiobroker.core.effects.BodiesWanted`); the read runs in a worker thread, beside the writer's (the store
+reads the last committed state without waiting for a write), so the event loop serves on meanwhile; what was read
+goes to the core, and the queue's waiting receivers are served with a page, the links woken for bodies.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import anyio
+import anyio.abc
 import anyio.to_thread
 
 from ..core.broker import BrokerCore
-from ..core.effects import PageWanted
+from ..core.effects import BodiesWanted, PageWanted
 from ..errors import StoreError
 from ..store.base import Store
 
 log = logging.getLogger("aiobroker.node")
+
+#: a failed read of bodies is tried again after this, doubling up to the cap, for as long as it fails
+BODIES_RETRY_FIRST = 1.0
+BODIES_RETRY_CAP = 30.0
 
 
 async def read_page(
@@ -41,3 +49,64 @@ async def read_page(
     after_core()
     if ready:
         serve(page.queue)
+
+
+class StoreReads:
+    """What the core asks to read back: a page (:func:`read_page`, a task each) or bodies (:class:`BodiesWanted`),
+    one read of bodies at a time: the requests that come while one runs (a resolution storm's answers, one request
+    each) are read together next, in one statement per 500 ids and one thread hop, and handed to the core together.
+    A read of bodies that fails is logged and tried again, doubling the wait, while any of its conversations still
+    waits: their messages stay stored meanwhile."""
+
+    def __init__(
+        self,
+        store: Store,
+        core: BrokerCore,
+        after_core: Callable[[], None],
+        serve: Callable[[str], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.core = core
+        self.after_core = after_core
+        self.serve = serve
+        self.clock = clock
+        self._pending: list[BodiesWanted] = []
+        self._running = False
+
+    def want(self, wanted: PageWanted | BodiesWanted, tg: anyio.abc.TaskGroup) -> None:
+        if isinstance(wanted, PageWanted):
+            tg.start_soon(read_page, self.store, self.core, wanted, self.after_core, self.serve)
+            return
+        self._pending.append(wanted)
+        if not self._running:
+            self._running = True
+            tg.start_soon(self._read_bodies, name="read DELAYED bodies back")
+
+    async def _read_bodies(self) -> None:
+        retry = BODIES_RETRY_FIRST
+        try:
+            while self._pending:
+                requests, self._pending = self._pending, []
+                request = BodiesWanted(
+                    [h for r in requests for h in r.handles], [i for r in requests for i in r.ids]
+                )
+                try:
+                    bodies = await anyio.to_thread.run_sync(self.store.read_bodies, request.ids)
+                except StoreError as exc:
+                    reading = self.core.tx.reading
+                    if any(handle in reading for handle in request.handles):
+                        log.error(
+                            "cannot read back the bodies of %d DELAYED message(s) whose conversations have a route"
+                            " now (%s); trying again in %g s. They stay in the store; check that it is reachable"
+                            " and readable", len(request.ids), exc.message, retry,
+                        )
+                        self._pending.insert(0, request)
+                        await anyio.sleep(retry)
+                        retry = min(BODIES_RETRY_CAP, retry * 2)
+                    continue
+                retry = BODIES_RETRY_FIRST
+                self.core.bodies_read(request, bodies, self.clock())
+                self.after_core()
+        finally:
+            self._running = False

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from ..version import __version__
 from ..config import NodeConfig
 from ..core.broker import BrokerCore
-from ..core.effects import LeaseExpired, MemoryPressure, PageWanted, Report, ResolveRequest
+from ..core.effects import BodiesWanted, LeaseExpired, MemoryPressure, PageWanted, Report, ResolveRequest
 from ..core.queues import Lease
 from ..errors import BrokerError, ConfigError, ConnectionLost, Overloaded, ProtocolError, UnknownObject
 from ..resolver import Resolver, load_resolver
@@ -52,7 +52,7 @@ from .rights import guarded_ops
 from .sessions import Session, handshake, peer_certificate
 from .standby import Ownership
 from .startup import broker_instance, restore
-from .pages import read_page
+from .pages import StoreReads
 from .waiters import Waiters
 from .writer import StoreWriter
 
@@ -223,6 +223,7 @@ class Node:
                     await self.resolver.aclose()
             raise
         self.waiters = Waiters(self.core, self.clock, self.counters)
+        self.reads = StoreReads(self.store, self.core, self.after_core, self.waiters.serve, self.clock)
         if self.resolver is not None:
             self.resolving = resolving.Resolving(
                 self.resolver, self.core, self.clock, cfg.resolve_timeout, self.after_core, self.counters
@@ -432,8 +433,8 @@ class Node:
                     expired.append(lease)
                 case MemoryPressure(over=over, held=held, max_memory=max_memory):
                     log_memory_pressure(over, held, max_memory, self.core.budget.low)
-                case PageWanted():  # node/pages.py
-                    tg.start_soon(read_page, self.store, self.core, effect, self.after_core, self.waiters.serve)
+                case PageWanted() | BodiesWanted():  # node/pages.py
+                    self.reads.want(effect, tg)
                 case Report(text=text):
                     if peer is None:
                         log.warning("%s", text)

@@ -84,6 +84,12 @@ class Store(ABC):
         half done. Only for a store that ``pages``."""
         raise NotImplementedError(f"the {self.name} store does not page")
 
+    def read_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        """The bodies of the rows with these ids, by id (an id the store does not hold is left out): the bodies of
+        DELAYED messages, which the node leaves in a store that pages until their conversation moves on. Called as
+        :meth:`read_rows` is. Only for a store that ``pages``."""
+        raise NotImplementedError(f"the {self.name} store does not page")
+
     @abstractmethod
     def write(self, batch: WriteBatch) -> None:
         """Apply ``batch`` as one transaction; when this returns, the batch is as durable as the store promises.

@@ -48,7 +48,7 @@ from ..errors import ConfigError, ProtocolError, StoreError
 from ..wire.codec import unpackb
 from .base import Store, StoreFenced, StoreInUse
 from .postgresql_owner import DatabaseLock
-from .postgresql_pages import read_paged, read_rows
+from .postgresql_pages import read_bodies, read_paged, read_rows
 from .postgresql_schema import (
     COPY_ROWS,
     FENCED_SQLSTATE,
@@ -155,16 +155,30 @@ class PostgresStore(Store):
     def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
         with self._reading:
             try:
-                if self._reader is None:
-                    if self._conn is None:
-                        raise StoreError(f"the store in {self.where} is not open")
-                    self._reader = self._connect("reader")
-                return read_rows(self._reader, self.sql.schema, location, after_id, upto_id, limit)
+                return read_rows(self._reader_connection(), self.sql.schema, location, after_id, upto_id, limit)
             except psycopg.Error as exc:
-                reader, self._reader = self._reader, None  # a new connection next time: this one may be broken
-                if reader is not None:
-                    reader.close()
-                raise StoreError(f"cannot read messages from {self.where}: {_first_line(exc)}") from exc
+                raise self._read_failed(exc) from exc
+
+    def read_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        with self._reading:
+            try:
+                return read_bodies(self._reader_connection(), self.sql.schema, ids)
+            except psycopg.Error as exc:
+                raise self._read_failed(exc) from exc
+
+    def _reader_connection(self) -> psycopg.Connection[Any]:
+        """The connection reads run on beside the writer's (made on first use; under ``_reading``)."""
+        if self._reader is None:
+            if self._conn is None:
+                raise StoreError(f"the store in {self.where} is not open")
+            self._reader = self._connect("reader")
+        return self._reader
+
+    def _read_failed(self, exc: psycopg.Error) -> StoreError:
+        reader, self._reader = self._reader, None  # a new connection next time: this one may be broken
+        if reader is not None:
+            reader.close()
+        return StoreError(f"cannot read messages from {self.where}: {_first_line(exc)}")
 
     def open(self) -> Snapshot:
         reached_before = self._reached

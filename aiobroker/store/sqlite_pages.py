@@ -106,6 +106,20 @@ def _count(conn: sqlite3.Connection, locations: list[str]) -> tuple[list[tuple[i
     return counts, values[-2], values[-1]
 
 
+#: ids per ``SELECT ... IN``: under SQLite's default limit of host parameters (32,766), and a statement's worth
+_BODIES_AT_ONCE: Final = 500
+
+
+def read_bodies(conn: sqlite3.Connection, ids: list[int]) -> dict[int, bytes]:
+    """The bodies of the rows with these ids, by id (the rowid: one b-tree search each)."""
+    out: dict[int, bytes] = {}
+    for start in range(0, len(ids), _BODIES_AT_ONCE):
+        chunk = ids[start : start + _BODIES_AT_ONCE]
+        sql = f"SELECT id, body FROM messages WHERE id IN ({', '.join('?' * len(chunk))})"
+        out.update(conn.execute(sql, chunk).fetchall())
+    return out
+
+
 def read_rows(conn: sqlite3.Connection, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
     """Up to ``limit`` ready rows of ``location`` with ids in ``(after_id, upto_id]``, by id, Error and DialogTimer
     left out (they are in memory)."""

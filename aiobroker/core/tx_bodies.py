@@ -1,0 +1,162 @@
+"""DELAYED messages' bodies in the store only, read back when their conversation moves on.
+
+Theory of operation
+-------------------
+A message DELAYED for want of a route (or of a remote service binding) may wait for a long time, and a resolution
+storm holds a hundred thousand of them at once. On a store that pages (``Store.pages``: SQLite, PostgreSQL) each is
+already stored before it can wait, so its body need not stay in memory as well:
+
+- after every write (:func:`strip`, called when the shell moves ``durable_upto`` on), the rows of DELAYED
+  conversations that are now stored keep their place in the transmission queue, in order, but their body gives way
+  to an :class:`~aiobroker.core.records.InStore`, which remembers its size only; the bodies leave the memory budget
+  (``Budget.bodies_out``). The transmission queue's ``to_strip`` names the conversations that may have such rows
+  (made DELAYED, or sent more while DELAYED), so a pass costs what changed since the last;
+- when routing would move such a conversation on (to a link, or to a far side on this node), :func:`wait_for_bodies`
+  holds it instead: out of DELAYED, its reason "reading its messages back from the store", and its rows' ids go to
+  the shell in one :class:`~aiobroker.core.effects.BodiesWanted` per call into the core. A message sent on it
+  meanwhile joins its rows behind the others, as for any DELAYED conversation, so its order holds;
+- the shell reads the bodies in a thread (``node/pages.py``) and hands them to :func:`bodies_read`, which puts them
+  back and routes those conversations again (they may be DELAYED once more, if the route went meanwhile);
+- a conversation that ends meanwhile drops its rows as ever; the bodies read for it are not wanted any more.
+
+Nothing but the transmission queue's own reads (routing, taking for a link, delivering here) ever needs a body, and
+none of them runs on a row of a DELAYED conversation, so no other code meets an ``InStore``. The memory store
+keeps every body, as it keeps everything.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from .effects import BodiesWanted
+from .records import ROW_BODY, ROW_ID, InStore, MessageRow, in_store
+
+if TYPE_CHECKING:
+    from .conversation import Endpoint
+    from .ledger import Ledger
+
+#: why a routed conversation's messages still wait, in words (``status``, ``get_conversation``)
+READING = "reading its messages back from the store"
+
+#: one ``InStore`` per body size, shared by every row of that size (most messages of a storm are one size); the
+#: cache is cleared when it holds more sizes than this
+_SHARED_SIZES = 4096
+_sizes: dict[int, InStore] = {}
+
+
+def _in_store(size: int) -> InStore:
+    marker = _sizes.get(size)
+    if marker is None:
+        if len(_sizes) >= _SHARED_SIZES:
+            _sizes.clear()
+        marker = _sizes[size] = InStore(size)
+    return marker
+
+
+def strip(ledger: Ledger) -> None:
+    """Leave in the store the bodies of the DELAYED conversations' rows stored so far (ids up to
+    ``durable_upto``). A conversation with rows not yet stored stays in ``to_strip`` for the next write."""
+    tx = ledger.tx
+    upto = ledger.durable_upto
+    all_rows = tx.rows
+    done: list[str] = []
+    size = 0
+    for handle in tx.to_strip:
+        held = all_rows.get(handle)
+        if held is None:
+            done.append(handle)
+            continue
+        rows = held if isinstance(held, list) else [held]
+        kept: list[MessageRow] | None = None
+        finished = True
+        for i, row in enumerate(rows):
+            body = row[ROW_BODY]
+            if in_store(body):
+                continue
+            if row[ROW_ID] > upto:  # a conversation's rows are in id order: the rest are not stored yet either
+                finished = False
+                break
+            if kept is None:
+                kept = list(rows)
+            n = len(body)
+            kept[i] = cast("MessageRow", (*row[:ROW_BODY], _in_store(n), *row[ROW_BODY + 1 :]))
+            size += n
+        if kept is not None:
+            tx.replace(handle, kept)
+            tx.stripped[handle] = None
+        if finished:
+            done.append(handle)
+    to_strip = tx.to_strip
+    for handle in done:
+        del to_strip[handle]
+    if size:
+        ledger.budget.bodies_out(size)
+
+
+def wait_for_bodies(ledger: Ledger, ep: Endpoint, address: str | None) -> None:
+    """``ep`` would move on now, to the link to ``address`` (None: to a far side on this node), but bodies of its
+    rows are in the store only: it waits for them (its reason :data:`READING`), and their ids join this call's
+    :class:`BodiesWanted`. Routing calls this with ``ep`` out of DELAYED already."""
+    tx = ledger.tx
+    handle = ep.handle
+    ep.delayed = READING
+    asked = handle in tx.reading
+    tx.reading[handle] = address
+    if asked:
+        return
+    request = ledger.bodies_request
+    if request is None:
+        request = ledger.bodies_request = BodiesWanted([], [])
+        ledger.outbox.append(request)
+    request.handles.append(handle)
+    request.ids.extend(row[ROW_ID] for row in tx.rows_of(handle) if in_store(row[ROW_BODY]))
+
+
+def bodies_read(ledger: Ledger, handles: list[str], bodies: dict[int, bytes]) -> tuple[int, list[str], list[str]]:
+    """Put read bodies back in the rows of ``handles``; those routed to a link are attached to it now (routing
+    decided where they go when it found them waiting: a conversation on its way keeps its link, as ever). Returns
+    (how many messages went to links; the conversations whole again whose far side is on this node, to route
+    again; those with a body the store no longer has, to fail). Conversations no longer reading (ended meanwhile)
+    are skipped."""
+    tx = ledger.tx
+    endpoints = ledger.endpoints
+    attached = 0
+    whole: list[str] = []
+    lost: list[str] = []
+    size = 0
+    for handle in handles:
+        if handle not in tx.reading:
+            continue
+        rows = tx.rows_of(handle)
+        restored = list(rows)
+        missing = False
+        for i, row in enumerate(rows):
+            if not in_store(row[ROW_BODY]):
+                continue
+            body = bodies.get(row[ROW_ID])
+            if body is None:
+                missing = True
+                break
+            restored[i] = cast("MessageRow", (*row[:ROW_BODY], body, *row[ROW_BODY + 1 :]))
+            size += len(body)
+        if missing:
+            lost.append(handle)
+            continue
+        tx.replace(handle, restored)
+        address = tx.reading.pop(handle)
+        tx.stripped.pop(handle, None)
+        ep = endpoints[handle]
+        ep.delayed = None
+        if address is None:
+            whole.append(handle)
+        else:
+            tx.attach(handle, address, ep.far_service)
+            attached += len(restored)
+    if size:
+        ledger.budget.bodies_in(size)
+    return attached, whole, lost
+
+
+def stored_size(rows: list[MessageRow]) -> int:
+    """The bytes of ``rows``' bodies that are in the store only (0 for rows that hold theirs)."""
+    return sum(len(row[ROW_BODY]) for row in rows if in_store(row[ROW_BODY]))

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import storm_sources  # noqa: E402
+from phase_cpu import PhaseCpu  # noqa: E402
 from common import LOGS_DIR, LOOPBACK, REPO, BenchError, body_seq, fmt_size, make_body  # noqa: E402
 
 #: what a user waits, gate opened -> last message received at B, by A's store
@@ -778,6 +779,9 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                                                f"tcp://{LOOPBACK}:{port_a}", "--directory", str(directory), *hold],
                                               log_path=log))
         meter = common.CpuMeter([p.pid for p in procs])
+        cores = PhaseCpu(lambda argv: "A" if str(conf_a) in argv else "B" if str(conf_b) in argv else
+                         "load" if f"{Path(__file__).name} load " in argv else "source")
+        cores.start()
         result = common.run_worker(
             [sys.executable, __file__, "load", "--mode", mode, "--port-a", str(port_a), "--port-b", str(port_b),
              "--pid-a", str(nodes["a"].pid), "--gate", str(gate), "--services", str(args.services),
@@ -791,8 +795,13 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                 "--pid-profile", str(nodes[args.profile].pid)] if args.profile and mode == "storm" else []),
             timeout=args.max_seconds + 120, what=f"storm load ({mode})")
         result["cpu"] = meter.stop()
+        cores.stop()
         result["registry"] = registry_figures(read_registry_log(reg_log), result, args.services, kind,
                                               args.route_only)
+        # where the two cores went: while the answers came, and after the last one (the release's tail)
+        last_answer = result["registry"]["last_served_ns"]
+        result["cpu_phases"] = {"answers": cores.between(result.get("t_release_ns"), last_answer),
+                                "tail": cores.between(last_answer, result.get("t_last_recv_ns"))}
         for name, proc in nodes.items():
             result[f"node_{name}_exit"] = proc.poll()
         return result
@@ -1049,6 +1058,11 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["exactly once, in order per conversation", f"storm {s['check']['received']:,}/{total:,}" +
                  (f", baseline {b['check']['received']:,}/{total:,}" if b else ""), "yes" if once_ok else "NO"])
     rows.append(["load phases (storm)", f"begin {s['begin_s']:.1f} s, send {s['send_s']:.1f} s", ""])
+    for phase, what in (("answers", "CPU s, gate -> last answer"), ("tail", "CPU s, last answer -> last received")):
+        took = s.get("cpu_phases", {}).get(phase) or {}
+        if took:
+            rows.append([what, ", ".join(f"{k} {v:.2f}" for k, v in sorted(took.items(), key=lambda kv: -kv[1])),
+                         f"{sum(took.values()):.2f} in all"])
     common.print_table(["figure", "value", "floor"], rows)
     if s.get("stall"):
         print(f"  storm: STALLED after the release: {s['stall']['text']}")

@@ -93,13 +93,13 @@ class StoreReads:
                 )
                 try:
                     bodies = await anyio.to_thread.run_sync(self.store.read_bodies, request.ids)
-                except StoreError as exc:
+                except (StoreError, NotImplementedError) as exc:
                     reading = self.core.tx.reading
                     if any(handle in reading for handle in request.handles):
                         log.error(
                             "cannot read back the bodies of %d DELAYED message(s) whose conversations have a route"
                             " now (%s); trying again in %g s. They stay in the store; check that it is reachable"
-                            " and readable", len(request.ids), exc.message, retry,
+                            " and readable", len(request.ids), getattr(exc, "message", exc), retry,
                         )
                         self._pending.insert(0, request)
                         await anyio.sleep(retry)

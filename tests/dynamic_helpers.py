@@ -177,9 +177,10 @@ def node_pair(
     *,
     dynamic_routing: Mapping[str, Any] | None = None,
     b_port: int | None = None,
+    store_a: str = "sqlite",
 ) -> Iterator[Pair]:
-    """Start B, then A (whose ``[resolver]`` is ``resolver``); both stopped by pid at the end, and both must exit
-    cleanly. On failure the nodes' logs are printed."""
+    """Start B, then A (whose ``[resolver]`` is ``resolver``, on ``store_a``); both stopped by pid at the end, and
+    both must exit cleanly. On failure the nodes' logs are printed."""
     home_a, home_b = tmp_path / "A", tmp_path / "B"
     home_a.mkdir()
     home_b.mkdir()
@@ -199,7 +200,7 @@ def node_pair(
         )
     )  # fmt: skip
     b = NodeProcess(home_b / "data", port=port_b, extra=["--config", str(config_b)])
-    a = NodeProcess(home_a / "data", port=port_a, extra=["--config", str(config_a)])
+    a = NodeProcess(home_a / "data", port=port_a, store=store_a, extra=["--config", str(config_a)])
     pair = Pair(a, b, home_a)
     started: list[NodeProcess] = []
     failed = False

@@ -331,6 +331,41 @@ async def test_one_request_per_service_while_200_conversations_wait(tmp_path: Pa
                 assert dyn["requests_by_kind"] == {"route": 1, "binding": 1}, dyn
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_delayed_messages_wait_without_their_bodies_in_memory_and_go_in_order(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """On a store that pages, a DELAYED message's body waits in the store only (core/tx_bodies.py): status counts
+    it there; the route's answer has the node read them back and send them, in order, with what came meanwhile."""
+    store_a = "sqlite" if store == "sqlite" else request.getfixturevalue("pg_dsn")
+    resolver = {"kind": "static_file", "path": "routes.toml", "default_lifetime": 1}
+    with node_pair(tmp_path, resolver, store_a=store_a) as pair:
+        routes = pair.home_a / "routes.toml"
+        write_atomically(routes, routes_file_toml({"svcOther": [{"address": f"tcp://{LOOPBACK}:{free_port()}"}]}))
+        async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+            dialogs = [await ca.begin_dialog("svcA", "svcB") for _ in range(20)]
+            for d in dialogs:
+                await send_numbered(d, 0, 10)
+            body_bytes = 20 * sum(len(body) for _, body in numbered(0, 10))
+
+            async def bodies_in_the_store() -> dict[str, Any] | None:
+                status = await ca.status()
+                memory = status["memory"]
+                return memory if memory["in_store_only_bytes"] == body_bytes else None
+
+            memory = await until(bodies_in_the_store, 10, "the DELAYED bodies to be in the store only")
+            assert (await ca.status())["dynamic_routing"]["delayed_messages"] == 200
+            write_atomically(routes, routes_file_toml({"svcB": [{"address": pair.b_address}]}))
+            for d in dialogs:  # sent while the node finds the route and reads the bodies back: they go behind
+                await send_numbered(d, 10, 5)
+            received = await receive(cb, "qb", 300, RELEASE_TIMEOUT)
+            assert_exactly_once_in_order(received, {cid(d): 15 for d in dialogs})
+            await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")
+            after = (await ca.status())["memory"]
+            assert after["in_store_only_bytes"] == 0 and after["held_bytes"] < memory["held_bytes"], (memory, after)
+
+
 # ------------------------------------------------------------------------- 4b. route and binding in one round trip
 
 

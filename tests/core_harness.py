@@ -20,6 +20,7 @@ from aiobroker.core.records import (
     ROW_STATE,
     ROW_TYPE,
     MessageRow,
+    body_in_store,
     Snapshot,
     URGENT_TYPES,
     StoredRun,
@@ -74,6 +75,9 @@ class DictStore:
                 kept.append(row)
                 if pages(row):
                     seen[location].append(row)
+        # the transmission queue's bodies stay in the store (``open_paged(window, tx_bodies=False)``, as a node opens it)
+        kept = [(*r[:ROW_BODY], body_in_store(len(r[ROW_BODY])), *r[ROW_BODY + 1 :]) if r[ROW_LOCATION] == "tx" else r
+                for r in kept]
         stored: dict[str, StoredRun] = {}
         for location, first in seen.items():
             left = [r for r in snap.messages if r[ROW_LOCATION] == location and pages(r)][len(first):]

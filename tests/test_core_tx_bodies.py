@@ -132,13 +132,19 @@ def test_without_paging_the_bodies_stay_in_memory() -> None:
     assert bodies_held(h, handle) == [b"kept"]
 
 
-def test_after_a_restart_delayed_bodies_are_left_in_the_store_again() -> None:
+def test_a_restart_reads_no_body_of_the_transmission_queue_and_reads_them_back_as_conversations_move() -> None:
     h = node()
-    handle = delayed(h, "svc", b"survives")
+    h.core.create_object("route", {"name": "to-r", "service_name": "routed", "address": B}, h.now)
+    on_link = delayed(h, "routed", b"was on its link")  # routed: waiting for B's acknowledgement at the crash
+    waiting = delayed(h, "svc", b"was DELAYED")
     h.flush()
-    h2 = h.restart()
-    h2.flush()
-    assert [type(b) for b in bodies_held(h2, handle)] == [InStore]
+    h2 = h.restart()  # a crash: the store opened without the transmission queue's bodies
+    assert [type(b) for b in bodies_held(h2, on_link) + bodies_held(h2, waiting)] == [InStore, InStore]
+    assert h2.core.budget.in_store_bytes == len(b"was on its link") + len(b"was DELAYED")
+    assert h2.core.outgoing(B, 100, NO_BYTE_LIMIT) == [], "routed again at start, it waits for its body"
+    assert h2.serve_bodies() == 1
+    assert [env[10] for env in h2.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"was on its link"]
     h2.core.resolved("svc", answer("svc"), h2.now)
     h2.serve_bodies()
-    assert [env[10] for env in h2.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"survives"]
+    assert [env[10] for env in h2.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"was DELAYED"]
+    assert h2.core.budget.in_store_bytes == 0

@@ -337,7 +337,8 @@ async def test_delayed_messages_wait_without_their_bodies_in_memory_and_go_in_or
     store: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """On a store that pages, a DELAYED message's body waits in the store only (core/tx_bodies.py): status counts
-    it there; the route's answer has the node read them back and send them, in order, with what came meanwhile."""
+    it there, and after a kill -9 the restarted node reads none of them; the route's answer has the node read them
+    back and send them, in order, with what came meanwhile."""
     store_a = "sqlite" if store == "sqlite" else request.getfixturevalue("pg_dsn")
     resolver = {"kind": "static_file", "path": "routes.toml", "default_lifetime": 1}
     with node_pair(tmp_path, resolver, store_a=store_a) as pair:
@@ -354,11 +355,16 @@ async def test_delayed_messages_wait_without_their_bodies_in_memory_and_go_in_or
                 memory = status["memory"]
                 return memory if memory["in_store_only_bytes"] == body_bytes else None
 
-            memory = await until(bodies_in_the_store, 10, "the DELAYED bodies to be in the store only")
+            await until(bodies_in_the_store, 10, "the DELAYED bodies to be in the store only")
+        pair.a.kill()  # SIGKILL: a restart reads the transmission queue without its bodies
+        pair.a.start()
+        async with aiobroker.connect(pair.a.url) as ca, aiobroker.connect(pair.b.url) as cb:
+            memory = (await ca.status())["memory"]
+            assert memory["in_store_only_bytes"] == body_bytes, memory
             assert (await ca.status())["dynamic_routing"]["delayed_messages"] == 200
             write_atomically(routes, routes_file_toml({"svcB": [{"address": pair.b_address}]}))
             for d in dialogs:  # sent while the node finds the route and reads the bodies back: they go behind
-                await send_numbered(d, 10, 5)
+                await send_numbered(ca.dialog(d.handle), 10, 5)
             received = await receive(cb, "qb", 300, RELEASE_TIMEOUT)
             assert_exactly_once_in_order(received, {cid(d): 15 for d in dialogs})
             await until(lambda: transmission_empty(ca), 10, "B's acknowledgements to reach A")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobroker.core.records import ERROR, ROW_ID, MessageRow, WriteBatch, message_row
+from aiobroker.core.records import ERROR, ROW_ID, InStore, MessageRow, WriteBatch, message_row
 from aiobroker.store import SqliteStore, Store
 
 
@@ -112,6 +112,23 @@ def test_bodies_are_read_back_by_id_many_at_once_and_an_id_not_held_is_left_out(
         wanted = [*range(1200, 0, -2), 99_999]
         assert store.read_bodies(wanted) == {i: b"body-%d" % i for i in range(2, 1201, 2)}
         assert store.read_bodies([]) == {}
+    finally:
+        store.close()
+
+
+def test_a_paged_open_without_the_transmission_queues_bodies_gives_their_sizes(make: Callable[[], Store]) -> None:
+    # how a node opens its store (core/tx_bodies.py): the transmission queue's rows without their bodies, each an
+    # InStore of its size; a queue's rows and everything else as ever
+    rows = [row(i, "tx", body=b"x" * i, trace="t" if i == 3 else None) for i in range(1, 6)] + [row(6, "q:a")]
+    write(make, rows)
+    store = make()
+    try:
+        snap = store.open_paged(10, tx_bodies=False)
+        tx = [r for r in snap.messages if r[1] == "tx"]
+        assert [type(r[5]) for r in tx] == [InStore] * 5 and [len(r[5]) for r in tx] == [1, 2, 3, 4, 5]
+        assert [r[:5] + r[6:] for r in tx] == [r[:5] + r[6:] for r in rows[:5]], "all else as stored, trace too"
+        assert [r for r in snap.messages if r[1] == "q:a"] == rows[5:]
+        assert store.read_bodies([3, 5]) == {3: b"xxx", 5: b"xxxxx"}
     finally:
         store.close()
 

@@ -17,7 +17,7 @@ from .ledger import TX, Ledger
 from .paging import count_stored
 from .parts import OutboundPart
 from .queues import MessageQueue
-from .records import ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, Snapshot
+from .records import ROW_BODY, ROW_HANDLE, ROW_ID, ROW_LOCATION, ROW_STATE, ROW_TYPE, Snapshot, in_store
 
 #: the order objects are loaded in: each after what it names
 LOAD_ORDER = {"identity": 0, "message_type": 1, "contract": 2, "queue": 3, "service": 4, "route": 5, "binding": 6}
@@ -57,6 +57,9 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
         if row[ROW_LOCATION] == TX:
             ledger.tx.load(row)
             ledger.hold_loaded(row)
+            if in_store(row[ROW_BODY]):  # a store that pages left its body there: read back when it moves on
+                ledger.tx.stripped[row[ROW_HANDLE]] = None
+                ledger.budget.bodies_out(len(row[ROW_BODY]))
             continue
         queue = ledger.queues.get(row[ROW_LOCATION][2:])
         if queue is None:

@@ -14,7 +14,7 @@ store serializes as it likes; tuples come back as lists. In ``messages`` the key
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 #: The system's Error and DialogTimer message types (their names are the seeds' own), the *urgent* ones: a receive
 #: hands them out before the rest of their conversation group (``queues.py``), so a queue on a store that pages
@@ -69,6 +69,29 @@ class InStore(int):
 def in_store(body: object) -> bool:
     """Whether a row's body is in the store only (an :class:`InStore` in its place)."""
     return type(body) is InStore
+
+
+#: one ``InStore`` per body size, shared by every row of that size (most messages of a storm are one size); the
+#: cache is cleared when it holds more sizes than this
+_SHARED_SIZES: Final = 4096
+_sizes: dict[int, InStore] = {}
+
+
+def body_in_store(size: int) -> InStore:
+    """The ``InStore`` for a body of ``size`` bytes (shared)."""
+    marker = _sizes.get(size)
+    if marker is None:
+        if len(_sizes) >= _SHARED_SIZES:
+            _sizes.clear()
+        marker = _sizes[size] = InStore(size)
+    return marker
+
+
+def row_without_body(row: tuple[Any, ...]) -> MessageRow:
+    """A row read back from a store with its body's size in place of its body (``Store.open_paged`` without the
+    transmission queue's bodies): the body is in the store only. Eight fields, or nine with trace context."""
+    out = (*row[:ROW_BODY], body_in_store(row[ROW_BODY]), *row[ROW_BODY + 1 : 8])
+    return cast("MessageRow", out if row[8] is None else (*out, row[8]))
 
 
 def message_row(

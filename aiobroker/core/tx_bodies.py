@@ -17,11 +17,14 @@ already stored before it can wait, so its body need not stay in memory as well:
   meanwhile joins its rows behind the others, as for any DELAYED conversation, so its order holds;
 - the shell reads the bodies in a thread (``node/pages.py``) and hands them to :func:`bodies_read`, which puts them
   back and routes those conversations again (they may be DELAYED once more, if the route went meanwhile);
-- a conversation that ends meanwhile drops its rows as ever; the bodies read for it are not wanted any more.
+- a conversation that ends meanwhile drops its rows as ever; the bodies read for it are not wanted any more;
+- a start reads the transmission queue's rows without their bodies (``Store.open_paged(window, tx_bodies=False)``,
+  ``loading.py``), those on their way to another node as well as the DELAYED ones: routing, deciding afresh where
+  each goes, has every one read back as above as it sends it on.
 
 Nothing but the transmission queue's own reads (routing, taking for a link, delivering here) ever needs a body, and
-none of them runs on a row of a DELAYED conversation, so no other code meets an ``InStore``. The memory store
-keeps every body, as it keeps everything.
+none of them runs on a row held back here, so no other code meets an ``InStore``. The memory store keeps every
+body, as it keeps everything.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from .effects import BodiesWanted
-from .records import ROW_BODY, ROW_ID, InStore, MessageRow, in_store
+from .records import ROW_BODY, ROW_ID, MessageRow, body_in_store, in_store
 
 if TYPE_CHECKING:
     from .conversation import Endpoint
@@ -37,21 +40,6 @@ if TYPE_CHECKING:
 
 #: why a routed conversation's messages still wait, in words (``status``, ``get_conversation``)
 READING = "reading its messages back from the store"
-
-#: one ``InStore`` per body size, shared by every row of that size (most messages of a storm are one size); the
-#: cache is cleared when it holds more sizes than this
-_SHARED_SIZES = 4096
-_sizes: dict[int, InStore] = {}
-
-
-def _in_store(size: int) -> InStore:
-    marker = _sizes.get(size)
-    if marker is None:
-        if len(_sizes) >= _SHARED_SIZES:
-            _sizes.clear()
-        marker = _sizes[size] = InStore(size)
-    return marker
-
 
 def strip(ledger: Ledger) -> None:
     """Leave in the store the bodies of the DELAYED conversations' rows stored so far (ids up to
@@ -79,7 +67,7 @@ def strip(ledger: Ledger) -> None:
             if kept is None:
                 kept = list(rows)
             n = len(body)
-            kept[i] = cast("MessageRow", (*row[:ROW_BODY], _in_store(n), *row[ROW_BODY + 1 :]))
+            kept[i] = cast("MessageRow", (*row[:ROW_BODY], body_in_store(n), *row[ROW_BODY + 1 :]))
             size += n
         if kept is not None:
             tx.replace(handle, kept)

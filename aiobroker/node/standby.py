@@ -187,8 +187,9 @@ async def _take_store(
 
 def opener(store: Store, window: int) -> Callable[[], Snapshot]:
     """How to open ``store``: a store that pages reads each queue's first ``window`` messages only
-    (``core/paging.py``), any other everything."""
-    return functools.partial(store.open_paged, window) if store.pages else store.open
+    (``core/paging.py``) and the transmission queue without its bodies (``core/tx_bodies.py``), any other
+    everything."""
+    return functools.partial(store.open_paged, window, tx_bodies=False) if store.pages else store.open
 
 
 async def wait_for_store(

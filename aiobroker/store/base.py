@@ -69,11 +69,13 @@ class Store(ABC):
         a message naming the path and what to do when the store is corrupt, locked by another node, or not
         writable."""
 
-    def open_paged(self, window: int) -> Snapshot:
+    def open_paged(self, window: int, tx_bodies: bool = True) -> Snapshot:
         """Open as :meth:`open` does, but read back of each queue (a location ``q:NAME``) only its first
         ``window`` ready rows (state 0, by id) besides all its retained ones (state 1) and all its Error and
         DialogTimer messages (``records.URGENT_TYPES``: a receive hands them out first, so they are always in
-        memory), and every row of the transmission queue; say in ``Snapshot.stored`` what was left, per location.
+        memory), and every row of the transmission queue, with its body, or without it (``tx_bodies`` False: an
+        ``InStore`` of its size in its place, ``records.row_without_body``; the node reads them with
+        :meth:`read_bodies` as they move on); say in ``Snapshot.stored`` what was left, per location.
         Only for a store that ``pages``."""
         raise NotImplementedError(f"the {self.name} store does not page")
 

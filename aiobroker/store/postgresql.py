@@ -110,6 +110,8 @@ class PostgresStore(Store):
         self._reading = threading.Lock()
         #: each queue's rows read at start (``open_paged``); None: every row
         self._window: int | None = None
+        #: a paged open reads the transmission queue's bodies (``open_paged``)
+        self._tx_bodies = True
         self._batch_no = 0
         self._max_id = 0
         #: the database was reached at least once: later failures to reach it are a fail-over to wait out
@@ -148,8 +150,9 @@ class PostgresStore(Store):
 
     # --------------------------------------------------------------------------------------------- open
 
-    def open_paged(self, window: int) -> Snapshot:
+    def open_paged(self, window: int, tx_bodies: bool = True) -> Snapshot:
         self._window = window
+        self._tx_bodies = tx_bodies
         return self.open()
 
     def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
@@ -218,7 +221,7 @@ class PostgresStore(Store):
                              " aiobroker, or is damaged: restore it from a backup") from exc
         if self._window is not None:
             queues = [name for kind, name, _ in snap.objects if kind == "queue"]
-            snap.messages, snap.stored, self._max_id = read_paged(conn, sql.schema, self._window, queues)
+            snap.messages, snap.stored, self._max_id = read_paged(conn, sql.schema, self._window, queues, self._tx_bodies)
             return snap
         with conn.cursor(binary=True) as cur:
             cur.execute(sql.get_messages)

@@ -12,10 +12,12 @@ from typing import Any, Final
 
 import psycopg
 
-from ..core.records import URGENT_TYPES, MessageRow, StoredRun
+from ..core.records import URGENT_TYPES, MessageRow, StoredRun, row_without_body
 from .postgresql_schema import MESSAGE_COLUMNS, row_from_db
 
 _COLUMNS: Final = ", ".join(MESSAGE_COLUMNS)
+#: the same with the body's size in place of the body
+_COLUMNS_SIZED: Final = ", ".join("octet_length(body)" if c == "body" else c for c in MESSAGE_COLUMNS)
 TX: Final = "tx"
 #: Error and DialogTimer (``records.URGENT_TYPES``): kept in memory like retained rows, never in a page
 _URGENT: Final = sorted(URGENT_TYPES)
@@ -29,9 +31,11 @@ def _rows(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> l
 
 
 def read_paged(
-    conn: psycopg.Connection[Any], schema: str, window: int, queues: list[str]
+    conn: psycopg.Connection[Any], schema: str, window: int, queues: list[str], tx_bodies: bool = True
 ) -> tuple[list[MessageRow], dict[str, StoredRun], int]:
-    """The rows a paged start reads (by id), what each queue left in the store, and the largest id stored."""
+    """The rows a paged start reads (by id), what each queue left in the store, and the largest id stored. The
+    transmission queue's rows come with their bodies, or (``tx_bodies`` False) with their sizes in their place
+    (``records.row_without_body``)."""
     table = f"{schema}.messages"
     counts = conn.execute(
         f"SELECT location, count(*), sum(octet_length(body)), min(id), max(id), count(*) FILTER (WHERE {_KEPT})"
@@ -44,6 +48,10 @@ def read_paged(
     last_id = 0
     for location, count, size, first, last, in_memory in counts:
         last_id = max(last_id, int(last))
+        if location == TX and not tx_bodies:
+            sql = f"SELECT {_COLUMNS_SIZED} FROM {table} WHERE id >= %s AND location = %s ORDER BY id"
+            out += [row_without_body(record) for record in conn.execute(sql, (first, location))]
+            continue
         if location not in known or location == TX:
             out += _rows(conn, f"SELECT {_COLUMNS} FROM {table} WHERE id >= %s AND location = %s ORDER BY id", (first, location))
             continue

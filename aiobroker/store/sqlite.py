@@ -133,6 +133,8 @@ class SqliteStore(Store):
         #: write-ahead log lets it read the last committed state without waiting), made on the first page
         self._reader: sqlite3.Connection | None = None
         self._reading = threading.Lock()
+        #: a paged open reads the transmission queue's bodies (``open_paged``)
+        self._tx_bodies = True
         self._lock_fd: int | None = None
         self.wal_path = self.db_path.with_name(DB_FILE + "-wal")
         self._checkpointer: Checkpointer | None = None
@@ -150,7 +152,8 @@ class SqliteStore(Store):
     def open(self) -> Snapshot:
         return self._open(None)
 
-    def open_paged(self, window: int) -> Snapshot:
+    def open_paged(self, window: int, tx_bodies: bool = True) -> Snapshot:
+        self._tx_bodies = tx_bodies
         return self._open(window)
 
     def read_rows(self, location: str, after_id: int, upto_id: int, limit: int) -> list[MessageRow]:
@@ -400,7 +403,7 @@ class SqliteStore(Store):
         if window is None:
             return Snapshot(meta, objects, endpoints, rows_of(conn.execute(SELECT_MESSAGES)))
         queues = [name for kind, name, _ in objects if kind == "queue"]
-        messages, stored = read_paged(conn, window, queues)
+        messages, stored = read_paged(conn, window, queues, self._tx_bodies)
         return Snapshot(meta, objects, endpoints, messages, stored)
 
     def _decode(self, blob: Any) -> Any:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final
 
-from ..core.records import URGENT_TYPES, MessageRow, StoredRun
+from ..core.records import URGENT_TYPES, MessageRow, StoredRun, row_without_body
 
 #: the transmission queue's location (``core/ledger.py``); every row of it is read at start
 TX: Final = "tx"
 _COLUMNS: Final = "id, location, handle, seq, message_type, body, enqueued_at, state, trace"
+#: the same with the body's size in place of the body
+_COLUMNS_SIZED: Final = "id, location, handle, seq, message_type, length(body), enqueued_at, state, trace"
 #: Error and DialogTimer (``records.URGENT_TYPES``): kept in memory like retained rows, never in a page
 _URGENT: Final = tuple(sorted(URGENT_TYPES))
 _IS_URGENT: Final = f"message_type IN ({', '.join('?' * len(_URGENT))})"
@@ -34,11 +36,12 @@ def rows_of(cursor: Any) -> list[MessageRow]:
 
 
 def read_paged(
-    conn: sqlite3.Connection, window: int, queues: list[str]
+    conn: sqlite3.Connection, window: int, queues: list[str], tx_bodies: bool = True
 ) -> tuple[list[MessageRow], dict[str, StoredRun]]:
     """The rows a paged start reads (ordered by id), and what each queue left in the store. ``queues``: the
     queues' names; rows of any other location (a queue dropped under a crash) are read whole, for the node to
-    drop them and say so."""
+    drop them and say so. The transmission queue's rows come with their bodies, or (``tx_bodies`` False) with
+    their sizes in their place (``records.row_without_body``)."""
     locations = [TX, *(f"q:{name}" for name in queues)]
     counts, others, kept_rows = _count(conn, locations)
     out: list[MessageRow] = []
@@ -58,7 +61,11 @@ def read_paged(
         if not count:
             continue
         if location == TX:
-            out += rows_of(conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE location = ? ORDER BY id", (location,)))
+            if tx_bodies:
+                out += rows_of(conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE location = ? ORDER BY id", (TX,)))
+            else:
+                sql = f"SELECT {_COLUMNS_SIZED} FROM messages WHERE location = ? ORDER BY id"
+                out += [row_without_body(row) for row in conn.execute(sql, (TX,))]
             continue
         # by id from the start: a queue holding much of the table finds its window in its first pages
         ready = rows_of(conn.execute(

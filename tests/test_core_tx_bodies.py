@@ -130,6 +130,7 @@ def test_without_paging_the_bodies_stay_in_memory() -> None:
     h.flush()
     h.flush()
     assert bodies_held(h, handle) == [b"kept"]
+    assert not h.core.tx.to_strip, "nothing kept for a pass that never runs"
 
 
 def test_a_restart_reads_no_body_of_the_transmission_queue_and_reads_them_back_as_conversations_move() -> None:

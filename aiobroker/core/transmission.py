@@ -160,6 +160,8 @@ class TransmissionQueue:
         self.ready_links: set[str] = set()
         # A DELAYED conversation's bodies may wait in the store only (``tx_bodies.py``; stores that page): these
         # three ordered sets say where each such conversation is in that cycle, so that a pass costs what changed.
+        #: whether bodies may be left in the store (a store that pages): only then is ``to_strip`` kept
+        self.strips = False
         #: DELAYED conversations whose rows may still hold bodies to leave in the store
         self.to_strip: dict[str, None] = {}
         #: conversations with rows whose bodies are in the store only (``records.InStore``)
@@ -215,7 +217,8 @@ class TransmissionQueue:
             self.ready_links.add(address)
         elif self.is_delayed(handle, far_service):
             self._count(far_service, len(rows))
-            self.to_strip[handle] = None
+            if self.strips:
+                self.to_strip[handle] = None
 
     def _count(self, service: str, n: int) -> None:
         left = self.delayed_count.get(service, 0) + n
@@ -231,7 +234,7 @@ class TransmissionQueue:
         if handle not in waiting:
             waiting[handle] = None
             self._count(far_service, self.count(handle))
-            if handle in self.rows:
+            if self.strips and handle in self.rows:
                 self.to_strip[handle] = None
 
     def undelay(self, handle: str, far_service: str) -> None:

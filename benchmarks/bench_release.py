@@ -1,0 +1,278 @@
+"""Release of DELAYED messages, node A's side alone: CPU per released message, by phase, in one process.
+
+What ``bench_resolution_storm.py`` makes node A do once the registry answers, without the processes, sockets and
+the registry around it, so that the cost per message can be measured and compared between two trees in one
+sitting. Node A's real core (``BrokerCore``) on a real store (``--stores``: SQLite in a temporary directory with
+``durability = "normal"``, and the memory store), node B's real core (memory store) as the far end:
+
+1. set-up, not measured: A gets the ``http`` resolver (answering bindings too) and no route; S services x C
+   conversations are begun and one message of ``--size`` bytes sent on each, so every conversation is DELAYED
+   and the resolver asked once per service; everything is written to A's store.
+2. the release, measured, in groups of ``--answers-per-write`` answers (the writer gathers the answers that came
+   during its last write into one batch): for each answer, the binding question's "not found" and the route's
+   answer, as ``node/resolving.py`` hands them to the core (**reroute**); the link takes its envelopes and frames
+   them, as ``PeerLinks._send_loop`` does (**send**); the writer seals and writes the batch (**seal**, **write**;
+   the endpoint records of the release); B accepts the frame and acknowledges (not measured); A decodes B's
+   acknowledgement frame and applies it, as ``PeerLinks.accept`` does (**ack**); the writer seals and writes again
+   (the deleted rows, the records that now know B's broker instance).
+
+CPU is this thread's (``time.thread_time``). In a node the writer seals on the event loop and writes in its
+thread (a large batch): **write** is the writer thread's share, the rest the event loop's. The collector runs as
+``aiobroker serve`` sets it (``--gc``). Every message is checked to arrive at B exactly once, every row to be gone
+from A's store, and every stored record to know B's broker instance.
+
+    .venv/bin/python benchmarks/bench_release.py                      # 200 services x 100 conversations, 3 rounds
+    PYTHONPATH=/work/main .venv/bin/python benchmarks/bench_release.py   # the same, on another tree's code
+    .venv/bin/python benchmarks/bench_release.py --profile release.prof --stores sqlite   # cProfile the release
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiobroker
+from aiobroker.core.broker import BrokerCore
+from aiobroker.core.effects import ResolveRequest
+from aiobroker.node.collector import apply_node_policy
+from aiobroker.resolver import RouteAnswer, Target
+from aiobroker.store.base import Store
+from aiobroker.store.memory import MemoryStore
+from aiobroker.store.sqlite import SqliteStore
+from aiobroker.wire.codec import FrameDecoder, encode_frame
+from aiobroker.wire.frames import Envelopes, envelopes_wire, parse_frame
+
+PHASES = ("reroute", "send", "ack", "seal", "write")
+STORES = ("memory", "sqlite")
+B_ADDRESS = "tcp://127.0.0.1:4023"
+INITIATOR = "//release/initiator"
+SERVICE_FMT = "//release/svc-{:05d}"
+TARGET_QUEUE = "release_in"
+#: messages per frame and the frame's byte budget, as a link's (``node/links.py`` SEND_BATCH, batch_bytes)
+SEND_BATCH = 1000
+FRAME_BYTES = 16 * 1024 * 1024 - 64 * 1024
+SETUP_WRITE = 10_000  # conversations begun per write in the set-up
+DEFAULT_THRESHOLDS = gc.get_threshold()
+
+
+class Side:
+    """One node's core and store, flushed as the node's writer does: seal, write, then ``durable_upto``."""
+
+    def __init__(self, name: str, store: Store, **options: Any) -> None:
+        counter = itertools.count(1)
+        self.store = store
+        snapshot = store.open()
+        self.core = BrokerCore(
+            broker_instance=f"instance-{name}", persist=store.durable,
+            new_id=lambda: f"{name}-{next(counter):08d}", **options,
+        )
+        self.core.load(snapshot, 0.0)
+
+    def seal(self) -> Any:
+        batch, pending = self.core.seal()
+        return batch, pending, self.core.sealed_upto
+
+    def write(self, sealed: Any) -> None:
+        batch, pending, upto = sealed
+        if self.store.durable and batch:
+            self.store.write(batch)
+        self.core.durable_upto = upto
+        if pending:
+            self.core.publish(pending)
+
+    def flush(self) -> None:
+        self.write(self.seal())
+
+
+def set_up(store: Store, services: int, conversations: int, size: int) -> tuple[Side, Side, list[str]]:
+    """A with every conversation DELAYED (and stored), B ready to take them; the services asked about, in order."""
+    a = Side("a", store, resolver_name="http", resolver_answers_bindings=True,
+             max_delayed_per_service=conversations, max_delayed_messages=services * conversations)
+    b = Side("b", MemoryStore())
+    names = [SERVICE_FMT.format(i) for i in range(services)]
+    a.core.create_object("queue", {"name": "release_init"})
+    a.core.create_object("service", {"name": INITIATOR, "queue": "release_init", "contracts": []})
+    b.core.create_object("queue", {"name": TARGET_QUEUE})
+    for name in names:
+        b.core.create_object("service", {"name": name, "queue": TARGET_QUEUE, "contracts": ["DEFAULT"]})
+    b.flush()
+    body = b"\xa5" * size
+    begun = 0
+    for name in names:
+        for _ in range(conversations):
+            handle = a.core.begin_dialog(from_service=INITIATOR, to_service=name, contract="DEFAULT", now=0.0).handle
+            a.core.send(handle, [["DEFAULT", body]], 0.0)
+            begun += 1
+            if begun % SETUP_WRITE == 0:
+                a.flush()
+    a.flush()
+    asked = [e.service for e in a.core.drain_effects() if isinstance(e, ResolveRequest)]
+    delayed = a.core.dynamic_statistics(0.0)["delayed_messages"]
+    if asked != names or delayed != services * conversations:
+        raise SystemExit(f"set-up: {len(asked)} questions for {services} services and {delayed:,} messages delayed"
+                         f" of {services * conversations:,}: the tree does not DELAY as the storm needs")
+    return a, b, names
+
+
+class Phases:
+    """CPU seconds (this thread) per phase."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.thread_time() - started
+
+
+def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) -> int:
+    """Answer every question, send, acknowledge, write; returns how many messages B received."""
+    from aiobroker.core.dispatcher import BINDING
+    from aiobroker.resolver import NotFound
+
+    not_found = NotFound("no binding").message
+    decoder = FrameDecoder()
+    received = 0
+    now = 1.0
+    for start in range(0, len(names), per_write):
+        with phases("reroute"):
+            for name in names[start : start + per_write]:
+                answer = RouteAnswer(service_name=name, targets=(Target(address=B_ADDRESS),), lifetime=3600.0)
+                # as ``Resolving._settle`` hands a combined answer to the core: the binding's first
+                a.core.resolve_failed(name, f"not found: {not_found}", now, None, BINDING)
+                a.core.resolved(name, answer, now)
+                a.core.drain_effects()
+        frames: list[bytes] = []
+        with phases("send"):
+            while messages := a.core.outgoing(B_ADDRESS, SEND_BATCH, FRAME_BYTES):
+                frames.append(encode_frame(envelopes_wire(messages, [])))
+        with phases("seal"):
+            sealed = a.seal()
+        with phases("write"):
+            a.write(sealed)
+        for data in frames:  # B, not measured: it stores them and acknowledges
+            (frame,) = [parse_frame(obj) for obj in FrameDecoder().feed(data)]
+            assert isinstance(frame, Envelopes)
+            acks, _ = b.core.accept(frame.messages, now)
+            b.flush()
+            received += len(frame.messages)
+            reply = encode_frame(envelopes_wire([], acks))
+            with phases("ack"):
+                for got in [parse_frame(obj) for obj in decoder.feed(reply)]:
+                    assert isinstance(got, Envelopes)
+                    a.core.acknowledged(got.acks, now)
+        with phases("seal"):
+            sealed = a.seal()
+        with phases("write"):
+            a.write(sealed)
+    return received
+
+
+def one_round(store_kind: str, args: argparse.Namespace, tmp: Path, profile: cProfile.Profile | None) -> dict[str, float]:
+    store: Store = SqliteStore(tmp / f"a-{time.monotonic_ns()}") if store_kind == "sqlite" else MemoryStore()
+    gc.unfreeze()  # what an earlier round froze is garbage now
+    gc.collect()
+    if args.gc == "node":  # as ``aiobroker serve`` once started, before any conversation exists
+        apply_node_policy()
+    a, b, names = set_up(store, args.services, args.conversations, args.size)
+    if args.gc == "off":
+        gc.disable()
+    phases = Phases()
+    try:
+        if profile is not None:
+            profile.enable()
+        received = release(a, b, names, args.answers_per_write, phases)
+    finally:
+        if profile is not None:
+            profile.disable()
+        gc.enable()
+        gc.set_threshold(*DEFAULT_THRESHOLDS)
+    total = args.services * args.conversations
+    left = a.core.tx.message_count
+    if isinstance(store, SqliteStore):
+        store.close()
+        check = SqliteStore(store.data_dir)  # what a restart would read back
+        snap = check.open()
+        check.close()
+        stored_rows = len(snap.messages)
+        unknown = sum(1 for _, state in snap.endpoints if state[8] is None and state[2] == INITIATOR)
+    else:
+        stored_rows = unknown = 0
+    queued = b.core.queues[TARGET_QUEUE].waiting
+    if received != total or left or stored_rows or unknown or queued != total:
+        raise SystemExit(f"{store_kind}: {received:,} sent of {total:,}, {queued:,} queued at B, {left:,} still"
+                         f" unacknowledged at A, {stored_rows:,} rows left in A's store, {unknown:,} stored records"
+                         " without B's broker instance: the release is broken")
+    return {phase: seconds / total * 1e6 for phase, seconds in phases.seconds.items()}
+
+
+def report(store_kind: str, rounds: list[dict[str, float]], out: Callable[[str], None] = print) -> dict[str, float]:
+    median = {phase: statistics.median(r[phase] for r in rounds) for phase in PHASES}
+    main_us = median["reroute"] + median["send"] + median["ack"] + median["seal"]
+    writer_us = median["write"]
+    cells = "  ".join(f"{phase} {median[phase]:5.2f}" for phase in PHASES)
+    out(f"{store_kind:>6}: {cells}  | event loop {main_us:5.2f}  writer {writer_us:5.2f}  all {main_us + writer_us:5.2f}"
+        f" us/message (median of {len(rounds)})")
+    return {**median, "event_loop": main_us, "writer": writer_us}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], epilog="Run it as shown at the top of the file.")
+    p.add_argument("--services", type=int, default=200, help="services asked about (default 200)")
+    p.add_argument("--conversations", type=int, default=100, help="DELAYED conversations per service (default 100)")
+    p.add_argument("--size", type=int, default=128, help="bytes per message body (default 128)")
+    p.add_argument("--answers-per-write", type=int, default=10,
+                   help="answers handled between two writes of the writer (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per store, each from a fresh set-up (default 3)")
+    p.add_argument("--stores", default="memory,sqlite", help="A's stores, in order (default memory,sqlite)")
+    p.add_argument("--gc", choices=("node", "python", "off"), default="node",
+                   help="the collector: the policy aiobroker serve applies once started, before the conversations"
+                        " are begun (default), as Python sets it, or off during the release")
+    p.add_argument("--profile", metavar="FILE", help="cProfile the release phases (all rounds) into FILE")
+    args = p.parse_args(argv)
+    for name in ("services", "conversations", "size", "answers_per_write", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    args.store_list = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = [s for s in args.store_list if s not in STORES]
+    if unknown or not args.store_list:
+        p.error(f"unknown store(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STORES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    args = parse_args(argv)
+    total = args.services * args.conversations
+    out(f"bench_release: aiobroker from {Path(aiobroker.__file__).resolve().parent}; {args.services} services x"
+        f" {args.conversations} conversations = {total:,} messages of {args.size} B, {args.answers_per_write} answers"
+        f" per write, gc {args.gc}")
+    profile = cProfile.Profile() if args.profile else None
+    with tempfile.TemporaryDirectory(prefix="bench-release-") as tmp:
+        for store_kind in args.store_list:
+            rounds = [one_round(store_kind, args, Path(tmp), profile) for _ in range(args.rounds)]
+            report(store_kind, rounds, out)
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        out(f"profile of the release written to {args.profile} (python -m pstats {args.profile})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import itertools
 import statistics
 import sys
 import tempfile
@@ -69,13 +68,10 @@ class Side:
     """One node's core and store, flushed as the node's writer does: seal, write, then ``durable_upto``."""
 
     def __init__(self, name: str, store: Store, **options: Any) -> None:
-        counter = itertools.count(1)
         self.store = store
         snapshot = store.open()
-        self.core = BrokerCore(
-            broker_instance=f"instance-{name}", persist=store.durable,
-            new_id=lambda: f"{name}-{next(counter):08d}", **options,
-        )
+        # ids made as a node makes them (random: where an endpoint's record lands in the store's index)
+        self.core = BrokerCore(broker_instance=f"instance-{name}", persist=store.durable, **options)
         self.core.load(snapshot, 0.0)
 
     def seal(self) -> Any:
@@ -125,18 +121,23 @@ def set_up(store: Store, services: int, conversations: int, size: int) -> tuple[
 
 
 class Phases:
-    """CPU seconds (this thread) per phase."""
+    """CPU seconds (this thread) per phase; the profile, if any, sees the measured phases only (not B)."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: cProfile.Profile | None) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.profile = profile
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
+        if self.profile is not None:
+            self.profile.enable()
         started = time.thread_time()
         try:
             yield
         finally:
             self.seconds[phase] += time.thread_time() - started
+            if self.profile is not None:
+                self.profile.disable()
 
 
 def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) -> int:
@@ -191,14 +192,10 @@ def one_round(store_kind: str, args: argparse.Namespace, tmp: Path, profile: cPr
     a, b, names = set_up(store, args.services, args.conversations, args.size)
     if args.gc == "off":
         gc.disable()
-    phases = Phases()
+    phases = Phases(profile)
     try:
-        if profile is not None:
-            profile.enable()
         received = release(a, b, names, args.answers_per_write, phases)
     finally:
-        if profile is not None:
-            profile.disable()
         gc.enable()
         gc.set_threshold(*DEFAULT_THRESHOLDS)
     total = args.services * args.conversations

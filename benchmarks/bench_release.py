@@ -31,14 +31,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiobroker
 from aiobroker.core.broker import BrokerCore
@@ -51,6 +52,7 @@ from aiobroker.store.sqlite import SqliteStore
 from aiobroker.wire.codec import FrameDecoder, encode_frame
 from aiobroker.wire.frames import Envelopes, envelopes_wire, parse_frame
 
+T = TypeVar("T")
 PHASES = ("reroute", "send", "ack", "seal", "write")
 STORES = ("memory", "sqlite")
 B_ADDRESS = "tcp://127.0.0.1:4023"
@@ -62,6 +64,8 @@ SEND_BATCH = 1000
 FRAME_BYTES = 16 * 1024 * 1024 - 64 * 1024
 SETUP_WRITE = 10_000  # conversations begun per write in the set-up
 DEFAULT_THRESHOLDS = gc.get_threshold()
+#: a run under callgrind is ~50x slower than native; this bounds it
+CALLGRIND_TIMEOUT = 1800
 
 
 class Side:
@@ -121,23 +125,88 @@ def set_up(store: Store, services: int, conversations: int, size: int) -> tuple[
 
 
 class Phases:
-    """CPU seconds (this thread) per phase; the profile, if any, sees the measured phases only (not B)."""
+    """CPU seconds (this thread) per phase; the profile, if any, sees the measured phases only (not B). Under
+    callgrind (``markers``), each phase runs inside a libc function of its own that calls back (``Markers``), so
+    that callgrind's inclusive count of that function is the phase's instructions."""
 
-    def __init__(self, profile: cProfile.Profile | None) -> None:
+    def __init__(self, profile: cProfile.Profile | None, markers: Markers | None = None) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.profile = profile
+        self.markers = markers
 
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
+    def run(self, phase: str, work: Callable[[], T]) -> T:
+        if self.markers is not None:
+            return self.markers.run(phase, work)
         if self.profile is not None:
             self.profile.enable()
         started = time.thread_time()
         try:
-            yield
+            return work()
         finally:
             self.seconds[phase] += time.thread_time() - started
             if self.profile is not None:
                 self.profile.disable()
+
+
+class Markers:
+    """Runs a phase's work as the comparison callback of a libc search (``--callgrind``): callgrind then counts
+    the phase as part of that function, inclusively, whatever it calls. One libc function per phase, each told
+    apart by ``callgrind_annotate`` (MARKER_LINES says how each shows there)."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self.ctypes = ctypes
+        self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        self.compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+        self.action = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+        for name in ("bsearch", "lfind", "tfind", "tsearch"):
+            getattr(self.libc, name).restype = ctypes.c_void_p
+        self.box = (ctypes.c_int * 2)(0, 0)
+        self.root = ctypes.c_void_p()
+        self._keep = self.compare(lambda _a, _b: 0)
+        self.libc.tsearch(self.box, ctypes.byref(self.root), self._keep)  # a tree of one node, for tfind and twalk
+
+    def run(self, phase: str, work: Callable[[], T]) -> T:
+        ctypes, libc, box = self.ctypes, self.libc, self.box
+        result: list[T] = []
+        failed: list[BaseException] = []
+
+        def once(*_args: Any) -> int:
+            if not result and not failed:  # a search may call back more than once: the work runs once
+                try:
+                    result.append(work())
+                except BaseException as exc:  # raised again outside C
+                    failed.append(exc)
+            return 0
+
+        one = ctypes.c_size_t(1)
+        width = ctypes.c_size_t(ctypes.sizeof(ctypes.c_int))
+        if phase == "reroute":
+            libc.bsearch(box, box, one, width, self.compare(once))
+        elif phase == "send":
+            libc.lfind(box, box, ctypes.byref(one), width, self.compare(once))
+        elif phase == "ack":
+            libc.qsort(box, ctypes.c_size_t(2), width, self.compare(once))
+        elif phase == "seal":
+            libc.twalk(self.root, self.action(once))
+        else:
+            libc.tfind(box, ctypes.byref(self.root), self.compare(once))
+        if failed:
+            raise failed[0]
+        return result[0]
+
+
+#: how callgrind_annotate --inclusive=yes names each phase's marker (a libc file, and the function where it has one);
+#: tfind's line ("tsearch.c:0x...") counts twalk's callbacks too, so write = that line - seal's
+MARKER_LINES = {
+    "reroute": re.compile(r"stdlib-bsearch\.h:0x"),
+    "send": re.compile(r"lsearch\.c:0x"),
+    "ack": re.compile(r"msort\.c:qsort_r "),
+    "seal": re.compile(r"tsearch\.c:trecurse "),
+    "write": re.compile(r"tsearch\.c:0x"),
+}
 
 
 def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) -> int:
@@ -149,22 +218,35 @@ def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) 
     decoder = FrameDecoder()
     received = 0
     now = 1.0
-    for start in range(0, len(names), per_write):
-        with phases("reroute"):
-            for name in names[start : start + per_write]:
-                answer = RouteAnswer(service_name=name, targets=(Target(address=B_ADDRESS),), lifetime=3600.0)
-                # as ``Resolving._settle`` hands a combined answer to the core: the binding's first
-                a.core.resolve_failed(name, f"not found: {not_found}", now, None, BINDING)
-                a.core.resolved(name, answer, now)
-                a.core.drain_effects()
+
+    def answer(group: list[str]) -> None:
+        for name in group:
+            route = RouteAnswer(service_name=name, targets=(Target(address=B_ADDRESS),), lifetime=3600.0)
+            # as ``Resolving._settle`` hands a combined answer to the core: the binding's first
+            a.core.resolve_failed(name, f"not found: {not_found}", now, None, BINDING)
+            a.core.resolved(name, route, now)
+            a.core.drain_effects()
+
+    def send() -> list[bytes]:
         frames: list[bytes] = []
-        with phases("send"):
-            while messages := a.core.outgoing(B_ADDRESS, SEND_BATCH, FRAME_BYTES):
-                frames.append(encode_frame(envelopes_wire(messages, [])))
-        with phases("seal"):
-            sealed = a.seal()
-        with phases("write"):
-            a.write(sealed)
+        while messages := a.core.outgoing(B_ADDRESS, SEND_BATCH, FRAME_BYTES):
+            frames.append(encode_frame(envelopes_wire(messages, [])))
+        return frames
+
+    def acknowledged(reply: bytes) -> None:
+        for got in [parse_frame(obj) for obj in decoder.feed(reply)]:
+            assert isinstance(got, Envelopes)
+            a.core.acknowledged(got.acks, now)
+
+    def commit() -> None:
+        sealed = phases.run("seal", a.seal)
+        phases.run("write", lambda: a.write(sealed))
+
+    for start in range(0, len(names), per_write):
+        group = names[start : start + per_write]
+        phases.run("reroute", lambda: answer(group))  # noqa: B023 (run at once)
+        frames = phases.run("send", send)
+        commit()
         for data in frames:  # B, not measured: it stores them and acknowledges
             (frame,) = [parse_frame(obj) for obj in FrameDecoder().feed(data)]
             assert isinstance(frame, Envelopes)
@@ -172,18 +254,14 @@ def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) 
             b.flush()
             received += len(frame.messages)
             reply = encode_frame(envelopes_wire([], acks))
-            with phases("ack"):
-                for got in [parse_frame(obj) for obj in decoder.feed(reply)]:
-                    assert isinstance(got, Envelopes)
-                    a.core.acknowledged(got.acks, now)
-        with phases("seal"):
-            sealed = a.seal()
-        with phases("write"):
-            a.write(sealed)
+            phases.run("ack", lambda: acknowledged(reply))  # noqa: B023 (run at once)
+        commit()
     return received
 
 
-def one_round(store_kind: str, args: argparse.Namespace, tmp: Path, profile: cProfile.Profile | None) -> dict[str, float]:
+def one_round(
+    store_kind: str, args: argparse.Namespace, tmp: Path, profile: cProfile.Profile | None
+) -> dict[str, float]:
     store: Store = SqliteStore(tmp / f"a-{time.monotonic_ns()}") if store_kind == "sqlite" else MemoryStore()
     gc.unfreeze()  # what an earlier round froze is garbage now
     gc.collect()
@@ -192,7 +270,7 @@ def one_round(store_kind: str, args: argparse.Namespace, tmp: Path, profile: cPr
     a, b, names = set_up(store, args.services, args.conversations, args.size)
     if args.gc == "off":
         gc.disable()
-    phases = Phases(profile)
+    phases = Phases(profile, Markers() if args.markers else None)
     try:
         received = release(a, b, names, args.answers_per_write, phases)
     finally:
@@ -218,13 +296,15 @@ def one_round(store_kind: str, args: argparse.Namespace, tmp: Path, profile: cPr
 
 
 def report(store_kind: str, rounds: list[dict[str, float]], out: Callable[[str], None] = print) -> dict[str, float]:
-    median = {phase: statistics.median(r[phase] for r in rounds) for phase in PHASES}
-    main_us = median["reroute"] + median["send"] + median["ack"] + median["seal"]
-    writer_us = median["write"]
-    cells = "  ".join(f"{phase} {median[phase]:5.2f}" for phase in PHASES)
+    # the least of the rounds, phase by phase: on a shared machine other processes only ever add to a phase's CPU
+    # time (they take its caches), so the least is the steadiest figure of what the code costs
+    least = {phase: min(r[phase] for r in rounds) for phase in PHASES}
+    main_us = least["reroute"] + least["send"] + least["ack"] + least["seal"]
+    writer_us = least["write"]
+    cells = "  ".join(f"{phase} {least[phase]:5.2f}" for phase in PHASES)
     out(f"{store_kind:>6}: {cells}  | event loop {main_us:5.2f}  writer {writer_us:5.2f}  all {main_us + writer_us:5.2f}"
-        f" us/message (median of {len(rounds)})")
-    return {**median, "event_loop": main_us, "writer": writer_us}
+        f" us/message (least of {len(rounds)} rounds)")
+    return {**least, "event_loop": main_us, "writer": writer_us}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -234,21 +314,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=128, help="bytes per message body (default 128)")
     p.add_argument("--answers-per-write", type=int, default=10,
                    help="answers handled between two writes of the writer (default 10)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per store, each from a fresh set-up (default 3)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds per store, each from a fresh set-up; each phase's least is shown (default 5)")
     p.add_argument("--stores", default="memory,sqlite", help="A's stores, in order (default memory,sqlite)")
     p.add_argument("--gc", choices=("node", "python", "off"), default="node",
                    help="the collector: the policy aiobroker serve applies once started, before the conversations"
                         " are begun (default), as Python sets it, or off during the release")
     p.add_argument("--profile", metavar="FILE", help="cProfile the release phases (all rounds) into FILE")
+    p.add_argument("--callgrind", action="store_true",
+                   help="count instructions per message by phase with valgrind's callgrind instead of CPU seconds"
+                        " (one round per store, ~50x slower: use --services 50)")
+    p.add_argument("--markers", action="store_true", help=argparse.SUPPRESS)  # the run under callgrind
     args = p.parse_args(argv)
     for name in ("services", "conversations", "size", "answers_per_write", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.callgrind and (shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None):
+        p.error("--callgrind needs valgrind and callgrind_annotate (Debian: apt-get install valgrind)")
+    if args.callgrind and args.profile:
+        p.error("--callgrind and --profile measure apart: give one of them")
     args.store_list = [s.strip() for s in args.stores.split(",") if s.strip()]
     unknown = [s for s in args.store_list if s not in STORES]
     if unknown or not args.store_list:
         p.error(f"unknown store(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STORES)}")
     return args
+
+
+def count_instructions(store_kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """One round under callgrind, its phases run inside their marker functions (:class:`Markers`): instructions
+    per message, per phase. Counts do not move with the machine's load, as CPU seconds do."""
+    out = tmp / f"callgrind-{store_kind}.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--markers",
+           "--stores", store_kind, "--rounds", "1", "--services", str(args.services), "--conversations",
+           str(args.conversations), "--size", str(args.size), "--answers-per-write", str(args.answers_per_write),
+           "--gc", args.gc]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=CALLGRIND_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the run under callgrind failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+                               capture_output=True, text=True, timeout=CALLGRIND_TIMEOUT, check=True).stdout
+    counts: dict[str, int] = {}
+    for line in annotated.splitlines():
+        for phase, pattern in MARKER_LINES.items():
+            if phase not in counts and pattern.search(line):
+                counts[phase] = int(line.split()[0].replace(",", ""))
+    missing = [phase for phase in PHASES if phase not in counts]
+    if missing:
+        raise SystemExit(f"callgrind_annotate shows no marker for {', '.join(missing)}: this libc names its search"
+                         " functions otherwise; use CPU seconds (without --callgrind)")
+    counts["write"] -= counts["seal"]  # tfind's line counts twalk's callbacks too (MARKER_LINES)
+    total = args.services * args.conversations
+    return {phase: counts[phase] / total for phase in PHASES}
+
+
+def report_instructions(store_kind: str, per: dict[str, float], out: Callable[[str], None]) -> None:
+    main_i = per["reroute"] + per["send"] + per["ack"] + per["seal"]
+    cells = "  ".join(f"{phase} {per[phase]:6,.0f}" for phase in PHASES)
+    out(f"{store_kind:>6}: {cells}  | event loop {main_i:6,.0f}  writer {per['write']:6,.0f}  instructions/message")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,14 +379,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     total = args.services * args.conversations
-    out(f"bench_release: aiobroker from {Path(aiobroker.__file__).resolve().parent}; {args.services} services x"
-        f" {args.conversations} conversations = {total:,} messages of {args.size} B, {args.answers_per_write} answers"
-        f" per write, gc {args.gc}")
+    if not args.markers:
+        out(f"bench_release: aiobroker from {Path(aiobroker.__file__).resolve().parent}; {args.services} services x"
+            f" {args.conversations} conversations = {total:,} messages of {args.size} B, {args.answers_per_write}"
+            f" answers per write, gc {args.gc}{', counted by callgrind' if args.callgrind else ''}")
     profile = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="bench-release-") as tmp:
         for store_kind in args.store_list:
+            if args.callgrind:
+                report_instructions(store_kind, count_instructions(store_kind, args, Path(tmp)), out)
+                continue
             rounds = [one_round(store_kind, args, Path(tmp), profile) for _ in range(args.rounds)]
-            report(store_kind, rounds, out)
+            if not args.markers:
+                report(store_kind, rounds, out)
     if profile is not None:
         profile.dump_stats(args.profile)
         out(f"profile of the release written to {args.profile} (python -m pstats {args.profile})")

@@ -123,8 +123,7 @@ class DialogSecurity:
     def _wait(self, ep: Endpoint, reason: str) -> None:
         self.ledger.tx.delay(ep.handle, ep.far_service)
         self.dynamic.binding_waiters.add(ep.handle)
-        ep.delayed = reason
-        self.ledger.touch(ep)
+        ep.delayed = reason  # not stored: loading decides it again (``Outbound.route``)
 
     def _go_plain(self, ep: Endpoint) -> bool:
         self.conversations.set_secured(ep, False)

@@ -81,23 +81,26 @@ class Outbound:
                 decision = decisions[key] = self.decide(ep, now)
             else:
                 decision = cached.again(ep.far_service)
-        if decision.kind == "local":
-            return self.delivery.new_far_endpoint(ep, now)
-        if decision.kind == "remote":
-            assert decision.address is not None
+        kind = decision.kind
+        if kind == "remote":
+            address = decision.address
+            assert address is not None
             if ep.secured is None and not self.security.secure(ep, now):
                 return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
-            tx.attach(ep.handle, decision.address, ep.far_service)
+            tx.attach(ep.handle, address, ep.far_service)
             if decision.route is not None and decision.route.origin != "admin":
                 self.dynamic.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
-            return decision.address
+            return address
+        if kind == "local":
+            return self.delivery.new_far_endpoint(ep, now)
         tx.delay(ep.handle, ep.far_service)
-        if decision.kind == "resolve":
+        if kind == "resolve":
             # dialog security not decided yet: the binding it may need is asked for with the route (one round trip)
             ep.delayed = self.dynamic.ask(ROUTE, ep.far_service, now, binding_too=ep.secured is None)
         else:
             ep.delayed = decision.reason
-        ledger.touch(ep)
+        # No record written for the reason alone: loading decides every waiting conversation again and finds its
+        # reason afresh (``loading.py``), so a reason stored would never be read; what else changed, the caller saves.
         return None
 
     def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float, size: int | None = None) -> None:
@@ -144,6 +147,8 @@ class Outbound:
         binding_waiters = self.dynamic.binding_waiters
         moved = 0
         decisions: dict[tuple[str, str | None], Decision] = {}
+        if binding_waiters_only and not binding_waiters:
+            return 0  # nothing waits for a binding (a storm of plain conversations): no walk over those that wait
         if services is None:
             handles = list(tx.rows)
         else:  # only those DELAYED on these services: a conversation already on a link keeps it
@@ -152,21 +157,25 @@ class Outbound:
                 handles += tx.on_links()
         if binding_waiters_only:
             handles = [h for h in handles if h in binding_waiters]
+        endpoints = ledger.endpoints
+        rows = tx.rows
+        route_of = tx.route_of
+        route = self.route
+        count = tx.count
         for handle in handles:
-            ep = ledger.endpoints.get(handle)
-            if ep is None or ep.far_handle is not None or handle not in tx.rows:
+            ep = endpoints.get(handle)
+            if ep is None or ep.far_handle is not None or handle not in rows:
                 continue
-            tx.detach(handle)
+            if handle in route_of:
+                tx.detach(handle)
             tx.undelay(handle, ep.far_service)
             binding_waiters.discard(handle)
-            if ep.delayed is not None:
-                ep.delayed = None
-                ledger.touch(ep)
-            target = self.route(ep, now, decisions)
-            if isinstance(target, Endpoint):
-                moved += self._move_to_local(ep, target)
+            ep.delayed = None  # not stored: a reason is found afresh at load (see ``route``)
+            target = route(ep, now, decisions)
+            if isinstance(target, str):
+                moved += count(handle)  # on their way to another node now
             elif target is not None:
-                moved += tx.count(handle)  # on their way to another node now
+                moved += self._move_to_local(ep, target)
         return moved
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:

@@ -58,11 +58,13 @@ class Outbound:
         )
 
     def route(
-        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None
+        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None,
+        plain: set[str] | None = None,
     ) -> Endpoint | str | None:
         """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
         or failed: the sender has its Error). ``decisions`` caches the choice per (service, instance) while many
-        conversations are routed at once (a load-shared pick is still made per conversation)."""
+        conversations are routed at once (a load-shared pick is still made per conversation), and ``plain`` dialog
+        security's (``DialogSecurity.secure``)."""
         ledger = self.ledger
         if ep.far_handle is not None:
             return ledger.endpoints.get(ep.far_handle)
@@ -80,12 +82,12 @@ class Outbound:
             if cached is None:
                 decision = decisions[key] = self.decide(ep, now)
             else:
-                decision = cached.again(ep.far_service)
+                decision = cached if len(cached.pool) < 2 else cached.again(ep.far_service)
         kind = decision.kind
         if kind == "remote":
             address = decision.address
             assert address is not None
-            if ep.secured is None and not self.security.secure(ep, now):
+            if ep.secured is None and not self.security.secure(ep, now, plain):
                 return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
             tx.attach(ep.handle, address, ep.far_service)
             if decision.route is not None and decision.route.origin != "admin":
@@ -147,6 +149,7 @@ class Outbound:
         binding_waiters = self.dynamic.binding_waiters
         moved = 0
         decisions: dict[tuple[str, str | None], Decision] = {}
+        plain: set[str] = set()
         if binding_waiters_only and not binding_waiters:
             return 0  # nothing waits for a binding (a storm of plain conversations): no walk over those that wait
         if services is None:
@@ -161,7 +164,6 @@ class Outbound:
         rows = tx.rows
         route_of = tx.route_of
         route = self.route
-        count = tx.count
         for handle in handles:
             ep = endpoints.get(handle)
             if ep is None or ep.far_handle is not None or handle not in rows:
@@ -171,9 +173,10 @@ class Outbound:
             tx.undelay(handle, ep.far_service)
             binding_waiters.discard(handle)
             ep.delayed = None  # not stored: a reason is found afresh at load (see ``route``)
-            target = route(ep, now, decisions)
+            target = route(ep, now, decisions, plain)
             if isinstance(target, str):
-                moved += count(handle)  # on their way to another node now
+                held = rows.get(handle)  # on their way to another node now: how many (``tx.count``, inline)
+                moved += 0 if held is None else len(held) if type(held) is list else 1
             elif target is not None:
                 moved += self._move_to_local(ep, target)
         return moved

@@ -308,13 +308,34 @@ class TransmissionQueue:
         full = False
         done: list[str] = []  # all their rows sent: out of ``unsent`` (until new rows or a new epoch)
         all_rows = self.rows
+        sent = link.sent
         for handle in link.unsent:
             held = all_rows.get(handle)
             if held is None:
                 done.append(handle)
                 continue
-            rows = held if isinstance(held, list) else [held]
-            start = link.sent.get(handle, 0)
+            if not isinstance(held, list):
+                # A lone row (a storm's conversations hold one each): what the loop below does for a list of one
+                # row, without making the list.
+                if handle in sent:  # in flight already
+                    done.append(handle)
+                    continue
+                if held[ROW_ID] > durable_upto:
+                    self.ready_links.add(address)  # not yet stored: the write that stores it wakes this link again
+                    continue
+                size += len(held[ROW_BODY]) + ENVELOPE_OVERHEAD
+                if size > max_bytes and out:
+                    self.ready_links.add(address)  # more to go
+                    break
+                out.append((handle, held))
+                sent[handle] = 1
+                done.append(handle)
+                if len(out) >= max_messages:
+                    self.ready_links.add(address)  # more to go
+                    break
+                continue
+            rows = held
+            start = sent.get(handle, 0)
             if start >= len(rows):
                 done.append(handle)
                 continue
@@ -328,7 +349,7 @@ class TransmissionQueue:
                 out.append((handle, rows[i]))
                 i += 1
             if i:
-                link.sent[handle] = i  # only conversations with rows in flight: "any awaiting ack?" is bool(sent)
+                sent[handle] = i  # only conversations with rows in flight: "any awaiting ack?" is bool(sent)
             if i == len(rows):
                 done.append(handle)
             if i < end:

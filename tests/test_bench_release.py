@@ -43,3 +43,12 @@ def test_bad_numbers_and_unknown_stores_are_refused_before_any_work() -> None:
     done = run_script("--stores", "memory,postgres")
     assert done.returncode == 2 and "unknown store(s) postgres" in done.stderr and "memory, sqlite" in done.stderr
     assert "bench_release:" not in done.stdout
+
+
+def test_the_phases_run_inside_their_libc_markers_as_under_callgrind() -> None:
+    """--callgrind runs the script again under valgrind with the hidden --markers: each phase then runs as the
+    callback of a libc search (what callgrind counts it by). Natively, the same run must complete and check the
+    release as every run does."""
+    done = run_script("--markers", "--services", "2", "--conversations", "3", "--rounds", "1")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert done.stdout == ""  # the parent reads callgrind's counts, not this run's output

@@ -63,8 +63,8 @@ class Outbound:
     ) -> Endpoint | str | None:
         """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
         or failed: the sender has its Error). ``decisions`` caches the choice per (service, instance) while many
-        conversations are routed at once (a load-shared pick is still made per conversation), and ``plain`` dialog
-        security's (``DialogSecurity.secure``)."""
+        conversations are routed at once (a load-shared pick is still made per conversation); ``plain`` keeps dialog
+        security's plain answers the same way (``DialogSecurity.secure``)."""
         ledger = self.ledger
         if ep.far_handle is not None:
             return ledger.endpoints.get(ep.far_handle)
@@ -147,11 +147,11 @@ class Outbound:
         ledger = self.ledger
         tx = ledger.tx
         binding_waiters = self.dynamic.binding_waiters
+        if binding_waiters_only and not binding_waiters:
+            return 0  # nothing waits for a binding (a storm of plain conversations): no walk over those that wait
         moved = 0
         decisions: dict[tuple[str, str | None], Decision] = {}
         plain: set[str] = set()
-        if binding_waiters_only and not binding_waiters:
-            return 0  # nothing waits for a binding (a storm of plain conversations): no walk over those that wait
         if services is None:
             handles = list(tx.rows)
         else:  # only those DELAYED on these services: a conversation already on a link keeps it

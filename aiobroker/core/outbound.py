@@ -166,7 +166,8 @@ class Outbound:
         route = self.route
         for handle in handles:
             ep = endpoints.get(handle)
-            if ep is None or ep.far_handle is not None or handle not in rows:
+            held = rows.get(handle)  # its rows: routing them changes nothing here (one lookup in 100,000, not two)
+            if ep is None or ep.far_handle is not None or held is None:
                 continue
             if handle in route_of:
                 tx.detach(handle)
@@ -175,8 +176,7 @@ class Outbound:
             ep.delayed = None  # not stored: a reason is found afresh at load (see ``route``)
             target = route(ep, now, decisions, plain)
             if isinstance(target, str):
-                held = rows.get(handle)  # on their way to another node now: how many (``tx.count``, inline)
-                moved += 0 if held is None else len(held) if type(held) is list else 1
+                moved += len(held) if type(held) is list else 1  # on their way to another node now
             elif target is not None:
                 moved += self._move_to_local(ep, target)
         return moved

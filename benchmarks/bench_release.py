@@ -21,9 +21,17 @@ thread (a large batch): **write** is the writer thread's share, the rest the eve
 ``aiobroker serve`` sets it (``--gc``). Every message is checked to arrive at B exactly once, every row to be gone
 from A's store, and every stored record to know B's broker instance.
 
-    .venv/bin/python benchmarks/bench_release.py                      # 200 services x 100 conversations, 3 rounds
+Each phase's figure is the least of ``--rounds`` rounds (others on a shared machine only ever add to it). With
+``--callgrind`` the figures are instructions per message instead, counted by valgrind's callgrind: they do not
+move with the machine's load (one round per store under callgrind, about 50x slower: use ``--services 50``).
+
+    .venv/bin/python benchmarks/bench_release.py                      # 200 services x 100 conversations, 5 rounds
     PYTHONPATH=/work/main .venv/bin/python benchmarks/bench_release.py   # the same, on another tree's code
+    .venv/bin/python benchmarks/bench_release.py --services 50 --callgrind       # instructions per message
     .venv/bin/python benchmarks/bench_release.py --profile release.prof --stores sqlite   # cProfile the release
+
+(Run it as a script, as shown: the script's directory then comes first on ``sys.path``, not the current one, so
+PYTHONPATH decides which tree's ``aiobroker`` is measured; the first line of the output names it.)
 """
 
 from __future__ import annotations
@@ -31,12 +39,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import sys
-import tempfile
-import time
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +57,8 @@ from aiobroker.resolver import RouteAnswer, Target
 from aiobroker.store.base import Store
 from aiobroker.store.memory import MemoryStore
 from aiobroker.store.sqlite import SqliteStore
-from aiobroker.wire.codec import FrameDecoder, encode_frame
+from aiobroker.node.links import SEND_BATCH
+from aiobroker.wire.codec import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, batch_bytes, encode_frame
 from aiobroker.wire.frames import Envelopes, envelopes_wire, parse_frame
 
 T = TypeVar("T")
@@ -59,9 +68,8 @@ B_ADDRESS = "tcp://127.0.0.1:4023"
 INITIATOR = "//release/initiator"
 SERVICE_FMT = "//release/svc-{:05d}"
 TARGET_QUEUE = "release_in"
-#: messages per frame and the frame's byte budget, as a link's (``node/links.py`` SEND_BATCH, batch_bytes)
-SEND_BATCH = 1000
-FRAME_BYTES = 16 * 1024 * 1024 - 64 * 1024
+#: a link's frame's byte budget with the default max_frame_size (``PeerLinks._session``)
+FRAME_BYTES = batch_bytes(DEFAULT_MAX_FRAME_SIZE)
 SETUP_WRITE = 10_000  # conversations begun per write in the set-up
 DEFAULT_THRESHOLDS = gc.get_threshold()
 #: a run under callgrind is ~50x slower than native; this bounds it

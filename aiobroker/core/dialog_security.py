@@ -67,11 +67,19 @@ class DialogSecurity:
 
     # ------------------------------------------------------------------------------------------- initiator
 
-    def secure(self, ep: Endpoint, now: float) -> bool:
+    def secure(self, ep: Endpoint, now: float, plain: set[str] | None = None) -> bool:
         """The far side is on another node and dialog security is not decided yet: decide it (the choice table
         in docs/security.md). True: go on (secured or plain). False: the conversation waits (DELAYED, in the
-        transmission queue's delayed set, ``ep.delayed`` says why) or has failed (it has its Error)."""
+        transmission queue's delayed set, ``ep.delayed`` says why) or has failed (it has its Error).
+
+        ``plain``: while many conversations are routed at once (a release), the services whose conversations
+        without ``encryption`` were found to go plain: the table gives the next one the same answer, so it is not
+        walked again for each of 100,000 conversations. It holds for one pass: a plain answer means no binding
+        request can start for the service (the resolver answers none, or the last one failed and is remembered),
+        and nothing in a pass makes a binding."""
         service = ep.far_service
+        if plain is not None and not ep.encryption and service in plain:
+            return self._go_plain(ep)
         binding = self.ledger.catalog.binding_for(service, now)
         if binding is not None:
             try:
@@ -92,6 +100,8 @@ class DialogSecurity:
                     now,
                 )
                 return False
+            if plain is not None:
+                plain.add(service)
             return self._go_plain(ep)
         d = self.dynamic.dispatcher
         if (BINDING, service) in d.in_flight or d.should_ask(BINDING, service, now):
@@ -101,6 +111,8 @@ class DialogSecurity:
         if ep.encryption:
             self._wait(ep, self.dynamic.waiting_reason(BINDING, service, now))
             return False
+        if plain is not None:
+            plain.add(service)
         return self._go_plain(ep)
 
     def binding_wanted(self, service: str, now: float) -> bool:
@@ -123,8 +135,7 @@ class DialogSecurity:
     def _wait(self, ep: Endpoint, reason: str) -> None:
         self.ledger.tx.delay(ep.handle, ep.far_service)
         self.dynamic.binding_waiters.add(ep.handle)
-        ep.delayed = reason
-        self.ledger.touch(ep)
+        ep.delayed = reason  # not stored: loading decides it again (``Outbound.route``)
 
     def _go_plain(self, ep: Endpoint) -> bool:
         self.conversations.set_secured(ep, False)

@@ -184,19 +184,20 @@ class DynamicRouting:
         waiters = self.binding_waiters
         handles = self.ledger.tx.delayed.get(service, ())
         if kind == BINDING:
-            return any(h in waiters for h in handles)
+            return bool(waiters) and any(h in waiters for h in handles)
         return any(h not in waiters for h in handles)
 
     def _refresh_reasons(self, kind: str, service: str, now: float) -> None:
         reason = self.waiting_reason(kind, service, now)
         waiters = self.binding_waiters
+        if kind == BINDING and not waiters:
+            return  # none waits for a binding: no walk over the conversations that wait for their route
         for handle in self.ledger.tx.delayed.get(service, ()):
             if (handle in waiters) != (kind == BINDING):
                 continue  # waits for the other kind of request
             ep = self.ledger.endpoints.get(handle)
-            if ep is not None and ep.delayed != reason:
-                ep.delayed = reason
-                self.ledger.touch(ep)
+            if ep is not None:
+                ep.delayed = reason  # not stored (100,000 records for one new reason): loading finds it afresh
 
     def _ask_bcn(self, kind: str, service: str, now: float, *, with_route: bool = False) -> None:
         contract = BCN_CONTRACT

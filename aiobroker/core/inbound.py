@@ -295,23 +295,36 @@ class Inbound:
     # ------------------------------------------------------------------------------------- acknowledgements
 
     def acknowledged(self, acks: list[Any], now: float) -> list[Envelope]:
-        """Apply acknowledgements; returns those for conversations not on this node (to relay when forwarding)."""
+        """Apply acknowledgements; returns those for conversations not on this node (to relay when forwarding).
+
+        A frame's acknowledgements are many (one per conversation: 1,000 in a frame after a storm's release), so
+        what can be done once per frame is: the rows they free leave the store and the memory budget in one run."""
         ledger = self.ledger
+        tx = ledger.tx
+        acknowledge = tx.acknowledge
+        unacked = tx.rows
+        endpoints = ledger.endpoints
+        initiators, targets = ledger.by_conversation.side(True), ledger.by_conversation.side(False)
         foreign: list[Envelope] = []
+        freed: list[MessageRow] = []
         for ack in acks:
             if not well_formed_ack(ack):
                 self._report(f"a peer sent a malformed acknowledgement: {str(ack)[:120]}")
                 continue
             _, conv_id, from_initiator, next_seq, acker = ack
-            handle = ledger.by_conversation.get((conv_id, bool(from_initiator)))
-            ep = ledger.endpoints.get(handle) if handle is not None else None
+            handle = (initiators if from_initiator else targets).get(conv_id)
+            ep = endpoints.get(handle) if handle is not None else None
             if ep is None:
                 foreign.append(ack)
                 continue
-            ledger.forget_rows(ledger.tx.acknowledge(ep.handle, next_seq, ep.far_service))
+            handle = ep.handle
+            done = acknowledge(handle, next_seq, ep.far_service)
+            if done:
+                freed += done
             if ep.far_broker_instance is None and isinstance(acker, str):
                 ep.far_broker_instance = acker  # sticky from the first acknowledgement on
                 ledger.touch(ep)
-            if ep.state is State.CLOSED and ep.handle not in ledger.tx:
+            if ep.state is State.CLOSED and handle not in unacked:
                 self.conversations.retire(ep, now)
+        ledger.forget_rows(freed)  # all of the transmission queue ("tx"): one run
         return foreign

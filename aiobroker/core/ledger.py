@@ -81,6 +81,10 @@ class ConversationIndex:
     def pop(self, key: tuple[str, bool], default: str | None = None) -> str | None:
         return self.sides[1 if key[1] else 0].pop(key[0], default)
 
+    def side(self, is_initiator: bool) -> dict[str, str]:
+        """One side's index, conversation id → handle: for a loop of lookups, without a tuple per lookup."""
+        return self.sides[1 if is_initiator else 0]
+
 
 class Ledger:
     """The records the core's parts share. Single-threaded, like the core."""

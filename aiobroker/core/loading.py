@@ -40,6 +40,7 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
         ledger.queues[qdef.name] = MessageQueue(qdef, ledger.page_window)
     for handle, state in snap.endpoints:
         ep = Endpoint.from_state(handle, state)
+        ep.delayed = None  # never stored for itself: the reroute below finds each waiting conversation's reason
         ledger.endpoints[handle] = ep
         ledger.by_conversation[(ep.conversation_id, ep.is_initiator)] = handle
         conversations.watch(ep)

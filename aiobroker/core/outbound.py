@@ -59,11 +59,13 @@ class Outbound:
         )
 
     def route(
-        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None
+        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None,
+        plain: set[str] | None = None,
     ) -> Endpoint | str | None:
         """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
         or failed: the sender has its Error). ``decisions`` caches the choice per (service, instance) while many
-        conversations are routed at once (a load-shared pick is still made per conversation)."""
+        conversations are routed at once (a load-shared pick is still made per conversation); ``plain`` keeps dialog
+        security's plain answers the same way (``DialogSecurity.secure``)."""
         ledger = self.ledger
         if ep.far_handle is not None:
             return ledger.endpoints.get(ep.far_handle)
@@ -81,30 +83,33 @@ class Outbound:
             if cached is None:
                 decision = decisions[key] = self.decide(ep, now)
             else:
-                decision = cached.again(ep.far_service)
-        if decision.kind == "local":
-            if ep.handle in tx.stripped:
-                tx_bodies.wait_for_bodies(ledger, ep, None)  # routed again once its bodies are read back
-                return None
-            return self.delivery.new_far_endpoint(ep, now)
-        if decision.kind == "remote":
-            assert decision.address is not None
-            if ep.secured is None and not self.security.secure(ep, now):
+                decision = cached if len(cached.pool) < 2 else cached.again(ep.far_service)
+        kind = decision.kind
+        if kind == "remote":
+            address = decision.address
+            assert address is not None
+            if ep.secured is None and not self.security.secure(ep, now, plain):
                 return None  # waiting for a binding (DELAYED), or failed (the sender has its Error)
             if decision.route is not None and decision.route.origin != "admin":
                 self.dynamic.route_traffic.add(ep.far_service)  # a resolver's route in use: refresh it before expiry
             if ep.handle in tx.stripped:
-                tx_bodies.wait_for_bodies(ledger, ep, decision.address)  # the link takes it once they are back
+                tx_bodies.wait_for_bodies(ledger, ep, address)  # the link takes it once they are back
                 return None
-            tx.attach(ep.handle, decision.address, ep.far_service)
-            return decision.address
+            tx.attach(ep.handle, address, ep.far_service)
+            return address
+        if kind == "local":
+            if ep.handle in tx.stripped:
+                tx_bodies.wait_for_bodies(ledger, ep, None)  # routed again once its bodies are read back
+                return None
+            return self.delivery.new_far_endpoint(ep, now)
         tx.delay(ep.handle, ep.far_service)
-        if decision.kind == "resolve":
+        if kind == "resolve":
             # dialog security not decided yet: the binding it may need is asked for with the route (one round trip)
             ep.delayed = self.dynamic.ask(ROUTE, ep.far_service, now, binding_too=ep.secured is None)
         else:
             ep.delayed = decision.reason
-        ledger.touch(ep)
+        # No record written for the reason alone: loading decides every waiting conversation again and finds its
+        # reason afresh (``loading.py``), so a reason stored would never be read; what else changed, the caller saves.
         return None
 
     def queue_outgoing(self, ep: Endpoint, messages: list[Any], now: float, size: int | None = None) -> None:
@@ -153,8 +158,11 @@ class Outbound:
         ledger = self.ledger
         tx = ledger.tx
         binding_waiters = self.dynamic.binding_waiters
+        if binding_waiters_only and not binding_waiters:
+            return 0  # nothing waits for a binding (a storm of plain conversations): no walk over those that wait
         moved = 0
         decisions: dict[tuple[str, str | None], Decision] = {}
+        plain: set[str] = set()
         if handles is not None:
             pass  # these, whatever they waited for (their bodies, read back: ``tx_bodies.py``)
         elif services is None:
@@ -165,21 +173,26 @@ class Outbound:
                 handles += tx.on_links()
         if binding_waiters_only:
             handles = [h for h in handles if h in binding_waiters]
+        endpoints = ledger.endpoints
+        rows = tx.rows
+        route_of = tx.route_of
+        route = self.route
         for handle in handles:
-            ep = ledger.endpoints.get(handle)
-            if ep is None or ep.far_handle is not None or handle not in tx.rows:
+            ep = endpoints.get(handle)
+            held = rows.get(handle)  # its rows: routing them changes nothing here (one lookup in 100,000, not two)
+            if ep is None or ep.far_handle is not None or held is None:
                 continue
-            tx.detach(handle)
+            if handle in route_of:
+                tx.detach(handle)
             tx.undelay(handle, ep.far_service)
             binding_waiters.discard(handle)
-            if ep.delayed is not None:
-                ep.delayed = None
-                ledger.touch(ep)
-            target = self.route(ep, now, decisions)
-            if isinstance(target, Endpoint):
+            ep.delayed = None  # not stored: a reason is found afresh at load (see ``route``)
+            target = route(ep, now, decisions, plain)
+            if isinstance(target, str) or (target is None and handle in tx.reading):
+                # on their way to another node now (or once their bodies are read back: ``tx_bodies.py``)
+                moved += len(held) if type(held) is list else 1
+            elif target is not None:
                 moved += self._move_to_local(ep, target)
-            elif target is not None or handle in tx.reading:
-                moved += tx.count(handle)  # on their way to another node now (once their bodies are read back)
         return moved
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:

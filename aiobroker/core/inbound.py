@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SecurityError
-from .catalog import END_DIALOG, ERROR
+from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
 from .conversations import Conversations
@@ -37,6 +37,13 @@ from .routing import choose
 
 #: A forwarded message that has crossed this many nodes is dropped and reported: it is in a routing loop.
 DEFAULT_MAX_HOPS = 16
+
+#: queues' row locations kept (:meth:`Inbound._location`); a bound, as queues may come and go without end
+MAX_LOCATIONS = 10_000
+
+#: the state of a target's endpoint made by a conversation's first message (looked up once: an enum's hash is
+#: Python code)
+_TARGET_START = STARTS[Event.RECEIVE_FIRST]
 
 
 class Inbound:
@@ -53,6 +60,8 @@ class Inbound:
         self.conversations = conversations
         self.forwarding = forwarding
         self.max_hops = max_hops
+        #: queue name -> its rows' location (:meth:`_location`)
+        self._locations: dict[str, str] = {}
 
     def _report(self, text: str) -> None:
         self.ledger.outbox.append(Report(text))
@@ -110,7 +119,7 @@ class Inbound:
                 return  # dropped (dialog security), not acknowledged: the sender resends
             if ep.state is State.CLOSED:
                 acks[key] = ep.recv_seq  # refused with an Error; what follows in the run is swallowed below
-        if ep.secured or any(envelopes[x][13] for x in range(start, stop)):
+        if ep.secured or (first[13] if stop - start == 1 else any(envelopes[x][13] for x in range(start, stop))):
             stop = self.security.open_run(ep, envelopes, start, stop)
         k = start
         while k < stop:
@@ -169,19 +178,25 @@ class Inbound:
 
     def _deliver_stretch(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int, now: float) -> int:
         """Deliver the longest in-order stretch from ``start`` of messages that need no check beyond their type
-        (allowed by the contract, validation ``none``); returns how many (0: the first needs the careful path)."""
-        if ep.recv_seq == 0 and not ep.is_initiator:
-            return 0  # the message that makes the target's endpoint: the contract acceptance check comes first
+        (allowed by the contract, validation ``none``); returns how many (0: the first needs the careful path).
+        The message that made the target's endpoint is one of them once its service is found to accept the
+        contract (the check ``Delivery.deliver_remote`` makes of it): a peer that begins a conversation per message
+        sends nothing else."""
         ledger = self.ledger
         catalog = ledger.catalog
         contract = catalog.contracts.get(ep.contract)
         if contract is None:
             return 0
+        if ep.recv_seq == 0 and not ep.is_initiator and (
+            ep.service == DISPATCHER_SERVICE or ep.contract not in catalog.services[ep.service].contracts
+        ):
+            return 0  # refused with an Error (or the node's own dynamic routing service's): the careful path
         allowed = contract.may_send(not ep.is_initiator)
         types = catalog.message_types
         expect = ep.recv_seq
         end = start
         traced = False
+        size = 0
         while end < stop:
             env = envelopes[end]
             mt = env[9]
@@ -189,16 +204,20 @@ class Inbound:
                 break
             if len(env) != 14:
                 traced = True  # its 15th field: trace context (opened already if it was sealed)
+            size += len(env[10])
             expect += 1
             end += 1
         count = end - start
         if count:
             queue_name = catalog.services[ep.service].queue
-            location = "q:" + queue_name
+            location = self._locations.get(queue_name) or self._location(queue_name)
             mid = ledger.next_message_id
             handle = ep.handle
             rows: list[MessageRow]
-            if not traced:
+            if count == 1 and not traced:  # the one message of a new conversation, as a storm's peer sends them
+                e = envelopes[start]
+                rows = [(mid, location, handle, e[3], e[9], e[10], now, 0)]
+            elif not traced:
                 rows = [(mid + x, location, handle, e[3], e[9], e[10], now, 0) for x, e in enumerate(envelopes[start:end])]
             else:
                 rows = [
@@ -209,20 +228,30 @@ class Inbound:
                 ]
                 ledger.traced_queues.add(queue_name)
             ledger.next_message_id = mid + count
-            ledger.enqueue_run(queue_name, ep.group_id, rows)
+            ledger.enqueue_run(queue_name, ep.group_id, rows, size)
             ep.recv_seq = expect
             ledger.touch(ep)
         return count
 
+    def _location(self, queue_name: str) -> str:
+        """The location of ``queue_name``'s rows (``q:NAME``), one string per queue: a string made per row would
+        be hashed again wherever a row's location is looked up (the memory budget counts per location)."""
+        if len(self._locations) >= MAX_LOCATIONS:
+            self._locations.clear()  # queues dropped and made again by the thousand: start over
+        location = self._locations[queue_name] = "q:" + queue_name
+        return location
+
     def _new_remote_target(self, env: Envelope, now: float) -> Endpoint | None:
         """The first message of a conversation from another node makes its endpoint here; a secured one's key
         header is read and its initiator checked first. None: dropped (reported, not acknowledged)."""
-        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env[:14]
+        conv_id, from_initiator, from_service, to_service, enc = env[1], env[2], env[4], env[5], env[13]
         session_key: bytes | None = None
         identity = PUBLIC
         refusal: Refusal | None = None
         security = self.security
-        if isinstance(enc, list):
+        if enc is False:
+            pass  # a plain body: no key header to read (most conversations)
+        elif isinstance(enc, list):
             try:
                 session_key, identity, refusal = security.accept_key_header(env, now)
             except SecurityError as exc:
@@ -248,11 +277,11 @@ class Inbound:
             is_initiator=not from_initiator,
             service=to_service,
             far_service=from_service,
-            contract=contract,
+            contract=env[6],
             group_id=handle,  # a group of its own, named by its handle
-            expires_at=float(expires_at),
-            far_broker_instance=from_instance,
-            state=STARTS[Event.RECEIVE_FIRST],
+            expires_at=float(env[11]),
+            far_broker_instance=env[7],
+            state=_TARGET_START,
             encryption=session_key is not None,
             secured=session_key is not None,
             session_key=session_key,

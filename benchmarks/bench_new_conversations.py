@@ -275,8 +275,10 @@ def instructions(args: argparse.Namespace, workdir: Path) -> float:
     counts = []
     for messages in (0, args.messages):
         print(f"  callgrind: node B with {messages:,} messages ...", flush=True)
-        log = workdir / f"callgrind-{messages}.log"
-        one_round(args, workdir, messages, workdir / f"callgrind-{messages}.out", log)
+        where = args.keep_callgrind or workdir
+        where.mkdir(parents=True, exist_ok=True)
+        log = where / f"callgrind-{messages}.log"
+        one_round(args, workdir, messages, where / f"callgrind-{messages}.out", log)
         counts.append(collected(log))
     return (counts[1] - counts[0]) / args.messages
 
@@ -293,6 +295,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--receive-batch", type=int, default=1000, help="max_messages and max_groups a receive (1,000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, a fresh node each; the median is reported (3)")
     p.add_argument("--instructions", action="store_true", help="also count node B's instructions under callgrind")
+    p.add_argument("--keep-callgrind", type=Path, metavar="DIR",
+                   help="with --instructions: keep callgrind's files here (read them with callgrind_annotate)")
     p.add_argument("--profile", type=Path, help="run node B under cProfile, its statistics to this file (read"
                    " them with python -m pstats); it costs the node about twice its CPU")
     p.add_argument("--json", type=Path, help="also write the figures to this file")

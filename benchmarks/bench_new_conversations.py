@@ -13,7 +13,7 @@ From the peer's first frame to the consumer's last commit it measures the CPU of
 /proc/PID/task/*/schedstat, in ns) and of the consumer (``time.process_time``), and reports each per message;
 the median of ``--rounds`` runs, a fresh node each. ``--instructions`` also counts node B's instructions per
 message under valgrind's callgrind (a run with the messages less a run without, start-up left out): a measure
-that does not move with the machine's load.
+that does not move with the machine's load (one frame in flight at a time, see :func:`instructions`).
 
 It measures the aiobroker it imports, and starts the node and the peer with the same one, so two trees compare
 in one sitting:
@@ -69,6 +69,15 @@ name = "{queue}"
 """
 
 
+def check_children_import_the_tree() -> None:
+    """A child started as the node is (same environment and directory) imports the aiobroker measured."""
+    done = subprocess.run([sys.executable, "-c", "import aiobroker; print(aiobroker.__file__)"], capture_output=True,
+                          text=True, env={**os.environ, **tree_env()}, cwd=TREE, timeout=60, check=False)
+    found = Path(done.stdout.strip()).resolve().parent.parent if done.returncode == 0 else None
+    if found != TREE:
+        raise BenchError(f"a child process imports aiobroker from {found}, not {TREE}: {done.stderr.strip()[-300:]}")
+
+
 def node_config(path: Path, data_dir: Path, services: int) -> None:
     parts = [NODE_CONF.format(data_dir=data_dir, queue=QUEUE)]
     for i in range(services):
@@ -79,6 +88,15 @@ def node_config(path: Path, data_dir: Path, services: int) -> None:
 def tree_env() -> dict[str, str]:
     """The children import the aiobroker this process imported."""
     return {"PYTHONPATH": str(TREE)}
+
+
+def user_system_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds used so far by a live process, every thread (Linux /proc/PID/stat, in clock
+    ticks: 10 ms)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def node_cpu_ns(pid: int) -> int:
@@ -209,17 +227,20 @@ async def consume(port: int, total: int, receivers: int, batch_size: int, peer: 
                 tg.start_soon(receiver)
             await anyio.sleep(0.2)  # the receives are parked at the node (nothing measured yet)
             node0, client0, t0 = node_cpu_ns(node_pid), time.process_time(), time.monotonic()
+            split0 = user_system_s(node_pid)
             assert peer.stdin is not None
             peer.stdin.write("go\n")
             peer.stdin.flush()
             with anyio.fail_after(max_seconds):
                 await done.wait()
             node1, client1, t1 = node_cpu_ns(node_pid), time.process_time(), time.monotonic()
+            split1 = user_system_s(node_pid)
             tg.cancel_scope.cancel()  # the other receives wait without limit
     if state["duplicates"] or state["received"] != total or not all(seen):
         raise BenchError(f"not exactly once: {state['received']} received of {total},"
                          f" {state['duplicates']} duplicates, {total - sum(seen)} missing")
-    return {"node_cpu_s": (node1 - node0) / 1e9, "client_cpu_s": client1 - client0, "seconds": t1 - t0}
+    return {"node_cpu_s": (node1 - node0) / 1e9, "node_user_s": split1[0] - split0[0],
+            "node_system_s": split1[1] - split0[1], "client_cpu_s": client1 - client0, "seconds": t1 - t0}
 
 
 def one_round(args: argparse.Namespace, workdir: Path, messages: int, valgrind_out: Path | None = None,
@@ -235,7 +256,8 @@ def one_round(args: argparse.Namespace, workdir: Path, messages: int, valgrind_o
     if valgrind_out is not None:
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={valgrind_out}", *argv]
     log = log or common.LOGS_DIR / f"newconv-node-{port}.log"
-    node = common.start_process(argv, log_path=log, env=tree_env())
+    # started in the tree measured: ``python -m`` puts its working directory first on the path, ahead of PYTHONPATH
+    node = common.start_process(argv, log_path=log, env=tree_env(), cwd=TREE)
     peer: subprocess.Popen[str] | None = None
     try:
         common.wait_for_port(port, proc=node, what="node B", log_path=log,
@@ -243,7 +265,7 @@ def one_round(args: argparse.Namespace, workdir: Path, messages: int, valgrind_o
         peer = subprocess.Popen(
             [sys.executable, __file__, "peer", "--port", str(port), "--messages", str(messages), "--services",
              str(args.services), "--size", str(args.size), "--frame", str(args.frame), "--window", str(args.window)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **tree_env()})
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **tree_env()}, cwd=TREE)
         assert peer.stdout is not None
         if peer.stdout.readline().strip() != "ready":
             raise BenchError(f"the peer did not start (exit {peer.wait(timeout=10)})")
@@ -271,7 +293,11 @@ def collected(log: Path) -> int:
 
 
 def instructions(args: argparse.Namespace, workdir: Path) -> float:
-    """Node B's instructions per message: a callgrind run with ``--messages`` less one with none."""
+    """Node B's instructions per message: a callgrind run with ``--messages`` less one with none. The peer sends a
+    frame only once the last one is acknowledged (``--window`` is ``--frame``), so that the node takes each frame
+    by itself and hands it to one receive, whatever the machine's load: with frames queued up, how many a read
+    takes, and how they are split into receive batches, depend on timing, and moved the count by 20%."""
+    args = argparse.Namespace(**{**vars(args), "window": args.frame})
     counts = []
     for messages in (0, args.messages):
         print(f"  callgrind: node B with {messages:,} messages ...", flush=True)
@@ -315,6 +341,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print(f"aiobroker from {TREE}: {args.messages:,} messages a round, each on a new conversation from a peer,"
           f" {args.receivers} receives in flight of up to {args.receive_batch:,}", flush=True)
+    check_children_import_the_tree()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="newconv-") as tmp:
         workdir = Path(tmp)
@@ -322,7 +349,8 @@ def main(argv: list[str]) -> int:
             out = one_round(args, workdir, args.messages)
             rounds.append(out)
             n = args.messages
-            print(f"  round {r + 1}: node B {out['node_cpu_s'] / n * 1e6:.2f} us/message, client"
+            print(f"  round {r + 1}: node B {out['node_cpu_s'] / n * 1e6:.2f} us/message (user"
+                  f" {out['node_user_s'] / n * 1e6:.1f}, system {out['node_system_s'] / n * 1e6:.1f}), client"
                   f" {out['client_cpu_s'] / n * 1e6:.2f} us/message, {n / out['seconds']:,.0f} msg/s", flush=True)
         per = {key: statistics.median(x[key] for x in rounds) / args.messages * 1e6
                for key in ("node_cpu_s", "client_cpu_s")}

@@ -293,3 +293,19 @@ def test_the_rows_of_one_queue_from_a_peer_share_one_location_string() -> None:
     locations = [rows[0][ROW_LOCATION] for _, _, _, rows in b.core.ledger.pending]
     assert locations == ["q:qb"] * 3
     assert all(loc is locations[0] for loc in locations), "one string, hashed once, not one per row"
+
+
+def test_a_frame_of_new_conversations_is_counted_whole_and_a_bounded_queue_takes_only_what_fits() -> None:
+    a, b, _ = pair()
+    b.service("svcC", "qc")
+    b.core.alter_queue("qc", {"max_messages": 2})
+    a.core.create_object("route", {"name": "to-c", "service_name": "svcC", "address": B_ADDR}, a.now)
+    for service in ("svcB", "svcC"):
+        for _ in range(3):  # a conversation each, one frame for all six
+            a.send(a.core.begin_dialog(from_service="svcA", to_service=service, contract="DEFAULT", now=a.now).handle,
+                   b"x")
+    acks, _ = b.core.accept(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT), b.now)
+    assert [ack[3] for ack in acks] == [1] * 5 + [0], "the third message to the full queue is not acknowledged"
+    assert b.core.budget.in_queue("qb") == (3, 3) and b.core.budget.in_queue("qc") == (2, 2)
+    b.flush()
+    assert len(b.drain("qb")) == 3 and len(b.drain("qc")) == 2

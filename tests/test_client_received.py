@@ -206,10 +206,9 @@ async def test_compact_facts_name_each_conversation_once_in_the_order_of_its_fir
         reply = await client.request("receive", {**args, "facts": "compact"})
         await client.request("rollback", {"lease": reply["lease"]})
         assert "conversations" not in reply
-        assert reply["names"] == ["init", "target", "DEFAULT"]
         assert reply["facts"] == [
-            0, 1, 2, None, True, one.conversation_id,  # its own group: null, read as its handle
-            0, 1, 2, one.group_id, True, two.conversation_id,  # in the first one's group
+            "init", "target", "DEFAULT", None, True, one.conversation_id,  # its own group: null, read as its handle
+            "init", "target", "DEFAULT", one.group_id, True, two.conversation_id,  # in the first one's group
         ]
         old = await client.request("receive", args)  # a client that does not ask: the map, as always
         await client.request("rollback", {"lease": old["lease"]})
@@ -261,6 +260,6 @@ def test_compact_facts_of_a_conversation_that_ended_meanwhile_read_as_unknown() 
 
     rows = [[1, "q:q", "h1", 0, "T", b"", 0.0, 0], [2, "q:q", "gone", 0, "T", b"", 0.0, 0],
             [3, "q:q", "h1", 1, "T", b"", 0.0, 0]]
-    facts = [0, 1, 2, None, False, "c1", None, None, None, None, None, None]
-    assert compact_to_map(rows, ["svc", "far", "C"], facts) == {
+    facts = ["svc", "far", "C", None, False, "c1", None, None, None, None, None, None]
+    assert compact_to_map(rows, facts) == {
         "h1": ("svc", "far", "C", "h1", False, "c1"), "gone": UNKNOWN_CONVERSATION}

@@ -274,8 +274,7 @@ class Client(AdminCalls):
         # the rows stay as decoded; a message is a view made when the batch is iterated or indexed (received.py)
         rows = r["messages"]
         if "facts" in r:
-            facts = BatchFacts(r["queue"] or queue, None, bool(r.get("traced")), rows=rows, names=r["names"],
-                               facts=r["facts"])
+            facts = BatchFacts(r["queue"] or queue, None, bool(r.get("traced")), rows=rows, facts=r["facts"])
         else:
             facts = BatchFacts(r["queue"] or queue, r["conversations"], bool(r.get("traced")))
         return ReceivedBatch(self, r["lease"], ReceivedMessages(rows, facts), r.get("lease_expires_at"))

@@ -58,14 +58,12 @@ class Status:
                     ]
         return out
 
-    def compact_facts(self, rows: Iterable[MessageRow]) -> tuple[list[str], list[Any]]:
-        """:meth:`conversations_of` in the form a client may ask for (docs/protocol.md): ``(names, facts)``, where
-        ``facts`` holds six items per conversation, in the order of its first row: the indexes in ``names`` of its
-        service, far service and contract, its group id (None: its handle, as a conversation in a group of its
-        own), is_initiator, and its conversation id; a conversation that ended meanwhile has None for all six.
-        A batch of a thousand one-message conversations decodes in half the time (no map, no list and no copy of
-        the same names per conversation)."""
-        names: dict[str, int] = {}
+    def compact_facts(self, rows: Iterable[MessageRow]) -> list[Any]:
+        """:meth:`conversations_of` in the form a client may ask for (docs/protocol.md): one flat list of six items
+        per conversation, in the order of its first row: its service, far service, contract, group id (None: its
+        handle, as a conversation in a group of its own), is_initiator, and conversation id; a conversation that
+        ended meanwhile has None for all six. A batch of a thousand one-message conversations decodes in half the
+        time the map takes (no map, no list and no handle per conversation), and is made faster too."""
         facts: list[Any] = []
         seen: set[str] = set()
         endpoints = self.ledger.endpoints
@@ -78,19 +76,10 @@ class Status:
             if ep is None:
                 facts += (None, None, None, None, None, None)
                 continue
-            service, far, contract = ep.service, ep.far_service, ep.contract
-            s = names.get(service)
-            if s is None:
-                s = names[service] = len(names)
-            f = names.get(far)
-            if f is None:
-                f = names[far] = len(names)
-            c = names.get(contract)
-            if c is None:
-                c = names[contract] = len(names)
             group = ep.group_id
-            facts += (s, f, c, None if group == handle else group, ep.is_initiator, ep.conversation_id)
-        return list(names), facts
+            facts += (ep.service, ep.far_service, ep.contract, None if group == handle else group, ep.is_initiator,
+                      ep.conversation_id)
+        return facts
 
     def transmission_entries(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
         """The transmission queue per conversation, oldest first, with its state in words (for ``status``)."""

@@ -21,7 +21,7 @@ begin_timer        handle, seconds                                             n
 get_conversation   handle                                                      the endpoint's description
 list_conversations [limit]                                                     list of endpoint descriptions
 receive            queue, [max_messages=1], [timeout=0], [lease_seconds],       lease, messages, conversations
-                   [max_groups=1], [facts="map"]                               (or names and facts)
+                   [max_groups=1], [facts="map"]                               (or facts)
 commit             lease                                                       count
 rollback           lease                                                       null
 diagnose           service, [broker_instance]                                  the routing steps in words, dynamic routing
@@ -39,7 +39,7 @@ message_type, body, enqueued_at, state]`` (see :class:`aiobroker.core.records.Me
 ``trace``, when it carries W3C trace context (``aiobroker/tracecontext.py``); ``conversations`` maps each handle
 in the batch to ``[service, far_service, contract, group_id, is_initiator, conversation_id]``, and ``traced``
 (present only then) says that some row may have the ninth element. With ``facts="compact"`` the answer has
-``names`` and ``facts`` instead of ``conversations`` (``Status.compact_facts``; docs/protocol.md).
+``facts``, a flat list, instead of ``conversations`` (``Status.compact_facts``; docs/protocol.md).
 """
 
 from __future__ import annotations

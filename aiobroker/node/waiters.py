@@ -124,7 +124,7 @@ class Waiters:
 
     def _batch(self, lease: Lease, compact: bool = False) -> dict[str, Any]:
         """What a receiver is handed; every lease given out passes here once. ``compact``: the conversations'
-        facts as names and a flat list (``Status.compact_facts``), else as a map."""
+        facts as a flat list (``Status.compact_facts``), else as a map."""
         rows = lease.messages
         self.counters.received += len(rows)
         traced = lease.queue.name in self.core.ledger.traced_queues  # some message in it may carry trace context
@@ -135,7 +135,7 @@ class Waiters:
             "messages": rows,  # stored rows as they are: no per-message work on the way out
         }
         if compact:
-            batch["names"], batch["facts"] = self.core.status.compact_facts(rows)
+            batch["facts"] = self.core.status.compact_facts(rows)
         else:
             batch["conversations"] = self.core.conversations_of(rows)
         if traced and tracing.recording():  # a receive span for each message with it, in the sender's trace

@@ -272,11 +272,12 @@ class MessageQueue:
         lease.group.rollbacks = 0
         self._settle(lease.group)
 
-    def commit_groups(self, groups: list[Group], count: int) -> None:
-        """:meth:`commit` of the leases of several groups, holding ``count`` messages in all, in one loop."""
+    def commit_groups(self, parts: list[tuple[Group, list[MessageRow]]], count: int) -> None:
+        """:meth:`commit` of the leases of several groups (each with the rows taken from it), holding ``count``
+        messages in all, in one loop."""
         self.locked -= count
         ready, by_id = self.ready, self.groups
-        for group in groups:
+        for group, _ in parts:
             group.rollbacks = 0
             group.lease = None
             if group.urgent or group.normal:

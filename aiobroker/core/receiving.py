@@ -200,7 +200,7 @@ class Receiving:
         elif lease.messages:
             self.ledger.forget_rows(lease.messages, lease.size)
         if type(lease) is GroupsLease:
-            queue.commit_groups([group for group, _ in lease.parts], len(lease.messages))
+            queue.commit_groups(lease.parts, len(lease.messages))
         else:
             queue.commit(lease)
         return len(lease.messages)

@@ -185,3 +185,81 @@ def test_a_message_built_by_hand_reads_its_fields() -> None:
     assert (m.traceparent, m.tracestate) == (TRACEPARENT, TRACESTATE)
     plain = Message("q", 8, "handle-1", 4, "DEFAULT", b"", 1.5, facts)
     assert plain.trace is None and plain.traceparent is None and plain != m
+
+
+async def replies_to_two_conversations_of_one_group(client: aiobroker.Client) -> tuple[aiobroker.Dialog, ...]:
+    """Two dialogs from init, the second in the first's group; the target answers each once (queue qi)."""
+    one = await setup_pair(client)
+    two = await client.begin_dialog("init", "target", related_group=one.group_id)
+    for dialog in (one, two):
+        await dialog.send("DEFAULT", b"ask")
+        async with await client.receive("qt", max_messages=100, timeout=5) as batch:
+            for m in batch:
+                await batch.dialog(m).send("DEFAULT", b"answer")
+    return one, two
+
+
+async def test_compact_facts_name_each_conversation_once_in_the_order_of_its_first_row(node: aiobroker.Node) -> None:
+    async with aiobroker.connect(node.url) as client:
+        one, two = await replies_to_two_conversations_of_one_group(client)
+        args = {"queue": "qi", "max_messages": 100, "timeout": 5, "lease_seconds": None}
+        reply = await client.request("receive", {**args, "facts": "compact"})
+        await client.request("rollback", {"lease": reply["lease"]})
+        assert "conversations" not in reply
+        assert reply["facts"] == [
+            "init", "target", "DEFAULT", None, True, one.conversation_id,  # its own group: null, read as its handle
+            "init", "target", "DEFAULT", one.group_id, True, two.conversation_id,  # in the first one's group
+        ]
+        old = await client.request("receive", args)  # a client that does not ask: the map, as always
+        await client.request("rollback", {"lease": old["lease"]})
+        assert "facts" not in old and old["conversations"][two.handle][3] == one.group_id
+        batch = await client.receive("qi", max_messages=100, timeout=5)
+        assert [(m.conversation_handle, m.conversation_group_id, m.service_name, m.far_service_name, m.contract)
+                for m in batch] == [(one.handle, one.group_id, "init", "target", "DEFAULT"),
+                                    (two.handle, one.group_id, "init", "target", "DEFAULT")]
+        await batch.rollback()
+
+
+@pytest.mark.parametrize(("facts", "says"), [("short", "must be 'map' or 'compact', got 'short'"),
+                                             (5, "argument 'facts' must be str, got int")])
+async def test_a_bad_facts_argument_is_refused_and_takes_nothing(node: aiobroker.Node, facts: object, says: str) -> None:
+    async with aiobroker.connect(node.url) as client:
+        dialog = await setup_pair(client)
+        await dialog.send("DEFAULT", b"kept")
+        with pytest.raises(aiobroker.InvalidArgument, match=says):
+            await client.request("receive", {"queue": "qt", "max_messages": 10, "facts": facts})
+        batch = await client.receive("qt", max_messages=10, timeout=5)
+        assert [m.body for m in batch] == [b"kept"], "the refused receive locked nothing"
+
+
+async def test_the_client_reads_the_facts_map_of_a_node_that_does_not_know_compact_facts(
+    node: aiobroker.Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiobroker.node import handlers
+
+    older = handlers.OPS["receive"]
+    asked: list[object] = []
+
+    def receive_as_an_older_node(shell: Any, session: Any, rid: int, args: dict[str, Any]) -> None:
+        asked.append(args.pop("facts", None))  # an older node ignores an argument it does not know
+        older(shell, session, rid, args)
+
+    monkeypatch.setitem(handlers.OPS, "receive", receive_as_an_older_node)
+    async with aiobroker.connect(node.url) as client:
+        one, two = await replies_to_two_conversations_of_one_group(client)
+        batch = await client.receive("qi", max_messages=100, timeout=5)
+        seen = [attributes(m) for m in batch]
+        await batch.rollback()
+        assert seen == from_raw(await receive_raw(client, "qi"))
+        assert [a["conversation_group_id"] for a in seen] == [one.group_id, one.group_id]
+        assert "compact" in asked, "the client asked, and was answered with the map"
+
+
+def test_compact_facts_of_a_conversation_that_ended_meanwhile_read_as_unknown() -> None:
+    from aiobroker.client.received import UNKNOWN_CONVERSATION, compact_to_map
+
+    rows = [[1, "q:q", "h1", 0, "T", b"", 0.0, 0], [2, "q:q", "gone", 0, "T", b"", 0.0, 0],
+            [3, "q:q", "h1", 1, "T", b"", 0.0, 0]]
+    facts = ["svc", "far", "C", None, False, "c1", None, None, None, None, None, None]
+    assert compact_to_map(rows, facts) == {
+        "h1": ("svc", "far", "C", "h1", False, "c1"), "gone": UNKNOWN_CONVERSATION}

@@ -176,7 +176,7 @@ def test_max_memory_in_a_config_file(tmp_path: Path) -> None:
 def recount(h: Harness) -> int:
     """What the node holds, counted the slow way: every row in every queue (waiting, locked, retained), in the
     transmission queue, and sent but not yet published."""
-    rows = [r for q in h.core.queues.values() for g in q.groups.values() for dq in (g.urgent, g.normal) for r in dq]
+    rows = [r for q in h.core.queues.values() for g in q.groups.values() for dq in (g.urgent or (), g.normal) for r in dq]
     rows += [r for lease in h.core.leases.values() for r in lease.messages]
     rows += [r for q in h.core.queues.values() for kept in q.retained.values() for r in kept]
     rows += [r for handle in h.core.tx.rows for r in h.core.tx.rows_of(handle)]

@@ -273,3 +273,39 @@ def test_altering_a_route_moves_unacknowledged_messages_to_the_new_address() -> 
     assert a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT) == []
     assert [e[10] for e in a.core.outgoing("tcp://b2:1", 100, NO_BYTE_LIMIT)] == [b"1", b"2"], "resent, in order, to the new address"
     assert a.store.objects[("route", "to-b")]["address"] == "tcp://b2:1"
+
+
+def test_a_new_conversations_first_message_is_delivered_in_one_run_with_those_after_it() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"0", b"1", b"2")
+    b.core.accept(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT), b.now)
+    assert [len(rows) for _, _, _, rows in b.core.ledger.pending] == [3], "message 0 is not a run of its own"
+    b.flush()
+    assert bodies(b, "qb") == [b"0", b"1", b"2"]
+
+
+def test_the_rows_of_one_queue_from_a_peer_share_one_location_string() -> None:
+    a, b, _ = pair()
+    for _ in range(3):  # three conversations, each a run of its own
+        h = a.core.begin_dialog(from_service="svcA", to_service="svcB", contract="DEFAULT", now=a.now).handle
+        a.send(h, b"x")
+    b.core.accept(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT), b.now)
+    locations = [rows[0][ROW_LOCATION] for _, _, _, rows in b.core.ledger.pending]
+    assert locations == ["q:qb"] * 3
+    assert all(loc is locations[0] for loc in locations), "one string, hashed once, not one per row"
+
+
+def test_a_frame_of_new_conversations_is_counted_whole_and_a_bounded_queue_takes_only_what_fits() -> None:
+    a, b, _ = pair()
+    b.service("svcC", "qc")
+    b.core.alter_queue("qc", {"max_messages": 2})
+    a.core.create_object("route", {"name": "to-c", "service_name": "svcC", "address": B_ADDR}, a.now)
+    for service in ("svcB", "svcC"):
+        for _ in range(3):  # a conversation each, one frame for all six
+            a.send(a.core.begin_dialog(from_service="svcA", to_service=service, contract="DEFAULT", now=a.now).handle,
+                   b"x")
+    acks, _ = b.core.accept(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT), b.now)
+    assert [ack[3] for ack in acks] == [1] * 5 + [0], "the third message to the full queue is not acknowledged"
+    assert b.core.budget.in_queue("qb") == (3, 3) and b.core.budget.in_queue("qc") == (2, 2)
+    b.flush()
+    assert len(b.drain("qb")) == 3 and len(b.drain("qc")) == 2

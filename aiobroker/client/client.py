@@ -265,13 +265,19 @@ class Client(AdminCalls):
     async def _receive(
         self, queue: str, max_messages: int, timeout: float | None, lease_seconds: float | None, max_groups: int
     ) -> ReceivedBatch:
-        args = {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds}
+        # facts "compact": a node from before them ignores the argument and answers with the map (docs/protocol.md)
+        args = {"queue": queue, "max_messages": max_messages, "timeout": timeout, "lease_seconds": lease_seconds,
+                "facts": "compact"}
         if max_groups != 1:  # only then: a node from before max_groups takes the request as it always did
             args["max_groups"] = max_groups
         r = await self.request("receive", args)
         # the rows stay as decoded; a message is a view made when the batch is iterated or indexed (received.py)
-        facts = BatchFacts(r["queue"] or queue, r["conversations"], bool(r.get("traced")))
-        return ReceivedBatch(self, r["lease"], ReceivedMessages(r["messages"], facts), r.get("lease_expires_at"))
+        rows = r["messages"]
+        if "facts" in r:
+            facts = BatchFacts(r["queue"] or queue, None, bool(r.get("traced")), rows=rows, facts=r["facts"])
+        else:
+            facts = BatchFacts(r["queue"] or queue, r["conversations"], bool(r.get("traced")))
+        return ReceivedBatch(self, r["lease"], ReceivedMessages(rows, facts), r.get("lease_expires_at"))
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None and not self._conn.closed else "closed"

@@ -42,15 +42,58 @@ UNKNOWN_CONVERSATION: ConversationFacts = ("", "", "", "", False, "")
 
 class BatchFacts:
     """What the messages of one receive share: the queue, each conversation's facts, and whether rows may carry
-    trace context (the node says so: a ninth field is looked for only then)."""
+    trace context (the node says so: a ninth field is looked for only then).
 
-    __slots__ = ("queue", "conversations", "traced")
+    The facts come as a map (handle -> facts), or, from a node asked for them compact (docs/protocol.md), as a
+    flat list of six items per conversation in the order of its first row: then the map is made from them when a
+    message's conversation is first asked for, and never if none is (decoding a map, a list and a handle per
+    conversation was most of a consumer's time in a batch of one-message conversations)."""
 
-    def __init__(self, queue: str, conversations: Mapping[str, ConversationFacts], traced: bool) -> None:
+    __slots__ = ("queue", "_conversations", "traced", "_rows", "_facts")
+
+    def __init__(
+        self,
+        queue: str,
+        conversations: Mapping[str, ConversationFacts] | None,
+        traced: bool,
+        *,
+        rows: Sequence[MessageRow] = (),
+        facts: Sequence[Any] = (),
+    ) -> None:
         self.queue = queue
-        #: handle -> [service, far_service, contract, group_id, is_initiator, conversation_id]
-        self.conversations = conversations
+        self._conversations = conversations
         self.traced = traced
+        self._rows, self._facts = rows, facts
+
+    @property
+    def conversations(self) -> Mapping[str, ConversationFacts]:
+        """handle -> [service, far_service, contract, group_id, is_initiator, conversation_id]"""
+        found = self._conversations
+        if found is None:
+            found = self._conversations = compact_to_map(self._rows, self._facts)
+            self._rows = self._facts = ()
+        return found
+
+
+def compact_to_map(rows: Sequence[MessageRow], facts: Sequence[Any]) -> dict[str, ConversationFacts]:
+    """The map of a receive's compact facts: six items per conversation, in the order of its first row (the node's
+    ``Status.compact_facts``)."""
+    out: dict[str, ConversationFacts] = {}
+    i = 0
+    for row in rows:
+        handle = row[ROW_HANDLE]
+        if handle in out:
+            continue
+        if i + 6 > len(facts):
+            break  # fewer facts than conversations: a node's fault; the rest read as unknown
+        service, far, contract, group, initiator, conversation_id = facts[i:i + 6]
+        i += 6
+        out[handle] = (
+            UNKNOWN_CONVERSATION
+            if service is None
+            else (service, far, contract, handle if group is None else group, initiator, conversation_id)
+        )
+    return out
 
 
 class Message:

@@ -15,7 +15,9 @@ This part owns how an endpoint enters and leaves ``Ledger.endpoints``, and every
 
 Those three doors keep ``state_counts`` and ``secured_count`` exact, so ``status`` reads counters instead of
 walking a node's conversations (``tests/test_core_status.py`` compares them with a walk after random mixes of
-calls). States change a few times per conversation, never per message: the counting costs the hot path nothing.
+calls). States change a few times per conversation, never per message; but a node that takes every message on a
+new conversation (a resolution storm's receiving node) counts one for each, so the counts are kept per state's
+value (a string, whose hash is cached), not per ``State`` (an enum's ``__hash__`` is Python code, ~0.3 us).
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Conversations:
     def __init__(self, ledger: Ledger, *, closed_retention: float = DEFAULT_CLOSED_RETENTION) -> None:
         self.ledger = ledger
         self.closed_retention = closed_retention
-        #: how many endpoints are in each state (every state present, zero or not), for ``status``
-        self.state_counts: dict[State, int] = dict.fromkeys(State, 0)
+        #: how many endpoints are in each state, by the state's value (see the module's header; ``state_counts``)
+        self._counts: dict[str, int] = {state._value_: 0 for state in State}
         #: how many endpoints are secured (dialog security's ``secured_conversations``)
         self.secured_count = 0
         #: far service names seen, each kept as one string shared by every conversation to it (a name decoded from
@@ -60,6 +62,12 @@ class Conversations:
         #: shared by them all rather than one each (32 bytes of each of 100,000 DELAYED conversations; the default
         #: lifetime is 68 years, so a second less is nothing)
         self._default: tuple[int, float] = (0, 0.0)
+
+    @property
+    def state_counts(self) -> dict[State, int]:
+        """How many endpoints are in each state (every state present, zero or not), for ``status``."""
+        counts = self._counts
+        return {state: counts[state._value_] for state in State}
 
     def _default_end(self, now: float) -> float:
         """When a conversation begun now without a lifetime ends: ``now + MAX_LIFETIME``, to the second."""
@@ -140,7 +148,7 @@ class Conversations:
         begun without a lifetime ends in 68 years (the seeds' maximum), and a heap entry for it cost 73 bytes per
         conversation (a DELAYED storm holds 100,000) for a deadline no node process lives to see. Loading
         schedules every lifetime again at the next start."""
-        self.state_counts[ep.state] += 1
+        self._counts[ep.state._value_] += 1
         if ep.secured:
             self.secured_count += 1
         deadlines = self.ledger.deadlines
@@ -160,9 +168,9 @@ class Conversations:
         no such row), keeping the per-state counts. The only way the core changes a state."""
         state = next_state(ep.handle, ep.state, event)
         if self.ledger.endpoints.get(ep.handle) is ep:  # one no longer (or not yet) in ``endpoints`` is not counted
-            counts = self.state_counts
-            counts[ep.state] -= 1
-            counts[state] += 1
+            counts = self._counts
+            counts[ep.state._value_] -= 1
+            counts[state._value_] += 1
         ep.state = state
 
     def set_secured(self, ep: Endpoint, secured: bool) -> None:
@@ -200,7 +208,7 @@ class Conversations:
         ledger = self.ledger
         gone = ledger.endpoints.pop(ep.handle, None)
         if gone is not None:
-            self.state_counts[gone.state] -= 1
+            self._counts[gone.state._value_] -= 1
             if gone.secured:
                 self.secured_count -= 1
         ledger.ciphers.pop(ep.handle, None)

@@ -412,10 +412,11 @@ class Delivery:
         queues = ledger.queues
         endpoints = ledger.endpoints
         budget = ledger.budget
+        closed = State.CLOSED
         for queue_name, group_id, urgent, rows in pending:
             ep = endpoints.get(rows[0][ROW_HANDLE])  # a run of rows always belongs to one endpoint
             queue = queues.get(queue_name)
-            if ep is None or ep.state is State.CLOSED or queue is None:
+            if ep is None or ep.state is closed or queue is None:
                 ledger.forget_rows(rows)  # its conversation ended while the messages were being stored
                 continue
             if queue.window is not None and not urgent and (

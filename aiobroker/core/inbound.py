@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SecurityError
-from .catalog import END_DIALOG, ERROR
+from .catalog import DISPATCHER_SERVICE, END_DIALOG, ERROR, QueueDef
 from .conversation import Endpoint, State
 from .conversation_states import STARTS, Event
 from .conversations import Conversations
@@ -32,11 +32,18 @@ from .envelopes import ACK, Envelope, same_run, well_formed, well_formed_ack
 from .identities import PUBLIC
 from .ledger import Ledger
 from .parts import DeliveryPart, EndingsPart, SecurityPart
-from .records import MessageRow
+from .records import ROW_LOCATION, MessageRow
 from .routing import choose
 
 #: A forwarded message that has crossed this many nodes is dropped and reported: it is in a routing loop.
 DEFAULT_MAX_HOPS = 16
+
+#: queues' row locations kept (:meth:`Inbound._location`); a bound, as queues may come and go without end
+MAX_LOCATIONS = 10_000
+
+#: the state of a target's endpoint made by a conversation's first message (looked up once: an enum's hash is
+#: Python code)
+_TARGET_START = STARTS[Event.RECEIVE_FIRST]
 
 
 class Inbound:
@@ -53,6 +60,12 @@ class Inbound:
         self.conversations = conversations
         self.forwarding = forwarding
         self.max_hops = max_hops
+        #: queue name -> its rows' location (:meth:`_location`)
+        self._locations: dict[str, str] = {}
+        #: rows an ``accept`` delivered to a queue without bounds and has yet to save (all of one location), and
+        #: their bodies' bytes: saved before it returns (:meth:`_save_unsaved`)
+        self._unsaved: list[MessageRow] = []
+        self._unsaved_size = 0
 
     def _report(self, text: str) -> None:
         self.ledger.outbox.append(Report(text))
@@ -65,18 +78,22 @@ class Inbound:
         acks: dict[tuple[str, bool], int] = {}
         forwards: dict[str, list[Envelope]] = {}
         i, n = 0, len(envelopes)
-        while i < n:
-            env = envelopes[i]
-            if not well_formed(env):
-                self._report(f"a peer sent a malformed envelope: {str(env)[:120]}")
-                i += 1
-                continue
-            conv_id, from_initiator = env[1], env[2]
-            j = i + 1
-            while j < n and same_run(envelopes[j], conv_id, from_initiator):
-                j += 1
-            self._accept_run(envelopes, i, j, now, acks, forwards)
-            i = j
+        try:
+            while i < n:
+                env = envelopes[i]
+                if not well_formed(env):
+                    self._report(f"a peer sent a malformed envelope: {str(env)[:120]}")
+                    i += 1
+                    continue
+                conv_id, from_initiator = env[1], env[2]
+                j = i + 1
+                while j < n and same_run(envelopes[j], conv_id, from_initiator):
+                    j += 1
+                self._accept_run(envelopes, i, j, now, acks, forwards)
+                i = j
+        finally:
+            if self._unsaved:
+                self._save_unsaved()
         me = self.ledger.broker_instance
         return [[ACK, cid, not side, nxt, me] for (cid, side), nxt in acks.items()], forwards
 
@@ -110,7 +127,7 @@ class Inbound:
                 return  # dropped (dialog security), not acknowledged: the sender resends
             if ep.state is State.CLOSED:
                 acks[key] = ep.recv_seq  # refused with an Error; what follows in the run is swallowed below
-        if ep.secured or any(envelopes[x][13] for x in range(start, stop)):
+        if ep.secured or (first[13] if stop - start == 1 else any(envelopes[x][13] for x in range(start, stop))):
             stop = self.security.open_run(ep, envelopes, start, stop)
         k = start
         while k < stop:
@@ -129,8 +146,8 @@ class Inbound:
                 # what was not yet acknowledged, so the gap will never fill. The Error is the last message the
                 # conversation carries this way: deliver it now, and what it skipped is acknowledged with it.
                 ep.recv_seq = seq
-            room = self._room(ep, envelopes, k, stop)
-            if room == 0:
+            taken = self._deliver_stretch(ep, envelopes, k, stop, now)
+            if taken < 0:
                 queue = ledger.catalog.services[ep.service].queue
                 self._report(
                     f"message {seq} of conversation {conv_id} for {ep.service!r} was not taken: queue {queue!r} is"
@@ -138,21 +155,15 @@ class Inbound:
                     " again; receive from the queue, or raise its bound"
                 )
                 break
-            taken = self._deliver_stretch(ep, envelopes, k, min(stop, k + room), now)
             if taken == 0:
                 self.delivery.deliver_remote(ep, env, now)
                 taken = 1
             k += taken
         acks[key] = ep.recv_seq
 
-    def _room(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int) -> int:
-        """How many of ``envelopes[start:stop]`` fit in the bounds of ``ep``'s queue (all, for a queue without
-        any). ``EndDialog`` and ``Error`` always fit: they end the conversation, which frees its messages."""
-        catalog = self.ledger.catalog
-        service = catalog.services.get(ep.service)
-        qdef = catalog.queues.get(service.queue) if service is not None else None
-        if qdef is None or not qdef.bounded:
-            return stop - start
+    def _room(self, qdef: QueueDef, envelopes: list[Any], start: int, stop: int) -> int:
+        """How many of ``envelopes[start:stop]`` fit in the bounds of queue ``qdef``. ``EndDialog`` and ``Error``
+        always fit: they end the conversation, which frees its messages."""
         held, held_bytes = self.ledger.budget.in_queue(qdef.name)
         k = start
         while k < stop:
@@ -169,19 +180,35 @@ class Inbound:
 
     def _deliver_stretch(self, ep: Endpoint, envelopes: list[Any], start: int, stop: int, now: float) -> int:
         """Deliver the longest in-order stretch from ``start`` of messages that need no check beyond their type
-        (allowed by the contract, validation ``none``); returns how many (0: the first needs the careful path)."""
-        if ep.recv_seq == 0 and not ep.is_initiator:
-            return 0  # the message that makes the target's endpoint: the contract acceptance check comes first
+        (allowed by the contract, validation ``none``) and fit in the bounds of its queue, if it has any; returns
+        how many (0: the first needs the careful path; -1: the queue has no room for it).
+        The message that made the target's endpoint is one of them once its service is found to accept the
+        contract (the check ``Delivery.deliver_remote`` makes of it): a peer that begins a conversation per message
+        sends nothing else."""
         ledger = self.ledger
         catalog = ledger.catalog
+        service = catalog.services.get(ep.service)
+        qdef = catalog.queues.get(service.queue) if service is not None else None
+        bounded = False
+        if qdef is not None and qdef.bounded:
+            bounded = True
+            room = self._room(qdef, envelopes, start, stop)
+            if room == 0:
+                return -1
+            stop = start + room
         contract = catalog.contracts.get(ep.contract)
-        if contract is None:
+        if contract is None or service is None:
             return 0
-        allowed = contract.may_send(not ep.is_initiator)
+        if ep.recv_seq == 0 and not ep.is_initiator and (
+            ep.service == DISPATCHER_SERVICE or ep.contract not in service.contracts
+        ):
+            return 0  # refused with an Error (or the node's own dynamic routing service's): the careful path
+        allowed = contract.target_may_send if ep.is_initiator else contract.initiator_may_send  # the sender's
         types = catalog.message_types
         expect = ep.recv_seq
         end = start
         traced = False
+        size = 0
         while end < stop:
             env = envelopes[end]
             mt = env[9]
@@ -189,16 +216,20 @@ class Inbound:
                 break
             if len(env) != 14:
                 traced = True  # its 15th field: trace context (opened already if it was sealed)
+            size += len(env[10])
             expect += 1
             end += 1
         count = end - start
         if count:
-            queue_name = catalog.services[ep.service].queue
-            location = "q:" + queue_name
+            queue_name = service.queue
+            location = self._locations.get(queue_name) or self._location(queue_name)
             mid = ledger.next_message_id
             handle = ep.handle
             rows: list[MessageRow]
-            if not traced:
+            if count == 1 and not traced:  # the one message of a new conversation, as a storm's peer sends them
+                e = envelopes[start]
+                rows = [(mid, location, handle, e[3], e[9], e[10], now, 0)]
+            elif not traced:
                 rows = [(mid + x, location, handle, e[3], e[9], e[10], now, 0) for x, e in enumerate(envelopes[start:end])]
             else:
                 rows = [
@@ -209,20 +240,46 @@ class Inbound:
                 ]
                 ledger.traced_queues.add(queue_name)
             ledger.next_message_id = mid + count
-            ledger.enqueue_run(queue_name, ep.group_id, rows)
+            if bounded:
+                ledger.enqueue_run(queue_name, ep.group_id, rows, size)  # saved at once: its bound counts them
+            else:
+                unsaved = self._unsaved
+                if unsaved and unsaved[0][ROW_LOCATION] is not location:
+                    self._save_unsaved()
+                    unsaved = self._unsaved
+                unsaved += rows
+                self._unsaved_size += size
+                ledger.pending.append((queue_name, ep.group_id, False, rows))  # published once stored
             ep.recv_seq = expect
             ledger.touch(ep)
         return count
 
+    def _save_unsaved(self) -> None:
+        """Save the rows delivered to a queue without bounds since the last save (one location): one call for
+        all the conversations of a frame, not a call (and the memory budget's count) per conversation."""
+        self.ledger.save_rows(self._unsaved, self._unsaved_size)
+        self._unsaved = []
+        self._unsaved_size = 0
+
+    def _location(self, queue_name: str) -> str:
+        """The location of ``queue_name``'s rows (``q:NAME``), one string per queue: a string made per row would
+        be hashed again wherever a row's location is looked up (the memory budget counts per location)."""
+        if len(self._locations) >= MAX_LOCATIONS:
+            self._locations.clear()  # queues dropped and made again by the thousand: start over
+        location = self._locations[queue_name] = "q:" + queue_name
+        return location
+
     def _new_remote_target(self, env: Envelope, now: float) -> Endpoint | None:
         """The first message of a conversation from another node makes its endpoint here; a secured one's key
         header is read and its initiator checked first. None: dropped (reported, not acknowledged)."""
-        _, conv_id, from_initiator, _seq, from_service, to_service, contract, from_instance, _ti, _t, _b, expires_at, _h, enc = env[:14]
+        conv_id, from_initiator, from_service, to_service, enc = env[1], env[2], env[4], env[5], env[13]
         session_key: bytes | None = None
         identity = PUBLIC
         refusal: Refusal | None = None
         security = self.security
-        if isinstance(enc, list):
+        if enc is False:
+            pass  # a plain body: no key header to read (most conversations)
+        elif isinstance(enc, list):
             try:
                 session_key, identity, refusal = security.accept_key_header(env, now)
             except SecurityError as exc:
@@ -248,11 +305,11 @@ class Inbound:
             is_initiator=not from_initiator,
             service=to_service,
             far_service=from_service,
-            contract=contract,
+            contract=env[6],
             group_id=handle,  # a group of its own, named by its handle
-            expires_at=float(expires_at),
-            far_broker_instance=from_instance,
-            state=STARTS[Event.RECEIVE_FIRST],
+            expires_at=float(env[11]),
+            far_broker_instance=env[7],
+            state=_TARGET_START,
             encryption=session_key is not None,
             secured=session_key is not None,
             session_key=session_key,

@@ -6,8 +6,8 @@ A receive locks the oldest ready conversation group of a queue (``queues.py`` ke
 N of its messages, bounded by ``max_batch_bytes``, under a *lease*: the receiver's lock on that group, which only
 the receiver that took it (its *owner*, a connection) may end. With ``max_groups`` > 1 it goes on to the next
 ready groups, oldest first, while the batch has room (N messages and ``max_batch_bytes`` in all): one lease then
-locks them all (a :class:`GroupsLease`, one queue lease per group inside it), and its commit, rollback or expiry
-ends them together. A consumer of many one-message conversations thus pays one receive and one commit per batch,
+locks them all (a :class:`GroupsLease`, each group with its rows inside it, all taken in one loop by
+``MessageQueue.take_more``), and its commit, rollback or expiry ends them together. A consumer of many one-message conversations thus pays one receive and one commit per batch,
 not per message. Ending a lease unlocks its groups:
 
 - **commit**: the messages leave the queue and the store, or stay as retained rows if the queue keeps them;
@@ -31,35 +31,39 @@ from .deadlines import LEASE
 from .ledger import Ledger
 from .paging import want_page
 from .parts import ObjectsPart
-from .queues import ROW_OVERHEAD, Lease, MessageQueue
+from .queues import ROW_OVERHEAD, Group, Lease, MessageQueue
 from .records import ROW_BODY, ROW_HANDLE, ROW_STATE, MessageRow
 
 
 class GroupsLease(Lease):
-    """One receive's lock on several conversation groups (``max_groups`` > 1): ``parts`` holds the queue's lease
-    of each group, in the order they were taken; ``messages`` and ``size`` are theirs joined, so everything that
-    reads a lease (the batch sent to the receiver, the commit's store changes, the counters) reads it as one."""
+    """One receive's lock on several conversation groups (``max_groups`` > 1): ``parts`` holds each group with the
+    rows taken from it, in the order they were taken; ``messages`` and ``size`` are theirs joined, so everything
+    that reads a lease (the batch sent to the receiver, the commit's store changes, the counters) reads it as one.
+    Each group's ``lease`` is this lease. A part is a pair, not a lease of its own: a batch of a thousand
+    one-message conversations made a thousand lease objects for a commit to walk; a rollback, which is rare, makes
+    them (:func:`_parts`)."""
 
     __slots__ = ("parts",)
 
-    def __init__(self, lease_id: int, parts: list[Lease], owner: Any, expires_at: float) -> None:
-        messages = [row for part in parts for row in part.messages]
-        super().__init__(lease_id, parts[0].queue, parts[0].group, messages, owner, expires_at,
-                         sum(part.size for part in parts))
+    def __init__(
+        self,
+        lease_id: int,
+        queue: MessageQueue,
+        parts: list[tuple[Group, list[MessageRow]]],
+        messages: list[MessageRow],
+        owner: Any,
+        expires_at: float,
+        size: int,
+    ) -> None:
+        super().__init__(lease_id, queue, parts[0][0], messages, owner, expires_at, size)
         self.parts = parts
 
 
 def _parts(lease: Lease) -> list[Lease]:
-    """The queue leases a lease ends: its groups' (several), or itself (one group)."""
-    return lease.parts if type(lease) is GroupsLease else [lease]
-
-
-def _first_fits(queue: MessageQueue, max_bytes: int) -> bool:
-    """Whether the next ready group's first message fits in ``max_bytes`` of the batch (a take hands out at least
-    one message, so a further group is taken only when its first one fits: the batch stays within one frame)."""
-    group = queue.groups[next(iter(queue.ready))]
-    first = group.urgent[0] if group.urgent else group.normal[0]
-    return len(first[ROW_BODY]) + ROW_OVERHEAD <= max_bytes
+    """The queue leases a lease ends: one per group of a :class:`GroupsLease` (made now), or itself (one group)."""
+    if type(lease) is not GroupsLease:
+        return [lease]
+    return [Lease(lease.id, lease.queue, group, rows, lease.owner, lease.expires_at) for group, rows in lease.parts]
 
 
 class Receiving:
@@ -121,10 +125,12 @@ class Receiving:
         self._next_lease_id = lease_id + 1
         expires = now + (lease_seconds if lease_seconds is not None else self.receive_lease)
         group, rows, size = taken
-        lease = Lease(lease_id, queue, group, rows, owner, expires, size)
-        group.lease = lease
+        lease: Lease
         if max_groups > 1 and queue.ready and len(rows) < max_messages:
-            lease = self._more_groups(queue, lease, max_messages, max_groups)
+            lease = self._more_groups(queue, lease_id, group, rows, size, owner, expires, max_messages, max_groups)
+        else:
+            lease = Lease(lease_id, queue, group, rows, owner, expires, size)
+            group.lease = lease
         self.leases[lease_id] = lease
         self.leases_by_owner.setdefault(owner, set()).add(lease_id)
         self.ledger.deadlines.push(expires, LEASE, str(lease_id))
@@ -132,26 +138,33 @@ class Receiving:
             want_page(self.ledger, queue)  # the next page, once what is in memory runs low
         return lease
 
-    def _more_groups(self, queue: MessageQueue, first: Lease, max_messages: int, max_groups: int) -> Lease:
-        """Go on from a receive's first group to the next ready ones, while the batch has room; one lease for all
-        (the first alone if no other fits)."""
-        parts = [first]
-        count = len(first.messages)
-        wire = first.size + ROW_OVERHEAD * count  # the batch's wire size as queue.take estimates it
-        while len(parts) < max_groups and count < max_messages and queue.ready:
-            room = self.max_batch_bytes - wire
-            if not _first_fits(queue, room):
-                break
-            taken = queue.take(max_messages - count, room)
-            if taken is None:
-                break
-            group, rows, size = taken
-            part = Lease(first.id, queue, group, rows, first.owner, first.expires_at, size)
-            group.lease = part
-            parts.append(part)
-            count += len(rows)
-            wire += size + ROW_OVERHEAD * len(rows)
-        return first if len(parts) == 1 else GroupsLease(first.id, parts, first.owner, first.expires_at)
+    def _more_groups(
+        self,
+        queue: MessageQueue,
+        lease_id: int,
+        group: Group,
+        rows: list[MessageRow],
+        size: int,
+        owner: Any,
+        expires: float,
+        max_messages: int,
+        max_groups: int,
+    ) -> Lease:
+        """Go on from a receive's first group (``rows`` of ``group``, ``size`` bytes of bodies) to the next ready
+        ones, while the batch has room; one lease for all (the first alone if no other fits)."""
+        room = self.max_batch_bytes - size - ROW_OVERHEAD * len(rows)  # the batch's wire size as take estimates it
+        messages = list(rows)
+        more, more_size = queue.take_more(max_groups - 1, max_messages - len(rows), room, messages)
+        lease: Lease
+        if not more:
+            lease = Lease(lease_id, queue, group, rows, owner, expires, size)
+            group.lease = lease
+            return lease
+        more.insert(0, (group, rows))
+        lease = GroupsLease(lease_id, queue, more, messages, owner, expires, size + more_size)
+        for part_group, _ in more:
+            part_group.lease = lease
+        return lease
 
     def _take_lease(self, lease_id: Any, owner: Any) -> Lease:
         """The lease, no longer held (the caller ends it); only its owner may end it."""
@@ -186,8 +199,10 @@ class Receiving:
                     self.ledger.forget_row(row)  # its conversation ended while it was locked
         elif lease.messages:
             self.ledger.forget_rows(lease.messages, lease.size)
-        for part in _parts(lease):
-            queue.commit(part)
+        if type(lease) is GroupsLease:
+            queue.commit_groups(lease.parts, len(lease.messages))
+        else:
+            queue.commit(lease)
         return len(lease.messages)
 
     def rollback(self, lease_id: int, owner: Any) -> None:

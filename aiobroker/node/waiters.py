@@ -44,7 +44,8 @@ EMPTY_BATCH: dict[str, Any] = {"lease": None, "queue": None, "messages": [], "co
 class Waiter:
     """A receive waiting for messages."""
 
-    __slots__ = ("session", "rid", "queue", "max_messages", "lease_seconds", "deadline", "done", "max_groups")
+    __slots__ = ("session", "rid", "queue", "max_messages", "lease_seconds", "deadline", "done", "max_groups",
+                 "compact")
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class Waiter:
         lease_seconds: float | None,
         deadline: float,
         max_groups: int = 1,
+        compact: bool = False,
     ) -> None:
         self.session = session
         self.rid = rid
@@ -64,6 +66,8 @@ class Waiter:
         self.lease_seconds = lease_seconds
         self.deadline = deadline
         self.done = False
+        #: the client asked for the conversations' facts in their compact form (docs/protocol.md)
+        self.compact = compact
 
 
 class Waiters:
@@ -101,30 +105,41 @@ class Waiters:
         timeout: float | None,
         lease_seconds: float | None,
         max_groups: int = 1,
+        compact: bool = False,
     ) -> None:
         lease = self.core.receive(queue, max_messages, session, self.clock(), lease_seconds, max_groups)
         if lease is not None:
-            session.reply_now(rid, self._batch(lease))
+            session.reply_now(rid, self._batch(lease, compact))
             self.maybe_wake_ticker()
             return
         if timeout == 0:
             session.reply_now(rid, EMPTY_BATCH)
             return
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        waiter = Waiter(session, rid, queue, max_messages, lease_seconds, deadline, max_groups)
+        waiter = Waiter(session, rid, queue, max_messages, lease_seconds, deadline, max_groups, compact)
         self.by_queue.setdefault(queue, deque()).append(waiter)
         if deadline != math.inf:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
             self.maybe_wake_ticker()
 
-    def _batch(self, lease: Lease) -> dict[str, Any]:
-        """What a receiver is handed; every lease given out passes here once."""
+    def _batch(self, lease: Lease, compact: bool = False) -> dict[str, Any]:
+        """What a receiver is handed; every lease given out passes here once. ``compact``: the conversations'
+        facts as a flat list (``Status.compact_facts``), else as a map."""
         rows = lease.messages
         self.counters.received += len(rows)
-        conversations = self.core.conversations_of(rows)
         traced = lease.queue.name in self.core.ledger.traced_queues  # some message in it may carry trace context
+        batch: dict[str, Any] = {
+            "lease": lease.id,
+            "queue": lease.queue.name,
+            "lease_expires_at": lease.expires_at,
+            "messages": rows,  # stored rows as they are: no per-message work on the way out
+        }
+        if compact:
+            batch["facts"] = self.core.status.compact_facts(rows)
+        else:
+            batch["conversations"] = self.core.conversations_of(rows)
         if traced and tracing.recording():  # a receive span for each message with it, in the sender's trace
-            for handle, facts in conversations.items():
+            for handle, facts in self.core.conversations_of(rows).items():
                 tracing.node_spans(
                     "receive",
                     facts[0],
@@ -132,13 +147,6 @@ class Waiters:
                     instance=self.core.broker_instance,
                     conversation_id=facts[5],
                 )
-        batch = {
-            "lease": lease.id,
-            "queue": lease.queue.name,
-            "lease_expires_at": lease.expires_at,
-            "messages": rows,  # stored rows as they are: no per-message work on the way out
-            "conversations": conversations,
-        }
         if traced:
             batch["traced"] = True  # the client looks for rows of nine fields only then
         return batch
@@ -166,7 +174,7 @@ class Waiters:
             w.done = True
             lease = self.core.receive(queue_name, w.max_messages, w.session, now, w.lease_seconds, w.max_groups)
             if lease is not None:
-                w.session.reply_now(w.rid, self._batch(lease))
+                w.session.reply_now(w.rid, self._batch(lease, w.compact))
         if not waiting:
             del self.by_queue[queue_name]
         self.maybe_wake_ticker()

@@ -18,13 +18,14 @@ time. Errors are raised as httpx's exception types (``ConnectTimeout``, ``ReadTi
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
 import anyio.abc
 import h11
 import httpx
+
+from .http_formats import Asked
 
 #: bytes asked of the socket at once: a whole answer of the usual size in one read
 RECEIVE_BYTES = 65536
@@ -62,7 +63,7 @@ class LeanClient:
         self.connections_made = 0
         self.requests_on_connection = 0
 
-    async def get(self, url: httpx.URL, extra: Mapping[str, str]) -> tuple[int, httpx.Headers, AsyncIterator[bytes]]:
+    async def get(self, url: Asked, extra: Mapping[str, str]) -> tuple[int, httpx.Headers, AsyncIterator[bytes]]:
         """Send GET ``url``; (status, headers, the body's chunks). The caller reads the chunks (or stops early:
         then the connection is not kept) before the next ``get``."""
         if self.closed:
@@ -92,11 +93,9 @@ class LeanClient:
                 raise httpx.RemoteProtocolError("the registry closed the connection without answering") from None
         return status, headers, self._body()
 
-    def _request(self, url: httpx.URL, extra: Mapping[str, str]) -> bytes:
-        lines = [b"GET ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n", self._fixed]
-        if url.userinfo:  # as httpx does: credentials in the URL are sent as Basic authentication
-            credentials = f"{url.username}:{url.password}".encode()
-            lines += [b"Authorization: Basic ", base64.b64encode(credentials), b"\r\n"]
+    def _request(self, url: Asked, extra: Mapping[str, str]) -> bytes:
+        # the Host line and credentials (as httpx sends them: Basic authentication) made once per URL template
+        lines = [b"GET ", url.raw_path, b" HTTP/1.1\r\n", url.origin_lines, self._fixed]
         lines += [f"{k}: {v}\r\n".encode("latin-1") for k, v in extra.items()]
         lines.append(b"\r\n")
         return b"".join(lines)

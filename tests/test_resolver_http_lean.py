@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
+import httpx
 import pytest
 
 from aiobroker.resolver import ResolverError, RouteAnswer, Target
@@ -234,3 +235,28 @@ async def test_closing_the_resolver_ends_a_question_in_flight_saying_so() -> Non
             await resolver.aclose()
     assert said == [f"the http resolver was closed while asking http://127.0.0.1:{server.port}"
                     "/v1/services/%2F%2Fshop%2FOrders"]
+
+
+@pytest.mark.parametrize("template", [
+    "http://127.0.0.1:8500/v1/services/{service}",
+    "http://reg.example/v1/health/service/{service}?passing=true&dc={service}",
+    "http://user:p%40ss@reg.example:8080/a/{service}/binding#frag",
+    "http://reg.example/{service}/../up",
+    "http://{service}.reg.example/v1",  # in the host: httpx parses each URL whole
+    "http://reg.example/v1#{service}",  # in the fragment: likewise
+])
+@pytest.mark.parametrize("name", ["//shop/Orders", "a b/ü?#&%", ".", "..", "...", "x" * 5000, "ü" * 12000, "svc.v2~x_y-z"])
+def test_a_url_template_parsed_once_gives_the_url_httpx_gives_for_the_whole(template: str, name: str) -> None:
+    """UrlTemplate joins the parts around ``{service}`` instead of parsing each question's URL: what it gives must
+    be what httpx makes of the whole URL (path normalised, percent-escapes, credentials), for any name."""
+    from resolvers.http_formats import UrlTemplate, origin_lines, redact, url_for
+
+    try:
+        url = url_for(template, name)
+    except httpx.InvalidURL as exc:
+        with pytest.raises(httpx.InvalidURL, match=str(exc)):
+            UrlTemplate(template).asked(name)
+        return
+    asked = UrlTemplate(template).asked(name)
+    assert (asked.scheme, asked.host, asked.port, asked.raw_path, asked.origin_lines, asked.shown) == (
+        url.scheme, url.host, url.port, url.raw_path, origin_lines(url), redact(url))

@@ -18,10 +18,15 @@ time. Errors are raised as httpx's exception types (``ConnectTimeout``, ``ReadTi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import asyncio
+import socket
+from collections import deque
+from ipaddress import IPv6Address, ip_address
+from typing import cast
 
 import anyio
-import anyio.abc
 import h11
 import httpx
 
@@ -54,7 +59,7 @@ class LeanClient:
         self._fixed = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in
                                {"Accept-Encoding": "identity", "User-Agent": "aiobroker-http-resolver",
                                 **headers}.items())
-        self._stream: anyio.abc.SocketStream | None = None
+        self._wire: _Wire | None = None
         self._h11: h11.Connection | None = None
         self._peer: tuple[str, int] | None = None
         self.closed = False
@@ -103,7 +108,7 @@ class LeanClient:
     async def _connect(self, peer: tuple[str, int]) -> None:
         with anyio.move_on_after(self.connect_timeout) as scope:
             try:
-                self._stream = await anyio.connect_tcp(*peer)
+                self._wire = await _open(*peer)
             except OSError as exc:
                 raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
         if scope.cancelled_caught:
@@ -114,17 +119,19 @@ class LeanClient:
         self.requests_on_connection = 0
 
     async def _send_and_read_head(self, request: bytes) -> tuple[int, httpx.Headers]:
-        assert self._stream is not None and self._h11 is not None
+        wire = self._wire
+        assert wire is not None and self._h11 is not None
         self._h11.send(_SENT)
         self._h11.send(h11.EndOfMessage())
         self.requests_on_connection += 1
         self._answer_started = False
-        with anyio.move_on_after(self.read_timeout) as scope:
-            try:
-                await self._stream.send(request)
-            except (anyio.BrokenResourceError, OSError):
-                raise _ClosedBeforeAnswer from None
-        if scope.cancelled_caught:
+        if wire.ended:  # the registry closed the kept connection while it was idle
+            raise _ClosedBeforeAnswer
+        try:
+            wire.transport.write(request)  # handed to the socket at once: no await unless it is full
+        except (RuntimeError, OSError):
+            raise _ClosedBeforeAnswer from None
+        if wire.paused and not await wire.event(self.read_timeout, lambda: not wire.paused or wire.ended):
             await self.aclose_connection()
             raise httpx.WriteTimeout("the request was not sent in time")
         while True:
@@ -138,7 +145,7 @@ class LeanClient:
     async def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         """h11's next event (never NEED_DATA: it reads within read_timeout as needed); an error closes the
         connection."""
-        assert self._stream is not None and self._h11 is not None
+        assert self._wire is not None and self._h11 is not None
         conn = self._h11
         try:
             while True:
@@ -159,16 +166,18 @@ class LeanClient:
 
     async def _receive(self) -> bytes:
         """The next bytes from the registry within read_timeout; b"" when it closed or reset the connection."""
-        assert self._stream is not None
-        with anyio.move_on_after(self.read_timeout) as scope:
-            try:
-                return await self._stream.receive(RECEIVE_BYTES)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
-                return b""
-            except anyio.ClosedResourceError:
-                raise RuntimeError("the lean client was closed while asking") from None
-        assert scope.cancelled_caught
-        raise httpx.ReadTimeout("the registry sent nothing in time")
+        wire = self._wire
+        assert wire is not None
+        if not wire.received and not wire.ended and not await wire.event(
+                self.read_timeout, lambda: bool(wire.received) or wire.ended):
+            raise httpx.ReadTimeout("the registry sent nothing in time")
+        if wire.closed:
+            raise RuntimeError("the lean client was closed while asking")
+        if not wire.received:
+            return b""
+        data = b"".join(wire.received)
+        wire.received.clear()
+        return data
 
     async def _body(self) -> AsyncIterator[bytes]:
         """The body's chunks; at its end the connection is kept for the next question if both sides may go on.
@@ -190,10 +199,9 @@ class LeanClient:
                 await self.aclose_connection()
 
     async def aclose_connection(self) -> None:
-        stream, self._stream, self._h11, self._peer = self._stream, None, None, None
-        if stream is not None:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+        wire, self._wire, self._h11, self._peer = self._wire, None, None, None
+        if wire is not None:
+            wire.close()
 
     async def aclose(self) -> None:
         self.closed = True
@@ -202,3 +210,136 @@ class LeanClient:
 
 class _ClosedBeforeAnswer(Exception):
     """The connection ended before a byte of the answer: on a kept connection, asked again on a new one."""
+
+
+class _Wire(asyncio.Protocol):
+    """One connection's transport events, for the one question reading it at a time: the bytes that came, whether
+    the connection ended, and whether writing is held back (the socket's buffer full). The question's task waits in
+    :meth:`event`, with a timer for its time-out: no cancel scope per read or write, and a request that the socket
+    takes at once costs no await at all (anyio's stream yields to the loop on every write)."""
+
+    def __init__(self) -> None:
+        self.received: deque[bytes] = deque()
+        self.ended = False  #: end of stream, reset, or closed here
+        self.closed = False  #: closed here (aclose)
+        self.paused = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        # as anyio's streams do: a request the socket did not take whole holds the question until it has gone (the
+        # write time-out), rather than being left in the transport's buffer
+        self.transport.set_write_buffer_limits(0)
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(bytes(data))
+        self._wake(True)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake(True)
+        return False  # the transport closes itself: a half-closed registry sends nothing more
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self.paused = False
+        self._wake(True)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake(True)
+
+    def close(self) -> None:
+        self.closed = self.ended = True
+        self.transport.abort()
+        self._wake(True)
+
+    def _wake(self, value: bool) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(value)
+
+    async def event(self, timeout: float, ready: Callable[[], bool]) -> bool:
+        """Wait until ``ready()`` within ``timeout`` seconds: whether it became so."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not ready():
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, self._wake, False)
+            try:
+                if not await waiter:
+                    return ready()
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return True
+
+
+#: how long a connection attempt to one of a host's addresses has before the next is started too (RFC 8305; as
+#: anyio.connect_tcp)
+HAPPY_EYEBALLS_DELAY = 0.25
+
+
+async def _open(host: str, port: int) -> _Wire:
+    """A connection to ``host`` (a name or an address) and ``port`` with a :class:`_Wire` on it, made as
+    ``anyio.connect_tcp`` makes one: a name's addresses IPv6 first, the next started when one is 0.25 s late, the
+    first to connect kept; when all fail, ``OSError("All connection attempts failed")`` from their errors."""
+    loop = asyncio.get_running_loop()
+    try:
+        literal = ip_address(host)
+    except ValueError:
+        found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses: list[str] = []
+        v6_first = v4_second = False
+        for family, *_, sockaddr in found:  # anyio's order: the first IPv6 address, then the first IPv4 one
+            if family == socket.AF_INET6 and not v6_first:
+                v6_first = True
+                addresses.insert(0, str(sockaddr[0]))
+            elif family == socket.AF_INET and v6_first and not v4_second:
+                v4_second = True
+                addresses.insert(1, str(sockaddr[0]))
+            else:
+                addresses.append(str(sockaddr[0]))
+    else:
+        addresses = [literal.compressed if isinstance(literal, IPv6Address) else str(literal)]
+    errors: list[OSError] = []
+    wire: _Wire | None = None
+    if len(addresses) == 1:
+        try:
+            _, wire = await loop.create_connection(_Wire, addresses[0], port)
+        except OSError as exc:
+            errors.append(exc)
+    else:
+        async def attempt(address: str, done: anyio.Event) -> None:
+            nonlocal wire
+            try:
+                _, made = await loop.create_connection(_Wire, address, port)
+            except OSError as exc:
+                errors.append(exc)
+                return
+            finally:
+                done.set()
+            if wire is None:
+                wire = made
+                tg.cancel_scope.cancel()
+            else:
+                made.close()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for address in addresses:
+                    done = anyio.Event()
+                    tg.start_soon(attempt, address, done)
+                    with anyio.move_on_after(HAPPY_EYEBALLS_DELAY):
+                        await done.wait()
+        except BaseException:
+            if wire is not None:
+                wire.close()
+            raise
+    if wire is None:
+        cause = errors[0] if len(errors) == 1 else ExceptionGroup("multiple connection attempts failed", errors)
+        raise OSError("All connection attempts failed") from cause
+    return wire

@@ -159,6 +159,7 @@ from .http_formats import (
     retry_after,
     snippet,
 )
+from .http_lean import AnswerTimeout
 
 FORMATS = ("aiobroker", "consul")
 DEFAULT_CONNECT_TIMEOUT = 2.0
@@ -377,25 +378,28 @@ class HttpResolver(Resolver):
         overall = self.connect_timeout + self.read_timeout
         async with self._clients.take() as slot:
             try:
-                with anyio.fail_after(overall):
-                    status, headers, body = await self._fetch(slot, parsed, service_name, asked, ask)
-            except TimeoutError as exc:
+                if asked.scheme == "http" and self._clients.lean:  # the lean client keeps the bound with its timers
+                    status, headers, body = await self._fetch(slot, parsed, service_name, asked, ask, overall)
+                else:
+                    with anyio.fail_after(overall):
+                        status, headers, body = await self._fetch(slot, parsed, service_name, asked, ask, overall)
+            except (TimeoutError, AnswerTimeout) as exc:
                 raise ResolverError(
                     f"read time-out: {shown} did not answer in full within connect_timeout + read_timeout = "
                     f"{duration(overall)}") from exc
         return shown, status, headers, body
 
-    async def _fetch(self, slot: Slot, template: UrlTemplate, service_name: str, asked: Asked, ask: str
-                     ) -> tuple[int, httpx.Headers, bytes]:
-        """GET the URL ``asked``, through the slot's lean client for plain http (see ``http_lean.py``), else httpx's
-        (the URL parsed whole); every error of either (the lean client raises httpx's types) and of the socket
-        becomes a ResolverError here, chained."""
+    async def _fetch(self, slot: Slot, template: UrlTemplate, service_name: str, asked: Asked, ask: str,
+                     overall: float) -> tuple[int, httpx.Headers, bytes]:
+        """GET the URL ``asked``, through the slot's lean client for plain http (see ``http_lean.py``; it raises
+        AnswerTimeout past ``overall`` seconds), else httpx's (the URL parsed whole); every other error of either
+        (the lean client raises httpx's types) and of the socket becomes a ResolverError here, chained."""
         shown = asked.shown
         where = f"{asked.host}:{asked.port or (443 if asked.scheme == 'https' else 80)}"
         try:
             headers = {ASK_HEADER: ask} if self.format == "aiobroker" else {}
             if asked.scheme == "http" and self._clients.lean:
-                status, answer_headers, chunks = await slot.lean.get(asked, headers)
+                status, answer_headers, chunks = await slot.lean.get(asked, headers, overall)
                 success = 200 <= status < 300
                 body = await read_limited(answer_headers, chunks, MAX_BODY_BYTES if success else ERROR_BODY_BYTES,
                                           shown, truncate=not success)

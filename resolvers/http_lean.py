@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import asyncio
+import math
 import socket
 from collections import deque
 from ipaddress import IPv6Address, ip_address
@@ -63,16 +64,20 @@ class LeanClient:
         self._h11: h11.Connection | None = None
         self._peer: tuple[str, int] | None = None
         self.closed = False
+        self._deadline = math.inf  #: the loop's time when the current exchange must have ended (get's ``within``)
         self._answer_started = False  #: whether a byte of the current answer came (before it, EOF means "dropped")
         #: connections made and questions asked on the current one (tests and status read them)
         self.connections_made = 0
         self.requests_on_connection = 0
 
-    async def get(self, url: Asked, extra: Mapping[str, str]) -> tuple[int, httpx.Headers, AsyncIterator[bytes]]:
+    async def get(self, url: Asked, extra: Mapping[str, str], within: float
+                  ) -> tuple[int, httpx.Headers, AsyncIterator[bytes]]:
         """Send GET ``url``; (status, headers, the body's chunks). The caller reads the chunks (or stops early:
-        then the connection is not kept) before the next ``get``."""
+        then the connection is not kept) before the next ``get``. The whole exchange, the body's chunks too, is
+        bounded by ``within`` seconds (:class:`AnswerTimeout`), as well as by connect_timeout and read_timeout."""
         if self.closed:
             raise RuntimeError("the lean client is closed")
+        self._deadline = asyncio.get_running_loop().time() + within
         peer = (url.host, url.port or 80)
         request = self._request(url, extra)
         # kept only if the last exchange ended cleanly (a question cancelled by the resolver's overall bound between
@@ -105,13 +110,21 @@ class LeanClient:
         lines.append(b"\r\n")
         return b"".join(lines)
 
+    def _until(self, timeout: float) -> tuple[float, bool]:
+        """When a wait of ``timeout`` seconds ends, and whether that is the exchange's overall bound."""
+        end = asyncio.get_running_loop().time() + timeout
+        return (self._deadline, True) if self._deadline < end else (end, False)
+
     async def _connect(self, peer: tuple[str, int]) -> None:
-        with anyio.move_on_after(self.connect_timeout) as scope:
+        until, overall = self._until(self.connect_timeout)
+        with anyio.CancelScope(deadline=until) as scope:
             try:
                 self._wire = await _open(*peer)
             except OSError as exc:
                 raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
         if scope.cancelled_caught:
+            if overall:
+                raise AnswerTimeout
             raise httpx.ConnectTimeout(f"no connection within {self.connect_timeout} s")
         self._peer = peer
         self._h11 = h11.Connection(h11.CLIENT)
@@ -131,9 +144,13 @@ class LeanClient:
             wire.transport.write(request)  # handed to the socket at once: no await unless it is full
         except (RuntimeError, OSError):
             raise _ClosedBeforeAnswer from None
-        if wire.paused and not await wire.event(self.read_timeout, lambda: not wire.paused or wire.ended):
-            await self.aclose_connection()
-            raise httpx.WriteTimeout("the request was not sent in time")
+        if wire.paused:
+            until, overall = self._until(self.read_timeout)
+            if not await wire.event(until, lambda: not wire.paused or wire.ended):
+                await self.aclose_connection()
+                if overall:
+                    raise AnswerTimeout
+                raise httpx.WriteTimeout("the request was not sent in time")
         while True:
             event = await self._next_event()
             if isinstance(event, h11.Response):
@@ -168,9 +185,12 @@ class LeanClient:
         """The next bytes from the registry within read_timeout; b"" when it closed or reset the connection."""
         wire = self._wire
         assert wire is not None
-        if not wire.received and not wire.ended and not await wire.event(
-                self.read_timeout, lambda: bool(wire.received) or wire.ended):
-            raise httpx.ReadTimeout("the registry sent nothing in time")
+        if not wire.received and not wire.ended:
+            until, overall = self._until(self.read_timeout)
+            if not await wire.event(until, lambda: bool(wire.received) or wire.ended):
+                if overall:
+                    raise AnswerTimeout
+                raise httpx.ReadTimeout("the registry sent nothing in time")
         if wire.closed:
             raise RuntimeError("the lean client was closed while asking")
         if not wire.received:
@@ -206,6 +226,10 @@ class LeanClient:
     async def aclose(self) -> None:
         self.closed = True
         await self.aclose_connection()
+
+
+class AnswerTimeout(Exception):
+    """The exchange's overall bound (``get``'s ``within``) passed before the answer came in full."""
 
 
 class _ClosedBeforeAnswer(Exception):
@@ -262,10 +286,9 @@ class _Wire(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(value)
 
-    async def event(self, timeout: float, ready: Callable[[], bool]) -> bool:
-        """Wait until ``ready()`` within ``timeout`` seconds: whether it became so."""
+    async def event(self, deadline: float, ready: Callable[[], bool]) -> bool:
+        """Wait until ``ready()``, at the latest till ``deadline`` (the loop's clock): whether it became so."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         while not ready():
             waiter = self._waiter = loop.create_future()
             timer = loop.call_at(deadline, self._wake, False)

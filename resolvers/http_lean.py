@@ -8,9 +8,9 @@ releases the messages waiting for those answers: a third of a node's time while 
 once. This client does what a question needs and nothing else: the resolver's CPU per question ~105 us instead
 of ~410 us (``bench_resolution_storm.py resolver-cost``). Not anyio's streams either: they yield to the loop on
 every write and need a cancel scope per read and write for the time-outs (with the question's own scope, about a
-quarter of the lean client's cost);
-here a request the socket takes at once costs no await, and each wait is one timer on the loop. ``https://`` (TLS, HTTP/2) and anything else
-it does not do stay with httpx (:func:`lean_headers`), so users see the same behaviour either way.
+quarter of the lean client's cost); here a request the socket takes at once costs no await, and each wait is one
+timer on the loop. ``https://`` (TLS, HTTP/2) and anything else it does not do stay with httpx
+(:func:`lean_headers`), so users see the same behaviour either way.
 
 What it does: Content-Length and chunked answers (h11), redirects returned as the status they are (the resolver
 reports them; nothing is followed), the connection kept for the next question unless the registry or h11 says

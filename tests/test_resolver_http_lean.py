@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
+import httpx
 import pytest
 
 from aiobroker.resolver import ResolverError, RouteAnswer, Target
@@ -234,3 +235,90 @@ async def test_closing_the_resolver_ends_a_question_in_flight_saying_so() -> Non
             await resolver.aclose()
     assert said == [f"the http resolver was closed while asking http://127.0.0.1:{server.port}"
                     "/v1/services/%2F%2Fshop%2FOrders"]
+
+
+async def test_a_registry_that_reads_nothing_is_a_write_timeout_within_about_read_timeout() -> None:
+    """A request the socket cannot take whole (16 MB of header, to a registry that never reads: a listening socket
+    with a small receive buffer whose connections are never accepted) is waited for within read_timeout, then the
+    question ends saying so: it is not left in a buffer to fail later as a read time-out."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the connection it holds
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        resolver = create({"url": f"http://127.0.0.1:{port}/v1/services/{{service}}", "read_timeout": 0.3,
+                           "headers": {"X-Padding": "x" * (16 << 20)}})
+        try:
+            started = time.monotonic()
+            with pytest.raises(ResolverError, match=rf"write time-out: could not send the request to 127.0.0.1:{port}"
+                                                    r" within read_timeout = 0.3s"):
+                await resolver.resolve_route(ORDERS)
+            assert time.monotonic() - started < 2.0
+            assert lean_requests(resolver) == 1
+        finally:
+            await resolver.aclose()
+
+
+async def test_a_registry_name_with_several_addresses_uses_the_first_that_connects(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As anyio.connect_tcp: a name's addresses are tried (the next one when the last is refused or late) and the
+    first connection made is used; when every address refuses, the error says the connection was refused."""
+    import socket
+
+    closed = free_port()
+    addresses: list[str] = []
+
+    async def getaddrinfo(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        assert host == "registry.test"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(anyio, "getaddrinfo", getaddrinfo)
+    async with serving(lambda n: (ok(), False)) as server:
+        addresses[:] = ["127.0.0.2", "127.0.0.1"]  # nothing listens on the server's port at 127.0.0.2
+        resolver = create({"url": f"http://registry.test:{server.port}/v1/services/{{service}}"})
+        try:
+            assert isinstance(await resolver.resolve_route(ORDERS), RouteAnswer)
+        finally:
+            await resolver.aclose()
+        assert server.connections == 1
+    resolver = create({"url": f"http://registry.test:{closed}/v1/services/{{service}}"})
+    try:
+        with pytest.raises(ResolverError, match=f"connection refused by registry.test:{closed}"):
+            await resolver.resolve_route(ORDERS)
+    finally:
+        await resolver.aclose()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("template", [
+    "http://127.0.0.1:8500/v1/services/{service}",
+    "http://reg.example/v1/health/service/{service}?passing=true&dc={service}",
+    "http://user:p%40ss@reg.example:8080/a/{service}/binding#frag",
+    "http://reg.example/{service}/../up",
+    "http://{service}.reg.example/v1",  # in the host: httpx parses each URL whole
+    "http://reg.example/v1#{service}",  # in the fragment: likewise
+])
+@pytest.mark.parametrize("name", ["//shop/Orders", "a b/ü?#&%", ".", "..", "...", "x" * 5000, "ü" * 12000, "svc.v2~x_y-z"])
+def test_a_url_template_parsed_once_gives_the_url_httpx_gives_for_the_whole(template: str, name: str) -> None:
+    """UrlTemplate joins the parts around ``{service}`` instead of parsing each question's URL: what it gives must
+    be what httpx makes of the whole URL (path normalised, percent-escapes, credentials), for any name."""
+    from resolvers.http_formats import UrlTemplate, origin_lines, redact, url_for
+
+    try:
+        url = url_for(template, name)
+    except httpx.InvalidURL as exc:
+        with pytest.raises(httpx.InvalidURL, match=str(exc)):
+            UrlTemplate(template).asked(name)
+        return
+    asked = UrlTemplate(template).asked(name)
+    assert (asked.scheme, asked.host, asked.port, asked.raw_path, asked.origin_lines, asked.shown) == (
+        url.scheme, url.host, url.port, url.raw_path, origin_lines(url), redact(url))

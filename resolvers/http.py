@@ -127,7 +127,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from aiobroker.resolver import (
     Answers,
     BindingAnswer,
-    ConfigError,
     NotFound,
     Resolver,
     ResolverError,
@@ -137,7 +136,8 @@ from aiobroker.resolver import (
     load_certificate,
 )
 
-from .http_config import Clients, Slot, _config_count, _config_headers, _config_seconds, _config_url
+from .http_config import MAX_OPEN_QUESTIONS as MAX_OPEN_QUESTIONS  # the benchmarks name it here
+from .http_config import Clients, Slot, checked_options
 from .http_config import default_binding_url as default_binding_url  # tests and docs name it here
 from .http_formats import (
     MIN_LIFETIME as MIN_LIFETIME,  # the shortest lifetime a header can give (tests and docs name it here)
@@ -161,10 +161,6 @@ from .http_formats import (
 )
 from .http_lean import AnswerTimeout
 
-FORMATS = ("aiobroker", "consul")
-DEFAULT_CONNECT_TIMEOUT = 2.0
-DEFAULT_READ_TIMEOUT = 5.0
-DEFAULT_LIFETIME = 60.0
 #: A bigger answer is refused (a registry gone wrong must not fill the node's memory). Consul's answer is ~2 KB an
 #: instance, so this is thousands of instances.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -179,19 +175,6 @@ ASK_BOTH = "route, binding"
 #: the route answer's member that carries the binding (an object, or null: no binding)
 BINDING_MEMBER = "binding"
 
-_OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
-            "max_open_questions",
-            "consul_include_warning"}
-
-
-#: questions a resolver keeps open at once by default (``max_open_questions``), each on a connection of its own kept
-#: alive for the next. Few: httpx's pool walks its connections on every request and response, so its cost per
-#: question grows with them (the storm benchmark: a plain httpx client gets ~1,400 answers/s from one registry with
-#: 4-16 open, ~600 with 64); 16 open still give 1,600 answers/s from a registry that takes 10 ms to answer.
-MAX_OPEN_QUESTIONS = 16
-#: the most ``max_open_questions`` may be
-MAX_OPEN_QUESTIONS_LIMIT = 1000
-
 log = logging.getLogger("aiobroker.resolvers.http")
 
 
@@ -200,41 +183,9 @@ def _seconds(value: Any) -> bool:
 
 
 def create(options: Mapping[str, Any]) -> HttpResolver:
-    """The entry point ``http``: checks the ``[resolver]`` table and builds the resolver."""
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"[resolver] must be a table, got {type(options).__name__}")
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ConfigError(f"[resolver] unknown key(s) for kind 'http': {', '.join(unknown)} "
-                          f"(allowed: {', '.join(sorted(_OPTIONS))})")
-    fmt = options.get("format", "aiobroker")
-    if fmt not in FORMATS:
-        raise ConfigError(f"[resolver] format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    url = _config_url(options)
-    binding_url: str | None = None
-    if "binding_url" in options:
-        if fmt == "consul":
-            raise ConfigError("[resolver] binding_url is for the aiobroker format: the consul format answers routes "
-                              "only")
-        binding_url = _config_url(options, "binding_url")
-    include_warning = options.get("consul_include_warning", True)
-    if "consul_include_warning" in options:
-        if fmt != "consul":
-            raise ConfigError("[resolver] consul_include_warning is for the consul format (format = \"consul\"); "
-                              f"this resolver's format is {fmt!r}")
-        if not isinstance(include_warning, bool):
-            raise ConfigError(f"[resolver] consul_include_warning must be true or false, got {include_warning!r}")
-    return HttpResolver(
-        url=url,
-        binding_url=binding_url,
-        format=fmt,
-        connect_timeout=_config_seconds(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-        read_timeout=_config_seconds(options, "read_timeout", DEFAULT_READ_TIMEOUT),
-        default_lifetime=_config_seconds(options, "default_lifetime", DEFAULT_LIFETIME),
-        headers=_config_headers(options),
-        consul_include_warning=include_warning,
-        max_open_questions=_config_count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT),
-    )
+    """The entry point ``http``: checks the ``[resolver]`` table (``http_config.checked_options``) and builds the
+    resolver."""
+    return HttpResolver(**checked_options(options))
 
 
 class HttpResolver(Resolver):

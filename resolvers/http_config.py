@@ -22,6 +22,60 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
+FORMATS = ("aiobroker", "consul")
+DEFAULT_CONNECT_TIMEOUT = 2.0
+DEFAULT_READ_TIMEOUT = 5.0
+DEFAULT_LIFETIME = 60.0
+#: questions a resolver keeps open at once by default (``max_open_questions``), each on a connection of its own kept
+#: alive for the next. Few: httpx's pool walks its connections on every request and response, so its cost per
+#: question grows with them (the storm benchmark: a plain httpx client gets ~1,400 answers/s from one registry with
+#: 4-16 open, ~600 with 64); 16 open still give 1,600 answers/s from a registry that takes 10 ms to answer.
+MAX_OPEN_QUESTIONS = 16
+#: the most ``max_open_questions`` may be
+MAX_OPEN_QUESTIONS_LIMIT = 1000
+_OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
+            "max_open_questions", "consul_include_warning"}
+
+
+def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[resolver]`` table of kind ``http`` checked, as ``HttpResolver``'s keyword arguments; a ConfigError
+    names what is wrong."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"[resolver] must be a table, got {type(options).__name__}")
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ConfigError(f"[resolver] unknown key(s) for kind 'http': {', '.join(unknown)} "
+                          f"(allowed: {', '.join(sorted(_OPTIONS))})")
+    fmt = options.get("format", "aiobroker")
+    if fmt not in FORMATS:
+        raise ConfigError(f"[resolver] format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    url = _config_url(options)
+    binding_url: str | None = None
+    if "binding_url" in options:
+        if fmt == "consul":
+            raise ConfigError("[resolver] binding_url is for the aiobroker format: the consul format answers routes "
+                              "only")
+        binding_url = _config_url(options, "binding_url")
+    include_warning = options.get("consul_include_warning", True)
+    if "consul_include_warning" in options:
+        if fmt != "consul":
+            raise ConfigError("[resolver] consul_include_warning is for the consul format (format = \"consul\"); "
+                              f"this resolver's format is {fmt!r}")
+        if not isinstance(include_warning, bool):
+            raise ConfigError(f"[resolver] consul_include_warning must be true or false, got {include_warning!r}")
+    return {
+        "url": url,
+        "binding_url": binding_url,
+        "format": fmt,
+        "connect_timeout": _config_seconds(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        "read_timeout": _config_seconds(options, "read_timeout", DEFAULT_READ_TIMEOUT),
+        "default_lifetime": _config_seconds(options, "default_lifetime", DEFAULT_LIFETIME),
+        "headers": _config_headers(options),
+        "consul_include_warning": include_warning,
+        "max_open_questions": _config_count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT),
+    }
+
+
 def _config_seconds(options: Mapping[str, Any], key: str, default: float) -> float:
     value = options.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:

@@ -25,6 +25,7 @@ from cert_helpers import rsa_certificate
 
 from aiobroker.errors import ConfigError
 from resolvers import http as http_resolver
+from resolvers import http_config
 from aiobroker.resolver import BindingAnswer, NotFound, ResolverError, RouteAnswer, Target, load_resolver
 from resolvers.http import HttpResolver, create
 from node_process import free_port, wait_for
@@ -769,7 +770,7 @@ async def test_the_consul_format_answers_routes_only(registry: RegistryProcess) 
 async def test_binding_questions_share_the_bound_on_open_questions(registry: RegistryProcess,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """With room for one open question, a binding question waits for a slow route question: one fetch path."""
-    monkeypatch.setattr(http_resolver, "MAX_OPEN_QUESTIONS", 1)
+    monkeypatch.setattr(http_config, "MAX_OPEN_QUESTIONS", 1)  # the default the [resolver] table is checked against
     registry.serve({"slow": {"delay": 0.8, "body": {"service": "slow", "targets": [{"address": "tcp://h:1"}]}}},
                    {ORDERS: {"body": binding_answer()}})
     async with opened(url=registry.url()) as resolver:

@@ -21,7 +21,10 @@ B = "tcp://10.0.0.2:4022"
 
 
 class FlakyStore(DictStore):
-    """Fails the first ``failures`` reads of bodies, as a store that went away for a while; counts every read."""
+    """Fails the first ``failures`` reads of bodies, as a store that went away for a while; counts every read. Read
+    in a worker thread, as a database over the network is (``Store.inline_reads`` False)."""
+
+    inline_reads = False
 
     def __init__(self, failures: int) -> None:
         super().__init__()
@@ -65,7 +68,7 @@ async def test_requests_that_come_during_a_read_are_read_together_next() -> None
         reads = pages.StoreReads(store, h.core, h.flush, lambda queue: None, lambda: h.now)  # type: ignore[arg-type]
         reads.want(requests[0], tg)
         with anyio.fail_after(10):
-            await anyio.to_thread.run_sync(store.reading.wait)  # the first read is in its thread now
+            await anyio.to_thread.run_sync(store.reading.wait, 10)  # the first read is in its thread now
         reads.want(requests[1], tg)
         reads.want(requests[2], tg)
         store.go_on.set()
@@ -88,3 +91,33 @@ async def test_a_failed_read_is_logged_and_tried_again_until_it_succeeds(
     errors = [r.getMessage() for r in caplog.records if "cannot read back the bodies" in r.getMessage()]
     assert len(errors) == 2 and "the database went away" in errors[0] and "trying again" in errors[0]
     assert [env[10] for env in h.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"body 0"]
+
+
+class LocalStore(DictStore):
+    """Reads cheap enough for the event loop (``Store.inline_reads``, as SQLite's file); records each slice read and
+    the thread it was read on."""
+
+    inline_reads = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slices: list[tuple[int, str]] = []
+
+    def read_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        self.slices.append((len(ids), threading.current_thread().name))
+        return super().read_bodies(ids)
+
+
+@pytest.mark.anyio
+async def test_a_store_whose_reads_are_cheap_is_read_on_the_event_loop_a_slice_at_a_time() -> None:
+    # in a thread each row's step gives the interpreter's lock back and waits for it again while the loop is busy:
+    # the storm's release was held back until the answers were over
+    store = LocalStore()
+    h, requests = released(store, pages.INLINE_BODIES + 5)
+    async with anyio.create_task_group() as tg:
+        reads = pages.StoreReads(store, h.core, h.flush, lambda queue: None, lambda: h.now)  # type: ignore[arg-type]
+        for request in requests:
+            reads.want(request, tg)
+    loop_thread = threading.current_thread().name
+    assert store.slices == [(pages.INLINE_BODIES, loop_thread), (5, loop_thread)]
+    assert len(h.core.outgoing(B, 10_000, NO_BYTE_LIMIT)) == pages.INLINE_BODIES + 5

@@ -51,6 +51,9 @@ class Store(ABC):
     #: writer thread: when a write costs less than the two thread switches that would carry it (a small
     #: transaction that does not fsync), the hop is the slow part. 0: every batch goes to the thread.
     inline_rows: int = 0
+    #: whether :meth:`read_bodies` is cheap enough to call on the event loop, a slice of ids at a time (a local file:
+    #: SQLite); else the node reads in a worker thread (a database over the network)
+    inline_reads: bool = False
 
     #: whether the store can leave a queue's rows in itself and hand them back in pages (:meth:`open` with a
     #: ``window``, :meth:`read_rows`): then the node keeps only each queue's first rows in memory, bodies and all,

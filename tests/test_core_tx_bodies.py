@@ -123,6 +123,18 @@ def test_a_body_the_store_no_longer_has_fails_the_conversation_and_says_why() ->
     assert h.core.budget.in_store_bytes == 0
 
 
+def test_a_conversation_missing_one_body_of_several_fails_whole_and_the_budget_comes_back_to_nothing() -> None:
+    h = node()
+    handle = delayed(h, "svc", b"first" * 10, b"second" * 10)
+    h.flush()
+    del h.store.messages[max(h.store.messages)]  # the second's row gone from the store
+    h.core.resolved("svc", answer("svc"), h.now)
+    h.serve_bodies()
+    assert handle not in h.core.tx and h.core.outgoing(B, 100, NO_BYTE_LIMIT) == []
+    assert [m[2] for m in h.drain("qi")] == [ERROR]
+    assert h.core.budget.in_store_bytes == 0 and h.core.budget.held == 0, h.core.budget.statistics()
+
+
 def test_without_paging_the_bodies_stay_in_memory() -> None:
     h = Harness(resolver_name="test")
     h.service("init", "qi", [])

@@ -277,6 +277,20 @@ class TransmissionQueue:
             self.ready_links.add(address)
         return link
 
+    def attach_read_back(self, address: str, handles: list[str]) -> None:
+        """Route to one link conversations that are neither DELAYED nor on a link: those whose bodies were just read
+        back (``tx_bodies.py``), in bulk (a resolution storm's release attaches 100,000)."""
+        if not handles:
+            return
+        link = self.links.get(address)
+        if link is None:
+            link = self.links[address] = Link(address)
+        added = dict.fromkeys(handles)
+        self.route_of.update(dict.fromkeys(handles, address))
+        link.handles.update(added)
+        link.unsent.update(added)
+        self.ready_links.add(address)
+
     def detach(self, handle: str) -> None:
         address = self.route_of.pop(handle, None)
         if address is not None:

@@ -97,7 +97,11 @@ def wait_for_bodies(ledger: Ledger, ep: Endpoint, address: str | None) -> None:
         request = ledger.bodies_request = BodiesWanted([], [])
         ledger.outbox.append(request)
     request.handles.append(handle)
-    request.ids.extend(row[ROW_ID] for row in tx.rows_of(handle) if in_store(row[ROW_BODY]))
+    held = tx.rows[handle]
+    if isinstance(held, list):
+        request.ids.extend(row[ROW_ID] for row in held if in_store(row[ROW_BODY]))
+    elif in_store(held[ROW_BODY]):  # a lone row: no list made for it
+        request.ids.append(held[ROW_ID])
 
 
 def bodies_read(ledger: Ledger, handles: list[str], bodies: dict[int, bytes]) -> tuple[int, list[str], list[str]]:
@@ -108,38 +112,56 @@ def bodies_read(ledger: Ledger, handles: list[str], bodies: dict[int, bytes]) ->
     are skipped."""
     tx = ledger.tx
     endpoints = ledger.endpoints
+    all_rows = tx.rows
+    reading = tx.reading
+    stripped = tx.stripped
+    to_links: dict[str, list[str]] = {}
     attached = 0
     whole: list[str] = []
     lost: list[str] = []
     size = 0
     for handle in handles:
-        if handle not in tx.reading:
+        if handle not in reading:
             continue
-        rows = tx.rows_of(handle)
-        restored = list(rows)
-        missing = False
-        for i, row in enumerate(rows):
-            if not in_store(row[ROW_BODY]):
+        held = all_rows[handle]
+        if type(held) is list:
+            restored = list(held)
+            missing = False
+            got_size = 0
+            for i, row in enumerate(held):
+                if in_store(row[ROW_BODY]):
+                    body = bodies.get(row[ROW_ID])
+                    if body is None:
+                        missing = True
+                        break
+                    restored[i] = cast("MessageRow", (*row[:ROW_BODY], body, *row[ROW_BODY + 1 :]))
+                    got_size += len(body)
+            if missing:
+                lost.append(handle)  # failed whole: what was read of it does not count
                 continue
-            body = bodies.get(row[ROW_ID])
-            if body is None:
-                missing = True
-                break
-            restored[i] = cast("MessageRow", (*row[:ROW_BODY], body, *row[ROW_BODY + 1 :]))
-            size += len(body)
-        if missing:
-            lost.append(handle)
-            continue
-        tx.replace(handle, restored)
-        address = tx.reading.pop(handle)
-        tx.stripped.pop(handle, None)
-        ep = endpoints[handle]
-        ep.delayed = None
+            all_rows[handle] = restored
+            size += got_size
+            count = len(restored)
+        else:  # a lone row (a storm's conversations hold one message each): no list made
+            row = cast("MessageRow", held)
+            if in_store(row[ROW_BODY]):
+                got = bodies.get(row[ROW_ID])
+                if got is None:
+                    lost.append(handle)
+                    continue
+                all_rows[handle] = cast("MessageRow", (*row[:ROW_BODY], got, *row[ROW_BODY + 1 :]))
+                size += len(got)
+            count = 1
+        address = reading.pop(handle)
+        stripped.pop(handle, None)
+        endpoints[handle].delayed = None
         if address is None:
             whole.append(handle)
         else:
-            tx.attach(handle, address, ep.far_service)
-            attached += len(restored)
+            to_links.setdefault(address, []).append(handle)
+            attached += count
+    for address, routed in to_links.items():
+        tx.attach_read_back(address, routed)
     if size:
         ledger.budget.bodies_in(size)
     return attached, whole, lost

@@ -69,7 +69,7 @@ class PhaseCpu:
         self.label_of = label_of
         self.period = period
         self.samples: list[tuple[int, dict[str, float]]] = []
-        self._labels: dict[int, str | None] = {}
+        self._labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="phase-cpu", daemon=True)
 
@@ -81,12 +81,15 @@ class PhaseCpu:
         self._thread.join(5)
 
     def _label(self, pid: int) -> str | None:
-        if pid not in self._labels:
+        label = self._labels.get(pid)
+        if label is None:
+            # not remembered until named: a process caught between fork and exec shows our command line, or an
+            # empty one, for a moment
             argv = _argv(pid)
-            if argv is None or argv == _argv(os.getpid()):
-                return None  # gone, or forked and not yet exec'd: its command line is still ours
-            self._labels[pid] = self.label_of(argv)
-        return self._labels[pid]
+            label = None if argv is None or argv == _argv(os.getpid()) else self.label_of(argv)
+            if label is not None:
+                self._labels[pid] = label
+        return label
 
     def _run(self) -> None:
         me = os.getpid()

@@ -15,8 +15,9 @@ already stored before it can wait, so its body need not stay in memory as well:
   holds it instead: out of DELAYED, its reason "reading its messages back from the store", and its rows' ids go to
   the shell in one :class:`~aiobroker.core.effects.BodiesWanted` per call into the core. A message sent on it
   meanwhile joins its rows behind the others, as for any DELAYED conversation, so its order holds;
-- the shell reads the bodies in a thread (``node/pages.py``) and hands them to :func:`bodies_read`, which puts them
-  back and routes those conversations again (they may be DELAYED once more, if the route went meanwhile);
+- the shell reads the bodies (``node/pages.py`` ``StoreReads``: on the event loop a slice at a time from SQLite's
+  file, in a worker thread from a database) and hands them to :func:`bodies_read`, which puts them back and attaches
+  each conversation to the link routing chose for it (one whose far side is on this node is routed again);
 - a conversation that ends meanwhile drops its rows as ever; the bodies read for it are not wanted any more;
 - a start reads the transmission queue's rows without their bodies (``Store.open_paged(window, tx_bodies=False)``,
   ``loading.py``), those on their way to another node as well as the DELAYED ones: routing, deciding afresh where

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core_harness import NO_BYTE_LIMIT, Harness
 
+from aiobroker.core.budget import ROW_MEMORY
 from aiobroker.core.catalog import ERROR
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
 from aiobroker.core.effects import BodiesWanted
@@ -154,6 +155,7 @@ def test_a_restart_reads_no_body_of_the_transmission_queue_and_reads_them_back_a
     h2 = h.restart()  # a crash: the store opened without the transmission queue's bodies
     assert [type(b) for b in bodies_held(h2, on_link) + bodies_held(h2, waiting)] == [InStore, InStore]
     assert h2.core.budget.in_store_bytes == len(b"was on its link") + len(b"was DELAYED")
+    assert h2.core.budget.held == 2 * ROW_MEMORY, "the rows are held, not their bodies"
     assert h2.core.outgoing(B, 100, NO_BYTE_LIMIT) == [], "routed again at start, it waits for its body"
     assert h2.serve_bodies() == 1
     assert [env[10] for env in h2.core.outgoing(B, 100, NO_BYTE_LIMIT)] == [b"was on its link"]

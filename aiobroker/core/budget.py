@@ -103,6 +103,15 @@ class Budget:
         self.in_store_bytes -= size
         self._grow(size + count * ROW_MEMORY)
 
+    def hold_in_store(self, location: str, count: int, size: int) -> None:
+        """``count`` rows read back at start without their bodies (``size`` bytes in the store only): counted at
+        ``location`` in full, in memory as rows only."""
+        held = self.by_location.setdefault(location, [0, 0])
+        held[0] += count
+        held[1] += size
+        self.in_store_bytes += size
+        self._grow(count * ROW_MEMORY)
+
     def bodies_out(self, size: int) -> None:
         """Bodies of held rows (``size`` bytes) left memory for the store; the rows stay (``tx_bodies.py``)."""
         self.in_store_bytes += size

@@ -57,10 +57,11 @@ def load(ledger: Ledger, conversations: Conversations, outbound: OutboundPart, s
             continue
         if row[ROW_LOCATION] == TX:
             ledger.tx.load(row)
-            ledger.hold_loaded(row)
             if in_store(row[ROW_BODY]):  # a store that pages left its body there: read back when it moves on
                 ledger.tx.stripped[row[ROW_HANDLE]] = None
-                ledger.budget.bodies_out(len(row[ROW_BODY]))
+                ledger.budget.hold_in_store(TX, 1, len(row[ROW_BODY]))
+            else:
+                ledger.hold_loaded(row)
             continue
         queue = ledger.queues.get(row[ROW_LOCATION][2:])
         if queue is None:

@@ -2,9 +2,11 @@
 of DELAYED messages whose conversation moves on (``core/tx_bodies.py``).
 
 The core asks (:class:`~aiobroker.core.effects.PageWanted`, at most one per queue at a time;
-:class:`~aiobroker.core.effects.BodiesWanted`); the read runs in a worker thread, beside the writer's (the store
-reads the last committed state without waiting for a write), so the event loop serves on meanwhile; what was read
-goes to the core, and the queue's waiting receivers are served with a page, the links woken for bodies.
+:class:`~aiobroker.core.effects.BodiesWanted`). A page is read in a worker thread, beside the writer's (the store
+reads the last committed state without waiting for a write), so the event loop serves on meanwhile; bodies are read
+so too, except from a store whose reads are cheap enough for the event loop (``Store.inline_reads``: see
+:meth:`StoreReads._bodies` for why). What was read goes to the core, and the queue's waiting receivers are served
+with a page, the links woken for bodies.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ async def read_page(
 class StoreReads:
     """What the core asks to read back: a page (:func:`read_page`, a task each) or bodies (:class:`BodiesWanted`),
     one read of bodies at a time: the requests that come while one runs (a resolution storm's answers, one request
-    each) are read together next, in one statement per 500 ids and one thread hop, and handed to the core together.
+    each) are read together next and handed to the core together.
     A read of bodies that fails is logged and tried again, doubling the wait, while any of its conversations still
     waits: their messages stay stored meanwhile."""
 

@@ -91,12 +91,11 @@ def tree_env() -> dict[str, str]:
 
 
 def user_system_s(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds used so far by a live process, every thread (Linux /proc/PID/stat, in clock
-    ticks: 10 ms)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    """User and system CPU seconds used so far by a live process, every thread (in clock ticks: 10 ms)."""
+    cpu = common.stat_cpu(f"/proc/{pid}/stat")
+    if cpu is None:
+        raise BenchError(f"process {pid} is gone: no CPU figures for it")
+    return cpu
 
 
 def node_cpu_ns(pid: int) -> int:

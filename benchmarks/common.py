@@ -648,14 +648,21 @@ async def paced_send(
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds used so far by a live process (Linux /proc), or None."""
+def stat_cpu(path: str) -> tuple[float, float] | None:
+    """(user, system) CPU seconds from a Linux ``stat`` file: a process's (``/proc/PID/stat``, every thread) or one
+    thread's (``/proc/PID/task/TID/stat``); None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
     except (OSError, IndexError, ValueError):
         return None
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by a live process (Linux /proc), or None."""
+    cpu = stat_cpu(f"/proc/{pid}/stat")
+    return None if cpu is None else cpu[0] + cpu[1]
 
 
 def machine_cpu_seconds() -> tuple[float, float] | None:

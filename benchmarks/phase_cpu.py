@@ -18,8 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
+from common import stat_cpu
 
 def _children(pid: int) -> list[int]:
     out: list[int] = []
@@ -51,12 +50,9 @@ def _thread_cpu(pid: int) -> dict[int, float]:
     except OSError:
         return out
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICKS
+        cpu = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        if cpu is not None:
+            out[int(tid)] = cpu[0] + cpu[1]
     return out
 
 

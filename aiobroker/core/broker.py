@@ -317,7 +317,7 @@ class BrokerCore:
     def durable_upto(self, value: int) -> None:
         ledger = self.ledger
         ledger.durable_upto = value
-        if ledger.tx.to_strip and ledger.bodies_in_store:
+        if ledger.tx.to_strip:  # kept only on a store that pages (``TransmissionQueue.strips``)
             tx_bodies.strip(ledger)  # DELAYED messages now stored leave their bodies in the store only
 
     @property

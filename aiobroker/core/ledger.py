@@ -134,7 +134,7 @@ class Ledger:
         #: every message with an id up to this is stored (the shell sets it after each write, see ``seal``)
         self.durable_upto = 0
         #: DELAYED conversations' bodies wait in the store only (``tx_bodies.py``): a store that pages
-        self.bodies_in_store = self.tx.strips = page_window is not None
+        self.tx.strips = page_window is not None
         #: the outbox's open request for bodies to read back (``tx_bodies.py``), until the shell drains it
         self.bodies_request: BodiesWanted | None = None
         self.sealed_upto = 0

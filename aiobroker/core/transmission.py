@@ -254,7 +254,7 @@ class TransmissionQueue:
             else:
                 self.delayed_count.pop(far_service, None)
             self.delayed_total -= n
-        if self.strips:
+        if self.to_strip:  # only on a store that pages (``strips``)
             self.to_strip.pop(handle, None)
 
     def attach(self, handle: str, address: str, far_service: str) -> Link:

@@ -164,6 +164,34 @@ def test_a_batch_that_fails_in_a_later_statement_leaves_nothing_of_itself(store:
     assert remaining(store) == list(range(1, 301)), "the deletes and the first INSERT were rolled back"
 
 
+@pytest.mark.parametrize("count", [1, 4, 99, 101, BIG])
+def test_endpoint_records_of_any_count_are_put_rewritten_and_deleted_exactly(tmp_path: Path, count: int) -> None:
+    # Endpoint records go in multi-row upserts and IN deletes (sizes as the message rows'): every record once,
+    # a rewrite replaces the record it names and no other, a delete takes exactly its handles.
+    handles = [f"h{i:05d}" for i in range(count)]
+    store = SqliteStore(tmp_path / "data")
+    store.open()
+    store.write(WriteBatch(endpoints={h: {"n": i, "state": "DELAYED"} for i, h in enumerate(handles)}))
+    gone = set(handles[::3])
+    rewritten = set(handles[1::3])
+    store.write(WriteBatch(endpoints={h: None if h in gone else {"n": -1, "state": "CONVERSING"}
+                                      for h in sorted(gone | rewritten)}))
+    store.close()
+    store = SqliteStore(tmp_path / "data")
+    try:
+        back = dict(store.open().endpoints)
+    finally:
+        store.close()
+    assert back == {h: {"n": -1, "state": "CONVERSING"} if h in rewritten else {"n": i, "state": "DELAYED"}
+                    for i, h in enumerate(handles) if h not in gone}
+    puts = [params for sql, params in statements(WriteBatch(endpoints=dict.fromkeys(handles, {"n": 0})))]
+    assert sum(len(chunk) // 2 for params in puts for chunk in params) == count, "every record bound once"
+    left, greedy = count, 0  # statements of 100 records, the rest in ones of 25, 5 and 1
+    for size in INSERT_SIZES:
+        greedy, left = greedy + left // size, left % size
+    assert sum(len(params) for params in puts) == greedy, "a statement per 100 records, not one per record"
+
+
 def test_the_chunk_sizes_fit_every_sqlite_build() -> None:
     # SQLite before 3.32 allows at most 999 variables in a statement (32,766 since): 9 columns a row.
     assert INSERT_SIZES[0] * 9 <= 999 and DELETE_SIZES[0] <= 999

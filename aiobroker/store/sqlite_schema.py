@@ -97,8 +97,21 @@ _DELETE_MESSAGES: Final = {
 # the same either way. A released DELAYED conversation rewrites its record, so a resolution storm writes 100,000.
 _PUT_OBJECT: Final = "INSERT INTO objects VALUES (?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET data = excluded.data"
 _DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
-_PUT_ENDPOINT: Final = "INSERT INTO endpoints VALUES (?, ?) ON CONFLICT (handle) DO UPDATE SET data = excluded.data"
-_DELETE_ENDPOINT: Final = "DELETE FROM endpoints WHERE handle = ?"
+#: Endpoint records go in multi-row statements, as message rows do (sizes INSERT_SIZES and DELETE_SIZES), and for a
+#: second reason besides SQLite's own cost: the writer is a thread, and ``sqlite3`` lets go of the interpreter's lock
+#: for every step of a statement, so ``executemany`` of a one-row statement waits to take it back once a row. While
+#: the event loop is busy, as in a release, each wait lasts until the loop gives the lock up (at its next poll, or
+#: after the 5 ms switch interval). Measured (``benchmarks/bench_writer_gil.py``), 20,000 records rewritten while
+#: the main thread ran Python: one-row upserts 12-14 us of the writer's CPU and 1.3-1.6 ms of wall time a record,
+#: multi-row ones 1.3-2.5 us and ~60 us; on an idle loop 1.36 against 0.8 us.
+_PUT_ENDPOINTS: Final = {
+    size: "INSERT INTO endpoints VALUES " + ", ".join(["(?, ?)"] * size)
+    + " ON CONFLICT (handle) DO UPDATE SET data = excluded.data"
+    for size in INSERT_SIZES
+}
+_DELETE_ENDPOINTS: Final = {
+    size: f"DELETE FROM endpoints WHERE handle IN ({', '.join('?' * size)})" for size in DELETE_SIZES if size > 1
+} | {1: "DELETE FROM endpoints WHERE handle = ?"}
 PUT_META: Final = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _DELETE_META: Final = "DELETE FROM meta WHERE key = ?"
 
@@ -135,7 +148,7 @@ def statements(batch: WriteBatch) -> list[tuple[str, Any]]:
     try:
         _split(out, PUT_META, _DELETE_META, list(batch.meta.items()), 1)
         _split(out, _PUT_OBJECT, _DELETE_OBJECT, [(k, n, v) for (k, n), v in batch.objects.items()], 2)
-        _split(out, _PUT_ENDPOINT, _DELETE_ENDPOINT, list(batch.endpoints.items()), 1)
+        _endpoints(out, batch.endpoints)
     except ProtocolError as exc:
         # packb met something that is not plain data: a bug in the caller, reported as the store's refusal.
         raise StoreError(f"cannot store the batch: {exc}") from exc
@@ -244,14 +257,43 @@ def _find_runs(ids: list[int], lo: int, hi: int, runs: list[tuple[int, int]], re
 
 
 def _split(out: list[tuple[str, Any]], put: str, delete: str, items: list[tuple[Any, ...]], nkey: int) -> None:
-    """Append the puts (key columns plus the encoded value) and deletes (key columns) of one keyed table."""
-    if nkey == 1:  # endpoints (a release rewrites 100,000 records): no slice and unpacking per record
-        puts = [(key, packb(value)) for key, value in items if value is not None]
-        deletes = [(key,) for key, value in items if value is None]
-    else:
-        puts = [(*item[:nkey], packb(item[nkey])) for item in items if item[nkey] is not None]
-        deletes = [item[:nkey] for item in items if item[nkey] is None]
+    """Append the puts (key columns plus the encoded value) and deletes (key columns) of one keyed table, one row a
+    step: meta and objects change a few keys a batch."""
+    puts = [(*item[:nkey], packb(item[nkey])) for item in items if item[nkey] is not None]
+    deletes = [item[:nkey] for item in items if item[nkey] is None]
     if puts:
         out.append((put, puts))
     if deletes:
         out.append((delete, deletes))
+
+
+def _endpoints(out: list[tuple[str, Any]], records: dict[str, Any]) -> None:
+    """Append the endpoint records' upserts and deletes in multi-row statements (see _PUT_ENDPOINTS): a release
+    rewrites 100,000 records, and the end of as many conversations deletes them."""
+    if not records:
+        return
+    flat: list[Any] = []
+    deletes: list[str] = []
+    for handle, value in records.items():
+        if value is None:
+            deletes.append(handle)
+        else:
+            flat.append(handle)
+            flat.append(packb(value))
+    _chunks(out, _PUT_ENDPOINTS, INSERT_SIZES, flat, 2)
+    _chunks(out, _DELETE_ENDPOINTS, DELETE_SIZES, deletes, 1)
+
+
+def _chunks(out: list[tuple[str, Any]], sql: dict[int, str], sizes: tuple[int, ...], flat: list[Any], width: int
+            ) -> None:
+    """``flat`` (rows of ``width`` values, end to end) in statements of ``sizes`` rows, largest first: one
+    ``executemany`` per size."""
+    rows = len(flat) // width
+    done = 0
+    for size in sizes:
+        count = (rows - done) // size
+        if count:
+            step = size * width
+            start = done * width
+            out.append((sql[size], [flat[i : i + step] for i in range(start, start + count * step, step)]))
+            done += count * size

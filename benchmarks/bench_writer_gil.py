@@ -1,0 +1,155 @@
+"""The SQLite writer thread beside a busy event loop: endpoint records rewritten, one-row statements against the
+store's multi-row ones, with the main thread idle and busy.
+
+Why: a node writes its store in a thread, and ``sqlite3`` lets go of the interpreter's lock (the GIL) for every
+step of a statement. ``executemany`` of a one-row statement steps once a record, so the writer must take the lock
+back once a record; while the event loop is busy (a release of 100,000 DELAYED conversations rewrites as many
+endpoint records) each of those waits lasts until the loop lets go of the lock, at its next poll or after the
+interpreter's switch interval (5 ms). A multi-row statement steps once per 100 records.
+
+Contenders, each on a fresh database, interleaved round by round (``--rounds``):
+
+``one-row``
+    raw ``sqlite3``: one ``executemany`` of the one-row upsert the store used before, per batch;
+``store``
+    ``SqliteStore.write`` with a ``WriteBatch`` of the same records (multi-row upserts).
+
+Each writes ``--records`` records ``--passes`` times (the first pass inserts, the rest rewrite, as a release does)
+in batches of ``--batch``, in a thread, while the main thread is idle (``idle``) or runs Python without pause
+(``busy``: the worst an event loop can be). Figures: the writing thread's CPU and the wall time, microseconds a
+record; the ratio is one-row over store.
+
+    .venv/bin/python benchmarks/bench_writer_gil.py               # 5,000 records, batches of 1,000 (~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import median, print_table, write_results
+
+from aiobroker.core.records import WriteBatch
+from aiobroker.store import SqliteStore
+from aiobroker.store.sqlite_schema import SCHEMA
+from aiobroker.wire.codec import packb
+
+ONE_ROW = "INSERT INTO endpoints VALUES (?, ?) ON CONFLICT (handle) DO UPDATE SET data = excluded.data"
+
+
+def records(count: int, generation: int) -> dict[str, Any]:
+    """An endpoint record's usual shape and size (~120 B packed), ``generation`` telling passes apart."""
+    return {f"{i:032x}": {"state": "CONVERSING", "far_service": f"svc-{i % 1000:04d}", "seq": generation,
+                          "far_broker_instance": "b" * 36, "lifetime": 86400.0} for i in range(count)}
+
+
+def one_row(directory: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    conn = sqlite3.connect(directory / "raw.db", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for sql in SCHEMA:
+        conn.execute(sql)
+
+    def write(batch: dict[str, Any]) -> None:
+        params = [(handle, packb(value)) for handle, value in batch.items()]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(ONE_ROW, params)
+        conn.execute("COMMIT")
+
+    return write, conn.close
+
+
+def store(directory: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    s = SqliteStore(directory / "data")
+    s.open()
+    return (lambda batch: s.write(WriteBatch(endpoints=batch))), s.close
+
+
+CONTENDERS = {"one-row": one_row, "store": store}
+
+
+def run_one(make: Any, batches: list[dict[str, Any]], busy: bool, root: Path) -> dict[str, float]:
+    directory = Path(tempfile.mkdtemp(dir=root))
+    write, close = make(directory)
+    stop = threading.Event()
+    out: dict[str, float] = {}
+
+    def spin() -> None:  # the busy loop: Python bytecode without a pause, as a loop releasing 100s of conversations
+        x = 0
+        while not stop.is_set():
+            for i in range(1000):
+                x += i
+
+    def writer() -> None:
+        cpu0, t0 = time.thread_time(), time.perf_counter()
+        for batch in batches:
+            write(batch)
+        out["cpu"], out["wall"] = time.thread_time() - cpu0, time.perf_counter() - t0
+
+    spinner = threading.Thread(target=spin) if busy else None
+    try:
+        if spinner is not None:
+            spinner.start()
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join()
+    finally:
+        stop.set()
+        if spinner is not None:
+            spinner.join()
+        close()
+        shutil.rmtree(directory, ignore_errors=True)
+    n = sum(len(b) for b in batches)
+    return {"cpu_us": out["cpu"] / n * 1e6, "wall_us": out["wall"] / n * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=5_000, help="endpoint records (default 5,000)")
+    p.add_argument("--passes", type=int, default=2, help="writes of every record: one insert, then rewrites")
+    p.add_argument("--batch", type=int, default=1000, help="records a batch (default 1,000)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each contender once a round (default 3)")
+    args = p.parse_args(argv)
+    batches = []
+    for generation in range(args.passes):
+        recs = list(records(args.records, generation).items())
+        batches += [dict(recs[i : i + args.batch]) for i in range(0, len(recs), args.batch)]
+    figures: dict[tuple[str, str], list[dict[str, float]]] = {}
+    root = Path(tempfile.mkdtemp(prefix="aiobroker-bench-gil-"))
+    try:
+        for r in range(args.rounds):
+            for loop in ("idle", "busy"):
+                for name, make in CONTENDERS.items():
+                    result = run_one(make, batches, loop == "busy", root)
+                    figures.setdefault((loop, name), []).append(result)
+                    print(f"  round {r + 1}/{args.rounds} {loop:4} {name:8} CPU {result['cpu_us']:7.2f} us,"
+                          f" wall {result['wall_us']:8.2f} us a record", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows, summary = [], {}
+    for loop in ("idle", "busy"):
+        med = {name: {k: median([f[k] for f in figures[loop, name]]) for k in ("cpu_us", "wall_us")}
+               for name in CONTENDERS}
+        summary[loop] = med
+        for name in CONTENDERS:
+            rows.append([loop, name, f"{med[name]['cpu_us']:.2f}", f"{med[name]['wall_us']:.2f}"])
+        rows.append([loop, "one-row / store", f"{med['one-row']['cpu_us'] / med['store']['cpu_us']:.1f}x",
+                     f"{med['one-row']['wall_us'] / med['store']['wall_us']:.1f}x"])
+    print(f"endpoint records: {args.records:,} x {args.passes} passes, batches of {args.batch:,},"
+          f" medians of {args.rounds} rounds")
+    print_table(["main thread", "writer", "CPU us/record", "wall us/record"], rows)
+    path = write_results("writer-gil", {"args": vars(args), "summary": summary})
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

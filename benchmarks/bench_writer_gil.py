@@ -1,5 +1,6 @@
-"""The SQLite writer thread beside a busy event loop: endpoint records rewritten, one-row statements against the
-store's multi-row ones, with the main thread idle and busy.
+"""The SQLite writer thread and the event loop sharing the interpreter's lock: endpoint records rewritten in the
+thread beside a busy loop (one-row statements against the store's multi-row ones), and DELAYED bodies read on the
+loop beside a busy writer (a row a body against the store's one row a chunk).
 
 Why: a node writes its store in a thread, and ``sqlite3`` lets go of the interpreter's lock (the GIL) for every
 step of a statement. ``executemany`` of a one-row statement steps once a record, so the writer must take the lock
@@ -19,7 +20,12 @@ in batches of ``--batch``, in a thread, while the main thread is idle (``idle``)
 (``busy``: the worst an event loop can be). Figures: the writing thread's CPU and the wall time, microseconds a
 record; the ratio is one-row over store.
 
-    .venv/bin/python benchmarks/bench_writer_gil.py               # 5,000 records, batches of 1,000 (~30 s)
+Then the other way round (``--bodies``, default 10,000): the main thread reads bodies of 128 B by id in chunks of
+500, as a node reads DELAYED bodies back on its event loop (``node/pages.py``), while a thread writes endpoint
+records without pause (multi-row, as the store does) or nothing; a row a body (``SELECT id, body ... IN``) against
+``SqliteStore.read_bodies``. Figures: the main thread's CPU and wall time, microseconds a body.
+
+    .venv/bin/python benchmarks/bench_writer_gil.py               # 5,000 records x 2, 10,000 bodies (~1 min)
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ def store(directory: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[
 
 
 CONTENDERS = {"one-row": one_row, "store": store}
+#: the readers: a row a body (True), the store's read (False)
+READERS = {"row a body": True, "store": False}
 
 
 def run_one(make: Any, batches: list[dict[str, Any]], busy: bool, root: Path) -> dict[str, float]:
@@ -111,12 +119,58 @@ def run_one(make: Any, batches: list[dict[str, Any]], busy: bool, root: Path) ->
     return {"cpu_us": out["cpu"] / n * 1e6, "wall_us": out["wall"] / n * 1e6}
 
 
+def read_one(per_row: bool, writing: bool, count: int, root: Path) -> dict[str, float]:
+    """Bodies read on the main thread, a row a body or through the store, beside a writing thread or none."""
+    import random
+
+    from aiobroker.core.records import message_row
+    from aiobroker.store.sqlite_pages import read_bodies
+
+    directory = Path(tempfile.mkdtemp(dir=root))
+    s = SqliteStore(directory / "data")
+    s.open()
+    s.write(WriteBatch(messages={i: message_row(i, "tx", "h", i, "m", random.randbytes(128), 0.0, 0)
+                                 for i in range(1, 4 * count + 1)}))
+    ids = list(range(1, 4 * count + 1, 4))
+    conn = sqlite3.connect(s.db_path, isolation_level=None, check_same_thread=False)
+    stop = threading.Event()
+
+    def writer() -> None:
+        generation = 0
+        while not stop.is_set():
+            generation += 1
+            s.write(WriteBatch(endpoints=records(1000, generation)))
+
+    thread = threading.Thread(target=writer) if writing else None
+    try:
+        if thread is not None:
+            thread.start()
+        cpu0, t0 = time.thread_time(), time.perf_counter()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            if per_row:
+                dict(conn.execute(f"SELECT id, body FROM messages WHERE id IN ({', '.join('?' * len(chunk))})",
+                                  chunk).fetchall())
+            else:
+                read_bodies(conn, chunk)
+        cpu, wall = time.thread_time() - cpu0, time.perf_counter() - t0
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+        conn.close()
+        s.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"cpu_us": cpu / len(ids) * 1e6, "wall_us": wall / len(ids) * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=5_000, help="endpoint records (default 5,000)")
     p.add_argument("--passes", type=int, default=2, help="writes of every record: one insert, then rewrites")
     p.add_argument("--batch", type=int, default=1000, help="records a batch (default 1,000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each contender once a round (default 3)")
+    p.add_argument("--bodies", type=int, default=10_000, help="bodies read (default 10,000; 0: no reads)")
     args = p.parse_args(argv)
     batches = []
     for generation in range(args.passes):
@@ -132,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                     figures.setdefault((loop, name), []).append(result)
                     print(f"  round {r + 1}/{args.rounds} {loop:4} {name:8} CPU {result['cpu_us']:7.2f} us,"
                           f" wall {result['wall_us']:8.2f} us a record", file=sys.stderr, flush=True)
+            for writing in ((False, True) if args.bodies else ()):
+                for name, per_row in READERS.items():
+                    result = read_one(per_row, writing, args.bodies, root)
+                    figures.setdefault(("writing" if writing else "idle", name), []).append(result)
+                    print(f"  round {r + 1}/{args.rounds} reads, writer {'writing' if writing else 'idle':7}"
+                          f" {name:10} CPU {result['cpu_us']:6.2f} us, wall {result['wall_us']:6.2f} us a body",
+                          file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows, summary = [], {}
@@ -146,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"endpoint records: {args.records:,} x {args.passes} passes, batches of {args.batch:,},"
           f" medians of {args.rounds} rounds")
     print_table(["main thread", "writer", "CPU us/record", "wall us/record"], rows)
+    if args.bodies:
+        rows = []
+        for writer in ("idle", "writing"):
+            med = {name: {k: median([f[k] for f in figures[writer, name]]) for k in ("cpu_us", "wall_us")}
+                   for name in READERS}
+            summary[f"reads, writer {writer}"] = med
+            for name in READERS:
+                rows.append([writer, name, f"{med[name]['cpu_us']:.2f}", f"{med[name]['wall_us']:.2f}"])
+            rows.append([writer, "row a body / store", f"{med['row a body']['cpu_us'] / med['store']['cpu_us']:.1f}x",
+                         f"{med['row a body']['wall_us'] / med['store']['wall_us']:.1f}x"])
+        print(f"\nbodies read on the main thread: {args.bodies:,} of 128 B in chunks of 500, medians of {args.rounds}")
+        print_table(["writer thread", "reader", "CPU us/body", "wall us/body"], rows)
     path = write_results("writer-gil", {"args": vars(args), "summary": summary})
     print(f"results: {path}")
     return 0

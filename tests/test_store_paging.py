@@ -116,6 +116,36 @@ def test_bodies_are_read_back_by_id_many_at_once_and_an_id_not_held_is_left_out(
         store.close()
 
 
+def test_bodies_of_any_bytes_come_back_exactly(make: Callable[[], Store]) -> None:
+    # SQLite reads a chunk's bodies as one value (sqlite_pages._bodies_at_once): NUL bytes, bytes that are not
+    # UTF-8, an empty body and bodies of different sizes must come back byte for byte, each under its own id
+    bodies = {1: b"", 2: b"\x00\x00", 3: bytes(range(256)), 4: b"\xff\xfe\x80", 5: b"plain", 6: b"\x00" * 5000, 7: b""}
+    write(make, [row(i, "tx", body=body) for i, body in bodies.items()])
+    store = make()
+    try:
+        store.open_paged(10, tx_bodies=False)
+        assert store.read_bodies([7, 6, 5, 4, 3, 2, 1, 404]) == bodies
+    finally:
+        store.close()
+
+
+def test_sqlite_reads_bodies_a_row_at_a_time_when_together_they_pass_its_length_limit(tmp_path: Path) -> None:
+    import sqlite3
+
+    from aiobroker.store.sqlite_pages import read_bodies
+
+    bodies = {i: bytes([i]) * 600 for i in range(1, 6)}  # 3,000 bytes together, 600 each
+    write(lambda: SqliteStore(tmp_path / "data"), [row(i, "tx", body=body) for i, body in bodies.items()])
+    conn = sqlite3.connect(SqliteStore(tmp_path / "data").db_path)
+    try:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+        with pytest.raises(sqlite3.DataError):  # the one-value read cannot take them: the fallback is what is tested
+            conn.execute("SELECT CAST(group_concat(body, '') AS BLOB) FROM messages").fetchall()
+        assert read_bodies(conn, [5, 4, 3, 2, 1]) == bodies
+    finally:
+        conn.close()
+
+
 def test_a_paged_open_without_the_transmission_queues_bodies_gives_their_sizes(make: Callable[[], Store]) -> None:
     # how a node opens its store (core/tx_bodies.py): the transmission queue's rows without their bodies, each an
     # InStore of its size; a queue's rows and everything else as ever

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+
+import bench_scripts
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -19,12 +21,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import backlog_parts as parts  # noqa: E402
 import bench_backlog  # noqa: E402
 
-SCRIPT = BENCHMARKS / "bench_backlog.py"
-
-
-def run_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+#: the script run as a user runs it (bench_scripts.run_script), 60 s at most unless told
+run_script = partial(bench_scripts.run_script, "bench_backlog.py", timeout=60)
 
 
 # --- bodies and the fill plan ------------------------------------------------------------------------------------

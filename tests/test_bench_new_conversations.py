@@ -4,16 +4,14 @@ through a real node process and a real peer connection, which must deliver every
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_new_conversations.py"
+import bench_scripts
 
 
-def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+#: the script run as a user runs it (bench_scripts.run_script), 120 s at most unless told
+run_script = partial(bench_scripts.run_script, "bench_new_conversations.py", timeout=120)
 
 
 def test_help_names_the_options() -> None:

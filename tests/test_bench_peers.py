@@ -6,12 +6,14 @@ servers."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+import bench_scripts
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -19,12 +21,9 @@ sys.path.insert(0, str(BENCHMARKS))
 import bench_peers  # noqa: E402
 import peers_clients  # noqa: E402
 
-SCRIPT = BENCHMARKS / "bench_peers.py"
 
-
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+#: the script run as a user runs it (bench_scripts.run_script), 60 s at most unless told
+run_script = partial(bench_scripts.run_script, "bench_peers.py", timeout=60)
 
 
 def test_help_runs_and_names_the_options() -> None:

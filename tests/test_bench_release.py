@@ -5,16 +5,14 @@ nothing is left in A's store), and its refusals."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_release.py"
+import bench_scripts
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+#: the script run as a user runs it (bench_scripts.run_script), 120 s at most unless told
+run_script = partial(bench_scripts.run_script, "bench_release.py", timeout=120)
 
 
 def test_help_names_the_options() -> None:

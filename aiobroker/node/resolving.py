@@ -5,6 +5,10 @@ question per service at a time; the server starts one :meth:`Resolving.run` task
 The task awaits the resolver under ``resolve_timeout`` and hands the answer, or the reason there is none, back to
 the core, then calls ``after`` (the server's: store what changed, start what the core asks next). A resolver that
 breaks its contract is logged and counted as a failed answer: it never takes the node down.
+
+Answers are settled in turns of at most SETTLE_SLICE_S, in the order they came, the loop's I/O between turns:
+settling an answer routes every conversation that waited for it (100s, or 100,000s), so settling each as it came
+let a storm's releases hold the loop, and with it the next answers, the acknowledgements and the clients.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +35,9 @@ log = logging.getLogger("aiobroker.node")
 
 #: stands for "no answer within resolve_timeout" among a question's outcomes
 _TIMED_OUT = object()
+#: the longest turn of settling answers before the loop's I/O runs again (the turn's last answer may take longer:
+#: an answer is settled whole)
+SETTLE_SLICE_S = 0.002
 
 
 class Resolving:
@@ -51,6 +59,9 @@ class Resolving:
         self.after = after
         #: this resolver's questions, answers, failures and latency, for ``/metrics``
         self.counts = (counters or Counters()).resolver(resolver.name)
+        #: answers not settled yet, in the order they came: (service, kinds, results, seconds the question took)
+        self._answers: deque[tuple[str, tuple[str, ...], dict[str, Any], float]] = deque()
+        self._settling = False  #: whether a question's task is settling the answers (see _settle_all)
 
     async def run(self, service: str, kind: str = ROUTE, binding_too: bool = False) -> None:
         """Ask the resolver once, and give the core its answer (or why there is none). ``binding_too``: a route
@@ -77,15 +88,31 @@ class Resolving:
             results = {ROUTE: _TIMED_OUT, BINDING: None} if binding_too else {kind: _TIMED_OUT}
         except Exception as exc:  # a resolver that breaks its contract must not take the node down
             results = {ROUTE: exc, BINDING: None} if binding_too else {kind: exc}
-        # Let the questions waiting for the connection this one freed go out before this answer's release work
-        # (up to 100s of conversations routed, on this event loop): the registry answers them meanwhile. Shielded:
-        # an answer in hand is always settled, or the dispatcher would wait for it for ever.
-        await anyio.lowlevel.cancel_shielded_checkpoint()
-        for asked in kinds:
-            self._settle(service, asked, results[asked], started)
-        self.after()
+        self._answers.append((service, kinds, results, time.monotonic() - started))
+        if not self._settling:
+            await self._settle_all()
 
-    def _settle(self, service: str, kind: str, result: Any, started: float) -> None:
+    async def _settle_all(self) -> None:
+        """Settle the answers waiting, in turns of SETTLE_SLICE_S, until none waits; the question's task that finds
+        nobody settling does it, the others leave their answer to it. Between turns, the loop runs what is ready:
+        the questions waiting for a connection an answer freed go out, and the registry answers them meanwhile.
+        Shielded: an answer in hand is always settled, or the dispatcher would wait for it for ever."""
+        self._settling = True
+        try:
+            with anyio.CancelScope(shield=True):
+                answers = self._answers
+                while answers:
+                    await anyio.lowlevel.checkpoint()
+                    turn_ends = time.perf_counter() + SETTLE_SLICE_S
+                    while answers and time.perf_counter() < turn_ends:
+                        service, kinds, results, took = answers.popleft()
+                        for asked in kinds:
+                            self._settle(service, asked, results[asked], took)
+                    self.after()
+        finally:
+            self._settling = False
+
+    def _settle(self, service: str, kind: str, result: Any, took: float) -> None:
         """One question's outcome to the core, the log and the counters."""
         what = "route" if kind == ROUTE else "remote service binding"
         fields = {"service": service, "resolver": self.resolver.name}
@@ -124,28 +151,28 @@ class Resolving:
                                      None, kind)
         elif kind == BINDING:
             counts.answers += 1
-            counts.latency.observe(time.monotonic() - started)
+            counts.latency.observe(took)
             moved = self.core.binding_resolved(service, result, self.clock())
             log.info(
                 "%s gave a remote service binding for %r in %.0f ms; %d delayed message(s) released",
-                self.resolver.name, service, (time.monotonic() - started) * 1000, moved, extra=fields,
+                self.resolver.name, service, took * 1000, moved, extra=fields,
             )
         else:
             counts.answers += 1
-            counts.latency.observe(time.monotonic() - started)
+            counts.latency.observe(took)
             moved = self.core.resolved(service, result, self.clock())
             log.info(
                 "%s resolved service %r in %.0f ms: %s; %d delayed message(s) released",
                 self.resolver.name,
                 service,
-                (time.monotonic() - started) * 1000,
+                took * 1000,
                 ", ".join(t.address for t in result.preferred()),
                 moved,
                 extra=fields,
             )
         if failure is not None:
             counts.failures[failure] = counts.failures.get(failure, 0) + 1
-            counts.latency.observe(time.monotonic() - started)
+            counts.latency.observe(took)
 
 
 def diagnose(

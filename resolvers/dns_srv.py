@@ -9,6 +9,7 @@ priority, weight, and (through the TTL) how long the answer holds. The node's co
     srv_name = "_aiobroker._tcp.{service}.{domain}"  # optional; this is the default
     nameservers = ["10.0.0.53", "10.0.0.54:5353"]    # optional; default: the ones in /etc/resolv.conf
     timeout = 2                                      # optional: seconds one DNS query may take
+    max_open_questions = 64                          # optional: services asked about at once (the rest wait)
     lifetime_floor = 1                               # optional: the shortest lifetime an answer gets
     lifetime_cap = 3600                              # optional: the longest
 
@@ -110,7 +111,9 @@ from aiobroker.resolver import (
     duration,
 )
 
-from .dns_srv_config import DEFAULT_SRV_NAME, Nameserver, check_template, dns_name, parse_nameserver, seconds
+from . import dns_srv_config
+from .dns_srv_config import (DEFAULT_SRV_NAME, MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT, Nameserver, check_template,
+                             count, dns_name, parse_nameserver, seconds, system_nameservers)
 
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_LIFETIME_FLOOR = 1.0
@@ -119,11 +122,9 @@ DEFAULT_LIFETIME_CAP = 3600.0
 NEGATIVE_TTL_WITHOUT_SOA = 60.0
 #: what a non-zero SRV weight is multiplied by, so that a weight 0 (→ 1) stays "a very small chance"
 WEIGHT_SCALE = 100
-#: where the nameservers come from when ``nameservers`` is not given (a module attribute, so tests can point it
-#: at a file of their own)
-RESOLV_CONF = "/etc/resolv.conf"
 
-_OPTIONS = ("nameservers", "domain", "srv_name", "names", "timeout", "lifetime_floor", "lifetime_cap")
+_OPTIONS = ("nameservers", "domain", "srv_name", "names", "timeout", "lifetime_floor", "lifetime_cap",
+            "max_open_questions")
 _MAX_LABEL = 63
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 _ASYNCIO = "asyncio"
@@ -170,6 +171,7 @@ class DnsSrvResolver(Resolver):
         timeout: float = DEFAULT_TIMEOUT,
         lifetime_floor: float = DEFAULT_LIFETIME_FLOOR,
         lifetime_cap: float = DEFAULT_LIFETIME_CAP,
+        max_open_questions: int = MAX_OPEN_QUESTIONS,
     ) -> None:
         self.nameservers = tuple(nameservers)
         self.nameservers_from = nameservers_from
@@ -180,6 +182,8 @@ class DnsSrvResolver(Resolver):
         self.timeout = timeout
         self.lifetime_floor = lifetime_floor
         self.lifetime_cap = lifetime_cap
+        self.max_open_questions = max_open_questions
+        self._open = anyio.Semaphore(max_open_questions)  #: a question's slot: see MAX_OPEN_QUESTIONS
         #: one dnspython resolver per nameserver, asking that one first and the others after it in the configured
         #: order: the address queries start with the nameserver that answered the SRV query, so a dead nameserver
         #: costs a question one attempt, not one per query. The first nameserver's is the one for SRV queries.
@@ -238,7 +242,8 @@ class DnsSrvResolver(Resolver):
     async def resolve_route(self, service_name: str) -> RouteAnswer:
         qname = self.srv_name(service_name)
         try:
-            return await self._resolve(service_name, qname)
+            async with self._open:
+                return await self._resolve(service_name, qname)
         except ResolverError:
             raise
         except Exception as exc:  # the contract: nothing but NotFound/ResolverError leaves here
@@ -419,25 +424,8 @@ class DnsSrvResolver(Resolver):
             "timeout": self.timeout,
             "lifetime_floor": self.lifetime_floor,
             "lifetime_cap": self.lifetime_cap,
+            "max_open_questions": self.max_open_questions,
         }
-
-
-def _system_nameservers() -> tuple[list[Nameserver], str | None]:
-    """The nameservers in :data:`RESOLV_CONF`, and why there are none if so (an error at question time, not at
-    start: the file may be written later by DHCP, and the other resolvers of a chain may still answer)."""
-    try:
-        system = dns.resolver.Resolver(filename=RESOLV_CONF, configure=True)
-    except dns.resolver.NoResolverConfiguration as exc:
-        return [], f"{RESOLV_CONF} lists no nameserver or cannot be read ({exc}), and [resolver] nameservers is not set"
-    found: list[Nameserver] = []
-    for ns in system.nameservers:
-        if isinstance(ns, dns.nameserver.AddressAndPortNameserver):
-            found.append(Nameserver(ns.address, ns.port))
-        elif isinstance(ns, str):
-            found.append(Nameserver(ns, system.nameserver_ports.get(ns, system.port)))
-    if not found:
-        return [], f"{RESOLV_CONF} lists no nameserver, and [resolver] nameservers is not set"
-    return found, None
 
 
 def create(options: Mapping[str, Any]) -> DnsSrvResolver:
@@ -454,13 +442,13 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
         if not isinstance(given, list) or not given:
             raise ConfigError(
                 "[resolver] nameservers must be a non-empty list of 'ip' or 'ip:port' strings "
-                f"(leave it out to use {RESOLV_CONF}), got {given!r}"
+                f"(leave it out to use {dns_srv_config.RESOLV_CONF}), got {given!r}"
             )
         nameservers = [parse_nameserver(f"[resolver] nameservers[{i}]", ns) for i, ns in enumerate(given)]
         source = "config"
     else:
-        nameservers, no_nameservers = _system_nameservers()
-        source = RESOLV_CONF
+        nameservers, no_nameservers = system_nameservers()
+        source = dns_srv_config.RESOLV_CONF
 
     domain: str | None = None
     if "domain" in options:
@@ -496,6 +484,7 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
     timeout = seconds(options, "timeout", DEFAULT_TIMEOUT)
     floor = seconds(options, "lifetime_floor", DEFAULT_LIFETIME_FLOOR)
     cap = seconds(options, "lifetime_cap", DEFAULT_LIFETIME_CAP)
+    open_questions = count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT)
     if floor > cap:
         raise ConfigError(f"[resolver] lifetime_floor ({duration(floor)}) must not be above lifetime_cap ({duration(cap)})")
 
@@ -509,4 +498,5 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
         timeout=timeout,
         lifetime_floor=floor,
         lifetime_cap=cap,
+        max_open_questions=open_questions,
     )

@@ -14,12 +14,35 @@ from typing import Any
 
 import dns.exception
 import dns.name
+import dns.nameserver
+import dns.resolver
 
 from aiobroker.resolver import ConfigError
 
+#: where the nameservers come from when ``nameservers`` is not given (a module attribute, so tests can point it
+#: at a file of their own)
+RESOLV_CONF = "/etc/resolv.conf"
 #: the SRV name asked for a service unless ``srv_name`` says otherwise
 DEFAULT_SRV_NAME = "_aiobroker._tcp.{service}.{domain}"
 TEMPLATE_FIELDS = ("service", "domain")
+
+
+#: services asked about at once by default (``max_open_questions``); the rest wait for a slot, cheaply. Each open
+#: question is a few UDP queries (the SRV record, then its targets' A and AAAA) with dnspython's state for each:
+#: ~13 KB while it waits. Unbounded, a storm of 1,000 services held 1,000 of them (13 MB: 1,108 bytes a DELAYED
+#: message in the storm benchmark, 977 bounded to 16) and sent 3,000 queries at once at the nameserver, where a
+#: forwarder such as dnsmasq handles 150 at a time by default (``dns-forward-max``) and rate limits drop bursts.
+MAX_OPEN_QUESTIONS = 64
+#: the most ``max_open_questions`` may be
+MAX_OPEN_QUESTIONS_LIMIT = 1000
+
+
+def count(options: Mapping[str, Any], key: str, default: int, most: int) -> int:
+    """A whole-number option from 1 to ``most``."""
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigError(f"[resolver] {key} must be a whole number from 1 to {most}, got {value!r}")
+    return value
 
 
 def is_number(value: Any) -> bool:
@@ -95,3 +118,21 @@ def check_template(template: Any) -> tuple[str, bool]:
             f"[resolver] srv_name {template!r} must contain {{service}}, else every service maps to the same name"
         )
     return template, "domain" in fields
+
+
+def system_nameservers() -> tuple[list[Nameserver], str | None]:
+    """The nameservers in :data:`RESOLV_CONF`, and why there are none if so (an error at question time, not at
+    start: the file may be written later by DHCP, and the other resolvers of a chain may still answer)."""
+    try:
+        system = dns.resolver.Resolver(filename=RESOLV_CONF, configure=True)
+    except dns.resolver.NoResolverConfiguration as exc:
+        return [], f"{RESOLV_CONF} lists no nameserver or cannot be read ({exc}), and [resolver] nameservers is not set"
+    found: list[Nameserver] = []
+    for ns in system.nameservers:
+        if isinstance(ns, dns.nameserver.AddressAndPortNameserver):
+            found.append(Nameserver(ns.address, ns.port))
+        elif isinstance(ns, str):
+            found.append(Nameserver(ns, system.nameserver_ports.get(ns, system.port)))
+    if not found:
+        return [], f"{RESOLV_CONF} lists no nameserver, and [resolver] nameservers is not set"
+    return found, None

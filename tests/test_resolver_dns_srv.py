@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from aiobroker.errors import ConfigError
-from resolvers import dns_srv
+from resolvers import dns_srv_config
 from aiobroker.resolver import NotFound, ResolverError, RouteAnswer, load_resolver
 from resolvers.dns_srv import DnsSrvResolver, create, service_label
 
@@ -255,6 +256,43 @@ async def test_a_silent_nameserver_is_a_time_out_within_the_timeout(silent_port:
 
 
 @pytest.mark.anyio
+async def test_at_most_max_open_questions_are_asked_at_once_and_the_rest_wait_for_a_slot() -> None:
+    # A nameserver that reads every query and answers none: each question holds its slot until its time-out, so
+    # a question beyond the first two may only reach the nameserver once one of those two has ended.
+    import dns.message
+
+    first_query: dict[str, float] = {}
+    ended: list[float] = []
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as server:
+        resolver = resolver_for(f"127.0.0.1:{server.extra(anyio.abc.SocketAttribute.local_port)}", timeout=0.4,
+                                max_open_questions=2)
+        services = [f"svc{i}" for i in range(5)]
+
+        async def listen() -> None:
+            async for packet, _ in server:
+                name = dns.message.from_wire(packet).question[0].name.to_text()
+                first_query.setdefault(name, time.monotonic())
+
+        async def ask(service: str) -> None:
+            with pytest.raises(ResolverError, match="timed out"):
+                await resolver.resolve_route(service)
+            ended.append(time.monotonic())
+
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(listen)
+            async with anyio.create_task_group() as tg:
+                for service in services:
+                    tg.start_soon(ask, service)
+            outer.cancel_scope.cancel()
+    assert len(first_query) == len(services), first_query
+    starts = sorted(first_query.values())
+    assert max(starts[:2]) < min(ended), "the first two asked at once"
+    for later in starts[2:]:
+        assert any(end <= later for end in ended), "a third question waited for a slot"
+    assert resolver.describe()["max_open_questions"] == 2
+
+
+@pytest.mark.anyio
 async def test_a_silent_nameserver_first_costs_one_attempt_not_the_question(
     dnsmasq: StartDns, silent_port: int
 ) -> None:
@@ -322,7 +360,7 @@ async def test_runs_on_uvloop(dnsmasq: StartDns, silent_port: int) -> None:
 async def test_no_nameservers_is_a_resolver_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text("search example.org\n")
-    monkeypatch.setattr(dns_srv, "RESOLV_CONF", str(resolv_conf))
+    monkeypatch.setattr(dns_srv_config, "RESOLV_CONF", str(resolv_conf))
     resolver = create({"domain": "test"})
     assert resolver.describe()["nameservers"] == []
     with pytest.raises(ResolverError, match="no nameserver to ask") as caught:
@@ -333,7 +371,7 @@ async def test_no_nameservers_is_a_resolver_error(tmp_path: Path, monkeypatch: p
 def test_nameservers_default_to_resolv_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text("nameserver 192.0.2.1\nnameserver 2001:db8::1\n")
-    monkeypatch.setattr(dns_srv, "RESOLV_CONF", str(resolv_conf))
+    monkeypatch.setattr(dns_srv_config, "RESOLV_CONF", str(resolv_conf))
     described = create({"domain": "test"}).describe()  # no query is sent
     assert described["nameservers"] == ["192.0.2.1:53", "[2001:db8::1]:53"]
     assert described["nameservers_from"] == str(resolv_conf)
@@ -431,6 +469,10 @@ _DROP = object()
         ({"names": ["//x"]}, "must be a table"),
         ({"names": {"//x": "a..b"}}, "not a valid DNS name"),
         ({"names": {"": "a.b"}}, "service name"),
+        ({"max_open_questions": 0}, "max_open_questions must be a whole number from 1 to 1000, got 0"),
+        ({"max_open_questions": 1001}, "from 1 to 1000"),
+        ({"max_open_questions": "8"}, "max_open_questions"),
+        ({"max_open_questions": True}, "max_open_questions"),
     ],
 )
 def test_bad_options_are_config_errors(change: dict[str, Any], message: str) -> None:
@@ -463,6 +505,7 @@ def test_loads_through_the_entry_point() -> None:
         "timeout": 1.5,
         "lifetime_floor": 1.0,
         "lifetime_cap": 3600.0,
+        "max_open_questions": 64,
     }
     with pytest.raises(ConfigError, match="timeout"):
         load_resolver("dns_srv", {"domain": "test", "timeout": 0})

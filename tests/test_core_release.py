@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from core_harness import NO_BYTE_LIMIT, Harness
 
+from aiobroker.core.conversation import Endpoint
 from aiobroker.core.dispatcher import BINDING
 from aiobroker.core.envelopes import ACK
 from aiobroker.core.records import ROW_SEQ, message_row
@@ -137,3 +138,48 @@ def test_a_link_takes_lone_rows_only_once_stored_and_wakes_again_for_the_rest() 
     assert tx.take_unsent(B, 10, durable_upto=5, max_bytes=NO_BYTE_LIMIT) == [] and tx.ready_links == set()
     assert [row[ROW_SEQ] for row in tx.acknowledge("h2", 1, "svc")] == [0]
     assert tx.links[B].sent == {"h1": 1, "h3": 1}
+
+
+def test_a_plain_release_writes_each_record_once_with_the_first_acknowledgement_and_a_restart_decides_again() -> None:
+    """A conversation released plain gets no record for its decision alone: the first acknowledgement's record
+    (which learns the far instance) carries it, one record a conversation instead of two. A restart before that
+    decides it again, as for any conversation whose release was not written yet."""
+    h = resolver_node()
+    handles = [begin(h, "svc") for _ in range(4)]
+    for handle in handles:
+        h.send(handle, b"m")
+    h.flush()
+    h.resolve_requests()
+    h.core.resolved("svc", answer("svc"), h.now)
+    assert records_written(h) == set(), "the release wrote no record of its own"
+    assert all(h.core.endpoints[x].secured is False for x in handles), "decided, in memory"
+
+    assert [Endpoint.from_state(x, h.store.endpoints[x]).secured for x in handles] == [None] * 4, "not stored"
+    again = h.restart()  # stopped before the first acknowledgement: the stored route decides them again
+    assert all(again.core.endpoints[x].secured is False for x in handles)
+    assert records_written(again) == set()
+    envelopes = again.core.outgoing(B, 100, NO_BYTE_LIMIT)
+    assert [e[10] for e in envelopes] == [b"m"] * 4 and all(e[13] is False for e in envelopes), "plain, again"
+    again.core.acknowledged([[ACK, e[1], e[2], e[3] + 1, B_INSTANCE] for e in envelopes], again.now)
+    assert records_written(again) == set(handles), "one record a conversation, at the first acknowledgement"
+
+    last = again.restart()
+    assert [(last.core.endpoints[x].secured, last.core.endpoints[x].far_broker_instance) for x in handles] == [
+        (False, B_INSTANCE)
+    ] * 4, "the decision and the far instance, stored together"
+
+
+def test_a_plain_decision_for_a_conversation_whose_far_instance_is_known_is_written_at_once() -> None:
+    """No first acknowledgement will write the record of a conversation begun for a named broker instance, so its
+    plain decision is written with the release."""
+    h = resolver_node()
+    handle = h.core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=h.now,
+                                 broker_instance=B_INSTANCE).handle
+    h.flush()
+    h.send(handle, b"m")
+    h.flush()
+    h.resolve_requests()
+    h.core.resolved("svc", RouteAnswer(service_name="svc", targets=(Target(address=B, broker_instance=B_INSTANCE),),
+                                       lifetime=3600.0, source="test"), h.now)
+    assert records_written(h) == {handle}
+    assert h.restart().core.endpoints[handle].secured is False

@@ -139,7 +139,12 @@ class DialogSecurity:
 
     def _go_plain(self, ep: Endpoint) -> bool:
         self.conversations.set_secured(ep, False)
-        self.ledger.touch(ep)
+        if ep.far_broker_instance is not None:
+            self.ledger.touch(ep)
+        # else the decision goes with the conversation's next record, at the latest its first acknowledgement's
+        # (which learns the far broker instance): not a record of its own for each of a release's 100,000
+        # conversations. Links never waited for this one (docs/semantics.md, dynamic routing: a node that stops
+        # before it is written decides again), so a stop meanwhile is the same case, over a few more milliseconds.
         return True
 
     def _start_session(self, ep: Endpoint, binding: Binding, now: float) -> None:

@@ -559,6 +559,9 @@ async def _load(args: argparse.Namespace, out: dict[str, Any], checker: Conversa
 
             out["plain_client"] = await plain_client_sweep(args.registry_port, services,
                                                            args.plain_concurrency or MAX_OPEN_QUESTIONS)
+            say("the resolver alone: the same questions from the http resolver, with no node around it")
+            out["resolver_alone"] = await resolver_alone_rate(args.registry_port, services,
+                                                              args.plain_concurrency or MAX_OPEN_QUESTIONS)
         if not storm:
             out["rss_loaded"] = out["rss_end"]  # delivered and acknowledged: what the conversations alone hold
     return out
@@ -578,6 +581,30 @@ async def plain_client_sweep(port: int, services: list[str], resolvers_own: int)
     own = next(f for f in found if f["concurrency"] == resolvers_own)
     return {**best, "resolvers_own": {"concurrency": resolvers_own, "rate": own["rate"]},
             "sweep": {f["concurrency"]: f["rate"] for f in found}}
+
+
+async def resolver_alone_rate(port: int, services: list[str], open_questions: int, rounds: int = 2) -> dict[str, Any]:
+    """What the same registry gives the http resolver itself, in this process with nothing else to do: its best
+    rate over ``rounds``. Beside the storm's rate, it says how much of the difference is the node's other work."""
+    import anyio
+
+    from resolvers.http import create
+
+    rates = []
+    for _ in range(rounds):
+        resolver = create({"url": f"http://{LOOPBACK}:{port}/v1/services/{{service}}",
+                           "max_open_questions": open_questions,
+                           "headers": {"Bench-Plain": "1"}})  # logged apart from the node's questions
+        try:
+            todo = iter(services)
+            t0 = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                for _ in range(open_questions):
+                    tg.start_soon(_ask_all, resolver, todo)
+            rates.append(len(services) / (time.monotonic() - t0))
+        finally:
+            await resolver.aclose()
+    return {"rate": max(rates), "rates": rates, "open_questions": open_questions}
 
 
 async def plain_client_rate(port: int, services: list[str], concurrency: int, rounds: int = 3) -> dict[str, Any]:
@@ -1072,6 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.insert(next(i for i, r in enumerate(rows) if r[0].startswith("answers/s")) + 1,
                     ["  registry's plain-client rate (GETs/s, best)",
                      f"{plain['rate']:,.0f} ({plain['concurrency']} at once; share {rate_share or 0:.2f})", ""])
+        alone = s.get("resolver_alone")
+        if alone:
+            rows.insert(next(i for i, r in enumerate(rows) if r[0].startswith("  registry's plain")) + 1,
+                        ["  the resolver alone, no node around it", f"{alone['rate']:,.0f} ({alone['open_questions']}"
+                         f" open; share {alone['rate'] / plain['rate']:.2f})", ""])
         own = plain.get("resolvers_own")
         if own:
             rows.insert(next(i for i, r in enumerate(rows) if r[0].startswith("  registry's plain")) + 1,
@@ -1108,6 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
         "floors": {"resolver": args.resolver, "round_trips_ok": round_trips_ok, "requests_by_kind_ok": req_ok, "all_delayed": delayed_ok,
                    "release_s": release_s, "release_ok": release_ok, "wait_s": from_release_s, "wait_ok": wait_ok,
                    "resolver_rate": resolver_rate, "plain_rate": plain.get("rate"), "rate_share": rate_share,
+                   "resolver_alone_rate": (s.get("resolver_alone") or {}).get("rate"),
                    "rate_ok": rate_ok, "bytes_per_delayed_raw": per_raw, "bytes_per_delayed_net": per_net,
                    "memory_ok": mem_ok, "exactly_once": once_ok},
         "derived": {"last_answer_to_last_enqueued_s": enqueue_s, "gate_to_last_answer_s": answers_s,

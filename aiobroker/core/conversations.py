@@ -119,18 +119,21 @@ class Conversations:
         if group is not None and not isinstance(group, str):
             raise InvalidArgument("related_group must be a conversation group id (a string)")
         handle = ledger.new_id()
-        ep = Endpoint(
-            handle=handle,
-            conversation_id=ledger.new_id(),
-            is_initiator=True,
-            service=service.name,
-            far_service=to_service,
-            contract=contract,
-            group_id=group or handle,  # a group of its own: named by its handle (one string, see docs/semantics.md)
-            expires_at=expires_at,
-            far_broker_instance=broker_instance,
-            state=STARTS[Event.BEGIN],
-            encryption=bool(encryption),
+        ep = Endpoint.new(
+            handle,
+            ledger.new_id(),  # conversation_id
+            True,  # is_initiator
+            service.name,
+            to_service,  # far_service
+            contract,
+            group or handle,  # group_id: a group of its own is named by its handle (one string, docs/semantics.md)
+            expires_at,
+            None,  # far_handle
+            broker_instance,  # far_broker_instance
+            STARTS[Event.BEGIN],
+            bool(encryption),
+            None,  # secured: decided when the far side is first found on another node
+            None,  # far_identity
         )
         self.join(ep, now)
         return ep

@@ -299,22 +299,25 @@ class Inbound:
         refusal = refusal or security.authorize_initiator(identity, to_service)
         ledger = self.ledger
         handle = ledger.new_id()
-        ep = Endpoint(
-            handle=handle,
-            conversation_id=conv_id,
-            is_initiator=not from_initiator,
-            service=to_service,
-            far_service=from_service,
-            contract=env[6],
-            group_id=handle,  # a group of its own, named by its handle
-            expires_at=float(env[11]),
-            far_broker_instance=env[7],
-            state=_TARGET_START,
-            encryption=session_key is not None,
-            secured=session_key is not None,
-            session_key=session_key,
-            far_identity=identity,
+        secured = session_key is not None
+        ep = Endpoint.new(
+            handle,
+            conv_id,
+            not from_initiator,  # is_initiator
+            to_service,  # service
+            from_service,  # far_service
+            env[6],  # contract
+            handle,  # group_id: a group of its own, named by its handle
+            float(env[11]),  # expires_at
+            None,  # far_handle
+            env[7],  # far_broker_instance
+            _TARGET_START,
+            secured,  # encryption
+            secured,
+            identity,  # far_identity
         )
+        if session_key is not None:
+            ep.session_key = session_key
         self.conversations.join(ep, now)
         if refusal is not None:
             security.count("refused")

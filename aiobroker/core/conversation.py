@@ -179,7 +179,8 @@ class Endpoint:
         ep.encryption = encryption
         ep.delayed = None
         ep.secured = secured
-        ep._rare = None if far_identity is None else _far_identity_only(far_identity)
+        ep._rare = (None if far_identity is None else _PUBLIC_ONLY if far_identity == PUBLIC
+                    else _Rare(None, None, None, None, far_identity))  # _far_identity_only, without a call
         return ep
 
     # The fields most endpoints never set live in one object made when the first is set (``_Rare``): a DELAYED

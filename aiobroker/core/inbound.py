@@ -110,7 +110,7 @@ class Inbound:
         first = envelopes[start]
         conv_id, from_initiator, seq0, to_service, to_instance = first[1], first[2], first[3], first[5], first[8]
         key = (conv_id, not from_initiator)
-        handle = ledger.by_conversation.get(key)
+        handle = ledger.by_conversation.sides[not from_initiator].get(conv_id)  # its .get, without the call
         ep = ledger.endpoints.get(handle) if handle is not None else None
         if ep is None:
             if to_instance not in (None, ledger.broker_instance) or to_service not in ledger.catalog.services:

@@ -56,6 +56,9 @@ class _Rare:
 #: all, never changed: an endpoint that sets any rare field first takes a copy of its own (``Endpoint._rare_for``).
 _PUBLIC_ONLY = _Rare(None, None, None, None, PUBLIC)
 
+#: ``object.__new__``, bound once: ``cls.__new__`` is looked up through the class's type on every call
+_new_object = object.__new__
+
 
 def _far_identity_only(far_identity: str | None) -> _Rare | None:
     """The rare fields of an endpoint that sets none but ``far_identity``."""
@@ -162,7 +165,7 @@ class Endpoint:
         (``tests/test_core_conversations.py`` compares the two), positional, for a quarter of its cost: matching
         its keywords by name among twenty-one was most of what making an endpoint cost, on every conversation a
         peer begins (a resolution storm's receiving node makes one a message)."""
-        ep = cls.__new__(cls)
+        ep = _new_object(cls)
         ep.handle = handle
         ep.conversation_id = conversation_id
         ep.is_initiator = is_initiator

@@ -44,6 +44,9 @@ MAX_LOCATIONS = 10_000
 #: the state of a target's endpoint made by a conversation's first message (looked up once: an enum's hash is
 #: Python code)
 _TARGET_START = STARTS[Event.RECEIVE_FIRST]
+#: ``State.CLOSED``, for the accept path: a member read from its enum class is a class attribute lookup through
+#: the metaclass, ten times a global's cost, and the path reads it twice a conversation
+_CLOSED = State.CLOSED
 
 
 class Inbound:
@@ -125,7 +128,7 @@ class Inbound:
             ep = self._new_remote_target(first, now)
             if ep is None:
                 return  # dropped (dialog security), not acknowledged: the sender resends
-            if ep.state is State.CLOSED:
+            if ep.state is _CLOSED:
                 acks[key] = ep.recv_seq  # refused with an Error; what follows in the run is swallowed below
         if ep.secured or (first[13] if stop - start == 1 else any(envelopes[x][13] for x in range(start, stop))):
             stop = self.security.open_run(ep, envelopes, start, stop)
@@ -133,7 +136,7 @@ class Inbound:
         while k < stop:
             env = envelopes[k]
             seq = env[3]
-            if ep.state is State.CLOSED:
+            if ep.state is _CLOSED:
                 acks[key] = max(acks.get(key, 0), max(ep.recv_seq, envelopes[stop - 1][3] + 1))
                 return  # retired or ending: swallow quietly
             if seq < ep.recv_seq:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .conversation_states import State
+from .identities import PUBLIC
 
 __all__ = ["MAX_LIFETIME", "Endpoint", "State"]
 
@@ -48,6 +49,22 @@ class _Rare:
         self.session_key = session_key
         self.key_header = key_header
         self.far_identity = far_identity
+
+
+#: The rare fields of an endpoint whose only one set is its far identity "public": a target of a plain conversation
+#: from another node, which is every conversation of a resolution storm's receiving node. One object shared by them
+#: all, never changed: an endpoint that sets any rare field first takes a copy of its own (``Endpoint._rare_for``).
+_PUBLIC_ONLY = _Rare(None, None, None, None, PUBLIC)
+
+#: ``object.__new__``, bound once: ``cls.__new__`` is looked up through the class's type on every call
+_new_object = object.__new__
+
+
+def _far_identity_only(far_identity: str | None) -> _Rare | None:
+    """The rare fields of an endpoint that sets none but ``far_identity``."""
+    if far_identity is None:
+        return None
+    return _PUBLIC_ONLY if far_identity == PUBLIC else _Rare(None, None, None, None, far_identity)
 
 
 class Endpoint:
@@ -118,17 +135,60 @@ class Endpoint:
         #: node), then True (bodies sealed with ``session_key``) or False (plain), for the conversation's life
         self.secured = secured
         self._rare = (
-            None
-            if timer_at is None
-            and error is None
-            and session_key is None
-            and key_header is None
-            and far_identity is None
+            _far_identity_only(far_identity)
+            if timer_at is None and error is None and session_key is None and key_header is None
             else _Rare(timer_at, error, session_key, key_header, far_identity)
         )
 
+    @classmethod
+    def new(
+        cls,
+        handle: str,
+        conversation_id: str,
+        is_initiator: bool,
+        service: str,
+        far_service: str,
+        contract: str,
+        group_id: str,
+        expires_at: float,
+        far_handle: str | None,
+        far_broker_instance: str | None,
+        state: State,
+        encryption: bool,
+        secured: bool | None,
+        far_identity: str | None,
+        /,
+    ) -> Endpoint:
+        """An endpoint as the core makes one when a conversation begins on this side (begun here, made for a far
+        side on this node, or made by a peer's first message): nothing sent or received yet, not DELAYED, no
+        timer, error or key (a secured one's ``session_key`` is set after). The same as the keyword constructor
+        (``tests/test_core_conversations.py`` compares the two), positional, for a quarter of its cost: matching
+        its keywords by name among twenty-one was most of what making an endpoint cost, on every conversation a
+        peer begins (a resolution storm's receiving node makes one a message)."""
+        ep = _new_object(cls)
+        ep.handle = handle
+        ep.conversation_id = conversation_id
+        ep.is_initiator = is_initiator
+        ep.service = service
+        ep.far_service = far_service
+        ep.contract = contract
+        ep.group_id = group_id
+        ep.expires_at = expires_at
+        ep.far_handle = far_handle
+        ep.far_broker_instance = far_broker_instance
+        ep.state = state
+        ep.send_seq = 0
+        ep.recv_seq = 0
+        ep.encryption = encryption
+        ep.delayed = None
+        ep.secured = secured
+        ep._rare = (None if far_identity is None else _PUBLIC_ONLY if far_identity == PUBLIC
+                    else _Rare(None, None, None, None, far_identity))  # _far_identity_only, without a call
+        return ep
+
     # The fields most endpoints never set live in one object made when the first is set (``_Rare``): a DELAYED
-    # conversation of a resolution storm, like most, has none of them, and five slots cost it 40 bytes.
+    # conversation of a resolution storm, like most, has none of them, and five slots cost it 40 bytes. A target of
+    # a plain conversation from another node has one, its far identity "public": it shares one object (_PUBLIC_ONLY).
 
     @property
     def timer_at(self) -> float | None:
@@ -182,12 +242,15 @@ class Endpoint:
 
     def _rare_for(self, value: object) -> _Rare:
         """The rare fields' object to set ``value`` in: made on the first value that is not None (setting None
-        where there is none sets it on a throwaway, leaving the endpoint without one)."""
+        where there is none sets it on a throwaway, leaving the endpoint without one); the shared one of a public
+        far identity (``_PUBLIC_ONLY``) is first copied into one of the endpoint's own."""
         rare = self._rare
         if rare is None:
             rare = _Rare(None, None, None, None, None)
             if value is not None:
                 self._rare = rare
+        elif rare is _PUBLIC_ONLY:
+            rare = self._rare = _Rare(None, None, None, None, PUBLIC)
         return rare
 
     def why_not_send(self) -> str | None:

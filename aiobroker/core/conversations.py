@@ -41,6 +41,11 @@ DEFAULT_CLOSED_RETENTION = 1800.0
 LIFETIME_HORIZON = 50 * 365 * 86400.0
 
 
+#: the state of an endpoint begun here, and ``State.CLOSED``: looked up once (a member read from its enum class goes
+#: through the metaclass, and a lookup in ``STARTS`` hashes an enum, in Python), as every conversation reads them
+_BEGUN = STARTS[Event.BEGIN]
+_CLOSED = State.CLOSED
+
 #: how many far service names :class:`Conversations` keeps to share (a bound: names are whatever clients send)
 MAX_SHARED_NAMES = 100_000
 
@@ -119,18 +124,21 @@ class Conversations:
         if group is not None and not isinstance(group, str):
             raise InvalidArgument("related_group must be a conversation group id (a string)")
         handle = ledger.new_id()
-        ep = Endpoint(
-            handle=handle,
-            conversation_id=ledger.new_id(),
-            is_initiator=True,
-            service=service.name,
-            far_service=to_service,
-            contract=contract,
-            group_id=group or handle,  # a group of its own: named by its handle (one string, see docs/semantics.md)
-            expires_at=expires_at,
-            far_broker_instance=broker_instance,
-            state=STARTS[Event.BEGIN],
-            encryption=bool(encryption),
+        ep = Endpoint.new(
+            handle,
+            ledger.new_id(),  # conversation_id
+            True,  # is_initiator
+            service.name,
+            to_service,  # far_service
+            contract,
+            group or handle,  # group_id: a group of its own is named by its handle (one string, docs/semantics.md)
+            expires_at,
+            None,  # far_handle
+            broker_instance,  # far_broker_instance
+            _BEGUN,
+            bool(encryption),
+            None,  # secured: decided when the far side is first found on another node
+            None,  # far_identity
         )
         self.join(ep, now)
         return ep
@@ -152,7 +160,7 @@ class Conversations:
         if ep.secured:
             self.secured_count += 1
         deadlines = self.ledger.deadlines
-        if ep.state is State.CLOSED:
+        if ep.state is _CLOSED:
             if ep.timer_at is not None:  # a retired endpoint: the field holds when it goes for good
                 deadlines.push(ep.timer_at, DeadlineKind.RETIRE, ep.handle)
             return

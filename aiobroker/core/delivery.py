@@ -300,19 +300,9 @@ class Delivery:
             )
             return None
         handle = ledger.new_id()
-        far = Endpoint(
-            handle=handle,
-            conversation_id=ep.conversation_id,
-            is_initiator=not ep.is_initiator,
-            service=service.name,
-            far_service=ep.service,
-            contract=ep.contract,
-            group_id=handle,  # a group of its own, named by its handle
-            expires_at=ep.expires_at,
-            far_handle=ep.handle,
-            far_broker_instance=ledger.broker_instance,
-            state=STARTS[Event.RECEIVE_FIRST],
-            encryption=ep.encryption,
+        far = Endpoint.new(  # in a group of its own, named by its handle; not secured, far identity unknown
+            handle, ep.conversation_id, not ep.is_initiator, service.name, ep.service, ep.contract, handle,
+            ep.expires_at, ep.handle, ledger.broker_instance, STARTS[Event.RECEIVE_FIRST], ep.encryption, None, None,
         )
         ep.far_handle = far.handle
         ep.far_broker_instance = ledger.broker_instance

@@ -44,6 +44,9 @@ MAX_LOCATIONS = 10_000
 #: the state of a target's endpoint made by a conversation's first message (looked up once: an enum's hash is
 #: Python code)
 _TARGET_START = STARTS[Event.RECEIVE_FIRST]
+#: ``State.CLOSED``, for the accept path: a member read from its enum class is a class attribute lookup through
+#: the metaclass, ten times a global's cost, and the path reads it twice a conversation
+_CLOSED = State.CLOSED
 
 
 class Inbound:
@@ -110,7 +113,7 @@ class Inbound:
         first = envelopes[start]
         conv_id, from_initiator, seq0, to_service, to_instance = first[1], first[2], first[3], first[5], first[8]
         key = (conv_id, not from_initiator)
-        handle = ledger.by_conversation.get(key)
+        handle = ledger.by_conversation.sides[not from_initiator].get(conv_id)  # its .get, without the call
         ep = ledger.endpoints.get(handle) if handle is not None else None
         if ep is None:
             if to_instance not in (None, ledger.broker_instance) or to_service not in ledger.catalog.services:
@@ -125,7 +128,7 @@ class Inbound:
             ep = self._new_remote_target(first, now)
             if ep is None:
                 return  # dropped (dialog security), not acknowledged: the sender resends
-            if ep.state is State.CLOSED:
+            if ep.state is _CLOSED:
                 acks[key] = ep.recv_seq  # refused with an Error; what follows in the run is swallowed below
         if ep.secured or (first[13] if stop - start == 1 else any(envelopes[x][13] for x in range(start, stop))):
             stop = self.security.open_run(ep, envelopes, start, stop)
@@ -133,7 +136,7 @@ class Inbound:
         while k < stop:
             env = envelopes[k]
             seq = env[3]
-            if ep.state is State.CLOSED:
+            if ep.state is _CLOSED:
                 acks[key] = max(acks.get(key, 0), max(ep.recv_seq, envelopes[stop - 1][3] + 1))
                 return  # retired or ending: swallow quietly
             if seq < ep.recv_seq:
@@ -299,22 +302,25 @@ class Inbound:
         refusal = refusal or security.authorize_initiator(identity, to_service)
         ledger = self.ledger
         handle = ledger.new_id()
-        ep = Endpoint(
-            handle=handle,
-            conversation_id=conv_id,
-            is_initiator=not from_initiator,
-            service=to_service,
-            far_service=from_service,
-            contract=env[6],
-            group_id=handle,  # a group of its own, named by its handle
-            expires_at=float(env[11]),
-            far_broker_instance=env[7],
-            state=_TARGET_START,
-            encryption=session_key is not None,
-            secured=session_key is not None,
-            session_key=session_key,
-            far_identity=identity,
+        secured = session_key is not None
+        ep = Endpoint.new(
+            handle,
+            conv_id,
+            not from_initiator,  # is_initiator
+            to_service,  # service
+            from_service,  # far_service
+            env[6],  # contract
+            handle,  # group_id: a group of its own, named by its handle
+            float(env[11]),  # expires_at
+            None,  # far_handle
+            env[7],  # far_broker_instance
+            _TARGET_START,
+            secured,  # encryption
+            secured,
+            identity,  # far_identity
         )
+        if session_key is not None:
+            ep.session_key = session_key
         self.conversations.join(ep, now)
         if refusal is not None:
             security.count("refused")

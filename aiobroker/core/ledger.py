@@ -212,7 +212,7 @@ class Ledger:
         """Put a new endpoint in ``endpoints`` and the conversation index, and save it (the caller then has
         ``Conversations.watch`` schedule and count it)."""
         self.endpoints[ep.handle] = ep
-        self.by_conversation[(ep.conversation_id, ep.is_initiator)] = ep.handle
+        self.by_conversation.sides[ep.is_initiator][ep.conversation_id] = ep.handle  # no call, no key tuple
         self.touch(ep)
 
     def remember_closed(self, handle: str) -> None:

@@ -39,12 +39,12 @@ class Group:
 
     __slots__ = ("id", "urgent", "normal", "lease", "rollbacks")
 
-    def __init__(self, group_id: str) -> None:
+    def __init__(self, group_id: str, normal: list[MessageRow] | tuple[()] = ()) -> None:
         self.id = group_id
         #: Error and DialogTimer, handed out first; None until the first comes (most groups never see one, and an
         #: empty deque is a 600-byte block: 60 MB for 100,000 one-message conversations waiting)
         self.urgent: deque[MessageRow] | None = None
-        self.normal: deque[MessageRow] = deque()
+        self.normal: deque[MessageRow] = deque(normal)
         self.lease: Lease | None = None
         #: receives of this group rolled back in a row (reset by a commit); poison-message handling counts these
         self.rollbacks = 0
@@ -135,6 +135,11 @@ class MessageQueue:
     def push_many(self, rows: list[MessageRow], group_id: str, urgent: bool) -> None:
         """A run of messages of one group, in order (the batched form of :meth:`push`)."""
         group = self.groups.get(group_id)
+        if group is None and not urgent:  # a new group (a new conversation's, most often): made with its rows
+            self.groups[group_id] = Group(group_id, rows)
+            self.waiting += len(rows)
+            self.ready[group_id] = None  # a new group has no lease and is not in line yet
+            return
         if group is None:
             group = self.groups[group_id] = Group(group_id)
         (group.messages_for(True) if urgent else group.normal).extend(rows)

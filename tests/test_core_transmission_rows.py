@@ -93,3 +93,27 @@ def test_a_frame_of_acknowledgements_frees_what_one_by_one_would() -> None:
         assert tx.links[A].sent == {"b": 1} and tx.links[A].waiting_since == 1.0, "b still has one in flight"
     assert at_once.acknowledge_all([("b", 3, "svc")]) == [row(2, "b")]
     assert at_once.links[A].sent == {} and at_once.links[A].waiting_since is None, "nothing in flight: no time-out"
+
+
+def test_a_service_taken_out_of_delayed_at_once_leaves_what_one_by_one_would() -> None:
+    """``undelay_all`` (a resolver's answer: every conversation DELAYED on the service at once) gives the handles in
+    order and leaves the DELAYED sets, counts and ``to_strip`` as ``undelay`` for each does; other services keep
+    theirs."""
+
+    def delayed_queue() -> TransmissionQueue:
+        tx = TransmissionQueue()
+        tx.strips = True
+        for handle, n, service in (("a", 1, "svc"), ("b", 3, "svc"), ("c", 1, "other"), ("d", 2, "svc")):
+            tx.add_many(handle, [row(seq, handle) for seq in range(n)], service)
+            tx.delay(handle, service)
+        return tx
+
+    one_by_one, at_once = delayed_queue(), delayed_queue()
+    handles = list(one_by_one.delayed["svc"])
+    for handle in handles:
+        one_by_one.undelay(handle, "svc")
+    assert at_once.undelay_all("svc") == handles == ["a", "b", "d"]
+    for tx in (one_by_one, at_once):
+        assert tx.delayed == {"other": {"c": None}} and tx.delayed_count == {"other": 1} and tx.delayed_total == 1
+        assert list(tx.to_strip) == ["c"] and tx.message_count == 7
+    assert at_once.undelay_all("svc") == [] and at_once.delayed_total == 1

@@ -257,6 +257,19 @@ class TransmissionQueue:
         if self.to_strip:  # only on a store that pages (``strips``)
             self.to_strip.pop(handle, None)
 
+    def undelay_all(self, far_service: str) -> list[str]:
+        """Take every conversation DELAYED on ``far_service`` out of DELAYED at once, in order (a resolver's answer
+        routes them all again): :meth:`undelay` for each, with the counts taken down by the service's whole count."""
+        waiting = self.delayed.pop(far_service, None)
+        if waiting is None:
+            return []
+        self.delayed_total -= self.delayed_count.pop(far_service, 0)
+        if self.to_strip:  # only on a store that pages (``strips``)
+            pop = self.to_strip.pop
+            for handle in waiting:
+                pop(handle, None)
+        return list(waiting)
+
     def attach(self, handle: str, address: str, far_service: str) -> Link:
         """Route a sending endpoint to a link (made on first use)."""
         waiting = self.delayed.get(far_service)
@@ -277,9 +290,10 @@ class TransmissionQueue:
             self.ready_links.add(address)
         return link
 
-    def attach_read_back(self, address: str, handles: list[str]) -> None:
-        """Route to one link conversations that are neither DELAYED nor on a link: those whose bodies were just read
-        back (``tx_bodies.py``), in bulk (a resolution storm's release attaches 100,000)."""
+    def attach_many(self, address: str, handles: list[str]) -> None:
+        """Route to one link conversations with rows that are neither DELAYED nor on a link, in bulk (a resolution
+        storm's release attaches 100,000): those a reroute routed there (``Outbound.reroute``), those whose bodies
+        were just read back (``tx_bodies.py``)."""
         if not handles:
             return
         link = self.links.get(address)

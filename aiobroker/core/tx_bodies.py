@@ -105,8 +105,9 @@ def wait_for_bodies(ledger: Ledger, ep: Endpoint, address: str | None) -> None:
     tx = ledger.tx
     handle = ep.handle
     ep.delayed = READING
-    asked = handle in tx.reading
-    tx.reading[handle] = address
+    reading = tx.reading
+    asked = handle in reading
+    reading[handle] = address
     if asked:
         return
     request = ledger.bodies_request
@@ -115,10 +116,10 @@ def wait_for_bodies(ledger: Ledger, ep: Endpoint, address: str | None) -> None:
         ledger.outbox.append(request)
     request.handles.append(handle)
     held = tx.rows[handle]
-    if isinstance(held, list):
-        request.ids.extend(row[ROW_ID] for row in held if in_store(row[ROW_BODY]))
-    elif in_store(held[ROW_BODY]):  # a lone row: no list made for it
-        request.ids.append(held[ROW_ID])
+    if type(held) is list:
+        request.ids.extend(row[ROW_ID] for row in held if type(row[ROW_BODY]) is _IN_STORE)
+    elif type(held[ROW_BODY]) is _IN_STORE:  # a lone row: no list made for it
+        request.ids.append(held[ROW_ID])  # type: ignore[arg-type]  # (a lone row: a tuple)
 
 
 def bodies_read(ledger: Ledger, handles: list[str], bodies: dict[int, bytes]) -> tuple[int, list[str], list[str]]:
@@ -188,7 +189,7 @@ def bodies_read(ledger: Ledger, handles: list[str], bodies: dict[int, bytes]) ->
         last_routed.append(handle)
         attached += count
     for address, routed in to_links.items():
-        tx.attach_read_back(address, routed)
+        tx.attach_many(address, routed)
     if size:
         ledger.budget.bodies_in(size)
     return attached, whole, lost

@@ -78,15 +78,20 @@ class Outbound:
         """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
         or failed: the sender has its Error). ``batch``: many conversations are routed at once (:class:`RoutingPass`);
         one routed to a link then joins it when the pass ends."""
-        ledger = self.ledger
         if ep.far_handle is not None:
-            return ledger.endpoints.get(ep.far_handle)
-        tx = ledger.tx
-        address = tx.route_of.get(ep.handle)
+            return self.ledger.endpoints.get(ep.far_handle)
+        address = self.ledger.tx.route_of.get(ep.handle)
         if address is not None:
             return address
         if ep.delayed is not None:
             return None
+        return self.route_anew(ep, now, batch)
+
+    def route_anew(self, ep: Endpoint, now: float, batch: RoutingPass | None = None) -> Endpoint | str | None:
+        """:meth:`route` for a conversation whose far side is not on this node (yet), on no link and not DELAYED
+        (``reroute`` has just made it so, and calls this for each of a release's conversations)."""
+        ledger = self.ledger
+        tx = ledger.tx
         if batch is None:
             decision = self.decide(ep, now)
             plain = None
@@ -197,7 +202,7 @@ class Outbound:
         endpoints = ledger.endpoints
         rows = tx.rows
         route_of = tx.route_of
-        route = self.route
+        route = self.route_anew
         for handle in handles:
             ep = endpoints.get(handle)
             held = rows.get(handle)  # its rows: routing them changes nothing here (one lookup in 100,000, not two)

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -252,7 +253,9 @@ def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) 
     def read_back(requests: list[BodiesWanted]) -> int:
         # as ``StoreReads._read_bodies``: the requests that came meanwhile as one, read on the event loop a slice
         # at a time (``StoreReads._bodies``), then handed to the core together
-        request = BodiesWanted([h for r in requests for h in r.handles], [i for r in requests for i in r.ids])
+        request = requests[0] if len(requests) == 1 else BodiesWanted(
+            list(chain.from_iterable(r.handles for r in requests)), list(chain.from_iterable(r.ids for r in requests))
+        )
         bodies: dict[int, bytes] = {}
         for start in range(0, len(request.ids), INLINE_BODIES):
             bodies.update(a.store.read_bodies(request.ids[start : start + INLINE_BODIES]))

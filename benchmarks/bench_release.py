@@ -10,16 +10,18 @@ sitting. Node A's real core (``BrokerCore``) on a real store (``--stores``: SQLi
    and the resolver asked once per service; everything is written to A's store.
 2. the release, measured, in groups of ``--answers-per-write`` answers (the writer gathers the answers that came
    during its last write into one batch): for each answer, the binding question's "not found" and the route's
-   answer, as ``node/resolving.py`` hands them to the core (**reroute**); the link takes its envelopes and frames
-   them, as ``PeerLinks._send_loop`` does (**send**); the writer seals and writes the batch (**seal**, **write**;
+   answer, as ``node/resolving.py`` hands them to the core (**reroute**); on a store that pages (SQLite), the
+   DELAYED messages' bodies were left in the store at set-up (``core/tx_bodies.py``), so the bodies the release
+   asked for are read back and handed to the core, as ``node/pages.py``'s ``StoreReads`` does (**read**); the link
+   takes its envelopes and frames them, as ``PeerLinks._send_loop`` does (**send**); the writer seals and writes the batch (**seal**, **write**;
    the endpoint records of the release); B accepts the frame and acknowledges (not measured); A decodes B's
    acknowledgement frame and applies it, as ``PeerLinks.accept`` does (**ack**); the writer seals and writes again
    (the deleted rows, the records that now know B's broker instance).
 
 CPU is this thread's (``time.thread_time``). In a node the writer seals on the event loop and writes in its
 thread (a large batch): **write** is the writer thread's share, the rest the event loop's. The collector runs as
-``aiobroker serve`` sets it (``--gc``). Every message is checked to arrive at B exactly once, every row to be gone
-from A's store, and every stored record to know B's broker instance.
+``aiobroker serve`` sets it (``--gc``). Every message is checked to arrive at B exactly once (on SQLite, its body read back from the store), every row to
+be gone from A's store, and every stored record to know B's broker instance.
 
 Each phase's figure is the least of ``--rounds`` rounds (others on a shared machine only ever add to it). With
 ``--callgrind`` the figures are instructions per message instead, counted by valgrind's callgrind: they do not
@@ -46,23 +48,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiobroker
 from aiobroker.core.broker import BrokerCore
-from aiobroker.core.effects import ResolveRequest
+from aiobroker.core.effects import BodiesWanted, ResolveRequest
+from aiobroker.core.paging import DEFAULT_WINDOW
 from aiobroker.node.collector import apply_node_policy
 from aiobroker.resolver import RouteAnswer, Target
 from aiobroker.store.base import Store
 from aiobroker.store.memory import MemoryStore
 from aiobroker.store.sqlite import SqliteStore
 from aiobroker.node.links import SEND_BATCH
+from aiobroker.node.pages import INLINE_BODIES
 from aiobroker.wire.codec import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, batch_bytes, encode_frame
 from aiobroker.wire.frames import Envelopes, envelopes_wire, parse_frame
 
 T = TypeVar("T")
-PHASES = ("reroute", "send", "ack", "seal", "write")
+PHASES = ("reroute", "read", "send", "ack", "seal", "write")
 STORES = ("memory", "sqlite")
 B_ADDRESS = "tcp://127.0.0.1:4023"
 INITIATOR = "//release/initiator"
@@ -104,8 +109,11 @@ class Side:
 
 def set_up(store: Store, services: int, conversations: int, size: int) -> tuple[Side, Side, list[str]]:
     """A with every conversation DELAYED (and stored), B ready to take them; the services asked about, in order."""
+    # a store that pages gets the queue window a node gives it (``node/startup.py``): DELAYED bodies then wait in
+    # the store only, and are read back as the release sends them on
     a = Side("a", store, resolver_name="http", resolver_answers_bindings=True,
-             max_delayed_per_service=conversations, max_delayed_messages=services * conversations)
+             max_delayed_per_service=conversations, max_delayed_messages=services * conversations,
+             page_window=DEFAULT_WINDOW if store.pages else None)
     b = Side("b", MemoryStore())
     names = [SERVICE_FMT.format(i) for i in range(services)]
     a.core.create_object("queue", {"name": "release_init"})
@@ -169,6 +177,7 @@ class Markers:
         self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
         self.compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
         self.action = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+        self.loaded = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
         for name in ("bsearch", "lfind", "tfind", "tsearch"):
             getattr(self.libc, name).restype = ctypes.c_void_p
         self.box = (ctypes.c_int * 2)(0, 0)
@@ -199,6 +208,8 @@ class Markers:
             libc.qsort(box, ctypes.c_size_t(2), width, self.compare(once))
         elif phase == "seal":
             libc.twalk(self.root, self.action(once))
+        elif phase == "read":
+            libc.dl_iterate_phdr(self.loaded(once), None)
         else:
             libc.tfind(box, ctypes.byref(self.root), self.compare(once))
         if failed:
@@ -210,6 +221,7 @@ class Markers:
 #: tfind's line ("tsearch.c:0x...") counts twalk's callbacks too, so write = that line - seal's
 MARKER_LINES = {
     "reroute": re.compile(r"stdlib-bsearch\.h:0x"),
+    "read": re.compile(r"dl-iteratephdr\.c:"),
     "send": re.compile(r"lsearch\.c:0x"),
     "ack": re.compile(r"msort\.c:qsort_r "),
     "seal": re.compile(r"tsearch\.c:trecurse "),
@@ -217,23 +229,38 @@ MARKER_LINES = {
 }
 
 
-def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) -> int:
-    """Answer every question, send, acknowledge, write; returns how many messages B received."""
+def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) -> tuple[int, int]:
+    """Answer every question, read the bodies back, send, acknowledge, write; returns how many messages B received
+    and how many bodies were read back from A's store."""
     from aiobroker.core.dispatcher import BINDING
     from aiobroker.resolver import NotFound
 
     not_found = NotFound("no binding").message
     decoder = FrameDecoder()
-    received = 0
+    received = read = 0
     now = 1.0
 
-    def answer(group: list[str]) -> None:
+    def answer(group: list[str]) -> list[BodiesWanted]:
+        wanted: list[BodiesWanted] = []
         for name in group:
             route = RouteAnswer(service_name=name, targets=(Target(address=B_ADDRESS),), lifetime=3600.0)
             # as ``Resolving._settle`` hands a combined answer to the core: the binding's first
             a.core.resolve_failed(name, f"not found: {not_found}", now, None, BINDING)
             a.core.resolved(name, route, now)
-            a.core.drain_effects()
+            wanted += [e for e in a.core.drain_effects() if isinstance(e, BodiesWanted)]
+        return wanted
+
+    def read_back(requests: list[BodiesWanted]) -> int:
+        # as ``StoreReads._read_bodies``: the requests that came meanwhile as one, read on the event loop a slice
+        # at a time (``StoreReads._bodies``), then handed to the core together
+        request = requests[0] if len(requests) == 1 else BodiesWanted(
+            list(chain.from_iterable(r.handles for r in requests)), list(chain.from_iterable(r.ids for r in requests))
+        )
+        bodies: dict[int, bytes] = {}
+        for start in range(0, len(request.ids), INLINE_BODIES):
+            bodies.update(a.store.read_bodies(request.ids[start : start + INLINE_BODIES]))
+        a.core.bodies_read(request, bodies, now)
+        return len(bodies)
 
     def send() -> list[bytes]:
         frames: list[bytes] = []
@@ -252,7 +279,9 @@ def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) 
 
     for start in range(0, len(names), per_write):
         group = names[start : start + per_write]
-        phases.run("reroute", lambda: answer(group))  # noqa: B023 (run at once)
+        wanted = phases.run("reroute", lambda: answer(group))  # noqa: B023 (run at once)
+        # run on every store (nothing to read from one that keeps the bodies), so that callgrind sees its marker
+        read += phases.run("read", lambda: read_back(wanted))  # noqa: B023 (run at once)
         frames = phases.run("send", send)
         commit()
         for data in frames:  # B, not measured: it stores them and acknowledges
@@ -264,7 +293,7 @@ def release(a: Side, b: Side, names: list[str], per_write: int, phases: Phases) 
             reply = encode_frame(envelopes_wire([], acks))
             phases.run("ack", lambda: acknowledged(reply))  # noqa: B023 (run at once)
         commit()
-    return received
+    return received, read
 
 
 def one_round(
@@ -280,7 +309,7 @@ def one_round(
         gc.disable()
     phases = Phases(profile, Markers() if args.markers else None)
     try:
-        received = release(a, b, names, args.answers_per_write, phases)
+        received, read = release(a, b, names, args.answers_per_write, phases)
     finally:
         gc.enable()
         gc.set_threshold(*DEFAULT_THRESHOLDS)
@@ -296,6 +325,9 @@ def one_round(
     else:
         stored_rows = unknown = 0
     queued = b.core.queues[TARGET_QUEUE].waiting
+    if store.pages and read != total:
+        raise SystemExit(f"{store_kind}: {read:,} bodies read back of {total:,}: DELAYED bodies are not left in this"
+                         " store (core/tx_bodies.py), so the release measured is not the storm's")
     if received != total or left or stored_rows or unknown or queued != total:
         raise SystemExit(f"{store_kind}: {received:,} sent of {total:,}, {queued:,} queued at B, {left:,} still"
                          f" unacknowledged at A, {stored_rows:,} rows left in A's store, {unknown:,} stored records"
@@ -307,7 +339,7 @@ def report(store_kind: str, rounds: list[dict[str, float]], out: Callable[[str],
     # the least of the rounds, phase by phase: on a shared machine other processes only ever add to a phase's CPU
     # time (they take its caches), so the least is the steadiest figure of what the code costs
     least = {phase: min(r[phase] for r in rounds) for phase in PHASES}
-    main_us = least["reroute"] + least["send"] + least["ack"] + least["seal"]
+    main_us = sum(least[phase] for phase in PHASES if phase != "write")
     writer_us = least["write"]
     cells = "  ".join(f"{phase} {least[phase]:5.2f}" for phase in PHASES)
     out(f"{store_kind:>6}: {cells}  | event loop {main_us:5.2f}  writer {writer_us:5.2f}  all {main_us + writer_us:5.2f}"
@@ -376,7 +408,7 @@ def count_instructions(store_kind: str, args: argparse.Namespace, tmp: Path) -> 
 
 
 def report_instructions(store_kind: str, per: dict[str, float], out: Callable[[str], None]) -> None:
-    main_i = per["reroute"] + per["send"] + per["ack"] + per["seal"]
+    main_i = sum(per[phase] for phase in PHASES if phase != "write")
     cells = "  ".join(f"{phase} {per[phase]:6,.0f}" for phase in PHASES)
     out(f"{store_kind:>6}: {cells}  | event loop {main_i:6,.0f}  writer {per['write']:6,.0f}  instructions/message")
 

@@ -27,10 +27,10 @@ def test_a_tiny_release_on_both_stores_reports_every_phase(tmp_path: Path) -> No
     done = run_script("--services", "3", "--conversations", "4", "--answers-per-write", "2", "--rounds", "1",
                       "--profile", str(profile))
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "3 services x 4 conversations = 12 messages" in done.stdout
+    assert "3 services x 4 conversations = 12 messages" in done.stdout  # (on SQLite, every body was read back)
     for store in ("memory", "sqlite"):
         line = next(line for line in done.stdout.splitlines() if line.strip().startswith(f"{store}:"))
-        for phase in ("reroute", "send", "ack", "seal", "write", "event loop", "writer"):
+        for phase in ("reroute", "read", "send", "ack", "seal", "write", "event loop", "writer"):
             assert re.search(rf"{phase} +\d+\.\d\d", line), (phase, line)
     assert profile.stat().st_size > 0
 

@@ -8,6 +8,7 @@ from core_harness import A_ADDR, B_ADDR, NO_BYTE_LIMIT, Harness, carry, route_bo
 from aiobroker.core.catalog import END_DIALOG, ERROR
 from aiobroker.core.conversation import State
 from aiobroker.core.dialog_errors import BrokerErrorCode, parse_error_body
+from aiobroker.core.effects import Report
 from aiobroker.core.records import ROW_LOCATION
 from aiobroker.core.transmission import ENVELOPE_OVERHEAD
 
@@ -309,3 +310,16 @@ def test_a_frame_of_new_conversations_is_counted_whole_and_a_bounded_queue_takes
     assert b.core.budget.in_queue("qb") == (3, 3) and b.core.budget.in_queue("qc") == (2, 2)
     b.flush()
     assert len(b.drain("qb")) == 3 and len(b.drain("qc")) == 2
+
+
+def test_malformed_acknowledgements_in_a_frame_are_reported_and_the_good_ones_still_apply() -> None:
+    a, b, handle = pair()
+    a.send(handle, b"1", b"2")
+    acks, _ = b.core.accept(a.core.outgoing(B_ADDR, 100, NO_BYTE_LIMIT), b.now)
+    b.flush()
+    a.core.drain_effects()
+    bad = [[1, "conversation", True, "2", "b"], "ack", [1, 7, True, 2, "b"], [1, "c", True, 2]]
+    foreign = a.core.acknowledged([bad[0], bad[1], *acks, bad[2], bad[3]], a.now)
+    assert foreign == [] and a.core.statistics()["transmission"]["messages"] == 0, "the good acknowledgement applied"
+    reports = [e.text for e in a.core.drain_effects() if isinstance(e, Report)]
+    assert reports == [f"a peer sent a malformed acknowledgement: {x}" for x in map(str, bad)], "each named, in order"

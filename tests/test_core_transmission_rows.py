@@ -63,3 +63,57 @@ def test_a_delayed_lone_row_counts_once_and_rows_loaded_as_lists_are_rows() -> N
     assert loaded.rows_of("h") == [row(0)] and loaded.count("h") == 1
     loaded.load(row(1))
     assert loaded.rows_of("h") == [row(0), row(1)]
+
+
+def _queue_with_three_on_a_link() -> TransmissionQueue:
+    """Lone rows on "a" and "c", a run of three on "b", all routed to A and sent; "c" went back to DELAYED since."""
+    tx = TransmissionQueue()
+    tx.add_many("a", [row(0, "a")], "svc")
+    tx.add_many("b", [row(0, "b"), row(1, "b"), row(2, "b")], "svc")
+    tx.add_many("c", [row(0, "c")], "svc")
+    for handle in ("a", "b", "c"):
+        tx.attach(handle, A, "svc")
+    assert len(tx.take_unsent(A, 10, 10**9, 1 << 30)) == 5
+    tx.links[A].waiting_since = 1.0
+    tx.delay("c", "svc")  # its route was dropped after it was sent
+    return tx
+
+
+def test_a_frame_of_acknowledgements_frees_what_one_by_one_would() -> None:
+    """``acknowledge_all`` (a frame's acknowledgements in one call, lone rows without a call each) leaves the rows,
+    counts, DELAYED counts and the link's in-flight records exactly as ``acknowledge`` one at a time does."""
+    acks = [("a", 1, "svc"), ("b", 2, "svc"), ("c", 1, "svc"), ("a", 1, "svc"), ("none", 5, "svc"), ("b", 1, "svc")]
+    one_by_one = _queue_with_three_on_a_link()
+    freed_one = [r for handle, seq, service in acks for r in one_by_one.acknowledge(handle, seq, service)]
+    at_once = _queue_with_three_on_a_link()
+    assert at_once.acknowledge_all(acks) == freed_one == [row(0, "a"), row(0, "b"), row(1, "b"), row(0, "c")]
+    for tx in (one_by_one, at_once):
+        assert tx.rows == {"b": row(2, "b")} and tx.message_count == 1
+        assert tx.delayed_total == 0 and tx.delayed_count == {}, "c's acknowledged row no longer counts as DELAYED"
+        assert tx.links[A].sent == {"b": 1} and tx.links[A].waiting_since == 1.0, "b still has one in flight"
+    assert at_once.acknowledge_all([("b", 3, "svc")]) == [row(2, "b")]
+    assert at_once.links[A].sent == {} and at_once.links[A].waiting_since is None, "nothing in flight: no time-out"
+
+
+def test_a_service_taken_out_of_delayed_at_once_leaves_what_one_by_one_would() -> None:
+    """``undelay_all`` (a resolver's answer: every conversation DELAYED on the service at once) gives the handles in
+    order and leaves the DELAYED sets, counts and ``to_strip`` as ``undelay`` for each does; other services keep
+    theirs."""
+
+    def delayed_queue() -> TransmissionQueue:
+        tx = TransmissionQueue()
+        tx.strips = True
+        for handle, n, service in (("a", 1, "svc"), ("b", 3, "svc"), ("c", 1, "other"), ("d", 2, "svc")):
+            tx.add_many(handle, [row(seq, handle) for seq in range(n)], service)
+            tx.delay(handle, service)
+        return tx
+
+    one_by_one, at_once = delayed_queue(), delayed_queue()
+    handles = list(one_by_one.delayed["svc"])
+    for handle in handles:
+        one_by_one.undelay(handle, "svc")
+    assert at_once.undelay_all("svc") == handles == ["a", "b", "d"]
+    for tx in (one_by_one, at_once):
+        assert tx.delayed == {"other": {"c": None}} and tx.delayed_count == {"other": 1} and tx.delayed_total == 1
+        assert list(tx.to_strip) == ["c"] and tx.message_count == 7
+    assert at_once.undelay_all("svc") == [] and at_once.delayed_total == 1

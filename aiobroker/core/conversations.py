@@ -183,8 +183,9 @@ class Conversations:
 
     def set_secured(self, ep: Endpoint, secured: bool) -> None:
         """Decide an endpoint's dialog security, keeping ``secured_count``. The only way the core sets it."""
-        if self.ledger.endpoints.get(ep.handle) is ep:
-            self.secured_count += int(secured) - int(bool(ep.secured))
+        if secured != (ep.secured is True) and self.ledger.endpoints.get(ep.handle) is ep:
+            # (no int() or bool() calls: a release decides 100,000 at once, mostly from None to False, no change)
+            self.secured_count += 1 if secured else -1
         ep.secured = secured
 
     def begin_timer(self, handle: str, seconds: float, now: float) -> None:

@@ -364,12 +364,11 @@ class Inbound:
         what can be done once per frame is: the rows they free leave the store and the memory budget in one run."""
         ledger = self.ledger
         tx = ledger.tx
-        acknowledge = tx.acknowledge
-        unacked = tx.rows
         endpoints = ledger.endpoints
         initiators, targets = ledger.by_conversation.side(True), ledger.by_conversation.side(False)
         foreign: list[Envelope] = []
-        freed: list[MessageRow] = []
+        acked: list[tuple[str, int, str]] = []
+        closed: list[Endpoint] = []
         for ack in acks:
             if not well_formed_ack(ack):
                 self._report(f"a peer sent a malformed acknowledgement: {str(ack)[:120]}")
@@ -380,14 +379,17 @@ class Inbound:
             if ep is None:
                 foreign.append(ack)
                 continue
-            handle = ep.handle
-            done = acknowledge(handle, next_seq, ep.far_service)
-            if done:
-                freed += done
+            acked.append((ep.handle, next_seq, ep.far_service))
             if ep.far_broker_instance is None and isinstance(acker, str):
                 ep.far_broker_instance = acker  # sticky from the first acknowledgement on
                 ledger.touch(ep)
-            if ep.state is State.CLOSED and handle not in unacked:
-                self.conversations.retire(ep, now)
+            if ep.state is State.CLOSED:
+                closed.append(ep)
+        freed = tx.acknowledge_all(acked)  # the rows, one call for the frame
+        if closed:
+            unacked = tx.rows
+            for ep in closed:
+                if ep.handle not in unacked and endpoints.get(ep.handle) is ep:
+                    self.conversations.retire(ep, now)
         ledger.forget_rows(freed)  # all of the transmission queue ("tx"): one run
         return foreign

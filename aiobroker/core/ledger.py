@@ -228,8 +228,9 @@ class Ledger:
         self.sealed_upto = self.next_message_id - 1
         batch = self.changes
         if self.dirty:
+            records = batch.endpoints
             for handle, ep in self.dirty.items():
-                batch.endpoints[handle] = ep.to_state() if ep is not None else None
+                records[handle] = ep.to_state() if ep is not None else None
             self.dirty = {}
         pending = self.pending
         self.changes = WriteBatch()

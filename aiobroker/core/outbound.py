@@ -32,6 +32,22 @@ from .records import ROW_BODY, ROW_ENQUEUED_AT, ROW_SEQ, ROW_TYPE, MessageRow, r
 from .routing import Decision, choose
 
 
+class RoutingPass:
+    """What one :meth:`Outbound.reroute` shares between the conversations it routes (a resolver's answer releases a
+    service's hundred at once, a storm a hundred thousand): each (service, instance)'s decision (a load-shared pick
+    is still made per conversation), dialog security's plain answers (``DialogSecurity.secure``), and the
+    conversations routed to each link, attached at the end of the pass in one step per link
+    (``TransmissionQueue.attach_many``) rather than one call each."""
+
+    __slots__ = ("decisions", "plain", "to_links")
+
+    def __init__(self) -> None:
+        self.decisions: dict[tuple[str, str | None], Decision] = {}
+        self.plain: set[str] = set()
+        #: link address → the conversations routed to it in this pass, in order (neither DELAYED nor on a link now)
+        self.to_links: dict[str, list[str]] = {}
+
+
 class Outbound:
     """Routing decisions, the transmission queue and links, envelopes out (see the module's header)."""
 
@@ -58,32 +74,35 @@ class Outbound:
             asks=self.dynamic.asks,
         )
 
-    def route(
-        self, ep: Endpoint, now: float, decisions: dict[tuple[str, str | None], Decision] | None = None,
-        plain: set[str] | None = None,
-    ) -> Endpoint | str | None:
+    def route(self, ep: Endpoint, now: float, batch: RoutingPass | None = None) -> Endpoint | str | None:
         """The far endpoint (on this node), the link address (remote), or None (DELAYED: ``ep.delayed`` says why;
-        or failed: the sender has its Error). ``decisions`` caches the choice per (service, instance) while many
-        conversations are routed at once (a load-shared pick is still made per conversation); ``plain`` keeps dialog
-        security's plain answers the same way (``DialogSecurity.secure``)."""
-        ledger = self.ledger
+        or failed: the sender has its Error). ``batch``: many conversations are routed at once (:class:`RoutingPass`);
+        one routed to a link then joins it when the pass ends."""
         if ep.far_handle is not None:
-            return ledger.endpoints.get(ep.far_handle)
-        tx = ledger.tx
-        address = tx.route_of.get(ep.handle)
+            return self.ledger.endpoints.get(ep.far_handle)
+        address = self.ledger.tx.route_of.get(ep.handle)
         if address is not None:
             return address
         if ep.delayed is not None:
             return None
-        if decisions is None:
+        return self.route_anew(ep, now, batch)
+
+    def route_anew(self, ep: Endpoint, now: float, batch: RoutingPass | None = None) -> Endpoint | str | None:
+        """:meth:`route` for a conversation whose far side is not on this node (yet), on no link and not DELAYED
+        (``reroute`` has just made it so, and calls this for each of a release's conversations)."""
+        ledger = self.ledger
+        tx = ledger.tx
+        if batch is None:
             decision = self.decide(ep, now)
+            plain = None
         else:
             key = (ep.far_service, ep.far_broker_instance)
-            cached = decisions.get(key)
+            cached = batch.decisions.get(key)
             if cached is None:
-                decision = decisions[key] = self.decide(ep, now)
+                decision = batch.decisions[key] = self.decide(ep, now)
             else:
                 decision = cached if len(cached.pool) < 2 else cached.again(ep.far_service)
+            plain = batch.plain
         kind = decision.kind
         if kind == "remote":
             address = decision.address
@@ -95,7 +114,13 @@ class Outbound:
             if ep.handle in tx.stripped:
                 tx_bodies.wait_for_bodies(ledger, ep, address)  # the link takes it once they are back
                 return None
-            tx.attach(ep.handle, address, ep.far_service)
+            if batch is None:
+                tx.attach(ep.handle, address, ep.far_service)
+                return address
+            routed = batch.to_links.get(address)
+            if routed is None:
+                routed = batch.to_links[address] = []
+            routed.append(ep.handle)  # reroute has it out of DELAYED and off any link: it joins this one at the end
             return address
         if kind == "local":
             if ep.handle in tx.stripped:
@@ -161,38 +186,44 @@ class Outbound:
         if binding_waiters_only and not binding_waiters:
             return 0  # nothing waits for a binding (a storm of plain conversations): no walk over those that wait
         moved = 0
-        decisions: dict[tuple[str, str | None], Decision] = {}
-        plain: set[str] = set()
+        batch = RoutingPass()
+        undelayed = False  # whether ``handles`` were all taken out of DELAYED already, in one step per service
         if handles is not None:
             pass  # these, whatever they waited for (their bodies, read back: ``tx_bodies.py``)
         elif services is None:
             handles = list(tx.rows)
+        elif binding_waiters_only:
+            handles = [h for s in services for h in tx.delayed.get(s, ()) if h in binding_waiters]
         else:  # only those DELAYED on these services: a conversation already on a link keeps it
-            handles = [h for s in services for h in tx.delayed.get(s, ())]
+            handles = [h for s in services for h in tx.undelay_all(s)]
+            undelayed = True
             if with_links:
                 handles += tx.on_links()
-        if binding_waiters_only:
-            handles = [h for h in handles if h in binding_waiters]
         endpoints = ledger.endpoints
         rows = tx.rows
         route_of = tx.route_of
-        route = self.route
+        route = self.route_anew
         for handle in handles:
             ep = endpoints.get(handle)
             held = rows.get(handle)  # its rows: routing them changes nothing here (one lookup in 100,000, not two)
             if ep is None or ep.far_handle is not None or held is None:
+                if undelayed and ep is not None:
+                    tx.delay(handle, ep.far_service)  # left as it was (in DELAYED, with nothing to route)
                 continue
             if handle in route_of:
                 tx.detach(handle)
-            tx.undelay(handle, ep.far_service)
+            if not undelayed:
+                tx.undelay(handle, ep.far_service)
             binding_waiters.discard(handle)
             ep.delayed = None  # not stored: a reason is found afresh at load (see ``route``)
-            target = route(ep, now, decisions, plain)
+            target = route(ep, now, batch)
             if isinstance(target, str) or (target is None and handle in tx.reading):
                 # on their way to another node now (or once their bodies are read back: ``tx_bodies.py``)
                 moved += len(held) if type(held) is list else 1
             elif target is not None:
                 moved += self._move_to_local(ep, target)
+        for address, routed in batch.to_links.items():
+            tx.attach_many(address, routed)
         return moved
 
     def _move_to_local(self, ep: Endpoint, far: Endpoint) -> int:

@@ -257,6 +257,19 @@ class TransmissionQueue:
         if self.to_strip:  # only on a store that pages (``strips``)
             self.to_strip.pop(handle, None)
 
+    def undelay_all(self, far_service: str) -> list[str]:
+        """Take every conversation DELAYED on ``far_service`` out of DELAYED at once, in order (a resolver's answer
+        routes them all again): :meth:`undelay` for each, with the counts taken down by the service's whole count."""
+        waiting = self.delayed.pop(far_service, None)
+        if waiting is None:
+            return []
+        self.delayed_total -= self.delayed_count.pop(far_service, 0)
+        if self.to_strip:  # only on a store that pages (``strips``)
+            pop = self.to_strip.pop
+            for handle in waiting:
+                pop(handle, None)
+        return list(waiting)
+
     def attach(self, handle: str, address: str, far_service: str) -> Link:
         """Route a sending endpoint to a link (made on first use)."""
         waiting = self.delayed.get(far_service)
@@ -277,9 +290,10 @@ class TransmissionQueue:
             self.ready_links.add(address)
         return link
 
-    def attach_read_back(self, address: str, handles: list[str]) -> None:
-        """Route to one link conversations that are neither DELAYED nor on a link: those whose bodies were just read
-        back (``tx_bodies.py``), in bulk (a resolution storm's release attaches 100,000)."""
+    def attach_many(self, address: str, handles: list[str]) -> None:
+        """Route to one link conversations with rows that are neither DELAYED nor on a link, in bulk (a resolution
+        storm's release attaches 100,000): those a reroute routed there (``Outbound.reroute``), those whose bodies
+        were just read back (``tx_bodies.py``)."""
         if not handles:
             return
         link = self.links.get(address)
@@ -438,6 +452,51 @@ class TransmissionQueue:
                 if not sent:
                     link.waiting_since = None
         return done
+
+    def acknowledge_all(self, acks: list[tuple[str, int, str]]) -> list[MessageRow]:
+        """:meth:`acknowledge` for a frame's acknowledgements at once, each (handle, next_seq, far_service): the rows
+        they free, in order. A frame after a storm's release holds 1,000, each for a lone row: those are done here
+        without a call each (what :meth:`acknowledge` does for one), a conversation with a list of rows by it."""
+        all_rows = self.rows
+        delayed = self.delayed
+        route_of = self.route_of
+        links = self.links
+        freed: list[MessageRow] = []
+        lone = 0
+        link_address: str | None = None
+        link: Link | None = None
+        for handle, next_seq, far_service in acks:
+            held = all_rows.get(handle)
+            if held is None:
+                continue
+            if type(held) is list:
+                freed += self.acknowledge(handle, next_seq, far_service)
+                continue
+            if held[ROW_SEQ] >= next_seq:  # type: ignore[operator]  # (a lone row: a tuple)
+                continue
+            del all_rows[handle]
+            lone += 1
+            freed.append(held)  # type: ignore[arg-type]
+            if delayed:
+                waiting = delayed.get(far_service)
+                if waiting is not None and handle in waiting:
+                    self._count(far_service, -1)  # sent, went back to DELAYED, acknowledged (see ``acknowledge``)
+            address = route_of.get(handle)
+            if address is None:
+                continue
+            if address != link_address:  # one link for a frame's acknowledgements, as a rule
+                link_address, link = address, links.get(address)
+            if link is not None:
+                sent = link.sent
+                left = sent.get(handle, 0) - 1
+                if left > 0:
+                    sent[handle] = left
+                else:
+                    sent.pop(handle, None)
+                    if not sent:
+                        link.waiting_since = None
+        self.message_count -= lone
+        return freed
 
     def replace(self, handle: str, rows: list[MessageRow]) -> None:
         """Put ``rows`` in place of an endpoint's rows (the same messages, their bodies left in the store or read

@@ -23,9 +23,10 @@ NOW = 1_000_000.0
 
 
 @contextmanager
-def delayed_send(tmp_path: Path) -> Iterator[tuple[BrokerCore, StoreWriter, list[int], str]]:
+def delayed_send(tmp_path: Path, broker_instance: str | None = None
+                 ) -> Iterator[tuple[BrokerCore, StoreWriter, list[int], str]]:
     """A core on a real SQLite store with its writer (``woken`` records each wake of the links), and a conversation
-    whose first message waits DELAYED for service "svc"."""
+    whose first message waits DELAYED for service "svc" (begun for ``broker_instance`` when given)."""
     store = SqliteStore(tmp_path)
     core = BrokerCore(broker_instance="node-a", resolver_name="test")
     core.load(store.open(), NOW)
@@ -34,7 +35,8 @@ def delayed_send(tmp_path: Path) -> Iterator[tuple[BrokerCore, StoreWriter, list
     try:
         core.create_object("queue", {"name": "qi"})
         core.create_object("service", {"name": "init", "queue": "qi", "contracts": []})
-        handle = core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=NOW).handle
+        handle = core.begin_dialog(from_service="init", to_service="svc", contract="DEFAULT", now=NOW,
+                                   broker_instance=broker_instance).handle
         core.send(handle, [["DEFAULT", b"waited"]], NOW)
         yield core, writer, woken, handle
     finally:
@@ -42,7 +44,8 @@ def delayed_send(tmp_path: Path) -> Iterator[tuple[BrokerCore, StoreWriter, list
 
 
 async def test_a_release_wakes_the_links_before_its_endpoint_records_are_written(tmp_path: Path) -> None:
-    with delayed_send(tmp_path) as (core, writer, woken, handle):
+    # begun for a named far instance: no first acknowledgement will write its record, so the release does
+    with delayed_send(tmp_path, broker_instance="node-b") as (core, writer, woken, handle):
         await writer.drain()
         assert core.tx.delayed_total == 1 and not core.tx.ready_links, "DELAYED, stored, no link yet"
 
@@ -76,3 +79,17 @@ async def test_with_a_secured_conversation_the_links_wait_for_the_write(tmp_path
         assert woken == [], "not woken before the write"
         await writer.drain()
         assert woken == [1], "woken once it is written"
+
+
+async def test_a_plain_release_has_no_record_to_write_and_wakes_the_links_at_once(tmp_path: Path) -> None:
+    """Released plain, a conversation's decision is written with its first acknowledgement's record: the release
+    itself leaves nothing to write, and its message is stored already."""
+    with delayed_send(tmp_path) as (core, writer, woken, handle):
+        await writer.drain()
+        core.resolved("svc", RouteAnswer(service_name="svc", targets=(Target(address=B),), lifetime=60, source="t"),
+                      NOW)
+        assert core.tx.ready_links == {B} and core.endpoints[handle].secured is False
+        assert handle not in core.dirty, "no record for the decision alone"
+        writer.kick()
+        assert woken == [1] and [env[10] for env in core.outgoing(B, 10, 1 << 20)] == [b"waited"]
+        await writer.drain()

@@ -27,13 +27,16 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_READ_TIMEOUT = 5.0
 DEFAULT_LIFETIME = 60.0
 #: questions a resolver keeps open at once by default (``max_open_questions``), each on a connection of its own kept
-#: alive for the next (``Clients``: a slot per question, so no pool is walked and the cost per question does not grow
-#: with their number: ~110 us with 8 or 16 open, ~130 with 64). 16 open take ~6,700 answers/s from a registry on the same
-#: host, and 1,600/s from one 10 ms away. More is not better when the registry is near: in the storm benchmark
-#: (1,000 services answered at once on 2 cores) 64 open brought the answers in twice as fast, but the releases
-#: they caused came in one burst and a user waited ~17% longer for the last message (1.73-1.79 s against
-#: 1.47-1.53). Raise it for a distant registry: the wait for an answer then is the round trip, not the node.
-MAX_OPEN_QUESTIONS = 16
+#: alive for the next (``Clients``: a slot per question, so no pool is walked and the cost per question hardly grows
+#: with their number: ~110 us with 8 or 16 open, ~130 with 64). Why 64 and not fewer: a node busy releasing what the
+#: answers freed turns each answer round later, so the answers per second are the open questions over that turn.
+#: Measured, the storm benchmark (1,000 services answered at once, 2 cores, registry on the same host; 3 runs each,
+#: alternating): SQLite 1,590-1,710 answers/s with 64 against 650-760 with 16, the user's wait 1.37-1.43 s against
+#: 1.39-1.62; memory store 2,640-2,960 against 1,350-1,390, 0.99-1.06 s against 0.92-1.02. (Before a plain release
+#: stopped writing a record of its own, 64 made the releases a burst that cost more than it saved.) A registry 10 ms
+#: away gives 64 open at most 6,400 answers/s. Idle connections are reused last-in first-out, so a quiet node keeps
+#: few of them busy and the registry closes the rest.
+MAX_OPEN_QUESTIONS = 64
 #: the most ``max_open_questions`` may be
 MAX_OPEN_QUESTIONS_LIMIT = 1000
 _OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",

@@ -595,7 +595,7 @@ async def test_loaded_through_the_entry_point(registry: RegistryProcess) -> None
         assert resolver.describe() == {
             "resolver": "http", "url": registry.url(), "binding_url": registry.url().replace("{service}",
                                                                                           "{service}/binding"),
-            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "max_open_questions": 16,
+            "format": "aiobroker", "connect_timeout": 2.0, "read_timeout": 3.0, "max_open_questions": 64,
             "default_lifetime": 60.0, "headers": []}
         answer = await resolver.resolve_route(ORDERS)
     finally:

@@ -36,8 +36,9 @@ log = logging.getLogger("aiobroker.node")
 #: stands for "no answer within resolve_timeout" among a question's outcomes
 _TIMED_OUT = object()
 #: the longest turn of settling answers before the loop's I/O runs again (the turn's last answer may take longer:
-#: an answer is settled whole)
-SETTLE_SLICE_S = 0.002
+#: an answer is settled whole). Measured, the storm on SQLite (64 open, alternating): 1 ms took 2,300-2,400
+#: answers/s with the last message 1.16-1.24 s after the gate, 2 ms 1,570-1,900 answers/s and 1.29-1.54 s.
+SETTLE_SLICE_S = 0.001
 
 
 class Resolving:

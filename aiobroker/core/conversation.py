@@ -162,7 +162,7 @@ class Endpoint:
         """An endpoint as the core makes one when a conversation begins on this side (begun here, made for a far
         side on this node, or made by a peer's first message): nothing sent or received yet, not DELAYED, no
         timer, error or key (a secured one's ``session_key`` is set after). The same as the keyword constructor
-        (``tests/test_core_conversations.py`` compares the two), positional, for a quarter of its cost: matching
+        (``tests/test_core_endpoint.py`` compares the two), positional, for a quarter of its cost: matching
         its keywords by name among twenty-one was most of what making an endpoint cost, on every conversation a
         peer begins (a resolution storm's receiving node makes one a message)."""
         ep = _new_object(cls)

@@ -123,10 +123,11 @@ def read_bodies(conn: sqlite3.Connection, ids: list[int]) -> dict[int, bytes]:
 
     Each chunk comes back as one row of three values (:func:`_bodies_at_once`), not a row a body: ``sqlite3`` lets go
     of the interpreter's lock at every step of a statement, and while the store's writer or checkpointer thread
-    waits for it, every row read hands the lock over and waits to take it back. Measured, 10,000 bodies of 128 B in
-    chunks of 500 beside a thread writing endpoint records: 1.86 us of wall time a body a row at a time, 0.88 in
-    one row (0.66 and 0.72 with the thread idle). Bodies too big to go together (past SQLite's length limit) are
-    read a row at a time."""
+    waits for it, every row read hands the lock over and waits to take it back. Measured
+    (``benchmarks/bench_writer_gil.py``), 10,000 bodies of 128 B in chunks of 500 beside a thread writing endpoint
+    records: 3.13 us of wall time a body a row at a time, 1.15 in one row; with the thread idle 0.68 against 0.89
+    (splitting the ids and lengths), and a release reads while its writes are being written. Bodies too big to go
+    together (past SQLite's length limit) are read a row at a time."""
     out: dict[int, bytes] = {}
     for start in range(0, len(ids), _BODIES_AT_ONCE):
         chunk = ids[start : start + _BODIES_AT_ONCE]

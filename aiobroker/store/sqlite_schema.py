@@ -101,9 +101,9 @@ _DELETE_OBJECT: Final = "DELETE FROM objects WHERE kind = ? AND name = ?"
 #: second reason besides SQLite's own cost: the writer is a thread, and ``sqlite3`` lets go of the interpreter's lock
 #: for every step of a statement, so ``executemany`` of a one-row statement waits to take it back once a row. While
 #: the event loop is busy, as in a release, each wait lasts until the loop gives the lock up (at its next poll, or
-#: after the 5 ms switch interval). Measured (``benchmarks/bench_writer_gil.py``), 20,000 records rewritten while
-#: the main thread ran Python: one-row upserts 12-14 us of the writer's CPU and 1.3-1.6 ms of wall time a record,
-#: multi-row ones 1.3-2.5 us and ~60 us; on an idle loop 1.36 against 0.8 us.
+#: after the 5 ms switch interval). Measured (``benchmarks/bench_writer_gil.py --rounds 3``), records rewritten in
+#: batches of 1,000 while the main thread ran Python: one-row upserts 6.1 us of the writer's CPU and 652 us of wall
+#: time a record, multi-row ones 1.7 us and 70 us; beside an idle loop 1.8 against 0.9 us.
 _PUT_ENDPOINTS: Final = {
     size: "INSERT INTO endpoints VALUES " + ", ".join(["(?, ?)"] * size)
     + " ON CONFLICT (handle) DO UPDATE SET data = excluded.data"

@@ -42,7 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import storm_sources  # noqa: E402
 from phase_cpu import PhaseCpu  # noqa: E402
+
 from common import LOGS_DIR, LOOPBACK, REPO, BenchError, body_seq, fmt_size, make_body  # noqa: E402
+
+#: how often the CPU of every process is sampled, seconds (a phase shorter than this holds no sample of its own)
+PHASE_SAMPLE_S = 0.02
 
 #: what a user waits, gate opened -> last message received at B, by A's store
 FLOOR_WAIT_S = {"memory": 2.0, "sqlite": 3.0}
@@ -825,7 +829,7 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                                               log_path=log))
         meter = common.CpuMeter([p.pid for p in procs])
         cores = PhaseCpu(lambda argv: "A" if str(conf_a) in argv else "B" if str(conf_b) in argv else
-                         "load" if f"{Path(__file__).name} load " in argv else "source")
+                         "load" if f"{Path(__file__).name} load " in argv else "source", period=PHASE_SAMPLE_S)
         cores.start()
         result = common.run_worker(
             [sys.executable, __file__, "load", "--mode", mode, "--port-a", str(port_a), "--port-b", str(port_b),
@@ -1122,6 +1126,10 @@ def main(argv: list[str] | None = None) -> int:
         if took:
             rows.append([what, ", ".join(f"{k} {v:.2f}" for k, v in sorted(took.items(), key=lambda kv: -kv[1])),
                          f"{sum(took.values()):.2f} in all"])
+        else:  # a phase shorter than the sampler's period (a --quick run's answers) holds no sample of its own
+            lasted = answers_s if phase == "answers" else release_s
+            rows.append([what, "none measured" + (f": the phase took {lasted * 1000:.0f} ms" if lasted else "") +
+                         f", the sampler looks every {PHASE_SAMPLE_S * 1000:.0f} ms", ""])
     common.print_table(["figure", "value", "floor"], rows)
     if s.get("stall"):
         print(f"  storm: STALLED after the release: {s['stall']['text']}")

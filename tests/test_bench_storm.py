@@ -28,7 +28,11 @@ def test_a_quick_storm_on_sqlite_delivers_everything_once_and_says_where_the_cpu
     assert run.returncode in (0, 1), out  # 1: a floor failed (a busy machine, or --quick's fixed costs); 2: lost
     assert "storm 2,000/2,000" in out and "yes" in out.split("exactly once, in order per conversation")[1], out
     assert "PASS (== 100)" in out, out  # one round trip per service
-    assert "CPU s, gate -> last answer" in out and "A main" in out, out
+    # where the CPU went, by phase: a --quick run's answers may come within one sampling period (then said so)
+    answers_row = next(line for line in out.splitlines() if line.startswith("CPU s, gate -> last answer"))
+    tail_row = next(line for line in out.splitlines() if line.startswith("CPU s, last answer -> last received"))
+    assert "A main" in answers_row or "none measured: the phase took" in answers_row, answers_row
+    assert "A main" in answers_row + tail_row, out
 
 
 def test_phase_cpu_counts_the_cpu_a_child_burns_between_two_instants() -> None:

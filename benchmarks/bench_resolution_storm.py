@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import storm_sources  # noqa: E402
 from phase_cpu import PhaseCpu  # noqa: E402
-
 from common import LOGS_DIR, LOOPBACK, REPO, BenchError, body_seq, fmt_size, make_body  # noqa: E402
 
 #: how often the CPU of every process is sampled, seconds (a phase shorter than this holds no sample of its own)

@@ -121,11 +121,12 @@ class StoreReads:
 
     async def _bodies(self, ids: list[int]) -> dict[int, bytes]:
         """Read ``ids``' bodies: on the event loop, a slice at a time, from a store whose reads are cheap there
-        (``Store.inline_reads``: SQLite's file), else in a worker thread. Inline because a thread is slow here: the
-        store releases the interpreter's lock for every row it steps and must take it back each time, and while the
-        event loop is busy (a resolver's answers coming in) each taking waits up to the switch interval (5 ms), so
-        a read of a few hundred bodies in a thread took longer than the answers did (measured in the storm: the
-        release held back until the answers were over, 1.4-2.0 s after the last, where ~0.6 us a body inline)."""
+        (``Store.inline_reads``: SQLite's file), else in a worker thread. Inline, measured twice in the storm:
+        when the store stepped a row at a time, a read in a thread waited for the interpreter's lock at every row
+        while the loop was busy (the release held back until the answers were over, 1.4-2.0 s after the last);
+        since it reads a chunk in one step (``sqlite_pages.read_bodies``), a thread let the answers come faster
+        but the last message arrive later (1.32-1.44 s after the gate against 1.23-1.27 inline): the bodies a
+        release needs are better read at once than after the next answers."""
         if not self.store.inline_reads:
             return await anyio.to_thread.run_sync(self.store.read_bodies, ids)
         if len(ids) <= INLINE_BODIES:

@@ -235,11 +235,22 @@ async def consume(port: int, total: int, receivers: int, batch_size: int, peer: 
                 await done.wait()
             node1, client1, t1 = node_cpu_ns(node_pid), time.process_time(), time.monotonic()
             split1 = user_system_s(node_pid)
+            # what the node holds once every message is committed: the conversations alone (commits of other
+            # receivers may still be on their way; a lease rolled back would count its messages too)
+            settled = False
+            for _ in range(int(max_seconds * 20)):
+                status = await client.status()
+                queue = next(q for q in status["queues"] if q["name"] == QUEUE)
+                if queue["waiting"] == 0 and queue["locked"] == 0:
+                    settled = True
+                    break
+                await anyio.sleep(0.05)
+            rss = common.rss_bytes(node_pid) if settled else None
             tg.cancel_scope.cancel()  # the other receives wait without limit
     if state["duplicates"] or state["received"] != total or not all(seen):
         raise BenchError(f"not exactly once: {state['received']} received of {total},"
                          f" {state['duplicates']} duplicates, {total - sum(seen)} missing")
-    return {"node_cpu_s": (node1 - node0) / 1e9, "node_user_s": split1[0] - split0[0],
+    return {"node_rss_settled": rss, "node_cpu_s": (node1 - node0) / 1e9, "node_user_s": split1[0] - split0[0],
             "node_system_s": split1[1] - split0[1], "client_cpu_s": client1 - client0, "seconds": t1 - t0}
 
 
@@ -272,8 +283,11 @@ def one_round(args: argparse.Namespace, workdir: Path, messages: int, valgrind_o
         if peer.stdout.readline().strip() != "ready":
             raise BenchError(f"the peer did not start (exit {peer.wait(timeout=10)})")
         if messages:
+            rss_before = common.rss_bytes(node.pid)
             out = common.run_async(consume, port, messages, args.receivers, args.receive_batch, peer, node.pid,
                                    float(ROUND_TIMEOUT))
+            rss_after = out.pop("node_rss_settled")  # every message committed, every conversation still open at B
+            out["node_rss_growth"] = rss_after - rss_before if rss_before and rss_after else None
             line = peer.stdout.readline()
             out.update(json.loads(line) if line.startswith("{") else {"peer_cpu_s": None})
         else:
@@ -344,6 +358,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def rss_text(growth: float | None, conversations: int) -> str:
+    """Node B's RSS growth over a round, in words: every conversation is still open at the end, so it is what each
+    one holds (its endpoint, group and index entries; the messages were received and committed)."""
+    if growth is None:
+        return "not read"
+    return f"+{growth / 2**20:.1f} MiB, {growth / conversations:,.0f} B a conversation"
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print(f"aiobroker from {TREE}: {args.messages:,} messages a round, each on a new conversation from a peer,"
@@ -358,13 +380,17 @@ def main(argv: list[str]) -> int:
             n = args.messages
             print(f"  round {r + 1}: node B {out['node_cpu_s'] / n * 1e6:.2f} us/message (user"
                   f" {out['node_user_s'] / n * 1e6:.1f}, system {out['node_system_s'] / n * 1e6:.1f}), client"
-                  f" {out['client_cpu_s'] / n * 1e6:.2f} us/message, {n / out['seconds']:,.0f} msg/s", flush=True)
+                  f" {out['client_cpu_s'] / n * 1e6:.2f} us/message, {n / out['seconds']:,.0f} msg/s; node B's RSS"
+                  f" {rss_text(out.get('node_rss_growth'), n)}", flush=True)
         per = {key: statistics.median(x[key] for x in rounds) / args.messages * 1e6
                for key in ("node_cpu_s", "client_cpu_s")}
         result: dict[str, Any] = {"tree": str(TREE), "messages": args.messages, "rounds": rounds,
                                   "node_us_per_message": per["node_cpu_s"],
                                   "client_us_per_message": per["client_cpu_s"]}
-        print(f"median: node B {per['node_cpu_s']:.2f} us CPU per message, client {per['client_cpu_s']:.2f} us")
+        growth = [x["node_rss_growth"] for x in rounds if x.get("node_rss_growth") is not None]
+        result["node_rss_growth_per_conversation"] = statistics.median(growth) / args.messages if growth else None
+        print(f"median: node B {per['node_cpu_s']:.2f} us CPU per message, client {per['client_cpu_s']:.2f} us;"
+              f" node B's RSS {rss_text(statistics.median(growth) if growth else None, args.messages)}")
         if args.instructions:
             result["node_instructions_per_message"] = instructions(args, workdir)
             print(f"node B: {result['node_instructions_per_message']:,.0f} instructions per message (callgrind)")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import storm_sources  # noqa: E402
 from phase_cpu import PhaseCpu  # noqa: E402
-from common import LOGS_DIR, LOOPBACK, REPO, BenchError, body_seq, fmt_size, make_body  # noqa: E402
+from common import LOGS_DIR, LOOPBACK, REPO, BenchError, body_seq, fmt_size, make_body, rss_bytes  # noqa: E402
 
 #: how often the CPU of every process is sampled, seconds (a phase shorter than this holds no sample of its own)
 PHASE_SAMPLE_S = 0.02
@@ -123,18 +123,6 @@ log_level = "warning"
 [[queue]]
 name = "{queue}"
 """
-
-
-def rss_bytes(pid: int) -> int | None:
-    """VmRSS of a live process, in bytes (Linux /proc), or None."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 # --- the registry: tests/http_registry.py's server, gated, with a timed log ------------------------------------

@@ -659,6 +659,18 @@ def stat_cpu(path: str) -> tuple[float, float] | None:
         return None
 
 
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of a live process, in bytes (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds used so far by a live process (Linux /proc), or None."""
     cpu = stat_cpu(f"/proc/{pid}/stat")

@@ -112,8 +112,9 @@ from aiobroker.resolver import (
 )
 
 from . import dns_srv_config
-from .dns_srv_config import (DEFAULT_SRV_NAME, MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT, Nameserver, check_template,
-                             count, dns_name, parse_nameserver, seconds, system_nameservers)
+from .dns_srv_config import (DEFAULT_SRV_NAME, MAX_OPEN_QUESTIONS, Nameserver, check_template, dns_name,
+                             parse_nameserver, seconds, system_nameservers)
+from .options import max_open_questions
 
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_LIFETIME_FLOOR = 1.0
@@ -484,7 +485,7 @@ def create(options: Mapping[str, Any]) -> DnsSrvResolver:
     timeout = seconds(options, "timeout", DEFAULT_TIMEOUT)
     floor = seconds(options, "lifetime_floor", DEFAULT_LIFETIME_FLOOR)
     cap = seconds(options, "lifetime_cap", DEFAULT_LIFETIME_CAP)
-    open_questions = count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT)
+    open_questions = max_open_questions(options, MAX_OPEN_QUESTIONS)
     if floor > cap:
         raise ConfigError(f"[resolver] lifetime_floor ({duration(floor)}) must not be above lifetime_cap ({duration(cap)})")
 

@@ -33,16 +33,6 @@ TEMPLATE_FIELDS = ("service", "domain")
 #: message in the storm benchmark, 977 bounded to 16) and sent 3,000 queries at once at the nameserver, where a
 #: forwarder such as dnsmasq handles 150 at a time by default (``dns-forward-max``) and rate limits drop bursts.
 MAX_OPEN_QUESTIONS = 64
-#: the most ``max_open_questions`` may be
-MAX_OPEN_QUESTIONS_LIMIT = 1000
-
-
-def count(options: Mapping[str, Any], key: str, default: int, most: int) -> int:
-    """A whole-number option from 1 to ``most``."""
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise ConfigError(f"[resolver] {key} must be a whole number from 1 to {most}, got {value!r}")
-    return value
 
 
 def is_number(value: Any) -> bool:

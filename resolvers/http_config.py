@@ -17,6 +17,7 @@ import httpx
 from aiobroker.resolver import ConfigError
 
 from .http_lean import LeanClient, lean_headers
+from .options import max_open_questions
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
@@ -37,8 +38,6 @@ DEFAULT_LIFETIME = 60.0
 #: away gives 64 open at most 6,400 answers/s. Idle connections are reused last-in first-out, so a quiet node keeps
 #: few of them busy and the registry closes the rest.
 MAX_OPEN_QUESTIONS = 64
-#: the most ``max_open_questions`` may be
-MAX_OPEN_QUESTIONS_LIMIT = 1000
 _OPTIONS = {"url", "binding_url", "format", "connect_timeout", "read_timeout", "default_lifetime", "headers",
             "max_open_questions", "consul_include_warning"}
 
@@ -78,7 +77,7 @@ def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "default_lifetime": _config_seconds(options, "default_lifetime", DEFAULT_LIFETIME),
         "headers": _config_headers(options),
         "consul_include_warning": include_warning,
-        "max_open_questions": _config_count(options, "max_open_questions", MAX_OPEN_QUESTIONS, MAX_OPEN_QUESTIONS_LIMIT),
+        "max_open_questions": max_open_questions(options, MAX_OPEN_QUESTIONS),
     }
 
 
@@ -122,13 +121,6 @@ def _config_headers(options: Mapping[str, Any]) -> dict[str, str]:
             raise ConfigError(f"[resolver] headers.{k} must be a string of printable Latin-1 characters (no line "
                               f"breaks), got {v!r}")
     return dict(headers)
-
-
-def _config_count(options: Mapping[str, Any], key: str, default: int, most: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise ConfigError(f"[resolver] {key} must be a whole number from 1 to {most}, got {value!r}")
-    return value
 
 
 class Slot:

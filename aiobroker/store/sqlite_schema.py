@@ -64,14 +64,14 @@ _MESSAGE_COLUMNS: Final = {
 #: 37 rows (bench_store.py, insert and delete): 2.11 and 1.96 us a row with these sizes, within 5% of that with
 #: (100, 10, 1) or (100, 32, 8, 1), and 2.69 and 2.34 with the remainder one row at a time (100, 1).
 INSERT_SIZES: Final = (100, 25, 5, 1)
-#: ``{(columns, rows): sql}``: the multi-row INSERT OR REPLACE for rows of that many columns.
+#: ``{columns: {rows: sql}}``: the multi-row INSERT OR REPLACE for rows of that many columns.
 _PUT_MESSAGES: Final = {
-    (width, size): (
-        f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS[width]}) VALUES "
+    width: {
+        size: f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS[width]}) VALUES "
         + ", ".join([f"({', '.join('?' * width)})"] * size)
-    )
+        for size in INSERT_SIZES
+    }
     for width in _MESSAGE_COLUMNS
-    for size in INSERT_SIZES
 }
 
 #: A run of at least this many adjacent ids is deleted by one ``BETWEEN``; shorter runs go with the scattered ids.
@@ -171,9 +171,9 @@ def statements(batch: WriteBatch) -> list[tuple[str, Any]]:
             # work, 2.15 without, 2.0 before multi-row INSERTs).
             plain = [row for row in rows if len(row) == 8]
             if plain:
-                out.append((_PUT_MESSAGES[8, 1], plain))
+                out.append((_PUT_MESSAGES[8][1], plain))
             if len(plain) != len(rows):
-                out.append((_PUT_MESSAGES[9, 1], [row for row in rows if len(row) != 8]))
+                out.append((_PUT_MESSAGES[9][1], [row for row in rows if len(row) != 8]))
         elif rows:
             flat = list(chain.from_iterable(rows))
             if len(flat) == 8 * len(rows):  # no row with trace context (rows have eight fields or nine)
@@ -194,18 +194,10 @@ def _insert_messages(out: list[tuple[str, Any]], width: int, rows: list[Any], fl
     up once and stepped once per chunk. Measured against an ``execute`` per chunk: the same (the work is the
     binding and the b-tree).
     """
-    done = 0  # rows already in a statement
-    for size in INSERT_SIZES:
-        count = (len(rows) - done) // size
-        if not count:
-            continue
-        if size == 1:
-            out.append((_PUT_MESSAGES[width, 1], rows[done:]))  # the rows themselves: exact tuples bind fastest
-            return
-        step = size * width
-        start = done * width
-        out.append((_PUT_MESSAGES[width, size], [flat[i : i + step] for i in range(start, start + count * step, step)]))
-        done += count * size
+    sql = _PUT_MESSAGES[width]
+    done = _chunks(out, sql, INSERT_SIZES[:-1], flat, width)
+    if done < len(rows):
+        out.append((sql[1], rows[done:]))  # the rest one a statement, the rows themselves: exact tuples bind fastest
 
 
 def _delete_messages(out: list[tuple[str, Any]], ids: list[int]) -> None:
@@ -285,9 +277,10 @@ def _endpoints(out: list[tuple[str, Any]], records: dict[str, Any]) -> None:
 
 
 def _chunks(out: list[tuple[str, Any]], sql: dict[int, str], sizes: tuple[int, ...], flat: list[Any], width: int
-            ) -> None:
+            ) -> int:
     """``flat`` (rows of ``width`` values, end to end) in statements of ``sizes`` rows, largest first: one
-    ``executemany`` per size."""
+    ``executemany`` per size, each parameter set a slice of ``flat``. Returns how many rows they took (all, when
+    the smallest size is 1)."""
     rows = len(flat) // width
     done = 0
     for size in sizes:
@@ -297,3 +290,4 @@ def _chunks(out: list[tuple[str, Any]], sql: dict[int, str], sizes: tuple[int, .
             start = done * width
             out.append((sql[size], [flat[i : i + step] for i in range(start, start + count * step, step)]))
             done += count * size
+    return done

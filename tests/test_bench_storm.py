@@ -22,17 +22,18 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_quick_storm_on_sqlite_delivers_everything_once_and_says_where_the_cpu_went() -> None:
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--no-baseline", "--store", "sqlite"],
-                         capture_output=True, text=True, timeout=240, check=False)
+    # one question open at a time: the answers take ~100 ms, several of the CPU sampler's periods (with 64 open a
+    # quick run's answers can all come within one, and the phase then holds no sample worth naming)
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--no-baseline", "--store", "sqlite",
+                          "--max-open-questions", "1"], capture_output=True, text=True, timeout=240, check=False)
     out = run.stdout + run.stderr
     assert run.returncode in (0, 1), out  # 1: a floor failed (a busy machine, or --quick's fixed costs); 2: lost
     assert "storm 2,000/2,000" in out and "yes" in out.split("exactly once, in order per conversation")[1], out
     assert "PASS (== 100)" in out, out  # one round trip per service
-    # where the CPU went, by phase: a --quick run's answers may come within one sampling period (then said so)
+    # where the CPU went, by phase: A's loop worked while the answers came
     answers_row = next(line for line in out.splitlines() if line.startswith("CPU s, gate -> last answer"))
-    tail_row = next(line for line in out.splitlines() if line.startswith("CPU s, last answer -> last received"))
-    assert "A main" in answers_row or "none measured: the phase took" in answers_row, answers_row
-    assert "A main" in answers_row + tail_row, out
+    assert "A main" in answers_row, out
+    assert any(line.startswith("CPU s, last answer -> last received") for line in out.splitlines()), out
 
 
 def test_phase_cpu_counts_the_cpu_a_child_burns_between_two_instants() -> None:
